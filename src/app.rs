@@ -1,0 +1,77 @@
+//! Wiring: bind the listener, build the shared state, serve until shutdown, then let every
+//! client task close its peer connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::room::Rooms;
+use crate::sfu::{MediaSettings, Sfu};
+
+/// How long shutdown waits for clients to close their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server bound to its address, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        let sfu = Sfu::new(MediaSettings::from(&config.media));
+        let state = AppState {
+            config: Arc::new(config),
+            rooms: Rooms::default(),
+            sfu,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The shared state, e.g. for tests that read metrics.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `stop` is cancelled, then closes every client and waits (bounded) for
+    /// their peer connections to be closed.
+    pub async fn serve(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let app = router(self.state);
+        let shutdown = state.shutdown.clone();
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+        serve.await.context("http server failed")?;
+        let metrics = state.sfu.metrics().clone();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while metrics.live_tasks() != Default::default() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(left = ?metrics.live_tasks(), "shutdown timed out with media tasks still running");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

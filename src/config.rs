@@ -1,0 +1,247 @@
+//! Configuration: the TOML schema, the compiled-in default, overlaying a file, validation.
+//! The only module that reads environment variables. Knows nothing of rooms or media.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `config/default.toml`, compiled in so the binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variable that overrides `log.filter`.
+const LOG_ENV: &str = "KURSRELAY_LOG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("unknown key `{key}` in {origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("bad value for `{key}`: {message}")]
+    BadValue { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub signalling: SignallingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub web_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub bind_ips: Vec<IpAddr>,
+    pub ice_disconnected_timeout_ms: u64,
+    pub ice_failed_timeout_ms: u64,
+    pub subscriber_queue_packets: usize,
+    pub keyframe_request_interval_ms: u64,
+}
+
+impl MediaConfig {
+    pub fn ice_disconnected_timeout(&self) -> Duration {
+        Duration::from_millis(self.ice_disconnected_timeout_ms)
+    }
+    pub fn ice_failed_timeout(&self) -> Duration {
+        Duration::from_millis(self.ice_failed_timeout_ms)
+    }
+    pub fn keyframe_request_interval(&self) -> Duration {
+        Duration::from_millis(self.keyframe_request_interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignallingConfig {
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+}
+
+impl Config {
+    /// The built-in default, validated.
+    pub fn default_config() -> Result<Config, ConfigError> {
+        Self::from_overlay(None)
+    }
+
+    /// The built-in default overlaid with `path` (if any), then environment overrides, validated.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let overlay = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Some((text, path.display().to_string()))
+            }
+            None => None,
+        };
+        let mut config = Self::from_overlay(overlay.as_ref().map(|(t, o)| (t.as_str(), o.as_str())))?;
+        if let Ok(filter) = std::env::var(LOG_ENV) {
+            config.log.filter = filter;
+        }
+        Ok(config)
+    }
+
+    /// Parses the default, overlays `overlay` (TOML text and where it came from), validates.
+    pub fn from_overlay(overlay: Option<(&str, &str)>) -> Result<Config, ConfigError> {
+        let mut merged = parse_table(DEFAULT_TOML, "the built-in default")?;
+        if let Some((text, origin)) = overlay {
+            let top = parse_table(text, origin)?;
+            merge(&mut merged, top, "", origin)?;
+        }
+        let de = toml::Value::Table(merged);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            ConfigError::BadValue {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: &str) -> ConfigError {
+            ConfigError::BadValue {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            }
+        }
+        if self.media.bind_ips.is_empty() {
+            return Err(bad("media.bind_ips", "needs at least one address"));
+        }
+        if self.media.subscriber_queue_packets < 16 {
+            return Err(bad("media.subscriber_queue_packets", "must be at least 16"));
+        }
+        if self.media.ice_disconnected_timeout_ms == 0 || self.media.ice_failed_timeout_ms == 0 {
+            return Err(bad("media.ice_*_timeout_ms", "must be above zero"));
+        }
+        if self.media.keyframe_request_interval_ms == 0 {
+            return Err(bad("media.keyframe_request_interval_ms", "must be above zero"));
+        }
+        if !(1024..=1024 * 1024).contains(&self.signalling.max_message_bytes) {
+            return Err(bad(
+                "signalling.max_message_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if self.signalling.messages_per_second == 0 || self.signalling.message_burst == 0 {
+            return Err(bad("signalling.messages_per_*", "must be above zero"));
+        }
+        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(bad("log.filter", "is not a valid tracing filter"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Overlays `top` onto `base` key by key. A key the default does not have is an error: the
+/// default file lists every key there is, so a typo cannot pass silently.
+fn merge(base: &mut toml::Table, top: toml::Table, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    for (key, value) in top {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (None, _) => {
+                return Err(ConfigError::UnknownKey {
+                    key: path,
+                    origin: origin.to_owned(),
+                })
+            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t, &path, origin)?,
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(ConfigError::BadValue {
+                    key: path,
+                    message: "must be a table".to_owned(),
+                })
+            }
+            (Some(slot), value) => *slot = value,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        let c = Config::default_config().expect("default config");
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.signalling.max_message_bytes, 65536);
+    }
+
+    #[test]
+    fn example_file_matches_the_default() {
+        // example.toml documents every key with its default value.
+        let example = include_str!("../config/example.toml");
+        let a = parse_table(example, "example").unwrap();
+        let b = parse_table(DEFAULT_TOML, "default").unwrap();
+        assert_eq!(a, b, "config/example.toml and config/default.toml disagree");
+    }
+
+    #[test]
+    fn overlay_changes_only_given_keys() {
+        let c = Config::from_overlay(Some(("[http]\nlisten = \"127.0.0.1:9000\"\n", "t"))).unwrap();
+        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.http.web_root, PathBuf::from("web"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[http]\nlisten_port = 1\n", "http.listen_port"),
+            ("[httpx]\n", "httpx"),
+            ("[http]\nlisten = \"nonsense\"\n", "http.listen"),
+            ("[media]\nsubscriber_queue_packets = \"many\"\n", "media.subscriber_queue_packets"),
+            ("[media]\nbind_ips = []\n", "media.bind_ips"),
+            ("[signalling]\nmax_message_bytes = 1\n", "signalling.max_message_bytes"),
+            ("http = 3\n", "http"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_overlay(Some((text, "test.toml"))).unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let err = Config::from_overlay(Some(("[http\n", "broken.toml"))).unwrap_err();
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The HTTP edge: the axum router (`router`), static files from web/, `/ws` signalling,
+//! `/healthz` and `/metrics`. It translates between the network and the room; it decides
+//! nothing about rooms or media.
+
+mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::ServeDir;
+
+use crate::config::Config;
+use crate::room::Rooms;
+use crate::sfu::Sfu;
+
+/// What every handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub rooms: Rooms,
+    pub sfu: Sfu,
+    /// Cancelled on shutdown: every WebSocket task says goodbye and ends.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole HTTP surface, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    let web = ServeDir::new(&state.config.http.web_root);
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback_service(web)
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    state.sfu.metrics().render(&mut out);
+    out.push_str(&format!(
+        "# HELP kursrelay_rooms Running session rooms\n# TYPE kursrelay_rooms gauge\nkursrelay_rooms {}\n",
+        state.rooms.count()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,153 @@
+//! `/ws`: one task per client socket. Reads frames (size limit, rate limit, JSON parsing),
+//! hands messages and events to `room::client::Client`, and writes its outbox to the socket.
+
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::protocol::{parse_client_message, ByeReason, ErrorCode, ProtocolError, ServerMessage};
+use crate::room::client::{Client, Flow};
+
+/// Frames above this close the socket in the WebSocket layer itself (code 1009); frames between
+/// `signalling.max_message_bytes` and this are answered with `too_large`.
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+const CLOSE_POLICY: u16 = 1008;
+
+pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .on_upgrade(move |socket| {
+            // The connection id is random and only ties log lines together.
+            let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
+            run(socket, state).instrument(span)
+        })
+}
+
+/// Token bucket: `rate` messages per second sustained, `burst` at once.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        RateLimit {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn run(mut socket: WebSocket, state: AppState) {
+    let limits = &state.config.signalling;
+    let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
+    let mut client = Client::new(state.rooms.clone(), state.sfu.clone());
+    let mut close_code: Option<u16> = None;
+
+    loop {
+        let flow = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                client.outbox.push(ServerMessage::Bye { reason: ByeReason::ServerShutdown });
+                Flow::Close
+            }
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    if !rate.allow(Instant::now()) {
+                        client.reject(ProtocolError::new(ErrorCode::RateLimited, "Too many messages; disconnecting."), None);
+                        close_code = Some(CLOSE_POLICY);
+                        Flow::Close
+                    } else if text.len() > limits.max_message_bytes {
+                        client.reject(ProtocolError::new(ErrorCode::TooLarge, format!(
+                            "The message is {} bytes; the limit is {}.", text.len(), limits.max_message_bytes)), None);
+                        Flow::Continue
+                    } else {
+                        match parse_client_message(text.as_str()) {
+                            Ok(msg) => {
+                                tracing::debug!(kind = msg.type_name(), "client message");
+                                client.handle_message(msg).await
+                            }
+                            Err((err, request)) => {
+                                client.reject(err, request.as_deref());
+                                Flow::Continue
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    client.reject(ProtocolError::new(ErrorCode::BadMessage, "Binary frames are not used; send JSON text."), None);
+                    Flow::Continue
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "websocket read failed");
+                    break;
+                }
+            },
+            event = client.next_event() => client.handle_event(event).await,
+        };
+        if !flush(&mut socket, &mut client).await {
+            break;
+        }
+        if flow == Flow::Close {
+            let frame = close_code.map(|code| CloseFrame { code, reason: "".into() });
+            let _ = socket.send(Message::Close(frame)).await;
+            break;
+        }
+    }
+    client.shutdown().await;
+}
+
+/// Writes everything the client queued. False if the socket is gone.
+async fn flush(socket: &mut WebSocket, client: &mut Client) -> bool {
+    for msg in client.outbox.drain(..) {
+        let text = match serde_json::to_string(&msg) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::error!(error = %err, "could not serialise a server message");
+                continue;
+            }
+        };
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limit_allows_burst_then_rate() {
+        let start = Instant::now();
+        let mut r = RateLimit::new(10, 5);
+        r.last = start;
+        assert!((0..5).all(|_| r.allow(start)));
+        assert!(!r.allow(start));
+        assert!(r.allow(start + Duration::from_millis(100)));
+        assert!(!r.allow(start + Duration::from_millis(100)));
+    }
+}

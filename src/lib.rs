@@ -1,0 +1,31 @@
+//! # kursrelay
+//!
+//! A self-hosted relay for hybrid patient-education courses: a course leader's camera,
+//! microphone and slides go from the lecture hall to satellite hospital rooms and to people at
+//! home, through a WebRTC SFU with its own WebSocket signalling. docs/ARCHITECTURE.md tells the
+//! why; this is the map.
+//!
+//! ```text
+//! browser ──WS /ws (JSON, docs/protocol.md)──▶ http::ws ──▶ room::client::Client ──commands──▶ room actor
+//!    │                                                          │  (one per socket)            (one per session)
+//!    └──── DTLS-SRTP media ──▶ sfu::Publisher ──▶ forwarder ──▶ DownTracks ──▶ sfu::Subscriber ──▶ browser
+//!                                                   ▲ subscriber snapshot swapped by the room actor
+//! ```
+//!
+//! | module | owns | must not |
+//! |---|---|---|
+//! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
+//! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
+//! | [`protocol`] | signalling message types and parsing | do I/O |
+//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), `/healthz`, `/metrics`, static web/ | decide anything about rooms |
+//! | [`room`] | the room actor per session (members, published tracks, who receives what) and `client`, the per-socket protocol state machine that negotiates a member's two peer connections | lock room state; await the media path per packet |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, forwarding tasks, down-tracks, keyframe requests, media metrics | await the room, a lock or the network (besides the send) per packet |
+//! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod protocol;
+pub mod room;
+pub mod sfu;

@@ -1,0 +1,46 @@
+//! The `kursrelay` command: parse arguments, load the config, start logging, run the server.
+//! No logic lives here.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use kursrelay::app::Server;
+use kursrelay::config::Config;
+
+/// Self-hosted relay for hybrid patient-education courses.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML file overlaying the built-in configuration (see config/example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("kursrelay: configuration error: {err}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.filter))
+        .init();
+
+    let server = Server::bind(config).await?;
+    tracing::info!(address = %server.local_addr(), "kursrelay listening; open http://{}/", server.local_addr());
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    server.serve(stop).await.context("server failed")
+}

@@ -1,0 +1,324 @@
+//! Signalling message types: the contract with `web/`, `tests/common/` and docs/protocol.md.
+//! Pure data and parsing; no I/O, no room logic, no webrtc types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MemberId, TrackId};
+
+/// The protocol version this server speaks.
+pub const VERSION: u32 = 1;
+
+/// Roles a member can have. Version 1 records the role; the roles issue enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Representative,
+    Participant,
+    Site,
+    Interpreter,
+}
+
+/// What a published track carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Camera,
+    Microphone,
+    Screen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// Which of a client's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Publish,
+    Subscribe,
+}
+
+/// An ICE candidate exactly as the browser's `RTCIceCandidate.toJSON()` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mline_index: Option<u16>,
+    #[serde(rename = "usernameFragment", default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// A client's description of one track in its publish offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTrackDesc {
+    /// The browser's `MediaStreamTrack.id` (the `a=msid` track id in the offer).
+    pub track_id: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello {
+        version: u32,
+    },
+    Join {
+        session: String,
+        name: String,
+        role: Role,
+    },
+    PublishOffer {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<PublishedTrackDesc>,
+    },
+    Unpublish {
+        track_id: String,
+    },
+    SubscribeAnswer {
+        sdp: String,
+    },
+    IceCandidate {
+        target: Target,
+        candidate: IceCandidate,
+    },
+    Leave,
+}
+
+impl ClientMessage {
+    /// Every `type` a client may send; anything else is `unknown_type`.
+    pub const TYPES: &'static [&'static str] = &[
+        "hello",
+        "join",
+        "publish_offer",
+        "unpublish",
+        "subscribe_answer",
+        "ice_candidate",
+        "leave",
+    ];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::PublishOffer { .. } => "publish_offer",
+            ClientMessage::Unpublish { .. } => "unpublish",
+            ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
+            ClientMessage::IceCandidate { .. } => "ice_candidate",
+            ClientMessage::Leave => "leave",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub member_id: MemberId,
+    pub name: String,
+    pub role: Role,
+}
+
+/// One track of a subscribe offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedTrackDesc {
+    pub track_id: TrackId,
+    pub member_id: MemberId,
+    pub kind: MediaKind,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByeReason {
+    Left,
+    PeerFailed,
+    ServerShutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        version: u32,
+        server: String,
+    },
+    Joined {
+        member_id: MemberId,
+        session: String,
+        members: Vec<MemberInfo>,
+    },
+    Members {
+        members: Vec<MemberInfo>,
+    },
+    PublishAnswer {
+        sdp: String,
+    },
+    Unpublished {
+        track_id: String,
+    },
+    SubscribeOffer {
+        sdp: String,
+        tracks: Vec<SubscribedTrackDesc>,
+    },
+    IceCandidate {
+        target: Target,
+        candidate: IceCandidate,
+    },
+    Bye {
+        reason: ByeReason,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+}
+
+/// Stable error codes (docs/protocol.md lists them with what happens to the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    TooLarge,
+    UnsupportedVersion,
+    OutOfOrder,
+    AlreadyJoined,
+    BadRequest,
+    BadSdp,
+    NoOfferPending,
+    NoConnection,
+    BadCandidate,
+    UnknownTrack,
+    RateLimited,
+    Internal,
+}
+
+/// A request the server answers with an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_message(self, request: Option<&str>) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code,
+            message: self.message,
+            request: request.map(str::to_owned),
+        }
+    }
+}
+
+/// Parses one text frame. The error says which of `bad_json`, `bad_message`, `unknown_type` it
+/// is, plus the `type` when one could be read, so the reply can name the request.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ProtocolError, Option<String>)> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        (
+            ProtocolError::new(ErrorCode::BadJson, format!("The message is not valid JSON: {e}")),
+            None,
+        )
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err((
+            ProtocolError::new(ErrorCode::BadJson, "The message must be a JSON object."),
+            None,
+        ));
+    };
+    let Some(kind) = object.get("type").and_then(|t| t.as_str()) else {
+        return Err((
+            ProtocolError::new(ErrorCode::BadMessage, "The message has no \"type\" string."),
+            None,
+        ));
+    };
+    if !ClientMessage::TYPES.contains(&kind) {
+        // Echo the type only if it is short and plain; it is client input.
+        let shown: String = kind.chars().take(40).filter(|c| c.is_ascii_graphic()).collect();
+        return Err((
+            ProtocolError::new(
+                ErrorCode::UnknownType,
+                format!("Unknown message type \"{shown}\"."),
+            ),
+            None,
+        ));
+    }
+    let kind = kind.to_owned();
+    serde_json::from_value(value).map_err(|e| {
+        (
+            ProtocolError::new(ErrorCode::BadMessage, format!("Bad \"{kind}\" message: {e}")),
+            Some(kind),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_documented_example() {
+        let cases = [
+            r#"{"type": "hello", "version": 1}"#,
+            r#"{"type": "join", "session": "molde-1", "name": "Kari", "role": "participant"}"#,
+            r#"{"type": "publish_offer", "sdp": "v=0", "tracks": [{"track_id": "a", "source": "camera"}]}"#,
+            r#"{"type": "unpublish", "track_id": "a"}"#,
+            r#"{"type": "subscribe_answer", "sdp": "v=0"}"#,
+            r#"{"type": "ice_candidate", "target": "publish", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}}"#,
+            r#"{"type": "leave"}"#,
+        ];
+        for text in cases {
+            let msg = parse_client_message(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert!(text.contains(msg.type_name()));
+        }
+    }
+
+    #[test]
+    fn classifies_bad_input() {
+        let cases = [
+            ("{", ErrorCode::BadJson),
+            ("[1,2]", ErrorCode::BadJson),
+            ("\"hello\"", ErrorCode::BadJson),
+            ("{}", ErrorCode::BadMessage),
+            (r#"{"type": 5}"#, ErrorCode::BadMessage),
+            (r#"{"type": "dance"}"#, ErrorCode::UnknownType),
+            (r#"{"type": "hello"}"#, ErrorCode::BadMessage),
+            (r#"{"type": "join", "session": "x", "name": "y", "role": "king"}"#, ErrorCode::BadMessage),
+            (r#"{"type": "ice_candidate", "target": "both", "candidate": {"candidate": ""}}"#, ErrorCode::BadMessage),
+        ];
+        for (text, code) in cases {
+            let (err, _) = parse_client_message(text).unwrap_err();
+            assert_eq!(err.code, code, "{text}");
+        }
+    }
+
+    #[test]
+    fn server_messages_serialise_as_documented() {
+        let msg = ServerMessage::Error {
+            code: ErrorCode::NoOfferPending,
+            message: "m".into(),
+            request: Some("subscribe_answer".into()),
+        };
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["code"], "no_offer_pending");
+        assert_eq!(json["request"], "subscribe_answer");
+        let bye = serde_json::to_value(ServerMessage::Bye { reason: ByeReason::PeerFailed }).unwrap();
+        assert_eq!(bye, serde_json::json!({"type": "bye", "reason": "peer_failed"}));
+    }
+}

@@ -1,0 +1,238 @@
+//! Keyframes: recognising one in an RTP payload, letting subscribers' PLI/FIR reach us, and
+//! coalescing those requests to about one per second per published track.
+//! Pure functions and small types; the tasks that use them live in `forwarder.rs`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+use tokio::sync::Notify;
+
+/// Which codec a track carries, as far as keyframe detection cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecFamily {
+    Vp8,
+    Vp9,
+    H264,
+    Audio,
+    /// A video codec we cannot parse: every packet counts as a possible start.
+    OtherVideo,
+}
+
+impl CodecFamily {
+    pub fn from_mime(mime: &str) -> CodecFamily {
+        let mime = mime.to_ascii_lowercase();
+        match mime.as_str() {
+            "video/vp8" => CodecFamily::Vp8,
+            "video/vp9" => CodecFamily::Vp9,
+            "video/h264" => CodecFamily::H264,
+            m if m.starts_with("audio/") => CodecFamily::Audio,
+            _ => CodecFamily::OtherVideo,
+        }
+    }
+}
+
+/// Whether this RTP payload starts a keyframe, i.e. a subscriber can begin decoding here.
+/// Audio packets are always a fine place to start.
+pub fn starts_keyframe(codec: CodecFamily, payload: &[u8]) -> bool {
+    match codec {
+        CodecFamily::Audio | CodecFamily::OtherVideo => true,
+        CodecFamily::Vp8 => vp8_keyframe_start(payload),
+        CodecFamily::Vp9 => vp9_keyframe_start(payload),
+        CodecFamily::H264 => h264_has_keyframe(payload),
+    }
+}
+
+/// RFC 7741: payload descriptor, then the VP8 frame header whose lowest bit is 0 on keyframes.
+fn vp8_keyframe_start(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    let start_of_partition = first & 0x10 != 0;
+    let partition_id = first & 0x07;
+    if !start_of_partition || partition_id != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let Some(&ext) = p.get(i) else { return false };
+        i += 1;
+        if ext & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            let Some(&pid) = p.get(i) else { return false };
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if ext & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    matches!(p.get(i), Some(&b) if b & 0x01 == 0)
+}
+
+/// RFC 9628 (VP9 payload): B (start of frame) set and P (inter-predicted) clear.
+fn vp9_keyframe_start(p: &[u8]) -> bool {
+    matches!(p.first(), Some(&b) if b & 0x08 != 0 && b & 0x40 == 0)
+}
+
+/// RFC 6184: an IDR slice or an SPS, alone, aggregated in STAP-A, or starting an FU-A.
+fn h264_has_keyframe(p: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    let is_key = |nal_type: u8| nal_type == IDR || nal_type == SPS;
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    match first & 0x1f {
+        24 => {
+            let mut i = 1;
+            while i + 2 < p.len() {
+                let size = u16::from_be_bytes([p[i], p[i + 1]]) as usize;
+                if is_key(p[i + 2] & 0x1f) {
+                    return true;
+                }
+                i += 2 + size;
+            }
+            false
+        }
+        28 => matches!(p.get(1), Some(&fu) if fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        t => is_key(t),
+    }
+}
+
+/// A cheap handle that asks the publisher of one track for a keyframe. Requests made while one
+/// is already pending merge into it; the task in `forwarder.rs` paces them.
+#[derive(Debug, Clone, Default)]
+pub struct KeyframeRequester {
+    notify: Arc<Notify>,
+}
+
+impl KeyframeRequester {
+    pub fn request(&self) {
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn requested(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI and FIR
+/// for delivery to the application (they then appear on the local track's event stream, where
+/// the subscriber side turns them into `KeyframeRequester::request`) and drops the rest, which
+/// the other interceptors have already acted on.
+#[derive(Default)]
+pub struct KeyframeRequestInterceptor {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+/// True if any packet in the batch asks for a keyframe.
+pub fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    })
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if !is_keyframe_request(packets) {
+                return Ok(());
+            }
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestInterceptor {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8() {
+        use CodecFamily::Vp8;
+        let cases: &[(&[u8], bool)] = &[
+            (&[0x10, 0x00], true),              // S=1, PID=0, P=0
+            (&[0x10, 0x01], false),             // inter frame
+            (&[0x00, 0x00], false),             // not a partition start
+            (&[0x11, 0x00], false),             // partition 1
+            (&[0x90, 0x80, 0x05, 0x00], true),  // X, I with 7-bit picture id
+            (&[0x90, 0x80, 0x85, 0x05, 0x00], true), // 15-bit picture id
+            (&[0x90, 0xe0, 0x85, 0x05, 0x01, 0x02, 0x00], true), // I, L, T
+            (&[0x90, 0xe0, 0x85, 0x05, 0x01, 0x02, 0x01], false),
+            (&[0x90], false),
+            (&[], false),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(starts_keyframe(Vp8, payload), *want, "{payload:02x?}");
+        }
+    }
+
+    #[test]
+    fn h264() {
+        use CodecFamily::H264;
+        let cases: &[(&[u8], bool)] = &[
+            (&[0x65, 0x88], true),                         // IDR
+            (&[0x67, 0x42], true),                         // SPS
+            (&[0x41, 0x9a], false),                        // non-IDR slice
+            (&[0x18, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68], true), // STAP-A with SPS
+            (&[0x18, 0x00, 0x01, 0x41], false),
+            (&[0x7c, 0x85, 0x00], true),                   // FU-A start of IDR
+            (&[0x7c, 0x05, 0x00], false),                  // FU-A continuation
+            (&[0x7c, 0x81, 0x00], false),                  // FU-A start of non-IDR
+            (&[], false),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(starts_keyframe(H264, payload), *want, "{payload:02x?}");
+        }
+    }
+
+    #[test]
+    fn vp9_audio_and_unknown() {
+        assert!(starts_keyframe(CodecFamily::Vp9, &[0x08]));
+        assert!(!starts_keyframe(CodecFamily::Vp9, &[0x48]));
+        assert!(!starts_keyframe(CodecFamily::Vp9, &[0x00]));
+        assert!(starts_keyframe(CodecFamily::Audio, &[]));
+        assert!(starts_keyframe(CodecFamily::OtherVideo, &[1]));
+        assert_eq!(CodecFamily::from_mime("video/VP8"), CodecFamily::Vp8);
+        assert_eq!(CodecFamily::from_mime("audio/opus"), CodecFamily::Audio);
+        assert_eq!(CodecFamily::from_mime("video/H264"), CodecFamily::H264);
+    }
+}

@@ -1,0 +1,736 @@
+//! Test harness: the real server on 127.0.0.1:0, a real webrtc-rs client speaking the real
+//! signalling (`TestPeer`), synthetic but real RTP media, and `wait_until`.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use kursrelay::app::Server;
+use kursrelay::config::Config;
+use kursrelay::http::AppState;
+use kursrelay::protocol::SubscribedTrackDesc;
+use kursrelay::sfu::LiveCounts;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use serde_json::json;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes. Returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("KURSRELAY_TEST_LOG").unwrap_or_else(|_| "warn,webrtc=off,rtc=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The real server, in this process, on 127.0.0.1 with an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn spawn() -> TestServer {
+        Self::spawn_with("").await
+    }
+
+    /// `overlay` is TOML on top of the test defaults (loopback only, short ICE timeouts).
+    pub async fn spawn_with(overlay: &str) -> TestServer {
+        init_tracing();
+        let base = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n\
+             [media]\nbind_ips = [\"127.0.0.1\"]\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut config = Config::from_overlay(Some((&base, "test base"))).expect("test config");
+        if !overlay.is_empty() {
+            let merged = format!("{base}\n{overlay}");
+            config = Config::from_overlay(Some((&merged, "test overlay"))).expect("test overlay");
+        }
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr();
+        let state = server.state();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone()));
+        TestServer {
+            addr,
+            state,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn live(&self) -> LiveCounts {
+        self.state.sfu.metrics().live_tasks()
+    }
+
+    pub fn metric(&self, pick: fn(&kursrelay::sfu::Metrics) -> &AtomicU64) -> u64 {
+        pick(self.state.sfu.metrics()).load(Ordering::SeqCst)
+    }
+
+    /// Graceful shutdown, as Ctrl-C does it.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A raw signalling client: frames in, frames out, nothing automatic.
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(server: &TestServer) -> WsClient {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        WsClient { ws }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("ws send");
+    }
+
+    pub async fn send(&mut self, value: serde_json::Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// The next text frame as JSON; None if the socket closed.
+    pub async fn recv(&mut self) -> Option<serde_json::Value> {
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("ws recv timed out");
+            match frame {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server sent JSON")),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Receives until a message of `kind` arrives (skipping others such as candidates).
+    pub async fn recv_type(&mut self, kind: &str) -> serde_json::Value {
+        loop {
+            let msg = self.recv().await.unwrap_or_else(|| panic!("socket closed while waiting for {kind}"));
+            if msg["type"] == kind {
+                return msg;
+            }
+        }
+    }
+
+    /// hello + join; returns the `joined` message.
+    pub async fn hello_join(&mut self, session: &str, name: &str) -> serde_json::Value {
+        self.send(json!({"type": "hello", "version": 1})).await;
+        assert_eq!(self.recv_type("welcome").await["version"], 1);
+        self.send(json!({"type": "join", "session": session, "name": name, "role": "participant"})).await;
+        self.recv_type("joined").await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic media: RTP whose payload carries a sequence number and a send time, so a receiver
+// can check byte-identical, in-order delivery and latency.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    Vp8,
+    H264,
+}
+
+impl VideoCodec {
+    fn mime(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => "video/VP8",
+            VideoCodec::H264 => "video/H264",
+        }
+    }
+    fn fmtp(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => "",
+            VideoCodec::H264 => "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        }
+    }
+}
+
+/// A payload: codec header, then u32 sequence, u64 send time (µs since `epoch`), then filler
+/// derived from the sequence so that every byte is checkable.
+pub fn synthetic_payload(codec: Option<VideoCodec>, keyframe: bool, seq: u32, sent_us: u64, len: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(len);
+    match codec {
+        Some(VideoCodec::Vp8) => {
+            b.put_u8(0x10); // S=1, partition 0
+            b.put_u8(if keyframe { 0x00 } else { 0x01 }); // VP8 P bit: 0 = keyframe
+        }
+        Some(VideoCodec::H264) => {
+            b.put_u8(if keyframe { 0x65 } else { 0x41 }); // IDR slice or non-IDR slice
+        }
+        None => {}
+    }
+    b.put_u32(seq);
+    b.put_u64(sent_us);
+    let mut i = 0u32;
+    while b.len() < len {
+        b.put_u8((seq.wrapping_mul(31).wrapping_add(i) & 0xff) as u8);
+        i += 1;
+    }
+    b.freeze()
+}
+
+/// Reads back the sequence number a synthetic payload carries.
+pub fn payload_seq(codec: Option<VideoCodec>, payload: &[u8]) -> u32 {
+    let off = match codec {
+        Some(VideoCodec::Vp8) => 2,
+        Some(VideoCodec::H264) => 1,
+        None => 0,
+    };
+    u32::from_be_bytes(payload[off..off + 4].try_into().expect("payload too short"))
+}
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishSpec {
+    pub camera: Option<VideoCodec>,
+    pub microphone: bool,
+    pub screen: Option<VideoCodec>,
+    /// Video packets per second per video track; audio is 50/s.
+    pub video_pps: u32,
+    /// A keyframe every this many video packets (and on every PLI).
+    pub keyframe_every: u32,
+}
+
+impl Default for PublishSpec {
+    fn default() -> Self {
+        PublishSpec {
+            camera: Some(VideoCodec::Vp8),
+            microphone: true,
+            screen: None,
+            video_pps: 50,
+            keyframe_every: 100,
+        }
+    }
+}
+
+/// One track the test publisher sends; `sent` keeps every payload by its sequence number.
+pub struct SentTrack {
+    pub client_track_id: String,
+    pub source: &'static str,
+    pub codec: Option<VideoCodec>,
+    pub ssrc: u32,
+    pub sent: Mutex<HashMap<u32, Bytes>>,
+    pub plis: AtomicU64,
+}
+
+/// One received track on a subscriber.
+#[derive(Default)]
+pub struct ReceivedTrack {
+    /// (ssrc, payload type, RTP sequence number, payload)
+    pub packets: Vec<(u32, u8, u16, Bytes)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    inbox: Mutex<Vec<serde_json::Value>>,
+    inbox_changed: Notify,
+    /// Tracks the latest subscribe offer listed.
+    offered: Mutex<Vec<SubscribedTrackDesc>>,
+    received: Mutex<HashMap<String, ReceivedTrack>>,
+    socket_closed: AtomicBool,
+}
+
+enum Cmd {
+    Raw(String),
+    Publish(PublishSpec, tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>),
+    /// Close both peer connections without telling the server.
+    KillMedia,
+    /// Drop the TCP connection without a close frame.
+    DropSocket,
+}
+
+/// A real webrtc-rs client: its own task owns the socket and both peer connections, answers
+/// subscribe offers, trickles candidates and records everything it receives.
+pub struct TestPeer {
+    pub member_id: String,
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+    stop_media: CancellationToken,
+}
+
+impl TestPeer {
+    /// Connects, says hello and joins `session`.
+    pub async fn join(server: &TestServer, session: &str, name: &str) -> TestPeer {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        let shared = Arc::new(Shared::default());
+        let (cmds, rx) = mpsc::channel(64);
+        let stop_media = CancellationToken::new();
+        let task = tokio::spawn(peer_task(ws, rx, shared.clone(), stop_media.clone()));
+        let mut peer = TestPeer {
+            member_id: String::new(),
+            shared,
+            cmds,
+            task,
+            stop_media,
+        };
+        peer.send(json!({"type": "hello", "version": 1})).await;
+        peer.send(json!({"type": "join", "session": session, "name": name, "role": "participant"}))
+            .await;
+        let joined = peer.wait_msg(|m| m["type"] == "joined").await;
+        peer.member_id = joined["member_id"].as_str().expect("member_id").to_owned();
+        peer
+    }
+
+    pub async fn send(&self, value: serde_json::Value) {
+        self.send_raw(value.to_string()).await;
+    }
+
+    pub async fn send_raw(&self, text: String) {
+        self.cmds.send(Cmd::Raw(text)).await.expect("peer task alive");
+    }
+
+    /// Publishes per `spec` and starts sending once the answer is applied.
+    pub async fn publish(&self, spec: PublishSpec) -> Vec<Arc<SentTrack>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds.send(Cmd::Publish(spec, tx)).await.expect("peer task alive");
+        tokio::time::timeout(TIMEOUT, rx).await.expect("publish timed out").expect("publish failed")
+    }
+
+    pub async fn leave(&self) {
+        self.send(json!({"type": "leave"})).await;
+    }
+
+    pub async fn kill_media(&self) {
+        let _ = self.cmds.send(Cmd::KillMedia).await;
+    }
+
+    pub async fn drop_socket(&self) {
+        let _ = self.cmds.send(Cmd::DropSocket).await;
+    }
+
+    /// Every message received so far.
+    pub fn inbox(&self) -> Vec<serde_json::Value> {
+        self.shared.inbox.lock().unwrap().clone()
+    }
+
+    /// Waits for a message matching `pred` (looking at everything received so far too).
+    pub async fn wait_msg(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let notified = self.shared.inbox_changed.notified();
+            if let Some(m) = self.shared.inbox.lock().unwrap().iter().find(|m| pred(m)) {
+                return m.clone();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no matching message; got {:#?}", self.inbox());
+            }
+        }
+    }
+
+    /// Track ids the latest subscribe offer listed.
+    pub fn offered(&self) -> Vec<SubscribedTrackDesc> {
+        self.shared.offered.lock().unwrap().clone()
+    }
+
+    pub fn socket_closed(&self) -> bool {
+        self.shared.socket_closed.load(Ordering::SeqCst)
+    }
+
+    /// Packets received on the track the server calls `track_id`.
+    pub fn received_count(&self, track_id: &str) -> usize {
+        self.shared.received.lock().unwrap().get(track_id).map_or(0, |t| t.packets.len())
+    }
+
+    pub fn with_received<R>(&self, track_id: &str, f: impl FnOnce(&ReceivedTrack) -> R) -> R {
+        let map = self.shared.received.lock().unwrap();
+        let empty = ReceivedTrack::default();
+        f(map.get(track_id).unwrap_or(&empty))
+    }
+
+    /// The server's track id for a track `publisher` publishes from `source`, once offered.
+    pub async fn wait_offered(&self, publisher: &str, source: &str) -> String {
+        let publisher: String = publisher.to_owned();
+        let mut found = None;
+        let ok = wait_until(TIMEOUT, || {
+            found = self
+                .offered()
+                .into_iter()
+                .find(|t| t.member_id.to_string() == publisher && serde_json::to_value(t.source).unwrap() == source)
+                .map(|t| t.track_id.to_string());
+            found.is_some()
+        })
+        .await;
+        assert!(ok, "no {source} track of {publisher} offered; offered {:?}", self.offered());
+        found.unwrap()
+    }
+
+    /// Ends the peer: stops sending, closes the socket.
+    pub async fn close(self) {
+        self.stop_media.cancel();
+        let _ = self.cmds.send(Cmd::DropSocket).await;
+        let _ = tokio::time::timeout(TIMEOUT, self.task).await;
+    }
+}
+
+
+#[derive(Clone)]
+struct PeerHandler {
+    target: &'static str,
+    candidates: mpsc::UnboundedSender<(&'static str, RTCIceCandidateInit)>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PeerHandler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.candidates.send((self.target, init));
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let id = track.track_id().await;
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    let mut map = shared.received.lock().unwrap();
+                    map.entry(id.clone()).or_default().packets.push((
+                        p.header.ssrc,
+                        p.header.payload_type,
+                        p.header.sequence_number,
+                        p.payload,
+                    ));
+                }
+            }
+        });
+    }
+}
+
+async fn new_pc(handler: PeerHandler) -> Arc<dyn PeerConnection> {
+    let (media_engine, registry) = kursrelay::sfu::media_setup().expect("media setup");
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .expect("build test peer connection");
+    Arc::new(pc)
+}
+
+fn candidate_json(init: &RTCIceCandidateInit) -> serde_json::Value {
+    json!({"candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index})
+}
+
+fn candidate_init(v: &serde_json::Value) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: v["candidate"].as_str().unwrap_or_default().to_owned(),
+        sdp_mid: v["sdpMid"].as_str().map(str::to_owned),
+        sdp_mline_index: v["sdpMLineIndex"].as_u64().map(|i| i as u16),
+        username_fragment: None,
+        url: None,
+    }
+}
+
+struct PendingPublish {
+    spec: PublishSpec,
+    tracks: Vec<(Arc<SentTrack>, Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>)>,
+    reply: tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>,
+}
+
+async fn peer_task(
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    stop_media: CancellationToken,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
+    let mut pub_pc: Option<Arc<dyn PeerConnection>> = None;
+    let mut sub_pc: Option<Arc<dyn PeerConnection>> = None;
+    let mut pending: Option<PendingPublish> = None;
+    let mut early: HashMap<&'static str, Vec<RTCIceCandidateInit>> = HashMap::new();
+    let handler = |target| PeerHandler {
+        target,
+        candidates: cand_tx.clone(),
+        shared: shared.clone(),
+    };
+
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
+                };
+                let msg: serde_json::Value = serde_json::from_str(&text).expect("server JSON");
+                match msg["type"].as_str().unwrap_or_default() {
+                    "subscribe_offer" => {
+                        if sub_pc.is_none() {
+                            sub_pc = Some(new_pc(handler("subscribe")).await);
+                        }
+                        let pc = sub_pc.as_ref().unwrap();
+                        let offer = RTCSessionDescription::offer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
+                        pc.set_remote_description(offer).await.expect("apply subscribe offer");
+                        for c in early.remove("subscribe").unwrap_or_default() {
+                            let _ = pc.add_ice_candidate(c).await;
+                        }
+                        let answer = pc.create_answer(None).await.expect("answer");
+                        pc.set_local_description(answer).await.expect("set answer");
+                        let sdp = pc.local_description().await.unwrap().sdp;
+                        *shared.offered.lock().unwrap() = serde_json::from_value(msg["tracks"].clone()).expect("tracks");
+                        let reply = json!({"type": "subscribe_answer", "sdp": sdp});
+                        if sink.send(Message::text(reply.to_string())).await.is_err() { break; }
+                    }
+                    "publish_answer" => {
+                        if std::env::var("DUMP_SDP").is_ok() { eprintln!("ANSWER {}", msg["sdp"].as_str().unwrap()); }
+                        if let (Some(pc), Some(p)) = (pub_pc.as_ref(), pending.take()) {
+                            let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
+                            pc.set_remote_description(answer).await.expect("apply publish answer");
+                            for c in early.remove("publish").unwrap_or_default() {
+                                let _ = pc.add_ice_candidate(c).await;
+                            }
+                            start_sending(p, stop_media.clone()).await;
+                        }
+                    }
+                    "ice_candidate" => {
+                        let target = if msg["target"] == "publish" { "publish" } else { "subscribe" };
+                        let init = candidate_init(&msg["candidate"]);
+                        let pc = if target == "publish" { pub_pc.as_ref() } else { sub_pc.as_ref() };
+                        match pc {
+                            Some(pc) if pc.remote_description().await.is_some() => { let _ = pc.add_ice_candidate(init).await; }
+                            _ => early.entry(target).or_default().push(init),
+                        }
+                    }
+                    _ => {}
+                }
+                shared.inbox.lock().unwrap().push(msg);
+                shared.inbox_changed.notify_waiters();
+            }
+            Some((target, init)) = cand_rx.recv() => {
+                let msg = json!({"type": "ice_candidate", "target": target, "candidate": candidate_json(&init)});
+                if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Raw(text)) => { if sink.send(Message::text(text)).await.is_err() { break; } }
+                Some(Cmd::Publish(spec, reply)) => {
+                    let pc = new_pc(handler("publish")).await;
+                    let mut tracks = Vec::new();
+                    let mut descs = Vec::new();
+                    let plan = [
+                        (spec.camera, "camera", true),
+                        (None, "microphone", spec.microphone),
+                        (spec.screen, "screen", spec.screen.is_some()),
+                    ];
+                    for (codec, source, wanted) in plan {
+                        if !wanted { continue; }
+                        let ssrc = rand::random::<u32>();
+                        let id = format!("test-{source}-{ssrc}");
+                        let (kind, rtp_codec) = match codec {
+                            Some(c) => (RtpCodecKind::Video, RTCRtpCodec { mime_type: c.mime().into(), clock_rate: 90000, channels: 0, sdp_fmtp_line: c.fmtp().into(), rtcp_feedback: vec![] }),
+                            None => (RtpCodecKind::Audio, RTCRtpCodec { mime_type: "audio/opus".into(), clock_rate: 48000, channels: 2, sdp_fmtp_line: "minptime=10;useinbandfec=1".into(), rtcp_feedback: vec![] }),
+                        };
+                        if source == "camera" && codec.is_none() { continue; }
+                        let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                            format!("stream-{ssrc}"), id.clone(), id.clone(), kind,
+                            vec![RTCRtpEncodingParameters { rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() }, codec: rtp_codec, ..Default::default() }],
+                        )));
+                        let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await.expect("add_track");
+                        let sent = Arc::new(SentTrack { client_track_id: id.clone(), source, codec, ssrc, sent: Mutex::new(HashMap::new()), plis: AtomicU64::new(0) });
+                        descs.push(json!({"track_id": id, "source": source}));
+                        tracks.push((sent, local, sender));
+                    }
+                    let offer = pc.create_offer(None).await.expect("offer");
+                    pc.set_local_description(offer).await.expect("set offer");
+                    let sdp = pc.local_description().await.unwrap().sdp;
+                    pub_pc = Some(pc);
+                    pending = Some(PendingPublish { spec, tracks, reply });
+                    if std::env::var("DUMP_SDP").is_ok() { eprintln!("OFFER {sdp}"); }
+                    let msg = json!({"type": "publish_offer", "sdp": sdp, "tracks": descs});
+                    if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                }
+                Some(Cmd::KillMedia) => {
+                    stop_media.cancel();
+                    if let Some(pc) = pub_pc.take() { let _ = pc.close().await; }
+                    if let Some(pc) = sub_pc.take() { let _ = pc.close().await; }
+                }
+                Some(Cmd::DropSocket) | None => break,
+            }
+        }
+    }
+    shared.socket_closed.store(true, Ordering::SeqCst);
+    shared.inbox_changed.notify_waiters();
+    stop_media.cancel();
+    if let Some(pc) = pub_pc.take() {
+        let _ = pc.close().await;
+    }
+    if let Some(pc) = sub_pc.take() {
+        let _ = pc.close().await;
+    }
+}
+
+/// Starts one sending task per track (paced, keyframes periodically and on PLI) and replies
+/// with the tracks' records.
+async fn start_sending(p: PendingPublish, stop: CancellationToken) {
+    let epoch = Instant::now();
+    let mut records = Vec::new();
+    for (sent, local, sender) in p.tracks {
+        let params = sender.get_parameters().await.expect("sender parameters");
+        let mime = match sent.codec {
+            Some(c) => c.mime(),
+            None => "audio/opus",
+        };
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+            .map(|c| c.payload_type)
+            .unwrap_or_else(|| panic!("{mime} not negotiated: {:?}", params.rtp_parameters.codecs.iter().map(|c| (&c.rtp_codec.mime_type, c.payload_type)).collect::<Vec<_>>()));
+        records.push(sent.clone());
+        // Keyframe requests from the server arrive on the local track.
+        let pli_local = local.clone();
+        let pli_sent = sent.clone();
+        let kf_wanted = Arc::new(AtomicBool::new(true));
+        let kf_flag = kf_wanted.clone();
+        let stop_rtcp = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop_rtcp.cancelled() => return,
+                    ev = pli_local.poll() => match ev {
+                        Some(TrackLocalEvent::OnRtcpPacket(pkts)) => {
+                            if kursrelay::sfu::keyframe::is_keyframe_request(&pkts) {
+                                pli_sent.plis.fetch_add(1, Ordering::SeqCst);
+                                kf_flag.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Some(_) => {}
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        });
+        let spec = p.spec.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (pps, clock_step, len) = match sent.codec {
+                Some(_) => (spec.video_pps, 90_000 / spec.video_pps, 1000),
+                None => (50, 960, 120),
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / pps);
+            let mut seq: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let keyframe = sent.codec.is_some()
+                    && (kf_wanted.swap(false, Ordering::SeqCst) || seq % spec.keyframe_every == 0);
+                let payload = synthetic_payload(sent.codec, keyframe, seq, epoch.elapsed().as_micros() as u64, len);
+                sent.sent.lock().unwrap().insert(seq, payload.clone());
+                let packet = rtp::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        payload_type: pt,
+                        sequence_number: seq as u16,
+                        timestamp: seq.wrapping_mul(clock_step),
+                        ssrc: sent.ssrc,
+                        ..Default::default()
+                    },
+                    payload,
+                };
+                if local.write_rtp(packet).await.is_err() && stop.is_cancelled() {
+                    return;
+                }
+                seq += 1;
+            }
+        });
+    }
+    let _ = p.reply.send(records);
+}
+
+/// Checks one subscriber's copy of one sent track: payloads byte-identical to what was sent,
+/// in order, RTP sequence numbers contiguous, one SSRC that is not the publisher's. Returns
+/// (packets, ssrc).
+pub fn check_delivery(peer: &TestPeer, track_id: &str, sent: &SentTrack) -> (usize, u32) {
+    peer.with_received(track_id, |rx| {
+        assert!(!rx.packets.is_empty(), "nothing received on {track_id}");
+        let ssrc = rx.packets[0].0;
+        assert_ne!(ssrc, sent.ssrc, "SSRC was not rewritten");
+        let sent_map = sent.sent.lock().unwrap();
+        let mut last_payload_seq: Option<u32> = None;
+        let mut last_rtp_seq: Option<u16> = None;
+        for (pssrc, _pt, rtp_seq, payload) in &rx.packets {
+            assert_eq!(*pssrc, ssrc, "SSRC changed mid-stream");
+            let seq = payload_seq(sent.codec, payload);
+            let original = sent_map.get(&seq).unwrap_or_else(|| panic!("received a payload never sent: {seq}"));
+            assert_eq!(original, payload, "payload {seq} differs from what was sent");
+            if let Some(last) = last_payload_seq {
+                assert!(seq > last, "out of order: {seq} after {last}");
+            }
+            if let Some(last) = last_rtp_seq {
+                assert_eq!(*rtp_seq, last.wrapping_add(1), "gap in RTP sequence numbers");
+            }
+            last_payload_seq = Some(seq);
+            last_rtp_seq = Some(*rtp_seq);
+        }
+        (rx.packets.len(), ssrc)
+    })
+}

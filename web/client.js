@@ -1,0 +1,398 @@
+// kursrelay browser client: signalling protocol version 1 (see docs/protocol.md).
+//
+// One WebSocket to /ws and up to two RTCPeerConnections:
+//   publish   - we send media; we offer (publish_offer), the server answers.
+//   subscribe - we receive media; the server offers (subscribe_offer), we answer.
+
+const PROTOCOL_VERSION = 1;
+const REPLY_TIMEOUT_MS = 15000;
+const LEAVE_CLOSE_MS = 2000;
+
+export class KursrelayError extends Error {
+  constructor(code, message, request) {
+    super(message || code);
+    this.name = 'KursrelayError';
+    this.code = code;
+    this.request = request;
+  }
+}
+
+/** ws(s)://<same host>/ws */
+export function defaultUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/ws`;
+}
+
+/** Map of a=mid -> a=msid track id for every m-section of an SDP. */
+function msidByMid(sdp) {
+  const map = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section);
+    const msid = /^a=msid:\S+ (\S+)/m.exec(section);
+    if (mid && msid) map.set(mid[1], msid[1]);
+  }
+  return map;
+}
+
+function newConnection() {
+  // remoteSet/localSent: candidates are held until the matching description exists.
+  return { pc: null, remoteSet: false, remoteQueue: [], localSent: false, localQueue: [] };
+}
+
+export class KursrelayClient {
+  constructor(url = defaultUrl(), { rtcConfig = {} } = {}) {
+    this.url = url;
+    this.rtcConfig = rtcConfig;
+    this.memberId = null;
+    this.members = [];
+    this.server = null;
+
+    // Callbacks; replace them before connect().
+    this.onMembers = () => {};
+    this.onTrack = () => {};
+    this.onTrackGone = () => {};
+    this.onError = (err) => console.error(err);
+    this.onClose = () => {};
+
+    this._ws = null;
+    this._welcomed = false;
+    this._closed = false;
+    this._byeReason = null;
+    this._leaveTimer = null;
+    this._waiters = [];
+    this._conn = { publish: newConnection(), subscribe: newConnection() };
+    this._pubQueue = Promise.resolve();
+    this._subQueue = Promise.resolve();
+    this._pubStream = new MediaStream();
+    this._pubSources = new Map(); // MediaStreamTrack -> source
+    this._pubIds = new Map(); // MediaStreamTrack -> track_id told to the server
+    this._remote = new Map(); // track_id -> {track, info} handed to onTrack
+  }
+
+  /** Open the WebSocket, send hello, resolve with the welcome message. */
+  connect() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      this._ws = ws;
+      ws.onopen = () => {
+        this._request({ type: 'hello', version: PROTOCOL_VERSION }, 'welcome').then((msg) => {
+          this._welcomed = true;
+          this.server = msg.server || null;
+          resolve(msg);
+        }, reject);
+      };
+      ws.onmessage = (ev) => this._onMessage(ev.data);
+      ws.onclose = (ev) => {
+        if (!this._welcomed) reject(new KursrelayError('connect_failed', 'Could not reach the server'));
+        const codeReason = { 1008: 'rate_limited', 1009: 'too_large' }[ev.code];
+        this._shutdown(this._byeReason || codeReason || 'connection_lost');
+      };
+    });
+  }
+
+  /** Send join; resolve with the joined message. */
+  async join(session, name, role = 'participant') {
+    return this._request({ type: 'join', session, name, role }, 'joined');
+  }
+
+  /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */
+  publish(tracks) {
+    return this._publishStep(async () => {
+      for (const { track, source } of tracks) this._addSender(track, source);
+      await this._negotiatePublish();
+    });
+  }
+
+  /** Add one more track (e.g. source "screen") and renegotiate. */
+  addTrack(track, source) {
+    return this.publish([{ track, source }]);
+  }
+
+  /** Unpublish a track, remove its sender and renegotiate. */
+  removeTrack(track) {
+    return this._publishStep(async () => {
+      const pc = this._conn.publish.pc;
+      const sender = pc && pc.getSenders().find((s) => s.track === track);
+      if (!sender) return;
+      const trackId = this._pubIds.get(track);
+      if (trackId) {
+        try {
+          await this._request({ type: 'unpublish', track_id: trackId }, 'unpublished');
+        } catch (err) {
+          if (err.code !== 'unknown_track') throw err;
+        }
+      }
+      pc.removeTrack(sender);
+      this._pubStream.removeTrack(track);
+      this._pubSources.delete(track);
+      this._pubIds.delete(track);
+      await this._negotiatePublish();
+    });
+  }
+
+  /** Say goodbye; the server answers bye and closes the socket (onClose("left")). */
+  leave() {
+    if (this._closed) return;
+    this._send({ type: 'leave' });
+    this._closePeers();
+    clearTimeout(this._leaveTimer);
+    this._leaveTimer = setTimeout(() => this._ws && this._ws.close(1000), LEAVE_CLOSE_MS);
+  }
+
+  /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently shown. */
+  async stats() {
+    const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0 };
+    for (const { track } of this._remote.values()) {
+      if (track.kind === 'video') out.videoTracks += 1;
+      else if (track.kind === 'audio') out.audioTracks += 1;
+    }
+    const pc = this._conn.subscribe.pc;
+    if (!pc) return out;
+    const report = await pc.getStats();
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const kind = s.kind || s.mediaType;
+      if (kind === 'video') {
+        out.framesDecoded += s.framesDecoded || 0;
+        out.videoPacketsReceived += s.packetsReceived || 0;
+      } else if (kind === 'audio') {
+        out.audioPacketsReceived += s.packetsReceived || 0;
+      }
+    });
+    return out;
+  }
+
+  // ---- signalling ----
+
+  _send(msg) {
+    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) return false;
+    this._ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Send msg and wait for a reply of type replyType, or an error naming msg.type. */
+  _request(msg, replyType) {
+    return new Promise((resolve, reject) => {
+      if (this._closed || !this._ws || this._ws.readyState !== WebSocket.OPEN) {
+        reject(new KursrelayError('not_connected', 'Not connected', msg.type));
+        return;
+      }
+      const waiter = { replyType, request: msg.type, resolve, reject };
+      waiter.timer = setTimeout(() => {
+        this._waiters = this._waiters.filter((w) => w !== waiter);
+        reject(new KursrelayError('timeout', `No ${replyType} from the server`, msg.type));
+      }, REPLY_TIMEOUT_MS);
+      this._waiters.push(waiter);
+      this._send(msg);
+    });
+  }
+
+  /** Remove and return the first waiter matching pred, or null. */
+  _takeWaiter(pred) {
+    const i = this._waiters.findIndex(pred);
+    if (i < 0) return null;
+    const [waiter] = this._waiters.splice(i, 1);
+    clearTimeout(waiter.timer);
+    return waiter;
+  }
+
+  _onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this.onError(new KursrelayError('bad_json', 'The server sent something that is not JSON'));
+      return;
+    }
+    switch (msg.type) {
+      case 'welcome':
+      case 'joined':
+      case 'publish_answer':
+      case 'unpublished': {
+        if (msg.type === 'joined') {
+          this.memberId = msg.member_id;
+          this.members = msg.members || [];
+        }
+        const waiter = this._takeWaiter((w) => w.replyType === msg.type);
+        if (waiter) waiter.resolve(msg);
+        if (msg.type === 'joined') this.onMembers(this.members);
+        break;
+      }
+      case 'members':
+        this.members = msg.members || [];
+        this.onMembers(this.members);
+        break;
+      case 'subscribe_offer':
+        this._subQueue = this._subQueue
+          .then(() => this._onSubscribeOffer(msg))
+          .catch((err) => this.onError(err));
+        break;
+      case 'ice_candidate':
+        this._onRemoteCandidate(msg.target, msg.candidate);
+        break;
+      case 'bye':
+        this._byeReason = msg.reason || 'left';
+        break;
+      case 'error': {
+        const err = new KursrelayError(msg.code, msg.message, msg.request);
+        const waiter = msg.request && this._takeWaiter((w) => w.request === msg.request);
+        if (waiter) waiter.reject(err);
+        else this.onError(err);
+        break;
+      }
+      default:
+        break; // newer server message types are ignored
+    }
+  }
+
+  _shutdown(reason) {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._leaveTimer);
+    for (const w of this._waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new KursrelayError('closed', `Connection closed (${reason})`, w.request));
+    }
+    this._closePeers();
+    if (this._welcomed) this.onClose(reason);
+  }
+
+  _closePeers() {
+    for (const target of ['publish', 'subscribe']) {
+      const c = this._conn[target];
+      if (c.pc) c.pc.close();
+      this._conn[target] = newConnection();
+    }
+    this._remote.clear();
+  }
+
+  // ---- peer connections and ICE ----
+
+  _peer(target) {
+    const c = this._conn[target];
+    if (!c.pc) {
+      const pc = new RTCPeerConnection(this.rtcConfig);
+      pc.onicecandidate = ({ candidate }) => {
+        if (!candidate || !candidate.candidate) return; // end of candidates: nothing to send
+        const json = candidate.toJSON();
+        if (c.localSent) this._send({ type: 'ice_candidate', target, candidate: json });
+        else c.localQueue.push(json);
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === 'failed') {
+          this.onError(new KursrelayError('peer_failed', `The ${target} media connection failed`, target));
+        }
+      };
+      c.pc = pc;
+    }
+    return c.pc;
+  }
+
+  /** Our offer/answer for target went out: release held local candidates. */
+  _localSent(target) {
+    const c = this._conn[target];
+    c.localSent = true;
+    for (const candidate of c.localQueue.splice(0)) this._send({ type: 'ice_candidate', target, candidate });
+  }
+
+  /** The remote description for target is set: apply held remote candidates. */
+  _remoteSet(target) {
+    const c = this._conn[target];
+    c.remoteSet = true;
+    for (const candidate of c.remoteQueue.splice(0)) this._applyCandidate(c.pc, candidate);
+  }
+
+  _onRemoteCandidate(target, candidate) {
+    const c = this._conn[target];
+    if (!c || !candidate || !candidate.candidate) return;
+    if (c.pc && c.remoteSet) this._applyCandidate(c.pc, candidate);
+    else c.remoteQueue.push(candidate);
+  }
+
+  _applyCandidate(pc, candidate) {
+    pc.addIceCandidate(candidate).catch((err) => console.error('kursrelay: ICE candidate not applied', err));
+  }
+
+  // ---- publish ----
+
+  /** Run publish-side steps one at a time; errors go to the caller, the queue keeps going. */
+  _publishStep(fn) {
+    const run = this._pubQueue.then(fn);
+    this._pubQueue = run.catch(() => {});
+    return run;
+  }
+
+  _addSender(track, source) {
+    const pc = this._peer('publish');
+    this._pubStream.addTrack(track);
+    pc.addTransceiver(track, { direction: 'sendonly', streams: [this._pubStream] });
+    this._pubSources.set(track, source || (track.kind === 'video' ? 'camera' : 'microphone'));
+  }
+
+  async _negotiatePublish() {
+    const pc = this._conn.publish.pc;
+    await pc.setLocalDescription(await pc.createOffer());
+    const sdp = pc.localDescription.sdp;
+    const msids = msidByMid(sdp);
+    const tracks = [];
+    for (const t of pc.getTransceivers()) {
+      const track = t.sender.track;
+      if (!track) continue;
+      const trackId = (t.mid !== null && msids.get(t.mid)) || track.id;
+      this._pubIds.set(track, trackId);
+      tracks.push({ track_id: trackId, source: this._pubSources.get(track) });
+    }
+    const reply = this._request({ type: 'publish_offer', sdp, tracks }, 'publish_answer');
+    this._localSent('publish');
+    let answer;
+    try {
+      answer = await reply;
+    } catch (err) {
+      if (pc.signalingState === 'have-local-offer') {
+        await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+      }
+      throw err;
+    }
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    this._remoteSet('publish');
+  }
+
+  // ---- subscribe ----
+
+  async _onSubscribeOffer(msg) {
+    const pc = this._peer('subscribe');
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    this._remoteSet('subscribe');
+    await pc.setLocalDescription(await pc.createAnswer());
+    this._send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
+    this._localSent('subscribe');
+    this._syncRemoteTracks(pc, msg.sdp, Array.isArray(msg.tracks) ? msg.tracks : []);
+  }
+
+  /** Report tracks missing from the offer as gone, and new ones via onTrack (each track_id once). */
+  _syncRemoteTracks(pc, sdp, tracks) {
+    const listed = new Map(tracks.map((t) => [t.track_id, t]));
+    for (const trackId of [...this._remote.keys()]) {
+      if (!listed.has(trackId)) {
+        this._remote.delete(trackId);
+        this.onTrackGone(trackId);
+      }
+    }
+    const msids = msidByMid(sdp);
+    for (const t of pc.getTransceivers()) {
+      if (t.currentDirection !== 'recvonly' && t.currentDirection !== 'sendrecv') continue;
+      const track = t.receiver.track;
+      const trackId = (t.mid !== null && msids.get(t.mid)) || track.id;
+      const listedTrack = listed.get(trackId);
+      if (!listedTrack || this._remote.has(trackId)) continue;
+      const info = {
+        track_id: trackId,
+        member_id: listedTrack.member_id,
+        kind: listedTrack.kind || track.kind,
+        source: listedTrack.source || (track.kind === 'video' ? 'camera' : 'microphone'),
+      };
+      this._remote.set(trackId, { track, info });
+      this.onTrack(track, info);
+    }
+  }
+}
