@@ -2,6 +2,7 @@
 //! signalling (`TestPeer`), synthetic but real RTP media, and `wait_until`.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chromium;
 
 
 use std::collections::HashMap;
@@ -143,6 +144,10 @@ impl WsClient {
 
     pub async fn send(&mut self, value: serde_json::Value) {
         self.send_text(value.to_string()).await;
+    }
+
+    pub async fn ws_send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.expect("ws send");
     }
 
     /// The next text frame as JSON; None if the socket closed.

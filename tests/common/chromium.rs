@@ -1,0 +1,174 @@
+//! A small DevTools-protocol driver for Debian's headless `chromium`, over the WebSocket
+//! client the tests already use (no Node, no extra browser download). Chromium gets a fake
+//! camera and microphone and is allowed to use loopback for WebRTC.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
+pub fn chromium_path() -> PathBuf {
+    if let Ok(p) = std::env::var("KURSRELAY_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "no Chromium found: install Debian's `chromium` (apt-get install -y chromium) or set \
+         KURSRELAY_CHROMIUM to the browser binary (see README, Prerequisites)"
+    );
+}
+
+pub struct Chromium {
+    child: Child,
+    ws: Ws,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+/// One tab, attached with its own DevTools session.
+#[derive(Clone)]
+pub struct Page {
+    session: String,
+}
+
+impl Chromium {
+    pub async fn launch() -> Chromium {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let child = Command::new(chromium_path())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,900",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&port_file) {
+                if t.lines().count() >= 2 {
+                    break t;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut lines = text.lines();
+        let port = lines.next().unwrap().trim();
+        let path = lines.next().unwrap().trim();
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
+            .await
+            .expect("connect to chromium");
+        Chromium {
+            child,
+            ws,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one DevTools command and returns its result (events in between are skipped).
+    pub async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws.send(Message::text(msg.to_string())).await.expect("devtools send");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("devtools {method} timed out"))
+                .expect("devtools closed")
+                .expect("devtools read");
+            let Message::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).expect("devtools JSON");
+            if v["id"] == id {
+                if let Some(err) = v.get("error") {
+                    panic!("devtools {method} failed: {err}");
+                }
+                return v["result"].clone();
+            }
+        }
+    }
+
+    pub async fn open(&mut self, url: &str) -> Page {
+        let target = self.call(None, "Target.createTarget", json!({"url": url})).await;
+        let attached = self
+            .call(None, "Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}))
+            .await;
+        let page = Page {
+            session: attached["sessionId"].as_str().expect("sessionId").to_owned(),
+        };
+        // Wait until the page's module has run.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.eval(&page, "typeof window.kursrelay").await != "object" {
+            assert!(Instant::now() < deadline, "{url} did not load window.kursrelay");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        page
+    }
+
+    /// Evaluates `expr` in the page, awaiting a promise, and returns its JSON value.
+    pub async fn eval(&mut self, page: &Page, expr: &str) -> Value {
+        let r = self
+            .call(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await;
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("page threw evaluating {expr}: {ex}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Saves a PNG of the page under target/screenshots/ (not committed) and returns its path.
+    pub async fn screenshot(&mut self, page: &Page, name: &str) -> PathBuf {
+        use base64::Engine as _;
+        let r = self.call(Some(&page.session), "Page.captureScreenshot", json!({"format": "png"})).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().expect("screenshot data"))
+            .expect("base64");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write screenshot");
+        path
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

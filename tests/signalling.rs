@@ -1,0 +1,152 @@
+//! Bad input over the real WebSocket: each mistake gets its documented error, the connection
+//! stays usable (or is closed cleanly where the protocol says so), and other sessions keep
+//! receiving media throughout.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn expect_error(ws: &mut WsClient, code: &str) -> serde_json::Value {
+    let msg = ws.recv_type("error").await;
+    assert_eq!(msg["code"], code, "{msg}");
+    assert!(msg["message"].as_str().is_some_and(|m| !m.is_empty()));
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
+    let server = TestServer::spawn().await;
+    // A healthy session running meanwhile.
+    let leader = TestPeer::join(&server, "healthy", "Kursleiar").await;
+    leader.publish(PublishSpec::default()).await;
+    let viewer = TestPeer::join(&server, "healthy", "Kari").await;
+    let camera = viewer.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&camera) > 10).await);
+
+    let mut ws = WsClient::connect(&server).await;
+    // Before hello.
+    ws.send(json!({"type": "join", "session": "x", "name": "y", "role": "participant"})).await;
+    expect_error(&mut ws, "out_of_order").await;
+    ws.send_text("{not json").await;
+    expect_error(&mut ws, "bad_json").await;
+    ws.send_text("[1, 2, 3]").await;
+    expect_error(&mut ws, "bad_json").await;
+    ws.send(json!({"no_type": true})).await;
+    expect_error(&mut ws, "bad_message").await;
+    ws.send(json!({"type": "teleport"})).await;
+    expect_error(&mut ws, "unknown_type").await;
+    ws.send(json!({"type": "hello"})).await;
+    let e = expect_error(&mut ws, "bad_message").await;
+    assert_eq!(e["request"], "hello");
+    ws.send_text(format!("{{\"type\": \"hello\", \"pad\": \"{}\"}}", "x".repeat(70 * 1024))).await;
+    expect_error(&mut ws, "too_large").await;
+
+    // Still usable: a proper hello and join work.
+    ws.send(json!({"type": "hello", "version": 1})).await;
+    ws.recv_type("welcome").await;
+    ws.send(json!({"type": "hello", "version": 1})).await;
+    expect_error(&mut ws, "out_of_order").await;
+    ws.send(json!({"type": "publish_offer", "sdp": "v=0"})).await;
+    expect_error(&mut ws, "out_of_order").await;
+    ws.send(json!({"type": "join", "session": "bad session!", "name": "Ola", "role": "participant"})).await;
+    expect_error(&mut ws, "bad_request").await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "   ", "role": "participant"})).await;
+    expect_error(&mut ws, "bad_request").await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "emperor"})).await;
+    expect_error(&mut ws, "bad_message").await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"})).await;
+    ws.recv_type("joined").await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"})).await;
+    expect_error(&mut ws, "already_joined").await;
+
+    // Media mistakes.
+    ws.send(json!({"type": "subscribe_answer", "sdp": "v=0\r\n"})).await;
+    let e = expect_error(&mut ws, "no_offer_pending").await;
+    assert_eq!(e["request"], "subscribe_answer");
+    ws.send(json!({"type": "publish_offer", "sdp": "this is not SDP"})).await;
+    expect_error(&mut ws, "bad_sdp").await;
+    ws.send(json!({"type": "publish_offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"})).await;
+    expect_error(&mut ws, "bad_sdp").await;
+    ws.send(json!({"type": "ice_candidate", "target": "subscribe", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}})).await;
+    expect_error(&mut ws, "no_connection").await;
+    ws.send(json!({"type": "unpublish", "track_id": "nope"})).await;
+    expect_error(&mut ws, "unknown_track").await;
+    ws.ws_send_binary(vec![1, 2, 3]).await;
+    expect_error(&mut ws, "bad_message").await;
+
+    // The healthy session never noticed.
+    let before = viewer.received_count(&camera);
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&camera) > before + 20).await);
+    ws.send(json!({"type": "leave"})).await;
+    assert_eq!(ws.recv_type("bye").await["reason"], "left");
+    assert!(ws.recv().await.is_none(), "server should close after bye");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_version_closes_the_connection() {
+    let server = TestServer::spawn().await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.send(json!({"type": "hello", "version": 99})).await;
+    expect_error(&mut ws, "unsupported_version").await;
+    assert!(ws.recv().await.is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_disconnected() {
+    let server = TestServer::spawn_with("[signalling]\nmessages_per_second = 5\nmessage_burst = 20\n").await;
+    let mut ws = WsClient::connect(&server).await;
+    for _ in 0..100 {
+        ws.send(json!({"type": "teleport"})).await;
+    }
+    let mut codes = Vec::new();
+    while let Some(msg) = ws.recv().await {
+        codes.push(msg["code"].as_str().unwrap_or_default().to_owned());
+    }
+    let answered = codes.iter().filter(|c| *c == "unknown_type").count();
+    assert!((20..40).contains(&answered), "{codes:?}");
+    assert_eq!(codes.last().map(String::as_str), Some("rate_limited"));
+    // The server still serves others.
+    let mut other = WsClient::connect(&server).await;
+    other.hello_join("after-flood", "Per").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_hard_limit_closes_only_that_socket() {
+    let server = TestServer::spawn().await;
+    let mut ws = WsClient::connect(&server).await;
+    ws.send_text("x".repeat(2 * 1024 * 1024)).await;
+    assert!(ws.recv().await.is_none());
+    let mut other = WsClient::connect(&server).await;
+    other.hello_join("still-up", "Per").await;
+    server.shutdown().await;
+}
+
+async fn http_get(server: &TestServer, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_web_client_are_served() {
+    let server = TestServer::spawn().await;
+    let health = http_get(&server, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    let metrics = http_get(&server, "/metrics").await;
+    assert!(metrics.contains("kursrelay_peer_connections 0"), "{metrics}");
+    assert!(metrics.contains("kursrelay_rooms 0"), "{metrics}");
+    let index = http_get(&server, "/").await;
+    assert!(index.starts_with("HTTP/1.1 200") && index.contains("<html"), "{index}");
+    let missing = http_get(&server, "/nope.html").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    server.shutdown().await;
+}
