@@ -98,7 +98,8 @@ impl Config {
             }
             None => None,
         };
-        let mut config = Self::from_overlay(overlay.as_ref().map(|(t, o)| (t.as_str(), o.as_str())))?;
+        let mut config =
+            Self::from_overlay(overlay.as_ref().map(|(t, o)| (t.as_str(), o.as_str())))?;
         if let Ok(filter) = std::env::var(LOG_ENV) {
             config.log.filter = filter;
         }
@@ -113,12 +114,11 @@ impl Config {
             merge(&mut merged, top, "", origin)?;
         }
         let de = toml::Value::Table(merged);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            ConfigError::BadValue {
+        let config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::BadValue {
                 key: e.path().to_string(),
                 message: e.inner().to_string(),
-            }
-        })?;
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -141,7 +141,10 @@ impl Config {
             return Err(bad("media.ice_*_timeout_ms", "must be above zero"));
         }
         if self.media.keyframe_request_interval_ms == 0 {
-            return Err(bad("media.keyframe_request_interval_ms", "must be above zero"));
+            return Err(bad(
+                "media.keyframe_request_interval_ms",
+                "must be above zero",
+            ));
         }
         if !(1024..=1024 * 1024).contains(&self.signalling.max_message_bytes) {
             return Err(bad(
@@ -152,7 +155,12 @@ impl Config {
         if self.signalling.messages_per_second == 0 || self.signalling.message_burst == 0 {
             return Err(bad("signalling.messages_per_*", "must be above zero"));
         }
-        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return Err(bad("log.filter", "is not a valid tracing filter"));
         }
         Ok(())
@@ -160,15 +168,21 @@ impl Config {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// Overlays `top` onto `base` key by key. A key the default does not have is an error: the
 /// default file lists every key there is, so a typo cannot pass silently.
-fn merge(base: &mut toml::Table, top: toml::Table, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+fn merge(
+    base: &mut toml::Table,
+    top: toml::Table,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
     for (key, value) in top {
         let path = if prefix.is_empty() {
             key.clone()
@@ -202,7 +216,10 @@ mod tests {
     #[test]
     fn default_is_valid() {
         let c = Config::default_config().expect("default config");
-        assert_eq!(c.http.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.http.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.signalling.max_message_bytes, 65536);
     }
 
@@ -228,9 +245,15 @@ mod tests {
             ("[http]\nlisten_port = 1\n", "http.listen_port"),
             ("[httpx]\n", "httpx"),
             ("[http]\nlisten = \"nonsense\"\n", "http.listen"),
-            ("[media]\nsubscriber_queue_packets = \"many\"\n", "media.subscriber_queue_packets"),
+            (
+                "[media]\nsubscriber_queue_packets = \"many\"\n",
+                "media.subscriber_queue_packets",
+            ),
             ("[media]\nbind_ips = []\n", "media.bind_ips"),
-            ("[signalling]\nmax_message_bytes = 1\n", "signalling.max_message_bytes"),
+            (
+                "[signalling]\nmax_message_bytes = 1\n",
+                "signalling.max_message_bytes",
+            ),
             ("http = 3\n", "http"),
         ];
         for (text, key) in cases {

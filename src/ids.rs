@@ -49,7 +49,8 @@ pub struct SessionId(String);
 impl SessionId {
     pub fn parse(s: &str) -> Option<SessionId> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| SessionId(s.to_owned()))
     }
 

@@ -15,6 +15,7 @@
 //! | module | owns | must not |
 //! |---|---|---|
 //! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
+//! | [`logging`] | tracing setup; the writer that redacts IP addresses from every line | log names |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
 //! | [`protocol`] | signalling message types and parsing | do I/O |
 //! | [`http`] | axum router, `/ws` socket loop (size and rate limits), `/healthz`, `/metrics`, static web/ | decide anything about rooms |
@@ -26,6 +27,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod logging;
 pub mod protocol;
 pub mod room;
 pub mod sfu;

@@ -29,12 +29,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.filter))
-        .init();
+    kursrelay::logging::init(&config.log.filter);
 
     let server = Server::bind(config).await?;
-    tracing::info!(address = %server.local_addr(), "kursrelay listening; open http://{}/", server.local_addr());
+    // Printed, not logged: the log redacts IP addresses, and this one is the operator's own.
+    println!("kursrelay listening on http://{}/", server.local_addr());
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {

@@ -49,9 +49,17 @@ pub struct IceCandidate {
     pub candidate: String,
     #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sdp_mline_index: Option<u16>,
-    #[serde(rename = "usernameFragment", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "usernameFragment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub username_fragment: Option<String>,
 }
 
@@ -231,7 +239,10 @@ impl ProtocolError {
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ProtocolError, Option<String>)> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         (
-            ProtocolError::new(ErrorCode::BadJson, format!("The message is not valid JSON: {e}")),
+            ProtocolError::new(
+                ErrorCode::BadJson,
+                format!("The message is not valid JSON: {e}"),
+            ),
             None,
         )
     })?;
@@ -249,7 +260,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ProtocolError,
     };
     if !ClientMessage::TYPES.contains(&kind) {
         // Echo the type only if it is short and plain; it is client input.
-        let shown: String = kind.chars().take(40).filter(|c| c.is_ascii_graphic()).collect();
+        let shown: String = kind
+            .chars()
+            .take(40)
+            .filter(|c| c.is_ascii_graphic())
+            .collect();
         return Err((
             ProtocolError::new(
                 ErrorCode::UnknownType,
@@ -261,7 +276,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ProtocolError,
     let kind = kind.to_owned();
     serde_json::from_value(value).map_err(|e| {
         (
-            ProtocolError::new(ErrorCode::BadMessage, format!("Bad \"{kind}\" message: {e}")),
+            ProtocolError::new(
+                ErrorCode::BadMessage,
+                format!("Bad \"{kind}\" message: {e}"),
+            ),
             Some(kind),
         )
     })
@@ -298,8 +316,14 @@ mod tests {
             (r#"{"type": 5}"#, ErrorCode::BadMessage),
             (r#"{"type": "dance"}"#, ErrorCode::UnknownType),
             (r#"{"type": "hello"}"#, ErrorCode::BadMessage),
-            (r#"{"type": "join", "session": "x", "name": "y", "role": "king"}"#, ErrorCode::BadMessage),
-            (r#"{"type": "ice_candidate", "target": "both", "candidate": {"candidate": ""}}"#, ErrorCode::BadMessage),
+            (
+                r#"{"type": "join", "session": "x", "name": "y", "role": "king"}"#,
+                ErrorCode::BadMessage,
+            ),
+            (
+                r#"{"type": "ice_candidate", "target": "both", "candidate": {"candidate": ""}}"#,
+                ErrorCode::BadMessage,
+            ),
         ];
         for (text, code) in cases {
             let (err, _) = parse_client_message(text).unwrap_err();
@@ -318,7 +342,13 @@ mod tests {
         assert_eq!(json["type"], "error");
         assert_eq!(json["code"], "no_offer_pending");
         assert_eq!(json["request"], "subscribe_answer");
-        let bye = serde_json::to_value(ServerMessage::Bye { reason: ByeReason::PeerFailed }).unwrap();
-        assert_eq!(bye, serde_json::json!({"type": "bye", "reason": "peer_failed"}));
+        let bye = serde_json::to_value(ServerMessage::Bye {
+            reason: ByeReason::PeerFailed,
+        })
+        .unwrap();
+        assert_eq!(
+            bye,
+            serde_json::json!({"type": "bye", "reason": "peer_failed"})
+        );
     }
 }

@@ -15,13 +15,23 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     let mut browser = Chromium::launch().await;
     let base = format!("http://{}", server.addr);
 
-    let publisher = browser.open(&format!("{base}/publish.html?session=kurs1")).await;
-    browser
-        .eval(&publisher, "kursrelay.start({session: 'kurs1', name: 'Kursleiar'}).then(() => true)")
+    let publisher = browser
+        .open(&format!("{base}/publish.html?session=kurs1"))
         .await;
-    let watcher = browser.open(&format!("{base}/watch.html?session=kurs1")).await;
     browser
-        .eval(&watcher, "kursrelay.start({session: 'kurs1', name: 'Kari'}).then(() => true)")
+        .eval(
+            &publisher,
+            "kursrelay.start({session: 'kurs1', name: 'Kursleiar'}).then(() => true)",
+        )
+        .await;
+    let watcher = browser
+        .open(&format!("{base}/watch.html?session=kurs1"))
+        .await;
+    browser
+        .eval(
+            &watcher,
+            "kursrelay.start({session: 'kurs1', name: 'Kari'}).then(() => true)",
+        )
         .await;
 
     // A webrtc-rs peer in the same session receives the browser's media too.
@@ -31,7 +41,9 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     let mut ok = false;
     for _ in 0..150 {
         stats = browser.eval(&watcher, "kursrelay.stats()").await;
-        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30 && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20 {
+        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
+            && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
+        {
             ok = true;
             break;
         }
@@ -43,22 +55,47 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     let first = stats["framesDecoded"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = browser.eval(&watcher, "kursrelay.stats()").await;
-    assert!(later["framesDecoded"].as_u64().unwrap() > first + 10, "frames stopped: {stats} then {later}");
-    assert!(later["audioPacketsReceived"].as_u64().unwrap() > stats["audioPacketsReceived"].as_u64().unwrap());
+    assert!(
+        later["framesDecoded"].as_u64().unwrap() > first + 10,
+        "frames stopped: {stats} then {later}"
+    );
+    assert!(
+        later["audioPacketsReceived"].as_u64().unwrap()
+            > stats["audioPacketsReceived"].as_u64().unwrap()
+    );
 
     // The Rust peer got the browser's camera and microphone as RTP.
     let members = rust_peer.inbox();
     let leader_id = members
         .iter()
-        .find_map(|m| m["members"].as_array()?.iter().find(|x| x["name"] == "Kursleiar").map(|x| x["member_id"].as_str().unwrap().to_owned()))
+        .find_map(|m| {
+            m["members"]
+                .as_array()?
+                .iter()
+                .find(|x| x["name"] == "Kursleiar")
+                .map(|x| x["member_id"].as_str().unwrap().to_owned())
+        })
         .expect("leader in member list");
     let camera = rust_peer.wait_offered(&leader_id, "camera").await;
     let mic = rust_peer.wait_offered(&leader_id, "microphone").await;
-    assert!(wait_until(TIMEOUT, || rust_peer.received_count(&camera) > 20 && rust_peer.received_count(&mic) > 20).await);
+    assert!(
+        wait_until(TIMEOUT, || rust_peer.received_count(&camera) > 20
+            && rust_peer.received_count(&mic) > 20)
+        .await
+    );
 
-    browser.eval(&watcher, "Promise.resolve(kursrelay.leave()).then(() => true)").await;
+    browser
+        .eval(
+            &watcher,
+            "Promise.resolve(kursrelay.leave()).then(() => true)",
+        )
+        .await;
     drop(browser);
     rust_peer.close().await;
-    assert!(wait_until(TIMEOUT, || server.live() == Default::default()).await, "left behind: {:?}", server.live());
+    assert!(
+        wait_until(TIMEOUT, || server.live() == Default::default()).await,
+        "left behind: {:?}",
+        server.live()
+    );
     server.shutdown().await;
 }

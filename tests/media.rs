@@ -43,7 +43,10 @@ async fn late_joiner_gets_media_and_its_keyframe_request_reaches_the_publisher()
     let server = TestServer::spawn().await;
     let publisher = TestPeer::join(&server, "late", "Kursleiar").await;
     // Keyframes only on request, so the late joiner can only start if its request got through.
-    let spec = PublishSpec { keyframe_every: u32::MAX, ..PublishSpec::default() };
+    let spec = PublishSpec {
+        keyframe_every: u32::MAX,
+        ..PublishSpec::default()
+    };
     let sent = publisher.publish(spec).await;
     let camera = sent.iter().find(|t| t.source == "camera").unwrap().clone();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -54,8 +57,15 @@ async fn late_joiner_gets_media_and_its_keyframe_request_reaches_the_publisher()
     let got = wait_until(TIMEOUT, || late.received_count(&id) >= ENOUGH).await;
     let mut m = String::new();
     server.state.sfu.metrics().render(&mut m);
-    assert!(got, "late joiner got no video: plis {} {m}", camera.plis.load(std::sync::atomic::Ordering::SeqCst));
-    assert!(camera.plis.load(std::sync::atomic::Ordering::SeqCst) > plis_before, "no keyframe request reached the publisher");
+    assert!(
+        got,
+        "late joiner got no video: plis {} {m}",
+        camera.plis.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(
+        camera.plis.load(std::sync::atomic::Ordering::SeqCst) > plis_before,
+        "no keyframe request reached the publisher"
+    );
     check_delivery(&late, &id, &camera);
     assert!(server.metric(|m| &m.keyframe_requests_sent) >= 1);
     server.shutdown().await;
@@ -65,7 +75,10 @@ async fn late_joiner_gets_media_and_its_keyframe_request_reaches_the_publisher()
 async fn assert_nothing_left(server: &TestServer) {
     let ok = wait_until(TIMEOUT, || server.live() == Default::default()).await;
     assert!(ok, "left behind: {:?}", server.live());
-    assert!(wait_until(TIMEOUT, || server.state.rooms.count() == 0).await, "room left running");
+    assert!(
+        wait_until(TIMEOUT, || server.state.rooms.count() == 0).await,
+        "room left running"
+    );
 }
 
 async fn departure_removes_tracks(how: &str) {
@@ -75,30 +88,46 @@ async fn departure_removes_tracks(how: &str) {
     let watcher = TestPeer::join(&server, "leave", "Ola").await;
     let id = watcher.wait_offered(&publisher.member_id, "camera").await;
     assert!(wait_until(TIMEOUT, || watcher.received_count(&id) > 0).await);
-    assert!(server.live().forwarders == 2 && server.live().peer_connections == 2, "{:?}", server.live());
+    assert!(
+        server.live().forwarders == 2 && server.live().peer_connections == 2,
+        "{:?}",
+        server.live()
+    );
 
     match how {
         "leave" => {
             publisher.leave().await;
-            publisher.wait_msg(|m| m["type"] == "bye" && m["reason"] == "left").await;
+            publisher
+                .wait_msg(|m| m["type"] == "bye" && m["reason"] == "left")
+                .await;
         }
         "socket" => publisher.drop_socket().await,
         "peer" => {
             publisher.kill_media().await;
-            publisher.wait_msg(|m| m["type"] == "bye" && m["reason"] == "peer_failed").await;
+            publisher
+                .wait_msg(|m| m["type"] == "bye" && m["reason"] == "peer_failed")
+                .await;
         }
         _ => unreachable!(),
     }
     // The watcher gets a new offer without the tracks, and the member list without the publisher.
-    assert!(wait_until(TIMEOUT, || watcher.offered().is_empty()).await, "tracks still offered");
+    assert!(
+        wait_until(TIMEOUT, || watcher.offered().is_empty()).await,
+        "tracks still offered"
+    );
     watcher
-        .wait_msg(|m| m["type"] == "members" && m["members"].as_array().is_some_and(|a| a.len() == 1))
+        .wait_msg(|m| {
+            m["type"] == "members" && m["members"].as_array().is_some_and(|a| a.len() == 1)
+        })
         .await;
     let live = server.live();
     assert!(
         wait_until(TIMEOUT, || {
             let l = server.live();
-            l.forwarders == 0 && l.keyframe_tasks == 0 && l.peer_connections == 1 && l.rtcp_readers == 0
+            l.forwarders == 0
+                && l.keyframe_tasks == 0
+                && l.peer_connections == 1
+                && l.rtcp_readers == 0
         })
         .await,
         "after {how}: {:?} (was {live:?})",
@@ -130,7 +159,12 @@ async fn two_sessions_stay_isolated() {
     let molde = TestPeer::join(&server, "molde", "Kursleiar Molde").await;
     let volda = TestPeer::join(&server, "volda", "Kursleiar Volda").await;
     let sent_m = molde.publish(PublishSpec::default()).await;
-    let sent_v = volda.publish(PublishSpec { camera: Some(VideoCodec::H264), ..PublishSpec::default() }).await;
+    let sent_v = volda
+        .publish(PublishSpec {
+            camera: Some(VideoCodec::H264),
+            ..PublishSpec::default()
+        })
+        .await;
     let in_molde = TestPeer::join(&server, "molde", "Kari").await;
     let in_volda = TestPeer::join(&server, "volda", "Per").await;
 
@@ -142,16 +176,29 @@ async fn two_sessions_stay_isolated() {
     check_delivery(&in_volda, &v_cam, &sent_v[0]);
 
     // Each sees only its own session's tracks and members.
-    assert!(in_molde.offered().iter().all(|t| t.member_id.to_string() == molde.member_id));
-    assert!(in_volda.offered().iter().all(|t| t.member_id.to_string() == volda.member_id));
+    assert!(in_molde
+        .offered()
+        .iter()
+        .all(|t| t.member_id.to_string() == molde.member_id));
+    assert!(in_volda
+        .offered()
+        .iter()
+        .all(|t| t.member_id.to_string() == volda.member_id));
     for (peer, other) in [(&in_molde, &volda), (&in_volda, &molde)] {
-        assert!(peer.inbox().iter().all(|m| !m.to_string().contains(&other.member_id)));
+        assert!(peer
+            .inbox()
+            .iter()
+            .all(|m| !m.to_string().contains(&other.member_id)));
     }
     // One session ending leaves the other running.
     molde.close().await;
     in_molde.close().await;
     let before = in_volda.received_count(&v_cam);
-    assert!(wait_until(TIMEOUT, || in_volda.received_count(&v_cam) > before + ENOUGH).await);
+    assert!(
+        wait_until(TIMEOUT, || in_volda.received_count(&v_cam)
+            > before + ENOUGH)
+        .await
+    );
     server.shutdown().await;
 }
 
@@ -161,15 +208,25 @@ async fn screen_share_arrives_as_a_separate_video_track() {
     let leader = TestPeer::join(&server, "screen", "Kursleiar").await;
     // Same codec for both video tracks, as a browser does: webrtc-rs 0.21 answers every video
     // m-line of one offer with the codec negotiated for the first (see docs/ARCHITECTURE.md).
-    let spec = PublishSpec { screen: Some(VideoCodec::Vp8), ..PublishSpec::default() };
+    let spec = PublishSpec {
+        screen: Some(VideoCodec::Vp8),
+        ..PublishSpec::default()
+    };
     let sent = leader.publish(spec).await;
     let viewer = TestPeer::join(&server, "screen", "Site Volda").await;
     let camera = viewer.wait_offered(&leader.member_id, "camera").await;
     let screen = viewer.wait_offered(&leader.member_id, "screen").await;
     let mic = viewer.wait_offered(&leader.member_id, "microphone").await;
     assert_ne!(camera, screen);
-    for (id, source) in [(&camera, "camera"), (&screen, "screen"), (&mic, "microphone")] {
-        assert!(wait_until(TIMEOUT, || viewer.received_count(id) >= ENOUGH).await, "{source}");
+    for (id, source) in [
+        (&camera, "camera"),
+        (&screen, "screen"),
+        (&mic, "microphone"),
+    ] {
+        assert!(
+            wait_until(TIMEOUT, || viewer.received_count(id) >= ENOUGH).await,
+            "{source}"
+        );
         let track = sent.iter().find(|t| t.source == source).unwrap();
         check_delivery(&viewer, id, track);
     }
@@ -179,7 +236,14 @@ async fn screen_share_arrives_as_a_separate_video_track() {
         .send(serde_json::json!({"type": "unpublish", "track_id": screen_sent.client_track_id}))
         .await;
     leader.wait_msg(|m| m["type"] == "unpublished").await;
-    assert!(wait_until(TIMEOUT, || viewer.offered().len() == 2).await, "{:?}", viewer.offered());
-    assert!(viewer.offered().iter().all(|t| t.track_id.to_string() != screen));
+    assert!(
+        wait_until(TIMEOUT, || viewer.offered().len() == 2).await,
+        "{:?}",
+        viewer.offered()
+    );
+    assert!(viewer
+        .offered()
+        .iter()
+        .all(|t| t.track_id.to_string() != screen));
     server.shutdown().await;
 }

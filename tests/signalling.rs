@@ -27,7 +27,8 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
 
     let mut ws = WsClient::connect(&server).await;
     // Before hello.
-    ws.send(json!({"type": "join", "session": "x", "name": "y", "role": "participant"})).await;
+    ws.send(json!({"type": "join", "session": "x", "name": "y", "role": "participant"}))
+        .await;
     expect_error(&mut ws, "out_of_order").await;
     ws.send_text("{not json").await;
     expect_error(&mut ws, "bad_json").await;
@@ -40,7 +41,11 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
     ws.send(json!({"type": "hello"})).await;
     let e = expect_error(&mut ws, "bad_message").await;
     assert_eq!(e["request"], "hello");
-    ws.send_text(format!("{{\"type\": \"hello\", \"pad\": \"{}\"}}", "x".repeat(70 * 1024))).await;
+    ws.send_text(format!(
+        "{{\"type\": \"hello\", \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    ))
+    .await;
     expect_error(&mut ws, "too_large").await;
 
     // Still usable: a proper hello and join work.
@@ -48,30 +53,41 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
     ws.recv_type("welcome").await;
     ws.send(json!({"type": "hello", "version": 1})).await;
     expect_error(&mut ws, "out_of_order").await;
-    ws.send(json!({"type": "publish_offer", "sdp": "v=0"})).await;
+    ws.send(json!({"type": "publish_offer", "sdp": "v=0"}))
+        .await;
     expect_error(&mut ws, "out_of_order").await;
-    ws.send(json!({"type": "join", "session": "bad session!", "name": "Ola", "role": "participant"})).await;
+    ws.send(
+        json!({"type": "join", "session": "bad session!", "name": "Ola", "role": "participant"}),
+    )
+    .await;
     expect_error(&mut ws, "bad_request").await;
-    ws.send(json!({"type": "join", "session": "abuse", "name": "   ", "role": "participant"})).await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "   ", "role": "participant"}))
+        .await;
     expect_error(&mut ws, "bad_request").await;
-    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "emperor"})).await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "emperor"}))
+        .await;
     expect_error(&mut ws, "bad_message").await;
-    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"})).await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"}))
+        .await;
     ws.recv_type("joined").await;
-    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"})).await;
+    ws.send(json!({"type": "join", "session": "abuse", "name": "Ola", "role": "participant"}))
+        .await;
     expect_error(&mut ws, "already_joined").await;
 
     // Media mistakes.
-    ws.send(json!({"type": "subscribe_answer", "sdp": "v=0\r\n"})).await;
+    ws.send(json!({"type": "subscribe_answer", "sdp": "v=0\r\n"}))
+        .await;
     let e = expect_error(&mut ws, "no_offer_pending").await;
     assert_eq!(e["request"], "subscribe_answer");
-    ws.send(json!({"type": "publish_offer", "sdp": "this is not SDP"})).await;
+    ws.send(json!({"type": "publish_offer", "sdp": "this is not SDP"}))
+        .await;
     expect_error(&mut ws, "bad_sdp").await;
     ws.send(json!({"type": "publish_offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"})).await;
     expect_error(&mut ws, "bad_sdp").await;
     ws.send(json!({"type": "ice_candidate", "target": "subscribe", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}})).await;
     expect_error(&mut ws, "no_connection").await;
-    ws.send(json!({"type": "unpublish", "track_id": "nope"})).await;
+    ws.send(json!({"type": "unpublish", "track_id": "nope"}))
+        .await;
     expect_error(&mut ws, "unknown_track").await;
     ws.ws_send_binary(vec![1, 2, 3]).await;
     expect_error(&mut ws, "bad_message").await;
@@ -97,7 +113,8 @@ async fn unsupported_version_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_disconnected() {
-    let server = TestServer::spawn_with("[signalling]\nmessages_per_second = 5\nmessage_burst = 20\n").await;
+    let server =
+        TestServer::spawn_with("[signalling]\nmessages_per_second = 5\nmessage_burst = 20\n").await;
     let mut ws = WsClient::connect(&server).await;
     for _ in 0..100 {
         ws.send(json!({"type": "teleport"})).await;
@@ -128,9 +145,11 @@ async fn a_frame_over_the_hard_limit_closes_only_that_socket() {
 
 async fn http_get(server: &TestServer, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -140,12 +159,21 @@ async fn http_get(server: &TestServer, path: &str) -> String {
 async fn health_metrics_and_web_client_are_served() {
     let server = TestServer::spawn().await;
     let health = http_get(&server, "/healthz").await;
-    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
     let metrics = http_get(&server, "/metrics").await;
-    assert!(metrics.contains("kursrelay_peer_connections 0"), "{metrics}");
+    assert!(
+        metrics.contains("kursrelay_peer_connections 0"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kursrelay_rooms 0"), "{metrics}");
     let index = http_get(&server, "/").await;
-    assert!(index.starts_with("HTTP/1.1 200") && index.contains("<html"), "{index}");
+    assert!(
+        index.starts_with("HTTP/1.1 200") && index.contains("<html"),
+        "{index}"
+    );
     let missing = http_get(&server, "/nope.html").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     server.shutdown().await;

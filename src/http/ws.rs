@@ -110,7 +110,10 @@ async fn run(mut socket: WebSocket, state: AppState) {
             break;
         }
         if flow == Flow::Close {
-            let frame = close_code.map(|code| CloseFrame { code, reason: "".into() });
+            let frame = close_code.map(|code| CloseFrame {
+                code,
+                reason: "".into(),
+            });
             let _ = socket.send(Message::Close(frame)).await;
             break;
         }

@@ -131,7 +131,10 @@ impl Client {
                 Ok(Flow::Continue)
             }
             ClientMessage::PublishOffer { sdp, tracks } => {
-                if tracks.iter().any(|t| t.track_id.len() > MAX_CLIENT_TRACK_ID) {
+                if tracks
+                    .iter()
+                    .any(|t| t.track_id.len() > MAX_CLIENT_TRACK_ID)
+                {
                     return Err(bad_request("a track_id is too long"));
                 }
                 let sfu = self.sfu.clone();
@@ -148,7 +151,8 @@ impl Client {
                     .handle_offer(sdp, &tracks)
                     .await
                     .map_err(sfu_error)?;
-                self.outbox.push(ServerMessage::PublishAnswer { sdp: answer });
+                self.outbox
+                    .push(ServerMessage::PublishAnswer { sdp: answer });
                 Ok(Flow::Continue)
             }
             ClientMessage::Unpublish { track_id } => {
@@ -211,8 +215,13 @@ impl Client {
             bad_request("session must be 1–64 characters from A–Z, a–z, 0–9, - and _")
         })?;
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(bad_request("name must be 1–64 characters, without control characters"));
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
+            return Err(bad_request(
+                "name must be 1–64 characters, without control characters",
+            ));
         }
         let member = MemberId::new();
         let info = MemberInfo {
@@ -247,7 +256,11 @@ impl Client {
         self.offer_if_needed().await
     }
 
-    async fn add_candidate(&mut self, target: Target, c: &IceCandidate) -> Result<(), ProtocolError> {
+    async fn add_candidate(
+        &mut self,
+        target: Target,
+        c: &IceCandidate,
+    ) -> Result<(), ProtocolError> {
         let joined = self.joined()?;
         let result = match target {
             Target::Publish => match joined.publisher.as_mut() {

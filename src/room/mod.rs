@@ -106,7 +106,11 @@ impl RoomHandle {
     }
 
     /// Stops forwarding one of `member`'s tracks. False if it publishes no such track.
-    pub async fn unpublish(&self, member: MemberId, client_track_id: String) -> Result<bool, RoomGone> {
+    pub async fn unpublish(
+        &self,
+        member: MemberId,
+        client_track_id: String,
+    ) -> Result<bool, RoomGone> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Unpublish {
             member,
@@ -117,7 +121,11 @@ impl RoomHandle {
         rx.await.map_err(|_| RoomGone)
     }
 
-    pub async fn attach(&self, member: MemberId, downs: Vec<Arc<DownTrack>>) -> Result<(), RoomGone> {
+    pub async fn attach(
+        &self,
+        member: MemberId,
+        downs: Vec<Arc<DownTrack>>,
+    ) -> Result<(), RoomGone> {
         self.send(Command::Attach { member, downs }).await
     }
 }
@@ -175,7 +183,10 @@ impl Rooms {
 
     fn forget(&self, session: &SessionId, handle: &RoomHandle) {
         let mut map = self.map.lock().expect("rooms lock is never poisoned");
-        if map.get(session).is_some_and(|h| h.tx.same_channel(&handle.tx)) {
+        if map
+            .get(session)
+            .is_some_and(|h| h.tx.same_channel(&handle.tx))
+        {
             map.remove(session);
         }
     }
@@ -251,7 +262,9 @@ impl Room {
                 let found = self
                     .tracks
                     .iter()
-                    .find(|(_, f)| f.info().member == member && f.info().client_track_id == client_track_id)
+                    .find(|(_, f)| {
+                        f.info().member == member && f.info().client_track_id == client_track_id
+                    })
                     .map(|(id, _)| *id);
                 if let Some(id) = found {
                     self.remove_track(id);

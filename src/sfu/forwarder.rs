@@ -260,7 +260,9 @@ async fn forward_loop(
                 }
                 metrics.packets_forwarded.fetch_add(sent, Ordering::Relaxed);
                 if dropped > 0 {
-                    metrics.packets_dropped.fetch_add(dropped, Ordering::Relaxed);
+                    metrics
+                        .packets_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
                 }
             }
             Some(TrackRemoteEvent::OnEnded) | None => break,
@@ -300,7 +302,9 @@ async fn keyframe_loop(
         if remote.write_rtcp(vec![Box::new(pli)]).await.is_err() {
             return;
         }
-        metrics.keyframe_requests_sent.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .keyframe_requests_sent
+            .fetch_add(1, Ordering::Relaxed);
         last_sent = Some(tokio::time::Instant::now());
     }
 }
@@ -341,7 +345,9 @@ pub(crate) async fn rtcp_loop(
         match event {
             Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
                 if is_keyframe_request(&packets) {
-                    metrics.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .keyframe_requests_received
+                        .fetch_add(1, Ordering::Relaxed);
                     keyframes.request();
                 }
             }

@@ -189,12 +189,12 @@ mod tests {
     fn vp8() {
         use CodecFamily::Vp8;
         let cases: &[(&[u8], bool)] = &[
-            (&[0x10, 0x00], true),              // S=1, PID=0, P=0
-            (&[0x10, 0x01], false),             // inter frame
-            (&[0x00, 0x00], false),             // not a partition start
-            (&[0x11, 0x00], false),             // partition 1
-            (&[0x90, 0x80, 0x05, 0x00], true),  // X, I with 7-bit picture id
-            (&[0x90, 0x80, 0x85, 0x05, 0x00], true), // 15-bit picture id
+            (&[0x10, 0x00], true),                               // S=1, PID=0, P=0
+            (&[0x10, 0x01], false),                              // inter frame
+            (&[0x00, 0x00], false),                              // not a partition start
+            (&[0x11, 0x00], false),                              // partition 1
+            (&[0x90, 0x80, 0x05, 0x00], true),                   // X, I with 7-bit picture id
+            (&[0x90, 0x80, 0x85, 0x05, 0x00], true),             // 15-bit picture id
             (&[0x90, 0xe0, 0x85, 0x05, 0x01, 0x02, 0x00], true), // I, L, T
             (&[0x90, 0xe0, 0x85, 0x05, 0x01, 0x02, 0x01], false),
             (&[0x90], false),
@@ -209,14 +209,14 @@ mod tests {
     fn h264() {
         use CodecFamily::H264;
         let cases: &[(&[u8], bool)] = &[
-            (&[0x65, 0x88], true),                         // IDR
-            (&[0x67, 0x42], true),                         // SPS
-            (&[0x41, 0x9a], false),                        // non-IDR slice
+            (&[0x65, 0x88], true),                                     // IDR
+            (&[0x67, 0x42], true),                                     // SPS
+            (&[0x41, 0x9a], false),                                    // non-IDR slice
             (&[0x18, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68], true), // STAP-A with SPS
             (&[0x18, 0x00, 0x01, 0x41], false),
-            (&[0x7c, 0x85, 0x00], true),                   // FU-A start of IDR
-            (&[0x7c, 0x05, 0x00], false),                  // FU-A continuation
-            (&[0x7c, 0x81, 0x00], false),                  // FU-A start of non-IDR
+            (&[0x7c, 0x85, 0x00], true),  // FU-A start of IDR
+            (&[0x7c, 0x05, 0x00], false), // FU-A continuation
+            (&[0x7c, 0x81, 0x00], false), // FU-A start of non-IDR
             (&[], false),
         ];
         for (payload, want) in cases {

@@ -43,25 +43,77 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
         let gauges = [
-            ("kursrelay_peer_connections", &self.peer_connections, "Open peer connections"),
-            ("kursrelay_forwarder_tasks", &self.forwarders, "Running forwarding tasks"),
-            ("kursrelay_writer_tasks", &self.writers, "Running subscriber writer tasks"),
-            ("kursrelay_rtcp_reader_tasks", &self.rtcp_readers, "Running subscriber RTCP readers"),
-            ("kursrelay_keyframe_tasks", &self.keyframe_tasks, "Running keyframe request tasks"),
+            (
+                "kursrelay_peer_connections",
+                &self.peer_connections,
+                "Open peer connections",
+            ),
+            (
+                "kursrelay_forwarder_tasks",
+                &self.forwarders,
+                "Running forwarding tasks",
+            ),
+            (
+                "kursrelay_writer_tasks",
+                &self.writers,
+                "Running subscriber writer tasks",
+            ),
+            (
+                "kursrelay_rtcp_reader_tasks",
+                &self.rtcp_readers,
+                "Running subscriber RTCP readers",
+            ),
+            (
+                "kursrelay_keyframe_tasks",
+                &self.keyframe_tasks,
+                "Running keyframe request tasks",
+            ),
         ];
         for (name, value, help) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let counters = [
-            ("kursrelay_packets_received_total", &self.packets_received, "RTP packets received from publishers"),
-            ("kursrelay_packets_forwarded_total", &self.packets_forwarded, "RTP packets queued to subscribers"),
-            ("kursrelay_packets_dropped_total", &self.packets_dropped, "RTP packets dropped for full subscriber queues"),
-            ("kursrelay_write_errors_total", &self.write_errors, "Failed RTP writes"),
-            ("kursrelay_keyframe_requests_received_total", &self.keyframe_requests_received, "PLI/FIR received from subscribers"),
-            ("kursrelay_keyframe_requests_sent_total", &self.keyframe_requests_sent, "PLI sent to publishers"),
+            (
+                "kursrelay_packets_received_total",
+                &self.packets_received,
+                "RTP packets received from publishers",
+            ),
+            (
+                "kursrelay_packets_forwarded_total",
+                &self.packets_forwarded,
+                "RTP packets queued to subscribers",
+            ),
+            (
+                "kursrelay_packets_dropped_total",
+                &self.packets_dropped,
+                "RTP packets dropped for full subscriber queues",
+            ),
+            (
+                "kursrelay_write_errors_total",
+                &self.write_errors,
+                "Failed RTP writes",
+            ),
+            (
+                "kursrelay_keyframe_requests_received_total",
+                &self.keyframe_requests_received,
+                "PLI/FIR received from subscribers",
+            ),
+            (
+                "kursrelay_keyframe_requests_sent_total",
+                &self.keyframe_requests_sent,
+                "PLI sent to publishers",
+            ),
         ];
         for (name, value, help) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
     }
 }

@@ -29,9 +29,11 @@ const KEYFRAME_INTERCEPTOR_SLOT: usize = 14_000;
 /// client can build connections that behave like the server's.
 pub fn media_setup() -> Result<(MediaEngine, Registry), SfuError> {
     let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs().map_err(SfuError::webrtc)?;
-    let registry =
-        register_default_interceptors(Registry::new(), &mut media_engine).map_err(SfuError::webrtc)?;
+    media_engine
+        .register_default_codecs()
+        .map_err(SfuError::webrtc)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+        .map_err(SfuError::webrtc)?;
     let registry = registry.with(
         Slot::from(KEYFRAME_INTERCEPTOR_SLOT),
         KeyframeRequestInterceptor::default(),
@@ -115,7 +117,9 @@ pub(crate) struct Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Some(candidate) = candidate_to_json(&event) {
-            let _ = self.events.try_send(PeerEvent::Candidate(self.target, candidate));
+            let _ = self
+                .events
+                .try_send(PeerEvent::Candidate(self.target, candidate));
         }
     }
 
@@ -140,7 +144,9 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         match &self.on_track {
             Some(sink) => sink(track),
-            None => tracing::debug!(target_pc = ?self.target, "ignoring a track on a receive-only connection"),
+            None => {
+                tracing::debug!(target_pc = ?self.target, "ignoring a track on a receive-only connection")
+            }
         }
     }
 }

@@ -79,7 +79,8 @@ impl Publisher {
                 sources.insert(t.track_id.clone(), t.source);
             }
         }
-        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
             .set_remote_description(offer)
             .await
@@ -88,7 +89,11 @@ impl Publisher {
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(&c).await?;
         }
-        let answer = self.pc.create_answer(None).await.map_err(SfuError::webrtc)?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(SfuError::webrtc)?;
         self.pc
             .set_local_description(answer)
             .await

@@ -211,11 +211,17 @@ impl Subscriber {
             if entry.down.is_some() {
                 continue;
             }
-            let params = entry.sender.get_parameters().await.map_err(SfuError::webrtc)?;
+            let params = entry
+                .sender
+                .get_parameters()
+                .await
+                .map_err(SfuError::webrtc)?;
             let wanted = &entry.info.codec;
             let codecs = &params.rtp_parameters.codecs;
             let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&wanted.mime_type)
             };
             let chosen = codecs
                 .iter()

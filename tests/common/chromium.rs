@@ -10,14 +10,19 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
 pub fn chromium_path() -> PathBuf {
     if let Ok(p) = std::env::var("KURSRELAY_CHROMIUM") {
         return PathBuf::from(p);
     }
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for p in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -76,7 +81,10 @@ impl Chromium {
                     break t;
                 }
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let mut lines = text.lines();
@@ -101,7 +109,10 @@ impl Chromium {
         if let Some(s) = session {
             msg["sessionId"] = json!(s);
         }
-        self.ws.send(Message::text(msg.to_string())).await.expect("devtools send");
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("devtools send");
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
                 .await
@@ -120,17 +131,29 @@ impl Chromium {
     }
 
     pub async fn open(&mut self, url: &str) -> Page {
-        let target = self.call(None, "Target.createTarget", json!({"url": url})).await;
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .await;
         let attached = self
-            .call(None, "Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}))
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
             .await;
         let page = Page {
-            session: attached["sessionId"].as_str().expect("sessionId").to_owned(),
+            session: attached["sessionId"]
+                .as_str()
+                .expect("sessionId")
+                .to_owned(),
         };
         // Wait until the page's module has run.
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.eval(&page, "typeof window.kursrelay").await != "object" {
-            assert!(Instant::now() < deadline, "{url} did not load window.kursrelay");
+            assert!(
+                Instant::now() < deadline,
+                "{url} did not load window.kursrelay"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         page
@@ -154,7 +177,13 @@ impl Chromium {
     /// Saves a PNG of the page under target/screenshots/ (not committed) and returns its path.
     pub async fn screenshot(&mut self, page: &Page, name: &str) -> PathBuf {
         use base64::Engine as _;
-        let r = self.call(Some(&page.session), "Page.captureScreenshot", json!({"format": "png"})).await;
+        let r = self
+            .call(
+                Some(&page.session),
+                "Page.captureScreenshot",
+                json!({"format": "png"}),
+            )
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().expect("screenshot data"))
             .expect("base64");

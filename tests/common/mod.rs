@@ -4,7 +4,6 @@
 
 pub mod chromium;
 
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,7 +54,8 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            std::env::var("KURSRELAY_TEST_LOG").unwrap_or_else(|_| "warn,webrtc=off,rtc=off".into()),
+            std::env::var("KURSRELAY_TEST_LOG")
+                .unwrap_or_else(|_| "warn,webrtc=off,rtc=off".into()),
         )
         .with_test_writer()
         .try_init();
@@ -129,17 +129,24 @@ impl Drop for TestServer {
 
 /// A raw signalling client: frames in, frames out, nothing automatic.
 pub struct WsClient {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 impl WsClient {
     pub async fn connect(server: &TestServer) -> WsClient {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .expect("ws connect");
         WsClient { ws }
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(Message::text(text.into())).await.expect("ws send");
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("ws send");
     }
 
     pub async fn send(&mut self, value: serde_json::Value) {
@@ -153,9 +160,13 @@ impl WsClient {
     /// The next text frame as JSON; None if the socket closed.
     pub async fn recv(&mut self) -> Option<serde_json::Value> {
         loop {
-            let frame = tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("ws recv timed out");
+            let frame = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("ws recv timed out");
             match frame {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server sent JSON")),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server sent JSON"))
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
@@ -165,7 +176,10 @@ impl WsClient {
     /// Receives until a message of `kind` arrives (skipping others such as candidates).
     pub async fn recv_type(&mut self, kind: &str) -> serde_json::Value {
         loop {
-            let msg = self.recv().await.unwrap_or_else(|| panic!("socket closed while waiting for {kind}"));
+            let msg = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("socket closed while waiting for {kind}"));
             if msg["type"] == kind {
                 return msg;
             }
@@ -176,7 +190,8 @@ impl WsClient {
     pub async fn hello_join(&mut self, session: &str, name: &str) -> serde_json::Value {
         self.send(json!({"type": "hello", "version": 1})).await;
         assert_eq!(self.recv_type("welcome").await["version"], 1);
-        self.send(json!({"type": "join", "session": session, "name": name, "role": "participant"})).await;
+        self.send(json!({"type": "join", "session": session, "name": name, "role": "participant"}))
+            .await;
         self.recv_type("joined").await
     }
 
@@ -205,14 +220,22 @@ impl VideoCodec {
     fn fmtp(self) -> &'static str {
         match self {
             VideoCodec::Vp8 => "",
-            VideoCodec::H264 => "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            VideoCodec::H264 => {
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f"
+            }
         }
     }
 }
 
 /// A payload: codec header, then u32 sequence, u64 send time (µs since `epoch`), then filler
 /// derived from the sequence so that every byte is checkable.
-pub fn synthetic_payload(codec: Option<VideoCodec>, keyframe: bool, seq: u32, sent_us: u64, len: usize) -> Bytes {
+pub fn synthetic_payload(
+    codec: Option<VideoCodec>,
+    keyframe: bool,
+    seq: u32,
+    sent_us: u64,
+    len: usize,
+) -> Bytes {
     let mut b = BytesMut::with_capacity(len);
     match codec {
         Some(VideoCodec::Vp8) => {
@@ -297,7 +320,10 @@ struct Shared {
 
 enum Cmd {
     Raw(String),
-    Publish(PublishSpec, tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>),
+    Publish(
+        PublishSpec,
+        tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>,
+    ),
     /// Close both peer connections without telling the server.
     KillMedia,
     /// Drop the TCP connection without a close frame.
@@ -317,7 +343,9 @@ pub struct TestPeer {
 impl TestPeer {
     /// Connects, says hello and joins `session`.
     pub async fn join(server: &TestServer, session: &str, name: &str) -> TestPeer {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .expect("ws connect");
         let shared = Arc::new(Shared::default());
         let (cmds, rx) = mpsc::channel(64);
         let stop_media = CancellationToken::new();
@@ -342,14 +370,23 @@ impl TestPeer {
     }
 
     pub async fn send_raw(&self, text: String) {
-        self.cmds.send(Cmd::Raw(text)).await.expect("peer task alive");
+        self.cmds
+            .send(Cmd::Raw(text))
+            .await
+            .expect("peer task alive");
     }
 
     /// Publishes per `spec` and starts sending once the answer is applied.
     pub async fn publish(&self, spec: PublishSpec) -> Vec<Arc<SentTrack>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.cmds.send(Cmd::Publish(spec, tx)).await.expect("peer task alive");
-        tokio::time::timeout(TIMEOUT, rx).await.expect("publish timed out").expect("publish failed")
+        self.cmds
+            .send(Cmd::Publish(spec, tx))
+            .await
+            .expect("peer task alive");
+        tokio::time::timeout(TIMEOUT, rx)
+            .await
+            .expect("publish timed out")
+            .expect("publish failed")
     }
 
     pub async fn leave(&self) {
@@ -394,7 +431,12 @@ impl TestPeer {
 
     /// Packets received on the track the server calls `track_id`.
     pub fn received_count(&self, track_id: &str) -> usize {
-        self.shared.received.lock().unwrap().get(track_id).map_or(0, |t| t.packets.len())
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .map_or(0, |t| t.packets.len())
     }
 
     pub fn with_received<R>(&self, track_id: &str, f: impl FnOnce(&ReceivedTrack) -> R) -> R {
@@ -411,12 +453,19 @@ impl TestPeer {
             found = self
                 .offered()
                 .into_iter()
-                .find(|t| t.member_id.to_string() == publisher && serde_json::to_value(t.source).unwrap() == source)
+                .find(|t| {
+                    t.member_id.to_string() == publisher
+                        && serde_json::to_value(t.source).unwrap() == source
+                })
                 .map(|t| t.track_id.to_string());
             found.is_some()
         })
         .await;
-        assert!(ok, "no {source} track of {publisher} offered; offered {:?}", self.offered());
+        assert!(
+            ok,
+            "no {source} track of {publisher} offered; offered {:?}",
+            self.offered()
+        );
         found.unwrap()
     }
 
@@ -427,7 +476,6 @@ impl TestPeer {
         let _ = tokio::time::timeout(TIMEOUT, self.task).await;
     }
 }
-
 
 #[derive(Clone)]
 struct PeerHandler {
@@ -491,14 +539,19 @@ fn candidate_init(v: &serde_json::Value) -> RTCIceCandidateInit {
     }
 }
 
+/// A track being published: its record, the local track written to, and its sender.
+type OutTrack = (Arc<SentTrack>, Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>);
+
 struct PendingPublish {
     spec: PublishSpec,
-    tracks: Vec<(Arc<SentTrack>, Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>)>,
+    tracks: Vec<OutTrack>,
     reply: tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>,
 }
 
 async fn peer_task(
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     mut cmds: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
     stop_media: CancellationToken,
@@ -646,7 +699,17 @@ async fn start_sending(p: PendingPublish, stop: CancellationToken) {
             .iter()
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
             .map(|c| c.payload_type)
-            .unwrap_or_else(|| panic!("{mime} not negotiated: {:?}", params.rtp_parameters.codecs.iter().map(|c| (&c.rtp_codec.mime_type, c.payload_type)).collect::<Vec<_>>()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{mime} not negotiated: {:?}",
+                    params
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .map(|c| (&c.rtp_codec.mime_type, c.payload_type))
+                        .collect::<Vec<_>>()
+                )
+            });
         records.push(sent.clone());
         // Keyframe requests from the server arrive on the local track.
         let pli_local = local.clone();
@@ -686,8 +749,15 @@ async fn start_sending(p: PendingPublish, stop: CancellationToken) {
                     _ = tick.tick() => {}
                 }
                 let keyframe = sent.codec.is_some()
-                    && (kf_wanted.swap(false, Ordering::SeqCst) || seq % spec.keyframe_every == 0);
-                let payload = synthetic_payload(sent.codec, keyframe, seq, epoch.elapsed().as_micros() as u64, len);
+                    && (kf_wanted.swap(false, Ordering::SeqCst)
+                        || seq.is_multiple_of(spec.keyframe_every));
+                let payload = synthetic_payload(
+                    sent.codec,
+                    keyframe,
+                    seq,
+                    epoch.elapsed().as_micros() as u64,
+                    len,
+                );
                 sent.sent.lock().unwrap().insert(seq, payload.clone());
                 let packet = rtp::Packet {
                     header: rtp::header::Header {
@@ -725,13 +795,22 @@ pub fn check_delivery(peer: &TestPeer, track_id: &str, sent: &SentTrack) -> (usi
         for (pssrc, _pt, rtp_seq, payload) in &rx.packets {
             assert_eq!(*pssrc, ssrc, "SSRC changed mid-stream");
             let seq = payload_seq(sent.codec, payload);
-            let original = sent_map.get(&seq).unwrap_or_else(|| panic!("received a payload never sent: {seq}"));
-            assert_eq!(original, payload, "payload {seq} differs from what was sent");
+            let original = sent_map
+                .get(&seq)
+                .unwrap_or_else(|| panic!("received a payload never sent: {seq}"));
+            assert_eq!(
+                original, payload,
+                "payload {seq} differs from what was sent"
+            );
             if let Some(last) = last_payload_seq {
                 assert!(seq > last, "out of order: {seq} after {last}");
             }
             if let Some(last) = last_rtp_seq {
-                assert_eq!(*rtp_seq, last.wrapping_add(1), "gap in RTP sequence numbers");
+                assert_eq!(
+                    *rtp_seq,
+                    last.wrapping_add(1),
+                    "gap in RTP sequence numbers"
+                );
             }
             last_payload_seq = Some(seq);
             last_rtp_seq = Some(*rtp_seq);
