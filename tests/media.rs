@@ -247,3 +247,23 @@ async fn screen_share_arrives_as_a_separate_video_track() {
         .all(|t| t.track_id.to_string() != screen));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_says_goodbye_and_closes_every_connection() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::join(&server, "shutdown", "Kursleiar").await;
+    leader.publish(PublishSpec::default()).await;
+    let viewer = TestPeer::join(&server, "shutdown", "Kari").await;
+    let camera = viewer.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&camera) > 10).await);
+    let metrics = server.state.sfu.metrics().clone();
+    let rooms = server.state.rooms.clone();
+    server.shutdown().await;
+    for peer in [&leader, &viewer] {
+        peer.wait_msg(|m| m["type"] == "bye" && m["reason"] == "server_shutdown")
+            .await;
+        assert!(wait_until(TIMEOUT, || peer.socket_closed()).await);
+    }
+    assert_eq!(metrics.live_tasks(), Default::default());
+    assert_eq!(rooms.count(), 0);
+}
