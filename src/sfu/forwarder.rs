@@ -3,7 +3,8 @@
 //! bounded queue into webrtc.
 //!
 //! The forwarding loop reads an immutable snapshot of down-tracks (`ArcSwap`, replaced only by
-//! the room actor), rewrites the header fields per subscriber, and queues with `try_send`. It
+//! the room actor), rewrites the header fields per subscriber, and pushes into the
+//! subscriber's preallocated ring (`SubscriberQueue`, never blocking). It
 //! never awaits a lock, the room actor, the database or a subscriber; a full queue drops (video:
 //! up to the next keyframe) and is counted. Cloning the packet shares the payload `Bytes` and
 //! builds a header with empty extension/CSRC vectors: no heap allocation per packet.
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -34,6 +36,34 @@ pub(crate) struct Outgoing {
     pub(crate) packet: rtp::Packet,
 }
 
+/// One subscribe connection's queue: a ring allocated once (tokio's mpsc allocates a block
+/// every few dozen messages under load; this allocates nothing per packet) plus a wake-up for
+/// the writer task. Many forwarders push, one writer pops.
+pub(crate) struct SubscriberQueue {
+    ring: ArrayQueue<Outgoing>,
+    wake: Notify,
+}
+
+impl SubscriberQueue {
+    pub(crate) fn new(capacity: usize) -> Arc<SubscriberQueue> {
+        Arc::new(SubscriberQueue {
+            ring: ArrayQueue::new(capacity),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Queues without waiting; false if full.
+    fn push(&self, out: Outgoing) -> bool {
+        if self.ring.push(out).is_err() {
+            return false;
+        }
+        // Stores a permit if the writer is busy, so a push between its last pop and its next
+        // wait is never missed.
+        self.wake.notify_one();
+        true
+    }
+}
+
 /// One published track as seen by the subscribers of one member: where to queue, and how to
 /// rewrite the header for that connection.
 pub struct DownTrack {
@@ -43,7 +73,7 @@ pub struct DownTrack {
     pub(crate) ssrc: u32,
     pub(crate) payload_type: u8,
     pub(crate) local: Arc<TrackLocalStaticRTP>,
-    pub(crate) queue: mpsc::Sender<Outgoing>,
+    pub(crate) queue: Arc<SubscriberQueue>,
     /// The subscribe connection's state: forward only while connected.
     pub(crate) connected: Arc<AtomicBool>,
     /// Asks this track's publisher for a keyframe.
@@ -109,16 +139,17 @@ impl DownTrack {
             },
             payload: payload.clone(),
         };
-        match self.queue.try_send(Outgoing {
+        let queued = self.queue.push(Outgoing {
             local: self.local.clone(),
             packet,
-        }) {
-            Ok(()) => {
+        });
+        match queued {
+            true => {
                 self.started.store(true, Ordering::Relaxed);
                 self.last_out_seq.store(seq, Ordering::Relaxed);
                 Outcome::Sent
             }
-            Err(_) => {
+            false => {
                 if video {
                     self.waiting_keyframe.store(true, Ordering::Relaxed);
                 }
@@ -151,8 +182,10 @@ impl Forwarder {
         &self.info
     }
 
-    /// Adds a subscriber's down-track and asks the publisher for a keyframe so the newcomer can
-    /// start decoding. Replaces any earlier down-track of the same member.
+    /// Adds a subscriber's down-track. Replaces any earlier down-track of the same member.
+    /// The newcomer waits for a keyframe; its first packet while waiting asks the publisher for
+    /// one. (Asking here would be too early: its connection is usually not up yet, and the
+    /// request would use up the pacing window for nothing.)
     pub fn add_subscriber(&self, down: Arc<DownTrack>) {
         let member = down.member;
         let mut next: Vec<Arc<DownTrack>> = self
@@ -164,7 +197,6 @@ impl Forwarder {
             .collect();
         next.push(down);
         self.downs.store(Arc::new(next));
-        self.info.keyframes.request();
     }
 
     /// Stops sending to `member` at once.
@@ -247,29 +279,96 @@ async fn forward_loop(
         };
         match event {
             Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
-                metrics.packets_received.fetch_add(1, Ordering::Relaxed);
-                let keyframe = starts_keyframe(codec, &packet.payload);
-                let snapshot = downs.load();
-                let (mut sent, mut dropped) = (0u64, 0u64);
-                for down in snapshot.iter() {
-                    match down.forward(&packet.header, &packet.payload, keyframe) {
-                        Outcome::Sent => sent += 1,
-                        Outcome::Dropped => dropped += 1,
-                        Outcome::Skipped => {}
-                    }
-                }
-                metrics.packets_forwarded.fetch_add(sent, Ordering::Relaxed);
-                if dropped > 0 {
-                    metrics
-                        .packets_dropped
-                        .fetch_add(dropped, Ordering::Relaxed);
-                }
+                fan_out(codec, &downs.load(), &packet, &metrics);
             }
             Some(TrackRemoteEvent::OnEnded) | None => break,
             Some(_) => {}
         }
     }
     tracing::debug!("forwarder stopped");
+}
+
+/// The per-packet work: one keyframe check, then rewrite and queue for every subscriber.
+fn fan_out(codec: CodecFamily, downs: &[Arc<DownTrack>], packet: &rtp::Packet, metrics: &Metrics) {
+    metrics.packets_received.fetch_add(1, Ordering::Relaxed);
+    let keyframe = starts_keyframe(codec, &packet.payload);
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    for down in downs {
+        match down.forward(&packet.header, &packet.payload, keyframe) {
+            Outcome::Sent => sent += 1,
+            Outcome::Dropped => dropped += 1,
+            Outcome::Skipped => {}
+        }
+    }
+    metrics.packets_forwarded.fetch_add(sent, Ordering::Relaxed);
+    if dropped > 0 {
+        metrics
+            .packets_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+/// The forwarding path without a network, for the micro-benchmarks in benches/ and the
+/// allocation test: `n` connected down-tracks with their queues; the caller drains them.
+#[doc(hidden)]
+pub struct FanoutHarness {
+    downs: Vec<Arc<DownTrack>>,
+    queues: Vec<Arc<SubscriberQueue>>,
+    metrics: Metrics,
+}
+
+impl FanoutHarness {
+    pub fn new(subscribers: usize, queue: usize) -> FanoutHarness {
+        let mut downs = Vec::with_capacity(subscribers);
+        let mut queues = Vec::with_capacity(subscribers);
+        for i in 0..subscribers {
+            let q = SubscriberQueue::new(queue);
+            let track = rtc::media_stream::MediaStreamTrack::new(
+                format!("bench-{i}"),
+                format!("bench-{i}"),
+                format!("bench-{i}"),
+                rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video,
+                vec![],
+            );
+            downs.push(Arc::new(DownTrack {
+                member: MemberId::new(),
+                track: TrackId::new(),
+                codec: CodecFamily::Vp8,
+                ssrc: 1000 + i as u32,
+                payload_type: 96,
+                local: Arc::new(TrackLocalStaticRTP::new(track)),
+                queue: q.clone(),
+                connected: Arc::new(AtomicBool::new(true)),
+                keyframes: KeyframeRequester::default(),
+                waiting_keyframe: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+                last_out_seq: AtomicU16::new(0),
+                seq_offset: AtomicU16::new(0),
+            }));
+            queues.push(q);
+        }
+        FanoutHarness {
+            downs,
+            queues,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Forwards one packet to every down-track, exactly as the forwarding task does.
+    pub fn forward(&self, packet: &rtp::Packet) {
+        fan_out(CodecFamily::Vp8, &self.downs, packet, &self.metrics);
+    }
+
+    /// Empties every queue (the writer tasks' side); returns how many packets were queued.
+    pub fn drain(&mut self) -> usize {
+        let mut n = 0;
+        for q in &self.queues {
+            while q.ring.pop().is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// Sends the publisher a PLI when asked, at most once per `interval`: requests inside the
@@ -309,22 +408,25 @@ async fn keyframe_loop(
     }
 }
 
-/// Drains one subscribe connection's queue into webrtc. Ends when cancelled or when every
-/// down-track and the subscriber are gone.
+/// Drains one subscribe connection's queue into webrtc. Ends when cancelled.
 pub(crate) async fn writer_loop(
-    mut queue: mpsc::Receiver<Outgoing>,
+    queue: Arc<SubscriberQueue>,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     _guard: GaugeGuard,
 ) {
     loop {
-        let out = tokio::select! {
+        while let Some(out) = queue.ring.pop() {
+            if out.local.write_rtp(out.packet).await.is_err() {
+                metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
             _ = cancel.cancelled() => return,
-            out = queue.recv() => out,
-        };
-        let Some(out) = out else { return };
-        if out.local.write_rtp(out.packet).await.is_err() {
-            metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+            _ = queue.wake.notified() => {}
         }
     }
 }

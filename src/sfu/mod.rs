@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use forwarder::{DownTrack, Forwarder};
+pub use forwarder::{DownTrack, FanoutHarness, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};
 pub use peer::media_setup;

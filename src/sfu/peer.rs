@@ -54,6 +54,12 @@ pub(crate) async fn build(
             // disconnected timeout would flap between connected and disconnected.
             Some((sfu.settings.ice_disconnected_timeout / 3).min(Duration::from_secs(2))),
         )
+        // A client's candidate often reaches us as peer-reflexive (its check arrives before its
+        // trickled candidate, and browsers hide host addresses behind mDNS names we cannot
+        // resolve). The default 1 s (prflx) / 0.5 s (srflx) wait for a better pair only delays
+        // every join: the server has one address per interface, there is no better pair.
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
         // GCM first: about three times cheaper per packet than AES-CM + HMAC here.
         .with_srtp_protection_profiles(vec![
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,

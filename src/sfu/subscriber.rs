@@ -39,7 +39,7 @@ pub struct Subscriber {
     member: MemberId,
     pc: Arc<dyn PeerConnection>,
     connected: Arc<AtomicBool>,
-    queue: mpsc::Sender<forwarder::Outgoing>,
+    queue: Arc<forwarder::SubscriberQueue>,
     cancel: CancellationToken,
     tracks: HashMap<TrackId, Entry>,
     /// Our offer awaits the client's answer.
@@ -65,10 +65,10 @@ impl Subscriber {
         };
         let pc = peer::build(&sfu, Arc::new(handler)).await?;
         let guard = GaugeGuard::new(&sfu.metrics, |m| &m.peer_connections);
-        let (queue, rx) = mpsc::channel(sfu.settings.subscriber_queue_packets);
+        let queue = forwarder::SubscriberQueue::new(sfu.settings.subscriber_queue_packets);
         let cancel = CancellationToken::new();
         tokio::spawn(forwarder::writer_loop(
-            rx,
+            queue.clone(),
             cancel.clone(),
             sfu.metrics.clone(),
             GaugeGuard::new(&sfu.metrics, |m| &m.writers),

@@ -1,0 +1,62 @@
+//! Micro-benchmarks of the per-packet forwarding path (header rewrite + keyframe check +
+//! queueing) for 1 and 100 subscribers, without a network. The writer side (webrtc's
+//! `write_rtp`, SRTP, `sendto`) is not in here: the fan-out load generator measures that.
+//!
+//! `cargo bench --bench forward`
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kursrelay::sfu::FanoutHarness;
+use rtc::rtp;
+
+fn packet(seq: u16) -> rtp::Packet {
+    let mut payload = vec![0xa5u8; 1100];
+    payload[0] = 0x10;
+    payload[1] = 0x01;
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: seq as u32 * 3000,
+            ssrc: 42,
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    }
+}
+
+fn forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward");
+    for subscribers in [1usize, 100] {
+        let mut harness = FanoutHarness::new(subscribers, 1024);
+        let packets: Vec<rtp::Packet> = (0..256).map(packet).collect();
+        // One element = one packet forwarded to one subscriber.
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = std::time::Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let batch = (iters - done).min(512);
+                        let start = std::time::Instant::now();
+                        for i in 0..batch {
+                            harness.forward(&packets[(i % 256) as usize]);
+                        }
+                        total += start.elapsed();
+                        harness.drain();
+                        done += batch;
+                    }
+                    total
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);

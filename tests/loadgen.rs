@@ -1,0 +1,56 @@
+//! Smoke test of the fan-out load generator so it cannot rot: a few subscribers for a few
+//! seconds against the real server. It checks delivery, never speed.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_smoke_run_delivers_media() {
+    let server = TestServer::spawn().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kursrelay-loadgen"))
+        .args([
+            "run",
+            "--url",
+            &server.ws_url(),
+            "--subscribers",
+            "3",
+            "--samples",
+            "1",
+            "--seconds",
+            "2",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("run kursrelay-loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(report["subscribers"], 3);
+    assert_eq!(report["subscribers_without_video"], 0, "{report}");
+    assert!(
+        report["packets_forwarded_per_s"].as_f64().unwrap() > 100.0,
+        "{report}"
+    );
+    assert!(report["loss_pct"].as_f64().unwrap() < 5.0, "{report}");
+    assert!(
+        report["join_kf_p50_ms"].as_f64().is_some(),
+        "no subscriber got a keyframe: {report}"
+    );
+    assert!(
+        report["transit_p50_ms"].as_f64().is_some(),
+        "the sample subscriber measured nothing: {report}"
+    );
+    assert!(server.metric(|m| &m.keyframe_requests_sent) >= 1);
+    assert!(
+        wait_until(TIMEOUT, || server.live().peer_connections == 0).await,
+        "{:?}",
+        server.live()
+    );
+    server.shutdown().await;
+}
