@@ -9,7 +9,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::TokenKey;
 use crate::config::Config;
+use crate::db::Db;
 use crate::http::{router, AppState};
 use crate::room::Rooms;
 use crate::sfu::{MediaSettings, Sfu};
@@ -29,10 +31,19 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
         let sfu = Sfu::new(MediaSettings::from(&config.media));
+        let db = Db::open(&config.db.path).await.with_context(|| {
+            format!(
+                "cannot open the database {} (db.path)",
+                config.db.path.display()
+            )
+        })?;
+        let tokens = TokenKey::new(&db.secret("join_token_key").await?);
         let state = AppState {
             config: Arc::new(config),
             rooms: Rooms::default(),
             sfu,
+            db,
+            tokens,
             shutdown: CancellationToken::new(),
         };
         Ok(Server { listener, state })

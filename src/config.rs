@@ -12,6 +12,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Environment variable that overrides `log.filter`.
 const LOG_ENV: &str = "KURSRELAY_LOG";
+/// Environment variable that overrides `auth.admin_key` (keep secrets out of files).
+const ADMIN_KEY_ENV: &str = "KURSRELAY_ADMIN_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,7 +36,38 @@ pub struct Config {
     pub http: HttpConfig,
     pub media: MediaConfig,
     pub signalling: SignallingConfig,
+    pub auth: AuthConfig,
+    pub db: DbConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub admin_key: String,
+    pub link_validity_hours: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "admin_key",
+                &if self.admin_key.is_empty() {
+                    "(off)"
+                } else {
+                    "(set)"
+                },
+            )
+            .field("link_validity_hours", &self.link_validity_hours)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +75,7 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub web_root: PathBuf,
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +137,10 @@ impl Config {
         if let Ok(filter) = std::env::var(LOG_ENV) {
             config.log.filter = filter;
         }
+        if let Ok(key) = std::env::var(ADMIN_KEY_ENV) {
+            config.auth.admin_key = key;
+        }
+        config.validate()?;
         Ok(config)
     }
 

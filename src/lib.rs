@@ -24,7 +24,10 @@
 //! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
 
 pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod db;
 pub mod http;
 pub mod ids;
 pub mod logging;

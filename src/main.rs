@@ -8,6 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kursrelay::app::Server;
+use kursrelay::cli::AdminCommand;
 use kursrelay::config::Config;
 
 /// Self-hosted relay for hybrid patient-education courses.
@@ -15,8 +16,11 @@ use kursrelay::config::Config;
 #[command(version, about)]
 struct Cli {
     /// TOML file overlaying the built-in configuration (see config/example.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// Without a command the server runs.
+    #[command(subcommand)]
+    admin: Option<AdminCommand>,
 }
 
 #[tokio::main]
@@ -29,6 +33,18 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if let Some(cmd) = cli.admin {
+        match kursrelay::cli::run(&config, cmd).await {
+            Ok(out) => {
+                println!("{out}");
+                return Ok(());
+            }
+            Err(err) => {
+                eprintln!("kursrelay: {err}");
+                std::process::exit(1);
+            }
+        }
+    }
     kursrelay::logging::init(&config.log.filter);
 
     let server = Server::bind(config).await?;

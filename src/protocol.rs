@@ -8,7 +8,7 @@ use crate::ids::{MemberId, TrackId};
 /// The protocol version this server speaks.
 pub const VERSION: u32 = 1;
 
-/// Roles a member can have. Version 1 records the role; the roles issue enforces it.
+/// Roles a member can have. The role comes only from the join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -78,9 +78,11 @@ pub enum ClientMessage {
         version: u32,
     },
     Join {
-        session: String,
-        name: String,
-        role: Role,
+        /// The signed token from the join link.
+        token: String,
+        /// The name to show; for personal invites it defaults to the invite's name.
+        #[serde(default)]
+        name: Option<String>,
     },
     PublishOffer {
         sdp: String,
@@ -97,6 +99,38 @@ pub enum ClientMessage {
         target: Target,
         candidate: IceCandidate,
     },
+    RaiseHand,
+    LowerHand,
+    Admit {
+        member_id: MemberId,
+    },
+    Deny {
+        member_id: MemberId,
+    },
+    GrantFloor {
+        member_id: MemberId,
+    },
+    RevokeFloor {
+        member_id: MemberId,
+    },
+    Mute {
+        member_id: MemberId,
+    },
+    Remove {
+        member_id: MemberId,
+    },
+    Lock,
+    Unlock,
+    EndSession,
+    SetHeadcount {
+        count: u32,
+    },
+    Chat {
+        text: String,
+    },
+    Caption {
+        text: String,
+    },
     Leave,
 }
 
@@ -109,6 +143,20 @@ impl ClientMessage {
         "unpublish",
         "subscribe_answer",
         "ice_candidate",
+        "raise_hand",
+        "lower_hand",
+        "admit",
+        "deny",
+        "grant_floor",
+        "revoke_floor",
+        "mute",
+        "remove",
+        "lock",
+        "unlock",
+        "end_session",
+        "set_headcount",
+        "chat",
+        "caption",
         "leave",
     ];
 
@@ -120,16 +168,70 @@ impl ClientMessage {
             ClientMessage::Unpublish { .. } => "unpublish",
             ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
             ClientMessage::IceCandidate { .. } => "ice_candidate",
+            ClientMessage::RaiseHand => "raise_hand",
+            ClientMessage::LowerHand => "lower_hand",
+            ClientMessage::Admit { .. } => "admit",
+            ClientMessage::Deny { .. } => "deny",
+            ClientMessage::GrantFloor { .. } => "grant_floor",
+            ClientMessage::RevokeFloor { .. } => "revoke_floor",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::Lock => "lock",
+            ClientMessage::Unlock => "unlock",
+            ClientMessage::EndSession => "end_session",
+            ClientMessage::SetHeadcount { .. } => "set_headcount",
+            ClientMessage::Chat { .. } => "chat",
+            ClientMessage::Caption { .. } => "caption",
             ClientMessage::Leave => "leave",
         }
     }
 }
 
+/// A member as the room knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub member_id: MemberId,
     pub name: String,
     pub role: Role,
+}
+
+/// One present member as a viewer may see them. `subject` and `relative_of` (pseudonymous
+/// invite ids) are only ever filled for the course leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    pub member_id: MemberId,
+    pub name: String,
+    pub role: Role,
+    pub floor: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headcount: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_of: Option<String>,
+}
+
+/// Someone waiting in the lobby (shown to the leader only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LobbyEntry {
+    pub member_id: MemberId,
+    pub name: String,
+}
+
+/// The roster as one viewer may see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterView {
+    pub members: Vec<RosterEntry>,
+    /// Leader only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lobby: Option<Vec<LobbyEntry>>,
+    /// The hand-raise queue in order of raising; leader and user representative only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hands: Option<Vec<MemberId>>,
+    pub locked: bool,
+    /// People taking part: admitted participants plus every site's headcount. Interpreters,
+    /// the leader and the user representative are not counted.
+    pub participant_count: u32,
 }
 
 /// One track of a subscribe offer.
@@ -147,6 +249,13 @@ pub enum ByeReason {
     Left,
     PeerFailed,
     ServerShutdown,
+    /// The leader did not let you in.
+    Denied,
+    /// The leader removed you; this link no longer works.
+    Removed,
+    SessionEnded,
+    /// The same invite joined from somewhere else (e.g. another tab).
+    Replaced,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +268,41 @@ pub enum ServerMessage {
     Joined {
         member_id: MemberId,
         session: String,
-        members: Vec<MemberInfo>,
+        role: Role,
+        name: String,
+        /// For open links: a token to rejoin without waiting in the lobby again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin_token: Option<String>,
     },
-    Members {
-        members: Vec<MemberInfo>,
+    /// Waiting for the course leader to let you in.
+    Lobby {
+        member_id: MemberId,
+        session: String,
+    },
+    Roster {
+        #[serde(flatten)]
+        roster: RosterView,
+    },
+    Floor {
+        granted: bool,
+    },
+    Hand {
+        raised: bool,
+    },
+    /// The leader turned your microphone off; it is no longer forwarded.
+    Muted,
+    Chat {
+        member_id: MemberId,
+        name: String,
+        text: String,
+    },
+    Caption {
+        member_id: MemberId,
+        text: String,
+    },
+    /// A request without other visible reply succeeded.
+    Ok {
+        request: String,
     },
     PublishAnswer {
         sdp: String,
@@ -206,6 +346,13 @@ pub enum ErrorCode {
     NoConnection,
     BadCandidate,
     UnknownTrack,
+    BadToken,
+    InviteRevoked,
+    SessionEnded,
+    Locked,
+    Removed,
+    Forbidden,
+    UnknownMember,
     RateLimited,
     Internal,
 }
@@ -293,7 +440,12 @@ mod tests {
     fn parses_every_documented_example() {
         let cases = [
             r#"{"type": "hello", "version": 1}"#,
-            r#"{"type": "join", "session": "molde-1", "name": "Kari", "role": "participant"}"#,
+            r#"{"type": "join", "token": "a.b.c", "name": "Kari"}"#,
+            r#"{"type": "join", "token": "a.b.c"}"#,
+            r#"{"type": "raise_hand"}"#,
+            r#"{"type": "grant_floor", "member_id": "5b0f5c2e-aa00-4b5e-9f00-1234567890ab"}"#,
+            r#"{"type": "set_headcount", "count": 12}"#,
+            r#"{"type": "chat", "text": "Hei"}"#,
             r#"{"type": "publish_offer", "sdp": "v=0", "tracks": [{"track_id": "a", "source": "camera"}]}"#,
             r#"{"type": "unpublish", "track_id": "a"}"#,
             r#"{"type": "subscribe_answer", "sdp": "v=0"}"#,

@@ -21,6 +21,7 @@ async fn load_generator_smoke_run_delivers_media() {
             "2",
             "--json",
         ])
+        .env("KURSRELAY_ADMIN_KEY", ADMIN_KEY)
         .output()
         .await
         .expect("run kursrelay-loadgen");

@@ -13,7 +13,7 @@ const ENOUGH: usize = 40;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publisher_reaches_twenty_subscribers_byte_identical_in_order() {
     let server = TestServer::spawn().await;
-    let publisher = TestPeer::join(&server, "fanout", "Kursleiar").await;
+    let publisher = TestPeer::leader(&server, "fanout", "Kursleiar").await;
     let sent = publisher.publish(PublishSpec::default()).await;
     let mut subscribers = Vec::new();
     for i in 0..20 {
@@ -41,7 +41,7 @@ async fn one_publisher_reaches_twenty_subscribers_byte_identical_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_gets_media_and_its_keyframe_request_reaches_the_publisher() {
     let server = TestServer::spawn().await;
-    let publisher = TestPeer::join(&server, "late", "Kursleiar").await;
+    let publisher = TestPeer::leader(&server, "late", "Kursleiar").await;
     // Keyframes only on request, so the late joiner can only start if its request got through.
     let spec = PublishSpec {
         keyframe_every: u32::MAX,
@@ -83,7 +83,7 @@ async fn assert_nothing_left(server: &TestServer) {
 
 async fn departure_removes_tracks(how: &str) {
     let server = TestServer::spawn().await;
-    let publisher = TestPeer::join(&server, "leave", "Kursleiar").await;
+    let publisher = TestPeer::leader(&server, "leave", "Kursleiar").await;
     publisher.publish(PublishSpec::default()).await;
     let watcher = TestPeer::join(&server, "leave", "Ola").await;
     let id = watcher.wait_offered(&publisher.member_id, "camera").await;
@@ -117,7 +117,7 @@ async fn departure_removes_tracks(how: &str) {
     );
     watcher
         .wait_msg(|m| {
-            m["type"] == "members" && m["members"].as_array().is_some_and(|a| a.len() == 1)
+            m["type"] == "roster" && m["members"].as_array().is_some_and(|a| a.len() == 1)
         })
         .await;
     let live = server.live();
@@ -156,8 +156,8 @@ async fn peer_failure_removes_tracks_and_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_stay_isolated() {
     let server = TestServer::spawn().await;
-    let molde = TestPeer::join(&server, "molde", "Kursleiar Molde").await;
-    let volda = TestPeer::join(&server, "volda", "Kursleiar Volda").await;
+    let molde = TestPeer::leader(&server, "molde", "Kursleiar Molde").await;
+    let volda = TestPeer::leader(&server, "volda", "Kursleiar Volda").await;
     let sent_m = molde.publish(PublishSpec::default()).await;
     let sent_v = volda
         .publish(PublishSpec {
@@ -205,7 +205,7 @@ async fn two_sessions_stay_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_share_arrives_as_a_separate_video_track() {
     let server = TestServer::spawn().await;
-    let leader = TestPeer::join(&server, "screen", "Kursleiar").await;
+    let leader = TestPeer::leader(&server, "screen", "Kursleiar").await;
     // Same codec for both video tracks, as a browser does: webrtc-rs 0.21 answers every video
     // m-line of one offer with the codec negotiated for the first (see docs/ARCHITECTURE.md).
     let spec = PublishSpec {
@@ -251,7 +251,7 @@ async fn screen_share_arrives_as_a_separate_video_track() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_says_goodbye_and_closes_every_connection() {
     let server = TestServer::spawn().await;
-    let leader = TestPeer::join(&server, "shutdown", "Kursleiar").await;
+    let leader = TestPeer::leader(&server, "shutdown", "Kursleiar").await;
     leader.publish(PublishSpec::default()).await;
     let viewer = TestPeer::join(&server, "shutdown", "Kari").await;
     let camera = viewer.wait_offered(&leader.member_id, "camera").await;

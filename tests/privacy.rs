@@ -39,7 +39,7 @@ async fn no_names_or_addresses_in_logs() {
         .init();
 
     let server = TestServer::spawn().await;
-    let leader = TestPeer::join(&server, "privacy", "Ingrid Kvalsund").await;
+    let leader = TestPeer::leader(&server, "privacy", "Ingrid Kvalsund").await;
     leader.publish(PublishSpec::default()).await;
     let patient = TestPeer::join(&server, "privacy", "Bjørnar Haugen").await;
     let camera = patient.wait_offered(&leader.member_id, "camera").await;

@@ -44,11 +44,20 @@ export class KursrelayClient {
     this.url = url;
     this.rtcConfig = rtcConfig;
     this.memberId = null;
-    this.members = [];
+    this.role = null; // from `joined`; the server takes it from the token
+    this.name = null;
+    this.roster = null; // the last `roster` message
     this.server = null;
 
     // Callbacks; replace them before connect().
-    this.onMembers = () => {};
+    this.onMessage = () => {}; // every server message, before it is handled
+    this.onAdmitted = () => {}; // `joined` after waiting in the lobby
+    this.onRoster = () => {};
+    this.onFloor = () => {}; // (granted)
+    this.onHand = () => {}; // (raised)
+    this.onMuted = () => {};
+    this.onChat = () => {}; // (chat message)
+    this.onCaption = () => {}; // (caption message)
     this.onTrack = () => {};
     this.onTrackGone = () => {};
     this.onError = (err) => console.error(err);
@@ -90,9 +99,22 @@ export class KursrelayClient {
     });
   }
 
-  /** Send join; resolve with the joined message. */
-  async join(session, name, role = 'participant') {
-    return this._request({ type: 'join', session, name, role }, 'joined');
+  /**
+   * Send join with the link's token; resolve with the first reply, `joined` or `lobby`.
+   * After `lobby`, a later `joined` goes to onAdmitted (or the socket closes with bye denied).
+   */
+  join(token, name) {
+    const msg = { type: 'join', token };
+    if (name) msg.name = name;
+    return this._request(msg, ['joined', 'lobby']);
+  }
+
+  raiseHand() { return this._request({ type: 'raise_hand' }, 'hand'); }
+  lowerHand() { return this._request({ type: 'lower_hand' }, 'hand'); }
+
+  /** A leader's or site's request answered with `ok {request}`: admit, deny, grant_floor, … */
+  control(type, fields = {}) {
+    return this._request({ type, ...fields }, 'ok');
   }
 
   /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */
@@ -110,23 +132,33 @@ export class KursrelayClient {
 
   /** Unpublish a track, remove its sender and renegotiate. */
   removeTrack(track) {
+    return this.removeTracks([track]);
+  }
+
+  /** Unpublish tracks, remove their senders and renegotiate once. */
+  removeTracks(tracks) {
     return this._publishStep(async () => {
       const pc = this._conn.publish.pc;
-      const sender = pc && pc.getSenders().find((s) => s.track === track);
-      if (!sender) return;
-      const trackId = this._pubIds.get(track);
-      if (trackId) {
-        try {
-          await this._request({ type: 'unpublish', track_id: trackId }, 'unpublished');
-        } catch (err) {
-          if (err.code !== 'unknown_track') throw err;
+      let removed = 0;
+      for (const track of tracks) {
+        const sender = pc && pc.getSenders().find((s) => s.track === track);
+        if (!sender) continue;
+        const trackId = this._pubIds.get(track);
+        if (trackId) {
+          try {
+            await this._request({ type: 'unpublish', track_id: trackId }, 'unpublished');
+          } catch (err) {
+            // The server may have stopped it already (floor taken back, muted).
+            if (err.code !== 'unknown_track') throw err;
+          }
         }
+        pc.removeTrack(sender);
+        this._pubStream.removeTrack(track);
+        this._pubSources.delete(track);
+        this._pubIds.delete(track);
+        removed += 1;
       }
-      pc.removeTrack(sender);
-      this._pubStream.removeTrack(track);
-      this._pubSources.delete(track);
-      this._pubIds.delete(track);
-      await this._negotiatePublish();
+      if (removed) await this._negotiatePublish();
     });
   }
 
@@ -170,17 +202,21 @@ export class KursrelayClient {
     return true;
   }
 
-  /** Send msg and wait for a reply of type replyType, or an error naming msg.type. */
+  /**
+   * Send msg and wait for a reply whose type is replyType (a string or a list), or an error
+   * naming msg.type. An `ok` reply must also name msg.type.
+   */
   _request(msg, replyType) {
     return new Promise((resolve, reject) => {
       if (this._closed || !this._ws || this._ws.readyState !== WebSocket.OPEN) {
         reject(new KursrelayError('not_connected', 'Not connected', msg.type));
         return;
       }
-      const waiter = { replyType, request: msg.type, resolve, reject };
+      const replyTypes = [].concat(replyType);
+      const waiter = { replyTypes, request: msg.type, resolve, reject };
       waiter.timer = setTimeout(() => {
         this._waiters = this._waiters.filter((w) => w !== waiter);
-        reject(new KursrelayError('timeout', `No ${replyType} from the server`, msg.type));
+        reject(new KursrelayError('timeout', `No ${replyTypes.join(' or ')} from the server`, msg.type));
       }, REPLY_TIMEOUT_MS);
       this._waiters.push(waiter);
       this._send(msg);
@@ -204,23 +240,47 @@ export class KursrelayClient {
       this.onError(new KursrelayError('bad_json', 'The server sent something that is not JSON'));
       return;
     }
+    if (!msg || typeof msg !== 'object') return;
+    try {
+      this.onMessage(msg);
+    } catch (err) {
+      console.error(err);
+    }
     switch (msg.type) {
       case 'welcome':
+      case 'lobby':
       case 'joined':
+      case 'hand':
+      case 'ok':
       case 'publish_answer':
       case 'unpublished': {
+        if (msg.type === 'lobby' || msg.type === 'joined') this.memberId = msg.member_id;
         if (msg.type === 'joined') {
-          this.memberId = msg.member_id;
-          this.members = msg.members || [];
+          this.role = msg.role;
+          this.name = msg.name;
         }
-        const waiter = this._takeWaiter((w) => w.replyType === msg.type);
+        const waiter = this._takeWaiter((w) => w.replyTypes.includes(msg.type)
+          && (msg.type !== 'ok' || w.request === msg.request));
         if (waiter) waiter.resolve(msg);
-        if (msg.type === 'joined') this.onMembers(this.members);
+        else if (msg.type === 'joined') this.onAdmitted(msg);
+        if (msg.type === 'hand') this.onHand(Boolean(msg.raised));
         break;
       }
-      case 'members':
-        this.members = msg.members || [];
-        this.onMembers(this.members);
+      case 'roster':
+        this.roster = msg;
+        this.onRoster(msg);
+        break;
+      case 'floor':
+        this.onFloor(Boolean(msg.granted));
+        break;
+      case 'muted':
+        this.onMuted();
+        break;
+      case 'chat':
+        this.onChat(msg);
+        break;
+      case 'caption':
+        this.onCaption(msg);
         break;
       case 'subscribe_offer':
         this._subQueue = this._subQueue

@@ -110,13 +110,13 @@ fn candidate_init(v: &Value) -> RTCIceCandidateInit {
     }
 }
 
-async fn hello_join(ws: &mut Ws, session: &str, name: &str, role: &str) -> anyhow::Result<()> {
+async fn hello_join(ws: &mut Ws, token: &str) -> anyhow::Result<()> {
     ws.send(Message::text(
         json!({"type": "hello", "version": 1}).to_string(),
     ))
     .await?;
     ws.send(Message::text(
-        json!({"type": "join", "session": session, "name": name, "role": role}).to_string(),
+        json!({"type": "join", "token": token}).to_string(),
     ))
     .await?;
     Ok(())
@@ -148,8 +148,7 @@ impl Subscriber {
 /// Joins `session` as a subscriber. `sample` subscribers decrypt and measure transit.
 pub async fn subscribe(
     url: &str,
-    session: &str,
-    name: &str,
+    token: &str,
     sample: bool,
     epoch: Instant,
 ) -> anyhow::Result<Subscriber> {
@@ -160,7 +159,7 @@ pub async fn subscribe(
     let stop = CancellationToken::new();
     let audio_pt = Arc::new(AtomicU64::new(111));
     let join_sent = Instant::now();
-    hello_join(&mut ws, session, name, "participant").await?;
+    hello_join(&mut ws, token).await?;
     tokio::spawn(subscriber_task(
         ws,
         runtime,
@@ -289,10 +288,10 @@ const FPS: u64 = 30;
 const MAX_PAYLOAD: usize = 1100;
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(2500);
 
-/// Joins as the course leader and starts sending VP8 video + Opus audio.
-pub async fn publish(url: &str, session: &str, epoch: Instant) -> anyhow::Result<Publisher> {
+/// Joins with a course leader's token and starts sending VP8 video + Opus audio.
+pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<Publisher> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    hello_join(&mut ws, session, "Loadgen publisher", "leader").await?;
+    hello_join(&mut ws, token).await?;
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
     let handler = Handler {
         target: "publish",

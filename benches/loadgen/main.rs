@@ -43,6 +43,9 @@ enum Cmd {
         /// The server's process id, to read its CPU time and memory.
         #[arg(long)]
         sfu_pid: Option<u32>,
+        /// The server's admin key, to create the course, session and invites.
+        #[arg(long, env = "KURSRELAY_ADMIN_KEY")]
+        admin_key: String,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -94,9 +97,19 @@ async fn main() -> anyhow::Result<()> {
             samples,
             join_rate,
             sfu_pid,
+            admin_key,
             json,
         } => {
-            let report = run_step(&url, sfu_pid, subscribers, seconds, samples, join_rate).await?;
+            let report = run_step(
+                &url,
+                &admin_key,
+                sfu_pid,
+                subscribers,
+                seconds,
+                samples,
+                join_rate,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -121,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
                     let sfu = Sfu::start(&sfu_bin, sfu_core)?;
                     let r = run_step(
                         &sfu.ws_url(),
+                        &sfu.admin_key,
                         Some(sfu.pid()),
                         n,
                         seconds,
@@ -152,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
         } => {
             let sfu = Sfu::start(&sfu_bin, sfu_core)?;
-            storm(&sfu.ws_url(), single, joins, rate).await?;
+            storm(&sfu.ws_url(), &sfu.admin_key, single, joins, rate).await?;
         }
     }
     Ok(())
@@ -162,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
 struct Sfu {
     child: Child,
     addr: String,
+    admin_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -169,9 +184,14 @@ impl Sfu {
     fn start(bin: &str, core: usize) -> anyhow::Result<Sfu> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("bench.toml");
+        let admin_key = format!("loadgen-{}", uuid::Uuid::new_v4().simple());
         std::fs::write(
             &config,
-            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n[log]\nfilter = \"warn\"\n",
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n[log]\nfilter = \"warn\"\n\
+                 [auth]\nadmin_key = \"{admin_key}\"\n[db]\npath = \"{}\"\n",
+                dir.path().join("bench.db").display()
+            ),
         )?;
         let mut child = Command::new("taskset")
             .arg("-c")
@@ -197,6 +217,7 @@ impl Sfu {
         Ok(Sfu {
             child,
             addr,
+            admin_key,
             _dir: dir,
         })
     }
@@ -271,6 +292,88 @@ fn udp_rcvbuf_errors() -> u64 {
         .position(|n| *n == "RcvbufErrors")
         .and_then(|i| values.get(i)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// One admin REST call (plain HTTP/1.1 on loopback); returns the JSON body.
+async fn api(
+    ws_url: &str,
+    key: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut s = tokio::net::TcpStream::connect(&host).await?;
+    let body = body.to_string();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await?;
+    let (head, json) = resp.split_once("\r\n\r\n").context("bad HTTP response")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 2"), "{path}: {head} {json}");
+    Ok(serde_json::from_str(json)?)
+}
+
+/// A course and a session for this run, with a leader token and `n` participant tokens.
+async fn setup(ws_url: &str, key: &str, n: usize) -> anyhow::Result<(String, Vec<String>)> {
+    let course = api(
+        ws_url,
+        key,
+        "/api/courses",
+        serde_json::json!({"title": "Loadgen"}),
+    )
+    .await?;
+    let session = api(
+        ws_url,
+        key,
+        &format!("/api/courses/{}/sessions", course["id"].as_str().unwrap_or_default()),
+        serde_json::json!({"title": "Fan-out", "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z", "host_site": "Loopback"}),
+    )
+    .await?;
+    let path = format!(
+        "/api/sessions/{}/invites",
+        session["id"].as_str().unwrap_or_default()
+    );
+    let token = |v: serde_json::Value| {
+        v["link"]
+            .as_str()
+            .and_then(|l| l.split("#t=").nth(1))
+            .map(str::to_owned)
+            .context("no link")
+    };
+    let leader = token(
+        api(
+            ws_url,
+            key,
+            &path,
+            serde_json::json!({"role": "leader", "display_name": "Loadgen"}),
+        )
+        .await?,
+    )?;
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        subs.push(token(
+            api(
+                ws_url,
+                key,
+                &path,
+                serde_json::json!({"role": "participant", "display_name": format!("Deltakar {i}")}),
+            )
+            .await?,
+        )?);
+    }
+    Ok((leader, subs))
 }
 
 /// A counter from the server's /metrics.
@@ -397,20 +500,17 @@ impl Report {
 /// Joins `n` subscribers at `rate` per second; the first `samples` decrypt.
 async fn join_many(
     url: &str,
-    session: &str,
-    n: usize,
+    tokens: &[String],
     samples: usize,
     rate: f64,
     epoch: Instant,
 ) -> anyhow::Result<Vec<client::Subscriber>> {
     let gap = Duration::from_secs_f64(1.0 / rate);
-    let mut subs = Vec::with_capacity(n);
+    let mut subs = Vec::with_capacity(tokens.len());
     let start = tokio::time::Instant::now();
-    for i in 0..n {
+    for (i, token) in tokens.iter().enumerate() {
         tokio::time::sleep_until(start + gap * i as u32).await;
-        subs.push(
-            client::subscribe(url, session, &format!("Deltakar {i}"), i < samples, epoch).await?,
-        );
+        subs.push(client::subscribe(url, token, i < samples, epoch).await?);
     }
     Ok(subs)
 }
@@ -474,6 +574,7 @@ async fn snapshot(
 
 async fn run_step(
     url: &str,
+    key: &str,
     pid: Option<u32>,
     n: usize,
     seconds: u64,
@@ -481,11 +582,11 @@ async fn run_step(
     join_rate: f64,
 ) -> anyhow::Result<Report> {
     let epoch = Instant::now();
-    let session = format!("loadgen-{}", std::process::id());
-    let publisher = client::publish(url, &session, epoch).await?;
+    let (leader, tokens) = setup(url, key, n).await?;
+    let publisher = client::publish(url, &leader, epoch).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base = pid.and_then(rss_kb);
-    let subs = join_many(url, &session, n, samples.min(n), join_rate, epoch).await?;
+    let subs = join_many(url, &tokens, samples.min(n), join_rate, epoch).await?;
     // Everyone should have video within a few seconds; then let queues settle.
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline
@@ -583,10 +684,10 @@ async fn run_step(
     Ok(report)
 }
 
-async fn storm(url: &str, single: usize, joins: usize, rate: f64) -> anyhow::Result<()> {
+async fn storm(url: &str, key: &str, single: usize, joins: usize, rate: f64) -> anyhow::Result<()> {
     let epoch = Instant::now();
-    let session = "storm";
-    let publisher = client::publish(url, session, epoch).await?;
+    let (leader, tokens) = setup(url, key, single + joins).await?;
+    let publisher = client::publish(url, &leader, epoch).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let summarise = |label: &str, subs: &[client::Subscriber]| {
         let mut v: Vec<f64> = subs
@@ -607,8 +708,7 @@ async fn storm(url: &str, single: usize, joins: usize, rate: f64) -> anyhow::Res
     println!("| joins | N | without video | join→kf p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|");
     let mut singles = Vec::new();
     for i in 0..single {
-        singles
-            .push(client::subscribe(url, session, &format!("Einskild {i}"), false, epoch).await?);
+        singles.push(client::subscribe(url, &tokens[i], false, epoch).await?);
         let deadline = Instant::now() + Duration::from_secs(5);
         while singles[i].join_to_keyframe().is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -616,7 +716,7 @@ async fn storm(url: &str, single: usize, joins: usize, rate: f64) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     summarise("single, one at a time", &singles);
-    let burst = join_many(url, session, joins, 0, rate, epoch).await?;
+    let burst = join_many(url, &tokens[single..], 0, rate, epoch).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     summarise(&format!("storm at {rate}/s while streaming"), &burst);
     for s in singles.iter().chain(burst.iter()) {

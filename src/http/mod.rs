@@ -1,7 +1,8 @@
 //! The HTTP edge: the axum router (`router`), static files from web/, `/ws` signalling,
-//! `/healthz` and `/metrics`. It translates between the network and the room; it decides
+//! `/healthz`, `/metrics` and the admin REST API (`api`). It translates between the network and the room; it decides
 //! nothing about rooms or media.
 
+pub mod api;
 mod ws;
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 
+use crate::auth::TokenKey;
 use crate::config::Config;
+use crate::db::Db;
 use crate::room::Rooms;
 use crate::sfu::Sfu;
 
@@ -24,6 +27,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub rooms: Rooms,
     pub sfu: Sfu,
+    pub db: Db,
+    pub tokens: TokenKey,
     /// Cancelled on shutdown: every WebSocket task says goodbye and ends.
     pub shutdown: CancellationToken,
 }
@@ -35,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(api::routes())
         .fallback_service(web)
         .with_state(state)
 }

@@ -1,7 +1,7 @@
 //! `/ws`: one task per client socket. Reads frames (size limit, rate limit, JSON parsing),
 //! hands messages and events to `room::client::Client`, and writes its outbox to the socket.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::protocol::{parse_client_message, ByeReason, ErrorCode, ProtocolError, ServerMessage};
-use crate::room::client::{Client, Flow};
+use crate::room::client::{Client, ClientCtx, Flow};
 
 /// Frames above this close the socket in the WebSocket layer itself (code 1009); frames between
 /// `signalling.max_message_bytes` and this are answered with `too_large`.
@@ -61,7 +61,12 @@ impl RateLimit {
 async fn run(mut socket: WebSocket, state: AppState) {
     let limits = &state.config.signalling;
     let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
-    let mut client = Client::new(state.rooms.clone(), state.sfu.clone());
+    let mut client = Client::new(ClientCtx {
+        rooms: state.rooms.clone(),
+        sfu: state.sfu.clone(),
+        db: state.db.clone(),
+        tokens: state.tokens.clone(),
+    });
     let mut close_code: Option<u16> = None;
 
     loop {
@@ -115,10 +120,25 @@ async fn run(mut socket: WebSocket, state: AppState) {
                 reason: "".into(),
             });
             let _ = socket.send(Message::Close(frame)).await;
+            linger(&mut socket).await;
             break;
         }
     }
     client.shutdown().await;
+}
+
+/// After our close frame, reads (and ignores) what the client still sends for a moment, so
+/// closing with unread data does not reset the connection and destroy our last messages
+/// (e.g. the `rate_limited` error) before the client has read them.
+async fn linger(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes everything the client queued. False if the socket is gone.
@@ -141,7 +161,6 @@ async fn flush(socket: &mut WebSocket, client: &mut Client) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn rate_limit_allows_burst_then_rate() {

@@ -5,13 +5,25 @@
 
 use tokio::sync::mpsc;
 
-use super::{RoomEvent, RoomHandle, Rooms, MEMBER_EVENT_QUEUE};
+use super::permissions::{allowed, Action, MemberFacts, SessionFacts};
+use super::{Control, JoinOutcome, JoinRequest, RoomEvent, RoomHandle, Rooms, MEMBER_EVENT_QUEUE};
+use crate::auth::{unix_now, Claims, TokenError, TokenKey};
+use crate::db::{Db, DbError, SessionState};
 use crate::ids::{MemberId, SessionId};
 use crate::protocol::{
-    ByeReason, ClientMessage, ErrorCode, IceCandidate, MemberInfo, ProtocolError, Role,
-    ServerMessage, Target, VERSION,
+    ByeReason, ClientMessage, ErrorCode, IceCandidate, ProtocolError, Role, ServerMessage, Target,
+    VERSION,
 };
 use crate::sfu::{PeerEvent, Publisher, Sfu, SfuError, Subscriber};
+
+/// What a client connection needs from the rest of the server.
+#[derive(Clone)]
+pub struct ClientCtx {
+    pub rooms: Rooms,
+    pub sfu: Sfu,
+    pub db: Db,
+    pub tokens: TokenKey,
+}
 
 /// Peer events queued per client; generous because ICE candidates arrive in bursts.
 const PEER_EVENT_QUEUE: usize = 256;
@@ -35,6 +47,14 @@ pub enum ClientEvent {
 
 struct Joined {
     member: MemberId,
+    session: SessionId,
+    role: Role,
+    name: String,
+    /// Came by an open link: gets a rejoin token once admitted.
+    open_link: Option<Claims>,
+    admitted: bool,
+    has_floor: bool,
+    chat_enabled: bool,
     room: RoomHandle,
     room_events: mpsc::Receiver<RoomEvent>,
     peer_events: mpsc::Receiver<PeerEvent>,
@@ -50,18 +70,16 @@ enum Stage {
 }
 
 pub struct Client {
-    rooms: Rooms,
-    sfu: Sfu,
+    ctx: ClientCtx,
     stage: Stage,
     /// Messages for the socket, in order.
     pub outbox: Vec<ServerMessage>,
 }
 
 impl Client {
-    pub fn new(rooms: Rooms, sfu: Sfu) -> Client {
+    pub fn new(ctx: ClientCtx) -> Client {
         Client {
-            rooms,
-            sfu,
+            ctx,
             stage: Stage::New,
             outbox: Vec::new(),
         }
@@ -122,14 +140,7 @@ impl Client {
                 });
                 Ok(Flow::Continue)
             }
-            ClientMessage::Join {
-                session,
-                name,
-                role,
-            } => {
-                self.join(&session, &name, role).await?;
-                Ok(Flow::Continue)
-            }
+            ClientMessage::Join { token, name } => self.join(&token, name.as_deref()).await,
             ClientMessage::PublishOffer { sdp, tracks } => {
                 if tracks
                     .iter()
@@ -137,8 +148,26 @@ impl Client {
                 {
                     return Err(bad_request("a track_id is too long"));
                 }
-                let sfu = self.sfu.clone();
+                let sfu = self.ctx.sfu.clone();
                 let joined = self.joined()?;
+                // The room checks again when media arrives; this refuses the offer up front.
+                let facts = SessionFacts {
+                    chat_enabled: joined.chat_enabled,
+                    ended: false,
+                };
+                let me = MemberFacts {
+                    admitted: joined.admitted,
+                    has_floor: joined.has_floor,
+                };
+                if let Some(t) = tracks
+                    .iter()
+                    .find(|t| !allowed(joined.role, facts, me, Action::Publish(t.source)))
+                {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!("You may not send your {:?} now.", t.source).to_lowercase(),
+                    ));
+                }
                 if joined.publisher.is_none() {
                     let publisher = sfu
                         .publisher(joined.member, joined.peer_events_tx.clone())
@@ -197,10 +226,81 @@ impl Client {
                 });
                 Ok(Flow::Close)
             }
+            ClientMessage::RaiseHand => self.control("raise_hand", Control::RaiseHand).await,
+            ClientMessage::LowerHand => self.control("lower_hand", Control::LowerHand).await,
+            ClientMessage::Admit { member_id } => {
+                self.control("admit", Control::Admit(member_id)).await
+            }
+            ClientMessage::Deny { member_id } => {
+                self.control("deny", Control::Deny(member_id)).await
+            }
+            ClientMessage::GrantFloor { member_id } => {
+                self.control("grant_floor", Control::GrantFloor(member_id))
+                    .await
+            }
+            ClientMessage::RevokeFloor { member_id } => {
+                self.control("revoke_floor", Control::RevokeFloor(member_id))
+                    .await
+            }
+            ClientMessage::Mute { member_id } => {
+                self.control("mute", Control::Mute(member_id)).await
+            }
+            ClientMessage::Remove { member_id } => {
+                self.control("remove", Control::Remove(member_id)).await
+            }
+            ClientMessage::Lock => self.control("lock", Control::Lock).await,
+            ClientMessage::Unlock => self.control("unlock", Control::Unlock).await,
+            ClientMessage::SetHeadcount { count } => {
+                self.control("set_headcount", Control::SetHeadcount(count))
+                    .await
+            }
+            ClientMessage::Chat { text } => self.control("chat", Control::Chat(text)).await,
+            ClientMessage::Caption { text } => {
+                self.control("caption", Control::Caption(text)).await
+            }
+            ClientMessage::EndSession => {
+                let joined = self.joined()?;
+                if joined.role != Role::Leader {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "Only the course leader can end the session.",
+                    ));
+                }
+                // Recorded first, so no link works any more even if the room were to fail.
+                let session = joined.session.to_string();
+                self.ctx
+                    .db
+                    .advance_session(&session, SessionState::Ended)
+                    .await
+                    .map_err(internal)?;
+                self.control("end_session", Control::EndSession).await
+            }
         }
     }
 
-    async fn join(&mut self, session: &str, name: &str, role: Role) -> Result<(), ProtocolError> {
+    /// Sends a control action to the room; the room checks the permission.
+    async fn control(&mut self, request: &str, control: Control) -> Result<Flow, ProtocolError> {
+        let joined = self.joined()?;
+        let raise = match control {
+            Control::RaiseHand => Some(true),
+            Control::LowerHand => Some(false),
+            _ => None,
+        };
+        joined
+            .room
+            .control(joined.member, control)
+            .await
+            .map_err(internal)??;
+        self.outbox.push(match raise {
+            Some(raised) => ServerMessage::Hand { raised },
+            None => ServerMessage::Ok {
+                request: request.to_owned(),
+            },
+        });
+        Ok(Flow::Continue)
+    }
+
+    async fn join(&mut self, token: &str, name: Option<&str>) -> Result<Flow, ProtocolError> {
         match self.stage {
             Stage::New => return Err(out_of_order("send hello before join")),
             Stage::Joined(_) => {
@@ -211,33 +311,126 @@ impl Client {
             }
             Stage::Greeted => {}
         }
-        let session = SessionId::parse(session).ok_or_else(|| {
-            bad_request("session must be 1–64 characters from A–Z, a–z, 0–9, - and _")
+        let claims = self.ctx.tokens.verify(token, unix_now()).map_err(|e| {
+            let message = match e {
+                TokenError::Expired => {
+                    "This link has expired. Ask the course organisers for a new one."
+                }
+                _ => "This link is not valid. Check that you copied all of it.",
+            };
+            ProtocolError::new(ErrorCode::BadToken, message)
         })?;
-        let name = name.trim();
-        if name.is_empty()
-            || name.chars().count() > MAX_NAME_CHARS
-            || name.chars().any(char::is_control)
+        let session_id = SessionId::parse(&claims.sid)
+            .ok_or_else(|| ProtocolError::new(ErrorCode::BadToken, "This link is not valid."))?;
+        let session = match self.ctx.db.session(&claims.sid).await {
+            Ok(s) => s,
+            Err(DbError::NotFound(_)) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::BadToken,
+                    "This link is not valid.",
+                ))
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        if session.state == SessionState::Ended {
+            return Err(super::refused(ErrorCode::SessionEnded));
+        }
+        let invite = match self.ctx.db.invite(&claims.sub).await {
+            Ok(i) => i,
+            Err(DbError::NotFound(_)) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::BadToken,
+                    "This link is not valid.",
+                ))
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        // The token is signed, but check it against the record anyway: role and session come
+        // from the invite, never from the client.
+        if invite.session_id != claims.sid
+            || invite.role != claims.role
+            || invite.open != claims.open
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::BadToken,
+                "This link is not valid.",
+            ));
+        }
+        if invite.revoked {
+            return Err(ProtocolError::new(
+                ErrorCode::InviteRevoked,
+                "This link has been withdrawn. Ask the course organisers for a new one.",
+            ));
+        }
+        let role = invite.role;
+        // Sites are named by their invite; people may choose how they are shown.
+        let chosen = name.map(str::trim).filter(|n| !n.is_empty());
+        let rejoining = claims.member.is_some();
+        let name = match (role, chosen, invite.display_name.as_deref()) {
+            (Role::Site, _, Some(site)) => Some(site.to_owned()),
+            (_, Some(n), _) => Some(n.to_owned()),
+            (_, None, Some(n)) => Some(n.to_owned()),
+            // The room remembers the name of someone it admitted before.
+            (_, None, None) if rejoining => None,
+            (_, None, None) => return Err(bad_request("type the name you want the others to see")),
+        };
+        if name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS || n.chars().any(char::is_control))
         {
             return Err(bad_request(
                 "name must be 1–64 characters, without control characters",
             ));
         }
         let member = MemberId::new();
-        let info = MemberInfo {
+        // Someone on an open link is a new pseudonymous subject, unless they rejoin with the
+        // token they were given at admission.
+        let (subject, first_time_open) = match (invite.open, &claims.member) {
+            (true, Some(returning)) => (returning.clone(), false),
+            (true, None) => (
+                format!("{}-{}", invite.id, uuid::Uuid::new_v4().simple()),
+                true,
+            ),
+            (false, _) => (invite.id.clone(), false),
+        };
+        let req = JoinRequest {
             member_id: member,
-            name: name.to_owned(),
+            subject: subject.clone(),
+            relative_of: invite.relative_of.clone(),
             role,
+            name,
+            open: first_time_open,
+            chat_enabled: session.chat_enabled,
         };
         let (events_tx, room_events) = mpsc::channel(MEMBER_EVENT_QUEUE);
-        let (room, reply) = self
+        let (room, outcome) = self
+            .ctx
             .rooms
-            .join(&session, info, events_tx)
+            .join(&session_id, req, events_tx)
             .await
             .map_err(internal)?;
+        let (outcome, joined_name) = outcome?;
+        if role == Role::Leader {
+            self.ctx
+                .db
+                .advance_session(&session.id, SessionState::Live)
+                .await
+                .map_err(internal)?;
+        }
         let (peer_events_tx, peer_events) = mpsc::channel(PEER_EVENT_QUEUE);
+        let open_link = invite.open.then(|| Claims {
+            member: Some(subject.clone()),
+            ..claims.clone()
+        });
         self.stage = Stage::Joined(Box::new(Joined {
             member,
+            session: session_id.clone(),
+            role,
+            name: joined_name,
+            open_link,
+            admitted: false,
+            has_floor: false,
+            chat_enabled: session.chat_enabled,
             room,
             room_events,
             peer_events,
@@ -245,12 +438,31 @@ impl Client {
             publisher: None,
             subscriber: None,
         }));
-        self.outbox.push(ServerMessage::Joined {
-            member_id: member,
-            session: session.to_string(),
-            members: reply.members,
-        });
-        for track in &reply.tracks {
+        match outcome {
+            JoinOutcome::Admitted { tracks } => self.admitted(tracks).await?,
+            JoinOutcome::Lobby => self.outbox.push(ServerMessage::Lobby {
+                member_id: member,
+                session: session_id.to_string(),
+            }),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// In the room: say so, and start receiving what is published.
+    async fn admitted(&mut self, tracks: Vec<crate::sfu::TrackInfo>) -> Result<(), ProtocolError> {
+        let tokens = self.ctx.tokens.clone();
+        let joined = self.joined()?;
+        joined.admitted = true;
+        let rejoin_token = joined.open_link.as_ref().map(|c| tokens.sign(c));
+        let msg = ServerMessage::Joined {
+            member_id: joined.member,
+            session: joined.session.to_string(),
+            role: joined.role,
+            name: joined.name.clone(),
+            rejoin_token,
+        };
+        self.outbox.push(msg);
+        for track in &tracks {
             self.subscribe_to(track).await?;
         }
         self.offer_if_needed().await
@@ -288,8 +500,33 @@ impl Client {
 
     async fn apply_event(&mut self, event: ClientEvent) -> Result<Flow, ProtocolError> {
         match event {
-            ClientEvent::Room(RoomEvent::Members(members)) => {
-                self.outbox.push(ServerMessage::Members { members });
+            ClientEvent::Room(RoomEvent::Roster(roster)) => {
+                self.outbox.push(ServerMessage::Roster { roster });
+            }
+            ClientEvent::Room(RoomEvent::Admitted { tracks }) => self.admitted(tracks).await?,
+            ClientEvent::Room(RoomEvent::Floor(granted)) => {
+                self.joined()?.has_floor = granted;
+                self.outbox.push(ServerMessage::Floor { granted });
+            }
+            ClientEvent::Room(RoomEvent::Muted) => self.outbox.push(ServerMessage::Muted),
+            ClientEvent::Room(RoomEvent::Chat {
+                member_id,
+                name,
+                text,
+            }) => {
+                self.outbox.push(ServerMessage::Chat {
+                    member_id,
+                    name,
+                    text,
+                });
+            }
+            ClientEvent::Room(RoomEvent::Caption { member_id, text }) => {
+                self.outbox.push(ServerMessage::Caption { member_id, text });
+            }
+            ClientEvent::Room(RoomEvent::Notice(err)) => self.reject(err, None),
+            ClientEvent::Room(RoomEvent::Bye(reason)) => {
+                self.outbox.push(ServerMessage::Bye { reason });
+                return Ok(Flow::Close);
             }
             ClientEvent::Room(RoomEvent::TrackAdded(info)) => {
                 self.subscribe_to(&info).await?;
@@ -331,7 +568,7 @@ impl Client {
     }
 
     async fn subscribe_to(&mut self, info: &crate::sfu::TrackInfo) -> Result<(), ProtocolError> {
-        let sfu = self.sfu.clone();
+        let sfu = self.ctx.sfu.clone();
         let joined = self.joined()?;
         if info.member == joined.member {
             return Ok(());

@@ -1,23 +1,29 @@
-//! The control path. One actor task per live session owns its members and published tracks
-//! and decides who receives what; `client` is the per-connection state machine that speaks the
-//! protocol for one member and negotiates its peer connections.
+//! The control path. One actor task per live session owns its members (roles, lobby, hands,
+//! floor, headcounts), its published tracks and who receives what; `client` is the
+//! per-connection state machine that speaks the protocol for one member; `permissions` is the
+//! pure rule book.
 //!
 //! No mutex guards room state: the actor owns it, others send commands through a bounded
-//! channel (`RoomHandle`). The actor never awaits a member or the media path: events to
-//! members go out with `try_send`, and subscriber snapshots are swapped, not locked.
+//! channel (`RoomHandle`). The actor never awaits a member, the database or the media path:
+//! events to members go out with `try_send`, and subscriber snapshots are swapped, not locked.
 //! The registry (`Rooms`) is a std mutex around a map of handles, held for a lookup only.
 
 pub mod client;
+pub mod permissions;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use self::permissions::{allowed, Action, MemberFacts, SessionFacts};
 use crate::ids::{MemberId, SessionId, TrackId};
-use crate::protocol::MemberInfo;
+use crate::protocol::{
+    ByeReason, ErrorCode, LobbyEntry, MemberInfo, ProtocolError, Role, RosterEntry, RosterView,
+    Source,
+};
 use crate::sfu::{DownTrack, Forwarder, TrackInfo};
 
 /// Commands queued per room before senders wait.
@@ -26,30 +32,102 @@ const ROOM_QUEUE: usize = 256;
 pub const MEMBER_EVENT_QUEUE: usize = 256;
 /// How long a command may wait for room in the room's queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sites report at most this many people in the room.
+const MAX_HEADCOUNT: u32 = 1000;
+const MAX_TEXT_CHARS: usize = 1000;
 
 /// What the room tells a member's connection.
 #[derive(Debug)]
 pub enum RoomEvent {
-    Members(Vec<MemberInfo>),
+    Roster(RosterView),
     TrackAdded(TrackInfo),
     TrackRemoved(TrackId),
+    /// Let in from the lobby: start receiving these tracks.
+    Admitted {
+        tracks: Vec<TrackInfo>,
+    },
+    Floor(bool),
+    Muted,
+    Chat {
+        member_id: MemberId,
+        name: String,
+        text: String,
+    },
+    Caption {
+        member_id: MemberId,
+        text: String,
+    },
+    /// Something the member did was refused after the fact (e.g. media it may not publish).
+    Notice(ProtocolError),
+    /// The member must go.
+    Bye(ByeReason),
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the session's room is no longer running")]
 pub struct RoomGone;
 
-pub struct JoinReply {
-    pub members: Vec<MemberInfo>,
-    /// Tracks already published, for the newcomer to subscribe to.
-    pub tracks: Vec<TrackInfo>,
+/// Who is joining, as established from a verified token and the database.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub member_id: MemberId,
+    /// Pseudonymous and stable across reconnects: the invite id, or for someone who came by
+    /// an open link, the id issued at their first admission.
+    pub subject: String,
+    pub relative_of: Option<String>,
+    pub role: Role,
+    /// None: someone rejoining from an open link without retyping their name; the room
+    /// remembers the name they were admitted with.
+    pub name: Option<String>,
+    /// Came by an open link and has not been admitted before: waits in the lobby.
+    pub open: bool,
+    pub chat_enabled: bool,
 }
+
+pub enum JoinOutcome {
+    /// In the room; subscribe to these tracks.
+    Admitted { tracks: Vec<TrackInfo> },
+    /// Waiting for the leader.
+    Lobby,
+}
+
+/// Why a join was refused by the room.
+pub fn refused(code: ErrorCode) -> ProtocolError {
+    let message = match code {
+        ErrorCode::Locked => "The course leader has locked the session. Ask them to unlock it.",
+        ErrorCode::Removed => "The course leader removed you from this session.",
+        ErrorCode::SessionEnded => "The session has ended.",
+        _ => "You cannot join this session.",
+    };
+    ProtocolError::new(code, message)
+}
+
+/// A leader's (or member's) action on the room.
+#[derive(Debug, Clone)]
+pub enum Control {
+    RaiseHand,
+    LowerHand,
+    Admit(MemberId),
+    Deny(MemberId),
+    GrantFloor(MemberId),
+    RevokeFloor(MemberId),
+    Mute(MemberId),
+    Remove(MemberId),
+    Lock,
+    Unlock,
+    EndSession,
+    SetHeadcount(u32),
+    Chat(String),
+    Caption(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ProtocolError>>;
 
 enum Command {
     Join {
-        info: MemberInfo,
+        req: JoinRequest,
         events: mpsc::Sender<RoomEvent>,
-        reply: oneshot::Sender<JoinReply>,
+        reply: Reply<(JoinOutcome, String)>,
     },
     Leave {
         member: MemberId,
@@ -66,6 +144,13 @@ enum Command {
         member: MemberId,
         downs: Vec<Arc<DownTrack>>,
     },
+    Control {
+        member: MemberId,
+        control: Control,
+        reply: Reply<()>,
+    },
+    /// Ended from outside (the admin API): everyone is told and the room closes.
+    End,
 }
 
 /// A cloneable handle on one room actor.
@@ -80,21 +165,6 @@ impl RoomHandle {
             .send_timeout(cmd, SEND_TIMEOUT)
             .await
             .map_err(|_| RoomGone)
-    }
-
-    async fn join(
-        &self,
-        info: MemberInfo,
-        events: mpsc::Sender<RoomEvent>,
-    ) -> Result<JoinReply, RoomGone> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Join {
-            info,
-            events,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| RoomGone)
     }
 
     pub async fn leave(&self, member: MemberId) {
@@ -128,6 +198,22 @@ impl RoomHandle {
     ) -> Result<(), RoomGone> {
         self.send(Command::Attach { member, downs }).await
     }
+
+    /// Asks the room to do `control` on behalf of `member`; the room checks the permission.
+    pub async fn control(
+        &self,
+        member: MemberId,
+        control: Control,
+    ) -> Result<Result<(), ProtocolError>, RoomGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Control {
+            member,
+            control,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| RoomGone)
+    }
 }
 
 /// All live rooms, by session.
@@ -141,19 +227,40 @@ impl Rooms {
     pub async fn join(
         &self,
         session: &SessionId,
-        info: MemberInfo,
+        req: JoinRequest,
         events: mpsc::Sender<RoomEvent>,
-    ) -> Result<(RoomHandle, JoinReply), RoomGone> {
+    ) -> Result<(RoomHandle, Result<(JoinOutcome, String), ProtocolError>), RoomGone> {
         // A room that empties shuts down; a join can race with that and find it closed. Then a
         // fresh room is started: the second attempt cannot meet the same race with itself.
         for _ in 0..3 {
             let handle = self.get_or_start(session);
-            match handle.join(info.clone(), events.clone()).await {
-                Ok(reply) => return Ok((handle, reply)),
-                Err(RoomGone) => self.forget(session, &handle),
+            let (reply, rx) = oneshot::channel();
+            let sent = handle
+                .send(Command::Join {
+                    req: req.clone(),
+                    events: events.clone(),
+                    reply,
+                })
+                .await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(outcome)) => return Ok((handle, outcome)),
+                _ => self.forget(session, &handle),
             }
         }
         Err(RoomGone)
+    }
+
+    /// Ends a running session's room (everyone gets `bye`); nothing if it is not running.
+    pub async fn end(&self, session: &SessionId) {
+        let handle = self
+            .map
+            .lock()
+            .expect("rooms lock is never poisoned")
+            .get(session)
+            .cloned();
+        if let Some(handle) = handle {
+            let _ = handle.send(Command::End).await;
+        }
     }
 
     /// Number of running rooms.
@@ -175,6 +282,11 @@ impl Rooms {
             session: session.clone(),
             members: Vec::new(),
             tracks: HashMap::new(),
+            hands: Vec::new(),
+            locked: false,
+            chat_enabled: false,
+            admitted_subjects: HashMap::new(),
+            removed_subjects: HashSet::new(),
         };
         let span = tracing::info_span!("session", id = %session);
         tokio::spawn(room.run(rx, self.clone(), handle.clone()).instrument(span));
@@ -194,22 +306,37 @@ impl Rooms {
 
 struct Member {
     info: MemberInfo,
+    subject: String,
+    relative_of: Option<String>,
     events: mpsc::Sender<RoomEvent>,
+    admitted: bool,
+    floor: bool,
+    headcount: Option<u32>,
 }
 
 struct Room {
     session: SessionId,
-    /// In join order, so everyone sees the same list.
+    /// In join order, so everyone sees the same list. Lobby members included (not admitted).
     members: Vec<Member>,
     tracks: HashMap<TrackId, Forwarder>,
+    /// Hand-raise queue, in order of raising.
+    hands: Vec<MemberId>,
+    locked: bool,
+    chat_enabled: bool,
+    /// Subjects let in once, with the name they had: they come back without the lobby
+    /// (reload, network loss).
+    admitted_subjects: HashMap<String, String>,
+    /// Subjects the leader removed: their links no longer let them in.
+    removed_subjects: HashSet<String>,
 }
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, rooms: Rooms, me: RoomHandle) {
         tracing::info!("room started");
         while let Some(cmd) = rx.recv().await {
+            let end = matches!(cmd, Command::End);
             self.handle(cmd);
-            if self.members.is_empty() {
+            if end || self.members.is_empty() {
                 // Leave the registry first so new joins start a fresh room, then refuse what
                 // is still queued: a queued join's caller sees RoomGone and retries.
                 rooms.forget(&self.session, &me);
@@ -221,38 +348,56 @@ impl Room {
         tracing::info!("room closed");
     }
 
+    fn facts(&self) -> SessionFacts {
+        SessionFacts {
+            chat_enabled: self.chat_enabled,
+            ended: false,
+        }
+    }
+
+    fn member(&self, id: MemberId) -> Option<&Member> {
+        self.members.iter().find(|m| m.info.member_id == id)
+    }
+
+    fn member_mut(&mut self, id: MemberId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.info.member_id == id)
+    }
+
+    fn may(&self, member: MemberId, action: Action) -> bool {
+        self.member(member).is_some_and(|m| {
+            allowed(
+                m.info.role,
+                self.facts(),
+                MemberFacts {
+                    admitted: m.admitted,
+                    has_floor: m.floor,
+                },
+                action,
+            )
+        })
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Join {
-                info,
-                events,
-                reply,
-            } => {
-                let member = info.member_id;
-                tracing::info!(member = %member, role = ?info.role, "member joined");
-                self.members.push(Member { info, events });
-                let tracks = self.tracks.values().map(|f| f.info().clone()).collect();
-                if reply
-                    .send(JoinReply {
-                        members: self.member_list(),
-                        tracks,
-                    })
-                    .is_err()
-                {
-                    self.remove_member(member);
-                    return;
-                }
-                self.broadcast_members(Some(member));
-            }
+            Command::Join { req, events, reply } => self.join(req, events, reply),
             Command::Leave { member } => self.remove_member(member),
             Command::Publish { forwarder } => {
                 let info = forwarder.info().clone();
-                if !self.members.iter().any(|m| m.info.member_id == info.member) {
-                    return; // published by someone who already left: dropping stops it
+                if !self.may(info.member, Action::Publish(info.source)) {
+                    // Dropping the forwarder stops it: the media is never forwarded.
+                    tracing::info!(member = %info.member, source = ?info.source, "refused media the member may not publish");
+                    self.send_to(
+                        info.member,
+                        RoomEvent::Notice(ProtocolError::new(
+                            ErrorCode::Forbidden,
+                            "You may not send that now; it is not forwarded to anyone.",
+                        )),
+                    );
+                    return;
                 }
                 self.tracks.insert(info.id, forwarder);
                 let publisher = info.member;
-                self.send_to_all_but(Some(publisher), || RoomEvent::TrackAdded(info.clone()));
+                self.send_to_admitted(Some(publisher), || RoomEvent::TrackAdded(info.clone()));
             }
             Command::Unpublish {
                 member,
@@ -272,7 +417,7 @@ impl Room {
                 let _ = reply.send(found.is_some());
             }
             Command::Attach { member, downs } => {
-                if !self.members.iter().any(|m| m.info.member_id == member) {
+                if !self.member(member).is_some_and(|m| m.admitted) {
                     return;
                 }
                 for down in downs {
@@ -281,11 +426,251 @@ impl Room {
                     }
                 }
             }
+            Command::Control {
+                member,
+                control,
+                reply,
+            } => {
+                let result = self.control(member, control);
+                let _ = reply.send(result);
+            }
+            Command::End => self.end(),
         }
     }
 
-    fn member_list(&self) -> Vec<MemberInfo> {
-        self.members.iter().map(|m| m.info.clone()).collect()
+    /// Admits, puts in the lobby or refuses; replies with the outcome and the name shown.
+    fn join(
+        &mut self,
+        req: JoinRequest,
+        events: mpsc::Sender<RoomEvent>,
+        reply: Reply<(JoinOutcome, String)>,
+    ) {
+        self.chat_enabled = req.chat_enabled;
+        if self.removed_subjects.contains(&req.subject) {
+            let _ = reply.send(Err(refused(ErrorCode::Removed)));
+            return;
+        }
+        let returning = self.admitted_subjects.contains_key(&req.subject);
+        let Some(name) = req
+            .name
+            .clone()
+            .or_else(|| self.admitted_subjects.get(&req.subject).cloned())
+        else {
+            let _ = reply.send(Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "Not allowed: type the name you want the others to see.",
+            )));
+            return;
+        };
+        if self.locked && req.role != Role::Leader && !returning {
+            let _ = reply.send(Err(refused(ErrorCode::Locked)));
+            return;
+        }
+        // The same person joining again (reload, second tab): the new connection replaces
+        // the old one, which is told why.
+        if let Some(old) = self
+            .members
+            .iter()
+            .find(|m| m.subject == req.subject)
+            .map(|m| m.info.member_id)
+        {
+            self.send_to(old, RoomEvent::Bye(ByeReason::Replaced));
+            self.remove_member(old);
+        }
+        let admitted = !req.open || returning;
+        let member = req.member_id;
+        tracing::info!(member = %member, role = ?req.role, admitted, "member joined");
+        self.members.push(Member {
+            info: MemberInfo {
+                member_id: member,
+                name: name.clone(),
+                role: req.role,
+            },
+            subject: req.subject.clone(),
+            relative_of: req.relative_of,
+            events,
+            admitted,
+            floor: false,
+            headcount: None,
+        });
+        let outcome = if admitted {
+            self.admitted_subjects.insert(req.subject, name.clone());
+            JoinOutcome::Admitted {
+                tracks: self.tracks.values().map(|f| f.info().clone()).collect(),
+            }
+        } else {
+            JoinOutcome::Lobby
+        };
+        if reply.send(Ok((outcome, name))).is_err() {
+            self.remove_member(member);
+            return;
+        }
+        self.broadcast_roster();
+    }
+
+    fn control(&mut self, member: MemberId, control: Control) -> Result<(), ProtocolError> {
+        let forbidden =
+            || ProtocolError::new(ErrorCode::Forbidden, "Your role may not do that now.");
+        let need = |room: &Room, action: Action| {
+            if room.may(member, action) {
+                Ok(())
+            } else {
+                Err(forbidden())
+            }
+        };
+        match control {
+            Control::RaiseHand => {
+                need(self, Action::RaiseHand)?;
+                if !self.hands.contains(&member) {
+                    self.hands.push(member);
+                }
+            }
+            Control::LowerHand => self.hands.retain(|m| *m != member),
+            Control::Admit(target) => {
+                need(self, Action::Admit)?;
+                let m = self.lobby_member(target)?;
+                m.admitted = true;
+                let (subject, name) = (m.subject.clone(), m.info.name.clone());
+                self.admitted_subjects.insert(subject, name);
+                let tracks = self.tracks.values().map(|f| f.info().clone()).collect();
+                self.send_to(target, RoomEvent::Admitted { tracks });
+            }
+            Control::Deny(target) => {
+                need(self, Action::Admit)?;
+                self.lobby_member(target)?;
+                self.send_to(target, RoomEvent::Bye(ByeReason::Denied));
+                self.remove_member(target);
+                return Ok(());
+            }
+            Control::GrantFloor(target) => {
+                need(self, Action::GrantFloor)?;
+                let m = self.admitted_member(target)?;
+                if !matches!(m.info.role, Role::Participant | Role::Site) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "Only participants and sites are given the floor.",
+                    ));
+                }
+                m.floor = true;
+                self.hands.retain(|h| *h != target);
+                self.send_to(target, RoomEvent::Floor(true));
+            }
+            Control::RevokeFloor(target) => {
+                need(self, Action::GrantFloor)?;
+                let m = self.admitted_member(target)?;
+                m.floor = false;
+                self.remove_tracks_of(target, |s| matches!(s, Source::Camera | Source::Microphone));
+                self.send_to(target, RoomEvent::Floor(false));
+            }
+            Control::Mute(target) => {
+                need(self, Action::MuteMember)?;
+                self.admitted_member(target)?;
+                self.remove_tracks_of(target, |s| s == Source::Microphone);
+                self.send_to(target, RoomEvent::Muted);
+                return Ok(());
+            }
+            Control::Remove(target) => {
+                need(self, Action::RemoveMember)?;
+                let subject = self
+                    .member(target)
+                    .ok_or_else(unknown_member)?
+                    .subject
+                    .clone();
+                if target == member {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "Use leave to leave.",
+                    ));
+                }
+                self.removed_subjects.insert(subject.clone());
+                self.admitted_subjects.remove(&subject);
+                self.send_to(target, RoomEvent::Bye(ByeReason::Removed));
+                self.remove_member(target);
+                return Ok(());
+            }
+            Control::Lock | Control::Unlock => {
+                need(self, Action::Lock)?;
+                self.locked = matches!(control, Control::Lock);
+            }
+            Control::EndSession => {
+                need(self, Action::EndSession)?;
+                self.end();
+                return Ok(());
+            }
+            Control::SetHeadcount(count) => {
+                need(self, Action::SetHeadcount)?;
+                if count > MAX_HEADCOUNT {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        format!("A headcount is at most {MAX_HEADCOUNT}."),
+                    ));
+                }
+                if let Some(m) = self.member_mut(member) {
+                    m.headcount = Some(count);
+                }
+            }
+            Control::Chat(text) | Control::Caption(text)
+                if text.trim().is_empty() || text.chars().count() > MAX_TEXT_CHARS =>
+            {
+                return Err(ProtocolError::new(
+                    ErrorCode::BadRequest,
+                    format!("Text must be 1–{MAX_TEXT_CHARS} characters."),
+                ));
+            }
+            Control::Chat(text) => {
+                need(self, Action::Chat)?;
+                let name = self
+                    .member(member)
+                    .map(|m| m.info.name.clone())
+                    .unwrap_or_default();
+                // Relayed only: chat is never stored or logged.
+                self.send_to_admitted(None, || RoomEvent::Chat {
+                    member_id: member,
+                    name: name.clone(),
+                    text: text.clone(),
+                });
+                return Ok(());
+            }
+            Control::Caption(text) => {
+                need(self, Action::Caption)?;
+                self.send_to_admitted(None, || RoomEvent::Caption {
+                    member_id: member,
+                    text: text.clone(),
+                });
+                return Ok(());
+            }
+        }
+        self.broadcast_roster();
+        Ok(())
+    }
+
+    fn lobby_member(&mut self, target: MemberId) -> Result<&mut Member, ProtocolError> {
+        match self.member_mut(target) {
+            Some(m) if !m.admitted => Ok(m),
+            Some(_) => Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "That member is not waiting in the lobby.",
+            )),
+            None => Err(unknown_member()),
+        }
+    }
+
+    fn admitted_member(&mut self, target: MemberId) -> Result<&mut Member, ProtocolError> {
+        match self.member_mut(target) {
+            Some(m) if m.admitted => Ok(m),
+            _ => Err(unknown_member()),
+        }
+    }
+
+    fn end(&mut self) {
+        tracing::info!("session ended");
+        let all: Vec<MemberId> = self.members.iter().map(|m| m.info.member_id).collect();
+        for m in &all {
+            self.send_to(*m, RoomEvent::Bye(ByeReason::SessionEnded));
+        }
+        self.tracks.clear();
+        self.members.clear();
+        self.hands.clear();
     }
 
     fn remove_member(&mut self, member: MemberId) {
@@ -293,40 +678,125 @@ impl Room {
             return;
         };
         self.members.remove(pos);
+        self.hands.retain(|h| *h != member);
         tracing::info!(member = %member, "member left");
-        let theirs: Vec<TrackId> = self
-            .tracks
-            .iter()
-            .filter(|(_, f)| f.info().member == member)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in theirs {
-            self.remove_track(id);
-        }
+        self.remove_tracks_of(member, |_| true);
         for forwarder in self.tracks.values() {
             forwarder.remove_subscriber(member);
         }
-        self.broadcast_members(None);
+        self.broadcast_roster();
+    }
+
+    fn remove_tracks_of(&mut self, member: MemberId, which: impl Fn(Source) -> bool) {
+        let ids: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, f)| f.info().member == member && which(f.info().source))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove_track(id);
+        }
     }
 
     fn remove_track(&mut self, id: TrackId) {
         if let Some(forwarder) = self.tracks.remove(&id) {
             let publisher = forwarder.info().member;
-            drop(forwarder); // stops its forwarding task
-            self.send_to_all_but(Some(publisher), || RoomEvent::TrackRemoved(id));
+            drop(forwarder); // stops its forwarding task at once
+            self.send_to_admitted(Some(publisher), || RoomEvent::TrackRemoved(id));
         }
     }
 
-    fn broadcast_members(&mut self, except: Option<MemberId>) {
-        let list = self.member_list();
-        self.send_to_all_but(except, || RoomEvent::Members(list.clone()));
+    /// The roster as `viewer` may see it.
+    fn roster_for(&self, viewer: Role) -> RosterView {
+        let leader = viewer == Role::Leader;
+        let members = self
+            .members
+            .iter()
+            .filter(|m| m.admitted)
+            .map(|m| RosterEntry {
+                member_id: m.info.member_id,
+                name: m.info.name.clone(),
+                role: m.info.role,
+                floor: m.floor,
+                headcount: m.headcount,
+                subject: leader.then(|| m.subject.clone()),
+                relative_of: if leader { m.relative_of.clone() } else { None },
+            })
+            .collect();
+        let lobby = leader.then(|| {
+            self.members
+                .iter()
+                .filter(|m| !m.admitted)
+                .map(|m| LobbyEntry {
+                    member_id: m.info.member_id,
+                    name: m.info.name.clone(),
+                })
+                .collect()
+        });
+        let sees_hands = allowed(
+            viewer,
+            self.facts(),
+            MemberFacts {
+                admitted: true,
+                has_floor: false,
+            },
+            Action::SeeHandQueue,
+        );
+        let participant_count = self
+            .members
+            .iter()
+            .filter(|m| m.admitted)
+            .map(|m| match m.info.role {
+                Role::Participant => 1,
+                Role::Site => m.headcount.unwrap_or(0),
+                _ => 0,
+            })
+            .sum();
+        RosterView {
+            members,
+            lobby,
+            hands: sees_hands.then(|| self.hands.clone()),
+            locked: self.locked,
+            participant_count,
+        }
     }
 
-    /// Sends without waiting. A member whose queue is full has stopped reading: it is removed
-    /// rather than allowed to stall the room.
-    fn send_to_all_but(&mut self, except: Option<MemberId>, event: impl Fn() -> RoomEvent) {
+    fn broadcast_roster(&mut self) {
+        let mut views: HashMap<Role, RosterView> = HashMap::new();
+        let recipients: Vec<(MemberId, Role)> = self
+            .members
+            .iter()
+            .filter(|m| m.admitted)
+            .map(|m| (m.info.member_id, m.info.role))
+            .collect();
         let mut stuck = Vec::new();
-        for m in &self.members {
+        for (id, role) in recipients {
+            let view = views
+                .entry(role)
+                .or_insert_with(|| self.roster_for(role))
+                .clone();
+            if let Some(m) = self.member(id) {
+                if m.events.try_send(RoomEvent::Roster(view)).is_err() {
+                    stuck.push(id);
+                }
+            }
+        }
+        self.drop_stuck(stuck);
+    }
+
+    fn send_to(&mut self, member: MemberId, event: RoomEvent) {
+        if let Some(m) = self.member(member) {
+            // A full queue here means the member stopped reading; its socket task will end.
+            let _ = m.events.try_send(event);
+        }
+    }
+
+    /// Sends to every admitted member but `except`, without waiting. A member whose queue is
+    /// full has stopped reading: it is removed rather than allowed to stall the room.
+    fn send_to_admitted(&mut self, except: Option<MemberId>, event: impl Fn() -> RoomEvent) {
+        let mut stuck = Vec::new();
+        for m in self.members.iter().filter(|m| m.admitted) {
             if Some(m.info.member_id) == except {
                 continue;
             }
@@ -334,9 +804,17 @@ impl Room {
                 stuck.push(m.info.member_id);
             }
         }
+        self.drop_stuck(stuck);
+    }
+
+    fn drop_stuck(&mut self, stuck: Vec<MemberId>) {
         for member in stuck {
             tracing::warn!(member = %member, "member stopped reading room events; removing it");
             self.remove_member(member);
         }
     }
+}
+
+fn unknown_member() -> ProtocolError {
+    ProtocolError::new(ErrorCode::UnknownMember, "No such member in this session.")
 }

@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use kursrelay::app::Server;
 use kursrelay::config::Config;
 use kursrelay::http::AppState;
-use kursrelay::protocol::SubscribedTrackDesc;
+use kursrelay::protocol::{Role, SubscribedTrackDesc};
 use kursrelay::sfu::LiveCounts;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
@@ -67,7 +67,13 @@ pub struct TestServer {
     pub state: AppState,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Test label → session id (created on first use).
+    sessions: Mutex<HashMap<String, String>>,
+    pub dir: tempfile::TempDir,
 }
+
+/// The admin key every test server accepts.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 impl TestServer {
     pub async fn spawn() -> TestServer {
@@ -77,10 +83,13 @@ impl TestServer {
     /// `overlay` is TOML on top of the test defaults (loopback only, short ICE timeouts).
     pub async fn spawn_with(overlay: &str) -> TestServer {
         init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
         let base = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n\
-             [media]\nbind_ips = [\"127.0.0.1\"]\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n",
-            env!("CARGO_MANIFEST_DIR")
+             [media]\nbind_ips = [\"127.0.0.1\"]\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
+             [auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().join("kursrelay.db").display()
         );
         let mut config = Config::from_overlay(Some((&base, "test base"))).expect("test config");
         if !overlay.is_empty() {
@@ -97,7 +106,68 @@ impl TestServer {
             state,
             stop,
             task: Some(task),
+            sessions: Mutex::new(HashMap::new()),
+            dir,
         }
+    }
+
+    /// The id of the session a test calls `label`, created (with a course) on first use.
+    pub async fn session(&self, label: &str) -> String {
+        if let Some(id) = self.sessions.lock().unwrap().get(label) {
+            return id.clone();
+        }
+        let db = &self.state.db;
+        let course = db
+            .create_course(&format!("Testkurs {label}"))
+            .await
+            .unwrap();
+        let new = kursrelay::db::NewSession {
+            title: format!("Dag 1 {label}"),
+            starts_at: "2026-01-01T09:00:00Z".into(),
+            ends_at: "2099-01-01T12:00:00Z".into(),
+            host_site: "Molde".into(),
+            chat_enabled: label.contains("chat"),
+        };
+        let id = db.create_session(&course.id, &new).await.unwrap().id;
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(label.to_owned(), id.clone());
+        id
+    }
+
+    /// A join token for a new invite in session `label`.
+    pub async fn token(&self, label: &str, role: Role, name: Option<&str>, open: bool) -> String {
+        self.token_with(label, role, name, open, None).await.1
+    }
+
+    /// (invite id, token) for a new invite, optionally for a relative of `relative_of`.
+    pub async fn token_with(
+        &self,
+        label: &str,
+        role: Role,
+        name: Option<&str>,
+        open: bool,
+        relative_of: Option<String>,
+    ) -> (String, String) {
+        let session = self.session(label).await;
+        let invite = self
+            .state
+            .db
+            .create_invite(
+                &session,
+                &kursrelay::db::NewInvite {
+                    role,
+                    display_name: name.map(str::to_owned),
+                    relative_of,
+                    open,
+                },
+            )
+            .await
+            .unwrap();
+        let link =
+            kursrelay::auth::join_link(&self.state.tokens, "http://x", &invite, 4_070_000_000, 24);
+        (invite.id, link.split("#t=").nth(1).unwrap().to_owned())
     }
 
     pub fn ws_url(&self) -> String {
@@ -153,6 +223,13 @@ impl WsClient {
         self.send_text(value.to_string()).await;
     }
 
+    pub async fn try_send_text(
+        &mut self,
+        text: String,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::text(text)).await
+    }
+
     pub async fn ws_send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("ws send");
     }
@@ -186,12 +263,11 @@ impl WsClient {
         }
     }
 
-    /// hello + join; returns the `joined` message.
-    pub async fn hello_join(&mut self, session: &str, name: &str) -> serde_json::Value {
+    /// hello + join with `token`; returns the `joined` message.
+    pub async fn hello_join(&mut self, token: &str) -> serde_json::Value {
         self.send(json!({"type": "hello", "version": 1})).await;
         assert_eq!(self.recv_type("welcome").await["version"], 1);
-        self.send(json!({"type": "join", "session": session, "name": name, "role": "participant"}))
-            .await;
+        self.send(json!({"type": "join", "token": token})).await;
         self.recv_type("joined").await
     }
 
@@ -341,8 +417,30 @@ pub struct TestPeer {
 }
 
 impl TestPeer {
-    /// Connects, says hello and joins `session`.
-    pub async fn join(server: &TestServer, session: &str, name: &str) -> TestPeer {
+    /// Joins session `label` as a participant with a personal invite named `name`.
+    pub async fn join(server: &TestServer, label: &str, name: &str) -> TestPeer {
+        Self::join_as(server, label, Role::Participant, name).await
+    }
+
+    /// Joins session `label` as its course leader.
+    pub async fn leader(server: &TestServer, label: &str, name: &str) -> TestPeer {
+        Self::join_as(server, label, Role::Leader, name).await
+    }
+
+    pub async fn join_as(server: &TestServer, label: &str, role: Role, name: &str) -> TestPeer {
+        let token = server.token(label, role, Some(name), false).await;
+        let mut peer = Self::connect(server, &token, None).await;
+        let joined = peer
+            .wait_msg(|m| m["type"] == "joined" || m["type"] == "error")
+            .await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        peer.member_id = joined["member_id"].as_str().expect("member_id").to_owned();
+        peer
+    }
+
+    /// Connects and sends hello and join with `token`; returns once the reply (joined, lobby
+    /// or error) is in the inbox. `member_id` is set if it came as `lobby`/`joined`.
+    pub async fn connect(server: &TestServer, token: &str, name: Option<&str>) -> TestPeer {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await
             .expect("ws connect");
@@ -358,11 +456,48 @@ impl TestPeer {
             stop_media,
         };
         peer.send(json!({"type": "hello", "version": 1})).await;
-        peer.send(json!({"type": "join", "session": session, "name": name, "role": "participant"}))
+        let mut join = json!({"type": "join", "token": token});
+        if let Some(n) = name {
+            join["name"] = json!(n);
+        }
+        peer.send(join).await;
+        let first = peer
+            .wait_msg(|m| matches!(m["type"].as_str(), Some("joined" | "lobby" | "error")))
             .await;
-        let joined = peer.wait_msg(|m| m["type"] == "joined").await;
-        peer.member_id = joined["member_id"].as_str().expect("member_id").to_owned();
+        if let Some(id) = first["member_id"].as_str() {
+            peer.member_id = id.to_owned();
+        }
         peer
+    }
+
+    /// Waits for the next message matching `pred` that arrives after `count` messages.
+    pub async fn wait_msg_after(
+        &self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let notified = self.shared.inbox_changed.notified();
+            if let Some(m) = self
+                .shared
+                .inbox
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(count)
+                .find(|m| pred(m))
+            {
+                return m.clone();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no matching message after {count}; got {:#?}", self.inbox());
+            }
+        }
+    }
+
+    pub fn inbox_len(&self) -> usize {
+        self.shared.inbox.lock().unwrap().len()
     }
 
     pub async fn send(&self, value: serde_json::Value) {
@@ -378,6 +513,13 @@ impl TestPeer {
 
     /// Publishes per `spec` and starts sending once the answer is applied.
     pub async fn publish(&self, spec: PublishSpec) -> Vec<Arc<SentTrack>> {
+        self.try_publish(spec)
+            .await
+            .expect("the server refused to publish")
+    }
+
+    /// Like `publish`, but None if the server answers the offer with an error.
+    pub async fn try_publish(&self, spec: PublishSpec) -> Option<Vec<Arc<SentTrack>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.cmds
             .send(Cmd::Publish(spec, tx))
@@ -386,7 +528,7 @@ impl TestPeer {
         tokio::time::timeout(TIMEOUT, rx)
             .await
             .expect("publish timed out")
-            .expect("publish failed")
+            .ok()
     }
 
     pub async fn leave(&self) {
@@ -605,6 +747,12 @@ async fn peer_task(
                             }
                             start_sending(p, stop_media.clone()).await;
                         }
+                    }
+                    "error" if msg["request"] == "publish_offer" => {
+                        pending = None; // refused: the publish() caller gets None
+                    }
+                    "error" if msg["request"] == "publish_offer" => {
+                        pending = None; // refused: the publish() caller gets None
                     }
                     "ice_candidate" => {
                         let target = if msg["target"] == "publish" { "publish" } else { "subscribe" };

@@ -1,0 +1,206 @@
+//! Join tokens: compact JWTs (HS256) that carry a session, a role, a pseudonymous subject (the
+//! invite) and an expiry — never a name, since the token travels in the link. Pure: the key and
+//! the time are passed in. Whether the invite is revoked or the session ended is the store's
+//! question, asked at join.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Role;
+
+/// What a join link grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Session id.
+    pub sid: String,
+    /// Invite id: the pseudonymous subject (for an open link, the link itself).
+    pub sub: String,
+    pub role: Role,
+    /// An open link: anyone may use it, names themselves, and waits in the lobby.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
+    /// For a rejoin token issued at admission: the member's own pseudonymous id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the link is not valid")]
+    Malformed,
+    #[error("the link's signature does not match")]
+    BadSignature,
+    #[error("the link has expired")]
+    Expired,
+}
+
+/// Signs and checks tokens with one secret.
+#[derive(Clone)]
+pub struct TokenKey {
+    key: hmac::Key,
+}
+
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+impl TokenKey {
+    pub fn new(secret: &[u8]) -> TokenKey {
+        TokenKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(HEADER);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
+        let signing_input = format!("{header}.{payload}");
+        let tag = hmac::sign(&self.key, signing_input.as_bytes());
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// Checks signature and expiry at `now` (seconds since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed)?;
+        let header_value: serde_json::Value =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        // Only HS256: a token claiming "none" or another algorithm is refused outright.
+        if header_value["alg"] != "HS256" {
+            return Err(TokenError::BadSignature);
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let signing_input = &token[..header.len() + 1 + payload.len()];
+        hmac::verify(&self.key, signing_input.as_bytes(), &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            sid: "s1".into(),
+            sub: "inv-1".into(),
+            role: Role::Participant,
+            open: false,
+            member: None,
+            exp: 1000,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let key = TokenKey::new(b"secret one");
+        let token = key.sign(&claims());
+        assert_eq!(key.verify(&token, 999), Ok(claims()));
+
+        let cases: Vec<(String, u64, TokenError)> = vec![
+            (token.clone(), 1000, TokenError::Expired),
+            (
+                TokenKey::new(b"other").sign(&claims()),
+                1,
+                TokenError::BadSignature,
+            ),
+            ("garbage".into(), 1, TokenError::Malformed),
+            ("a.b.c.d".into(), 1, TokenError::Malformed),
+            // Payload swapped for a leader claim, signature kept: refused.
+            {
+                let mut forged = claims();
+                forged.role = Role::Leader;
+                let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+                let parts: Vec<&str> = token.split('.').collect();
+                (
+                    format!("{}.{}.{}", parts[0], forged_payload, parts[2]),
+                    1,
+                    TokenError::BadSignature,
+                )
+            },
+            // alg "none" with an empty signature: refused.
+            {
+                let parts: Vec<&str> = token.split('.').collect();
+                (
+                    format!(
+                        "{}.{}.",
+                        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+                        parts[1]
+                    ),
+                    1,
+                    TokenError::BadSignature,
+                )
+            },
+        ];
+        for (token, now, want) in cases {
+            assert_eq!(key.verify(&token, now), Err(want), "{token}");
+        }
+    }
+
+    #[test]
+    fn token_carries_no_name() {
+        let token = TokenKey::new(b"k").sign(&claims());
+        let payload = URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["exp", "role", "sid", "sub"]);
+    }
+}
+
+/// The join link for `invite`: the web page for its role, with the token in the fragment
+/// (`#t=…`), which browsers never send to the server, so it stays out of access logs.
+pub fn join_link(
+    tokens: &TokenKey,
+    public_url: &str,
+    invite: &crate::db::Invite,
+    session_ends_unix: i64,
+    validity_hours: u64,
+) -> String {
+    let claims = Claims {
+        sid: invite.session_id.clone(),
+        sub: invite.id.clone(),
+        role: invite.role,
+        open: invite.open,
+        member: None,
+        exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
+    };
+    let page = match invite.role {
+        Role::Leader | Role::Representative | Role::Interpreter => "publish.html",
+        Role::Participant | Role::Site => "watch.html",
+    };
+    format!(
+        "{}/{page}#t={}",
+        public_url.trim_end_matches('/'),
+        tokens.sign(&claims)
+    )
+}

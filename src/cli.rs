@@ -1,0 +1,242 @@
+//! The admin commands of the `kursrelay` binary (`course …`, `session …`, `invite …`). They
+//! work on the database file directly, so they need no running server; a running server sees
+//! the changes at the next join. Output is plain text for people, one record per line.
+
+use clap::Subcommand;
+
+use crate::auth::{join_link, TokenKey};
+use crate::config::Config;
+use crate::db::{Db, NewInvite, NewSession, SessionState};
+use crate::protocol::Role;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Courses (e.g. "Stoffskiftekurs haust 2026").
+    #[command(subcommand)]
+    Course(CourseCommand),
+    /// Sessions (course days) and their join links.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Single invites.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CourseCommand {
+    /// Create a course; prints its id.
+    Create {
+        #[arg(long)]
+        title: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Create a session of a course; prints its id.
+    Create {
+        #[arg(long)]
+        course: String,
+        #[arg(long)]
+        title: String,
+        /// UTC, e.g. 2026-11-24T09:00:00Z
+        #[arg(long)]
+        starts: String,
+        #[arg(long)]
+        ends: String,
+        /// Where the course is taught, e.g. "Molde sjukehus, auditoriet".
+        #[arg(long)]
+        host_site: String,
+        /// Allow chat (off by default).
+        #[arg(long)]
+        chat: bool,
+    },
+    List {
+        #[arg(long)]
+        course: Option<String>,
+    },
+    /// Add an invite and print its link.
+    Invite {
+        session: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The person's chosen name, or the room's name for a site.
+        #[arg(long)]
+        name: Option<String>,
+        /// The invite of the patient a relative accompanies.
+        #[arg(long)]
+        relative_of: Option<String>,
+        /// An open participant link (people name themselves and wait in the lobby).
+        #[arg(long)]
+        open: bool,
+    },
+    /// Print every active invite's link. With --defaults, first create a course leader, a
+    /// user representative and an open participant link if the session has none.
+    Links {
+        session: String,
+        #[arg(long)]
+        defaults: bool,
+    },
+    /// End a session: every link stops working.
+    End { session: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Withdraw an invite; its link stops working.
+    Revoke { invite: String },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of leader, representative, participant, site, interpreter".to_owned())
+}
+
+/// Runs one admin command and returns what to print.
+pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
+    let db = Db::open(&config.db.path).await?;
+    let tokens = TokenKey::new(&db.secret("join_token_key").await?);
+    let link = |invite: &crate::db::Invite, ends: i64| {
+        join_link(
+            &tokens,
+            &config.http.public_url,
+            invite,
+            ends,
+            config.auth.link_validity_hours,
+        )
+    };
+    let out = match cmd {
+        AdminCommand::Course(CourseCommand::Create { title }) => db.create_course(&title).await?.id,
+        AdminCommand::Course(CourseCommand::List) => db
+            .courses()
+            .await?
+            .iter()
+            .map(|c| format!("{}\t{}", c.id, c.title))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        AdminCommand::Session(SessionCommand::Create {
+            course,
+            title,
+            starts,
+            ends,
+            host_site,
+            chat,
+        }) => {
+            let new = NewSession {
+                title,
+                starts_at: starts,
+                ends_at: ends,
+                host_site,
+                chat_enabled: chat,
+            };
+            db.create_session(&course, &new).await?.id
+        }
+        AdminCommand::Session(SessionCommand::List { course }) => db
+            .sessions(course.as_deref())
+            .await?
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s.id,
+                    s.starts_at,
+                    s.ends_at,
+                    name_of(&s.state),
+                    s.title
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        AdminCommand::Session(SessionCommand::Invite {
+            session,
+            role,
+            name,
+            relative_of,
+            open,
+        }) => {
+            let s = db.session(&session).await?;
+            let invite = db
+                .create_invite(
+                    &session,
+                    &NewInvite {
+                        role,
+                        display_name: name,
+                        relative_of,
+                        open,
+                    },
+                )
+                .await?;
+            format!("{}\t{}", invite.id, link(&invite, s.ends_at_unix))
+        }
+        AdminCommand::Session(SessionCommand::Links { session, defaults }) => {
+            let s = db.session(&session).await?;
+            if s.state == SessionState::Ended {
+                anyhow::bail!("the session has ended; its links no longer work");
+            }
+            if defaults {
+                let have = db.invites(&session).await?;
+                let wanted = [
+                    (Role::Leader, false),
+                    (Role::Representative, false),
+                    (Role::Participant, true),
+                ];
+                for (role, open) in wanted {
+                    if !have
+                        .iter()
+                        .any(|i| i.role == role && i.open == open && !i.revoked)
+                    {
+                        db.create_invite(
+                            &session,
+                            &NewInvite {
+                                role,
+                                display_name: None,
+                                relative_of: None,
+                                open,
+                            },
+                        )
+                        .await?;
+                    }
+                }
+            }
+            db.invites(&session)
+                .await?
+                .iter()
+                .filter(|i| !i.revoked)
+                .map(|i| {
+                    let who = if i.open {
+                        "open link".to_owned()
+                    } else {
+                        i.display_name.clone().unwrap_or_default()
+                    };
+                    format!(
+                        "{}\t{}\t{}\t{}",
+                        name_of(&i.role),
+                        who,
+                        i.id,
+                        link(i, s.ends_at_unix)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        AdminCommand::Session(SessionCommand::End { session }) => {
+            db.session(&session).await?;
+            db.advance_session(&session, SessionState::Ended).await?;
+            format!("ended {session}")
+        }
+        AdminCommand::Invite(InviteCommand::Revoke { invite }) => {
+            db.revoke_invite(&invite).await?;
+            format!("revoked {invite}")
+        }
+    };
+    Ok(out)
+}
+
+/// The protocol's name for a role or state (`leader`, `live`, …).
+fn name_of(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
