@@ -103,3 +103,89 @@ fn serves_and_shuts_down_on_ctrl_c() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+#[test]
+fn admin_commands_create_a_course_a_session_and_its_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admin.toml");
+    std::fs::write(
+        &config,
+        format!("[db]\npath = \"{}\"\n", dir.path().join("k.db").display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = kursrelay()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let course = run(&["course", "create", "--title", "Diabetes type 2"]);
+    assert_eq!(course.len(), 32, "{course}");
+    assert!(run(&["course", "list"]).contains("Diabetes type 2"));
+    let session = run(&[
+        "session",
+        "create",
+        "--course",
+        &course,
+        "--title",
+        "Dag 1",
+        "--starts",
+        "2026-12-01T09:00:00Z",
+        "--ends",
+        "2026-12-01T12:00:00Z",
+        "--host-site",
+        "Kristiansund sjukehus",
+    ]);
+    let links = run(&["session", "links", &session, "--defaults"]);
+    let lines: Vec<&str> = links.lines().collect();
+    assert_eq!(lines.len(), 3, "{links}");
+    assert!(
+        lines[0].starts_with("leader\t") && lines[0].contains("/publish.html#t="),
+        "{links}"
+    );
+    assert!(
+        lines[2].starts_with("participant\topen link\t") && lines[2].contains("/watch.html#t="),
+        "{links}"
+    );
+    let site = run(&[
+        "session",
+        "invite",
+        &session,
+        "--role",
+        "site",
+        "--name",
+        "Volda sjukehus, møterom 2",
+    ]);
+    let site_invite = site.split('\t').next().unwrap().to_owned();
+    assert!(
+        !site.contains("Volda"),
+        "the printed link must not carry the name: {site}"
+    );
+    assert_eq!(run(&["session", "links", &session]).lines().count(), 4);
+    run(&["invite", "revoke", &site_invite]);
+    assert_eq!(run(&["session", "links", &session]).lines().count(), 3);
+    run(&["session", "end", &session]);
+    let out = kursrelay()
+        .arg("--config")
+        .arg(&config)
+        .args(["session", "links", &session])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended"));
+    let bad = kursrelay()
+        .arg("--config")
+        .arg(&config)
+        .args(["session", "invite", &session, "--role", "king"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

@@ -226,7 +226,7 @@ impl Db {
     }
 
     pub async fn courses(&self) -> Result<Vec<Course>, DbError> {
-        let rows = sqlx::query("SELECT * FROM courses ORDER BY created_at, id")
+        let rows = sqlx::query("SELECT * FROM courses ORDER BY created_at, rowid")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(course_from).collect())
@@ -272,13 +272,13 @@ impl Db {
     pub async fn sessions(&self, course_id: Option<&str>) -> Result<Vec<Session>, DbError> {
         let rows = match course_id {
             Some(c) => {
-                sqlx::query("SELECT * FROM sessions WHERE course_id = ? ORDER BY starts_at, id")
+                sqlx::query("SELECT * FROM sessions WHERE course_id = ? ORDER BY starts_at, rowid")
                     .bind(c)
                     .fetch_all(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query("SELECT * FROM sessions ORDER BY starts_at, id")
+                sqlx::query("SELECT * FROM sessions ORDER BY starts_at, rowid")
                     .fetch_all(&self.pool)
                     .await?
             }
@@ -449,7 +449,7 @@ impl Db {
     pub async fn invites(&self, session_id: &str) -> Result<Vec<Invite>, DbError> {
         self.session(session_id).await?;
         let rows =
-            sqlx::query("SELECT * FROM invites WHERE session_id = ? ORDER BY created_at, id")
+            sqlx::query("SELECT * FROM invites WHERE session_id = ? ORDER BY created_at, rowid")
                 .bind(session_id)
                 .fetch_all(&self.pool)
                 .await?;

@@ -93,8 +93,17 @@ impl TestServer {
         );
         let mut config = Config::from_overlay(Some((&base, "test base"))).expect("test config");
         if !overlay.is_empty() {
-            let merged = format!("{base}\n{overlay}");
-            config = Config::from_overlay(Some((&merged, "test overlay"))).expect("test overlay");
+            let mut merged: toml::Table = base.parse().expect("base TOML");
+            for (section, values) in overlay.parse::<toml::Table>().expect("overlay TOML") {
+                match (merged.get_mut(&section), values) {
+                    (Some(toml::Value::Table(m)), toml::Value::Table(v)) => m.extend(v),
+                    (_, v) => {
+                        merged.insert(section, v);
+                    }
+                }
+            }
+            config = Config::from_overlay(Some((&merged.to_string(), "test overlay")))
+                .expect("test overlay");
         }
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
