@@ -103,6 +103,34 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The join link for `invite`: the web page for its role, with the token in the fragment
+/// (`#t=…`), which browsers never send to the server, so it stays out of access logs.
+pub fn join_link(
+    tokens: &TokenKey,
+    public_url: &str,
+    invite: &crate::db::Invite,
+    session_ends_unix: i64,
+    validity_hours: u64,
+) -> String {
+    let claims = Claims {
+        sid: invite.session_id.clone(),
+        sub: invite.id.clone(),
+        role: invite.role,
+        open: invite.open,
+        member: None,
+        exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
+    };
+    let page = match invite.role {
+        Role::Leader | Role::Representative | Role::Interpreter => "publish.html",
+        Role::Participant | Role::Site => "watch.html",
+    };
+    format!(
+        "{}/{page}#t={}",
+        public_url.trim_end_matches('/'),
+        tokens.sign(&claims)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,32 +203,4 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["exp", "role", "sid", "sub"]);
     }
-}
-
-/// The join link for `invite`: the web page for its role, with the token in the fragment
-/// (`#t=…`), which browsers never send to the server, so it stays out of access logs.
-pub fn join_link(
-    tokens: &TokenKey,
-    public_url: &str,
-    invite: &crate::db::Invite,
-    session_ends_unix: i64,
-    validity_hours: u64,
-) -> String {
-    let claims = Claims {
-        sid: invite.session_id.clone(),
-        sub: invite.id.clone(),
-        role: invite.role,
-        open: invite.open,
-        member: None,
-        exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
-    };
-    let page = match invite.role {
-        Role::Leader | Role::Representative | Role::Interpreter => "publish.html",
-        Role::Participant | Role::Site => "watch.html",
-    };
-    format!(
-        "{}/{page}#t={}",
-        public_url.trim_end_matches('/'),
-        tokens.sign(&claims)
-    )
 }

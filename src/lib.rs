@@ -15,11 +15,14 @@
 //! | module | owns | must not |
 //! |---|---|---|
 //! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
+//! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
+//! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/, secrets, courses/sessions/invites | be used by the media path |
+//! | [`cli`] | the admin subcommands (`course`, `session`, `invite`) on the database | run the server |
 //! | [`logging`] | tracing setup; the writer that redacts IP addresses from every line | log names |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
 //! | [`protocol`] | signalling message types and parsing | do I/O |
-//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), `/healthz`, `/metrics`, static web/ | decide anything about rooms |
-//! | [`room`] | the room actor per session (members, published tracks, who receives what) and `client`, the per-socket protocol state machine that negotiates a member's two peer connections | lock room state; await the media path per packet |
+//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/healthz`, `/metrics`, static web/ | decide anything about rooms |
+//! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, published tracks, who receives what), `permissions` (the pure rule book), and `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections | lock room state; await the media path or the database |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, forwarding tasks, down-tracks, keyframe requests, media metrics | await the room, a lock or the network (besides the send) per packet |
 //! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
 
