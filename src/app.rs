@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::attendance::Attendance;
 use crate::auth::TokenKey;
 use crate::config::Config;
 use crate::db::Db;
@@ -38,9 +39,13 @@ impl Server {
             )
         })?;
         let tokens = TokenKey::new(&db.secret("join_token_key").await?);
+        // Before any room exists: close what a crash left open.
+        crate::attendance::recover(&db).await?;
+        let attendance = Attendance::spawn(db.clone());
+        let rooms = Rooms::new(attendance, config.attendance.seen_interval());
         let state = AppState {
             config: Arc::new(config),
-            rooms: Rooms::default(),
+            rooms,
             sfu,
             db,
             tokens,
@@ -64,6 +69,11 @@ impl Server {
     /// their peer connections to be closed.
     pub async fn serve(self, stop: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        crate::attendance::spawn_retention(
+            state.db.clone(),
+            state.config.attendance.retention(),
+            state.config.attendance.retention_check(),
+        );
         let app = router(self.state);
         let shutdown = state.shutdown.clone();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {

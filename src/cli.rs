@@ -20,6 +20,22 @@ pub enum AdminCommand {
     /// Single invites.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Attendance exports (every export is recorded).
+    #[command(subcommand)]
+    Attendance(AttendanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttendanceCommand {
+    /// Print a session's attendance as CSV or JSON.
+    Export {
+        #[arg(long)]
+        session: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+    },
+    /// List every export made so far (who, when, which session).
+    Exports,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +241,36 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             db.advance_session(&session, SessionState::Ended).await?;
             format!("ended {session}")
         }
+        AdminCommand::Attendance(AttendanceCommand::Export { session, format }) => {
+            let s = db.session(&session).await?;
+            let threshold = config.attendance.threshold_percent;
+            let summary = crate::attendance::session_summary(
+                &db,
+                &session,
+                crate::attendance::now_ms(),
+                threshold,
+            )
+            .await?;
+            crate::attendance::record_export(&db, &session, "cli", &format).await?;
+            if format == "csv" {
+                crate::attendance::export::csv(&s, &summary)
+                    .trim_end()
+                    .to_owned()
+            } else {
+                serde_json::to_string_pretty(&crate::attendance::export::json(&s, &summary))?
+            }
+        }
+        AdminCommand::Attendance(AttendanceCommand::Exports) => crate::attendance::exports(&db)
+            .await?
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    e.at, e.session_id, e.requested_by, e.format
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         AdminCommand::Invite(InviteCommand::Revoke { invite }) => {
             db.revoke_invite(&invite).await?;
             format!("revoked {invite}")

@@ -38,7 +38,29 @@ pub struct Config {
     pub signalling: SignallingConfig,
     pub auth: AuthConfig,
     pub db: DbConfig,
+    pub attendance: AttendanceConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttendanceConfig {
+    pub threshold_percent: f64,
+    pub retention_days: u64,
+    pub seen_interval_ms: u64,
+    pub retention_check_minutes: u64,
+}
+
+impl AttendanceConfig {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days * 86_400)
+    }
+    pub fn seen_interval(&self) -> Duration {
+        Duration::from_millis(self.seen_interval_ms)
+    }
+    pub fn retention_check(&self) -> Duration {
+        Duration::from_secs(self.retention_check_minutes * 60)
+    }
 }
 
 #[derive(Clone, Deserialize)]

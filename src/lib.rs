@@ -17,6 +17,7 @@
 //! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
 //! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
 //! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/, secrets, courses/sessions/invites | be used by the media path |
+//! | [`attendance`] | the writer task (commit, then acknowledge), crash recovery, retention, summaries (pure) and CSV/JSON export | be awaited by the room actor or touched by the media path |
 //! | [`cli`] | the admin subcommands (`course`, `session`, `invite`) on the database | run the server |
 //! | [`logging`] | tracing setup; the writer that redacts IP addresses from every line | log names |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
@@ -27,6 +28,7 @@
 //! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
 
 pub mod app;
+pub mod attendance;
 pub mod auth;
 pub mod cli;
 pub mod config;

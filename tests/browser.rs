@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::chromium::Chromium;
 use common::*;
+use kursrelay::protocol::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
@@ -15,24 +16,20 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     let mut browser = Chromium::launch().await;
     let base = format!("http://{}", server.addr);
 
+    let leader = server
+        .token("kurs1", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let kari = server
+        .token("kurs1", Role::Participant, Some("Kari"), false)
+        .await;
     let publisher = browser
-        .open(&format!("{base}/publish.html?session=kurs1"))
+        .open(&format!("{base}/publish.html#t={leader}"))
         .await;
-    browser
-        .eval(
-            &publisher,
-            "kursrelay.start({session: 'kurs1', name: 'Kursleiar'}).then(() => true)",
-        )
-        .await;
-    let watcher = browser
-        .open(&format!("{base}/watch.html?session=kurs1"))
-        .await;
-    browser
-        .eval(
-            &watcher,
-            "kursrelay.start({session: 'kurs1', name: 'Kari'}).then(() => true)",
-        )
-        .await;
+    let started = browser.eval(&publisher, "kursrelay.start({})").await;
+    assert_eq!(started["role"], "leader", "{started}");
+    let watcher = browser.open(&format!("{base}/watch.html#t={kari}")).await;
+    let started = browser.eval(&watcher, "kursrelay.start({})").await;
+    assert_eq!(started["lobby"], false, "{started}");
 
     // A webrtc-rs peer in the same session receives the browser's media too.
     let rust_peer = TestPeer::join(&server, "kurs1", "Volda sjukehus").await;

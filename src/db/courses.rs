@@ -82,6 +82,8 @@ pub struct Session {
     pub ended_at: Option<String>,
     #[serde(skip)]
     pub ends_at_unix: i64,
+    #[serde(skip)]
+    pub ended_at_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +189,7 @@ fn session_from(row: &SqliteRow) -> Session {
         chat_enabled: row.get::<i64, _>("chat_enabled") != 0,
         ended_at: row.get::<Option<i64>, _>("ended_at").map(rfc3339),
         ends_at_unix: ends,
+        ended_at_unix: row.get("ended_at"),
     }
 }
 

@@ -30,11 +30,18 @@ pub enum DbError {
 }
 
 /// Migrations, in order. Each runs once, inside a transaction, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "courses",
-    include_str!("../../migrations/0001_courses.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "courses",
+        include_str!("../../migrations/0001_courses.sql"),
+    ),
+    (
+        2,
+        "attendance",
+        include_str!("../../migrations/0002_attendance.sql"),
+    ),
+];
 
 #[derive(Clone, Debug)]
 pub struct Db {

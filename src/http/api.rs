@@ -29,6 +29,9 @@ pub fn routes() -> Router<AppState> {
             get(list_invites).post(create_invite),
         )
         .route("/api/invites/{id}/revoke", post(revoke_invite))
+        .route("/api/sessions/{id}/attendance", get(session_attendance))
+        .route("/api/courses/{id}/attendance", get(course_attendance))
+        .route("/api/exports", get(list_exports))
 }
 
 /// One error type for the API: a status, a stable code, a message for people.
@@ -36,6 +39,7 @@ pub fn routes() -> Router<AppState> {
 pub enum ApiError {
     Off,
     Unauthorized,
+    Forbidden,
     NotFound(&'static str),
     Invalid(String),
     Internal,
@@ -60,6 +64,12 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "Send the admin key as 'Authorization: Bearer <key>'.".to_owned(),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Only the course leader of this session and administrators may see its attendance."
+                    .to_owned(),
             ),
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
@@ -90,17 +100,21 @@ impl From<DbError> for ApiError {
     }
 }
 
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
 /// Checks the admin key in constant time.
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let key = &state.config.auth.admin_key;
     if key.is_empty() {
         return Err(ApiError::Off);
     }
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = bearer(headers);
     // Compare every byte whatever the differences, so timing tells nothing about the key.
     let same = given.len() == key.len()
         && given
@@ -280,4 +294,106 @@ async fn revoke_invite(
 ) -> ApiResult<Invite> {
     admin(&s, &h)?;
     Ok(Json(s.db.revoke_invite(&id).await?))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+}
+
+/// Who may read a session's attendance: an administrator, or that session's course leader
+/// (with their own join token as the bearer). Returns who, for the audit.
+async fn attendance_reader(
+    s: &AppState,
+    headers: &HeaderMap,
+    session_id: &str,
+) -> Result<String, ApiError> {
+    if admin(s, headers).is_ok() {
+        return Ok("admin".into());
+    }
+    let claims = s
+        .tokens
+        .verify(bearer(headers), crate::auth::unix_now())
+        .map_err(|_| ApiError::Unauthorized)?;
+    let invite =
+        s.db.invite(&claims.sub)
+            .await
+            .map_err(|_| ApiError::Unauthorized)?;
+    let leader = claims.role == crate::protocol::Role::Leader && invite.role == claims.role;
+    if !leader || claims.sid != session_id || invite.session_id != session_id || invite.revoked {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(format!("leader:{}", invite.id))
+}
+
+async fn session_attendance(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let format = q.format.unwrap_or_else(|| "csv".into());
+    if format != "csv" && format != "json" {
+        return Err(ApiError::Invalid("format must be csv or json".into()));
+    }
+    let who = attendance_reader(&s, &h, &id).await?;
+    let session = s.db.session(&id).await?;
+    let summary = crate::attendance::session_summary(
+        &s.db,
+        &id,
+        crate::attendance::now_ms(),
+        s.config.attendance.threshold_percent,
+    )
+    .await?;
+    // Audited before the data leaves.
+    crate::attendance::record_export(&s.db, &id, &who, &format).await?;
+    tracing::info!(session = %id, by = %who.split(':').next().unwrap_or_default(), format = %format, "attendance exported");
+    Ok(if format == "csv" {
+        (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_owned(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"attendance-{id}.csv\""),
+                ),
+            ],
+            crate::attendance::export::csv(&session, &summary),
+        )
+            .into_response()
+    } else {
+        Json(crate::attendance::export::json(&session, &summary)).into_response()
+    })
+}
+
+async fn course_attendance(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<crate::attendance::export::CourseLine>> {
+    admin(&s, &h)?;
+    s.db.course(&id).await?;
+    let mut lines = Vec::new();
+    for session in s.db.sessions(Some(&id)).await? {
+        let summary = crate::attendance::session_summary(
+            &s.db,
+            &session.id,
+            crate::attendance::now_ms(),
+            s.config.attendance.threshold_percent,
+        )
+        .await?;
+        crate::attendance::record_export(&s.db, &session.id, "admin", "course-json").await?;
+        lines.push(crate::attendance::export::course_line(&session, &summary));
+    }
+    Ok(Json(lines))
+}
+
+async fn list_exports(
+    State(s): State<AppState>,
+    h: HeaderMap,
+) -> ApiResult<Vec<crate::attendance::ExportRecord>> {
+    admin(&s, &h)?;
+    Ok(Json(crate::attendance::exports(&s.db).await?))
 }

@@ -29,6 +29,8 @@ pub struct ClientCtx {
 const PEER_EVENT_QUEUE: usize = 256;
 const MAX_NAME_CHARS: usize = 64;
 const MAX_CLIENT_TRACK_ID: usize = 128;
+/// How long a member waits for its attendance record to be committed.
+const ATTENDANCE_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the connection goes on after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +223,12 @@ impl Client {
                 Ok(Flow::Continue)
             }
             ClientMessage::Leave => {
+                // `bye` confirms the departure is recorded (when there was one to record).
+                if let Stage::Joined(joined) = &self.stage {
+                    if let Some(ack) = joined.room.leave_recorded(joined.member).await {
+                        let _ = tokio::time::timeout(ATTENDANCE_ACK_TIMEOUT, ack).await;
+                    }
+                }
                 self.outbox.push(ServerMessage::Bye {
                     reason: ByeReason::Left,
                 });
@@ -395,6 +403,7 @@ impl Client {
         };
         let req = JoinRequest {
             member_id: member,
+            invite_id: invite.id.clone(),
             subject: subject.clone(),
             relative_of: invite.relative_of.clone(),
             role,
@@ -439,7 +448,7 @@ impl Client {
             subscriber: None,
         }));
         match outcome {
-            JoinOutcome::Admitted { tracks } => self.admitted(tracks).await?,
+            JoinOutcome::Admitted { tracks, recorded } => self.admitted(tracks, recorded).await?,
             JoinOutcome::Lobby => self.outbox.push(ServerMessage::Lobby {
                 member_id: member,
                 session: session_id.to_string(),
@@ -449,7 +458,18 @@ impl Client {
     }
 
     /// In the room: say so, and start receiving what is published.
-    async fn admitted(&mut self, tracks: Vec<crate::sfu::TrackInfo>) -> Result<(), ProtocolError> {
+    async fn admitted(
+        &mut self,
+        tracks: Vec<crate::sfu::TrackInfo>,
+        recorded: Option<crate::attendance::Ack>,
+    ) -> Result<(), ProtocolError> {
+        // `joined` means "you are registered as present": only once the record is committed.
+        if let Some(ack) = recorded {
+            match tokio::time::timeout(ATTENDANCE_ACK_TIMEOUT, ack).await {
+                Ok(Ok(())) => {}
+                _ => return Err(internal("attendance was not recorded")),
+            }
+        }
         let tokens = self.ctx.tokens.clone();
         let joined = self.joined()?;
         joined.admitted = true;
@@ -503,7 +523,9 @@ impl Client {
             ClientEvent::Room(RoomEvent::Roster(roster)) => {
                 self.outbox.push(ServerMessage::Roster { roster });
             }
-            ClientEvent::Room(RoomEvent::Admitted { tracks }) => self.admitted(tracks).await?,
+            ClientEvent::Room(RoomEvent::Admitted { tracks, recorded }) => {
+                self.admitted(tracks, recorded).await?
+            }
             ClientEvent::Room(RoomEvent::Floor(granted)) => {
                 self.joined()?.has_floor = granted;
                 self.outbox.push(ServerMessage::Floor { granted });

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use self::permissions::{allowed, Action, MemberFacts, SessionFacts};
+use crate::attendance::{self, Ack, Attendance, Kind, LeftReason};
 use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{
     ByeReason, ErrorCode, LobbyEntry, MemberInfo, ProtocolError, Role, RosterEntry, RosterView,
@@ -42,9 +43,10 @@ pub enum RoomEvent {
     Roster(RosterView),
     TrackAdded(TrackInfo),
     TrackRemoved(TrackId),
-    /// Let in from the lobby: start receiving these tracks.
+    /// Let in from the lobby: start receiving these tracks (once `recorded` resolves).
     Admitted {
         tracks: Vec<TrackInfo>,
+        recorded: Option<Ack>,
     },
     Floor(bool),
     Muted,
@@ -71,6 +73,8 @@ pub struct RoomGone;
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
     pub member_id: MemberId,
+    /// The invite the token names (for an open link, the link's invite).
+    pub invite_id: String,
     /// Pseudonymous and stable across reconnects: the invite id, or for someone who came by
     /// an open link, the id issued at their first admission.
     pub subject: String,
@@ -85,8 +89,12 @@ pub struct JoinRequest {
 }
 
 pub enum JoinOutcome {
-    /// In the room; subscribe to these tracks.
-    Admitted { tracks: Vec<TrackInfo> },
+    /// In the room; subscribe to these tracks. `recorded` resolves once the attendance
+    /// event is committed.
+    Admitted {
+        tracks: Vec<TrackInfo>,
+        recorded: Option<Ack>,
+    },
     /// Waiting for the leader.
     Lobby,
 }
@@ -131,6 +139,9 @@ enum Command {
     },
     Leave {
         member: MemberId,
+        reason: LeftReason,
+        /// Gets the attendance acknowledgement of the `left` event, if one was recorded.
+        reply: Option<oneshot::Sender<Option<Ack>>>,
     },
     Publish {
         forwarder: Forwarder,
@@ -167,8 +178,29 @@ impl RoomHandle {
             .map_err(|_| RoomGone)
     }
 
+    /// The member is gone (socket closed, connection failed). No-op if it already left.
     pub async fn leave(&self, member: MemberId) {
-        let _ = self.send(Command::Leave { member }).await;
+        let _ = self
+            .send(Command::Leave {
+                member,
+                reason: LeftReason::Dropped,
+                reply: None,
+            })
+            .await;
+    }
+
+    /// The member leaves on purpose; resolves once the room has processed it, with the
+    /// acknowledgement of the attendance record.
+    pub async fn leave_recorded(&self, member: MemberId) -> Option<Ack> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Leave {
+            member,
+            reason: LeftReason::Left,
+            reply: Some(reply),
+        })
+        .await
+        .ok()?;
+        rx.await.ok().flatten()
     }
 
     pub async fn publish(&self, forwarder: Forwarder) -> Result<(), RoomGone> {
@@ -217,12 +249,23 @@ impl RoomHandle {
 }
 
 /// All live rooms, by session.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Rooms {
     map: Arc<Mutex<HashMap<SessionId, RoomHandle>>>,
+    attendance: Attendance,
+    /// How often rooms note who is present (closes intervals after a crash).
+    seen_every: Duration,
 }
 
 impl Rooms {
+    pub fn new(attendance: Attendance, seen_every: Duration) -> Rooms {
+        Rooms {
+            map: Arc::default(),
+            attendance,
+            seen_every,
+        }
+    }
+
     /// Joins `session`, starting its room if needed.
     pub async fn join(
         &self,
@@ -287,9 +330,13 @@ impl Rooms {
             chat_enabled: false,
             admitted_subjects: HashMap::new(),
             removed_subjects: HashSet::new(),
+            attendance: self.attendance.clone(),
         };
         let span = tracing::info_span!("session", id = %session);
-        tokio::spawn(room.run(rx, self.clone(), handle.clone()).instrument(span));
+        tokio::spawn(
+            room.run(rx, self.clone(), handle.clone(), self.seen_every)
+                .instrument(span),
+        );
         handle
     }
 
@@ -306,6 +353,7 @@ impl Rooms {
 
 struct Member {
     info: MemberInfo,
+    invite_id: String,
     subject: String,
     relative_of: Option<String>,
     events: mpsc::Sender<RoomEvent>,
@@ -328,12 +376,33 @@ struct Room {
     admitted_subjects: HashMap<String, String>,
     /// Subjects the leader removed: their links no longer let them in.
     removed_subjects: HashSet<String>,
+    attendance: Attendance,
 }
 
 impl Room {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, rooms: Rooms, me: RoomHandle) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        rooms: Rooms,
+        me: RoomHandle,
+        seen_every: Duration,
+    ) {
         tracing::info!("room started");
-        while let Some(cmd) = rx.recv().await {
+        let mut seen = tokio::time::interval(seen_every);
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                _ = seen.tick() => {
+                    let present: Vec<String> = self.members.iter().filter(|m| m.admitted).map(|m| m.subject.clone()).collect();
+                    if !present.is_empty() {
+                        self.attendance.seen(self.session.to_string(), present, attendance::now_ms());
+                    }
+                    continue;
+                }
+            };
             let end = matches!(cmd, Command::End);
             self.handle(cmd);
             if end || self.members.is_empty() {
@@ -380,7 +449,16 @@ impl Room {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Join { req, events, reply } => self.join(req, events, reply),
-            Command::Leave { member } => self.remove_member(member),
+            Command::Leave {
+                member,
+                reason,
+                reply,
+            } => {
+                let ack = self.remove_member(member, reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(ack);
+                }
+            }
             Command::Publish { forwarder } => {
                 let info = forwarder.info().clone();
                 if !self.may(info.member, Action::Publish(info.source)) {
@@ -475,7 +553,7 @@ impl Room {
             .map(|m| m.info.member_id)
         {
             self.send_to(old, RoomEvent::Bye(ByeReason::Replaced));
-            self.remove_member(old);
+            self.remove_member(old, LeftReason::Dropped);
         }
         let admitted = !req.open || returning;
         let member = req.member_id;
@@ -486,6 +564,7 @@ impl Room {
                 name: name.clone(),
                 role: req.role,
             },
+            invite_id: req.invite_id.clone(),
             subject: req.subject.clone(),
             relative_of: req.relative_of,
             events,
@@ -495,14 +574,16 @@ impl Room {
         });
         let outcome = if admitted {
             self.admitted_subjects.insert(req.subject, name.clone());
+            let recorded = self.record(member, Kind::Joined);
             JoinOutcome::Admitted {
                 tracks: self.tracks.values().map(|f| f.info().clone()).collect(),
+                recorded,
             }
         } else {
             JoinOutcome::Lobby
         };
         if reply.send(Ok((outcome, name))).is_err() {
-            self.remove_member(member);
+            self.remove_member(member, LeftReason::Dropped);
             return;
         }
         self.broadcast_roster();
@@ -532,14 +613,16 @@ impl Room {
                 m.admitted = true;
                 let (subject, name) = (m.subject.clone(), m.info.name.clone());
                 self.admitted_subjects.insert(subject, name);
+                self.record(target, Kind::Admitted);
+                let recorded = self.record(target, Kind::Joined);
                 let tracks = self.tracks.values().map(|f| f.info().clone()).collect();
-                self.send_to(target, RoomEvent::Admitted { tracks });
+                self.send_to(target, RoomEvent::Admitted { tracks, recorded });
             }
             Control::Deny(target) => {
                 need(self, Action::Admit)?;
                 self.lobby_member(target)?;
                 self.send_to(target, RoomEvent::Bye(ByeReason::Denied));
-                self.remove_member(target);
+                self.remove_member(target, LeftReason::Dropped);
                 return Ok(());
             }
             Control::GrantFloor(target) => {
@@ -553,12 +636,14 @@ impl Room {
                 }
                 m.floor = true;
                 self.hands.retain(|h| *h != target);
+                self.record(target, Kind::FloorGranted);
                 self.send_to(target, RoomEvent::Floor(true));
             }
             Control::RevokeFloor(target) => {
                 need(self, Action::GrantFloor)?;
                 let m = self.admitted_member(target)?;
                 m.floor = false;
+                self.record(target, Kind::FloorRevoked);
                 self.remove_tracks_of(target, |s| matches!(s, Source::Camera | Source::Microphone));
                 self.send_to(target, RoomEvent::Floor(false));
             }
@@ -585,7 +670,7 @@ impl Room {
                 self.removed_subjects.insert(subject.clone());
                 self.admitted_subjects.remove(&subject);
                 self.send_to(target, RoomEvent::Bye(ByeReason::Removed));
-                self.remove_member(target);
+                self.remove_member(target, LeftReason::Removed);
                 return Ok(());
             }
             Control::Lock | Control::Unlock => {
@@ -608,6 +693,7 @@ impl Room {
                 if let Some(m) = self.member_mut(member) {
                     m.headcount = Some(count);
                 }
+                self.record(member, Kind::Headcount(count));
             }
             Control::Chat(text) | Control::Caption(text)
                 if text.trim().is_empty() || text.chars().count() > MAX_TEXT_CHARS =>
@@ -666,6 +752,9 @@ impl Room {
         tracing::info!("session ended");
         let all: Vec<MemberId> = self.members.iter().map(|m| m.info.member_id).collect();
         for m in &all {
+            if self.member(*m).is_some_and(|x| x.admitted) {
+                self.record(*m, Kind::Left(LeftReason::SessionEnded));
+            }
             self.send_to(*m, RoomEvent::Bye(ByeReason::SessionEnded));
         }
         self.tracks.clear();
@@ -673,9 +762,34 @@ impl Room {
         self.hands.clear();
     }
 
-    fn remove_member(&mut self, member: MemberId) {
-        let Some(pos) = self.members.iter().position(|m| m.info.member_id == member) else {
-            return;
+    /// Queues an attendance event for an admitted or admitting member. The room never waits
+    /// for it; the member's task may await the returned acknowledgement.
+    fn record(&self, member: MemberId, kind: Kind) -> Option<Ack> {
+        let m = self.member(member)?;
+        Some(self.attendance.record(attendance::Record {
+            session_id: self.session.to_string(),
+            event: attendance::Event {
+                subject: m.subject.clone(),
+                invite_id: m.invite_id.clone(),
+                role: m.info.role,
+                kind,
+                at_ms: attendance::now_ms(),
+                by_recovery: false,
+            },
+        }))
+    }
+
+    /// Removes a member (recording `left` if it was in the room); the acknowledgement of that
+    /// record, if any.
+    fn remove_member(&mut self, member: MemberId, reason: LeftReason) -> Option<Ack> {
+        let pos = self
+            .members
+            .iter()
+            .position(|m| m.info.member_id == member)?;
+        let ack = if self.members[pos].admitted {
+            self.record(member, Kind::Left(reason))
+        } else {
+            None
         };
         self.members.remove(pos);
         self.hands.retain(|h| *h != member);
@@ -685,6 +799,7 @@ impl Room {
             forwarder.remove_subscriber(member);
         }
         self.broadcast_roster();
+        ack
     }
 
     fn remove_tracks_of(&mut self, member: MemberId, which: impl Fn(Source) -> bool) {
@@ -810,7 +925,7 @@ impl Room {
     fn drop_stuck(&mut self, stuck: Vec<MemberId>) {
         for member in stuck {
             tracing::warn!(member = %member, "member stopped reading room events; removing it");
-            self.remove_member(member);
+            self.remove_member(member, LeftReason::Dropped);
         }
     }
 }

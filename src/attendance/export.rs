@@ -1,0 +1,189 @@
+//! Attendance exports for registration staff: CSV (one row per person or site, columns in
+//! docs/api.md) and JSON (the same, plus the session's totals). Pure formatting.
+
+use serde::Serialize;
+
+use super::summary::SessionSummary;
+use crate::db::courses::rfc3339;
+use crate::db::Session;
+
+/// The CSV columns, in order (documented in docs/api.md).
+pub const CSV_COLUMNS: [&str; 17] = [
+    "session_id",
+    "session_title",
+    "session_date",
+    "kind",
+    "subject",
+    "role",
+    "name",
+    "relative_of",
+    "first_join_utc",
+    "last_leave_utc",
+    "minutes_present",
+    "presence_percent",
+    "meets_threshold",
+    "joins",
+    "closed_by_recovery",
+    "max_headcount",
+    "mean_headcount",
+];
+
+fn csv_field(s: &str) -> String {
+    // Quote when needed; a leading = + - @ is neutralised so a spreadsheet never runs it.
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.map(|m| rfc3339(m / 1000)).unwrap_or_default()
+}
+
+fn minutes(ms: i64) -> String {
+    format!("{:.1}", ms as f64 / 60_000.0)
+}
+
+fn name_of(v: &impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// CSV: a header, then one row per member (`kind` = member) and one per site's headcount
+/// (`kind` = site; sites also have their member row).
+pub fn csv(session: &Session, s: &SessionSummary) -> String {
+    let date = session.starts_at.get(..10).unwrap_or_default();
+    let mut out = CSV_COLUMNS.join(",");
+    out.push_str("\r\n");
+    let mut row = |fields: Vec<String>| {
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push_str("\r\n");
+    };
+    for m in &s.members {
+        row(vec![
+            session.id.clone(),
+            session.title.clone(),
+            date.to_owned(),
+            "member".into(),
+            m.subject.clone(),
+            name_of(&m.role),
+            m.name.clone().unwrap_or_default(),
+            m.relative_of.clone().unwrap_or_default(),
+            time(Some(m.first_join_ms)),
+            time(m.last_leave_ms),
+            minutes(m.present_ms),
+            format!("{:.1}", m.presence_pct),
+            if m.meets_threshold { "yes" } else { "no" }.into(),
+            m.joins.to_string(),
+            if m.closed_by_recovery { "yes" } else { "no" }.into(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    for site in &s.sites {
+        row(vec![
+            session.id.clone(),
+            session.title.clone(),
+            date.to_owned(),
+            "site".into(),
+            site.subject.clone(),
+            "site".into(),
+            site.name.clone().unwrap_or_default(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            site.max_headcount
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            site.mean_headcount
+                .map(|n| format!("{n:.1}"))
+                .unwrap_or_default(),
+        ]);
+    }
+    out
+}
+
+#[derive(Serialize)]
+pub struct JsonExport<'a> {
+    pub session_id: &'a str,
+    pub session_title: &'a str,
+    pub course_id: &'a str,
+    pub actual_start: String,
+    pub actual_end: String,
+    pub minutes: String,
+    #[serde(flatten)]
+    pub summary: &'a SessionSummary,
+}
+
+pub fn json(session: &Session, s: &SessionSummary) -> serde_json::Value {
+    serde_json::to_value(JsonExport {
+        session_id: &session.id,
+        session_title: &session.title,
+        course_id: &session.course_id,
+        actual_start: time(s.actual_start_ms),
+        actual_end: time(s.actual_end_ms),
+        minutes: minutes(s.duration_ms),
+        summary: s,
+    })
+    .unwrap_or_default()
+}
+
+/// One line of a course roll-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct CourseLine {
+    pub session_id: String,
+    pub title: String,
+    pub starts_at: String,
+    pub minutes: String,
+    pub named_participants: u32,
+    pub meeting_threshold: u32,
+    pub open_viewers: u32,
+    pub interpreters: u32,
+    pub site_people_mean: f64,
+}
+
+pub fn course_line(session: &Session, s: &SessionSummary) -> CourseLine {
+    CourseLine {
+        session_id: session.id.clone(),
+        title: session.title.clone(),
+        starts_at: session.starts_at.clone(),
+        minutes: minutes(s.duration_ms),
+        named_participants: s.named_participants,
+        meeting_threshold: s.named_participants_meeting_threshold,
+        open_viewers: s.open_viewers,
+        interpreters: s.interpreters,
+        site_people_mean: s.sites.iter().filter_map(|x| x.mean_headcount).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_neutralised() {
+        assert_eq!(csv_field("Kari"), "Kari");
+        assert_eq!(csv_field("Volda, rom 2"), "\"Volda, rom 2\"");
+        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+    }
+}
