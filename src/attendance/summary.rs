@@ -176,8 +176,7 @@ pub fn summarise(
     let anyone_open = subjects.iter().any(|s| {
         sorted
             .iter()
-            .filter(|e| e.subject == *s && matches!(e.kind, Kind::Joined | Kind::Left(_)))
-            .next_back()
+            .rfind(|e| e.subject == *s && matches!(e.kind, Kind::Joined | Kind::Left(_)))
             .is_some_and(|e| e.kind == Kind::Joined)
     });
     let end = match (ended_at_ms, start) {
@@ -210,8 +209,7 @@ pub fn summarise(
         let last_left = mine.iter().rev().find(|e| matches!(e.kind, Kind::Left(_)));
         let still_open = mine
             .iter()
-            .filter(|e| matches!(e.kind, Kind::Joined | Kind::Left(_)))
-            .next_back()
+            .rfind(|e| matches!(e.kind, Kind::Joined | Kind::Left(_)))
             .is_some_and(|e| e.kind == Kind::Joined);
         members.push(MemberSummary {
             subject: subject.to_string(),
@@ -344,7 +342,6 @@ mod tests {
     }
 
     use Kind::*;
-    use LeftReason::*;
 
     #[test]
     fn rejoins_are_merged_and_presence_is_a_share_of_the_actual_duration() {
@@ -352,12 +349,12 @@ mod tests {
         let events = vec![
             ev("lead", Role::Leader, Joined, 0),
             ev("kari", Role::Participant, Joined, 5),
-            ev("kari", Role::Participant, Left(Dropped), 50),
+            ev("kari", Role::Participant, Left(LeftReason::Dropped), 50),
             ev("kari", Role::Participant, Joined, 52),
             // A reconnect that replaced the old connection: a second join while present.
             ev("kari", Role::Participant, Joined, 60),
             ev("per", Role::Participant, Joined, 10),
-            ev("per", Role::Participant, Left(Left), 30),
+            ev("per", Role::Participant, Left(LeftReason::Left), 30),
         ];
         let s = summarise(
             &events,
@@ -397,7 +394,7 @@ mod tests {
             (80 * MIN, true),
             (80 * MIN + 1, true),
         ] {
-            let mut leave = ev("k", Role::Participant, Left(Left), 0);
+            let mut leave = ev("k", Role::Participant, Left(LeftReason::Left), 0);
             leave.at_ms = left_ms;
             let events = vec![
                 ev("l", Role::Leader, Joined, 0),
@@ -411,7 +408,7 @@ mod tests {
         let events = vec![
             ev("l", Role::Leader, Joined, 0),
             ev("k", Role::Participant, Joined, 0),
-            ev("k", Role::Participant, Left(Left), 50),
+            ev("k", Role::Participant, Left(LeftReason::Left), 50),
         ];
         assert!(
             member(
@@ -492,7 +489,7 @@ mod tests {
             ev("volda", Role::Site, Joined, 0),
             ev("volda", Role::Site, Headcount(10), 0),
             ev("volda", Role::Site, Headcount(4), 30),
-            ev("volda", Role::Site, Left(Dropped), 60),
+            ev("volda", Role::Site, Left(LeftReason::Dropped), 60),
             ev("volda", Role::Site, Headcount(50), 70),
             ev("molde", Role::Site, Joined, 0),
         ];

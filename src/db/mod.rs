@@ -102,6 +102,12 @@ impl Db {
         Ok(())
     }
 
+    /// The connection pool, for tests and tools that inspect the database directly.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// A secret made once and kept (e.g. the join-token key).
     pub async fn secret(&self, name: &str) -> Result<Vec<u8>, DbError> {
         if let Some(row) = sqlx::query("SELECT value FROM secrets WHERE name = ?")

@@ -450,7 +450,12 @@ impl TestPeer {
     /// Connects and sends hello and join with `token`; returns once the reply (joined, lobby
     /// or error) is in the inbox. `member_id` is set if it came as `lobby`/`joined`.
     pub async fn connect(server: &TestServer, token: &str, name: Option<&str>) -> TestPeer {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        Self::connect_url(&server.ws_url(), token, name).await
+    }
+
+    /// Like `connect`, for a server in another process.
+    pub async fn connect_url(ws_url: &str, token: &str, name: Option<&str>) -> TestPeer {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .expect("ws connect");
         let shared = Arc::new(Shared::default());

@@ -1,0 +1,270 @@
+//! Attendance through the real server: events are committed before members are told, exports
+//! say what registration staff need and only to whom they may, retention deletes exactly the
+//! old sessions. (Summaries at the edges: unit tests in src/attendance/summary.rs; the crash:
+//! tests/crash.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kursrelay::attendance::{self, Event, Kind, LeftReason, Record};
+use kursrelay::protocol::Role;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(server: &TestServer, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let auth = bearer
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().unwrap();
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+async fn kinds(server: &TestServer, label: &str) -> Vec<(String, Kind)> {
+    let session = server.session(label).await;
+    attendance::events(&server.state.db, &session)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.subject, e.kind))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only() {
+    let server = TestServer::spawn().await;
+    let (leader_invite, leader_token) = server
+        .token_with("att", Role::Leader, Some("Ola"), false, None)
+        .await;
+    let leader = TestPeer::connect(&server, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let (kari_invite, kari_token) = server
+        .token_with("att", Role::Participant, Some("Kari"), false, None)
+        .await;
+    let kari = TestPeer::connect(&server, &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    // Acknowledged = committed: the event is there the moment `joined` arrived.
+    assert!(kinds(&server, "att")
+        .await
+        .contains(&(kari_invite.clone(), Kind::Joined)));
+
+    let (nils_invite, nils_token) = server
+        .token_with(
+            "att",
+            Role::Participant,
+            Some("Nils"),
+            false,
+            Some(kari_invite.clone()),
+        )
+        .await;
+    let nils = TestPeer::connect(&server, &nils_token, None).await;
+    nils.wait_msg(|m| m["type"] == "joined").await;
+    let site_token = server
+        .token("att", Role::Site, Some("Volda sjukehus"), false)
+        .await;
+    let site = TestPeer::connect(&server, &site_token, None).await;
+    site.wait_msg(|m| m["type"] == "joined").await;
+    site.send(json!({"type": "set_headcount", "count": 7}))
+        .await;
+    site.wait_msg(|m| m["type"] == "ok").await;
+    let tolk = TestPeer::join_as(&server, "att", Role::Interpreter, "Siri Tolk").await;
+    let rep_token = server
+        .token("att", Role::Representative, Some("Eva"), false)
+        .await;
+    let rep = TestPeer::connect(&server, &rep_token, None).await;
+    rep.wait_msg(|m| m["type"] == "joined").await;
+    let open = server.token("att", Role::Participant, None, true).await;
+    let viewer = TestPeer::connect(&server, &open, Some("Anonym Per")).await;
+    viewer.wait_msg(|m| m["type"] == "lobby").await;
+    leader
+        .send(json!({"type": "admit", "member_id": viewer.member_id}))
+        .await;
+    viewer.wait_msg(|m| m["type"] == "joined").await;
+    leader
+        .send(json!({"type": "grant_floor", "member_id": kari.member_id}))
+        .await;
+    kari.wait_msg(|m| m["type"] == "floor").await;
+
+    // Nils leaves on purpose: `bye` comes after his `left` is committed.
+    nils.leave().await;
+    nils.wait_msg(|m| m["type"] == "bye").await;
+    let logged = kinds(&server, "att").await;
+    assert!(
+        logged.contains(&(nils_invite.clone(), Kind::Left(LeftReason::Left))),
+        "{logged:?}"
+    );
+    assert!(logged.contains(&(kari_invite.clone(), Kind::FloorGranted)));
+    assert!(logged.iter().any(|(_, k)| *k == Kind::Headcount(7)));
+    assert!(logged.iter().any(|(_, k)| *k == Kind::Admitted));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let session = server.session("att").await;
+    let path = format!("/api/sessions/{session}/attendance?format=csv");
+    let (status, csv) = get(&server, &path, Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], attendance::export::CSV_COLUMNS.join(","));
+    let row = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no row with {needle}:\n{csv}"))
+            .to_string()
+    };
+    let kari_row = row(&kari_invite);
+    assert!(
+        kari_row.contains(",member,") && kari_row.contains(",participant,Kari,"),
+        "{kari_row}"
+    );
+    assert!(
+        row(&nils_invite).contains(&format!(",Nils,{kari_invite},")),
+        "relative linked"
+    );
+    assert!(
+        !csv.contains("Siri") && !csv.contains("Anonym"),
+        "interpreters and open viewers are counted, not named:\n{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l.contains(",2026-01-01,site,")
+            && l.contains(",site,Volda sjukehus,")
+            && l.ends_with(",7,7.0")),
+        "{csv}"
+    );
+
+    let (_, json) = get(
+        &server,
+        &format!("/api/sessions/{session}/attendance?format=json"),
+        Some(&leader_token),
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (
+            json["named_participants"].clone(),
+            json["open_viewers"].clone(),
+            json["interpreters"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
+    assert_eq!(json["threshold_pct"], 80.0);
+
+    // Everyone else: refused.
+    assert_eq!(get(&server, &path, Some(&kari_token)).await.0, 403);
+    assert_eq!(get(&server, &path, Some(&rep_token)).await.0, 403);
+    assert_eq!(get(&server, &path, Some(&site_token)).await.0, 403);
+    assert_eq!(get(&server, &path, None).await.0, 401);
+    assert_eq!(get(&server, &path, Some("forged.token.here")).await.0, 401);
+    let other_leader = server
+        .token("att-other", Role::Leader, Some("Anna"), false)
+        .await;
+    assert_eq!(get(&server, &path, Some(&other_leader)).await.0, 403);
+
+    // Every export is audited, and the audit is the admin's.
+    let (status, audit) = get(&server, "/api/exports", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200);
+    let audit: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let by: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requested_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, [format!("leader:{leader_invite}").as_str(), "admin"]);
+    assert_eq!(
+        get(&server, "/api/exports", Some(&leader_token)).await.0,
+        401
+    );
+    // Participants never receive attendance data over the socket either.
+    assert!(serde_json::to_string(&kari.inbox())
+        .unwrap()
+        .find("presence")
+        .is_none());
+    drop((rep, tolk, site, viewer));
+    server.shutdown().await;
+}
+
+fn event(subject: &str, kind: Kind, at_ms: i64) -> Event {
+    Event {
+        subject: subject.into(),
+        invite_id: subject.into(),
+        role: Role::Participant,
+        kind,
+        at_ms,
+        by_recovery: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_exactly_the_sessions_past_it() {
+    let server = TestServer::spawn().await;
+    let db = &server.state.db;
+    let writer = attendance::Attendance::spawn(db.clone());
+    let day = 86_400_000i64;
+    let now = attendance::now_ms();
+    let mut ids = Vec::new();
+    for (label, ended_days_ago) in [
+        ("old", Some(181)),
+        ("edge", Some(179)),
+        ("recent", Some(10)),
+        ("running", None),
+    ] {
+        let id = server.session(label).await;
+        for (i, kind) in [Kind::Joined, Kind::Left(LeftReason::Left)]
+            .into_iter()
+            .enumerate()
+        {
+            writer
+                .record(Record {
+                    session_id: id.clone(),
+                    event: event("p", kind, now - 200 * day + i as i64),
+                })
+                .await
+                .unwrap();
+        }
+        if let Some(days) = ended_days_ago {
+            db.advance_session(&id, kursrelay::db::SessionState::Ended)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE sessions SET ended_at = ? WHERE id = ?")
+                .bind((now - days * day) / 1000)
+                .bind(&id)
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    let (sessions, events) = attendance::purge(db, now, Duration::from_secs(180 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!((sessions, events), (1, 2));
+    for (id, kept) in ids.iter().zip([false, true, true, true]) {
+        assert_eq!(
+            !attendance::events(db, id).await.unwrap().is_empty(),
+            kept,
+            "{id}"
+        );
+    }
+    // Running it again deletes nothing more.
+    assert_eq!(
+        attendance::purge(db, now, Duration::from_secs(180 * 86_400))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    server.shutdown().await;
+}

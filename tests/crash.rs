@@ -1,0 +1,190 @@
+//! The crash test: the real binary, real peers, SIGKILL mid-session, restart. Every
+//! acknowledged attendance event must be there, and the intervals the crash left open must be
+//! closed at the members' last-seen time and marked as closed by recovery.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use kursrelay::attendance::{self, Kind, LeftReason};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY: &str = "crash-test-admin-key-0123";
+
+/// The server process; killed when dropped, so a failing test leaves nothing running.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &std::path::Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kursrelay"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let server = Server(child);
+    let mut addr = None;
+    let mut line = String::new();
+    // Log lines (e.g. recovery's) may come first.
+    while out.read_line(&mut line).unwrap() > 0 {
+        if let Some(a) = line.trim().strip_prefix("kursrelay listening on http://") {
+            addr = Some(a.trim_end_matches('/').to_owned());
+            break;
+        }
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (
+        server,
+        addr.expect("the server never said where it listens"),
+    )
+}
+
+async fn post(addr: &str, path: &str, body: Value) -> Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    s.write_all(format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+fn token(invite: &Value) -> String {
+    invite["link"]
+        .as_str()
+        .unwrap()
+        .split("#t=")
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_session_loses_no_acknowledged_event() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("kursrelay.db");
+    let config = dir.path().join("crash.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
+             [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            db_path.display()
+        ),
+    )
+    .unwrap();
+    let (child, addr) = start(&config);
+    let ws = format!("ws://{addr}/ws");
+
+    let course = post(&addr, "/api/courses", json!({"title": "Krasjkurs"})).await;
+    let session = post(&addr, &format!("/api/courses/{}/sessions", course["id"].as_str().unwrap()),
+        json!({"title": "Dag 1", "starts_at": "2026-01-01T09:00:00Z", "ends_at": "2099-01-01T12:00:00Z", "host_site": "Molde"})).await;
+    let sid = session["id"].as_str().unwrap().to_owned();
+    let invites = format!("/api/sessions/{sid}/invites");
+    let mut people = Vec::new();
+    for (role, name) in [
+        ("leader", "Ola"),
+        ("participant", "Kari"),
+        ("participant", "Per"),
+        ("site", "Volda"),
+    ] {
+        people.push(post(&addr, &invites, json!({"role": role, "display_name": name})).await);
+    }
+
+    // Everyone joins; `joined` is the acknowledgement of the join event.
+    let mut peers = Vec::new();
+    for p in &people {
+        let peer = TestPeer::connect_url(&ws, &token(p), None).await;
+        peer.wait_msg(|m| m["type"] == "joined").await;
+        peers.push(peer);
+    }
+    // Per leaves; `bye` is the acknowledgement of his `left`.
+    peers[2].leave().await;
+    peers[2].wait_msg(|m| m["type"] == "bye").await;
+    peers[3]
+        .send(json!({"type": "set_headcount", "count": 4}))
+        .await;
+    peers[3].wait_msg(|m| m["type"] == "ok").await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // a few last-seen updates
+
+    let killed_at = attendance::now_ms();
+    drop(child); // SIGKILL
+
+    for p in peers {
+        p.close().await;
+    }
+
+    // Restart: recovery runs before the server listens.
+    let (child, addr) = start(&config);
+    let db = kursrelay::db::Db::open(&db_path).await.unwrap();
+    let events = attendance::events(&db, &sid).await.unwrap();
+    let of = |i: usize| -> Vec<&attendance::Event> {
+        events
+            .iter()
+            .filter(|e| e.invite_id == people[i]["id"].as_str().unwrap())
+            .collect()
+    };
+    for i in 0..4 {
+        let mine = of(i);
+        assert_eq!(
+            mine.iter().filter(|e| e.kind == Kind::Joined).count(),
+            1,
+            "join of {i} lost: {events:?}"
+        );
+        let joined_at = mine.iter().find(|e| e.kind == Kind::Joined).unwrap().at_ms;
+        let lefts: Vec<&&attendance::Event> = mine
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Left(_)))
+            .collect();
+        assert_eq!(lefts.len(), 1, "{i}: {mine:?}");
+        if i == 2 {
+            assert_eq!(lefts[0].kind, Kind::Left(LeftReason::Left));
+            assert!(!lefts[0].by_recovery);
+        } else {
+            assert_eq!(lefts[0].kind, Kind::Left(LeftReason::Recovered), "{i}");
+            assert!(lefts[0].by_recovery);
+            // Closed at the last-seen time: after joining, before the kill, and recent.
+            assert!(
+                lefts[0].at_ms >= joined_at && lefts[0].at_ms <= killed_at,
+                "{i}"
+            );
+            assert!(
+                killed_at - lefts[0].at_ms < 1_000,
+                "{i}: last seen {} ms before the kill",
+                killed_at - lefts[0].at_ms
+            );
+        }
+    }
+    assert!(of(3).iter().any(|e| e.kind == Kind::Headcount(4)));
+
+    // The export after the restart says which intervals recovery closed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /api/sessions/{sid}/attendance?format=json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let export: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let recovered = export["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["closed_by_recovery"] == true)
+        .count();
+    assert_eq!(recovered, 3, "{export}");
+
+    // Nothing is left to recover now.
+    drop(child);
+    assert_eq!(attendance::recover(&db).await.unwrap(), 0);
+}
