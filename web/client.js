@@ -46,6 +46,7 @@ export class KursrelayClient {
     this.memberId = null;
     this.role = null; // from `joined`; the server takes it from the token
     this.name = null;
+    this.session = null; // session id from `joined`
     this.roster = null; // the last `roster` message
     this.server = null;
 
@@ -116,6 +117,15 @@ export class KursrelayClient {
   control(type, fields = {}) {
     return this._request({ type, ...fields }, 'ok');
   }
+
+  /** An interpreter's caption, relayed to everyone as `caption`; resolves on `ok`. */
+  caption(text) { return this.control('caption', { text }); }
+
+  /** A chat line (only if the session enables chat; otherwise rejects with `forbidden`). */
+  chat(text) { return this.control('chat', { text }); }
+
+  /** A site's headcount (0–1000). */
+  setHeadcount(count) { return this.control('set_headcount', { count }); }
 
   /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */
   publish(tracks) {
@@ -258,6 +268,7 @@ export class KursrelayClient {
         if (msg.type === 'joined') {
           this.role = msg.role;
           this.name = msg.name;
+          this.session = msg.session || this.session;
         }
         const waiter = this._takeWaiter((w) => w.replyTypes.includes(msg.type)
           && (msg.type !== 'ok' || w.request === msg.request));

@@ -36,6 +36,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sites report at most this many people in the room.
 const MAX_HEADCOUNT: u32 = 1000;
 const MAX_TEXT_CHARS: usize = 1000;
+/// Rooms up to this size get every roster change at once; larger ones every `ROSTER_COALESCE`.
+const ROSTER_IMMEDIATE_UP_TO: usize = 30;
+const ROSTER_COALESCE: Duration = Duration::from_millis(250);
 
 /// What the room tells a member's connection.
 #[derive(Debug)]
@@ -331,6 +334,7 @@ impl Rooms {
             admitted_subjects: HashMap::new(),
             removed_subjects: HashSet::new(),
             attendance: self.attendance.clone(),
+            roster_dirty: false,
         };
         let span = tracing::info_span!("session", id = %session);
         tokio::spawn(
@@ -377,6 +381,8 @@ struct Room {
     /// Subjects the leader removed: their links no longer let them in.
     removed_subjects: HashSet<String>,
     attendance: Attendance,
+    /// A roster change is waiting to be sent (large rooms only).
+    roster_dirty: bool,
 }
 
 impl Room {
@@ -389,12 +395,18 @@ impl Room {
     ) {
         tracing::info!("room started");
         let mut seen = tokio::time::interval(seen_every);
+        let mut roster_tick = tokio::time::interval(ROSTER_COALESCE);
+        roster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
                     None => break,
                 },
+                _ = roster_tick.tick(), if self.roster_dirty => {
+                    self.flush_roster();
+                    continue;
+                }
                 _ = seen.tick() => {
                     let present: Vec<String> = self.members.iter().filter(|m| m.admitted).map(|m| m.subject.clone()).collect();
                     if !present.is_empty() {
@@ -877,7 +889,19 @@ impl Room {
         }
     }
 
+    /// The roster changed. Small rooms hear at once; in large ones the changes of up to
+    /// `ROSTER_COALESCE` are sent together (a storm of joins would otherwise send N rosters of
+    /// N entries each to N members).
     fn broadcast_roster(&mut self) {
+        if self.members.len() <= ROSTER_IMMEDIATE_UP_TO {
+            self.flush_roster();
+        } else {
+            self.roster_dirty = true;
+        }
+    }
+
+    fn flush_roster(&mut self) {
+        self.roster_dirty = false;
         let mut views: HashMap<Role, RosterView> = HashMap::new();
         let recipients: Vec<(MemberId, Role)> = self
             .members

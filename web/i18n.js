@@ -1,0 +1,60 @@
+// Languages: every user-visible string lives in i18n/<lang>.js (a flat object key -> string).
+// Static text in the HTML carries data-i18n="key" (text), data-i18n-label="key" (aria-label)
+// or data-i18n-placeholder="key"; dynamic text is rendered with t(key, vars).
+import nb from './i18n/nb.js';
+import nn from './i18n/nn.js';
+import en from './i18n/en.js';
+
+export const LANGS = { nb, nn, en };
+const KEY = 'kursrelay.lang';
+
+function initial() {
+  try {
+    const saved = localStorage.getItem(KEY);
+    if (saved && LANGS[saved]) return saved;
+  } catch { /* storage disabled */ }
+  return 'nb';
+}
+
+let lang = initial();
+const listeners = [];
+
+export function getLang() { return lang; }
+
+/** The string for key in the current language; {name} placeholders are filled from vars. */
+export function t(key, vars = {}) {
+  const dict = LANGS[lang];
+  let s = dict[key];
+  if (s === undefined) {
+    console.warn(`kursrelay: no ${lang} text for ${key}`);
+    s = key;
+  }
+  return s.replace(/\{(\w+)\}/g, (m, k) => (vars[k] !== undefined ? String(vars[k]) : m));
+}
+
+/** Fill every data-i18n* element under root. */
+export function apply(root = document) {
+  for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
+  for (const el of root.querySelectorAll('[data-i18n-label]')) el.setAttribute('aria-label', t(el.dataset.i18nLabel));
+  for (const el of root.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
+}
+
+export function setLang(next) {
+  if (!LANGS[next]) return;
+  lang = next;
+  try { localStorage.setItem(KEY, next); } catch { /* storage disabled */ }
+  document.documentElement.lang = next;
+  apply();
+  for (const fn of listeners) fn(next);
+}
+
+export function onLangChange(fn) { listeners.push(fn); }
+
+/** Wire a <select> as the language picker. */
+export function initPicker(select) {
+  document.documentElement.lang = lang;
+  apply();
+  if (!select) return;
+  select.value = lang;
+  select.addEventListener('change', () => setLang(select.value));
+}
