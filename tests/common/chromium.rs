@@ -174,6 +174,89 @@ impl Chromium {
         r["result"]["value"].clone()
     }
 
+    /// Clicks the centre of the first element matching `selector` with real mouse events.
+    pub async fn click(&mut self, page: &Page, selector: &str) {
+        let js = format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return null; e.scrollIntoView({{block: 'center'}}); \
+             const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+            sel = serde_json::to_string(selector).expect("selector")
+        );
+        let at = self.eval(page, &js).await;
+        let (x, y) = (at[0].as_f64().unwrap_or_else(|| panic!("nothing matches {selector}")), at[1].as_f64().unwrap());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                Some(&page.session),
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            )
+            .await;
+        }
+    }
+
+    /// Clicks the first visible button whose text contains `text` (as a person would find it).
+    pub async fn click_button(&mut self, page: &Page, text: &str) {
+        let js = format!(
+            "(() => {{ const b = [...document.querySelectorAll('button')].find(b => b.offsetParent !== null && b.textContent.includes({t})); \
+             if (!b) return false; document.querySelectorAll('[data-test-click]').forEach(e => e.removeAttribute('data-test-click')); \
+             b.setAttribute('data-test-click', ''); return true; }})()",
+            t = serde_json::to_string(text).expect("text")
+        );
+        assert_eq!(self.eval(page, &js).await, true, "no visible button with {text:?}");
+        self.click(page, "[data-test-click]").await;
+    }
+
+    /// Polls `expr` (a JS expression) until it is truthy; panics after `secs` seconds.
+    pub async fn wait_for(&mut self, page: &Page, expr: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.eval(page, expr).await;
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {expr}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Presses a key (e.g. "Tab", "Enter", " ") as the keyboard would.
+    pub async fn key(&mut self, page: &Page, key: &str) {
+        let (code, vk, text) = match key {
+            "Tab" => ("Tab", 9, ""),
+            "Enter" => ("Enter", 13, "\r"),
+            " " => ("Space", 32, " "),
+            other => panic!("no key mapping for {other}"),
+        };
+        self.call(
+            Some(&page.session),
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyDown", "key": key, "code": code, "windowsVirtualKeyCode": vk, "text": text}),
+        )
+        .await;
+        self.call(
+            Some(&page.session),
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": vk}),
+        )
+        .await;
+    }
+
+    /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
+    pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axe/node_modules/axe-core/axe.min.js");
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("axe-core is missing at {}: run `npm install --prefix target/axe axe-core@4` (.ci/run does)", path.display())
+        });
+        self.call(Some(&page.session), "Runtime.evaluate", json!({"expression": source})).await;
+        let result = self
+            .eval(
+                page,
+                "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+                 .then(r => r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)})))",
+            )
+            .await;
+        result.as_array().cloned().unwrap_or_default()
+    }
+
     /// Saves a PNG of the page under target/screenshots/ (not committed) and returns its path.
     pub async fn screenshot(&mut self, page: &Page, name: &str) -> PathBuf {
         use base64::Engine as _;

@@ -191,6 +191,37 @@ impl TestServer {
         pick(self.state.sfu.metrics()).load(Ordering::SeqCst)
     }
 
+    /// Stops the server (as Ctrl-C does) and starts it again on the same address with the same
+    /// database, as after a restart in a hospital's server room.
+    pub async fn restart(mut self) -> TestServer {
+        let addr = self.addr;
+        let db = self.dir.path().join("kursrelay.db");
+        let sessions = std::mem::take(&mut *self.sessions.lock().unwrap());
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+        let overlay = format!(
+            "[http]\nlisten = \"{addr}\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
+             ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            db.display()
+        );
+        let config = Config::from_overlay(Some((&overlay, "restart"))).expect("restart config");
+        let server = Server::bind(config).await.expect("bind again");
+        let state = server.state();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.serve(stop.clone()));
+        TestServer {
+            addr,
+            state,
+            stop,
+            task: Some(task),
+            sessions: Mutex::new(sessions),
+            dir: std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")),
+        }
+    }
+
     /// Graceful shutdown, as Ctrl-C does it.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
