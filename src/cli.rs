@@ -105,8 +105,8 @@ pub enum InviteCommand {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| "one of leader, representative, participant, site, interpreter".to_owned())
+    Role::parse(s)
+        .ok_or_else(|| "one of leader, representative, participant, site, interpreter".to_owned())
 }
 
 /// Runs one admin command and returns what to print.
@@ -227,7 +227,7 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
                     };
                     format!(
                         "{}\t{}\t{}\t{}",
-                        name_of(&i.role),
+                        i.role.as_str(),
                         who,
                         i.id,
                         link(i, s.ends_at_unix)

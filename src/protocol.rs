@@ -19,6 +19,31 @@ pub enum Role {
     Interpreter,
 }
 
+impl Role {
+    /// The protocol's (and the database's) name for the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Representative => "representative",
+            Role::Participant => "participant",
+            Role::Site => "site",
+            Role::Interpreter => "interpreter",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [
+            Role::Leader,
+            Role::Representative,
+            Role::Participant,
+            Role::Site,
+            Role::Interpreter,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
 /// What a published track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

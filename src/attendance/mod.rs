@@ -115,7 +115,7 @@ async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
                     .bind(&r.session_id)
                     .bind(&e.subject)
                     .bind(&e.invite_id)
-                    .bind(role_str(e.role))
+                    .bind(e.role.as_str())
                     .bind(kind)
                     .bind(reason)
                     .bind(count)
@@ -161,20 +161,6 @@ fn kind_columns(kind: Kind) -> (&'static str, Option<&'static str>, Option<i64>)
     }
 }
 
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Representative => "representative",
-        Role::Participant => "participant",
-        Role::Site => "site",
-        Role::Interpreter => "interpreter",
-    }
-}
-
-fn parse_role(s: &str) -> Role {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(Role::Participant)
-}
-
 /// Every event of a session, oldest first.
 pub async fn events(db: &Db, session_id: &str) -> Result<Vec<Event>, DbError> {
     let rows =
@@ -198,7 +184,7 @@ pub async fn events(db: &Db, session_id: &str) -> Result<Vec<Event>, DbError> {
             Event {
                 subject: r.get("subject"),
                 invite_id: r.get("invite_id"),
-                role: parse_role(&r.get::<String, _>("role")),
+                role: Role::parse(&r.get::<String, _>("role")).unwrap_or(Role::Participant),
                 kind,
                 at_ms: r.get("at_ms"),
                 by_recovery: r.get::<i64, _>("by_recovery") != 0,

@@ -138,26 +138,6 @@ pub struct NewInvite {
     pub open: bool,
 }
 
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Representative => "representative",
-        Role::Participant => "participant",
-        Role::Site => "site",
-        Role::Interpreter => "interpreter",
-    }
-}
-
-fn parse_role(s: &str) -> Role {
-    match s {
-        "leader" => Role::Leader,
-        "representative" => Role::Representative,
-        "site" => Role::Site,
-        "interpreter" => Role::Interpreter,
-        _ => Role::Participant,
-    }
-}
-
 fn check_text(field: &str, value: &str, max: usize) -> Result<String, DbError> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
@@ -197,7 +177,7 @@ fn invite_from(row: &SqliteRow) -> Invite {
     Invite {
         id: row.get("id"),
         session_id: row.get("session_id"),
-        role: parse_role(row.get::<String, _>("role").as_str()),
+        role: Role::parse(row.get::<String, _>("role").as_str()).unwrap_or(Role::Participant),
         display_name: row.get("display_name"),
         relative_of: row.get("relative_of"),
         open: row.get::<i64, _>("open") != 0,
@@ -430,7 +410,7 @@ impl Db {
         sqlx::query("INSERT INTO invites (id, session_id, role, display_name, relative_of, open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(&id)
             .bind(session_id)
-            .bind(role_str(new.role))
+            .bind(new.role.as_str())
             .bind(&name)
             .bind(&new.relative_of)
             .bind(new.open as i64)
