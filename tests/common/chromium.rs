@@ -182,7 +182,12 @@ impl Chromium {
             sel = serde_json::to_string(selector).expect("selector")
         );
         let at = self.eval(page, &js).await;
-        let (x, y) = (at[0].as_f64().unwrap_or_else(|| panic!("nothing matches {selector}")), at[1].as_f64().unwrap());
+        let (x, y) = (
+            at[0]
+                .as_f64()
+                .unwrap_or_else(|| panic!("nothing matches {selector}")),
+            at[1].as_f64().unwrap(),
+        );
         for kind in ["mousePressed", "mouseReleased"] {
             self.call(
                 Some(&page.session),
@@ -201,7 +206,11 @@ impl Chromium {
              b.setAttribute('data-test-click', ''); return true; }})()",
             t = serde_json::to_string(text).expect("text")
         );
-        assert_eq!(self.eval(page, &js).await, true, "no visible button with {text:?}");
+        assert_eq!(
+            self.eval(page, &js).await,
+            true,
+            "no visible button with {text:?}"
+        );
         self.click(page, "[data-test-click]").await;
     }
 
@@ -242,11 +251,17 @@ impl Chromium {
 
     /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
     pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axe/node_modules/axe-core/axe.min.js");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/axe/node_modules/axe-core/axe.min.js");
         let source = std::fs::read_to_string(&path).unwrap_or_else(|_| {
             panic!("axe-core is missing at {}: run `npm install --prefix target/axe axe-core@4` (.ci/run does)", path.display())
         });
-        self.call(Some(&page.session), "Runtime.evaluate", json!({"expression": source})).await;
+        self.call(
+            Some(&page.session),
+            "Runtime.evaluate",
+            json!({"expression": source}),
+        )
+        .await;
         let result = self
             .eval(
                 page,
