@@ -21,6 +21,9 @@ const listeners = [];
 
 export function getLang() { return lang; }
 
+/** Whether key has a text (used for optional keys such as err.<code>). */
+export function has(key) { return LANGS[lang][key] !== undefined; }
+
 /** The string for key in the current language; {name} placeholders are filled from vars. */
 export function t(key, vars = {}) {
   const dict = LANGS[lang];

@@ -1,102 +1,63 @@
 // Page logic shared by publish.html and watch.html (<body data-page="publish|watch">).
-// Both are opened from a join link: <page>.html#t=<token>. The role comes from the token.
+// Both are opened from a join link: <page>.html#t=<token>. The role comes from the token
+// (the server's `joined` is authoritative; the page only peeks at the token to choose a layout
+// before joining). Screens: prejoin -> (lobby) -> joined -> left; a site kiosk reconnects by itself.
 import { KursrelayClient, KursrelayError } from './client.js';
+import { t, has, initPicker, onLangChange } from './i18n.js';
+import { DeviceTest } from './devices.js';
 
 const isPublish = document.body.dataset.page === 'publish';
 const $ = (id) => document.getElementById(id);
-const form = $('join-form');
-const fields = $('join-fields');
-const nameInput = $('name');
-const startButton = $('start');
-const controls = $('controls');
-const leaveButton = $('leave');
-const statusEl = $('status');
-const alertEl = $('alert');
-const membersEl = $('members');
-const memberCount = $('member-count');
-const participantCount = $('participant-count');
-const mediaEl = $('media');
-const noMedia = $('no-media');
-const audioBox = $('audio');
-const soundButton = $('sound');
-const preview = $('preview');
-const previewBox = $('preview-box');
-// publish.html only
-const screenButton = $('screen');
-const managePanel = $('manage');
-const lobbyBox = $('lobby-box');
-const lobbyList = $('lobby');
-const handsBox = $('hands-box');
-const handsList = $('hands');
-const floorBox = $('floor-box');
-const floorList = $('floor');
-const leaderActions = $('leader-actions');
-const lockButton = $('lock');
-const lockState = $('lock-state');
-const endButton = $('end');
-const queueSummary = $('queue-summary');
-// watch.html only
-const handButton = $('hand');
-const floorButton = $('floor-publish');
-
-const ROLE_TEXT = {
-  leader: 'kursleder',
-  representative: 'brukerrepresentant',
-  participant: 'deltaker',
-  site: 'sal',
-  interpreter: 'tolk',
+const el = {
+  alert: $('alert'), status: $('status'), announce: $('announce'), roomName: $('room-name'),
+  prejoin: $('prejoin'), lobby: $('lobby-screen'), stage: $('stage'), ended: $('ended'),
+  name: $('name'), join: $('join'), lobbyLeave: $('lobby-leave'), rejoin: $('rejoin'),
+  hand: $('hand'), floorPublish: $('floor-publish'), mic: $('mic-toggle'), cam: $('cam-toggle'),
+  screen: $('screen'), sound: $('sound'), leave: $('leave'),
+  headcountForm: $('headcount-form'), headcount: $('headcount'), headcountState: $('headcount-state'),
+  noMedia: $('no-media'), media: $('media'), mainSlot: $('main-slot'), interpSlot: $('interp-slot'),
+  others: $('others'), audio: $('audio'),
+  captions: $('captions'), captionsEmpty: $('captions-empty'), captionForm: $('caption-form'),
+  captionText: $('caption-text'), contrast: $('contrast'),
+  chatBox: $('chat-box'), chatLog: $('chat-log'), chatForm: $('chat-form'), chatText: $('chat-text'),
+  console: $('console'), sessionLine: $('session-line'), leaderActions: $('leader-actions'),
+  lock: $('lock'), csv: $('csv'), end: $('end'),
+  lobbyBox: $('lobby-box'), lobbyList: $('lobby'), handsBox: $('hands-box'), handsList: $('hands'),
+  presentBox: $('present-box'), present: document.querySelector('#present tbody'),
+  selfBox: $('self-box'), selfPreview: $('self-preview'),
+  rosterBox: $('roster-box'), membersHeading: $('members-heading'), members: $('members'),
+  participantCount: $('participant-count'),
 };
+
 // What each role sends from publish.html (docs/protocol.md, "What may be published").
 const SENDS = { leader: ['camera', 'microphone'], representative: ['camera', 'microphone'], interpreter: ['camera'] };
-const SOURCE_TEXT = { camera: 'Kamera / Camera', screen: 'Skjerm / Screen' };
-// [bokmål, English] for errors people can act on; everything else shows the server's message.
-const ERROR_TEXT = {
-  no_token: ['Denne siden må åpnes fra invitasjonslenken du fikk fra kursarrangøren.',
-    'Please open this page from the invitation link the course organisers sent you.'],
-  bad_token: ['Lenken virker ikke. Den kan være for gammel eller ikke kopiert helt. Be kursarrangøren om en ny.',
-    'This link does not work. It may have expired or not been copied completely. Ask the course organisers for a new one.'],
-  invite_revoked: ['Invitasjonen er trukket tilbake. Ta kontakt med kursarrangøren.',
-    'This invitation has been withdrawn. Please contact the course organisers.'],
-  session_ended: ['Kurset er avsluttet.', 'The course session has ended.'],
-  locked: ['Kursleiaren har låst kurset, så ingen nye kan komme inn nå.',
-    'The course leader has locked the session; nobody new can join now.'],
-  removed: ['Kursleiaren har tatt deg ut av kurset. Lenken virker ikke lenger.',
-    'The course leader removed you from the session. The link no longer works.'],
-  forbidden: ['Det kan du ikke gjøre i din rolle nå.', 'Your role cannot do that now.'],
-  unknown_member: ['Personen er ikke i kurset (lenger).', 'That person is not in the session (any more).'],
-  unsupported_version: ['Denne siden er for gammel. Last siden inn på nytt.', 'This page is out of date. Please reload.'],
-  connect_failed: ['Fikk ikke kontakt med kursserveren. Sjekk nettet og prøv igjen.',
-    'Could not reach the course server. Check your network and try again.'],
-  timeout: ['Serveren svarte ikke. Prøv igjen.', 'The server did not answer. Please try again.'],
-  peer_failed: ['Bilde- og lydforbindelsen brøt. Trykk «Forlat» og så «Start» for å prøve igjen.',
-    'The audio/video connection failed. Press Leave, then Start to try again.'],
-  NotAllowedError: ['Du må gi nettleseren lov til å bruke kamera og mikrofon.',
-    'Please allow the browser to use your camera and microphone.'],
-  NotFoundError: ['Fant ikke noe kamera eller mikrofon.', 'No camera or microphone was found.'],
-  NotReadableError: ['Kameraet eller mikrofonen brukes av et annet program.',
-    'The camera or microphone is in use by another program.'],
-};
-// Why the server said goodbye (bye.reason), or why the socket closed.
-const CLOSE_TEXT = {
-  denied: ['Kursleiaren slapp deg ikke inn denne gangen.', 'The course leader did not let you in.'],
-  removed: ERROR_TEXT.removed,
-  session_ended: ['Kurset er avsluttet. Takk for at du var med!', 'The session has ended. Thank you for taking part!'],
-  replaced: ['Du ble med fra en annen fane eller enhet, så denne er koblet fra.',
-    'You joined from another tab or device, so this one was disconnected.'],
-  peer_failed: ['Bilde- og lydforbindelsen brøt. Trykk «Start» for å bli med igjen.',
-    'The audio/video connection failed. Press Start to join again.'],
-  server_shutdown: ['Kursserveren ble stoppet.', 'The course server was stopped.'],
-  rate_limited: ['Tilkoblingen ble stengt fordi siden sendte for mye.', 'The connection was closed (too many messages).'],
-};
-const NOT_IN = ['Du er ikke med i kurset nå.', 'You are not in the course now.'];
+// Join failures and goodbyes after which a kiosk does not try again.
+const TERMINAL = new Set(['left', 'removed', 'session_ended', 'denied', 'replaced', 'bad_token', 'invite_revoked', 'no_token']);
+const RECONNECT_MS = 2000;
+const MAX_CAPTIONS = 100;
+
+const devices = new DeviceTest({
+  video: $('preview'), meter: $('mic-meter'), meterText: $('meter-text'), message: $('device-msg'),
+  cameraSelect: $('camera-select'), micSelect: $('mic-select'), speakerButton: $('test-speaker'),
+});
 
 let client = null;
-let localStream = null; // publish.html: camera (+ microphone); watch.html: media while holding the floor
+let pageState = 'prejoin';
+let starting = null; // the running start() promise
+let joinedMsg = null;
+let kiosk = false; // a site: kiosk layout and automatic reconnection
+let reconnectTimer = null;
+let localStream = null; // what we publish (publish roles; floor media on watch.html)
 let screenTrack = null;
 let floorGranted = false;
+let handRaised = false;
 let lastRoster = null;
-let memberNames = new Map();
-const received = []; // every server message type, in order (for the automated test)
+let memberInfo = new Map(); // member_id -> roster entry
+let statusMsg = null; // [key, vars]
+let alertMsg = null; // [key, vars]
+let lastHeadcount = null;
+const received = []; // every server message type, in order (for the automated tests)
+const captionTexts = [];
 
 // ---- the link ----
 
@@ -105,91 +66,94 @@ function linkToken() {
   return (new URLSearchParams(location.hash.slice(1)).get('t') || '').trim();
 }
 
-// Someone admitted from the lobby on an open link gets a rejoin token; a reload (same tab)
-// uses it instead of the link's token. Open links need a name, so it is kept alongside.
+/** The token's claims, unverified: only to choose a layout before `joined` says the role. */
+function peek(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4))) || {};
+  } catch {
+    return {};
+  }
+}
+
 const rejoinKey = (token) => `kursrelay.rejoin.${token}`;
 const nameKey = (token) => `kursrelay.name.${token}`;
-function stored(key) {
-  try { return sessionStorage.getItem(key); } catch { return null; }
+const headcountKey = (token) => `kursrelay.headcount.${token}`;
+function stored(key, store = sessionStorage) {
+  try { return store.getItem(key); } catch { return null; }
 }
-function storeRejoin(token, rejoin, name) {
+function store(key, value, where = sessionStorage) {
   try {
-    if (rejoin) {
-      sessionStorage.setItem(rejoinKey(token), rejoin);
-      if (name) sessionStorage.setItem(nameKey(token), name);
-    } else {
-      sessionStorage.removeItem(rejoinKey(token));
-      sessionStorage.removeItem(nameKey(token));
-    }
-  } catch { /* storage disabled: the open link still works, via the lobby */ }
+    if (value === null || value === undefined || value === '') where.removeItem(key);
+    else where.setItem(key, String(value));
+  } catch { /* storage disabled */ }
 }
 
-function checkLink() {
-  if (client) return;
-  const token = linkToken();
-  const ok = Boolean(token);
-  fields.disabled = !ok;
-  if (ok && !nameInput.value) nameInput.value = stored(nameKey(token)) || '';
-  if (!ok) showAlert(ERROR_TEXT.no_token);
-  else if (alertEl.dataset.code === 'no_token') showAlert(null);
+// ---- messages to the user (kept as keys so a language change re-renders them) ----
+
+function setStatus(key, vars) {
+  statusMsg = key ? [key, vars] : null;
+  el.status.textContent = key ? t(key, vars) : '';
 }
 
-// ---- messages to the user ----
-
-function setStatus([nb, en]) {
-  statusEl.replaceChildren(nb);
-  if (en) {
-    const span = document.createElement('span');
-    span.lang = 'en';
-    span.textContent = en;
-    statusEl.append(document.createElement('br'), span);
+function showAlert(key, vars) {
+  alertMsg = key ? [key, vars] : null;
+  el.alert.replaceChildren();
+  if (key) {
+    const p = document.createElement('p');
+    p.textContent = t(key, vars);
+    el.alert.append(p);
   }
 }
 
-function showAlert(text, code = '') {
-  alertEl.dataset.code = code || (text === ERROR_TEXT.no_token ? 'no_token' : '');
-  if (!text) {
-    alertEl.replaceChildren();
-    return;
-  }
-  const [nb, en] = text;
-  const p = document.createElement('p');
-  p.textContent = nb;
-  const pe = document.createElement('p');
-  pe.lang = 'en';
-  pe.textContent = en;
-  alertEl.replaceChildren(p, pe);
+function announce(key, vars) {
+  // Clear first so the same text twice is still read out.
+  el.announce.textContent = '';
+  setTimeout(() => { el.announce.textContent = t(key, vars); }, 50);
+}
+
+function errorKey(err) {
+  const code = err.code || err.name;
+  if (code === 'bad_request' && err.request === 'join') return 'err.bad_name';
+  const key = `err.${code}`;
+  return has(key) ? key : null;
 }
 
 function showError(err) {
-  if (err.code === 'bad_request') {
-    // The server's message says what is wrong (for join: the name); it is in English.
-    showAlert([err.request === 'join'
-      ? 'Skriv inn navnet du vil at de andre skal se, og trykk «Start» igjen.'
-      : 'Det gikk ikke.', err.message], err.code);
-    return;
-  }
-  const known = ERROR_TEXT[err.code] || ERROR_TEXT[err.name];
-  showAlert(known || [`Noe gikk galt: ${err.message}`, `Something went wrong${err.code ? ` (${err.code})` : ''}.`],
-    err.code || err.name);
+  const key = errorKey(err);
+  if (key) showAlert(key);
+  else showAlert('err.unknown', { code: err.code || err.name || '?' });
 }
 
-// ---- roster and media ----
+// ---- screens ----
 
-function memberText(m) {
-  let text = `${m.name} – ${ROLE_TEXT[m.role] || m.role}`;
-  if (typeof m.headcount === 'number') text += `, ${m.headcount} ${m.headcount === 1 ? 'person' : 'personer'}`;
-  if (m.floor) text += ' – har ordet';
-  if (client && m.member_id === client.memberId) text += ' (deg / you)';
-  return text;
+function setState(next) {
+  pageState = next;
+  document.body.dataset.state = next;
+  el.prejoin.hidden = next !== 'prejoin' && next !== 'connecting';
+  el.lobby.hidden = next !== 'lobby';
+  el.stage.hidden = !(next === 'joined' || (kiosk && next === 'reconnecting'));
+  el.ended.hidden = next !== 'left';
+  el.join.disabled = next === 'connecting' || !linkToken();
 }
+
+function focusHeading(id) {
+  const h = $(id);
+  if (h && !h.closest('[hidden]')) h.focus();
+}
+
+// ---- roster ----
+
+const roleText = (role) => t(`role.${role}`);
 
 function renderRoster(roster) {
   lastRoster = roster;
   const list = Array.isArray(roster.members) ? roster.members : [];
-  memberNames = new Map(list.map((m) => [m.member_id, m.name]));
-  // Update the live list item by item, so screen readers hear only what changed.
-  const old = new Map([...membersEl.children].map((li) => [li.dataset.memberId, li]));
+  memberInfo = new Map(list.map((m) => [m.member_id, m]));
+  el.membersHeading.textContent = t('roster.heading', { n: list.length });
+  el.participantCount.textContent = t('roster.participants', { n: roster.participant_count ?? 0 });
+  // Update item by item, so nothing is rebuilt needlessly.
+  const old = new Map([...el.members.children].map((li) => [li.dataset.memberId, li]));
   list.forEach((m, i) => {
     let li = old.get(m.member_id);
     old.delete(m.member_id);
@@ -199,24 +163,27 @@ function renderRoster(roster) {
     }
     const text = memberText(m);
     if (li.textContent !== text) li.textContent = text;
-    if (membersEl.children[i] !== li) membersEl.insertBefore(li, membersEl.children[i] || null);
+    if (el.members.children[i] !== li) el.members.insertBefore(li, el.members.children[i] || null);
   });
   for (const li of old.values()) li.remove();
-  memberCount.textContent = String(list.length);
-  participantCount.textContent = String(roster.participant_count ?? 0);
-  for (const fig of mediaEl.querySelectorAll('figure')) setCaption(fig);
-  if (managePanel) renderManage(roster, list);
+  if (kiosk) renderKioskHeadcount();
+  layoutVideos();
+  renderConsole(roster, list);
 }
 
-function setCaption(fig) {
-  const name = memberNames.get(fig.dataset.memberId);
-  const source = SOURCE_TEXT[fig.dataset.source] || fig.dataset.source;
-  fig.querySelector('figcaption').textContent = name ? `${source} – ${name}` : source;
+function memberText(m) {
+  let text = `${m.name} – ${roleText(m.role)}`;
+  if (typeof m.headcount === 'number') text += `, ${t('roster.people', { n: m.headcount })}`;
+  if (m.floor) text += ` – ${t('roster.has_floor')}`;
+  if (client && m.member_id === client.memberId) text += ` ${t('roster.you')}`;
+  return text;
 }
 
-function play(el) {
-  el.play().catch((err) => {
-    if (err.name === 'NotAllowedError') soundButton.hidden = false;
+// ---- media: the lecture large, screen share with the speaker inset, the interpreter pinned ----
+
+function play(media) {
+  media.play().catch((err) => {
+    if (err.name === 'NotAllowedError') el.sound.hidden = false;
   });
 }
 
@@ -226,11 +193,12 @@ function addRemoteTrack(track, info) {
     audio.autoplay = true;
     audio.dataset.trackId = info.track_id;
     audio.srcObject = new MediaStream([track]);
-    audioBox.append(audio);
+    el.audio.append(audio);
     play(audio);
     return;
   }
   const fig = document.createElement('figure');
+  fig.className = 'tile';
   fig.dataset.trackId = info.track_id;
   fig.dataset.memberId = info.member_id || '';
   fig.dataset.source = info.source;
@@ -240,73 +208,225 @@ function addRemoteTrack(track, info) {
   video.playsInline = true;
   video.srcObject = new MediaStream([track]);
   fig.append(video, document.createElement('figcaption'));
-  setCaption(fig);
-  mediaEl.append(fig);
-  noMedia.hidden = true;
+  el.others.append(fig);
   play(video);
+  layoutVideos();
 }
 
 function removeRemoteTrack(trackId) {
-  for (const el of document.querySelectorAll('[data-track-id]')) {
-    if (el.dataset.trackId !== trackId) continue;
-    const media = el.matches('audio') ? el : el.querySelector('video');
+  for (const node of document.querySelectorAll('[data-track-id]')) {
+    if (node.dataset.trackId !== trackId) continue;
+    const media = node.matches('audio') ? node : node.querySelector('video');
     media.srcObject = null;
-    el.remove();
+    node.remove();
   }
-  noMedia.hidden = mediaEl.querySelector('figure') !== null;
+  layoutVideos();
 }
 
 function clearMedia() {
-  for (const el of document.querySelectorAll('[data-track-id]')) removeRemoteTrack(el.dataset.trackId);
-  soundButton.hidden = true;
-  membersEl.replaceChildren();
-  memberCount.textContent = '0';
-  participantCount.textContent = '0';
-  memberNames = new Map();
-  for (const ul of [lobbyList, handsList, floorList]) if (ul) ul.replaceChildren();
-  if (queueSummary) queueSummary.textContent = '';
+  for (const node of document.querySelectorAll('[data-track-id]')) removeRemoteTrack(node.dataset.trackId);
+  el.sound.hidden = true;
 }
 
-// ---- the leader's and user representative's panel (publish.html) ----
+const RANK = { leader: 0, representative: 1, site: 3, participant: 3 };
 
-/** Replace a list of people with buttons, keeping keyboard focus in the list when it was there. */
-function renderList(ul, items, makeRow) {
+function layoutVideos() {
+  const figs = [...el.media.querySelectorAll('figure[data-track-id]')];
+  const role = (f) => (memberInfo.get(f.dataset.memberId) || {}).role;
+  const interp = figs.filter((f) => f.dataset.source !== 'screen' && role(f) === 'interpreter');
+  const screens = figs.filter((f) => f.dataset.source === 'screen');
+  const cams = figs.filter((f) => f.dataset.source !== 'screen' && !interp.includes(f))
+    .sort((a, b) => (RANK[role(a)] ?? 2) - (RANK[role(b)] ?? 2));
+  let main = null;
+  let inset = null;
+  if (screens.length) {
+    main = screens[screens.length - 1];
+    inset = cams.find((f) => f.dataset.memberId === main.dataset.memberId) || cams[0] || null;
+  } else {
+    main = cams[0] || null;
+  }
+  const place = (fig, slot, pos) => {
+    if (fig.parentElement !== slot) {
+      slot.append(fig);
+      play(fig.querySelector('video')); // moving a media element may pause it
+    }
+    fig.dataset.pos = pos;
+  };
+  if (main) place(main, el.mainSlot, 'main');
+  if (inset) place(inset, el.mainSlot, 'inset');
+  if (interp[0]) place(interp[0], el.interpSlot, 'interp');
+  for (const f of figs) if (f !== main && f !== inset && f !== interp[0]) place(f, el.others, 'other');
+  el.interpSlot.hidden = !interp[0];
+  el.media.classList.toggle('has-interp', Boolean(interp[0]));
+  el.media.classList.toggle('has-main', Boolean(main));
+  el.noMedia.hidden = figs.length > 0;
+  for (const f of figs) setFigCaption(f, role(f));
+}
+
+function setFigCaption(fig, role) {
+  const m = memberInfo.get(fig.dataset.memberId);
+  const source = role === 'interpreter' ? t('source.interpreter') : t(`source.${fig.dataset.source}`);
+  const text = m ? `${source} – ${m.name}` : source;
+  const cap = fig.querySelector('figcaption');
+  if (cap.textContent !== text) cap.textContent = text;
+  fig.querySelector('video').setAttribute('aria-label', text);
+}
+
+// ---- captions and chat ----
+
+function addCaption(msg) {
+  const text = String(msg.text || '');
+  captionTexts.push(text);
+  el.captionsEmpty.hidden = true;
+  const p = document.createElement('p');
+  const m = memberInfo.get(msg.member_id);
+  p.textContent = text;
+  if (m) p.title = m.name;
+  el.captions.append(p);
+  while (el.captions.querySelectorAll('p:not(#captions-empty)').length > MAX_CAPTIONS) {
+    el.captions.querySelector('p:not(#captions-empty)').remove();
+  }
+  el.captions.scrollTop = el.captions.scrollHeight;
+}
+
+function addChat(msg) {
+  el.chatBox.hidden = false;
+  const p = document.createElement('p');
+  const b = document.createElement('strong');
+  b.textContent = `${msg.name || '?'}: `;
+  p.append(b, document.createTextNode(String(msg.text || '')));
+  el.chatLog.append(p);
+  el.chatLog.scrollTop = el.chatLog.scrollHeight;
+}
+
+function applyCaptionPrefs() {
+  const size = stored('kursrelay.capsize', localStorage) || '2';
+  const contrast = stored('kursrelay.contrast', localStorage) === '1';
+  for (const b of document.querySelectorAll('.capsize')) b.setAttribute('aria-pressed', String(b.dataset.size === size));
+  el.captions.dataset.size = size;
+  document.body.classList.toggle('high-contrast', contrast);
+  el.contrast.setAttribute('aria-pressed', String(contrast));
+}
+
+async function sendCaption(text) {
+  const c = requireClient();
+  const value = String(text ?? '').trim();
+  if (!value) return null;
+  return c.caption(value);
+}
+
+// ---- the leader's and user representative's console ----
+
+function renderConsole(roster, members) {
+  const role = client && client.role;
+  const leader = role === 'leader';
+  el.console.hidden = !(leader || role === 'representative');
+  el.rosterBox.hidden = leader; // the leader sees everything in the console's table
+  if (el.console.hidden) return;
+  const lobby = Array.isArray(roster.lobby) ? roster.lobby : [];
+  const hands = Array.isArray(roster.hands) ? roster.hands : [];
+  el.leaderActions.hidden = !leader;
+  el.lobbyBox.hidden = !leader;
+  el.presentBox.hidden = !leader;
+
+  const parts = [t(roster.locked ? 'console.locked' : 'console.open'),
+    t('console.count', { n: roster.participant_count ?? 0 })];
+  if (leader) parts.push(t('console.waiting', { n: lobby.length }));
+  parts.push(t('console.hands_n', { n: hands.length }));
+  el.sessionLine.textContent = parts.join(' · ');
+  el.lock.textContent = t(roster.locked ? 'console.unlock' : 'console.lock');
+
+  renderList(el.lobbyList, lobby, (p) => personRow('lobby', p.member_id, p.name,
+    [['console.admit', 'admit', 'primary'], ['console.deny', 'deny', 'danger']]));
+  renderList(el.handsList, hands, (id) => personRow('hands', id, (memberInfo.get(id) || {}).name || '?',
+    leader ? [['console.grant', 'grant_floor', 'primary']] : []));
+  if (leader) renderPresent(members);
+}
+
+/** Replace a list's rows, keeping keyboard focus in the list when it was there. */
+function renderList(container, items, makeRow, emptyTag = 'li') {
   const active = document.activeElement;
-  const had = ul.contains(active) ? active : null;
-  const index = had ? [...ul.querySelectorAll('button')].indexOf(had) : -1;
-  ul.replaceChildren(...(items.length ? items.map(makeRow) : [emptyRow()]));
+  const had = container.contains(active) ? active : null;
+  const index = had ? [...container.querySelectorAll('button')].indexOf(had) : -1;
+  if (items.length) container.replaceChildren(...items.map(makeRow));
+  else {
+    const row = document.createElement(emptyTag);
+    row.className = 'hint';
+    if (emptyTag === 'tr') {
+      const td = document.createElement('td');
+      td.colSpan = 5;
+      td.textContent = t('console.nobody');
+      row.append(td);
+    } else row.textContent = t('console.nobody');
+    container.replaceChildren(row);
+  }
   if (!had) return;
-  const buttons = [...ul.querySelectorAll('button')];
+  const buttons = [...container.querySelectorAll('button')];
   const same = buttons.find((b) => b.id === had.id);
-  (same || buttons[Math.min(index, buttons.length - 1)] || $(ul.getAttribute('aria-labelledby'))).focus();
+  const target = same || buttons[Math.min(index, buttons.length - 1)];
+  if (target) target.focus();
+  else {
+    const heading = container.closest('div') && container.closest('div').querySelector('h4');
+    if (heading) heading.focus();
+  }
 }
 
-function emptyRow() {
-  const li = document.createElement('li');
-  li.className = 'hint';
-  li.textContent = 'Ingen / Nobody';
-  return li;
+const ACTION_NAME = { grant_floor: 'grant', revoke_floor: 'revoke' };
+
+function actionButton(prefix, memberId, nameId, [labelKey, type, cls]) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.id = `${prefix}-${type}-${memberId}`;
+  b.className = cls || '';
+  // Stable hooks for tests: admit, deny, grant, revoke, mute, remove; the hand queue's
+  // "give the floor" is grant-hand (the table's per-person one is grant).
+  b.dataset.action = prefix === 'hands' ? 'grant-hand' : ACTION_NAME[type] || type;
+  b.textContent = t(labelKey);
+  // Named "<action> <person>" for screen readers.
+  b.setAttribute('aria-labelledby', `${b.id} ${nameId}`);
+  b.addEventListener('click', () => {
+    if (type === 'remove' && !confirm(t('console.remove_confirm', { name: (memberInfo.get(memberId) || {}).name || '' }))) return;
+    busy(b, () => request(type, { member_id: memberId }));
+  });
+  return b;
 }
 
-/** A person with action buttons; each button is named "<action> <person>" for screen readers. */
 function personRow(prefix, memberId, name, actions) {
   const li = document.createElement('li');
   li.className = 'row';
   const span = document.createElement('span');
   span.id = `${prefix}-name-${memberId}`;
   span.textContent = name;
-  li.append(span);
-  for (const [label, type, cls] of actions) {
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.id = `${prefix}-${type}-${memberId}`;
-    b.className = cls;
-    b.textContent = label;
-    b.setAttribute('aria-labelledby', `${b.id} ${span.id}`);
-    b.addEventListener('click', () => busy(b, () => request(type, { member_id: memberId })));
-    li.append(b);
-  }
+  li.append(span, ...actions.map((a) => actionButton(prefix, memberId, span.id, a)));
   return li;
+}
+
+function renderPresent(members) {
+  renderList(el.present, members, (m) => {
+    const tr = document.createElement('tr');
+    const nameCell = document.createElement('th');
+    nameCell.scope = 'row';
+    nameCell.id = `present-name-${m.member_id}`;
+    nameCell.textContent = m.name + (client && m.member_id === client.memberId ? ` ${t('roster.you')}` : '');
+    const cells = [
+      roleText(m.role),
+      typeof m.headcount === 'number' ? String(m.headcount) : '–',
+      m.floor ? t('console.floor_yes') : t('console.floor_no'),
+    ].map((text) => { const td = document.createElement('td'); td.textContent = text; return td; });
+    const actions = document.createElement('td');
+    actions.className = 'cell-actions';
+    if (!client || m.member_id !== client.memberId) {
+      const list = [];
+      if (m.role === 'participant' || m.role === 'site') {
+        list.push(m.floor ? ['console.revoke', 'revoke_floor', 'danger'] : ['console.grant', 'grant_floor', '']);
+      }
+      if (m.role !== 'leader' && m.role !== 'interpreter') list.push(['console.mute', 'mute', '']);
+      if (m.role !== 'leader') list.push(['console.remove', 'remove', 'danger']);
+      actions.append(...list.map((a) => actionButton('present', m.member_id, nameCell.id, a)));
+    }
+    tr.append(nameCell, ...cells, actions);
+    return tr;
+  }, 'tr');
 }
 
 /** Run action once at a time per button (aria-disabled keeps it focusable meanwhile). */
@@ -318,77 +438,81 @@ function busy(button, action) {
   }).finally(() => button.removeAttribute('aria-disabled'));
 }
 
-function renderManage(roster, members) {
-  const role = client && client.role;
-  const leader = role === 'leader';
-  managePanel.hidden = !(leader || role === 'representative');
-  const lobby = Array.isArray(roster.lobby) ? roster.lobby : null;
-  const hands = Array.isArray(roster.hands) ? roster.hands : null;
-
-  lobbyBox.hidden = !lobby;
-  renderList(lobbyList, lobby || [], (p) => personRow('lobby', p.member_id, p.name, leader
-    ? [['Slepp inn / Admit', 'admit', 'primary'], ['Avvis / Deny', 'deny', 'danger']] : []));
-
-  handsBox.hidden = !hands;
-  renderList(handsList, hands || [], (id) => personRow('hands', id, memberNames.get(id) || '?', leader
-    ? [['Gi ordet / Give the floor', 'grant_floor', 'primary']] : []));
-
-  floorBox.hidden = !leader;
-  renderList(floorList, members.filter((m) => m.floor), (m) => personRow('floor', m.member_id, m.name,
-    [['Ta tilbake ordet / Take back the floor', 'revoke_floor', 'danger']]));
-
-  leaderActions.hidden = !leader;
-  lockButton.textContent = roster.locked ? 'Lås opp / Unlock' : 'Lås / Lock';
-  lockState.textContent = roster.locked
-    ? 'Kurset er låst: ingen nye slipper inn. / Locked: nobody new can join.'
-    : 'Kurset er åpent. / The session is open.';
-
-  const parts = [];
-  if (lobby) parts.push(`${lobby.length} venter på å slippe inn / waiting to be let in`);
-  if (hands) parts.push(`${hands.length} har rukket opp handa / raised hands`);
-  const summary = parts.join('. ');
-  if (queueSummary.textContent !== summary) queueSummary.textContent = summary;
+async function downloadAttendance() {
+  const c = requireClient();
+  const session = c.session || peek(linkToken()).sid;
+  const res = await fetch(`/api/sessions/${encodeURIComponent(session)}/attendance?format=csv`, {
+    headers: { Authorization: `Bearer ${linkToken()}` },
+  });
+  if (!res.ok) throw new KursrelayError('csv_failed', `HTTP ${res.status}`);
+  const blob = await res.blob();
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = `${t('console.csv_file')}-${new Date().toISOString().slice(0, 10)}.csv`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  announce('console.csv_done');
 }
 
-// ---- start / leave ----
+// ---- controls ----
 
 function requireClient() {
   if (!client) throw new KursrelayError('not_connected', 'Not started');
   return client;
 }
 
-/** A control request answered with ok {request}: admit, deny, grant_floor, lock, … */
 async function request(type, fields) {
   return requireClient().control(type, fields);
 }
 
+const liveTrack = (kind) => localStream && localStream.getTracks().find((tr) => tr.kind === kind && tr.readyState === 'live');
+
 function updateControls() {
-  const role = client && client.role; // null while waiting in the lobby
-  controls.hidden = !client;
-  if (screenButton) screenButton.hidden = !(localStream && (role === 'leader' || role === 'representative'));
-  if (managePanel && !(role === 'leader' || role === 'representative')) managePanel.hidden = true;
-  if (handButton) handButton.hidden = !(role === 'participant' || role === 'site') || floorGranted;
-  if (floorButton) {
-    const live = (kind) => localStream && localStream.getTracks().some((t) => t.kind === kind && t.readyState === 'live');
-    floorButton.hidden = !floorGranted || (live('audio') && live('video'));
+  const role = client && client.role;
+  const watcher = role === 'participant' || role === 'site';
+  el.hand.hidden = !watcher || floorGranted;
+  el.hand.setAttribute('aria-pressed', String(handRaised));
+  el.hand.textContent = t(handRaised ? 'hand.lower' : 'hand.raise');
+  el.floorPublish.hidden = !(watcher && floorGranted && !(liveTrack('audio') && liveTrack('video')));
+  const mic = liveTrack('audio');
+  const cam = liveTrack('video');
+  el.mic.hidden = !mic;
+  el.cam.hidden = !cam;
+  if (mic) el.mic.textContent = t(mic.enabled ? 'media.mic_off' : 'media.mic_on');
+  if (cam) el.cam.textContent = t(cam.enabled ? 'media.cam_off' : 'media.cam_on');
+  el.screen.hidden = !(isPublish && (role === 'leader' || role === 'representative'));
+  el.screen.textContent = t(screenTrack ? 'media.screen_stop' : 'media.screen_start');
+  el.captionForm.hidden = role !== 'interpreter';
+  el.headcountForm.hidden = !(kiosk && role === 'site');
+  el.selfBox.hidden = !(localStream && localStream.getVideoTracks().length);
+  if (el.selfPreview.srcObject !== localStream) el.selfPreview.srcObject = localStream;
+  if (role === 'leader') el.chatBox.hidden = el.chatBox.dataset.refused === 'true';
+}
+
+function renderKioskHeadcount() {
+  const me = client && memberInfo.get(client.memberId);
+  const n = me && typeof me.headcount === 'number' ? me.headcount : lastHeadcount;
+  el.headcountState.textContent = typeof n === 'number' ? t('site.headcount_now', { n }) : t('site.headcount_none');
+}
+
+async function setHeadcount(n) {
+  const count = Number(n);
+  if (!Number.isInteger(count) || count < 0 || count > 1000) {
+    throw new KursrelayError('bad_request', 'A headcount is a whole number 0–1000', 'set_headcount');
   }
+  const reply = await requireClient().setHeadcount(count);
+  lastHeadcount = count;
+  if (document.activeElement !== el.headcount) el.headcount.value = String(count);
+  store(headcountKey(linkToken()), count, localStorage);
+  renderKioskHeadcount();
+  announce('site.headcount_now', { n: count });
+  return reply;
 }
 
-function focusMain() {
-  const active = document.activeElement;
-  if (active && active !== document.body && active !== leaveButton && active !== startButton) return;
-  const first = [screenButton, handButton, leaveButton].find((b) => b && !b.hidden);
-  first.focus();
-}
-
-function stopLocal() {
-  if (screenTrack) screenTrack.stop();
-  screenTrack = null;
-  if (localStream) for (const t of localStream.getTracks()) t.stop();
-  localStream = null;
-  preview.srcObject = null;
-  if (!isPublish) previewBox.hidden = true;
-}
+// ---- start / leave ----
 
 function teardown() {
   const c = client;
@@ -396,63 +520,93 @@ function teardown() {
   if (c) c.leave();
   stopLocal();
   floorGranted = false;
-  if (handButton) handButton.setAttribute('aria-pressed', 'false');
-  if (screenButton) screenButton.textContent = 'Del skjerm / Share screen';
+  handRaised = false;
   clearMedia();
-  if (managePanel) managePanel.hidden = true;
-  fields.disabled = !linkToken();
+  lastRoster = null;
+  memberInfo = new Map();
+  el.members.replaceChildren();
+  el.console.hidden = true;
   updateControls();
 }
 
-/** A failure while starting: leave and say why (a bye has already been shown by onClose). */
-function fail(c, err) {
-  if (client === c) teardown();
-  if (err.code !== 'closed') showError(err);
-  if (err.code === 'bad_request' && err.request === 'join') nameInput.focus();
-  setStatus(NOT_IN);
+function stopLocal() {
+  if (screenTrack) screenTrack.stop();
+  screenTrack = null;
+  if (localStream) for (const tr of localStream.getTracks()) tr.stop();
+  localStream = null;
+  el.selfPreview.srcObject = null;
 }
 
-async function start({ name } = {}) {
-  if (client) throw new Error('Already started');
+function start(opts = {}) {
+  if (starting) return starting;
+  if (client) {
+    // Already in (e.g. a kiosk joined by itself): report where we are instead of failing.
+    const role = pageState === 'lobby' ? null : client.role;
+    return Promise.resolve({ member_id: client.memberId, role, lobby: pageState === 'lobby' });
+  }
+  const run = doStart(opts);
+  starting = run;
+  run.then(() => { starting = null; }, () => { starting = null; });
+  return run;
+}
+
+async function doStart({ name } = {}) {
+  clearTimeout(reconnectTimer);
   const token = linkToken();
   if (!token) {
     const err = new KursrelayError('no_token', 'Open this page from the invitation link');
     showError(err);
     throw err;
   }
-  if (name !== undefined) nameInput.value = name;
-  name = nameInput.value.trim();
-  showAlert(null);
-  fields.disabled = true;
+  if (name !== undefined) el.name.value = name;
+  name = el.name.value.trim() || stored(nameKey(token)) || '';
+  if (pageState !== 'reconnecting') {
+    showAlert(null);
+    setState('connecting');
+    setStatus('status.connecting');
+  }
+
+  // Publish roles keep the tested camera and microphone; the others switch them off now
+  // (the chosen devices are remembered for when the leader gives them the floor).
+  if (devices.pending) await devices.pending;
+  const tested = isPublish ? devices.take() : null;
+  if (!isPublish) devices.stop();
 
   const c = new KursrelayClient();
   client = c;
   c.onMessage = (msg) => { received.push(msg.type); };
   c.onRoster = (roster) => { if (client === c) renderRoster(roster); };
-  c.onAdmitted = (msg) => { if (client === c) admitted(c, token, msg).catch((err) => fail(c, err)); };
+  c.onAdmitted = (msg) => {
+    if (client !== c) return;
+    announce('lobby.admitted');
+    admitted(c, token, msg, null).catch((err) => fail(c, err));
+  };
   c.onHand = (raised) => { if (client === c) setHand(raised); };
   c.onFloor = (granted) => { if (client === c) onFloor(granted); };
   c.onMuted = () => { if (client === c) onMuted(); };
+  c.onChat = (msg) => { if (client === c) addChat(msg); };
+  c.onCaption = (msg) => { if (client === c) addCaption(msg); };
   c.onTrack = (track, info) => { if (client === c) addRemoteTrack(track, info); };
   c.onTrackGone = (trackId) => { if (client === c) removeRemoteTrack(trackId); };
   c.onError = (err) => {
     if (client !== c) return;
-    // A refused trickled candidate (e.g. an mDNS .local name) is not fatal and not actionable.
     if (err.code === 'bad_candidate') console.error('kursrelay:', err.code, err.message);
+    else if (err.code === 'peer_failed' && kiosk) { teardown(); scheduleReconnect(); }
     else showError(err);
   };
   c.onClose = (reason) => {
     if (client !== c) return;
-    client = null; // already closed: nothing to send
+    client = null;
     teardown();
-    if (reason === 'removed' || reason === 'session_ended') storeRejoin(token, null);
-    if (CLOSE_TEXT[reason]) showAlert(CLOSE_TEXT[reason], reason);
-    else if (reason !== 'left') showAlert(ERROR_TEXT.connect_failed, reason);
-    setStatus(NOT_IN);
+    if (reason === 'removed' || reason === 'session_ended') store(rejoinKey(token), null);
+    if (kiosk && !TERMINAL.has(reason)) {
+      scheduleReconnect();
+      return;
+    }
+    ended(reason);
   };
 
   try {
-    setStatus(['Kobler til …', 'Connecting …']);
     await c.connect();
     const rejoin = stored(rejoinKey(token));
     let reply;
@@ -460,96 +614,180 @@ async function start({ name } = {}) {
       reply = await c.join(rejoin || token, name);
     } catch (err) {
       if (!rejoin || err.code !== 'bad_token') throw err;
-      storeRejoin(token, null); // expired: the link itself (and the lobby) still works
+      store(rejoinKey(token), null);
       reply = await c.join(token, name);
     }
-    updateControls();
     if (reply.type === 'lobby') {
-      setStatus(['Du venter på at kursleiaren slepper deg inn.', 'Waiting for the course leader to let you in.']);
-      focusMain();
+      if (tested) for (const tr of tested.getTracks()) tr.stop();
+      setState('lobby');
+      setStatus(null);
+      focusHeading('lobby-heading');
       return { member_id: reply.member_id, role: null, lobby: true };
     }
-    await admitted(c, token, reply);
+    await admitted(c, token, reply, tested);
     return { member_id: reply.member_id, role: reply.role, lobby: false };
   } catch (err) {
+    if (tested) for (const tr of tested.getTracks()) tr.stop();
     fail(c, err);
     throw err;
   }
 }
 
-/** `joined`, at once or after the lobby: publish what the role sends, then say what is going on. */
-async function admitted(c, token, joined) {
-  if (joined.rejoin_token) storeRejoin(token, joined.rejoin_token, joined.name);
+/** A failure while starting: leave and say why (a kiosk tries again unless it is hopeless). */
+function fail(c, err) {
+  if (client === c) teardown();
+  if (kiosk && !TERMINAL.has(err.code)) {
+    scheduleReconnect();
+    return;
+  }
+  if (err.code === 'closed') return; // onClose has already said why
+  setState(pageState === 'joined' || pageState === 'lobby' ? 'left' : 'prejoin');
+  setStatus(null);
+  showError(err);
+  if (pageState === 'prejoin') {
+    devices.acquire(wantDevices());
+    if (err.code === 'bad_request' && err.request === 'join') el.name.focus();
+  }
+}
+
+function scheduleReconnect() {
+  setState('reconnecting');
+  setStatus('status.reconnecting');
+  showAlert(null);
+  clearTimeout(reconnectTimer);
+  reconnectTimer = setTimeout(() => { start().catch(() => {}); }, RECONNECT_MS);
+}
+
+/** `joined`, at once or after the lobby: publish what the role sends, then show the course. */
+async function admitted(c, token, joined, tested) {
+  joinedMsg = joined;
+  if (joined.rejoin_token) {
+    store(rejoinKey(token), joined.rejoin_token);
+    if (joined.name) store(nameKey(token), joined.name);
+  }
+  kiosk = joined.role === 'site' && !isPublish;
+  document.body.classList.toggle('kiosk', kiosk);
+  el.roomName.hidden = !kiosk;
+  el.roomName.textContent = kiosk ? joined.name || '' : '';
+  setState('joined');
+  showAlert(null);
   updateControls();
   const sends = (isPublish && SENDS[joined.role]) || [];
+  if (!sends.length && tested) for (const tr of tested.getTracks()) tr.stop();
+
   if (sends.length) {
-    const audio = sends.includes('microphone');
-    setStatus(audio ? ['Ber om tilgang til kamera og mikrofon …', 'Asking for camera and microphone …']
-      : ['Ber om tilgang til kameraet …', 'Asking for the camera …']);
-    const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio });
+    let stream = tested || new MediaStream();
+    // Keep only what this role sends (an interpreter sends no sound).
+    for (const tr of stream.getTracks()) {
+      const source = tr.kind === 'video' ? 'camera' : 'microphone';
+      if (!sends.includes(source)) { tr.stop(); stream.removeTrack(tr); }
+    }
+    const missing = { video: sends.includes('camera') && !stream.getVideoTracks().length,
+      audio: sends.includes('microphone') && !stream.getAudioTracks().length };
+    if (missing.video || missing.audio) {
+      setStatus('status.asking');
+      try {
+        const more = await navigator.mediaDevices.getUserMedia({
+          video: missing.video ? devices.constraints('video') : false,
+          audio: missing.audio ? devices.constraints('audio') : false,
+        });
+        for (const tr of more.getTracks()) stream.addTrack(tr);
+      } catch (err) {
+        showAlert(err.name === 'NotAllowedError' ? 'dev.denied_joined' : 'dev.none_joined');
+      }
+    }
     if (client !== c) {
-      for (const t of stream.getTracks()) t.stop();
+      for (const tr of stream.getTracks()) tr.stop();
       throw new KursrelayError('closed', 'Left while starting');
     }
-    localStream = stream;
-    preview.srcObject = stream;
-    setStatus(['Sender …', 'Sending …']);
-    await c.publish(stream.getTracks().map((track) => ({
-      track, source: track.kind === 'video' ? 'camera' : 'microphone',
-    })));
-    updateControls();
-    setStatus(audio
-      ? ['Du sender nå. Kameraet og mikrofonen din går til alle i kurset. Ingenting blir tatt opp.',
-        'You are live. Your camera and microphone go to everyone in the course. Nothing is recorded.']
-      : ['Du sender nå. Kameraet ditt (uten lyd) går til alle i kurset. Ingenting blir tatt opp.',
-        'You are live. Your camera (no sound) goes to everyone in the course. Nothing is recorded.']);
+    if (stream.getTracks().length) {
+      localStream = stream;
+      updateControls();
+      setStatus('status.sending');
+      await c.publish(stream.getTracks().map((track) => ({
+        track, source: track.kind === 'video' ? 'camera' : 'microphone',
+      })));
+      setStatus(stream.getAudioTracks().length ? 'status.live' : 'status.live_video');
+    } else {
+      setStatus('status.joined_no_media');
+    }
   } else if (isPublish) {
-    setStatus(['Du er med, men lenken din er for å se på kurset. Kameraet ditt blir ikke sendt.',
-      'You have joined, but your link is for watching. Your camera is not sent.']);
-  } else if (joined.role === 'participant' || joined.role === 'site') {
-    setStatus(['Du er med. Bilde og lyd kommer når forelesningen er i gang. Trykk «Rekk opp handa» hvis du vil si noe.',
-      'You have joined. Picture and sound appear when the lecture starts. Press “Raise hand” to say something.']);
+    setStatus('status.watch_link');
+  } else if (kiosk) {
+    setStatus(null);
+    const saved = stored(headcountKey(token), localStorage);
+    lastHeadcount = saved !== null && saved !== '' ? Number(saved) : lastHeadcount;
+    if (typeof lastHeadcount === 'number' && !Number.isNaN(lastHeadcount)) {
+      el.headcount.value = String(lastHeadcount);
+      c.setHeadcount(lastHeadcount).catch(() => {}); // the room's count survives a reconnect
+    }
+    renderKioskHeadcount();
+  } else if (joined.role === 'participant') {
+    setStatus('status.joined_watch');
   } else {
-    setStatus(['Du er med. Ingenting blir tatt opp.', 'You have joined. Nothing is recorded.']);
+    setStatus('status.joined');
   }
-  focusMain();
+  updateControls();
+  // Focus the (screen-reader) heading of the course view: the next Tab is its first button.
+  if (pageState === 'joined' && !el.stage.contains(document.activeElement)) focusHeading('stage-heading');
+}
+
+function ended(reason) {
+  setState('left');
+  setStatus(null);
+  const key = `bye.${reason}`;
+  if (has(key)) showAlert(key);
+  else if (reason !== 'left') showAlert('err.connect_failed');
+  else showAlert('bye.left');
+  el.rejoin.hidden = reason === 'removed' || reason === 'session_ended' || reason === 'denied';
+  focusHeading('ended-heading');
 }
 
 function leave() {
-  if (!client) return;
+  clearTimeout(reconnectTimer);
+  if (!client && pageState !== 'reconnecting') return;
   teardown();
-  setStatus(['Du har forlatt kurset.', 'You have left the course.']);
-  startButton.focus();
+  ended('left');
+}
+
+function wantDevices() {
+  const role = peek(linkToken()).role;
+  return { video: true, audio: role !== 'interpreter' };
+}
+
+function backToPrejoin() {
+  showAlert(null);
+  setState('prejoin');
+  devices.acquire(wantDevices());
+  el.join.focus();
 }
 
 // ---- hand and floor (watch.html) ----
 
 function setHand(raised) {
-  if (!handButton) return;
-  handButton.setAttribute('aria-pressed', String(raised));
-  setStatus(raised
-    ? ['Handa di er oppe. Kursleiaren ser det.', 'Your hand is raised. The course leader can see it.']
-    : ['Handa di er nede.', 'Your hand is lowered.']);
+  handRaised = raised;
+  updateControls();
+  announce(raised ? 'hand.raised' : 'hand.lowered');
 }
 
 async function raiseHand() { return requireClient().raiseHand(); }
 async function lowerHand() { return requireClient().lowerHand(); }
 
 function onFloor(granted) {
-  if (!floorButton) return;
   const focused = document.activeElement;
   floorGranted = granted;
   if (granted) {
-    handButton.setAttribute('aria-pressed', 'false'); // the server lowers the hand
+    handRaised = false; // the server lowers the hand
     updateControls();
-    setStatus(['Du har ordet – slå på mikrofonen.', 'You have the floor.']);
-    if (focused === handButton || focused === document.body) floorButton.focus();
+    announce('floor.granted');
+    setStatus('floor.granted');
+    if (focused === el.hand || focused === document.body) el.floorPublish.focus();
   } else {
     stopFloorMedia().catch((err) => showError(err));
     updateControls();
-    setStatus(['Kursleiaren har tatt tilbake ordet. Mikrofonen og kameraet ditt er slått av.',
-      'The course leader took back the floor. Your microphone and camera are off.']);
-    if (focused === floorButton || focused === document.body) handButton.focus();
+    announce('floor.revoked');
+    setStatus('floor.revoked');
+    if (!el.hand.hidden && (!focused || focused === document.body || focused.hidden || el.stage.contains(focused))) el.hand.focus();
   }
 }
 
@@ -557,30 +795,37 @@ function onFloor(granted) {
 async function publishFloor() {
   const c = requireClient();
   if (!floorGranted) throw new KursrelayError('forbidden', 'You do not have the floor');
-  const live = (kind) => localStream && localStream.getTracks().some((t) => t.kind === kind && t.readyState === 'live');
-  const want = { video: !live('video'), audio: !live('audio') };
+  const want = { video: !liveTrack('video'), audio: !liveTrack('audio') };
   if (!want.video && !want.audio) return;
-  setStatus(['Ber om tilgang til kamera og mikrofon …', 'Asking for camera and microphone …']);
-  const stream = await navigator.mediaDevices.getUserMedia(want);
+  setStatus('status.asking');
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: want.video ? devices.constraints('video') : false,
+      audio: want.audio ? devices.constraints('audio') : false,
+    });
+  } catch (err) {
+    if (want.video && want.audio && err.name !== 'NotAllowedError') {
+      // Perhaps only one of them exists: sound matters most.
+      stream = await navigator.mediaDevices.getUserMedia({ audio: devices.constraints('audio') });
+    } else throw err;
+  }
   if (client !== c || !floorGranted) {
-    for (const t of stream.getTracks()) t.stop();
+    for (const tr of stream.getTracks()) tr.stop();
     throw new KursrelayError('forbidden', 'The floor was taken back');
   }
   localStream = localStream || new MediaStream();
-  for (const t of stream.getTracks()) localStream.addTrack(t);
-  preview.srcObject = localStream;
-  previewBox.hidden = false;
+  for (const tr of stream.getTracks()) localStream.addTrack(tr);
+  updateControls();
   await c.publish(stream.getTracks().map((track) => ({
     track, source: track.kind === 'video' ? 'camera' : 'microphone',
   })));
   updateControls();
-  if (floorGranted) {
-    setStatus(['Mikrofonen og kameraet ditt er på. Alle i kurset ser og hører deg.',
-      'Your microphone and camera are on. Everyone in the course sees and hears you.']);
-  }
+  if (floorGranted) setStatus('floor.live');
 }
 
 async function stopFloorMedia() {
+  if (isPublish) return;
   const tracks = localStream ? localStream.getTracks() : [];
   stopLocal();
   if (client && tracks.length) await client.removeTracks(tracks);
@@ -588,13 +833,23 @@ async function stopFloorMedia() {
 
 function onMuted() {
   const mics = localStream ? localStream.getAudioTracks() : [];
-  for (const t of mics) {
-    t.stop();
-    localStream.removeTrack(t);
+  for (const tr of mics) {
+    tr.stop();
+    localStream.removeTrack(tr);
   }
   if (client && mics.length) client.removeTracks(mics).catch((err) => showError(err));
   updateControls();
-  setStatus(['Kursleiaren har slått av mikrofonen din.', 'The course leader turned off your microphone.']);
+  announce('media.muted_by_leader');
+  setStatus('media.muted_by_leader');
+}
+
+function toggleTrack(kind) {
+  const tr = liveTrack(kind);
+  if (!tr) return;
+  tr.enabled = !tr.enabled;
+  updateControls();
+  announce(kind === 'audio' ? (tr.enabled ? 'media.mic_is_on' : 'media.mic_is_off')
+    : (tr.enabled ? 'media.cam_is_on' : 'media.cam_is_off'));
 }
 
 // ---- screen share (publish.html) ----
@@ -605,7 +860,7 @@ async function screenShare() {
   const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
   const track = stream.getVideoTracks()[0];
   screenTrack = track;
-  track.addEventListener('ended', () => stopScreenShare().catch(showError)); // stopped from the browser's own bar
+  track.addEventListener('ended', () => stopScreenShare().catch(showError));
   try {
     await client.addTrack(track, 'screen');
   } catch (err) {
@@ -613,8 +868,8 @@ async function screenShare() {
     track.stop();
     throw err;
   }
-  screenButton.textContent = 'Slutt å dele skjerm / Stop sharing';
-  setStatus(['Du deler skjermen med alle i kurset.', 'You are sharing your screen with everyone in the course.']);
+  updateControls();
+  setStatus('media.screen_on');
 }
 
 async function stopScreenShare() {
@@ -622,47 +877,119 @@ async function stopScreenShare() {
   if (!track) return;
   screenTrack = null;
   track.stop();
-  screenButton.textContent = 'Del skjerm / Share screen';
-  setStatus(['Du deler ikke skjermen lenger.', 'You are no longer sharing your screen.']);
+  updateControls();
+  setStatus('media.screen_off');
   if (client) await client.removeTrack(track);
+}
+
+// ---- language ----
+
+function rerender() {
+  if (statusMsg) setStatus(...statusMsg);
+  if (alertMsg) showAlert(...alertMsg);
+  devices.render();
+  updateControls();
+  if (lastRoster) renderRoster(lastRoster);
+  else {
+    el.membersHeading.textContent = t('roster.heading', { n: 0 });
+    el.participantCount.textContent = t('roster.participants', { n: 0 });
+  }
+  layoutVideos();
+  if (kiosk) renderKioskHeadcount();
 }
 
 // ---- wiring ----
 
-checkLink();
-addEventListener('hashchange', checkLink);
-form.addEventListener('submit', (ev) => {
+initPicker($('lang'));
+onLangChange(rerender);
+applyCaptionPrefs();
+setState('prejoin');
+rerender();
+
+{
+  const token = linkToken();
+  const claims = token ? peek(token) : {};
+  if (!token) {
+    showAlert('err.no_token');
+  } else if (claims.role === 'site' && !isPublish) {
+    // An unattended room screen: no device test, no click; join at once and keep trying.
+    kiosk = true;
+    document.body.classList.add('kiosk');
+    setTimeout(() => { if (pageState === 'prejoin') start().catch(() => {}); }, 0);
+  } else {
+    devices.acquire(wantDevices());
+    if (claims.open) el.name.required = true;
+  }
+  const savedName = token ? stored(nameKey(token)) : null;
+  if (savedName) el.name.value = savedName;
+}
+addEventListener('hashchange', () => { if (pageState === 'prejoin') location.reload(); });
+
+el.join.addEventListener('click', () => start().catch(() => {}));
+el.name.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') start().catch(() => {}); });
+el.leave.addEventListener('click', leave);
+el.lobbyLeave.addEventListener('click', leave);
+el.rejoin.addEventListener('click', backToPrejoin);
+el.sound.addEventListener('click', () => {
+  el.sound.hidden = true;
+  for (const m of document.querySelectorAll('#stage audio, #stage video')) play(m);
+});
+el.hand.addEventListener('click', () => busy(el.hand, () => (handRaised ? lowerHand() : raiseHand())));
+el.floorPublish.addEventListener('click', () => busy(el.floorPublish, publishFloor));
+el.mic.addEventListener('click', () => toggleTrack('audio'));
+el.cam.addEventListener('click', () => toggleTrack('video'));
+el.screen.addEventListener('click', () => {
+  el.screen.disabled = true;
+  const action = screenTrack ? stopScreenShare() : screenShare();
+  action.catch((err) => {
+    if (err.name === 'NotAllowedError') setStatus('media.screen_cancelled');
+    else showError(err);
+  }).finally(() => { el.screen.disabled = false; });
+});
+el.lock.addEventListener('click', () => busy(el.lock, () => request(lastRoster && lastRoster.locked ? 'unlock' : 'lock')));
+el.end.addEventListener('click', () => {
+  if (!confirm(t('console.end_confirm'))) return;
+  busy(el.end, () => request('end_session'));
+});
+el.csv.addEventListener('click', () => busy(el.csv, downloadAttendance));
+el.headcountForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
-  start().catch(() => {}); // already shown to the user
+  const b = $('headcount-set');
+  busy(b, () => setHeadcount(el.headcount.value));
 });
-leaveButton.addEventListener('click', leave);
-soundButton.addEventListener('click', () => {
-  soundButton.hidden = true;
-  for (const el of document.querySelectorAll('audio, video')) play(el);
+el.captionForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = el.captionText.value;
+  busy($('caption-send'), async () => {
+    await sendCaption(text);
+    if (el.captionText.value === text) el.captionText.value = '';
+  });
 });
-if (screenButton) {
-  screenButton.addEventListener('click', () => {
-    screenButton.disabled = true;
-    const action = screenTrack ? stopScreenShare() : screenShare();
-    action.catch((err) => {
-      if (err.name === 'NotAllowedError') setStatus(['Skjermdeling ble avbrutt.', 'Screen sharing was cancelled.']);
-      else showError(err);
-    }).finally(() => { screenButton.disabled = false; });
+el.captionText.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    el.captionForm.requestSubmit();
+  }
+});
+el.chatForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = el.chatText.value.trim();
+  if (!text || !client) return;
+  client.chat(text).then(() => { el.chatText.value = ''; }, (err) => {
+    if (err.code === 'forbidden') {
+      el.chatBox.dataset.refused = 'true';
+      el.chatBox.hidden = true;
+      showAlert('chat.off');
+    } else showError(err);
   });
+});
+for (const b of document.querySelectorAll('.capsize')) {
+  b.addEventListener('click', () => { store('kursrelay.capsize', b.dataset.size, localStorage); applyCaptionPrefs(); });
 }
-if (lockButton) {
-  lockButton.addEventListener('click', () => busy(lockButton,
-    () => request(lastRoster && lastRoster.locked ? 'unlock' : 'lock')));
-  endButton.addEventListener('click', () => {
-    if (!confirm('Avslutte kurset for alle? Lenkene slutter å virke.\nEnd the session for everyone? The links stop working.')) return;
-    busy(endButton, () => request('end_session'));
-  });
-}
-if (handButton) {
-  handButton.addEventListener('click', () => busy(handButton,
-    () => (handButton.getAttribute('aria-pressed') === 'true' ? lowerHand() : raiseHand())));
-  floorButton.addEventListener('click', () => busy(floorButton, publishFloor));
-}
+el.contrast.addEventListener('click', () => {
+  store('kursrelay.contrast', el.contrast.getAttribute('aria-pressed') === 'true' ? '0' : '1', localStorage);
+  applyCaptionPrefs();
+});
 addEventListener('pagehide', () => { if (client) client.leave(); });
 
 const empty = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0 };
@@ -679,6 +1006,10 @@ window.kursrelay = {
   publishFloor,
   roster: () => lastRoster,
   messages: () => received.slice(),
+  captions: () => captionTexts.slice(),
+  sendCaption,
+  setHeadcount,
+  state: () => pageState,
   get client() { return client; },
 };
 if (isPublish) Object.assign(window.kursrelay, { screenShare, stopScreenShare });
