@@ -175,11 +175,10 @@ async fn a_course_in_the_browser() {
     // The interpreter's captions appear on a participant's page.
     let tolk = b.open(&format!("{base}/publish.html#t={tolk_t}")).await;
     b.eval(&tolk, "kursrelay.start({}).then(() => true)").await;
-    b.eval(
-        &tolk,
-        "kursrelay.sendCaption('Vi tek ein pause no.').then(() => true)",
-    )
-    .await;
+    // Typed into the caption box and sent with Enter, as the interpreter does.
+    b.click(&tolk, "#caption-text").await;
+    b.type_text(&tolk, "Vi tek ein pause no.").await;
+    b.key(&tolk, "Enter").await;
     b.wait_for(
         &kari,
         "kursrelay.captions().includes('Vi tek ein pause no.')",

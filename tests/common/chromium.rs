@@ -249,6 +249,16 @@ impl Chromium {
         .await;
     }
 
+    /// Types `text` into the focused element, as a keyboard would.
+    pub async fn type_text(&mut self, page: &Page, text: &str) {
+        self.call(
+            Some(&page.session),
+            "Input.insertText",
+            json!({"text": text}),
+        )
+        .await;
+    }
+
     /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
     pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
