@@ -107,6 +107,21 @@ async fn a_course_in_the_browser() {
         no_violations(&mut b, page, name).await;
     }
     b.screenshot(&kari, "ui-participant").await;
+    // On a phone-sized screen nothing needs sideways scrolling, and it still passes axe.
+    b.phone(&kari, true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.eval(
+            &kari,
+            "document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        .await,
+        true,
+        "the participant view overflows a phone screen"
+    );
+    no_violations(&mut b, &kari, "the participant view on a phone").await;
+    b.screenshot(&kari, "ui-participant-phone").await;
+    b.phone(&kari, false).await;
     b.screenshot(&site, "ui-site-kiosk").await;
     b.wait_for(
         &leader,

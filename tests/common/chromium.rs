@@ -249,6 +249,25 @@ impl Chromium {
         .await;
     }
 
+    /// Emulates a phone-sized screen (390 × 844, touch) or switches back.
+    pub async fn phone(&mut self, page: &Page, on: bool) {
+        if on {
+            self.call(
+                Some(&page.session),
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+            )
+            .await;
+        } else {
+            self.call(
+                Some(&page.session),
+                "Emulation.clearDeviceMetricsOverride",
+                json!({}),
+            )
+            .await;
+        }
+    }
+
     /// Types `text` into the focused element, as a keyboard would.
     pub async fn type_text(&mut self, page: &Page, text: &str) {
         self.call(
