@@ -30,6 +30,23 @@ async fn decoding(browser: &mut Chromium, page: &Page, min_video_tracks: u64) ->
     later
 }
 
+/// Presses Tab until the control with `data-action` = `action` has the focus.
+async fn tab_to(b: &mut Chromium, page: &Page, action: &str) {
+    for _ in 0..40 {
+        b.key(page, "Tab").await;
+        let focused = b
+            .eval(
+                page,
+                "document.activeElement && document.activeElement.dataset.action || ''",
+            )
+            .await;
+        if focused == action {
+            return;
+        }
+    }
+    panic!("Tab never reached the {action} control");
+}
+
 async fn no_violations(browser: &mut Chromium, page: &Page, what: &str) {
     let violations = browser.axe(page).await;
     assert!(
@@ -84,20 +101,7 @@ async fn a_course_in_the_browser() {
 
     // Per joins with the keyboard alone: Tab to Join, Enter; Tab to the hand, Enter.
     let per = b.open(&format!("{base}/watch.html#t={per_t}")).await;
-    let mut focused = Value::Null;
-    for _ in 0..40 {
-        b.key(&per, "Tab").await;
-        focused = b
-            .eval(
-                &per,
-                "document.activeElement && document.activeElement.dataset.action || ''",
-            )
-            .await;
-        if focused == "join" {
-            break;
-        }
-    }
-    assert_eq!(focused, "join", "Tab never reached the join button");
+    tab_to(&mut b, &per, "join").await;
     b.key(&per, "Enter").await;
     b.wait_for(&per, "kursrelay.state() === 'joined'", 20).await;
 
@@ -132,19 +136,7 @@ async fn a_course_in_the_browser() {
     b.screenshot(&leader, "ui-leader-console").await;
     no_violations(&mut b, &leader, "the leader console").await;
 
-    for _ in 0..40 {
-        b.key(&per, "Tab").await;
-        focused = b
-            .eval(
-                &per,
-                "document.activeElement && document.activeElement.dataset.action || ''",
-            )
-            .await;
-        if focused == "hand" {
-            break;
-        }
-    }
-    assert_eq!(focused, "hand", "Tab never reached the raise-hand button");
+    tab_to(&mut b, &per, "hand").await;
     b.key(&per, "Enter").await;
     b.wait_for(&per, "kursrelay.messages().includes('hand')", 10)
         .await;
