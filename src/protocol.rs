@@ -295,6 +295,8 @@ pub enum ServerMessage {
         session: String,
         role: Role,
         name: String,
+        /// Whether this session relays chat (off unless the organisers turned it on).
+        chat_enabled: bool,
         /// For open links: a token to rejoin without waiting in the lobby again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejoin_token: Option<String>,

@@ -135,6 +135,14 @@ async fn a_course_in_the_browser() {
     .await;
     b.screenshot(&leader, "ui-leader-console").await;
     no_violations(&mut b, &leader, "the leader console").await;
+    // Chat is off in this session: no chat box anywhere.
+    for page in [&leader, &kari] {
+        assert_eq!(
+            b.eval(page, "document.getElementById('chat-box').hidden")
+                .await,
+            true
+        );
+    }
 
     tab_to(&mut b, &per, "hand").await;
     b.key(&per, "Enter").await;

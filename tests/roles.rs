@@ -443,6 +443,10 @@ async fn chat_and_captions_are_relayed_when_allowed() {
     let server = TestServer::spawn().await;
     let leader = TestPeer::leader(&server, "chat-on", "Kursleiar").await;
     let kari = TestPeer::join(&server, "chat-on", "Kari").await;
+    assert_eq!(
+        kari.wait_msg(|m| m["type"] == "joined").await["chat_enabled"],
+        true
+    );
     let tolk = TestPeer::join_as(&server, "chat-on", Role::Interpreter, "Tolk").await;
     kari.send(json!({"type": "chat", "text": "Kan du gjenta?"}))
         .await;

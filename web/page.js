@@ -671,6 +671,9 @@ async function admitted(c, token, joined, tested) {
   el.roomName.textContent = kiosk ? joined.name || '' : '';
   setState('joined');
   showAlert(null);
+  // The server says whether chat is on; the box shows only then.
+  el.chatBox.dataset.refused = joined.chat_enabled ? 'false' : 'true';
+  el.chatBox.hidden = !joined.chat_enabled;
   updateControls();
   const sends = (isPublish && SENDS[joined.role]) || [];
   if (!sends.length && tested) for (const tr of tested.getTracks()) tr.stop();

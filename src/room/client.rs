@@ -479,6 +479,7 @@ impl Client {
             session: joined.session.to_string(),
             role: joined.role,
             name: joined.name.clone(),
+            chat_enabled: joined.chat_enabled,
             rejoin_token,
         };
         self.outbox.push(msg);
