@@ -34,6 +34,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub web: WebConfig,
     pub media: MediaConfig,
     pub signalling: SignallingConfig,
     pub auth: AuthConfig,
@@ -98,6 +99,13 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     pub web_root: PathBuf,
     pub public_url: String,
+}
+
+/// What the web client is told (`/client-config.json`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    pub help_phone: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

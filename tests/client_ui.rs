@@ -58,7 +58,7 @@ async fn no_violations(browser: &mut Chromium, page: &Page, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_course_in_the_browser() {
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
     let base = format!("http://{}", server.addr);
     let tokens = [
         server.token("ui", Role::Leader, Some("Ola"), false).await,
@@ -81,6 +81,15 @@ async fn a_course_in_the_browser() {
 
     // The pre-join screens pass axe before anyone joins.
     let leader = b.open(&format!("{base}/publish.html#t={leader_t}")).await;
+    // The help number from the configuration is on the page, as a link a phone can call.
+    let help = b
+        .wait_for(
+            &leader,
+            "(document.querySelector('footer.help a[href^=\"tel:\"]') || {}).textContent",
+            10,
+        )
+        .await;
+    assert_eq!(help, "71 12 00 00");
     no_violations(&mut b, &leader, "the leader's pre-join screen").await;
     b.screenshot(&leader, "ui-leader-prejoin").await;
     assert_eq!(

@@ -35,12 +35,38 @@ export function t(key, vars = {}) {
   return s.replace(/\{(\w+)\}/g, (m, k) => (vars[k] !== undefined ? String(vars[k]) : m));
 }
 
+/** The help phone number the server is configured with (web.help_phone), if any. */
+let helpPhone = '';
+
 /** Fill every data-i18n* element under root. */
 export function apply(root = document) {
   for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   for (const el of root.querySelectorAll('[data-i18n-label]')) el.setAttribute('aria-label', t(el.dataset.i18nLabel));
   for (const el of root.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
+  if (helpPhone) showHelpPhone(root);
 }
+
+/** The footer's help line with the number as a tel: link (big, so it is easy to tap). */
+function showHelpPhone(root) {
+  for (const p of root.querySelectorAll('footer.help [data-i18n="help.text"]')) {
+    const a = document.createElement('a');
+    a.href = 'tel:' + helpPhone.replace(/[^+\d]/g, '');
+    a.textContent = helpPhone;
+    a.className = 'help-phone';
+    p.replaceChildren(t('help.call') + ' ', a);
+  }
+}
+
+// Ask the server once for its help number; pages without it keep the generic text.
+fetch('/client-config.json')
+  .then((r) => (r.ok ? r.json() : {}))
+  .then((cfg) => {
+    if (cfg && typeof cfg.help_phone === 'string' && cfg.help_phone.trim()) {
+      helpPhone = cfg.help_phone.trim();
+      showHelpPhone(document);
+    }
+  })
+  .catch(() => {});
 
 export function setLang(next) {
   if (!LANGS[next]) return;

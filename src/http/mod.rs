@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/client-config.json", get(client_config))
         .merge(api::routes())
         .fallback_service(web)
         .with_state(state)
@@ -47,6 +48,11 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Settings the web client reads at start (nothing secret).
+async fn client_config(State(state): State<AppState>) -> axum::Json<crate::config::WebConfig> {
+    axum::Json(state.config.web.clone())
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

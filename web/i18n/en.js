@@ -7,6 +7,7 @@ export default {
   'skip': 'Skip to content',
   'lang.label': 'Language',
   'help.text': 'Need help? Call the phone number in the invitation from the course organisers.',
+  'help.call': 'Need help? Call',
 
   'publish.doc_title': 'Broadcast the course – kursrelay',
   'publish.title': 'Broadcast the course',

@@ -7,6 +7,7 @@ export default {
   'skip': 'Hopp til innholdet',
   'lang.label': 'Språk',
   'help.text': 'Trenger du hjelp? Ring telefonnummeret som står i invitasjonen fra kursarrangøren.',
+  'help.call': 'Trenger du hjelp? Ring',
 
   'publish.doc_title': 'Send kurset – kursrelay',
   'publish.title': 'Send kurset',

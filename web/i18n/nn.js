@@ -7,6 +7,7 @@ export default {
   'skip': 'Hopp til innhaldet',
   'lang.label': 'Språk',
   'help.text': 'Treng du hjelp? Ring telefonnummeret som står i invitasjonen frå kursarrangøren.',
+  'help.call': 'Treng du hjelp? Ring',
 
   'publish.doc_title': 'Send kurset – kursrelay',
   'publish.title': 'Send kurset',
