@@ -22,7 +22,7 @@
 //! | [`logging`] | tracing setup; the writer that redacts IP addresses from every line | log names |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
 //! | [`protocol`] | signalling message types and parsing | do I/O |
-//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/healthz`, `/metrics`, static web/ | decide anything about rooms |
+//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/healthz`, `/metrics`, `/client-config.json`, static web/ | decide anything about rooms |
 //! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, published tracks, who receives what), `permissions` (the pure rule book), and `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections | lock room state; await the media path or the database |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, forwarding tasks, down-tracks, keyframe requests, media metrics | await the room, a lock or the network (besides the send) per packet |
 //! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |

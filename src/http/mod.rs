@@ -1,5 +1,6 @@
 //! The HTTP edge: the axum router (`router`), static files from web/, `/ws` signalling,
-//! `/healthz`, `/metrics` and the admin REST API (`api`). It translates between the network and the room; it decides
+//! `/healthz`, `/metrics`, `/client-config.json` (what the web client may know, e.g. the help
+//! phone number) and the admin REST API (`api`). It translates between the network and the room; it decides
 //! nothing about rooms or media.
 
 pub mod api;
