@@ -294,13 +294,14 @@ fn udp_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
-/// One admin REST call (plain HTTP/1.1 on loopback); returns the JSON body.
-async fn api(
+/// One HTTP/1.1 request on loopback to the server behind `ws_url`; returns (status line, body).
+async fn http(
     ws_url: &str,
-    key: &str,
+    method: &str,
     path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
+    extra_headers: &str,
+    body: &str,
+) -> anyhow::Result<(String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = ws_url
         .trim_start_matches("ws://")
@@ -309,10 +310,9 @@ async fn api(
         .unwrap_or_default()
         .to_owned();
     let mut s = tokio::net::TcpStream::connect(&host).await?;
-    let body = body.to_string();
     s.write_all(
         format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -320,9 +320,24 @@ async fn api(
     .await?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).await?;
-    let (head, json) = resp.split_once("\r\n\r\n").context("bad HTTP response")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 2"), "{path}: {head} {json}");
-    Ok(serde_json::from_str(json)?)
+    let (head, body) = resp.split_once("\r\n\r\n").context("bad HTTP response")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// One admin REST call; returns the JSON body.
+async fn api(
+    ws_url: &str,
+    key: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let headers = format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n");
+    let (status, json) = http(ws_url, "POST", path, &headers, &body.to_string()).await?;
+    anyhow::ensure!(status.starts_with("HTTP/1.1 2"), "{path}: {status} {json}");
+    Ok(serde_json::from_str(&json)?)
 }
 
 /// A course and a session for this run, with a leader token and `n` participant tokens.
@@ -378,20 +393,7 @@ async fn setup(ws_url: &str, key: &str, n: usize) -> anyhow::Result<(String, Vec
 
 /// A counter from the server's /metrics.
 async fn metric(ws_url: &str, name: &str) -> anyhow::Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = ws_url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let mut s = tokio::net::TcpStream::connect(&host).await?;
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
+    let (_, body) = http(ws_url, "GET", "/metrics", "", "").await?;
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .with_context(|| format!("{name} missing from /metrics"))
