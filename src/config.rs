@@ -136,6 +136,15 @@ pub struct SignallingConfig {
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// How long a subscribe offer may wait for its answer before it is sent again; the third
+    /// time in a row the client is removed.
+    pub answer_timeout_ms: u64,
+}
+
+impl SignallingConfig {
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_millis(self.answer_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +227,12 @@ impl Config {
             return Err(bad(
                 "signalling.max_message_bytes",
                 "must be between 1024 and 1048576",
+            ));
+        }
+        if !(100..=600_000).contains(&self.signalling.answer_timeout_ms) {
+            return Err(bad(
+                "signalling.answer_timeout_ms",
+                "must be between 100 and 600000 (ten minutes)",
             ));
         }
         if self.signalling.messages_per_second == 0 || self.signalling.message_burst == 0 {

@@ -1,18 +1,40 @@
-//! Log output: `tracing` to stdout through a writer that redacts IP addresses, because the
-//! WebRTC libraries below us print socket addresses in some of their warnings and an address
-//! is personal data here. Our own code logs pseudonymous ids only, never names.
+//! Log output: `tracing` to stdout, made safe for a hospital by construction:
+//!
+//! - The libraries below us (webrtc-rs, sqlx, hyper, …) log at most warnings, whatever the
+//!   configured filter says: their debug and trace output is per packet and full of addresses.
+//! - Every line passes a writer that replaces IP addresses by `[ip]` and byte dumps (a Rust
+//!   `b"…"` literal or a long list of numbers, which is how a packet's `Debug` shows its
+//!   payload) by `[removed]`, so no library can write media into the log.
+//!
+//! Our own code logs pseudonymous ids only, never names.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Starts logging to stdout with `filter` (a tracing `EnvFilter` directive).
 pub fn init(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(Redacting(io::stdout))
-        .init();
+    tracing::subscriber::set_global_default(subscriber(filter, io::stdout))
+        .expect("logging is initialised once, at start-up");
+}
+
+/// The subscriber `init` installs, writing to `writer`: `filter` for our own targets, capped at
+/// `warn` for every library, and the redacting writer. Tests install it with a capture.
+pub fn subscriber<W>(filter: &str, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let libraries_capped = filter_fn(|meta| {
+        meta.target().starts_with("kursrelay") || *meta.level() <= tracing::Level::WARN
+    });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(Redacting(writer))
+        .with_filter(EnvFilter::new(filter).and(libraries_capped));
+    tracing_subscriber::registry().with(layer)
 }
 
 /// Wraps a `MakeWriter` so every line it writes has IP addresses replaced by `[ip]`.
@@ -43,9 +65,98 @@ impl<W: Write> Write for RedactingWriter<W> {
     }
 }
 
+/// Replaces byte dumps by `[removed]` and IP addresses by `[ip]`.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    match scrub_bytes(text) {
+        Cow::Borrowed(t) => redact_ips(t),
+        Cow::Owned(t) => Cow::Owned(redact_ips(&t).into_owned()),
+    }
+}
+
+/// Lists of at least this many numbers are taken for byte dumps.
+const MIN_DUMPED_NUMBERS: usize = 4;
+
+/// Replaces every `b"…"` literal (how `Bytes` prints) and every `[n, n, n, n, …]` list of
+/// numbers (how `Vec<u8>` and arrays print) by `[removed]`.
+fn scrub_bytes(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let end = if bytes[i] == b'b'
+            && bytes.get(i + 1) == Some(&b'"')
+            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+        {
+            byte_literal_end(bytes, i + 2)
+        } else if bytes[i] == b'[' {
+            number_list_end(bytes, i + 1)
+        } else {
+            None
+        };
+        match end {
+            Some(end) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[last..i]);
+                o.push_str("[removed]");
+                last = end;
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[last..]);
+            Cow::Owned(o)
+        }
+    }
+}
+
+/// The index after the closing quote of a byte literal whose body starts at `from` (an
+/// unterminated one runs to the end of the line).
+fn byte_literal_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut j = from;
+    while j < bytes.len() {
+        match bytes[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    Some(bytes.len())
+}
+
+/// The index after `]` if `[` at `from - 1` opens a list of `MIN_DUMPED_NUMBERS` or more
+/// numbers (a list cut off by the end of the line counts too).
+fn number_list_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut j = from;
+    let mut numbers = 0;
+    let mut in_number = false;
+    while j < bytes.len() {
+        match bytes[j] {
+            b'0'..=b'9' => {
+                if !in_number {
+                    numbers += 1;
+                    in_number = true;
+                }
+            }
+            b',' | b' ' => in_number = false,
+            b']' => break,
+            _ => return None,
+        }
+        j += 1;
+    }
+    if numbers < MIN_DUMPED_NUMBERS {
+        return None;
+    }
+    Some((j + 1).min(bytes.len()))
+}
+
 /// Replaces IPv4 addresses and IPv6 addresses (those with `::` or all eight groups) by `[ip]`.
 /// Times like `05:46:34` are left alone.
-pub fn redact(text: &str) -> Cow<'_, str> {
+fn redact_ips(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
     let is_run = |b: u8| b.is_ascii_hexdigit() || b == b'.' || b == b':';
     let mut out: Option<String> = None;
@@ -128,9 +239,37 @@ mod tests {
                 "member=5b0f5c2e-aa00-4b5e-9f00-1234567890ab",
             ),
             ("nothing here", "nothing here"),
+            ("list [1, 2] of two", "list [1, 2] of two"),
+            ("bytes [128, 0, 12, 7, 99] end", "bytes [removed] end"),
+            (r#"payload: b"\x80\x01ab\"c" }"#, "payload: [removed] }"),
+            (r#"cut b"\x80\x01"#, "cut [removed]"),
+            ("[ip] and [removed] stay", "[ip] and [removed] stay"),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
         }
+    }
+
+    /// How webrtc-rs logged a packet it could not deliver: with the fix in place nothing of the
+    /// payload survives the writer.
+    #[test]
+    fn a_dumped_rtp_packet_keeps_no_payload() {
+        let payload: Vec<u8> = (0..200u8).collect();
+        let packet = rtc::rtp::Packet {
+            header: Default::default(),
+            payload: bytes::Bytes::from(payload.clone()),
+        };
+        let line =
+            format!("Failed to send RtpPacket to track remote 1: Full(OnRtpPacket({packet:?}))");
+        let dump = format!("{:?}", bytes::Bytes::from(payload[20..40].to_vec()));
+        assert!(
+            line.contains(&dump[2..dump.len() - 1]),
+            "the test line carries the payload"
+        );
+        let clean = redact(&line);
+        assert!(!clean.contains(&dump[2..dump.len() - 1]), "{clean}");
+        assert!(!clean.contains("\\x"), "{clean}");
+        let vec_line = format!("data {:?}", &payload[..50]);
+        assert_eq!(redact(&vec_line), "data [removed]");
     }
 }

@@ -117,6 +117,8 @@ pub enum ClientMessage {
     Unpublish {
         track_id: String,
     },
+    /// Ends the publish connection and everything it sends; the membership stays.
+    ClosePublish,
     SubscribeAnswer {
         sdp: String,
     },
@@ -166,6 +168,7 @@ impl ClientMessage {
         "join",
         "publish_offer",
         "unpublish",
+        "close_publish",
         "subscribe_answer",
         "ice_candidate",
         "raise_hand",
@@ -191,6 +194,7 @@ impl ClientMessage {
             ClientMessage::Join { .. } => "join",
             ClientMessage::PublishOffer { .. } => "publish_offer",
             ClientMessage::Unpublish { .. } => "unpublish",
+            ClientMessage::ClosePublish => "close_publish",
             ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
             ClientMessage::IceCandidate { .. } => "ice_candidate",
             ClientMessage::RaiseHand => "raise_hand",
@@ -281,6 +285,10 @@ pub enum ByeReason {
     SessionEnded,
     /// The same invite joined from somewhere else (e.g. another tab).
     Replaced,
+    /// The organisers withdrew this invite while you were in the session.
+    Revoked,
+    /// Subscribe offers went unanswered again and again.
+    Unresponsive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +345,11 @@ pub enum ServerMessage {
     Unpublished {
         track_id: String,
     },
+    /// The publish connection ended (`close_publish`, or it failed); its tracks are no longer
+    /// forwarded. The membership and the subscribe connection go on.
+    PublishClosed {
+        reason: PublishClosedReason,
+    },
     SubscribeOffer {
         sdp: String,
         tracks: Vec<SubscribedTrackDesc>,
@@ -354,6 +367,18 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
     },
+}
+
+/// Why a publish connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishClosedReason {
+    /// The client asked (`close_publish`).
+    Requested,
+    /// The connection failed or was closed by the client's side.
+    Failed,
+    /// A `publish_offer` came from a new `RTCPeerConnection`; it replaced this one.
+    Replaced,
 }
 
 /// Stable error codes (docs/protocol.md lists them with what happens to the connection).
@@ -380,6 +405,10 @@ pub enum ErrorCode {
     Removed,
     Forbidden,
     UnknownMember,
+    /// Chat is turned off for this session.
+    ChatDisabled,
+    /// A subscribe offer was not answered in time; it is sent again.
+    AnswerTimeout,
     RateLimited,
     Internal,
 }

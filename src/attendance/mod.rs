@@ -286,6 +286,11 @@ pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u6
             .bind(s)
             .execute(&mut *tx)
             .await?;
+        // Who was removed is pseudonymous, but it is about people: it goes with the rest.
+        sqlx::query("DELETE FROM removed_subjects WHERE session_id = ?")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     if events > 0 {

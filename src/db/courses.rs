@@ -448,4 +448,29 @@ impl Db {
             .await?;
         self.invite(id).await
     }
+
+    /// Records that the leader removed `subject` from the session: its link or rejoin token
+    /// no longer lets it in.
+    pub async fn remove_subject(&self, session_id: &str, subject: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO removed_subjects (session_id, subject, removed_at) VALUES (?, ?, ?)",
+        )
+        .bind(session_id)
+        .bind(subject)
+        .bind(unix_now() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn is_removed(&self, session_id: &str, subject: &str) -> Result<bool, DbError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM removed_subjects WHERE session_id = ? AND subject = ?",
+        )
+        .bind(session_id)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
 }

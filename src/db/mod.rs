@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attendance",
         include_str!("../../migrations/0002_attendance.sql"),
     ),
+    (
+        3,
+        "removed_subjects",
+        include_str!("../../migrations/0003_removed_subjects.sql"),
+    ),
 ];
 
 #[derive(Clone, Debug)]

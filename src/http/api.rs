@@ -293,7 +293,12 @@ async fn revoke_invite(
     Path(id): Path<String>,
 ) -> ApiResult<Invite> {
     admin(&s, &h)?;
-    Ok(Json(s.db.revoke_invite(&id).await?))
+    let invite = s.db.revoke_invite(&id).await?;
+    // Whoever holds it now goes at once (open links: everyone who came by it).
+    if let Some(session) = SessionId::parse(&invite.session_id) {
+        s.rooms.revoke(&session, &invite.id).await;
+    }
+    Ok(Json(invite))
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,9 @@ use crate::room::client::{Client, ClientCtx, Flow};
 /// Frames above this close the socket in the WebSocket layer itself (code 1009); frames between
 /// `signalling.max_message_bytes` and this are answered with `too_large`.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
 
 pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     ws.max_message_size(HARD_FRAME_LIMIT)
@@ -66,6 +68,7 @@ async fn run(mut socket: WebSocket, state: AppState) {
         sfu: state.sfu.clone(),
         db: state.db.clone(),
         tokens: state.tokens.clone(),
+        answer_timeout: limits.answer_timeout(),
     });
     let mut close_code: Option<u16> = None;
 
@@ -104,6 +107,14 @@ async fn run(mut socket: WebSocket, state: AppState) {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                 Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) if is_too_big(&err) => {
+                    // The WebSocket layer refused a frame over HARD_FRAME_LIMIT; say so with
+                    // the code for it rather than just dropping the connection.
+                    client.reject(ProtocolError::new(ErrorCode::TooLarge, format!(
+                        "A message over {HARD_FRAME_LIMIT} bytes ends the connection.")), None);
+                    close_code = Some(CLOSE_TOO_BIG);
+                    Flow::Close
+                }
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "websocket read failed");
                     break;
@@ -115,16 +126,31 @@ async fn run(mut socket: WebSocket, state: AppState) {
             break;
         }
         if flow == Flow::Close {
-            let frame = close_code.map(|code| CloseFrame {
-                code,
+            let frame = CloseFrame {
+                code: close_code.unwrap_or(CLOSE_NORMAL),
                 reason: "".into(),
-            });
-            let _ = socket.send(Message::Close(frame)).await;
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
             linger(&mut socket).await;
             break;
         }
     }
     client.shutdown().await;
+}
+
+/// Whether a read failed because the frame or message exceeded the WebSocket layer's limit.
+/// axum hides tungstenite's error type (and its version may differ from ours), so this reads
+/// the message of the error chain; tests/signalling.rs checks that the close code is 1009.
+fn is_too_big(err: &axum::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("Space limit exceeded") || text.contains("too long") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// After our close frame, reads (and ignores) what the client still sends for a moment, so

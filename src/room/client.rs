@@ -3,18 +3,23 @@
 //! Owned by the WebSocket task in `http::ws`; it never touches the socket itself — replies go
 //! to `outbox`, which that task drains — so nothing here can block on a slow client.
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::permissions::{allowed, Action, MemberFacts, SessionFacts};
-use super::{Control, JoinOutcome, JoinRequest, RoomEvent, RoomHandle, Rooms, MEMBER_EVENT_QUEUE};
+use super::{
+    Control, Done, JoinOutcome, JoinRequest, RoomEvent, RoomHandle, Rooms, MEMBER_EVENT_QUEUE,
+};
 use crate::auth::{unix_now, Claims, TokenError, TokenKey};
 use crate::db::{Db, DbError, SessionState};
 use crate::ids::{MemberId, SessionId};
 use crate::protocol::{
-    ByeReason, ClientMessage, ErrorCode, IceCandidate, ProtocolError, Role, ServerMessage, Target,
-    VERSION,
+    ByeReason, ClientMessage, ErrorCode, IceCandidate, ProtocolError, PublishClosedReason, Role,
+    ServerMessage, Source, Target, VERSION,
 };
-use crate::sfu::{PeerEvent, Publisher, Sfu, SfuError, Subscriber};
+use crate::sfu::{Forwarder, PeerEvent, Publisher, Sfu, SfuError, Subscriber};
 
 /// What a client connection needs from the rest of the server.
 #[derive(Clone)]
@@ -23,7 +28,14 @@ pub struct ClientCtx {
     pub sfu: Sfu,
     pub db: Db,
     pub tokens: TokenKey,
+    /// How long a subscribe offer waits for its answer (`signalling.answer_timeout_ms`).
+    pub answer_timeout: Duration,
 }
+
+/// Unanswered subscribe offers in a row before the client is removed.
+const MAX_UNANSWERED_OFFERS: u32 = 3;
+/// A sender whose media keeps arriving although it is not forwarded is told at most this often.
+const REFUSAL_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// Peer events queued per client; generous because ICE candidates arrive in bursts.
 const PEER_EVENT_QUEUE: usize = 256;
@@ -45,6 +57,8 @@ pub enum ClientEvent {
     Peer(PeerEvent),
     /// The room dropped us (we stopped reading, or it shut down).
     RoomClosed,
+    /// The outstanding subscribe offer was not answered in time.
+    AnswerTimeout,
 }
 
 struct Joined {
@@ -56,6 +70,9 @@ struct Joined {
     open_link: Option<Claims>,
     admitted: bool,
     has_floor: bool,
+    /// The leader turned the microphone off; it is forwarded again after the client's next
+    /// `publish_offer` (it turned it on) or a new floor.
+    mic_muted: bool,
     chat_enabled: bool,
     room: RoomHandle,
     room_events: mpsc::Receiver<RoomEvent>,
@@ -63,6 +80,10 @@ struct Joined {
     peer_events_tx: mpsc::Sender<PeerEvent>,
     publisher: Option<Publisher>,
     subscriber: Option<Subscriber>,
+    /// The subscribe offer awaiting its answer, to send again, and until when it waits.
+    pending_offer: Option<(ServerMessage, Instant)>,
+    unanswered_offers: u32,
+    last_refusal_notice: Option<Instant>,
 }
 
 enum Stage {
@@ -97,6 +118,7 @@ impl Client {
         let Stage::Joined(joined) = &mut self.stage else {
             return std::future::pending().await;
         };
+        let deadline = joined.pending_offer.as_ref().map(|(_, at)| *at);
         tokio::select! {
             ev = joined.room_events.recv() => match ev {
                 Some(ev) => ClientEvent::Room(ev),
@@ -104,6 +126,7 @@ impl Client {
             },
             // The member holds a sender itself, so this never yields None.
             Some(ev) = joined.peer_events.recv() => ClientEvent::Peer(ev),
+            _ = sleep_until_some(deadline) => ClientEvent::AnswerTimeout,
         }
     }
 
@@ -170,6 +193,15 @@ impl Client {
                         format!("You may not send your {:?} now.", t.source).to_lowercase(),
                     ));
                 }
+                // An offer from a new RTCPeerConnection replaces the old one (its tracks stop).
+                if joined
+                    .publisher
+                    .as_ref()
+                    .is_some_and(|p| p.is_other_connection(&sdp))
+                {
+                    self.end_publish(PublishClosedReason::Replaced).await?;
+                }
+                let joined = self.joined()?;
                 if joined.publisher.is_none() {
                     let publisher = sfu
                         .publisher(joined.member, joined.peer_events_tx.clone())
@@ -177,6 +209,8 @@ impl Client {
                         .map_err(internal)?;
                     joined.publisher = Some(publisher);
                 }
+                // Offering the microphone again is turning it back on after a mute.
+                joined.mic_muted = false;
                 let publisher = joined.publisher.as_mut().expect("publisher was just set");
                 let answer = publisher
                     .handle_offer(sdp, &tracks)
@@ -184,6 +218,15 @@ impl Client {
                     .map_err(sfu_error)?;
                 self.outbox
                     .push(ServerMessage::PublishAnswer { sdp: answer });
+                // Tracks it kept sending while they were not forwarded go out again at once.
+                self.republish().await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::ClosePublish => {
+                if self.joined()?.publisher.is_none() {
+                    return Err(no_connection());
+                }
+                self.end_publish(PublishClosedReason::Requested).await?;
                 Ok(Flow::Continue)
             }
             ClientMessage::Unpublish { track_id } => {
@@ -208,6 +251,8 @@ impl Client {
                     return Err(no_offer());
                 };
                 let ready = subscriber.apply_answer(sdp).await.map_err(sfu_error)?;
+                joined.pending_offer = None;
+                joined.unanswered_offers = 0;
                 if !ready.is_empty() {
                     joined
                         .room
@@ -294,11 +339,20 @@ impl Client {
             Control::LowerHand => Some(false),
             _ => None,
         };
-        joined
+        let done = joined
             .room
             .control(joined.member, control)
             .await
             .map_err(internal)??;
+        if let Done::Removed { subject } = done {
+            // So their link or rejoin token stays refused after the room closes and reopens.
+            let session = joined.session.to_string();
+            self.ctx
+                .db
+                .remove_subject(&session, &subject)
+                .await
+                .map_err(internal)?;
+        }
         self.outbox.push(match raise {
             Some(raised) => ServerMessage::Hand { raised },
             None => ServerMessage::Ok {
@@ -401,6 +455,15 @@ impl Client {
             ),
             (false, _) => (invite.id.clone(), false),
         };
+        if self
+            .ctx
+            .db
+            .is_removed(&session.id, &subject)
+            .await
+            .map_err(internal)?
+        {
+            return Err(super::refused(ErrorCode::Removed));
+        }
         let req = JoinRequest {
             member_id: member,
             invite_id: invite.id.clone(),
@@ -439,6 +502,7 @@ impl Client {
             open_link,
             admitted: false,
             has_floor: false,
+            mic_muted: false,
             chat_enabled: session.chat_enabled,
             room,
             room_events,
@@ -446,6 +510,9 @@ impl Client {
             peer_events_tx,
             publisher: None,
             subscriber: None,
+            pending_offer: None,
+            unanswered_offers: 0,
+            last_refusal_notice: None,
         }));
         match outcome {
             JoinOutcome::Admitted { tracks, recorded } => self.admitted(tracks, recorded).await?,
@@ -528,10 +595,21 @@ impl Client {
                 self.admitted(tracks, recorded).await?
             }
             ClientEvent::Room(RoomEvent::Floor(granted)) => {
-                self.joined()?.has_floor = granted;
+                let joined = self.joined()?;
+                joined.has_floor = granted;
+                if granted {
+                    joined.mic_muted = false;
+                }
                 self.outbox.push(ServerMessage::Floor { granted });
+                if granted {
+                    // Whatever the client kept sending on its publish connection goes out again.
+                    self.republish().await?;
+                }
             }
-            ClientEvent::Room(RoomEvent::Muted) => self.outbox.push(ServerMessage::Muted),
+            ClientEvent::Room(RoomEvent::Muted) => {
+                self.joined()?.mic_muted = true;
+                self.outbox.push(ServerMessage::Muted);
+            }
             ClientEvent::Room(RoomEvent::Chat {
                 member_id,
                 name,
@@ -546,7 +624,6 @@ impl Client {
             ClientEvent::Room(RoomEvent::Caption { member_id, text }) => {
                 self.outbox.push(ServerMessage::Caption { member_id, text });
             }
-            ClientEvent::Room(RoomEvent::Notice(err)) => self.reject(err, None),
             ClientEvent::Room(RoomEvent::Bye(reason)) => {
                 self.outbox.push(ServerMessage::Bye { reason });
                 return Ok(Flow::Close);
@@ -568,25 +645,160 @@ impl Client {
                 });
                 return Ok(Flow::Close);
             }
-            ClientEvent::Peer(PeerEvent::Candidate(target, candidate)) => {
-                self.outbox
-                    .push(ServerMessage::IceCandidate { target, candidate });
+            ClientEvent::AnswerTimeout => return self.answer_timed_out(),
+            ClientEvent::Peer(event) => return self.peer_event(event).await,
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn peer_event(&mut self, event: PeerEvent) -> Result<Flow, ProtocolError> {
+        let joined = self.joined()?;
+        let publish_id = joined.publisher.as_ref().map(|p| p.id());
+        let subscribe_id = joined.subscriber.as_ref().map(|s| s.id());
+        // Events of a connection that was replaced or closed are old news.
+        let current = |target: Target, conn| match target {
+            Target::Publish => publish_id == Some(conn),
+            Target::Subscribe => subscribe_id == Some(conn),
+        };
+        match event {
+            PeerEvent::Candidate(target, conn, candidate) if current(target, conn) => {
+                let candidate = match target {
+                    Target::Publish => joined
+                        .publisher
+                        .as_ref()
+                        .map(|p| p.complete_candidate(candidate)),
+                    Target::Subscribe => joined
+                        .subscriber
+                        .as_ref()
+                        .map(|s| s.complete_candidate(candidate)),
+                };
+                if let Some(candidate) = candidate {
+                    self.outbox
+                        .push(ServerMessage::IceCandidate { target, candidate });
+                }
             }
-            ClientEvent::Peer(PeerEvent::Connected(target)) => {
+            PeerEvent::Connected(target, conn) if current(target, conn) => {
                 tracing::debug!(?target, "media connected");
             }
-            ClientEvent::Peer(PeerEvent::Failed(target)) => {
-                tracing::info!(?target, "media connection failed; removing the member");
+            PeerEvent::Failed(Target::Publish, conn) if current(Target::Publish, conn) => {
+                // Only what it sent ends; the member stays and still receives.
+                tracing::info!("publish connection ended; its tracks stop");
+                self.end_publish(PublishClosedReason::Failed).await?;
+            }
+            PeerEvent::Failed(Target::Subscribe, conn) if current(Target::Subscribe, conn) => {
+                tracing::info!("subscribe connection failed; removing the member");
                 self.outbox.push(ServerMessage::Bye {
                     reason: ByeReason::PeerFailed,
                 });
                 return Ok(Flow::Close);
             }
-            ClientEvent::Peer(PeerEvent::Published(forwarder)) => {
-                let joined = self.joined()?;
+            PeerEvent::Published(conn, forwarder) if publish_id == Some(conn) => {
                 joined.room.publish(forwarder).await.map_err(internal)?;
             }
+            PeerEvent::ParkedMedia(conn) if publish_id == Some(conn) => {
+                if self.republish().await? {
+                    self.refusal_notice();
+                }
+            }
+            // From a replaced connection: dropping a forwarder parks its (closing) feed.
+            _ => {}
         }
+        Ok(Flow::Continue)
+    }
+
+    /// Offers the room every parked track of the publish connection whose media is arriving
+    /// and that the member may send now. True if such a track had to stay parked.
+    async fn republish(&mut self) -> Result<bool, ProtocolError> {
+        let joined = self.joined()?;
+        let Some(publisher) = joined.publisher.as_ref() else {
+            return Ok(false);
+        };
+        let facts = SessionFacts {
+            chat_enabled: joined.chat_enabled,
+            ended: false,
+        };
+        let me = MemberFacts {
+            admitted: joined.admitted,
+            has_floor: joined.has_floor,
+        };
+        let (role, mic_muted) = (joined.role, joined.mic_muted);
+        let (forwarders, refused): (Vec<Forwarder>, bool) = publisher.republish(|source| {
+            !(mic_muted && source == Source::Microphone)
+                && allowed(role, facts, me, Action::Publish(source))
+        });
+        for forwarder in forwarders {
+            tracing::info!(track = %forwarder.info().id, source = ?forwarder.info().source, "track forwarded again");
+            joined.room.publish(forwarder).await.map_err(internal)?;
+        }
+        Ok(refused)
+    }
+
+    /// Tells a sender (now and then) that what it sends is not forwarded.
+    fn refusal_notice(&mut self) {
+        let Stage::Joined(joined) = &mut self.stage else {
+            return;
+        };
+        let now = Instant::now();
+        if joined
+            .last_refusal_notice
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_NOTICE_EVERY)
+        {
+            return;
+        }
+        joined.last_refusal_notice = Some(now);
+        let message = if joined.mic_muted {
+            "The course leader turned your microphone off; what you send is not forwarded."
+        } else {
+            "You may not send that now; what you send is not forwarded to anyone."
+        };
+        self.reject(ProtocolError::new(ErrorCode::Forbidden, message), None);
+    }
+
+    /// Ends the publish connection: the room stops forwarding its tracks, it closes, and the
+    /// client is told. The membership and the subscribe connection go on.
+    async fn end_publish(&mut self, reason: PublishClosedReason) -> Result<(), ProtocolError> {
+        let joined = self.joined()?;
+        let Some(publisher) = joined.publisher.take() else {
+            return Ok(());
+        };
+        joined
+            .room
+            .drop_tracks(joined.member)
+            .await
+            .map_err(internal)?;
+        publisher.close().await;
+        self.outbox.push(ServerMessage::PublishClosed { reason });
+        Ok(())
+    }
+
+    /// The subscribe offer went unanswered: send it again, or give up on the client.
+    fn answer_timed_out(&mut self) -> Result<Flow, ProtocolError> {
+        let timeout = self.ctx.answer_timeout;
+        let joined = self.joined()?;
+        joined.unanswered_offers += 1;
+        if joined.unanswered_offers >= MAX_UNANSWERED_OFFERS {
+            tracing::info!("subscribe offers went unanswered; removing the member");
+            self.outbox.push(ServerMessage::Bye {
+                reason: ByeReason::Unresponsive,
+            });
+            return Ok(Flow::Close);
+        }
+        let Some((offer, deadline)) = joined.pending_offer.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        *deadline = Instant::now() + timeout;
+        let offer = offer.clone();
+        self.reject(
+            ProtocolError::new(
+                ErrorCode::AnswerTimeout,
+                format!(
+                    "The subscribe offer was not answered within {} s; here it is again.",
+                    timeout.as_secs_f32()
+                ),
+            ),
+            Some("subscribe_answer"),
+        );
+        self.outbox.push(offer);
         Ok(Flow::Continue)
     }
 
@@ -619,8 +831,9 @@ impl Client {
             return Ok(());
         }
         let (sdp, tracks) = subscriber.create_offer().await.map_err(internal)?;
-        self.outbox
-            .push(ServerMessage::SubscribeOffer { sdp, tracks });
+        let offer = ServerMessage::SubscribeOffer { sdp, tracks };
+        joined.pending_offer = Some((offer.clone(), Instant::now() + self.ctx.answer_timeout));
+        self.outbox.push(offer);
         Ok(())
     }
 
@@ -643,6 +856,14 @@ impl Client {
                 s.close().await;
             }
         }
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -62,8 +62,6 @@ pub enum RoomEvent {
         member_id: MemberId,
         text: String,
     },
-    /// Something the member did was refused after the fact (e.g. media it may not publish).
-    Notice(ProtocolError),
     /// The member must go.
     Bye(ByeReason),
 }
@@ -134,6 +132,17 @@ pub enum Control {
 
 type Reply<T> = oneshot::Sender<Result<T, ProtocolError>>;
 
+/// What a control action did, when the member task has more to do about it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done {
+    Done,
+    /// Someone was removed: their pseudonymous subject, to be refused at every later join
+    /// (the member task records it in the database; the room cannot wait for that).
+    Removed {
+        subject: String,
+    },
+}
+
 enum Command {
     Join {
         req: JoinRequest,
@@ -158,10 +167,18 @@ enum Command {
         member: MemberId,
         downs: Vec<Arc<DownTrack>>,
     },
+    /// The member's publish connection ended: forward none of its tracks any more.
+    DropTracks {
+        member: MemberId,
+    },
     Control {
         member: MemberId,
         control: Control,
-        reply: Reply<()>,
+        reply: Reply<Done>,
+    },
+    /// An invite was withdrawn: whoever holds it goes at once.
+    Revoke {
+        invite_id: String,
     },
     /// Ended from outside (the admin API): everyone is told and the room closes.
     End,
@@ -234,12 +251,17 @@ impl RoomHandle {
         self.send(Command::Attach { member, downs }).await
     }
 
+    /// Stops forwarding every track of `member` (its publish connection ended).
+    pub async fn drop_tracks(&self, member: MemberId) -> Result<(), RoomGone> {
+        self.send(Command::DropTracks { member }).await
+    }
+
     /// Asks the room to do `control` on behalf of `member`; the room checks the permission.
     pub async fn control(
         &self,
         member: MemberId,
         control: Control,
-    ) -> Result<Result<(), ProtocolError>, RoomGone> {
+    ) -> Result<Result<Done, ProtocolError>, RoomGone> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Control {
             member,
@@ -306,6 +328,23 @@ impl Rooms {
             .cloned();
         if let Some(handle) = handle {
             let _ = handle.send(Command::End).await;
+        }
+    }
+
+    /// Removes whoever holds `invite_id` from a running session (`bye {reason: revoked}`).
+    pub async fn revoke(&self, session: &SessionId, invite_id: &str) {
+        let handle = self
+            .map
+            .lock()
+            .expect("rooms lock is never poisoned")
+            .get(session)
+            .cloned();
+        if let Some(handle) = handle {
+            let _ = handle
+                .send(Command::Revoke {
+                    invite_id: invite_id.to_owned(),
+                })
+                .await;
         }
     }
 
@@ -474,15 +513,9 @@ impl Room {
             Command::Publish { forwarder } => {
                 let info = forwarder.info().clone();
                 if !self.may(info.member, Action::Publish(info.source)) {
-                    // Dropping the forwarder stops it: the media is never forwarded.
+                    // Dropping the forwarder parks its feed: the media is read and discarded,
+                    // never forwarded, and the sender is told if it keeps coming.
                     tracing::info!(member = %info.member, source = ?info.source, "refused media the member may not publish");
-                    self.send_to(
-                        info.member,
-                        RoomEvent::Notice(ProtocolError::new(
-                            ErrorCode::Forbidden,
-                            "You may not send that now; it is not forwarded to anyone.",
-                        )),
-                    );
                     return;
                 }
                 self.tracks.insert(info.id, forwarder);
@@ -516,6 +549,7 @@ impl Room {
                     }
                 }
             }
+            Command::DropTracks { member } => self.remove_tracks_of(member, |_| true),
             Command::Control {
                 member,
                 control,
@@ -523,6 +557,20 @@ impl Room {
             } => {
                 let result = self.control(member, control);
                 let _ = reply.send(result);
+            }
+            Command::Revoke { invite_id } => {
+                let holders: Vec<(MemberId, String)> = self
+                    .members
+                    .iter()
+                    .filter(|m| m.invite_id == invite_id)
+                    .map(|m| (m.info.member_id, m.subject.clone()))
+                    .collect();
+                for (member, subject) in holders {
+                    tracing::info!(member = %member, "invite withdrawn; removing its holder");
+                    self.admitted_subjects.remove(&subject);
+                    self.send_to(member, RoomEvent::Bye(ByeReason::Revoked));
+                    self.remove_member(member, LeftReason::Removed);
+                }
             }
             Command::End => self.end(),
         }
@@ -601,7 +649,7 @@ impl Room {
         self.broadcast_roster();
     }
 
-    fn control(&mut self, member: MemberId, control: Control) -> Result<(), ProtocolError> {
+    fn control(&mut self, member: MemberId, control: Control) -> Result<Done, ProtocolError> {
         let forbidden =
             || ProtocolError::new(ErrorCode::Forbidden, "Your role may not do that now.");
         let need = |room: &Room, action: Action| {
@@ -635,7 +683,7 @@ impl Room {
                 self.lobby_member(target)?;
                 self.send_to(target, RoomEvent::Bye(ByeReason::Denied));
                 self.remove_member(target, LeftReason::Dropped);
-                return Ok(());
+                return Ok(Done::Done);
             }
             Control::GrantFloor(target) => {
                 need(self, Action::GrantFloor)?;
@@ -664,7 +712,7 @@ impl Room {
                 self.admitted_member(target)?;
                 self.remove_tracks_of(target, |s| s == Source::Microphone);
                 self.send_to(target, RoomEvent::Muted);
-                return Ok(());
+                return Ok(Done::Done);
             }
             Control::Remove(target) => {
                 need(self, Action::RemoveMember)?;
@@ -683,7 +731,7 @@ impl Room {
                 self.admitted_subjects.remove(&subject);
                 self.send_to(target, RoomEvent::Bye(ByeReason::Removed));
                 self.remove_member(target, LeftReason::Removed);
-                return Ok(());
+                return Ok(Done::Removed { subject });
             }
             Control::Lock | Control::Unlock => {
                 need(self, Action::Lock)?;
@@ -692,7 +740,7 @@ impl Room {
             Control::EndSession => {
                 need(self, Action::EndSession)?;
                 self.end();
-                return Ok(());
+                return Ok(Done::Done);
             }
             Control::SetHeadcount(count) => {
                 need(self, Action::SetHeadcount)?;
@@ -715,6 +763,12 @@ impl Room {
                     format!("Text must be 1–{MAX_TEXT_CHARS} characters."),
                 ));
             }
+            Control::Chat(_) if !self.chat_enabled => {
+                return Err(ProtocolError::new(
+                    ErrorCode::ChatDisabled,
+                    "Chat is turned off for this session.",
+                ));
+            }
             Control::Chat(text) => {
                 need(self, Action::Chat)?;
                 let name = self
@@ -727,7 +781,7 @@ impl Room {
                     name: name.clone(),
                     text: text.clone(),
                 });
-                return Ok(());
+                return Ok(Done::Done);
             }
             Control::Caption(text) => {
                 need(self, Action::Caption)?;
@@ -735,18 +789,18 @@ impl Room {
                     member_id: member,
                     text: text.clone(),
                 });
-                return Ok(());
+                return Ok(Done::Done);
             }
         }
         self.broadcast_roster();
-        Ok(())
+        Ok(Done::Done)
     }
 
     fn lobby_member(&mut self, target: MemberId) -> Result<&mut Member, ProtocolError> {
         match self.member_mut(target) {
             Some(m) if !m.admitted => Ok(m),
             Some(_) => Err(ProtocolError::new(
-                ErrorCode::BadRequest,
+                ErrorCode::UnknownMember,
                 "That member is not waiting in the lobby.",
             )),
             None => Err(unknown_member()),

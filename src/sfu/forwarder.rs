@@ -9,9 +9,9 @@
 //! up to the next keyframe) and is counted. Cloning the packet shares the payload `Bytes` and
 //! builds a header with empty extension/CSRC vectors: no heap allocation per packet.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -26,9 +26,9 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::keyframe::{is_keyframe_request, starts_keyframe, CodecFamily, KeyframeRequester};
 use super::metrics::{GaugeGuard, Metrics};
-use super::TrackInfo;
+use super::{Codec, TrackInfo};
 use crate::ids::{MemberId, TrackId};
-use crate::protocol::MediaKind;
+use crate::protocol::{MediaKind, Source};
 
 /// One packet on its way to one subscriber.
 pub(crate) struct Outgoing {
@@ -169,12 +169,107 @@ enum Outcome {
     Dropped,
 }
 
-/// The room actor's handle on one published track's forwarding task. Dropping it stops the
-/// task (and the keyframe task with it).
+/// One track arriving on a publish connection. It lives as long as the track does (or until
+/// its publish connection closes), whether or not it is forwarded: its task keeps reading, so
+/// a track the room stopped forwarding (floor taken back, muted, refused) is read and thrown
+/// away instead of backing up inside webrtc-rs, whose full queue logs every further packet.
+///
+/// Forwarding is a *publication*: `publish` hands out a `Forwarder` (with a fresh `TrackId`)
+/// for the room; dropping it parks the feed again. So the same track can be forwarded,
+/// parked and forwarded again (floor granted twice) without the client renegotiating.
+pub(crate) struct Feed {
+    kind: MediaKind,
+    client_track_id: String,
+    codec: Codec,
+    keyframes: KeyframeRequester,
+    member: MemberId,
+    /// The current publication's subscribers; empty while parked.
+    downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
+    /// The current publication, 0 while parked. Only `publish` and `Forwarder::drop` move it.
+    publication: AtomicU64,
+    /// While parked: when (ms since `epoch`) arriving media was last reported, 0 = not yet.
+    /// Written by the feed's task, reset by `publish`.
+    parked_report_ms: AtomicU64,
+    /// Set once the track ended or its connection closed.
+    ended: AtomicBool,
+    /// Whether a packet arrived in the last `ACTIVE_WITHIN` (read by `is_active`).
+    last_packet_ms: AtomicU64,
+    epoch: Instant,
+    cancel: CancellationToken,
+}
+
+/// A parked feed whose media still arrives is reported this often (and a feed counts as
+/// active when a packet came this recently).
+const PARKED_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+static PUBLICATIONS: AtomicU64 = AtomicU64::new(1);
+
+impl Feed {
+    pub(crate) fn client_track_id(&self) -> &str {
+        &self.client_track_id
+    }
+
+    pub(crate) fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire) || self.cancel.is_cancelled()
+    }
+
+    /// Whether media arrived within the last second.
+    pub(crate) fn is_active(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_packet_ms.load(Ordering::Relaxed);
+        last != 0 && now.saturating_sub(last) <= PARKED_REPORT_EVERY.as_millis() as u64
+    }
+
+    /// Starts a publication of this feed as `source`, unless one is running or it ended.
+    pub(crate) fn publish(self: &Arc<Self>, source: Source) -> Option<Forwarder> {
+        if self.is_ended() {
+            return None;
+        }
+        let id = PUBLICATIONS.fetch_add(1, Ordering::Relaxed);
+        self.publication
+            .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.parked_report_ms.store(0, Ordering::Relaxed);
+        Some(Forwarder {
+            info: TrackInfo {
+                id: TrackId::new(),
+                member: self.member,
+                kind: self.kind,
+                source,
+                client_track_id: self.client_track_id.clone(),
+                codec: self.codec.clone(),
+                keyframes: self.keyframes.clone(),
+            },
+            feed: self.clone(),
+            publication: id,
+        })
+    }
+
+    /// Once per `PARKED_REPORT_EVERY` while parked and media keeps arriving: true if this
+    /// packet (at `now_ms`) should be reported. Media that resumes after a pause (the client
+    /// turned its camera back on) is reported at once; media that simply goes on after the
+    /// feed was parked only after a while, so packets in flight at that moment are not.
+    fn parked_report_due(&self, now_ms: u64, resumed: bool) -> bool {
+        let last = self.parked_report_ms.load(Ordering::Relaxed);
+        let due = (last == 0 && resumed)
+            || (last != 0 && now_ms.saturating_sub(last) >= PARKED_REPORT_EVERY.as_millis() as u64);
+        if last == 0 || due {
+            self.parked_report_ms.store(now_ms, Ordering::Relaxed);
+        }
+        due
+    }
+}
+
+/// The room actor's handle on one publication of a feed. Dropping it stops forwarding at once
+/// and parks the feed (which keeps reading and discarding).
 pub struct Forwarder {
     info: TrackInfo,
-    downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
-    cancel: CancellationToken,
+    feed: Arc<Feed>,
+    publication: u64,
 }
 
 impl Forwarder {
@@ -182,68 +277,112 @@ impl Forwarder {
         &self.info
     }
 
+    fn current(&self) -> bool {
+        self.feed.publication.load(Ordering::Acquire) == self.publication
+    }
+
     /// Adds a subscriber's down-track. Replaces any earlier down-track of the same member.
     /// The newcomer waits for a keyframe; its first packet while waiting asks the publisher for
     /// one. (Asking here would be too early: its connection is usually not up yet, and the
     /// request would use up the pacing window for nothing.)
     pub fn add_subscriber(&self, down: Arc<DownTrack>) {
+        if !self.current() {
+            return;
+        }
+        let downs = &self.feed.downs;
         let member = down.member;
-        let mut next: Vec<Arc<DownTrack>> = self
-            .downs
+        let mut next: Vec<Arc<DownTrack>> = downs
             .load()
             .iter()
             .filter(|d| d.member != member)
             .cloned()
             .collect();
         next.push(down);
-        self.downs.store(Arc::new(next));
+        downs.store(Arc::new(next));
     }
 
     /// Stops sending to `member` at once.
     pub fn remove_subscriber(&self, member: MemberId) {
-        let current = self.downs.load();
+        if !self.current() {
+            return;
+        }
+        let downs = &self.feed.downs;
+        let current = downs.load();
         if current.iter().any(|d| d.member == member) {
             let next: Vec<Arc<DownTrack>> = current
                 .iter()
                 .filter(|d| d.member != member)
                 .cloned()
                 .collect();
-            self.downs.store(Arc::new(next));
+            downs.store(Arc::new(next));
         }
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.downs.load().len()
+        if self.current() {
+            self.feed.downs.load().len()
+        } else {
+            0
+        }
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        // Park, unless a newer publication took over already.
+        if self
+            .feed
+            .publication
+            .compare_exchange(self.publication, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.feed.downs.store(Arc::new(Vec::new()));
+        }
     }
 }
 
-/// Starts forwarding `remote` and returns the handle for the room. The track's codec and SSRC
-/// are read once here, before the loop.
+/// What a feed's task reports to the member task that owns its publish connection.
+pub(crate) type FeedReport = Box<dyn Fn() + Send + Sync>;
+
+/// Starts reading `remote` and returns its feed, parked. The track's codec and SSRC are read
+/// once, before the loop. `parked_media` is called (at most once a second) while the feed is
+/// parked and its media keeps arriving.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
-    info: TrackInfo,
+    member: MemberId,
+    kind: MediaKind,
+    client_track_id: String,
+    codec: Codec,
     remote: Arc<dyn TrackRemote>,
     media_ssrc: u32,
     keyframe_interval: Duration,
     metrics: Arc<Metrics>,
-) -> Forwarder {
-    let downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
-    let cancel = CancellationToken::new();
-    let codec = CodecFamily::from_mime(&info.codec.mime_type);
-
-    if info.kind == MediaKind::Video {
+    cancel: CancellationToken,
+    parked_media: FeedReport,
+) -> Arc<Feed> {
+    let family = CodecFamily::from_mime(&codec.mime_type);
+    let feed = Arc::new(Feed {
+        kind,
+        client_track_id,
+        codec,
+        keyframes: KeyframeRequester::default(),
+        member,
+        downs: Arc::new(ArcSwap::from_pointee(Vec::new())),
+        publication: AtomicU64::new(0),
+        parked_report_ms: AtomicU64::new(0),
+        ended: AtomicBool::new(false),
+        last_packet_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+        cancel,
+    });
+    if kind == MediaKind::Video {
         let guard = GaugeGuard::new(&metrics, |m| &m.keyframe_tasks);
         tokio::spawn(keyframe_loop(
             remote.clone(),
             media_ssrc,
-            info.keyframes.clone(),
+            feed.keyframes.clone(),
             keyframe_interval,
-            cancel.clone(),
+            feed.cancel.clone(),
             metrics.clone(),
             guard,
         ));
@@ -251,40 +390,48 @@ pub(crate) fn spawn(
     let guard = GaugeGuard::new(&metrics, |m| &m.forwarders);
     tokio::spawn(forward_loop(
         remote,
-        codec,
-        downs.clone(),
-        cancel.clone(),
+        family,
+        feed.clone(),
         metrics,
+        parked_media,
         guard,
     ));
-    Forwarder {
-        info,
-        downs,
-        cancel,
-    }
+    feed
 }
 
 async fn forward_loop(
     remote: Arc<dyn TrackRemote>,
     codec: CodecFamily,
-    downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
-    cancel: CancellationToken,
+    feed: Arc<Feed>,
     metrics: Arc<Metrics>,
+    parked_media: FeedReport,
     _guard: GaugeGuard,
 ) {
     loop {
         let event = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = feed.cancel.cancelled() => break,
             event = remote.poll() => event,
         };
         match event {
             Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
-                fan_out(codec, &downs.load(), &packet, &metrics);
+                let now = feed.epoch.elapsed().as_millis().max(1) as u64;
+                let previous = feed.last_packet_ms.swap(now, Ordering::Relaxed);
+                let resumed = now.saturating_sub(previous) > PARKED_REPORT_EVERY.as_millis() as u64;
+                if feed.publication.load(Ordering::Acquire) != 0 {
+                    fan_out(codec, &feed.downs.load(), &packet, &metrics);
+                } else {
+                    metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
+                    if feed.parked_report_due(now, resumed) {
+                        parked_media();
+                    }
+                }
             }
             Some(TrackRemoteEvent::OnEnded) | None => break,
             Some(_) => {}
         }
     }
+    feed.ended.store(true, Ordering::Release);
+    feed.downs.store(Arc::new(Vec::new()));
     tracing::debug!("forwarder stopped");
 }
 

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Packets not queued because a subscriber's queue was full (or it awaited a keyframe
     /// after such a drop).
     pub packets_dropped: AtomicU64,
+    /// Packets read from a track that is not forwarded (floor taken back, muted, refused):
+    /// read and thrown away, so nothing backs up into the WebRTC library.
+    pub packets_discarded: AtomicU64,
     /// `write_rtp` calls that failed (e.g. a connection going away mid-write).
     pub write_errors: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
@@ -91,6 +94,11 @@ impl Metrics {
                 "kursrelay_packets_dropped_total",
                 &self.packets_dropped,
                 "RTP packets dropped for full subscriber queues",
+            ),
+            (
+                "kursrelay_packets_discarded_total",
+                &self.packets_discarded,
+                "RTP packets read and discarded from tracks not being forwarded",
             ),
             (
                 "kursrelay_write_errors_total",

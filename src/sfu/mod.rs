@@ -2,10 +2,12 @@
 //!
 //! - `peer`: how a connection is built; the event handler that reports to the member task.
 //! - `publisher`: a member's publish connection (client offers, we answer); starts a
-//!   forwarder per incoming track.
+//!   feed per incoming track (read for as long as the track lives, forwarded only while the
+//!   room holds a publication of it).
 //! - `subscriber`: a member's subscribe connection (we offer); one down-track per track it
 //!   receives, one writer task draining its queue.
-//! - `forwarder`: the per-packet loop, down-tracks, the writer, keyframe pacing.
+//! - `forwarder`: feeds and their publications (`Forwarder`), the per-packet loop,
+//!   down-tracks, the writer, keyframe pacing.
 //! - `keyframe`: keyframe detection, the PLI/FIR interceptor, the request handle.
 //! - `metrics`: counters and live-task gauges.
 //!
@@ -97,15 +99,29 @@ pub struct TrackInfo {
     pub keyframes: KeyframeRequester,
 }
 
+/// Identifies one peer connection, so events of a replaced connection can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    fn next() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// What a member's connections report to its member task.
 pub enum PeerEvent {
     /// A local ICE candidate to trickle to the client.
-    Candidate(Target, IceCandidate),
-    Connected(Target),
+    Candidate(Target, ConnId, IceCandidate),
+    Connected(Target, ConnId),
     /// The connection failed or closed underneath us.
-    Failed(Target),
-    /// A new track arrived on the publish connection and is being forwarded.
-    Published(Forwarder),
+    Failed(Target, ConnId),
+    /// A new track arrived on the publish connection: forward it if the room agrees.
+    Published(ConnId, Forwarder),
+    /// A track of this publish connection that is not forwarded (floor taken back, muted,
+    /// refused) still receives media; sent about once a second while that lasts.
+    ParkedMedia(ConnId),
 }
 
 pub(crate) struct SfuInner {

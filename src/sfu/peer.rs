@@ -18,7 +18,7 @@ use webrtc::peer_connection::{
 };
 
 use super::keyframe::KeyframeRequestInterceptor;
-use super::{PeerEvent, SfuError, SfuInner};
+use super::{ConnId, PeerEvent, SfuError, SfuInner};
 use crate::protocol::{IceCandidate, Target};
 
 /// Position of our interceptor: after every built-in one (they use lower slots), so it sees
@@ -95,6 +95,25 @@ pub(crate) fn candidate_to_json(event: &RTCPeerConnectionIceEvent) -> Option<Ice
     })
 }
 
+/// The `a=mid` of an SDP's first m-line: with BUNDLE, the line our candidates belong to.
+pub(crate) fn first_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(str::to_owned)
+}
+
+/// Fills in the m-line a local candidate belongs to when webrtc-rs leaves it out. With BUNDLE
+/// every candidate is for the first m-line's transport.
+pub(crate) fn with_mid(mut c: IceCandidate, first_mid: Option<&str>) -> IceCandidate {
+    if c.sdp_mid.as_deref().is_none_or(str::is_empty) {
+        if let Some(mid) = first_mid {
+            c.sdp_mid = Some(mid.to_owned());
+            c.sdp_mline_index = Some(0);
+        }
+    }
+    c
+}
+
 pub(crate) fn candidate_from_json(c: &IceCandidate) -> RTCIceCandidateInit {
     RTCIceCandidateInit {
         candidate: c.candidate.clone(),
@@ -113,6 +132,8 @@ pub(crate) type TrackSink = Box<dyn Fn(Arc<dyn TrackRemote>) + Send + Sync>;
 /// stopped reading can fill it, and then nobody is listening anyway).
 pub(crate) struct Handler {
     pub(crate) target: Target,
+    /// Which connection this is, so the member task can ignore a replaced one.
+    pub(crate) conn: ConnId,
     pub(crate) events: mpsc::Sender<PeerEvent>,
     /// True while the connection is `connected`; down-tracks forward only then.
     pub(crate) connected: Arc<AtomicBool>,
@@ -125,7 +146,7 @@ impl PeerConnectionEventHandler for Handler {
         if let Some(candidate) = candidate_to_json(&event) {
             let _ = self
                 .events
-                .try_send(PeerEvent::Candidate(self.target, candidate));
+                .try_send(PeerEvent::Candidate(self.target, self.conn, candidate));
         }
     }
 
@@ -134,14 +155,18 @@ impl PeerConnectionEventHandler for Handler {
         match state {
             RTCPeerConnectionState::Connected => {
                 self.connected.store(true, Ordering::Release);
-                let _ = self.events.try_send(PeerEvent::Connected(self.target));
+                let _ = self
+                    .events
+                    .try_send(PeerEvent::Connected(self.target, self.conn));
             }
             RTCPeerConnectionState::Disconnected => {
                 self.connected.store(false, Ordering::Release);
             }
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                 self.connected.store(false, Ordering::Release);
-                let _ = self.events.try_send(PeerEvent::Failed(self.target));
+                let _ = self
+                    .events
+                    .try_send(PeerEvent::Failed(self.target, self.conn));
             }
             _ => {}
         }

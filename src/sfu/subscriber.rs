@@ -21,7 +21,7 @@ use super::forwarder::{self, DownTrack};
 use super::keyframe::CodecFamily;
 use super::metrics::GaugeGuard;
 use super::peer::{self, Handler};
-use super::{PeerEvent, SfuError, SfuInner, TrackInfo};
+use super::{ConnId, PeerEvent, SfuError, SfuInner, TrackInfo};
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{IceCandidate, MediaKind, SubscribedTrackDesc, Target};
 
@@ -35,6 +35,7 @@ struct Entry {
 }
 
 pub struct Subscriber {
+    id: ConnId,
     sfu: Arc<SfuInner>,
     member: MemberId,
     pc: Arc<dyn PeerConnection>,
@@ -47,6 +48,8 @@ pub struct Subscriber {
     /// The track set changed since the last offer.
     dirty: bool,
     early_candidates: Vec<IceCandidate>,
+    /// The first m-line's mid in our offers (candidates belong to it).
+    first_mid: Option<String>,
     guard: Option<GaugeGuard>,
 }
 
@@ -57,8 +60,10 @@ impl Subscriber {
         events: mpsc::Sender<PeerEvent>,
     ) -> Result<Subscriber, SfuError> {
         let connected = Arc::new(AtomicBool::new(false));
+        let id = ConnId::next();
         let handler = Handler {
             target: Target::Subscribe,
+            conn: id,
             events,
             connected: connected.clone(),
             on_track: None,
@@ -74,6 +79,7 @@ impl Subscriber {
             GaugeGuard::new(&sfu.metrics, |m| &m.writers),
         ));
         Ok(Subscriber {
+            id,
             sfu,
             member,
             pc,
@@ -84,8 +90,18 @@ impl Subscriber {
             offer_outstanding: false,
             dirty: false,
             early_candidates: Vec::new(),
+            first_mid: None,
             guard: Some(guard),
         })
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// A local candidate as the client should get it (with the m-line it belongs to).
+    pub fn complete_candidate(&self, c: IceCandidate) -> IceCandidate {
+        peer::with_mid(c, self.first_mid.as_deref())
     }
 
     pub fn has_track(&self, id: TrackId) -> bool {
@@ -177,6 +193,7 @@ impl Subscriber {
             .ok_or_else(|| SfuError::WebRtc("no local description after offering".into()))?;
         self.offer_outstanding = true;
         self.dirty = false;
+        self.first_mid = peer::first_mid(&local.sdp);
         let tracks = self
             .tracks
             .values()

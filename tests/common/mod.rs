@@ -314,6 +314,20 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Reads until the server closes the socket; the close code, if its close frame had one.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("ws recv timed out");
+            match frame {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +446,9 @@ struct Shared {
     offered: Mutex<Vec<SubscribedTrackDesc>>,
     received: Mutex<HashMap<String, ReceivedTrack>>,
     socket_closed: AtomicBool,
+    /// While set, the publisher's sending tasks send nothing (a client that stopped its
+    /// tracks); they go on where they were when it is cleared.
+    paused: AtomicBool,
 }
 
 enum Cmd {
@@ -442,6 +459,12 @@ enum Cmd {
     ),
     /// Close both peer connections without telling the server.
     KillMedia,
+    /// A new offer on the existing publish connection, with the same tracks.
+    Reoffer(tokio::sync::oneshot::Sender<()>),
+    /// Close the publish connection only, without telling the server.
+    ClosePublishPc,
+    /// Stop answering subscribe offers (a client that went deaf).
+    IgnoreOffers,
     /// Drop the TCP connection without a close frame.
     DropSocket,
 }
@@ -582,6 +605,35 @@ impl TestPeer {
 
     pub async fn kill_media(&self) {
         let _ = self.cmds.send(Cmd::KillMedia).await;
+    }
+
+    /// Stops (true) or resumes (false) sending on every published track.
+    pub fn pause_media(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Offers again on the same publish connection (same tracks); returns once the answer is
+    /// applied.
+    pub async fn reoffer(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds
+            .send(Cmd::Reoffer(tx))
+            .await
+            .expect("peer task alive");
+        tokio::time::timeout(TIMEOUT, rx)
+            .await
+            .expect("re-offer timed out")
+            .expect("re-offer answered");
+    }
+
+    /// Closes the publish connection without a word to the server.
+    pub async fn close_publish_pc(&self) {
+        let _ = self.cmds.send(Cmd::ClosePublishPc).await;
+    }
+
+    /// From now on, subscribe offers are recorded but never answered.
+    pub async fn ignore_offers(&self) {
+        let _ = self.cmds.send(Cmd::IgnoreOffers).await;
     }
 
     pub async fn drop_socket(&self) {
@@ -748,6 +800,9 @@ async fn peer_task(
     let mut pub_pc: Option<Arc<dyn PeerConnection>> = None;
     let mut sub_pc: Option<Arc<dyn PeerConnection>> = None;
     let mut pending: Option<PendingPublish> = None;
+    let mut pub_descs: Vec<serde_json::Value> = Vec::new();
+    let mut reoffer_reply: Option<tokio::sync::oneshot::Sender<()>> = None;
+    let mut ignore_offers = false;
     let mut early: HashMap<&'static str, Vec<RTCIceCandidateInit>> = HashMap::new();
     let handler = |target| PeerHandler {
         target,
@@ -765,6 +820,7 @@ async fn peer_task(
                 };
                 let msg: serde_json::Value = serde_json::from_str(&text).expect("server JSON");
                 match msg["type"].as_str().unwrap_or_default() {
+                    "subscribe_offer" if ignore_offers => {}
                     "subscribe_offer" => {
                         if sub_pc.is_none() {
                             sub_pc = Some(new_pc(handler("subscribe")).await);
@@ -790,14 +846,16 @@ async fn peer_task(
                             for c in early.remove("publish").unwrap_or_default() {
                                 let _ = pc.add_ice_candidate(c).await;
                             }
-                            start_sending(p, stop_media.clone()).await;
+                            start_sending(p, stop_media.clone(), shared.clone()).await;
+                        } else if let (Some(pc), Some(reply)) = (pub_pc.as_ref(), reoffer_reply.take()) {
+                            let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
+                            pc.set_remote_description(answer).await.expect("apply publish answer");
+                            let _ = reply.send(());
                         }
                     }
                     "error" if msg["request"] == "publish_offer" => {
                         pending = None; // refused: the publish() caller gets None
-                    }
-                    "error" if msg["request"] == "publish_offer" => {
-                        pending = None; // refused: the publish() caller gets None
+                        reoffer_reply = None;
                     }
                     "ice_candidate" => {
                         let target = if msg["target"] == "publish" { "publish" } else { "subscribe" };
@@ -850,11 +908,25 @@ async fn peer_task(
                     pc.set_local_description(offer).await.expect("set offer");
                     let sdp = pc.local_description().await.unwrap().sdp;
                     pub_pc = Some(pc);
+                    pub_descs = descs.clone();
                     pending = Some(PendingPublish { spec, tracks, reply });
                     if std::env::var("DUMP_SDP").is_ok() { eprintln!("OFFER {sdp}"); }
                     let msg = json!({"type": "publish_offer", "sdp": sdp, "tracks": descs});
                     if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
                 }
+                Some(Cmd::Reoffer(reply)) => {
+                    let Some(pc) = pub_pc.as_ref() else { continue };
+                    let offer = pc.create_offer(None).await.expect("offer");
+                    pc.set_local_description(offer).await.expect("set offer");
+                    let sdp = pc.local_description().await.unwrap().sdp;
+                    reoffer_reply = Some(reply);
+                    let msg = json!({"type": "publish_offer", "sdp": sdp, "tracks": pub_descs});
+                    if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                }
+                Some(Cmd::ClosePublishPc) => {
+                    if let Some(pc) = pub_pc.take() { let _ = pc.close().await; }
+                }
+                Some(Cmd::IgnoreOffers) => ignore_offers = true,
                 Some(Cmd::KillMedia) => {
                     stop_media.cancel();
                     if let Some(pc) = pub_pc.take() { let _ = pc.close().await; }
@@ -877,7 +949,7 @@ async fn peer_task(
 
 /// Starts one sending task per track (paced, keyframes periodically and on PLI) and replies
 /// with the tracks' records.
-async fn start_sending(p: PendingPublish, stop: CancellationToken) {
+async fn start_sending(p: PendingPublish, stop: CancellationToken, shared: Arc<Shared>) {
     let epoch = Instant::now();
     let mut records = Vec::new();
     for (sent, local, sender) in p.tracks {
@@ -929,6 +1001,7 @@ async fn start_sending(p: PendingPublish, stop: CancellationToken) {
         });
         let spec = p.spec.clone();
         let stop = stop.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let (pps, clock_step, len) = match sent.codec {
                 Some(_) => (spec.video_pps, 90_000 / spec.video_pps, 1000),
@@ -940,6 +1013,9 @@ async fn start_sending(p: PendingPublish, stop: CancellationToken) {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
+                }
+                if shared.paused.load(Ordering::SeqCst) {
+                    continue;
                 }
                 let keyframe = sent.codec.is_some()
                     && (kf_wanted.swap(false, Ordering::SeqCst)
