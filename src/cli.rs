@@ -87,6 +87,16 @@ pub enum SessionCommand {
         #[arg(long)]
         open: bool,
     },
+    /// Add one personal invite per name in a file (one name per line, `-` for standard
+    /// input; blank lines skipped) and print `name<TAB>invite<TAB>link` for each. All or none.
+    InviteMany {
+        session: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The file of names.
+        #[arg(long)]
+        names: std::path::PathBuf,
+    },
     /// Print every active invite's link. With --defaults, first create a course leader, a
     /// user representative and an open participant link if the session has none.
     Links {
@@ -184,6 +194,46 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
                 )
                 .await?;
             format!("{}\t{}", invite.id, link(&invite, s.ends_at_unix))
+        }
+        AdminCommand::Session(SessionCommand::InviteMany {
+            session,
+            role,
+            names,
+        }) => {
+            let s = db.session(&session).await?;
+            let text = if names.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&names)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", names.display()))?
+            };
+            let new: Vec<NewInvite> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|name| NewInvite {
+                    role,
+                    display_name: Some(name.to_owned()),
+                    relative_of: None,
+                    open: false,
+                })
+                .collect();
+            if new.is_empty() {
+                anyhow::bail!("{} has no names in it", names.display());
+            }
+            db.create_invites(&session, &new)
+                .await?
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}\t{}\t{}",
+                        i.display_name.as_deref().unwrap_or_default(),
+                        i.id,
+                        link(i, s.ends_at_unix)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         }
         AdminCommand::Session(SessionCommand::Links { session, defaults }) => {
             let s = db.session(&session).await?;

@@ -296,3 +296,202 @@ async fn admin_api_is_off_without_a_key() {
     assert_eq!(body["error"], "api_off");
     server.shutdown().await;
 }
+
+/// (status, body) for a request with raw headers and body.
+async fn raw(server: &TestServer, head: &str, body: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status: u16 = resp[9..12].parse().unwrap();
+    let json = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let value =
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("not a JSON error body: {resp}"));
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_error_is_json_and_authentication_comes_first() {
+    let server = TestServer::spawn().await;
+    let auth = format!("Authorization: Bearer {ADMIN_KEY}");
+    let json_ct = "Content-Type: application/json";
+    let cases: Vec<(String, &str, u16, &str, &str)> = vec![
+        // No key with a bad body: 401, and nothing about the schema.
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{json_ct}"),
+            "{\"nope\": 1}",
+            401,
+            "unauthorized",
+            "Bearer",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{json_ct}"),
+            "{not json",
+            401,
+            "unauthorized",
+            "Bearer",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}\r\n{json_ct}"),
+            "{not json",
+            400,
+            "bad_json",
+            "not valid JSON",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}\r\nContent-Type: text/plain"),
+            "{\"title\": \"x\"}",
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}"),
+            "{\"title\": \"x\"}",
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}\r\n{json_ct}"),
+            "{\"title\": 5}",
+            422,
+            "invalid",
+            "title",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}\r\n{json_ct}"),
+            "{\"titel\": \"x\"}",
+            422,
+            "invalid",
+            "titel",
+        ),
+        (
+            format!("POST /api/courses HTTP/1.1\r\n{auth}\r\n{json_ct}"),
+            "{}",
+            422,
+            "invalid",
+            "title",
+        ),
+        (
+            format!("GET /api/sessions?kurs=1 HTTP/1.1\r\n{auth}"),
+            "",
+            422,
+            "invalid",
+            "kurs",
+        ),
+        (
+            format!("GET /api/nothing-here HTTP/1.1\r\n{auth}"),
+            "",
+            404,
+            "not_found",
+            "No such",
+        ),
+        (
+            format!("DELETE /api/courses HTTP/1.1\r\n{auth}"),
+            "",
+            405,
+            "method_not_allowed",
+            "method",
+        ),
+        // Attendance: a 401 names both ways in.
+        (
+            "GET /api/sessions/x/attendance HTTP/1.1".to_owned(),
+            "",
+            401,
+            "unauthorized",
+            "join token",
+        ),
+        (
+            format!("GET /api/sessions/x/attendance?format=pdf HTTP/1.1\r\n{auth}"),
+            "",
+            422,
+            "invalid",
+            "csv or json",
+        ),
+    ];
+    for (head, body, status, code, words) in cases {
+        let (got, value) = raw(&server, &head, body).await;
+        assert_eq!(got, status, "{head} {body}: {value}");
+        assert_eq!(value["error"], code, "{head} {body}: {value}");
+        let message = value["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(words),
+            "{head} {body}: {message:?} lacks {words:?}"
+        );
+    }
+    // Nothing was created by any of the refused requests.
+    let (_, courses) = raw(&server, &format!("GET /api/courses HTTP/1.1\r\n{auth}"), "").await;
+    assert_eq!(courses, json!([]));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_in_bulk_all_or_none() {
+    let server = TestServer::spawn().await;
+    let key = Some(ADMIN_KEY);
+    let session = server.session("bulk").await;
+    let path = format!("/api/sessions/{session}/invites/bulk");
+    // One bad entry: nothing is created, and the entry is named.
+    let (status, err) = call(
+        &server,
+        "POST",
+        &path,
+        key,
+        Some(json!({"invites": [
+            {"role": "participant", "display_name": "Kari"},
+            {"role": "site"}
+        ]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("invites[1]"),
+        "{err}"
+    );
+    let (_, list) = call(
+        &server,
+        "GET",
+        &format!("/api/sessions/{session}/invites"),
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(list, json!([]));
+    let (status, err) = call(&server, "POST", &path, key, Some(json!({"invites": []}))).await;
+    assert_eq!(status, 422, "{err}");
+
+    let names = ["Kari", "Per", "Ingrid", "Ola"];
+    let invites: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"role": "participant", "display_name": n}))
+        .collect();
+    let (status, made) = call(
+        &server,
+        "POST",
+        &path,
+        key,
+        Some(json!({ "invites": invites })),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let made = made.as_array().unwrap();
+    assert_eq!(made.len(), 4);
+    for (m, n) in made.iter().zip(names) {
+        assert_eq!(m["display_name"], n);
+        let token = m["link"].as_str().unwrap().split("#t=").nth(1).unwrap();
+        // Each link really lets its person in.
+        let mut ws = WsClient::connect(&server).await;
+        let joined = ws.hello_join(token).await;
+        assert_eq!(joined["name"], n);
+        ws.close().await;
+    }
+    server.shutdown().await;
+}

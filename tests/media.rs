@@ -103,21 +103,25 @@ async fn departure_removes_tracks(how: &str) {
         }
         "socket" => publisher.drop_socket().await,
         "peer" => {
+            // The publisher's only connection is its publish connection: losing it ends what
+            // it sent, not its membership.
             publisher.kill_media().await;
             publisher
-                .wait_msg(|m| m["type"] == "bye" && m["reason"] == "peer_failed")
+                .wait_msg(|m| m["type"] == "publish_closed" && m["reason"] == "failed")
                 .await;
         }
         _ => unreachable!(),
     }
-    // The watcher gets a new offer without the tracks, and the member list without the publisher.
+    // The watcher gets a new offer without the tracks, and the member list without the publisher
+    // (who stays after losing only its publish connection).
     assert!(
         wait_until(TIMEOUT, || watcher.offered().is_empty()).await,
         "tracks still offered"
     );
+    let members = if how == "peer" { 2 } else { 1 };
     watcher
         .wait_msg(|m| {
-            m["type"] == "roster" && m["members"].as_array().is_some_and(|a| a.len() == 1)
+            m["type"] == "roster" && m["members"].as_array().is_some_and(|a| a.len() == members)
         })
         .await;
     let live = server.live();
@@ -133,6 +137,19 @@ async fn departure_removes_tracks(how: &str) {
         "after {how}: {:?} (was {live:?})",
         server.live()
     );
+    if how == "peer" {
+        // A failing subscribe connection is the member gone: removed, told why.
+        watcher.kill_media().await;
+        watcher
+            .wait_msg(|m| m["type"] == "bye" && m["reason"] == "peer_failed")
+            .await;
+        publisher
+            .wait_msg(|m| {
+                m["type"] == "roster" && m["members"].as_array().is_some_and(|a| a.len() == 1)
+            })
+            .await;
+        publisher.close().await;
+    }
     watcher.close().await;
     assert_nothing_left(&server).await;
     server.shutdown().await;

@@ -130,7 +130,7 @@ export class KursrelayClient {
   /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */
   publish(tracks) {
     return this._publishStep(async () => {
-      for (const { track, source } of tracks) this._addSender(track, source);
+      for (const { track, source } of tracks) await this._addSender(track, source);
       await this._negotiatePublish();
     });
   }
@@ -393,10 +393,20 @@ export class KursrelayClient {
     return run;
   }
 
-  _addSender(track, source) {
+  async _addSender(track, source) {
     const pc = this._peer('publish');
     this._pubStream.addTrack(track);
-    pc.addTransceiver(track, { direction: 'sendonly', streams: [this._pubStream] });
+    // A transceiver whose track was taken off (floor taken back, screen share stopped) is used
+    // again, so m-lines do not pile up with every turn at the floor.
+    const free = pc.getTransceivers().find((t) => !t.stopped && !t.sender.track
+      && t.receiver.track && t.receiver.track.kind === track.kind);
+    if (free) {
+      await free.sender.replaceTrack(track);
+      free.sender.setStreams(this._pubStream);
+      free.direction = 'sendonly';
+    } else {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [this._pubStream] });
+    }
     this._pubSources.set(track, source || (track.kind === 'video' ? 'camera' : 'microphone'));
   }
 

@@ -201,8 +201,9 @@ pub fn summarise(
         let named = !invite.open && first.role != Role::Interpreter;
         let spans = intervals(&mine, start_v, end_v);
         let present: i64 = spans.iter().map(|(s, e)| e - s).sum();
+        // Never negative, and never the "-0.0" that JSON readers show as minus zero.
         let pct = if duration > 0 {
-            present as f64 * 100.0 / duration as f64
+            (present as f64 * 100.0 / duration as f64).max(0.0) + 0.0
         } else {
             0.0
         };
@@ -301,7 +302,8 @@ fn site_summary(
         subject: subject.to_owned(),
         name,
         max_headcount: max,
-        mean_headcount: (total > 0).then(|| ((weighted / total as f64) * 10.0).round() / 10.0),
+        mean_headcount: (total > 0)
+            .then(|| ((weighted / total as f64) * 10.0).round() / 10.0 + 0.0),
     }
 }
 

@@ -375,10 +375,67 @@ impl Db {
         session_id: &str,
         new: &NewInvite,
     ) -> Result<Invite, DbError> {
+        let mut created = self
+            .create_invites(session_id, std::slice::from_ref(new))
+            .await?;
+        Ok(created.remove(0))
+    }
+
+    /// Creates many invites at once (registration staff inviting a whole course): every one is
+    /// checked first, then all are written in one transaction — all or none. An error names
+    /// the entry (`invites[3].display_name: …`).
+    pub async fn create_invites(
+        &self,
+        session_id: &str,
+        new: &[NewInvite],
+    ) -> Result<Vec<Invite>, DbError> {
         let session = self.session(session_id).await?;
         if session.state == SessionState::Ended {
             return Err(DbError::Invalid("the session has ended".into()));
         }
+        let many = new.len() > 1;
+        let mut names = Vec::with_capacity(new.len());
+        for (i, n) in new.iter().enumerate() {
+            let name = self
+                .check_invite(session_id, n)
+                .await
+                .map_err(|e| match e {
+                    DbError::Invalid(m) if many => DbError::Invalid(format!("invites[{i}]: {m}")),
+                    other => other,
+                })?;
+            names.push(name);
+        }
+        let mut ids = Vec::with_capacity(new.len());
+        let mut tx = self.pool.begin().await?;
+        let now = unix_now() as i64;
+        for (n, name) in new.iter().zip(&names) {
+            let id = new_id();
+            sqlx::query("INSERT INTO invites (id, session_id, role, display_name, relative_of, open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(&id)
+                .bind(session_id)
+                .bind(n.role.as_str())
+                .bind(name)
+                .bind(&n.relative_of)
+                .bind(n.open as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            out.push(self.invite(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Checks one new invite; its display name, trimmed.
+    async fn check_invite(
+        &self,
+        session_id: &str,
+        new: &NewInvite,
+    ) -> Result<Option<String>, DbError> {
         if new.open && new.role != Role::Participant {
             return Err(DbError::Invalid(
                 "only participant links can be open".into(),
@@ -399,25 +456,17 @@ impl Db {
             ));
         }
         if let Some(of) = &new.relative_of {
-            let patient = self.invite(of).await?;
-            if patient.session_id != session_id || patient.open {
+            let patient = match self.invite(of).await {
+                Err(DbError::NotFound(_)) => None,
+                other => Some(other?),
+            };
+            if patient.is_none_or(|p| p.session_id != session_id || p.open) {
                 return Err(DbError::Invalid(
                     "relative_of must be a personal invite of the same session".into(),
                 ));
             }
         }
-        let id = new_id();
-        sqlx::query("INSERT INTO invites (id, session_id, role, display_name, relative_of, open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(session_id)
-            .bind(new.role.as_str())
-            .bind(&name)
-            .bind(&new.relative_of)
-            .bind(new.open as i64)
-            .bind(unix_now() as i64)
-            .execute(&self.pool)
-            .await?;
-        self.invite(&id).await
+        Ok(name)
     }
 
     pub async fn invite(&self, id: &str) -> Result<Invite, DbError> {

@@ -1,11 +1,13 @@
 //! The admin REST API (docs/api.md): courses, sessions, invites and their join links. Every
 //! call needs `Authorization: Bearer <auth.admin_key>`; with no key configured the API is off.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -28,10 +30,21 @@ pub fn routes() -> Router<AppState> {
             "/api/sessions/{id}/invites",
             get(list_invites).post(create_invite),
         )
+        .route("/api/sessions/{id}/invites/bulk", post(create_invites))
         .route("/api/invites/{id}/revoke", post(revoke_invite))
         .route("/api/sessions/{id}/attendance", get(session_attendance))
         .route("/api/courses/{id}/attendance", get(course_attendance))
         .route("/api/exports", get(list_exports))
+        .route("/api/{*rest}", any(no_such_endpoint))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn no_such_endpoint() -> ApiError {
+    ApiError::NotFound("API endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// One error type for the API: a status, a stable code, a message for people.
@@ -39,8 +52,15 @@ pub fn routes() -> Router<AppState> {
 pub enum ApiError {
     Off,
     Unauthorized,
+    /// Attendance may also be read with the session leader's join token: say so.
+    UnauthorizedAttendance,
     Forbidden,
     NotFound(&'static str),
+    MethodNotAllowed,
+    /// The body is not JSON at all.
+    BadJson(String),
+    /// The body is not sent as `application/json`.
+    UnsupportedMediaType,
     Invalid(String),
     Internal,
 }
@@ -64,6 +84,29 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "Send the admin key as 'Authorization: Bearer <key>'.".to_owned(),
+            ),
+            ApiError::UnauthorizedAttendance => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Send either the admin key or the session leader's own join token (the part of \
+                 the leader's link after '#t=') as 'Authorization: Bearer <key or token>'."
+                    .to_owned(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This endpoint does not take that method; docs/api.md lists what it takes."
+                    .to_owned(),
+            ),
+            ApiError::BadJson(m) => (
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("The body is not valid JSON: {m}"),
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as JSON with 'Content-Type: application/json'.".to_owned(),
             ),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
@@ -130,6 +173,79 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Proof that the request carries the admin key. As the first extractor of a handler it runs
+/// before the body is read, so an unauthenticated request learns nothing about the schema.
+struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        admin(s, &parts.headers)?;
+        Ok(Admin)
+    }
+}
+
+/// Largest admin API body accepted.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON body whose problems are answered in the API's own error format: not JSON → 400
+/// `bad_json`, wrong content type → 415, a field missing or of the wrong kind → 422 naming
+/// the field.
+struct ApiJson<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &AppState) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::Invalid(format!("the body is over {MAX_BODY_BYTES} bytes")))?;
+        parse_body(&body).map(ApiJson)
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, so a broken document is a 400 and not a schema complaint.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err(ApiError::BadJson(e.to_string()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let detail = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
+        ApiError::Invalid(if field == "." {
+            detail
+        } else {
+            format!("{field}: {detail}")
+        })
+    })
+}
+
+/// A query string whose problems are answered in the API's error format (422).
+struct ApiQuery<T>(T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, s)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::Invalid(e.body_text()))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewCourse {
@@ -137,41 +253,34 @@ struct NewCourse {
 }
 
 async fn create_course(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
-    Json(body): Json<NewCourse>,
+    ApiJson(body): ApiJson<NewCourse>,
 ) -> Result<(StatusCode, Json<crate::db::Course>), ApiError> {
-    admin(&s, &h)?;
     Ok((
         StatusCode::CREATED,
         Json(s.db.create_course(&body.title).await?),
     ))
 }
 
-async fn list_courses(
-    State(s): State<AppState>,
-    h: HeaderMap,
-) -> ApiResult<Vec<crate::db::Course>> {
-    admin(&s, &h)?;
+async fn list_courses(_: Admin, State(s): State<AppState>) -> ApiResult<Vec<crate::db::Course>> {
     Ok(Json(s.db.courses().await?))
 }
 
 async fn get_course(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<crate::db::Course> {
-    admin(&s, &h)?;
     Ok(Json(s.db.course(&id).await?))
 }
 
 async fn create_session(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<NewSession>,
+    ApiJson(body): ApiJson<NewSession>,
 ) -> Result<(StatusCode, Json<crate::db::Session>), ApiError> {
-    admin(&s, &h)?;
     Ok((
         StatusCode::CREATED,
         Json(s.db.create_session(&id, &body).await?),
@@ -179,45 +288,42 @@ async fn create_session(
 }
 
 async fn list_course_sessions(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Vec<crate::db::Session>> {
-    admin(&s, &h)?;
     s.db.course(&id).await?;
     Ok(Json(s.db.sessions(Some(&id)).await?))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SessionFilter {
     course: Option<String>,
 }
 
 async fn list_sessions(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
-    Query(f): Query<SessionFilter>,
+    ApiQuery(f): ApiQuery<SessionFilter>,
 ) -> ApiResult<Vec<crate::db::Session>> {
-    admin(&s, &h)?;
     Ok(Json(s.db.sessions(f.course.as_deref()).await?))
 }
 
 async fn get_session(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<crate::db::Session> {
-    admin(&s, &h)?;
     Ok(Json(s.db.session(&id).await?))
 }
 
 async fn update_session(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
-    Json(patch): Json<SessionPatch>,
+    ApiJson(patch): ApiJson<SessionPatch>,
 ) -> ApiResult<crate::db::Session> {
-    admin(&s, &h)?;
     let session = s.db.update_session(&id, &patch).await?;
     if session.state == SessionState::Ended {
         end_room(&s, &id).await;
@@ -226,11 +332,10 @@ async fn update_session(
 }
 
 async fn end_session(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<crate::db::Session> {
-    admin(&s, &h)?;
     s.db.session(&id).await?;
     s.db.advance_session(&id, SessionState::Ended).await?;
     end_room(&s, &id).await;
@@ -264,22 +369,47 @@ async fn with_link(s: &AppState, invite: Invite) -> Result<InviteWithLink, ApiEr
 }
 
 async fn create_invite(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<NewInvite>,
+    ApiJson(body): ApiJson<NewInvite>,
 ) -> Result<(StatusCode, Json<InviteWithLink>), ApiError> {
-    admin(&s, &h)?;
     let invite = s.db.create_invite(&id, &body).await?;
     Ok((StatusCode::CREATED, Json(with_link(&s, invite).await?)))
 }
 
-async fn list_invites(
+/// Most invites one bulk call creates.
+const MAX_BULK_INVITES: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkInvites {
+    invites: Vec<NewInvite>,
+}
+
+async fn create_invites(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BulkInvites>,
+) -> Result<(StatusCode, Json<Vec<InviteWithLink>>), ApiError> {
+    if body.invites.is_empty() || body.invites.len() > MAX_BULK_INVITES {
+        return Err(ApiError::Invalid(format!(
+            "invites: give 1–{MAX_BULK_INVITES} invites"
+        )));
+    }
+    let mut out = Vec::with_capacity(body.invites.len());
+    for invite in s.db.create_invites(&id, &body.invites).await? {
+        out.push(with_link(&s, invite).await?);
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn list_invites(
+    _: Admin,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Vec<InviteWithLink>> {
-    admin(&s, &h)?;
     let mut out = Vec::new();
     for invite in s.db.invites(&id).await? {
         out.push(with_link(&s, invite).await?);
@@ -288,11 +418,10 @@ async fn list_invites(
 }
 
 async fn revoke_invite(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Invite> {
-    admin(&s, &h)?;
     let invite = s.db.revoke_invite(&id).await?;
     // Whoever holds it now goes at once (open links: everyone who came by it).
     if let Some(session) = SessionId::parse(&invite.session_id) {
@@ -301,7 +430,21 @@ async fn revoke_invite(
     Ok(Json(invite))
 }
 
+/// `a=b&c=d` as a JSON object of strings (percent-decoding is not needed for its values).
+fn query_map(query: Option<&str>) -> serde_json::Value {
+    let pairs = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), serde_json::Value::String(v.to_owned()))
+        });
+    serde_json::Value::Object(pairs.collect())
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExportQuery {
     format: Option<String>,
 }
@@ -319,11 +462,11 @@ async fn attendance_reader(
     let claims = s
         .tokens
         .verify(bearer(headers), crate::auth::unix_now())
-        .map_err(|_| ApiError::Unauthorized)?;
+        .map_err(|_| ApiError::UnauthorizedAttendance)?;
     let invite =
         s.db.invite(&claims.sub)
             .await
-            .map_err(|_| ApiError::Unauthorized)?;
+            .map_err(|_| ApiError::UnauthorizedAttendance)?;
     let leader = claims.role == crate::protocol::Role::Leader && invite.role == claims.role;
     if !leader || claims.sid != session_id || invite.session_id != session_id || invite.revoked {
         return Err(ApiError::Forbidden);
@@ -335,13 +478,16 @@ async fn session_attendance(
     State(s): State<AppState>,
     h: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ExportQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    // Who asks is checked before anything of the request is read.
+    let who = attendance_reader(&s, &h, &id).await?;
+    let q: ExportQuery = serde_json::from_value(query_map(query.as_deref()))
+        .map_err(|e| ApiError::Invalid(format!("query string: {e}")))?;
     let format = q.format.unwrap_or_else(|| "csv".into());
     if format != "csv" && format != "json" {
         return Err(ApiError::Invalid("format must be csv or json".into()));
     }
-    let who = attendance_reader(&s, &h, &id).await?;
     let session = s.db.session(&id).await?;
     let summary = crate::attendance::session_summary(
         &s.db,
@@ -374,11 +520,10 @@ async fn session_attendance(
 }
 
 async fn course_attendance(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Vec<crate::attendance::export::CourseLine>> {
-    admin(&s, &h)?;
     s.db.course(&id).await?;
     let mut lines = Vec::new();
     for session in s.db.sessions(Some(&id)).await? {
@@ -396,9 +541,8 @@ async fn course_attendance(
 }
 
 async fn list_exports(
+    _: Admin,
     State(s): State<AppState>,
-    h: HeaderMap,
 ) -> ApiResult<Vec<crate::attendance::ExportRecord>> {
-    admin(&s, &h)?;
     Ok(Json(crate::attendance::exports(&s.db).await?))
 }
