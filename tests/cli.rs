@@ -182,8 +182,47 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
         "the printed link must not carry the name: {site}"
     );
     assert_eq!(run(&["session", "links", &session]).lines().count(), 4);
+    // A whole list of participants at once: all or none.
+    let names = dir.path().join("names.txt");
+    std::fs::write(&names, "Kari\n\n  Per Olav \nIngrid\n").unwrap();
+    let names = names.display().to_string();
+    let made = run(&[
+        "session",
+        "invite-many",
+        &session,
+        "--role",
+        "participant",
+        "--names",
+        &names,
+    ]);
+    let made: Vec<&str> = made.lines().collect();
+    assert_eq!(made.len(), 3, "{made:?}");
+    assert!(
+        made[1].starts_with("Per Olav\t") && made[1].contains("/watch.html#t="),
+        "{made:?}"
+    );
+    assert_eq!(run(&["session", "links", &session]).lines().count(), 7);
+    let bad_names = dir.path().join("bad.txt");
+    std::fs::write(&bad_names, format!("Kari\n{}\n", "x".repeat(70))).unwrap();
+    let refused = kursrelay()
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "session",
+            "invite-many",
+            &session,
+            "--role",
+            "participant",
+            "--names",
+        ])
+        .arg(&bad_names)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invites[1]"));
+    assert_eq!(run(&["session", "links", &session]).lines().count(), 7);
     run(&["invite", "revoke", &site_invite]);
-    assert_eq!(run(&["session", "links", &session]).lines().count(), 3);
+    assert_eq!(run(&["session", "links", &session]).lines().count(), 6);
     run(&["session", "end", &session]);
     let out = kursrelay()
         .arg("--config")
