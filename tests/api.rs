@@ -495,3 +495,30 @@ async fn invites_in_bulk_all_or_none() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attendance_numbers_are_never_minus_zero() {
+    let server = TestServer::spawn().await;
+    let session = server.session("zero").await;
+    let course = server.state.db.session(&session).await.unwrap().course_id;
+    let (status, lines) = call(
+        &server,
+        "GET",
+        &format!("/api/courses/{course}/attendance"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{lines}");
+    assert_eq!(lines[0]["site_people_mean"].to_string(), "0.0", "{lines}");
+    let (_, export) = call(
+        &server,
+        "GET",
+        &format!("/api/sessions/{session}/attendance?format=json"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert!(!export.to_string().contains("-0"), "{export}");
+    server.shutdown().await;
+}

@@ -63,6 +63,7 @@ export class KursrelayClient {
     this.onTrackGone = () => {};
     this.onError = (err) => console.error(err);
     this.onClose = () => {};
+    this.onPublishClosed = () => {}; // (reason) the server ended the publish connection
 
     this._ws = null;
     this._welcomed = false;
@@ -275,6 +276,18 @@ export class KursrelayClient {
         if (waiter) waiter.resolve(msg);
         else if (msg.type === 'joined') this.onAdmitted(msg);
         if (msg.type === 'hand') this.onHand(Boolean(msg.raised));
+        break;
+      }
+      case 'publish_closed': {
+        // The server ended our publish connection (it failed, or we replaced it): the next
+        // publish starts a new one. Our tracks stay with the page, which may publish again.
+        const c = this._conn.publish;
+        if (c.pc) c.pc.close();
+        this._conn.publish = newConnection();
+        this._pubStream = new MediaStream();
+        this._pubSources.clear();
+        this._pubIds.clear();
+        this.onPublishClosed(msg.reason);
         break;
       }
       case 'roster':

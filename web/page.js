@@ -32,7 +32,7 @@ const el = {
 // What each role sends from publish.html (docs/protocol.md, "What may be published").
 const SENDS = { leader: ['camera', 'microphone'], representative: ['camera', 'microphone'], interpreter: ['camera'] };
 // Join failures and goodbyes after which a kiosk does not try again.
-const TERMINAL = new Set(['left', 'removed', 'session_ended', 'denied', 'replaced', 'bad_token', 'invite_revoked', 'no_token']);
+const TERMINAL = new Set(['left', 'removed', 'revoked', 'session_ended', 'denied', 'replaced', 'bad_token', 'invite_revoked', 'no_token']);
 const RECONNECT_MS = 2000;
 const MAX_CAPTIONS = 100;
 
@@ -598,7 +598,7 @@ async function doStart({ name } = {}) {
     if (client !== c) return;
     client = null;
     teardown();
-    if (reason === 'removed' || reason === 'session_ended') store(rejoinKey(token), null);
+    if (reason === 'removed' || reason === 'revoked' || reason === 'session_ended') store(rejoinKey(token), null);
     if (kiosk && !TERMINAL.has(reason)) {
       scheduleReconnect();
       return;
@@ -742,7 +742,7 @@ function ended(reason) {
   if (has(key)) showAlert(key);
   else if (reason !== 'left') showAlert('err.connect_failed');
   else showAlert('bye.left');
-  el.rejoin.hidden = reason === 'removed' || reason === 'session_ended' || reason === 'denied';
+  el.rejoin.hidden = reason === 'removed' || reason === 'revoked' || reason === 'session_ended' || reason === 'denied';
   focusHeading('ended-heading');
 }
 

@@ -696,7 +696,8 @@ impl Client {
                 joined.room.publish(forwarder).await.map_err(internal)?;
             }
             PeerEvent::ParkedMedia(conn) if publish_id == Some(conn) => {
-                if self.republish().await? {
+                let still_refused = self.republish().await?;
+                if still_refused {
                     self.refusal_notice();
                 }
             }

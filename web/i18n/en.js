@@ -174,6 +174,8 @@ export default {
   'bye.session_ended': 'The course has ended. Thank you for taking part!',
   'bye.replaced': 'You joined from another tab or device, so this one was disconnected.',
   'bye.peer_failed': 'The picture and sound connection failed. Press “Join again”.',
+  'bye.revoked': 'The course organisers withdrew your link, so you were disconnected.',
+  'bye.unresponsive': 'The connection stopped answering, so you were disconnected. Press “Join again”.',
   'bye.server_shutdown': 'The course server was stopped. Try again shortly.',
   'bye.rate_limited': 'The connection was closed because the page sent too much.',
   'bye.connection_lost': 'The connection to the course was lost. Check your network and press “Join again”.',

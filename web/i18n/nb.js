@@ -174,6 +174,8 @@ export default {
   'bye.session_ended': 'Kurset er avsluttet. Takk for at du var med!',
   'bye.replaced': 'Du ble med fra en annen fane eller enhet, så denne er koblet fra.',
   'bye.peer_failed': 'Bilde- og lydforbindelsen brøt. Trykk «Bli med igjen».',
+  'bye.revoked': 'Kursarrangøren har trukket tilbake lenken din, så du ble koblet fra.',
+  'bye.unresponsive': 'Forbindelsen sluttet å svare, så du ble koblet fra. Trykk «Bli med igjen».',
   'bye.server_shutdown': 'Kursserveren ble stoppet. Prøv igjen om litt.',
   'bye.rate_limited': 'Forbindelsen ble stengt fordi siden sendte for mye.',
   'bye.connection_lost': 'Forbindelsen til kurset ble brutt. Sjekk nettet og trykk «Bli med igjen».',

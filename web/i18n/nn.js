@@ -174,6 +174,8 @@ export default {
   'bye.session_ended': 'Kurset er avslutta. Takk for at du var med!',
   'bye.replaced': 'Du vart med frå ei anna fane eller eining, så denne er kopla frå.',
   'bye.peer_failed': 'Bilete- og lydsambandet vart brote. Trykk «Bli med igjen».',
+  'bye.revoked': 'Kursarrangøren har trekt tilbake lenkja di, så du vart kopla frå.',
+  'bye.unresponsive': 'Sambandet slutta å svare, så du vart kopla frå. Trykk «Bli med igjen».',
   'bye.server_shutdown': 'Kursserveren vart stoppa. Prøv igjen om litt.',
   'bye.rate_limited': 'Sambandet vart stengt fordi sida sende for mykje.',
   'bye.connection_lost': 'Sambandet til kurset vart brote. Sjekk nettet og trykk «Bli med igjen».',
