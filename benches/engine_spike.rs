@@ -113,7 +113,11 @@ fn host_candidate(addr: SocketAddr) -> Res<rtc::peer_connection::transport::RTCI
     Ok(RTCIceCandidate::from(&c).to_json()?)
 }
 
-fn build(lite: bool, creds: Option<(String, String)>, interceptors: bool) -> Res<RTCPeerConnection> {
+fn build(
+    lite: bool,
+    creds: Option<(String, String)>,
+    interceptors: bool,
+) -> Res<RTCPeerConnection> {
     let mut me = MediaEngine::default();
     me.register_default_codecs()?;
     let registry = if interceptors {
@@ -423,7 +427,11 @@ fn main() -> Res<()> {
     let setup = Instant::now();
     for i in 0..n {
         let ufrag = format!("kr{i:06}");
-        let mut pc = build(true, Some((ufrag.clone(), format!("{:024}", i))), interceptors)?;
+        let mut pc = build(
+            true,
+            Some((ufrag.clone(), format!("{:024}", i))),
+            interceptors,
+        )?;
         let ssrc = 0x1000_0000 + i as u32;
         let sender = pc.add_track(MediaStreamTrack::new(
             format!("s{i}"),
@@ -529,11 +537,12 @@ fn main() -> Res<()> {
     // exported SRTP keys. The spike has no key export (it needs a patch to rtc), so it seals
     // with a made-up key: the clients cannot decrypt these, only the cost is real.
     let seal_key = ring::aead::LessSafeKey::new(
-        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[7u8; 16])
-            .map_err(|_| "aes key")?,
+        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[7u8; 16]).map_err(|_| "aes key")?,
     );
     let salt = [3u8; 12];
-    let mut pool: Vec<BytesMut> = (0..Batch::MAX).map(|_| BytesMut::with_capacity(1500)).collect();
+    let mut pool: Vec<BytesMut> = (0..Batch::MAX)
+        .map(|_| BytesMut::with_capacity(1500))
+        .collect();
     let peers: Vec<SocketAddr> = (0..n)
         .map(|i| {
             server

@@ -37,7 +37,16 @@ async fn no_names_addresses_or_media_in_logs() {
     .unwrap();
 
     let server = TestServer::spawn().await;
-    let leader = TestPeer::leader(&server, "privacy", "Ingrid Kvalsund").await;
+    let leader_token = server
+        .token(
+            "privacy",
+            kursrelay::protocol::Role::Leader,
+            Some("Ingrid Kvalsund"),
+            false,
+        )
+        .await;
+    let leader = TestPeer::connect(&server, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
     leader.publish(PublishSpec::default()).await;
     let patient = TestPeer::join(&server, "privacy", "Bjørnar Haugen").await;
     let camera = patient.wait_offered(&leader.member_id, "camera").await;
@@ -101,6 +110,11 @@ async fn no_names_addresses_or_media_in_logs() {
             "{secret:?} reached the log:\n{}",
             leaks.join("\n")
         );
+    }
+    // No credential either: the join token (and its signature alone), the admin key.
+    let signature = leader_token.rsplit('.').next().unwrap();
+    for secret in [leader_token.as_str(), signature, ADMIN_KEY] {
+        assert!(!log.contains(secret), "a credential reached the log");
     }
     let dumps: Vec<&str> = log.lines().filter(|l| looks_like_a_dump(l)).collect();
     assert!(
