@@ -15,24 +15,31 @@ async fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .map(|k| format!("\r\nAuthorization: Bearer {k}"))
         .unwrap_or_default();
+    let head = format!("{method} {path} HTTP/1.1{auth}\r\nContent-Type: application/json");
+    let (status, text) = raw_text(server, &head, &body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// (status, body text) for a request line plus headers (`head`, CRLF-separated) and a body.
+async fn raw_text(server: &TestServer, head: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).await.unwrap();
     let status: u16 = resp[9..12].parse().unwrap();
-    let json = resp
+    let text = resp
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
         .unwrap_or_default();
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+    (status, text.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,23 +304,11 @@ async fn admin_api_is_off_without_a_key() {
     server.shutdown().await;
 }
 
-/// (status, body) for a request with raw headers and body.
+/// (status, JSON body) for a request with raw headers and body; panics if the body is not JSON.
 async fn raw(server: &TestServer, head: &str, body: &str) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let req = format!(
-        "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    let status: u16 = resp[9..12].parse().unwrap();
-    let json = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    let value =
-        serde_json::from_str(json).unwrap_or_else(|_| panic!("not a JSON error body: {resp}"));
+    let (status, text) = raw_text(server, head, body).await;
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("not a JSON body ({status}): {text}"));
     (status, value)
 }
 

@@ -86,6 +86,22 @@ struct Joined {
     last_refusal_notice: Option<Instant>,
 }
 
+impl Joined {
+    /// Whether the member may send `source` now, as far as this connection knows (the room
+    /// decides again when the media arrives).
+    fn may_publish(&self, source: Source) -> bool {
+        let facts = SessionFacts {
+            chat_enabled: self.chat_enabled,
+            ended: false,
+        };
+        let me = MemberFacts {
+            admitted: self.admitted,
+            has_floor: self.has_floor,
+        };
+        allowed(self.role, facts, me, Action::Publish(source))
+    }
+}
+
 enum Stage {
     New,
     Greeted,
@@ -176,18 +192,7 @@ impl Client {
                 let sfu = self.ctx.sfu.clone();
                 let joined = self.joined()?;
                 // The room checks again when media arrives; this refuses the offer up front.
-                let facts = SessionFacts {
-                    chat_enabled: joined.chat_enabled,
-                    ended: false,
-                };
-                let me = MemberFacts {
-                    admitted: joined.admitted,
-                    has_floor: joined.has_floor,
-                };
-                if let Some(t) = tracks
-                    .iter()
-                    .find(|t| !allowed(joined.role, facts, me, Action::Publish(t.source)))
-                {
+                if let Some(t) = tracks.iter().find(|t| !joined.may_publish(t.source)) {
                     return Err(ProtocolError::new(
                         ErrorCode::Forbidden,
                         format!("You may not send your {:?} now.", t.source).to_lowercase(),
@@ -714,18 +719,8 @@ impl Client {
         let Some(publisher) = joined.publisher.as_ref() else {
             return Ok(false);
         };
-        let facts = SessionFacts {
-            chat_enabled: joined.chat_enabled,
-            ended: false,
-        };
-        let me = MemberFacts {
-            admitted: joined.admitted,
-            has_floor: joined.has_floor,
-        };
-        let (role, mic_muted) = (joined.role, joined.mic_muted);
         let (forwarders, refused): (Vec<Forwarder>, bool) = publisher.republish(|source| {
-            !(mic_muted && source == Source::Microphone)
-                && allowed(role, facts, me, Action::Publish(source))
+            !(joined.mic_muted && source == Source::Microphone) && joined.may_publish(source)
         });
         for forwarder in forwarders {
             tracing::info!(track = %forwarder.info().id, source = ?forwarder.info().source, "track forwarded again");

@@ -318,28 +318,25 @@ impl Rooms {
         Err(RoomGone)
     }
 
-    /// Ends a running session's room (everyone gets `bye`); nothing if it is not running.
-    pub async fn end(&self, session: &SessionId) {
-        let handle = self
-            .map
+    /// The handle of a session's room, if it is running.
+    fn running(&self, session: &SessionId) -> Option<RoomHandle> {
+        self.map
             .lock()
             .expect("rooms lock is never poisoned")
             .get(session)
-            .cloned();
-        if let Some(handle) = handle {
+            .cloned()
+    }
+
+    /// Ends a running session's room (everyone gets `bye`); nothing if it is not running.
+    pub async fn end(&self, session: &SessionId) {
+        if let Some(handle) = self.running(session) {
             let _ = handle.send(Command::End).await;
         }
     }
 
     /// Removes whoever holds `invite_id` from a running session (`bye {reason: revoked}`).
     pub async fn revoke(&self, session: &SessionId, invite_id: &str) {
-        let handle = self
-            .map
-            .lock()
-            .expect("rooms lock is never poisoned")
-            .get(session)
-            .cloned();
-        if let Some(handle) = handle {
+        if let Some(handle) = self.running(session) {
             let _ = handle
                 .send(Command::Revoke {
                     invite_id: invite_id.to_owned(),
