@@ -214,13 +214,13 @@ impl Client {
                         .map_err(internal)?;
                     joined.publisher = Some(publisher);
                 }
-                // Offering the microphone again is turning it back on after a mute.
-                joined.mic_muted = false;
                 let publisher = joined.publisher.as_mut().expect("publisher was just set");
                 let answer = publisher
                     .handle_offer(sdp, &tracks)
                     .await
                     .map_err(sfu_error)?;
+                // Offering again is turning the microphone back on after a mute.
+                joined.mic_muted = false;
                 self.outbox
                     .push(ServerMessage::PublishAnswer { sdp: answer });
                 // Tracks it kept sending while they were not forwarded go out again at once.
