@@ -373,3 +373,38 @@ async fn reqwest_like_post(server: &TestServer, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_microphone_stays_off_until_the_client_offers_again() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "mute", "Kursleiar").await;
+    let rep = TestPeer::join_as(&server, "mute", Role::Representative, "Rep").await;
+    let per = TestPeer::join(&server, "mute", "Per").await;
+    rep.publish(PublishSpec::default()).await;
+    let mic = per.wait_offered(&rep.member_id, "microphone").await;
+    assert!(wait_until(TIMEOUT, || per.received_count(&mic) > 10).await);
+    leader
+        .send(json!({"type": "mute", "member_id": rep.member_id}))
+        .await;
+    rep.wait_msg(|m| m["type"] == "muted").await;
+    // The representative's client keeps sending: the microphone is not forwarded again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mics = |p: &TestPeer| {
+        p.offered()
+            .iter()
+            .filter(|t| {
+                t.member_id.to_string() == rep.member_id
+                    && t.kind == kursrelay::protocol::MediaKind::Audio
+            })
+            .count()
+    };
+    assert_eq!(mics(&per), 0, "the muted microphone came back by itself");
+    let notice = rep
+        .wait_msg(|m| m["type"] == "error" && m["code"] == "forbidden")
+        .await;
+    assert!(notice["message"].as_str().unwrap().contains("microphone"));
+    // Turning it on again is a new offer.
+    rep.reoffer().await;
+    assert!(wait_until(TIMEOUT, || mics(&per) == 1).await);
+    server.shutdown().await;
+}
