@@ -12,16 +12,21 @@ use super::AppState;
 use crate::protocol::{parse_client_message, ByeReason, ErrorCode, ProtocolError, ServerMessage};
 use crate::room::client::{Client, ClientCtx, Flow};
 
-/// Frames above this close the socket in the WebSocket layer itself (code 1009); frames between
-/// `signalling.max_message_bytes` and this are answered with `too_large`.
+/// Frames above this close the socket with code 1009; frames between
+/// `signalling.max_message_bytes` and this are answered with `too_large` and ignored.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// What the WebSocket layer reads at most. Above `HARD_FRAME_LIMIT` a frame is still read whole
+/// up to here, so the close frame reaches the client in an orderly close (a server that stops
+/// reading mid-frame and closes resets the connection, and the client never sees the code).
+/// Beyond this the layer refuses the frame itself and the close is best effort.
+const READ_LIMIT: usize = 4 * HARD_FRAME_LIMIT;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    ws.max_message_size(HARD_FRAME_LIMIT)
-        .max_frame_size(HARD_FRAME_LIMIT)
+    ws.max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .on_upgrade(move |socket| {
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
@@ -79,6 +84,8 @@ async fn run(mut socket: WebSocket, state: AppState) {
                 Flow::Close
             }
             frame = socket.recv() => match frame {
+                Some(Ok(Message::Text(text))) if text.len() > HARD_FRAME_LIMIT => too_big(&mut client, &mut close_code),
+                Some(Ok(Message::Binary(data))) if data.len() > HARD_FRAME_LIMIT => too_big(&mut client, &mut close_code),
                 Some(Ok(Message::Text(text))) => {
                     if !rate.allow(Instant::now()) {
                         client.reject(ProtocolError::new(ErrorCode::RateLimited, "Too many messages; disconnecting."), None);
@@ -107,14 +114,8 @@ async fn run(mut socket: WebSocket, state: AppState) {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                 Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(err)) if is_too_big(&err) => {
-                    // The WebSocket layer refused a frame over HARD_FRAME_LIMIT; say so with
-                    // the code for it rather than just dropping the connection.
-                    client.reject(ProtocolError::new(ErrorCode::TooLarge, format!(
-                        "A message over {HARD_FRAME_LIMIT} bytes ends the connection.")), None);
-                    close_code = Some(CLOSE_TOO_BIG);
-                    Flow::Close
-                }
+                // The WebSocket layer refused a frame over READ_LIMIT: say so all the same.
+                Some(Err(err)) if is_too_big(&err) => too_big(&mut client, &mut close_code),
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "websocket read failed");
                     break;
@@ -136,6 +137,19 @@ async fn run(mut socket: WebSocket, state: AppState) {
         }
     }
     client.shutdown().await;
+}
+
+/// A frame over `HARD_FRAME_LIMIT`: `too_large`, then close with 1009.
+fn too_big(client: &mut Client, close_code: &mut Option<u16>) -> Flow {
+    client.reject(
+        ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("A message over {HARD_FRAME_LIMIT} bytes ends the connection."),
+        ),
+        None,
+    );
+    *close_code = Some(CLOSE_TOO_BIG);
+    Flow::Close
 }
 
 /// Whether a read failed because the frame or message exceeded the WebSocket layer's limit.

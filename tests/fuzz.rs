@@ -1,0 +1,46 @@
+//! A short run of every fuzz target (tests/fuzz_targets): the committed seeds as they are, then
+//! a few thousand mutations each, with a fixed seed so a failure repeats. The long runs and
+//! their figures: RELIABILITY.md (`cargo bench --bench fuzz -- TARGET EXECUTIONS`).
+
+mod common;
+mod fuzz_targets;
+
+use common::*;
+
+#[test]
+fn signalling_frames() {
+    fuzz_targets::run("signalling", 30_000, 1, fuzz_targets::signalling);
+}
+
+#[test]
+fn join_tokens_and_rejoin_credentials() {
+    fuzz_targets::run("token", 30_000, 2, fuzz_targets::token);
+}
+
+#[test]
+fn sdp_offers_and_answers() {
+    fuzz_targets::run("sdp", 5_000, 3, fuzz_targets::sdp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rest_bodies_and_queries() {
+    let server = TestServer::spawn().await;
+    let router = kursrelay::http::router(server.state.clone());
+    let seeds = fuzz_targets::corpus("rest");
+    let mut rng = fuzz_targets::Rng::new(4);
+    let mut input = Vec::new();
+    let mut runs = 0;
+    for i in 0..3_000 {
+        input.clear();
+        input.extend_from_slice(&seeds[i % seeds.len()]);
+        if i >= seeds.len() {
+            let other = &seeds[rng.below(seeds.len())];
+            fuzz_targets::mutate(&mut rng, &mut input, other);
+        }
+        let text = String::from_utf8_lossy(&input).replace("ADMIN_KEY", ADMIN_KEY);
+        fuzz_targets::rest(router.clone(), text.as_bytes(), ADMIN_KEY).await;
+        runs += 1;
+    }
+    assert_eq!(runs, 3_000);
+    server.shutdown().await;
+}
