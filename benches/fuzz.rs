@@ -3,7 +3,7 @@
 //! resident memory at start and end (growth would show a leak). A failure prints the input.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 #[path = "../tests/fuzz_targets/mod.rs"]
 mod fuzz_targets;

@@ -35,6 +35,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/sessions/{id}/attendance", get(session_attendance))
         .route("/api/courses/{id}/attendance", get(course_attendance))
         .route("/api/exports", get(list_exports))
+        .route("/api", any(no_such_endpoint))
+        .route("/api/", any(no_such_endpoint))
         .route("/api/{*rest}", any(no_such_endpoint))
         .method_not_allowed_fallback(method_not_allowed)
 }

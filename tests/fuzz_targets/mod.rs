@@ -209,7 +209,10 @@ pub fn token(input: &[u8]) {
     let key = kursrelay::auth::TokenKey::new(TOKEN_TEST_KEY);
     let text = String::from_utf8_lossy(input);
     // Seeds are claims; mutants are tried both as claims to sign and as tokens to verify.
-    if let Ok(claims) = serde_json::from_str::<kursrelay::auth::Claims>(&text) {
+    if let Some(claims) = serde_json::from_str::<kursrelay::auth::Claims>(&text)
+        .ok()
+        .filter(|c| c.exp > 0)
+    {
         let signed = key.sign(&claims);
         let back = key
             .verify(&signed, 0)
