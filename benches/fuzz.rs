@@ -36,12 +36,17 @@ fn main() {
     let start = Instant::now();
     let rss0 = rss_kb();
     let mut rss_mid = 0;
+    // Pure targets run in two halves (different seeds), so memory can be compared half-way and
+    // at the end: a leak shows as growth in the second half.
+    let mut halves = |f: fn(&[u8])| {
+        let first = fuzz_targets::run(target, n / 2, seed, f);
+        rss_mid = rss_kb();
+        first + fuzz_targets::run(target, n - n / 2, seed.wrapping_add(1_000_003), f)
+    };
     let done = match target {
-        "signalling" => fuzz_targets::run(target, n, seed, fuzz_targets::signalling),
-        "token" => fuzz_targets::run(target, n, seed, fuzz_targets::token),
-        "sdp" => fuzz_targets::run(target, n, seed, |i| {
-            fuzz_targets::sdp(i);
-        }),
+        "signalling" => halves(fuzz_targets::signalling),
+        "token" => halves(fuzz_targets::token),
+        "sdp" => halves(fuzz_targets::sdp),
         "rest" => {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {

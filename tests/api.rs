@@ -396,6 +396,21 @@ async fn every_api_error_is_json_and_authentication_comes_first() {
             "method_not_allowed",
             "method",
         ),
+        // Found by the REST fuzz target: an undecodable id in the path was a plain-text 400.
+        (
+            format!("GET /api/sessions/%9a7e HTTP/1.1\r\n{auth}"),
+            "",
+            404,
+            "not_found",
+            "No such",
+        ),
+        (
+            "GET /api/sessions/%9a7e/attendance HTTP/1.1".to_owned(),
+            "",
+            404,
+            "not_found",
+            "No such",
+        ),
         // Found by the REST fuzz target: the bare prefix fell through to the static files.
         (
             "POST /api/ HTTP/1.1".to_owned(),

@@ -234,6 +234,21 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A path parameter; one that cannot be decoded (bad percent-encoding, not UTF-8) names
+/// nothing that exists: a JSON 404 like any other unknown id.
+struct ApiPath<T>(T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, s)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|_| ApiError::NotFound("resource"))
+    }
+}
+
 /// A query string whose problems are answered in the API's error format (422).
 struct ApiQuery<T>(T);
 
@@ -272,7 +287,7 @@ async fn list_courses(_: Admin, State(s): State<AppState>) -> ApiResult<Vec<crat
 async fn get_course(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<crate::db::Course> {
     Ok(Json(s.db.course(&id).await?))
 }
@@ -280,7 +295,7 @@ async fn get_course(
 async fn create_session(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<NewSession>,
 ) -> Result<(StatusCode, Json<crate::db::Session>), ApiError> {
     Ok((
@@ -292,7 +307,7 @@ async fn create_session(
 async fn list_course_sessions(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Vec<crate::db::Session>> {
     s.db.course(&id).await?;
     Ok(Json(s.db.sessions(Some(&id)).await?))
@@ -315,7 +330,7 @@ async fn list_sessions(
 async fn get_session(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<crate::db::Session> {
     Ok(Json(s.db.session(&id).await?))
 }
@@ -323,7 +338,7 @@ async fn get_session(
 async fn update_session(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<SessionPatch>,
 ) -> ApiResult<crate::db::Session> {
     let session = s.db.update_session(&id, &patch).await?;
@@ -336,7 +351,7 @@ async fn update_session(
 async fn end_session(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<crate::db::Session> {
     s.db.session(&id).await?;
     s.db.advance_session(&id, SessionState::Ended).await?;
@@ -373,7 +388,7 @@ async fn with_link(s: &AppState, invite: Invite) -> Result<InviteWithLink, ApiEr
 async fn create_invite(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<NewInvite>,
 ) -> Result<(StatusCode, Json<InviteWithLink>), ApiError> {
     let invite = s.db.create_invite(&id, &body).await?;
@@ -392,7 +407,7 @@ struct BulkInvites {
 async fn create_invites(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<BulkInvites>,
 ) -> Result<(StatusCode, Json<Vec<InviteWithLink>>), ApiError> {
     if body.invites.is_empty() || body.invites.len() > MAX_BULK_INVITES {
@@ -410,7 +425,7 @@ async fn create_invites(
 async fn list_invites(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Vec<InviteWithLink>> {
     let mut out = Vec::new();
     for invite in s.db.invites(&id).await? {
@@ -422,7 +437,7 @@ async fn list_invites(
 async fn revoke_invite(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Invite> {
     let invite = s.db.revoke_invite(&id).await?;
     // Whoever holds it now goes at once (open links: everyone who came by it).
@@ -479,7 +494,7 @@ async fn attendance_reader(
 async fn session_attendance(
     State(s): State<AppState>,
     h: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     // Who asks is checked before anything of the request is read.
@@ -524,7 +539,7 @@ async fn session_attendance(
 async fn course_attendance(
     _: Admin,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Vec<crate::attendance::export::CourseLine>> {
     s.db.course(&id).await?;
     let mut lines = Vec::new();
