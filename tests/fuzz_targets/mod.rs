@@ -256,7 +256,8 @@ pub async fn rest(router: axum::Router, input: &[u8], admin_key: &str) {
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             let v = v.trim();
-            if k.eq_ignore_ascii_case("authorization") && v == format!("Bearer {admin_key}") {
+            if k.trim().eq_ignore_ascii_case("authorization") && v == format!("Bearer {admin_key}")
+            {
                 authorised = true;
             }
             req = req.header(k.trim(), v);
@@ -267,7 +268,7 @@ pub async fn rest(router: axum::Router, input: &[u8], admin_key: &str) {
     };
     let resp = router.oneshot(req).await.expect("the router never fails");
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
         .await
         .expect("a body");
     assert_ne!(status, 500, "internal error for {text:?}");
