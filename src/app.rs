@@ -73,6 +73,7 @@ impl Server {
             state.db.clone(),
             state.config.attendance.retention(),
             state.config.attendance.retention_check(),
+            state.shutdown.clone(),
         );
         let app = router(self.state);
         let shutdown = state.shutdown.clone();

@@ -303,12 +303,21 @@ pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u6
     Ok((sessions.len() as u64, events))
 }
 
-/// Runs `purge` now and then every `every`.
-pub fn spawn_retention(db: Db, retention: Duration, every: Duration) {
+/// Runs `purge` now and then every `every`, until `stop` (the server's shutdown) — so a server
+/// stopped inside a process that goes on (tests, the fuzz runs) leaves no database pool behind.
+pub fn spawn_retention(
+    db: Db,
+    retention: Duration,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             if let Err(e) = purge(&db, now_ms(), retention).await {
                 tracing::error!(error = %e, "attendance retention failed");
             }
