@@ -20,6 +20,37 @@ use crate::sfu::{MediaSettings, Sfu};
 /// How long shutdown waits for clients to close their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Join links carry the token in the fragment, but over plain http everything else (names,
+/// media keys exchange, the token at join) crosses the network readable, and browsers refuse
+/// camera and microphone on such a page except on this machine itself.
+fn warn_if_plain_http(public_url: &str) {
+    let Some(rest) = public_url.strip_prefix("http://") else {
+        return;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        tracing::warn!(
+            public_url,
+            "http.public_url is plain http on an address other than this machine: browsers will \
+             refuse camera and microphone there and nothing is encrypted. Serve it over https \
+             (a TLS reverse proxy) and set public_url to the https address"
+        );
+    }
+}
+
 /// A server bound to its address, not yet serving.
 pub struct Server {
     listener: TcpListener,
@@ -39,6 +70,10 @@ impl Server {
             )
         })?;
         let tokens = TokenKey::new(&db.secret("join_token_key").await?);
+        // Checked now, so a wrong zone stops start-up instead of the first export.
+        crate::attendance::tz::Zone::load(&config.attendance.time_zone)
+            .context("attendance.time_zone")?;
+        warn_if_plain_http(&config.http.public_url);
         // Before any room exists: close what a crash left open.
         crate::attendance::recover(&db).await?;
         let attendance = Attendance::spawn(db.clone());

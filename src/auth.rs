@@ -103,7 +103,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The join link for `invite`: the web page for its role, with the token in the fragment
+/// The join link for `invite`: the course page (one for every role), with the token in the fragment
 /// (`#t=…`), which browsers never send to the server, so it stays out of access logs.
 pub fn join_link(
     tokens: &TokenKey,
@@ -120,12 +120,8 @@ pub fn join_link(
         member: None,
         exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
     };
-    let page = match invite.role {
-        Role::Leader | Role::Representative | Role::Interpreter => "publish.html",
-        Role::Participant | Role::Site => "watch.html",
-    };
     format!(
-        "{}/{page}#t={}",
+        "{}/course.html#t={}",
         public_url.trim_end_matches('/'),
         tokens.sign(&claims)
     )

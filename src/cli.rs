@@ -303,7 +303,8 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             .await?;
             crate::attendance::record_export(&db, &session, "cli", &format).await?;
             if format == "csv" {
-                crate::attendance::export::csv(&s, &summary)
+                let zone = crate::attendance::tz::Zone::load(&config.attendance.time_zone)?;
+                crate::attendance::export::csv(&s, &summary, &zone)
                     .trim_end()
                     .to_owned()
             } else {

@@ -50,6 +50,8 @@ pub struct AttendanceConfig {
     pub retention_days: u64,
     pub seen_interval_ms: u64,
     pub retention_check_minutes: u64,
+    /// Local time of the CSV export, a name from the system's zone database.
+    pub time_zone: String,
 }
 
 impl AttendanceConfig {

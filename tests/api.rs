@@ -185,7 +185,7 @@ async fn admin_api_manages_courses_sessions_and_invites() {
     assert_eq!(status, 201, "{kari}");
     let link = kari["link"].as_str().unwrap();
     assert!(
-        link.starts_with("http://127.0.0.1:8080/watch.html#t="),
+        link.starts_with("http://127.0.0.1:8080/course.html#t="),
         "{link}"
     );
     assert!(!link.contains("Kari"));
@@ -227,7 +227,7 @@ async fn admin_api_manages_courses_sessions_and_invites() {
     assert!(leader["link"]
         .as_str()
         .unwrap()
-        .contains("/publish.html#t="));
+        .contains("/course.html#t="));
     let (_, invites) = call(
         &server,
         "GET",

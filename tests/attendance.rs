@@ -93,6 +93,12 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     leader
         .send(json!({"type": "admit", "member_id": viewer.member_id}))
         .await;
+    let admitted = viewer.wait_msg(|m| m["type"] == "joined").await;
+    // The open-link viewer's network drops; the page comes back with its rejoin credential:
+    // the same person, one row in the export.
+    viewer.close().await;
+    let rejoin = admitted["rejoin_token"].as_str().unwrap();
+    let viewer = TestPeer::connect(&server, rejoin, None).await;
     viewer.wait_msg(|m| m["type"] == "joined").await;
     leader
         .send(json!({"type": "grant_floor", "member_id": kari.member_id}))
@@ -116,8 +122,16 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     let path = format!("/api/sessions/{session}/attendance?format=csv");
     let (status, csv) = get(&server, &path, Some(ADMIN_KEY)).await;
     assert_eq!(status, 200, "{csv}");
+    // For a spreadsheet set to Norwegian: a byte-order mark, `;` between fields.
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], attendance::export::CSV_COLUMNS.join(","));
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}{}",
+            attendance::export::BOM,
+            attendance::export::CSV_COLUMNS.join(";")
+        )
+    );
     let row = |needle: &str| {
         lines
             .iter()
@@ -127,21 +141,40 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     };
     let kari_row = row(&kari_invite);
     assert!(
-        kari_row.contains(",member,") && kari_row.contains(",participant,Kari,"),
+        kari_row.contains(";member;") && kari_row.contains(";participant;Kari;"),
         "{kari_row}"
     );
     assert!(
-        row(&nils_invite).contains(&format!(",Nils,{kari_invite},")),
+        row(&nils_invite).contains(&format!(";Nils;{kari_invite};")),
         "relative linked"
     );
+    // Local time (Europe/Oslo by default), decimal commas.
+    let fields: Vec<&str> = kari_row.split(';').collect();
+    let oslo = attendance::tz::Zone::load("Europe/Oslo").unwrap();
+    let now = attendance::now_ms();
+    assert!(
+        fields[8] >= oslo.format_ms(now - 120_000).as_str()
+            && fields[8] <= oslo.format_ms(now).as_str(),
+        "first_join is not Oslo time: {kari_row}"
+    );
+    assert!(
+        fields[10].contains(',') && fields[11].contains(','),
+        "{kari_row}"
+    );
+    let open_rows: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains(";member;") && l.contains(";participant;;"))
+        .collect();
+    assert_eq!(open_rows.len(), 1, "{csv}");
+    assert_eq!(open_rows[0].split(';').nth(13), Some("2"), "{csv}");
     assert!(
         !csv.contains("Siri") && !csv.contains("Anonym"),
         "interpreters and open viewers are counted, not named:\n{csv}"
     );
     assert!(
-        csv.lines().any(|l| l.contains(",2026-01-01,site,")
-            && l.contains(",site,Volda sjukehus,")
-            && l.ends_with(",7,7.0")),
+        csv.lines().any(|l| l.contains(";2026-01-01;site;")
+            && l.contains(";site;Volda sjukehus;")
+            && l.ends_with(";7;7,0")),
         "{csv}"
     );
 

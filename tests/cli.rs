@@ -160,11 +160,11 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
     let lines: Vec<&str> = links.lines().collect();
     assert_eq!(lines.len(), 3, "{links}");
     assert!(
-        lines[0].starts_with("leader\t") && lines[0].contains("/publish.html#t="),
+        lines[0].starts_with("leader\t") && lines[0].contains("/course.html#t="),
         "{links}"
     );
     assert!(
-        lines[2].starts_with("participant\topen link\t") && lines[2].contains("/watch.html#t="),
+        lines[2].starts_with("participant\topen link\t") && lines[2].contains("/course.html#t="),
         "{links}"
     );
     let site = run(&[

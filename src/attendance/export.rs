@@ -1,9 +1,16 @@
 //! Attendance exports for registration staff: CSV (one row per person or site, columns in
 //! docs/api.md) and JSON (the same, plus the session's totals). Pure formatting.
+//!
+//! The CSV is made for a spreadsheet set to Norwegian, as registration staff use it: UTF-8 with
+//! a byte-order mark (or Excel guesses another encoding and breaks æ, ø, å), `;` between
+//! fields (a comma is the decimal sign there), decimal commas, and local time in the
+//! configured zone (`attendance.time_zone`). The JSON stays machine-readable: RFC 3339 UTC
+//! times and decimal points.
 
 use serde::Serialize;
 
 use super::summary::SessionSummary;
+use super::tz::Zone;
 use crate::db::courses::rfc3339;
 use crate::db::Session;
 
@@ -17,8 +24,8 @@ pub const CSV_COLUMNS: [&str; 17] = [
     "role",
     "name",
     "relative_of",
-    "first_join_utc",
-    "last_leave_utc",
+    "first_join",
+    "last_leave",
     "minutes_present",
     "presence_percent",
     "meets_threshold",
@@ -28,6 +35,10 @@ pub const CSV_COLUMNS: [&str; 17] = [
     "mean_headcount",
 ];
 
+/// Makes a spreadsheet open the file as UTF-8.
+pub const BOM: &str = "\u{feff}";
+const SEP: &str = ";";
+
 fn csv_field(s: &str) -> String {
     // Quote when needed; a leading = + - @ is neutralised so a spreadsheet never runs it.
     let s = if s.starts_with(['=', '+', '-', '@']) {
@@ -35,7 +46,7 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     };
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.contains([';', ',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s
@@ -50,6 +61,11 @@ fn minutes(ms: i64) -> String {
     format!("{:.1}", ms as f64 / 60_000.0)
 }
 
+/// One decimal, with a decimal comma (`8,3`).
+fn decimal(x: f64) -> String {
+    format!("{x:.1}").replace('.', ",")
+}
+
 fn name_of(v: &impl Serialize) -> String {
     serde_json::to_value(v)
         .ok()
@@ -57,11 +73,16 @@ fn name_of(v: &impl Serialize) -> String {
         .unwrap_or_default()
 }
 
-/// CSV: a header, then one row per member (`kind` = member) and one per site's headcount
-/// (`kind` = site; sites also have their member row).
-pub fn csv(session: &Session, s: &SessionSummary) -> String {
-    let date = session.starts_at.get(..10).unwrap_or_default();
-    let mut out = CSV_COLUMNS.join(",");
+/// CSV: a byte-order mark and a header, then one row per member (`kind` = member) and one per
+/// site's headcount (`kind` = site; sites also have their member row). Times in `zone`.
+pub fn csv(session: &Session, s: &SessionSummary, zone: &Zone) -> String {
+    let starts_ms = crate::db::courses::parse_time("starts_at", &session.starts_at)
+        .map(|secs| secs * 1000)
+        .unwrap_or_default();
+    let date = zone.date_ms(starts_ms);
+    let local = |ms: Option<i64>| ms.map(|m| zone.format_ms(m)).unwrap_or_default();
+    let mut out = String::from(BOM);
+    out.push_str(&CSV_COLUMNS.join(SEP));
     out.push_str("\r\n");
     let mut row = |fields: Vec<String>| {
         out.push_str(
@@ -69,7 +90,7 @@ pub fn csv(session: &Session, s: &SessionSummary) -> String {
                 .iter()
                 .map(|f| csv_field(f))
                 .collect::<Vec<_>>()
-                .join(","),
+                .join(SEP),
         );
         out.push_str("\r\n");
     };
@@ -83,10 +104,10 @@ pub fn csv(session: &Session, s: &SessionSummary) -> String {
             name_of(&m.role),
             m.name.clone().unwrap_or_default(),
             m.relative_of.clone().unwrap_or_default(),
-            time(Some(m.first_join_ms)),
-            time(m.last_leave_ms),
-            minutes(m.present_ms),
-            format!("{:.1}", m.presence_pct),
+            local(Some(m.first_join_ms)),
+            local(m.last_leave_ms),
+            decimal(m.present_ms as f64 / 60_000.0),
+            decimal(m.presence_pct),
             if m.meets_threshold { "yes" } else { "no" }.into(),
             m.joins.to_string(),
             if m.closed_by_recovery { "yes" } else { "no" }.into(),
@@ -114,9 +135,7 @@ pub fn csv(session: &Session, s: &SessionSummary) -> String {
             site.max_headcount
                 .map(|n| n.to_string())
                 .unwrap_or_default(),
-            site.mean_headcount
-                .map(|n| format!("{n:.1}"))
-                .unwrap_or_default(),
+            site.mean_headcount.map(decimal).unwrap_or_default(),
         ]);
     }
     out
@@ -184,6 +203,8 @@ mod tests {
     fn csv_fields_are_quoted_and_formulas_neutralised() {
         assert_eq!(csv_field("Kari"), "Kari");
         assert_eq!(csv_field("Volda, rom 2"), "\"Volda, rom 2\"");
+        assert_eq!(csv_field("Volda; rom 2"), "\"Volda; rom 2\"");
+        assert_eq!(decimal(83.333), "83,3");
         assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
         assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
     }

@@ -1,13 +1,15 @@
 //! Attendance: the room actor hands events to a writer task (`Attendance`) that commits them to
 //! SQLite in small batches and acknowledges each only after its commit; crash recovery closes
 //! intervals left open; retention deletes old sessions' rows; `summary` turns a session's log
-//! into presence figures and `export` into CSV/JSON for registration staff.
+//! into presence figures and `export` into CSV/JSON for registration staff; `tz` gives the
+//! export's local time (`attendance.time_zone`).
 //!
 //! The media path never touches this; the room actor never waits for it (`try_send`, with an
 //! acknowledgement the member's own task may await).
 
 pub mod export;
 pub mod summary;
+pub mod tz;
 
 use std::collections::HashMap;
 use std::time::Duration;

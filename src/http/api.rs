@@ -528,11 +528,19 @@ async fn session_attendance(
                     format!("attachment; filename=\"attendance-{id}.csv\""),
                 ),
             ],
-            crate::attendance::export::csv(&session, &summary),
+            crate::attendance::export::csv(&session, &summary, &local_zone(&s)?),
         )
             .into_response()
     } else {
         Json(crate::attendance::export::json(&session, &summary)).into_response()
+    })
+}
+
+/// The export's time zone (checked at start-up, so failing here means the file went away).
+fn local_zone(s: &AppState) -> Result<crate::attendance::tz::Zone, ApiError> {
+    crate::attendance::tz::Zone::load(&s.config.attendance.time_zone).map_err(|e| {
+        tracing::error!(error = %e, "attendance.time_zone cannot be read");
+        ApiError::Internal
     })
 }
 

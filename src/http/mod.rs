@@ -1,9 +1,12 @@
 //! The HTTP edge: the axum router (`router`), static files from web/, `/ws` signalling,
 //! `/healthz`, `/metrics`, `/client-config.json` (what the web client may know, e.g. the help
-//! phone number) and the admin REST API (`api`). It translates between the network and the room; it decides
-//! nothing about rooms or media.
+//! phone number), `/link-check` (`link`: does a join link still work), the admin REST API
+//! (`api`) and the security headers on every response (`headers`). It translates between the
+//! network and the room; it decides nothing about rooms or media.
 
 pub mod api;
+mod headers;
+pub mod link;
 mod ws;
 
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::Redirect;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
@@ -42,9 +46,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
+        .route("/link-check", post(link::check))
+        // One page serves every role; links made before it still work (the browser keeps the
+        // #t=… fragment across a redirect).
+        .route("/publish.html", get(to_course_page))
+        .route("/watch.html", get(to_course_page))
         .merge(api::routes())
         .fallback_service(web)
+        .layer(axum::middleware::from_fn(headers::add))
         .with_state(state)
+}
+
+async fn to_course_page() -> Redirect {
+    Redirect::permanent("/course.html")
 }
 
 async fn healthz() -> &'static str {

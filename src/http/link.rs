@@ -1,0 +1,100 @@
+//! `POST /link-check`: the web page asks, before its device test, whether its join link still
+//! works, and learns what to show (course and session title, the role, the name on the
+//! invite). The token travels in the request body, never in a URL, and nothing of it is logged.
+//! It decides nothing: joining checks everything again (`room::client`).
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::auth::{unix_now, TokenError};
+use crate::db::{DbError, SessionState};
+use crate::protocol::Role;
+
+#[derive(Deserialize)]
+pub(super) struct CheckRequest {
+    token: String,
+}
+
+/// The state of a link, as the page words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Ok,
+    /// Forged, garbled, or for no known invite.
+    Invalid,
+    Expired,
+    Revoked,
+    Ended,
+}
+
+#[derive(Serialize)]
+pub(super) struct CheckReply {
+    state: LinkState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    open: bool,
+    /// The name on a personal invite (the link holder's own), for "you join as …".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    course_title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_title: Option<String>,
+}
+
+impl CheckReply {
+    fn bad(state: LinkState) -> Json<CheckReply> {
+        Json(CheckReply {
+            state,
+            role: None,
+            open: false,
+            name: None,
+            course_title: None,
+            session_title: None,
+        })
+    }
+}
+
+pub(super) async fn check(
+    State(s): State<AppState>,
+    Json(req): Json<CheckRequest>,
+) -> Result<Json<CheckReply>, super::api::ApiError> {
+    let claims = match s.tokens.verify(req.token.trim(), unix_now()) {
+        Ok(c) => c,
+        Err(TokenError::Expired) => return Ok(CheckReply::bad(LinkState::Expired)),
+        Err(_) => return Ok(CheckReply::bad(LinkState::Invalid)),
+    };
+    let found = async {
+        let session = s.db.session(&claims.sid).await?;
+        let invite = s.db.invite(&claims.sub).await?;
+        let course = s.db.course(&session.course_id).await?;
+        Ok::<_, DbError>((session, invite, course))
+    }
+    .await;
+    let (session, invite, course) = match found {
+        Ok(x) => x,
+        Err(DbError::NotFound(_)) => return Ok(CheckReply::bad(LinkState::Invalid)),
+        Err(e) => return Err(e.into()),
+    };
+    if invite.session_id != claims.sid || invite.role != claims.role || invite.open != claims.open
+    {
+        return Ok(CheckReply::bad(LinkState::Invalid));
+    }
+    if invite.revoked {
+        return Ok(CheckReply::bad(LinkState::Revoked));
+    }
+    if session.state == SessionState::Ended {
+        return Ok(CheckReply::bad(LinkState::Ended));
+    }
+    Ok(Json(CheckReply {
+        state: LinkState::Ok,
+        role: Some(invite.role),
+        open: invite.open,
+        name: invite.display_name,
+        course_title: Some(course.title),
+        session_title: Some(session.title),
+    }))
+}
