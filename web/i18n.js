@@ -36,35 +36,60 @@ export function t(key, vars = {}) {
 }
 
 /** The help phone number the server is configured with (web.help_phone), if any. */
-let helpPhone = '';
+let phone = '';
+const configListeners = [];
+
+export function helpPhone() { return phone; }
+
+/** Calls fn once the server's client settings (/client-config.json) have arrived. */
+export function onConfig(fn) { configListeners.push(fn); }
 
 /** Fill every data-i18n* element under root. */
 export function apply(root = document) {
   for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   for (const el of root.querySelectorAll('[data-i18n-label]')) el.setAttribute('aria-label', t(el.dataset.i18nLabel));
   for (const el of root.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
-  if (helpPhone) showHelpPhone(root);
+  if (phone) showHelpPhone(root);
 }
 
 /** The footer's help line with the number as a tel: link (big, so it is easy to tap). */
 function showHelpPhone(root) {
   for (const p of root.querySelectorAll('footer.help [data-i18n="help.text"]')) {
     const a = document.createElement('a');
-    a.href = 'tel:' + helpPhone.replace(/[^+\d]/g, '');
-    a.textContent = helpPhone;
+    a.href = 'tel:' + phone.replace(/[^+\d]/g, '');
+    a.textContent = phone;
     a.className = 'help-phone';
     p.replaceChildren(t('help.call') + ' ', a);
   }
 }
 
-// Ask the server once for its help number; pages without it keep the generic text.
+/** Optional branding: the hospital's name, logo and accent colour (checked by the server). */
+function showBranding(cfg) {
+  const brand = document.getElementById('brand');
+  if (!brand) return;
+  const name = typeof cfg.brand_name === 'string' ? cfg.brand_name.trim() : '';
+  const logo = typeof cfg.brand_logo === 'string' ? cfg.brand_logo.trim() : '';
+  if (!name && !logo) return;
+  document.getElementById('brand-name').textContent = name;
+  const img = document.getElementById('brand-logo');
+  if (logo) { img.src = logo; img.hidden = false; }
+  brand.hidden = false;
+  if (typeof cfg.accent === 'string' && /^#[0-9a-fA-F]{6}$/.test(cfg.accent)) {
+    document.documentElement.style.setProperty('--accent', cfg.accent);
+  }
+}
+
+// Ask the server once for its settings; pages without them keep the generic text.
 fetch('/client-config.json')
   .then((r) => (r.ok ? r.json() : {}))
   .then((cfg) => {
-    if (cfg && typeof cfg.help_phone === 'string' && cfg.help_phone.trim()) {
-      helpPhone = cfg.help_phone.trim();
+    if (!cfg) return;
+    if (typeof cfg.help_phone === 'string' && cfg.help_phone.trim()) {
+      phone = cfg.help_phone.trim();
       showHelpPhone(document);
     }
+    showBranding(cfg);
+    for (const fn of configListeners) fn(cfg);
   })
   .catch(() => {});
 

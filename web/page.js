@@ -1,140 +1,72 @@
-// Page logic shared by publish.html and watch.html (<body data-page="publish|watch">).
-// Both are opened from a join link: <page>.html#t=<token>. The role comes from the token
-// (the server's `joined` is authoritative; the page only peeks at the token to choose a layout
-// before joining). Screens: prejoin -> (lobby) -> joined -> left; a site kiosk reconnects by itself.
+// The course page (course.html), opened from a join link: course.html#t=<token>.
+//
+// 1. The link is checked first (POST /link-check): a dead link gets a full-page message and no
+//    camera prompt. 2. The role from that check picks the view (web/views/<role>.js). 3. Before
+//    joining: who you join as, and a device test only for roles that send. 4. In the course.
+// Whatever the role, a dropped connection or a restarted server brings the page back by itself
+// with the same identity (an open link's rejoin credential is kept in localStorage), and what
+// the role sends is sent again; only screen sharing needs a click (browsers require one).
 import { KursrelayClient, KursrelayError } from './client.js';
-import { t, has, initPicker, onLangChange } from './i18n.js';
+import { t, has, initPicker, onLangChange, helpPhone, onConfig } from './i18n.js';
 import { DeviceTest } from './devices.js';
+import {
+  $, el, state, linkToken, stored, store, keys, setStatus, showAlert, rerenderMessages, announce,
+  showError, requireClient, request, busy, ask, displayName, roleText,
+} from './core.js';
+import {
+  addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
+  toggleFullscreen, onSoundBlocked, unblockSound,
+} from './media.js';
+import { addCaption, addChat, wireCaptionSettings } from './captions.js';
+import leaderView from './views/leader.js';
+import representativeView from './views/representative.js';
+import interpreterView from './views/interpreter.js';
+import participantView from './views/participant.js';
+import siteView from './views/site.js';
 
-const isPublish = document.body.dataset.page === 'publish';
-const $ = (id) => document.getElementById(id);
-const el = {
-  alert: $('alert'), status: $('status'), announce: $('announce'), roomName: $('room-name'),
-  prejoin: $('prejoin'), lobby: $('lobby-screen'), stage: $('stage'), ended: $('ended'),
-  name: $('name'), join: $('join'), lobbyLeave: $('lobby-leave'), rejoin: $('rejoin'),
-  hand: $('hand'), floorPublish: $('floor-publish'), mic: $('mic-toggle'), cam: $('cam-toggle'),
-  screen: $('screen'), sound: $('sound'), leave: $('leave'),
-  headcountForm: $('headcount-form'), headcount: $('headcount'), headcountState: $('headcount-state'),
-  noMedia: $('no-media'), media: $('media'), mainSlot: $('main-slot'), interpSlot: $('interp-slot'),
-  others: $('others'), audio: $('audio'),
-  captions: $('captions'), captionsEmpty: $('captions-empty'), captionForm: $('caption-form'),
-  captionText: $('caption-text'), contrast: $('contrast'),
-  chatBox: $('chat-box'), chatLog: $('chat-log'), chatForm: $('chat-form'), chatText: $('chat-text'),
-  console: $('console'), sessionLine: $('session-line'), leaderActions: $('leader-actions'),
-  lock: $('lock'), csv: $('csv'), end: $('end'),
-  lobbyBox: $('lobby-box'), lobbyList: $('lobby'), handsBox: $('hands-box'), handsList: $('hands'),
-  presentBox: $('present-box'), present: document.querySelector('#present tbody'),
-  selfBox: $('self-box'), selfPreview: $('self-preview'),
-  rosterBox: $('roster-box'), membersHeading: $('members-heading'), members: $('members'),
-  participantCount: $('participant-count'),
+const VIEWS = {
+  leader: leaderView,
+  representative: representativeView,
+  interpreter: interpreterView,
+  participant: participantView,
+  site: siteView,
 };
-
-// What each role sends from publish.html (docs/protocol.md, "What may be published").
-const SENDS = { leader: ['camera', 'microphone'], representative: ['camera', 'microphone'], interpreter: ['camera'] };
-// Join failures and goodbyes after which a kiosk does not try again.
-const TERMINAL = new Set(['left', 'removed', 'revoked', 'session_ended', 'denied', 'replaced', 'bad_token', 'invite_revoked', 'no_token']);
-const RECONNECT_MS = 2000;
-const MAX_CAPTIONS = 100;
+// Goodbyes and join refusals after which the page does not try again by itself.
+const TERMINAL = new Set(['left', 'removed', 'session_ended', 'denied', 'replaced', 'bad_token',
+  'invite_revoked', 'no_token', 'locked', 'bad_request', 'forbidden']);
+// Waits before each reconnect attempt: quick at first, then every few seconds, for ever.
+const BACKOFF_MS = [500, 1000, 2000, 3000];
+const CHECK_RETRY_MS = 2000;
 
 const devices = new DeviceTest({
   video: $('preview'), meter: $('mic-meter'), meterText: $('meter-text'), message: $('device-msg'),
   cameraSelect: $('camera-select'), micSelect: $('mic-select'), speakerButton: $('test-speaker'),
 });
 
-let client = null;
-let pageState = 'prejoin';
-let starting = null; // the running start() promise
-let joinedMsg = null;
-let kiosk = false; // a site: kiosk layout and automatic reconnection
+let starting = null;
 let reconnectTimer = null;
-let localStream = null; // what we publish (publish roles; floor media on watch.html)
-let screenTrack = null;
-let floorGranted = false;
-let handRaised = false;
-let lastRoster = null;
-let memberInfo = new Map(); // member_id -> roster entry
-let statusMsg = null; // [key, vars]
-let alertMsg = null; // [key, vars]
-let lastHeadcount = null;
-const received = []; // every server message type, in order (for the automated tests)
-const captionTexts = [];
-
-// ---- the link ----
-
-/** The token from the join link's fragment, #t=<token>; never sent anywhere but in `join`. */
-function linkToken() {
-  return (new URLSearchParams(location.hash.slice(1)).get('t') || '').trim();
-}
-
-/** The token's claims, unverified: only to choose a layout before `joined` says the role. */
-function peek(token) {
-  try {
-    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4))) || {};
-  } catch {
-    return {};
-  }
-}
-
-const rejoinKey = (token) => `kursrelay.rejoin.${token}`;
-const nameKey = (token) => `kursrelay.name.${token}`;
-const headcountKey = (token) => `kursrelay.headcount.${token}`;
-function stored(key, store = sessionStorage) {
-  try { return store.getItem(key); } catch { return null; }
-}
-function store(key, value, where = sessionStorage) {
-  try {
-    if (value === null || value === undefined || value === '') where.removeItem(key);
-    else where.setItem(key, String(value));
-  } catch { /* storage disabled */ }
-}
-
-// ---- messages to the user (kept as keys so a language change re-renders them) ----
-
-function setStatus(key, vars) {
-  statusMsg = key ? [key, vars] : null;
-  el.status.textContent = key ? t(key, vars) : '';
-}
-
-function showAlert(key, vars) {
-  alertMsg = key ? [key, vars] : null;
-  el.alert.replaceChildren();
-  if (key) {
-    const p = document.createElement('p');
-    p.textContent = t(key, vars);
-    el.alert.append(p);
-  }
-}
-
-function announce(key, vars) {
-  // Clear first so the same text twice is still read out.
-  el.announce.textContent = '';
-  setTimeout(() => { el.announce.textContent = t(key, vars); }, 50);
-}
-
-function errorKey(err) {
-  const code = err.code || err.name;
-  if (code === 'bad_request' && err.request === 'join') return 'err.bad_name';
-  const key = `err.${code}`;
-  return has(key) ? key : null;
-}
-
-function showError(err) {
-  const key = errorKey(err);
-  if (key) showAlert(key);
-  else showAlert('err.unknown', { code: err.code || err.name || '?' });
-}
+let attempts = 0;
+let screenWasShared = false;
 
 // ---- screens ----
 
 function setState(next) {
-  pageState = next;
+  state.page = next;
   document.body.dataset.state = next;
-  el.prejoin.hidden = next !== 'prejoin' && next !== 'connecting';
-  el.lobby.hidden = next !== 'lobby';
-  el.stage.hidden = !(next === 'joined' || (kiosk && next === 'reconnecting'));
+  const view = state.view;
+  const kiosk = Boolean(view && view.kiosk);
+  const coming = next === 'connecting' || next === 'reconnecting';
+  const inStage = next === 'joined' || (coming && (state.wasIn === 'joined' || kiosk));
+  el.checking.hidden = next !== 'checking';
+  el.problem.hidden = next !== 'problem';
+  el.prejoin.hidden = !(next === 'prejoin' || (coming && !state.wasIn && !kiosk));
+  el.lobby.hidden = !(next === 'lobby' || (coming && state.wasIn === 'lobby'));
+  el.stage.hidden = !inStage;
   el.ended.hidden = next !== 'left';
-  el.join.disabled = next === 'connecting' || !linkToken();
+  el.join.disabled = coming;
+  document.body.classList.toggle('in-course', inStage);
+  if (view && view.page) view.page(next);
+  layout();
 }
 
 function focusHeading(id) {
@@ -142,17 +74,419 @@ function focusHeading(id) {
   if (h && !h.closest('[hidden]')) h.focus();
 }
 
-// ---- roster ----
+// ---- the link check ----
 
-const roleText = (role) => t(`role.${role}`);
+async function checkLink() {
+  const token = state.token;
+  let reply;
+  try {
+    const res = await fetch('/link-check', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ token }),
+    });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    reply = await res.json();
+  } catch {
+    // The server is not there (yet): say so and try again, whatever the role.
+    setStatus('status.waiting_server');
+    setTimeout(checkLink, CHECK_RETRY_MS);
+    return;
+  }
+  setStatus(null);
+  state.link = reply;
+  if (reply.state !== 'ok') {
+    problem(`link.${reply.state}`);
+    return;
+  }
+  if (reply.open && stored(keys.removed(token))) {
+    problem('link.removed');
+    return;
+  }
+  showTitles(reply);
+  choose(reply.role);
+}
 
-function renderRoster(roster) {
-  lastRoster = roster;
+/** A full-page message about the link, with the help number; nothing else happens. */
+function problem(key) {
+  el.problemHeading.dataset.key = key;
+  setState('problem');
+  renderProblem();
+  focusHeading('problem-heading');
+}
+
+function renderProblem() {
+  const key = el.problemHeading.dataset.key;
+  if (!key) return;
+  el.problemHeading.textContent = t(`${key}.heading`);
+  el.problemText.textContent = t(`${key}.text`);
+  const phone = helpPhone();
+  el.problemHelp.replaceChildren();
+  if (phone) {
+    const a = document.createElement('a');
+    a.href = `tel:${phone.replace(/[^+\d]/g, '')}`;
+    a.className = 'help-phone';
+    a.textContent = phone;
+    el.problemHelp.append(t('help.call'), ' ', a);
+  } else el.problemHelp.textContent = t('help.text');
+}
+
+function showTitles(link) {
+  el.courseTitle.textContent = link.course_title || t('course.title');
+  el.courseTitle.removeAttribute('data-i18n');
+  el.sessionTitle.textContent = link.session_title || '';
+  el.sessionTitle.hidden = !link.session_title;
+  renderDocTitle();
+}
+
+let badge = 0;
+/** The tab's title: "(2) Course – kursrelay" while the leader has people waiting or hands up. */
+export function setBadge(n) {
+  badge = n;
+  renderDocTitle();
+}
+
+function renderDocTitle() {
+  const base = state.link && state.link.course_title
+    ? `${state.link.course_title} – ${t('course.brand')}` : t('course.doc_title');
+  document.title = badge > 0 ? `(${badge}) ${base}` : base;
+}
+
+// ---- before joining ----
+
+function choose(role) {
+  const view = VIEWS[role] || participantView;
+  state.view = view;
+  document.body.dataset.view = view.role;
+  document.body.classList.toggle('kiosk', Boolean(view.kiosk));
+  if (view.setup) view.setup(api);
+  if (view.kiosk) {
+    // An unattended room screen: no device test, no click; join at once and keep trying.
+    setState('connecting');
+    start().catch(() => {});
+    return;
+  }
+  renderPrejoin();
+  setState('prejoin');
+  if (view.deviceTest) {
+    if (window.isSecureContext) devices.acquire(wantDevices());
+    else el.insecure.hidden = false;
+  }
+  const saved = stored(keys.name(state.token));
+  if (saved && !el.name.value) el.name.value = saved;
+}
+
+function wantDevices() {
+  const sends = state.view ? state.view.sends : [];
+  return { video: sends.includes('camera'), audio: sends.includes('microphone') };
+}
+
+function renderPrejoin() {
+  const view = state.view;
+  const link = state.link;
+  if (!view || !link) return;
+  el.prejoinHeading.textContent = t(view.deviceTest ? 'prejoin.heading_send' : 'prejoin.heading_watch');
+  el.prejoinIntro.textContent = t(`prejoin.intro_${view.role}`);
+  el.cameraTest.hidden = !view.deviceTest;
+  // A site is always shown with its room's name; everyone else may choose, and need not.
+  el.nameField.hidden = view.role === 'site';
+  el.joinAs.hidden = !link.name;
+  el.joinAs.textContent = link.name ? t('prejoin.join_as', { name: link.name, role: roleText(link.role) }) : '';
+  el.nameLabel.textContent = t(link.name ? 'prejoin.name_change' : 'prejoin.name');
+  el.nameHelp.textContent = t(link.name ? 'prejoin.name_help_invite'
+    : link.open ? 'prejoin.name_help_open' : 'prejoin.name_help_role');
+  el.insecure.textContent = t('prejoin.insecure');
+}
+
+// ---- joining ----
+
+function start(opts = {}) {
+  if (starting) return starting;
+  if (state.client) {
+    // Already in (e.g. a kiosk that joined by itself): say where we are instead of failing.
+    return Promise.resolve({ member_id: state.client.memberId, role: state.page === 'lobby' ? null : state.client.role, lobby: state.page === 'lobby' });
+  }
+  const run = doStart(opts);
+  starting = run;
+  run.then(() => { starting = null; }, () => { starting = null; });
+  return run;
+}
+
+async function doStart({ name } = {}) {
+  clearTimeout(reconnectTimer);
+  const token = state.token;
+  if (!token || !state.view) {
+    const err = new KursrelayError('no_token', 'Open this page from the invitation link');
+    showError(err);
+    throw err;
+  }
+  const reconnecting = state.page === 'reconnecting';
+  if (name !== undefined) el.name.value = name;
+  const chosen = el.name.value.trim() || stored(keys.name(token)) || '';
+  if (!reconnecting) {
+    showAlert(null);
+    setState('connecting');
+    setStatus('status.connecting');
+  }
+  // Senders keep the tested camera and microphone; nobody else holds them.
+  if (devices.pending) await devices.pending;
+  const tested = state.view.sends.length ? devices.take() : null;
+  devices.stop();
+
+  const c = new KursrelayClient();
+  state.client = c;
+  const mine = (fn) => (...args) => { if (state.client === c) fn(...args); };
+  c.onMessage = (msg) => { state.received.push(msg.type); };
+  c.onRoster = mine(onRoster);
+  c.onAdmitted = mine((msg) => {
+    announce('lobby.admitted');
+    admitted(c, msg, null).catch((err) => fail(c, err));
+  });
+  c.onHand = mine((raised) => { state.hand = raised; controls(); announce(raised ? 'hand.raised' : 'hand.lowered'); });
+  c.onFloor = mine((granted) => state.view.floor && state.view.floor(api, granted));
+  c.onMuted = mine(onMuted);
+  c.onChat = mine(addChat);
+  c.onCaption = mine(addCaption);
+  c.onTrack = mine(addRemoteTrack);
+  c.onTrackGone = mine(removeTrack);
+  c.onError = mine((err) => {
+    if (err.code === 'bad_candidate') console.error('kursrelay:', err.code, err.message);
+    else if (err.code === 'peer_failed') { teardown(); scheduleReconnect(); }
+    else showError(err);
+  });
+  c.onClose = mine((reason) => {
+    state.client = null;
+    const was = state.page;
+    teardown();
+    if (reason === 'removed' || reason === 'session_ended') store(keys.rejoin(token), null);
+    if (reason === 'removed' && state.link && state.link.open) store(keys.removed(token), '1');
+    if (!TERMINAL.has(reason) && (was === 'joined' || was === 'lobby' || was === 'reconnecting' || state.view.kiosk)) {
+      scheduleReconnect();
+      return;
+    }
+    ended(reason);
+  });
+
+  try {
+    await c.connect();
+    const rejoin = stored(keys.rejoin(token));
+    let reply;
+    try {
+      reply = await c.join(rejoin || token, chosen);
+    } catch (err) {
+      if (!rejoin || err.code !== 'bad_token') throw err;
+      store(keys.rejoin(token), null);
+      reply = await c.join(token, chosen);
+    }
+    if (chosen) store(keys.name(token), chosen);
+    attempts = 0;
+    if (reply.type === 'lobby') {
+      if (tested) for (const tr of tested.getTracks()) tr.stop();
+      state.wasIn = 'lobby';
+      setState('lobby');
+      setStatus(null);
+      focusHeading('lobby-heading');
+      return { member_id: reply.member_id, role: null, lobby: true };
+    }
+    await admitted(c, reply, tested);
+    return { member_id: reply.member_id, role: reply.role, lobby: false };
+  } catch (err) {
+    if (tested) for (const tr of tested.getTracks()) tr.stop();
+    fail(c, err);
+    throw err;
+  }
+}
+
+/** A failure while starting: try again unless it is hopeless, else say why. */
+function fail(c, err) {
+  if (state.client === c) teardown();
+  const retry = !TERMINAL.has(err.code) && (state.wasIn || state.view.kiosk || state.page === 'reconnecting');
+  if (retry) {
+    scheduleReconnect();
+    return;
+  }
+  if (err.code === 'closed') return; // onClose has already said why
+  if (err.code === 'session_ended' || err.code === 'invite_revoked' || err.code === 'bad_token' || err.code === 'removed') {
+    problem(`link.${{ session_ended: 'ended', invite_revoked: 'revoked', bad_token: 'invalid', removed: 'removed' }[err.code]}`);
+    return;
+  }
+  setState(state.wasIn ? 'left' : 'prejoin');
+  setStatus(null);
+  showError(err);
+  if (state.page === 'prejoin') {
+    if (state.view.deviceTest && window.isSecureContext) devices.acquire(wantDevices());
+    if (err.code === 'bad_request' && err.request === 'join') el.name.focus();
+  }
+}
+
+function scheduleReconnect() {
+  clearTimeout(reconnectTimer);
+  setState('reconnecting');
+  attempts += 1;
+  setStatus(attempts > 2 ? 'status.reconnecting_long' : 'status.reconnecting');
+  showAlert(null);
+  const wait = BACKOFF_MS[Math.min(attempts - 1, BACKOFF_MS.length - 1)];
+  reconnectTimer = setTimeout(() => { start().catch(() => {}); }, wait);
+}
+
+/** `joined`, at once or after the lobby: send what the role sends, then show the course. */
+async function admitted(c, joined, tested) {
+  state.joined = joined;
+  if (joined.rejoin_token) store(keys.rejoin(state.token), joined.rejoin_token);
+  const again = state.wasIn === 'joined';
+  state.wasIn = 'joined';
+  setState('joined');
+  showAlert(null);
+  // The server says whether chat is on; the box shows only then.
+  el.chatBox.dataset.refused = joined.chat_enabled ? 'false' : 'true';
+  el.chatBox.hidden = !joined.chat_enabled;
+  if (state.view.joined) state.view.joined(api, joined, again);
+  controls();
+  const sends = state.view.sends;
+  if (sends.length) await sendMedia(c, tested, sends);
+  else if (tested) for (const tr of tested.getTracks()) tr.stop();
+  if (screenWasShared) {
+    screenWasShared = false;
+    showAlert('media.screen_lost');
+  }
+  renderSelfStatus();
+  controls();
+  // Focus the (screen-reader) heading of the course view: the next Tab is its first button.
+  if (!again && state.page === 'joined' && !el.stage.contains(document.activeElement)) focusHeading('stage-heading');
+}
+
+/** Camera and/or microphone for a role that sends: the tested ones, or asked for again. */
+async function sendMedia(c, tested, sends) {
+  const stream = tested || new MediaStream();
+  for (const tr of stream.getTracks()) {
+    const source = tr.kind === 'video' ? 'camera' : 'microphone';
+    if (!sends.includes(source)) { tr.stop(); stream.removeTrack(tr); }
+  }
+  const missing = { video: sends.includes('camera') && !stream.getVideoTracks().length,
+    audio: sends.includes('microphone') && !stream.getAudioTracks().length };
+  if ((missing.video || missing.audio) && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    setStatus('status.asking');
+    try {
+      const more = await navigator.mediaDevices.getUserMedia({
+        video: missing.video ? devices.constraints('video') : false,
+        audio: missing.audio ? devices.constraints('audio') : false,
+      });
+      for (const tr of more.getTracks()) stream.addTrack(tr);
+    } catch (err) {
+      showAlert(err.name === 'NotAllowedError' ? 'dev.denied_joined' : 'dev.none_joined');
+    }
+  }
+  if (state.client !== c) {
+    for (const tr of stream.getTracks()) tr.stop();
+    throw new KursrelayError('closed', 'Left while starting');
+  }
+  if (!stream.getTracks().length) {
+    setStatus('status.joined_no_media');
+    return;
+  }
+  state.localStream = stream;
+  setStatus('status.sending');
+  await c.publish(stream.getTracks().map((track) => ({
+    track, source: track.kind === 'video' ? 'camera' : 'microphone',
+  })));
+  for (const tr of stream.getVideoTracks()) addLocalTrack(tr, 'camera');
+  setStatus(null);
+}
+
+/** What you send, truthfully: "You are sending camera and microphone (and your screen)." */
+function renderSelfStatus() {
+  if (!state.client || state.page !== 'joined' || !state.view) return;
+  const live = (list) => list.some((tr) => tr.readyState === 'live' && tr.enabled);
+  const cam = state.localStream && live(state.localStream.getVideoTracks());
+  const mic = state.localStream && live(state.localStream.getAudioTracks());
+  const parts = [];
+  if (cam) parts.push(t('self.camera'));
+  if (mic) parts.push(t('self.microphone'));
+  if (state.screenTrack) parts.push(t('self.screen'));
+  const [key, vars] = parts.length ? ['self.sending', { what: parts.join(t('self.and')) }] : ['self.nothing', {}];
+  el.selfStatus.textContent = t(key, vars);
+  if (state.view.sends.length) setStatus(key, vars);
+}
+
+function ended(reason) {
+  state.wasIn = null;
+  setState('left');
+  setStatus(null);
+  showAlert(null);
+  const key = `bye.${reason}`;
+  el.endedText.dataset.key = has(key) ? key : 'bye.connection_lost';
+  el.endedText.textContent = t(el.endedText.dataset.key);
+  el.rejoin.hidden = ['removed', 'session_ended', 'denied'].includes(reason);
+  if (state.view && state.view.ended) state.view.ended(api, reason);
+  focusHeading('ended-heading');
+}
+
+/** Leaves at once (tests and the confirm dialog call this). */
+function leave() {
+  clearTimeout(reconnectTimer);
+  if (!state.client && state.page !== 'reconnecting') return;
+  teardown();
+  ended('left');
+}
+
+async function askLeave() {
+  if (await ask('leave.question', 'leave.yes', 'leave.no')) leave();
+}
+
+function teardown() {
+  const c = state.client;
+  state.client = null;
+  if (c) c.leave();
+  screenWasShared = screenWasShared || Boolean(state.screenTrack);
+  stopLocal();
+  state.floor = false;
+  state.hand = false;
+  clearMedia();
+  state.roster = null;
+  state.members = new Map();
+  el.members.replaceChildren();
+  controls();
+}
+
+function stopLocal() {
+  if (state.screenTrack) { removeLocalTrack(state.screenTrack); state.screenTrack.stop(); }
+  state.screenTrack = null;
+  if (state.localStream) for (const tr of state.localStream.getTracks()) { removeLocalTrack(tr); tr.stop(); }
+  state.localStream = null;
+}
+
+function backToPrejoin() {
+  showAlert(null);
+  if (state.view.kiosk) { setState('connecting'); start().catch(() => {}); return; }
+  setState('prejoin');
+  if (state.view.deviceTest && window.isSecureContext) devices.acquire(wantDevices());
+  el.join.focus();
+}
+
+// ---- the roster (everyone's "who is here"; the leader's console is views/leader.js) ----
+
+function onRoster(roster) {
+  state.roster = roster;
   const list = Array.isArray(roster.members) ? roster.members : [];
-  memberInfo = new Map(list.map((m) => [m.member_id, m]));
-  el.membersHeading.textContent = t('roster.heading', { n: list.length });
+  state.members = new Map(list.map((m) => [m.member_id, m]));
+  renderMembers();
+  layout();
+  if (state.view.roster) state.view.roster(api, roster);
+  controls();
+}
+
+function renderMembers() {
+  const roster = state.roster;
+  if (!roster) {
+    el.membersHeading.textContent = t('roster.heading', { n: 0 });
+    el.participantCount.textContent = t('roster.participants', { n: 0 });
+    return;
+  }
+  const list = Array.isArray(roster.members) ? roster.members : [];
+  el.membersHeading.textContent = t('roster.heading_people');
   el.participantCount.textContent = t('roster.participants', { n: roster.participant_count ?? 0 });
-  // Update item by item, so nothing is rebuilt needlessly.
+  el.rosterNote.hidden = roster.roster !== 'count';
+  el.rosterNote.textContent = t('roster.count_only');
   const old = new Map([...el.members.children].map((li) => [li.dataset.memberId, li]));
   list.forEach((m, i) => {
     let li = old.get(m.member_id);
@@ -166,799 +500,174 @@ function renderRoster(roster) {
     if (el.members.children[i] !== li) el.members.insertBefore(li, el.members.children[i] || null);
   });
   for (const li of old.values()) li.remove();
-  if (kiosk) renderKioskHeadcount();
-  layoutVideos();
-  renderConsole(roster, list);
 }
 
 function memberText(m) {
-  let text = `${m.name} – ${roleText(m.role)}`;
+  let text = `${displayName(m)} – ${roleText(m.role)}`;
   if (typeof m.headcount === 'number') text += `, ${t('roster.people', { n: m.headcount })}`;
   if (m.floor) text += ` – ${t('roster.has_floor')}`;
-  if (client && m.member_id === client.memberId) text += ` ${t('roster.you')}`;
+  if (state.client && m.member_id === state.client.memberId) text += ` ${t('roster.you')}`;
   return text;
 }
 
-// ---- media: the lecture large, screen share with the speaker inset, the interpreter pinned ----
+// ---- controls every view shares ----
 
-function play(media) {
-  media.play().catch((err) => {
-    if (err.name === 'NotAllowedError') el.sound.hidden = false;
-  });
-}
-
-function addRemoteTrack(track, info) {
-  if (track.kind === 'audio') {
-    const audio = document.createElement('audio');
-    audio.autoplay = true;
-    audio.dataset.trackId = info.track_id;
-    audio.srcObject = new MediaStream([track]);
-    el.audio.append(audio);
-    play(audio);
-    return;
-  }
-  const fig = document.createElement('figure');
-  fig.className = 'tile';
-  fig.dataset.trackId = info.track_id;
-  fig.dataset.memberId = info.member_id || '';
-  fig.dataset.source = info.source;
-  const video = document.createElement('video');
-  video.autoplay = true;
-  video.muted = true; // sound comes from the <audio> elements
-  video.playsInline = true;
-  video.srcObject = new MediaStream([track]);
-  fig.append(video, document.createElement('figcaption'));
-  el.others.append(fig);
-  play(video);
-  layoutVideos();
-}
-
-function removeRemoteTrack(trackId) {
-  for (const node of document.querySelectorAll('[data-track-id]')) {
-    if (node.dataset.trackId !== trackId) continue;
-    const media = node.matches('audio') ? node : node.querySelector('video');
-    media.srcObject = null;
-    node.remove();
-  }
-  layoutVideos();
-}
-
-function clearMedia() {
-  for (const node of document.querySelectorAll('[data-track-id]')) removeRemoteTrack(node.dataset.trackId);
-  el.sound.hidden = true;
-}
-
-const RANK = { leader: 0, representative: 1, site: 3, participant: 3 };
-
-function layoutVideos() {
-  const figs = [...el.media.querySelectorAll('figure[data-track-id]')];
-  const role = (f) => (memberInfo.get(f.dataset.memberId) || {}).role;
-  const interp = figs.filter((f) => f.dataset.source !== 'screen' && role(f) === 'interpreter');
-  const screens = figs.filter((f) => f.dataset.source === 'screen');
-  const cams = figs.filter((f) => f.dataset.source !== 'screen' && !interp.includes(f))
-    .sort((a, b) => (RANK[role(a)] ?? 2) - (RANK[role(b)] ?? 2));
-  let main = null;
-  let inset = null;
-  if (screens.length) {
-    main = screens[screens.length - 1];
-    inset = cams.find((f) => f.dataset.memberId === main.dataset.memberId) || cams[0] || null;
-  } else {
-    main = cams[0] || null;
-  }
-  const place = (fig, slot, pos) => {
-    if (fig.parentElement !== slot) {
-      slot.append(fig);
-      play(fig.querySelector('video')); // moving a media element may pause it
-    }
-    fig.dataset.pos = pos;
-  };
-  if (main) place(main, el.mainSlot, 'main');
-  if (inset) place(inset, el.mainSlot, 'inset');
-  if (interp[0]) place(interp[0], el.interpSlot, 'interp');
-  for (const f of figs) if (f !== main && f !== inset && f !== interp[0]) place(f, el.others, 'other');
-  el.interpSlot.hidden = !interp[0];
-  el.media.classList.toggle('has-interp', Boolean(interp[0]));
-  el.media.classList.toggle('has-main', Boolean(main));
-  el.noMedia.hidden = figs.length > 0;
-  for (const f of figs) setFigCaption(f, role(f));
-}
-
-function setFigCaption(fig, role) {
-  const m = memberInfo.get(fig.dataset.memberId);
-  const source = role === 'interpreter' ? t('source.interpreter') : t(`source.${fig.dataset.source}`);
-  const text = m ? `${source} – ${m.name}` : source;
-  const cap = fig.querySelector('figcaption');
-  if (cap.textContent !== text) cap.textContent = text;
-  fig.querySelector('video').setAttribute('aria-label', text);
-}
-
-// ---- captions and chat ----
-
-function addCaption(msg) {
-  const text = String(msg.text || '');
-  captionTexts.push(text);
-  el.captionsEmpty.hidden = true;
-  const p = document.createElement('p');
-  const m = memberInfo.get(msg.member_id);
-  p.textContent = text;
-  if (m) p.title = m.name;
-  el.captions.append(p);
-  while (el.captions.querySelectorAll('p:not(#captions-empty)').length > MAX_CAPTIONS) {
-    el.captions.querySelector('p:not(#captions-empty)').remove();
-  }
-  el.captions.scrollTop = el.captions.scrollHeight;
-}
-
-function addChat(msg) {
-  el.chatBox.hidden = false;
-  const p = document.createElement('p');
-  const b = document.createElement('strong');
-  b.textContent = `${msg.name || '?'}: `;
-  p.append(b, document.createTextNode(String(msg.text || '')));
-  el.chatLog.append(p);
-  el.chatLog.scrollTop = el.chatLog.scrollHeight;
-}
-
-function applyCaptionPrefs() {
-  const size = stored('kursrelay.capsize', localStorage) || '2';
-  const contrast = stored('kursrelay.contrast', localStorage) === '1';
-  for (const b of document.querySelectorAll('.capsize')) b.setAttribute('aria-pressed', String(b.dataset.size === size));
-  el.captions.dataset.size = size;
-  document.body.classList.toggle('high-contrast', contrast);
-  el.contrast.setAttribute('aria-pressed', String(contrast));
-}
-
-async function sendCaption(text) {
-  const c = requireClient();
-  const value = String(text ?? '').trim();
-  if (!value) return null;
-  return c.caption(value);
-}
-
-// ---- the leader's and user representative's console ----
-
-function renderConsole(roster, members) {
-  const role = client && client.role;
-  const leader = role === 'leader';
-  el.console.hidden = !(leader || role === 'representative');
-  el.rosterBox.hidden = leader; // the leader sees everything in the console's table
-  if (el.console.hidden) return;
-  const lobby = Array.isArray(roster.lobby) ? roster.lobby : [];
-  const hands = Array.isArray(roster.hands) ? roster.hands : [];
-  el.leaderActions.hidden = !leader;
-  el.lobbyBox.hidden = !leader;
-  el.presentBox.hidden = !leader;
-
-  const parts = [t(roster.locked ? 'console.locked' : 'console.open'),
-    t('console.count', { n: roster.participant_count ?? 0 })];
-  if (leader) parts.push(t('console.waiting', { n: lobby.length }));
-  parts.push(t('console.hands_n', { n: hands.length }));
-  el.sessionLine.textContent = parts.join(' · ');
-  el.lock.textContent = t(roster.locked ? 'console.unlock' : 'console.lock');
-
-  renderList(el.lobbyList, lobby, (p) => personRow('lobby', p.member_id, p.name,
-    [['console.admit', 'admit', 'primary'], ['console.deny', 'deny', 'danger']]));
-  renderList(el.handsList, hands, (id) => personRow('hands', id, (memberInfo.get(id) || {}).name || '?',
-    leader ? [['console.grant', 'grant_floor', 'primary']] : []));
-  if (leader) renderPresent(members);
-}
-
-/** Replace a list's rows, keeping keyboard focus in the list when it was there. */
-function renderList(container, items, makeRow, emptyTag = 'li') {
-  const active = document.activeElement;
-  const had = container.contains(active) ? active : null;
-  const index = had ? [...container.querySelectorAll('button')].indexOf(had) : -1;
-  if (items.length) container.replaceChildren(...items.map(makeRow));
-  else {
-    const row = document.createElement(emptyTag);
-    row.className = 'hint';
-    if (emptyTag === 'tr') {
-      const td = document.createElement('td');
-      td.colSpan = 5;
-      td.textContent = t('console.nobody');
-      row.append(td);
-    } else row.textContent = t('console.nobody');
-    container.replaceChildren(row);
-  }
-  if (!had) return;
-  const buttons = [...container.querySelectorAll('button')];
-  const same = buttons.find((b) => b.id === had.id);
-  const target = same || buttons[Math.min(index, buttons.length - 1)];
-  if (target) target.focus();
-  else {
-    const heading = container.closest('div') && container.closest('div').querySelector('h4');
-    if (heading) heading.focus();
-  }
-}
-
-const ACTION_NAME = { grant_floor: 'grant', revoke_floor: 'revoke' };
-
-function actionButton(prefix, memberId, nameId, [labelKey, type, cls]) {
-  const b = document.createElement('button');
-  b.type = 'button';
-  b.id = `${prefix}-${type}-${memberId}`;
-  b.className = cls || '';
-  // Stable hooks for tests: admit, deny, grant, revoke, mute, remove; the hand queue's
-  // "give the floor" is grant-hand (the table's per-person one is grant).
-  b.dataset.action = prefix === 'hands' ? 'grant-hand' : ACTION_NAME[type] || type;
-  b.textContent = t(labelKey);
-  // Named "<action> <person>" for screen readers.
-  b.setAttribute('aria-labelledby', `${b.id} ${nameId}`);
-  b.addEventListener('click', () => {
-    if (type === 'remove' && !confirm(t('console.remove_confirm', { name: (memberInfo.get(memberId) || {}).name || '' }))) return;
-    busy(b, () => request(type, { member_id: memberId }));
-  });
-  return b;
-}
-
-function personRow(prefix, memberId, name, actions) {
-  const li = document.createElement('li');
-  li.className = 'row';
-  const span = document.createElement('span');
-  span.id = `${prefix}-name-${memberId}`;
-  span.textContent = name;
-  li.append(span, ...actions.map((a) => actionButton(prefix, memberId, span.id, a)));
-  return li;
-}
-
-function renderPresent(members) {
-  renderList(el.present, members, (m) => {
-    const tr = document.createElement('tr');
-    const nameCell = document.createElement('th');
-    nameCell.scope = 'row';
-    nameCell.id = `present-name-${m.member_id}`;
-    nameCell.textContent = m.name + (client && m.member_id === client.memberId ? ` ${t('roster.you')}` : '');
-    const cells = [
-      roleText(m.role),
-      typeof m.headcount === 'number' ? String(m.headcount) : '–',
-      m.floor ? t('console.floor_yes') : t('console.floor_no'),
-    ].map((text) => { const td = document.createElement('td'); td.textContent = text; return td; });
-    const actions = document.createElement('td');
-    actions.className = 'cell-actions';
-    if (!client || m.member_id !== client.memberId) {
-      const list = [];
-      if (m.role === 'participant' || m.role === 'site') {
-        list.push(m.floor ? ['console.revoke', 'revoke_floor', 'danger'] : ['console.grant', 'grant_floor', '']);
-      }
-      if (m.role !== 'leader' && m.role !== 'interpreter') list.push(['console.mute', 'mute', '']);
-      if (m.role !== 'leader') list.push(['console.remove', 'remove', 'danger']);
-      actions.append(...list.map((a) => actionButton('present', m.member_id, nameCell.id, a)));
-    }
-    tr.append(nameCell, ...cells, actions);
-    return tr;
-  }, 'tr');
-}
-
-/** Run action once at a time per button (aria-disabled keeps it focusable meanwhile). */
-function busy(button, action) {
-  if (button.getAttribute('aria-disabled') === 'true') return;
-  button.setAttribute('aria-disabled', 'true');
-  Promise.resolve().then(action).catch((err) => {
-    if (err.code !== 'closed') showError(err);
-  }).finally(() => button.removeAttribute('aria-disabled'));
-}
-
-async function downloadAttendance() {
-  const c = requireClient();
-  const session = c.session || peek(linkToken()).sid;
-  const res = await fetch(`/api/sessions/${encodeURIComponent(session)}/attendance?format=csv`, {
-    headers: { Authorization: `Bearer ${linkToken()}` },
-  });
-  if (!res.ok) throw new KursrelayError('csv_failed', `HTTP ${res.status}`);
-  const blob = await res.blob();
-  const url = URL.createObjectURL(blob);
-  const a = document.createElement('a');
-  a.href = url;
-  a.download = `${t('console.csv_file')}-${new Date().toISOString().slice(0, 10)}.csv`;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
-  announce('console.csv_done');
-}
-
-// ---- controls ----
-
-function requireClient() {
-  if (!client) throw new KursrelayError('not_connected', 'Not started');
-  return client;
-}
-
-async function request(type, fields) {
-  return requireClient().control(type, fields);
-}
-
-const liveTrack = (kind) => localStream && localStream.getTracks().find((tr) => tr.kind === kind && tr.readyState === 'live');
-
-function updateControls() {
-  const role = client && client.role;
-  const watcher = role === 'participant' || role === 'site';
-  el.hand.hidden = !watcher || floorGranted;
-  el.hand.setAttribute('aria-pressed', String(handRaised));
-  el.hand.textContent = t(handRaised ? 'hand.lower' : 'hand.raise');
-  el.floorPublish.hidden = !(watcher && floorGranted && !(liveTrack('audio') && liveTrack('video')));
-  const mic = liveTrack('audio');
-  const cam = liveTrack('video');
+function controls() {
+  const role = state.client && state.client.role;
+  const mic = state.localStream && state.localStream.getAudioTracks().find((tr) => tr.readyState === 'live');
+  const cam = state.localStream && state.localStream.getVideoTracks().find((tr) => tr.readyState === 'live');
   el.mic.hidden = !mic;
   el.cam.hidden = !cam;
   if (mic) el.mic.textContent = t(mic.enabled ? 'media.mic_off' : 'media.mic_on');
   if (cam) el.cam.textContent = t(cam.enabled ? 'media.cam_off' : 'media.cam_on');
-  el.screen.hidden = !(isPublish && (role === 'leader' || role === 'representative'));
-  el.screen.textContent = t(screenTrack ? 'media.screen_stop' : 'media.screen_start');
-  el.captionForm.hidden = role !== 'interpreter';
-  el.headcountForm.hidden = !(kiosk && role === 'site');
-  el.selfBox.hidden = !(localStream && localStream.getVideoTracks().length);
-  if (el.selfPreview.srcObject !== localStream) el.selfPreview.srcObject = localStream;
+  el.screen.hidden = !(role === 'leader' || role === 'representative');
+  el.screen.textContent = t(state.screenTrack ? 'media.screen_stop' : 'media.screen_start');
   if (role === 'leader') el.chatBox.hidden = el.chatBox.dataset.refused === 'true';
-}
-
-function renderKioskHeadcount() {
-  const me = client && memberInfo.get(client.memberId);
-  const n = me && typeof me.headcount === 'number' ? me.headcount : lastHeadcount;
-  el.headcountState.textContent = typeof n === 'number' ? t('site.headcount_now', { n }) : t('site.headcount_none');
-}
-
-async function setHeadcount(n) {
-  const count = Number(n);
-  if (!Number.isInteger(count) || count < 0 || count > 1000) {
-    throw new KursrelayError('bad_request', 'A headcount is a whole number 0–1000', 'set_headcount');
-  }
-  const reply = await requireClient().setHeadcount(count);
-  lastHeadcount = count;
-  if (document.activeElement !== el.headcount) el.headcount.value = String(count);
-  store(headcountKey(linkToken()), count, localStorage);
-  renderKioskHeadcount();
-  announce('site.headcount_now', { n: count });
-  return reply;
-}
-
-// ---- start / leave ----
-
-function teardown() {
-  const c = client;
-  client = null;
-  if (c) c.leave();
-  stopLocal();
-  floorGranted = false;
-  handRaised = false;
-  clearMedia();
-  lastRoster = null;
-  memberInfo = new Map();
-  el.members.replaceChildren();
-  el.console.hidden = true;
-  updateControls();
-}
-
-function stopLocal() {
-  if (screenTrack) screenTrack.stop();
-  screenTrack = null;
-  if (localStream) for (const tr of localStream.getTracks()) tr.stop();
-  localStream = null;
-  el.selfPreview.srcObject = null;
-}
-
-function start(opts = {}) {
-  if (starting) return starting;
-  if (client) {
-    // Already in (e.g. a kiosk joined by itself): report where we are instead of failing.
-    const role = pageState === 'lobby' ? null : client.role;
-    return Promise.resolve({ member_id: client.memberId, role, lobby: pageState === 'lobby' });
-  }
-  const run = doStart(opts);
-  starting = run;
-  run.then(() => { starting = null; }, () => { starting = null; });
-  return run;
-}
-
-async function doStart({ name } = {}) {
-  clearTimeout(reconnectTimer);
-  const token = linkToken();
-  if (!token) {
-    const err = new KursrelayError('no_token', 'Open this page from the invitation link');
-    showError(err);
-    throw err;
-  }
-  if (name !== undefined) el.name.value = name;
-  name = el.name.value.trim() || stored(nameKey(token)) || '';
-  if (pageState !== 'reconnecting') {
-    showAlert(null);
-    setState('connecting');
-    setStatus('status.connecting');
-  }
-
-  // Publish roles keep the tested camera and microphone; the others switch them off now
-  // (the chosen devices are remembered for when the leader gives them the floor).
-  if (devices.pending) await devices.pending;
-  const tested = isPublish ? devices.take() : null;
-  if (!isPublish) devices.stop();
-
-  const c = new KursrelayClient();
-  client = c;
-  c.onMessage = (msg) => { received.push(msg.type); };
-  c.onRoster = (roster) => { if (client === c) renderRoster(roster); };
-  c.onAdmitted = (msg) => {
-    if (client !== c) return;
-    announce('lobby.admitted');
-    admitted(c, token, msg, null).catch((err) => fail(c, err));
-  };
-  c.onHand = (raised) => { if (client === c) setHand(raised); };
-  c.onFloor = (granted) => { if (client === c) onFloor(granted); };
-  c.onMuted = () => { if (client === c) onMuted(); };
-  c.onChat = (msg) => { if (client === c) addChat(msg); };
-  c.onCaption = (msg) => { if (client === c) addCaption(msg); };
-  c.onTrack = (track, info) => { if (client === c) addRemoteTrack(track, info); };
-  c.onTrackGone = (trackId) => { if (client === c) removeRemoteTrack(trackId); };
-  c.onError = (err) => {
-    if (client !== c) return;
-    if (err.code === 'bad_candidate') console.error('kursrelay:', err.code, err.message);
-    else if (err.code === 'peer_failed' && kiosk) { teardown(); scheduleReconnect(); }
-    else showError(err);
-  };
-  c.onClose = (reason) => {
-    if (client !== c) return;
-    client = null;
-    teardown();
-    if (reason === 'removed' || reason === 'revoked' || reason === 'session_ended') store(rejoinKey(token), null);
-    if (kiosk && !TERMINAL.has(reason)) {
-      scheduleReconnect();
-      return;
-    }
-    ended(reason);
-  };
-
-  try {
-    await c.connect();
-    const rejoin = stored(rejoinKey(token));
-    let reply;
-    try {
-      reply = await c.join(rejoin || token, name);
-    } catch (err) {
-      if (!rejoin || err.code !== 'bad_token') throw err;
-      store(rejoinKey(token), null);
-      reply = await c.join(token, name);
-    }
-    if (reply.type === 'lobby') {
-      if (tested) for (const tr of tested.getTracks()) tr.stop();
-      setState('lobby');
-      setStatus(null);
-      focusHeading('lobby-heading');
-      return { member_id: reply.member_id, role: null, lobby: true };
-    }
-    await admitted(c, token, reply, tested);
-    return { member_id: reply.member_id, role: reply.role, lobby: false };
-  } catch (err) {
-    if (tested) for (const tr of tested.getTracks()) tr.stop();
-    fail(c, err);
-    throw err;
-  }
-}
-
-/** A failure while starting: leave and say why (a kiosk tries again unless it is hopeless). */
-function fail(c, err) {
-  if (client === c) teardown();
-  if (kiosk && !TERMINAL.has(err.code)) {
-    scheduleReconnect();
-    return;
-  }
-  if (err.code === 'closed') return; // onClose has already said why
-  setState(pageState === 'joined' || pageState === 'lobby' ? 'left' : 'prejoin');
-  setStatus(null);
-  showError(err);
-  if (pageState === 'prejoin') {
-    devices.acquire(wantDevices());
-    if (err.code === 'bad_request' && err.request === 'join') el.name.focus();
-  }
-}
-
-function scheduleReconnect() {
-  setState('reconnecting');
-  setStatus('status.reconnecting');
-  showAlert(null);
-  clearTimeout(reconnectTimer);
-  reconnectTimer = setTimeout(() => { start().catch(() => {}); }, RECONNECT_MS);
-}
-
-/** `joined`, at once or after the lobby: publish what the role sends, then show the course. */
-async function admitted(c, token, joined, tested) {
-  joinedMsg = joined;
-  if (joined.rejoin_token) {
-    store(rejoinKey(token), joined.rejoin_token);
-    if (joined.name) store(nameKey(token), joined.name);
-  }
-  kiosk = joined.role === 'site' && !isPublish;
-  document.body.classList.toggle('kiosk', kiosk);
-  el.roomName.hidden = !kiosk;
-  el.roomName.textContent = kiosk ? joined.name || '' : '';
-  setState('joined');
-  showAlert(null);
-  // The server says whether chat is on; the box shows only then.
-  el.chatBox.dataset.refused = joined.chat_enabled ? 'false' : 'true';
-  el.chatBox.hidden = !joined.chat_enabled;
-  updateControls();
-  const sends = (isPublish && SENDS[joined.role]) || [];
-  if (!sends.length && tested) for (const tr of tested.getTracks()) tr.stop();
-
-  if (sends.length) {
-    let stream = tested || new MediaStream();
-    // Keep only what this role sends (an interpreter sends no sound).
-    for (const tr of stream.getTracks()) {
-      const source = tr.kind === 'video' ? 'camera' : 'microphone';
-      if (!sends.includes(source)) { tr.stop(); stream.removeTrack(tr); }
-    }
-    const missing = { video: sends.includes('camera') && !stream.getVideoTracks().length,
-      audio: sends.includes('microphone') && !stream.getAudioTracks().length };
-    if (missing.video || missing.audio) {
-      setStatus('status.asking');
-      try {
-        const more = await navigator.mediaDevices.getUserMedia({
-          video: missing.video ? devices.constraints('video') : false,
-          audio: missing.audio ? devices.constraints('audio') : false,
-        });
-        for (const tr of more.getTracks()) stream.addTrack(tr);
-      } catch (err) {
-        showAlert(err.name === 'NotAllowedError' ? 'dev.denied_joined' : 'dev.none_joined');
-      }
-    }
-    if (client !== c) {
-      for (const tr of stream.getTracks()) tr.stop();
-      throw new KursrelayError('closed', 'Left while starting');
-    }
-    if (stream.getTracks().length) {
-      localStream = stream;
-      updateControls();
-      setStatus('status.sending');
-      await c.publish(stream.getTracks().map((track) => ({
-        track, source: track.kind === 'video' ? 'camera' : 'microphone',
-      })));
-      setStatus(stream.getAudioTracks().length ? 'status.live' : 'status.live_video');
-    } else {
-      setStatus('status.joined_no_media');
-    }
-  } else if (isPublish) {
-    setStatus('status.watch_link');
-  } else if (kiosk) {
-    setStatus(null);
-    const saved = stored(headcountKey(token), localStorage);
-    lastHeadcount = saved !== null && saved !== '' ? Number(saved) : lastHeadcount;
-    if (typeof lastHeadcount === 'number' && !Number.isNaN(lastHeadcount)) {
-      el.headcount.value = String(lastHeadcount);
-      c.setHeadcount(lastHeadcount).catch(() => {}); // the room's count survives a reconnect
-    }
-    renderKioskHeadcount();
-  } else if (joined.role === 'participant') {
-    setStatus('status.joined_watch');
-  } else {
-    setStatus('status.joined');
-  }
-  updateControls();
-  // Focus the (screen-reader) heading of the course view: the next Tab is its first button.
-  if (pageState === 'joined' && !el.stage.contains(document.activeElement)) focusHeading('stage-heading');
-}
-
-function ended(reason) {
-  setState('left');
-  setStatus(null);
-  const key = `bye.${reason}`;
-  if (has(key)) showAlert(key);
-  else if (reason !== 'left') showAlert('err.connect_failed');
-  else showAlert('bye.left');
-  el.rejoin.hidden = reason === 'removed' || reason === 'revoked' || reason === 'session_ended' || reason === 'denied';
-  focusHeading('ended-heading');
-}
-
-function leave() {
-  clearTimeout(reconnectTimer);
-  if (!client && pageState !== 'reconnecting') return;
-  teardown();
-  ended('left');
-}
-
-function wantDevices() {
-  const role = peek(linkToken()).role;
-  return { video: true, audio: role !== 'interpreter' };
-}
-
-function backToPrejoin() {
-  showAlert(null);
-  setState('prejoin');
-  devices.acquire(wantDevices());
-  el.join.focus();
-}
-
-// ---- hand and floor (watch.html) ----
-
-function setHand(raised) {
-  handRaised = raised;
-  updateControls();
-  announce(raised ? 'hand.raised' : 'hand.lowered');
-}
-
-async function raiseHand() { return requireClient().raiseHand(); }
-async function lowerHand() { return requireClient().lowerHand(); }
-
-function onFloor(granted) {
-  const focused = document.activeElement;
-  floorGranted = granted;
-  if (granted) {
-    handRaised = false; // the server lowers the hand
-    updateControls();
-    announce('floor.granted');
-    setStatus('floor.granted');
-    if (focused === el.hand || focused === document.body) el.floorPublish.focus();
-  } else {
-    stopFloorMedia().catch((err) => showError(err));
-    updateControls();
-    announce('floor.revoked');
-    setStatus('floor.revoked');
-    if (!el.hand.hidden && (!focused || focused === document.body || focused.hidden || el.stage.contains(focused))) el.hand.focus();
-  }
-}
-
-/** Publish camera and microphone while holding the floor (only what is not already on). */
-async function publishFloor() {
-  const c = requireClient();
-  if (!floorGranted) throw new KursrelayError('forbidden', 'You do not have the floor');
-  const want = { video: !liveTrack('video'), audio: !liveTrack('audio') };
-  if (!want.video && !want.audio) return;
-  setStatus('status.asking');
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      video: want.video ? devices.constraints('video') : false,
-      audio: want.audio ? devices.constraints('audio') : false,
-    });
-  } catch (err) {
-    if (want.video && want.audio && err.name !== 'NotAllowedError') {
-      // Perhaps only one of them exists: sound matters most.
-      stream = await navigator.mediaDevices.getUserMedia({ audio: devices.constraints('audio') });
-    } else throw err;
-  }
-  if (client !== c || !floorGranted) {
-    for (const tr of stream.getTracks()) tr.stop();
-    throw new KursrelayError('forbidden', 'The floor was taken back');
-  }
-  localStream = localStream || new MediaStream();
-  for (const tr of stream.getTracks()) localStream.addTrack(tr);
-  updateControls();
-  await c.publish(stream.getTracks().map((track) => ({
-    track, source: track.kind === 'video' ? 'camera' : 'microphone',
-  })));
-  updateControls();
-  if (floorGranted) setStatus('floor.live');
-}
-
-async function stopFloorMedia() {
-  if (isPublish) return;
-  const tracks = localStream ? localStream.getTracks() : [];
-  stopLocal();
-  if (client && tracks.length) await client.removeTracks(tracks);
+  if (state.view && state.view.controls) state.view.controls(api);
 }
 
 function onMuted() {
-  const mics = localStream ? localStream.getAudioTracks() : [];
+  const mics = state.localStream ? state.localStream.getAudioTracks() : [];
   for (const tr of mics) {
     tr.stop();
-    localStream.removeTrack(tr);
+    state.localStream.removeTrack(tr);
   }
-  if (client && mics.length) client.removeTracks(mics).catch((err) => showError(err));
-  updateControls();
+  if (state.client && mics.length) state.client.removeTracks(mics).catch((err) => showError(err));
+  controls();
+  renderSelfStatus();
   announce('media.muted_by_leader');
   setStatus('media.muted_by_leader');
 }
 
 function toggleTrack(kind) {
-  const tr = liveTrack(kind);
+  const tr = state.localStream && state.localStream.getTracks().find((x) => x.kind === kind && x.readyState === 'live');
   if (!tr) return;
   tr.enabled = !tr.enabled;
-  updateControls();
+  controls();
+  renderSelfStatus();
   announce(kind === 'audio' ? (tr.enabled ? 'media.mic_is_on' : 'media.mic_is_off')
     : (tr.enabled ? 'media.cam_is_on' : 'media.cam_is_off'));
 }
 
-// ---- screen share (publish.html) ----
-
 async function screenShare() {
-  if (!client || !isPublish) throw new Error('Not publishing');
-  if (screenTrack) return;
+  const c = requireClient();
+  if (state.screenTrack) return;
   const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
   const track = stream.getVideoTracks()[0];
-  screenTrack = track;
+  state.screenTrack = track;
   track.addEventListener('ended', () => stopScreenShare().catch(showError));
   try {
-    await client.addTrack(track, 'screen');
+    await c.addTrack(track, 'screen');
   } catch (err) {
-    if (screenTrack === track) screenTrack = null;
+    if (state.screenTrack === track) state.screenTrack = null;
     track.stop();
     throw err;
   }
-  updateControls();
-  setStatus('media.screen_on');
+  addLocalTrack(track, 'screen');
+  showAlert(null);
+  controls();
+  renderSelfStatus();
+  announce('media.screen_on');
 }
 
 async function stopScreenShare() {
-  const track = screenTrack;
+  const track = state.screenTrack;
   if (!track) return;
-  screenTrack = null;
+  state.screenTrack = null;
+  removeLocalTrack(track);
   track.stop();
-  updateControls();
-  setStatus('media.screen_off');
-  if (client) await client.removeTrack(track);
+  controls();
+  renderSelfStatus();
+  announce('media.screen_off');
+  if (state.client) await state.client.removeTrack(track);
+}
+
+async function sendCaption(text) {
+  const value = String(text ?? '').trim();
+  if (!value) return null;
+  return requireClient().caption(value);
 }
 
 // ---- language ----
 
 function rerender() {
-  if (statusMsg) setStatus(...statusMsg);
-  if (alertMsg) showAlert(...alertMsg);
+  rerenderMessages();
   devices.render();
-  updateControls();
-  if (lastRoster) renderRoster(lastRoster);
-  else {
-    el.membersHeading.textContent = t('roster.heading', { n: 0 });
-    el.participantCount.textContent = t('roster.participants', { n: 0 });
-  }
-  layoutVideos();
-  if (kiosk) renderKioskHeadcount();
+  renderProblem();
+  renderPrejoin();
+  renderDocTitle();
+  if (state.link && state.link.course_title) el.courseTitle.textContent = state.link.course_title;
+  if (el.endedText.dataset.key) el.endedText.textContent = t(el.endedText.dataset.key);
+  renderMembers();
+  layout();
+  controls();
+  renderSelfStatus();
+  if (state.view && state.view.rerender) state.view.rerender(api);
 }
+
+// ---- what the views may use ----
+
+const api = {
+  start, leave, askLeave, controls, setState, setStatus, showAlert, announce, request, busy,
+  renderSelfStatus, stopLocal, devices, focusHeading, setBadge, scheduleReconnect,
+  publish: async (stream) => {
+    const c = requireClient();
+    state.localStream = state.localStream || new MediaStream();
+    for (const tr of stream.getTracks()) state.localStream.addTrack(tr);
+    controls();
+    await c.publish(stream.getTracks().map((track) => ({
+      track, source: track.kind === 'video' ? 'camera' : 'microphone',
+    })));
+    for (const tr of stream.getVideoTracks()) addLocalTrack(tr, 'camera');
+    renderSelfStatus();
+  },
+  unpublishAll: async () => {
+    const tracks = state.localStream ? state.localStream.getTracks() : [];
+    stopLocal();
+    if (state.client && tracks.length) await state.client.removeTracks(tracks);
+    renderSelfStatus();
+  },
+};
 
 // ---- wiring ----
 
 initPicker($('lang'));
 onLangChange(rerender);
-applyCaptionPrefs();
-setState('prejoin');
+onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
+wireCaptionSettings();
+onSoundBlocked((blocked) => {
+  el.sound.hidden = !blocked || Boolean(state.view && state.view.kiosk);
+  el.soundBig.hidden = !blocked || !(state.view && state.view.kiosk);
+});
+state.token = linkToken();
+setState('checking');
 rerender();
-
-{
-  const token = linkToken();
-  const claims = token ? peek(token) : {};
-  if (!token) {
-    showAlert('err.no_token');
-  } else if (claims.role === 'site' && !isPublish) {
-    // An unattended room screen: no device test, no click; join at once and keep trying.
-    kiosk = true;
-    document.body.classList.add('kiosk');
-    setTimeout(() => { if (pageState === 'prejoin') start().catch(() => {}); }, 0);
-  } else {
-    devices.acquire(wantDevices());
-    if (claims.open) el.name.required = true;
-  }
-  const savedName = token ? stored(nameKey(token)) : null;
-  if (savedName) el.name.value = savedName;
-}
-addEventListener('hashchange', () => { if (pageState === 'prejoin') location.reload(); });
+if (!state.token) problem('link.missing');
+else checkLink();
+addEventListener('hashchange', () => { if (state.page === 'prejoin' || state.page === 'problem') location.reload(); });
 
 el.join.addEventListener('click', () => start().catch(() => {}));
 el.name.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') start().catch(() => {}); });
-el.leave.addEventListener('click', leave);
-el.lobbyLeave.addEventListener('click', leave);
+el.leave.addEventListener('click', askLeave);
+el.lobbyLeave.addEventListener('click', askLeave);
 el.rejoin.addEventListener('click', backToPrejoin);
-el.sound.addEventListener('click', () => {
+const soundOn = () => {
+  unblockSound();
   el.sound.hidden = true;
-  for (const m of document.querySelectorAll('#stage audio, #stage video')) play(m);
-});
-el.hand.addEventListener('click', () => busy(el.hand, () => (handRaised ? lowerHand() : raiseHand())));
-el.floorPublish.addEventListener('click', () => busy(el.floorPublish, publishFloor));
+  el.soundBig.hidden = true;
+};
+el.sound.addEventListener('click', soundOn);
+el.soundBig.addEventListener('click', soundOn);
+el.fullscreen.addEventListener('click', () => { toggleFullscreen().catch(() => {}); });
 el.mic.addEventListener('click', () => toggleTrack('audio'));
 el.cam.addEventListener('click', () => toggleTrack('video'));
 el.screen.addEventListener('click', () => {
   el.screen.disabled = true;
-  const action = screenTrack ? stopScreenShare() : screenShare();
+  const action = state.screenTrack ? stopScreenShare() : screenShare();
   action.catch((err) => {
     if (err.name === 'NotAllowedError') setStatus('media.screen_cancelled');
     else showError(err);
   }).finally(() => { el.screen.disabled = false; });
-});
-el.lock.addEventListener('click', () => busy(el.lock, () => request(lastRoster && lastRoster.locked ? 'unlock' : 'lock')));
-el.end.addEventListener('click', () => {
-  if (!confirm(t('console.end_confirm'))) return;
-  busy(el.end, () => request('end_session'));
-});
-el.csv.addEventListener('click', () => busy(el.csv, downloadAttendance));
-el.headcountForm.addEventListener('submit', (ev) => {
-  ev.preventDefault();
-  const b = $('headcount-set');
-  busy(b, () => setHeadcount(el.headcount.value));
 });
 el.captionForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
@@ -977,8 +686,8 @@ el.captionText.addEventListener('keydown', (ev) => {
 el.chatForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = el.chatText.value.trim();
-  if (!text || !client) return;
-  client.chat(text).then(() => { el.chatText.value = ''; }, (err) => {
+  if (!text || !state.client) return;
+  state.client.chat(text).then(() => { el.chatText.value = ''; }, (err) => {
     if (err.code === 'forbidden') {
       el.chatBox.dataset.refused = 'true';
       el.chatBox.hidden = true;
@@ -986,33 +695,30 @@ el.chatForm.addEventListener('submit', (ev) => {
     } else showError(err);
   });
 });
-for (const b of document.querySelectorAll('.capsize')) {
-  b.addEventListener('click', () => { store('kursrelay.capsize', b.dataset.size, localStorage); applyCaptionPrefs(); });
-}
-el.contrast.addEventListener('click', () => {
-  store('kursrelay.contrast', el.contrast.getAttribute('aria-pressed') === 'true' ? '0' : '1', localStorage);
-  applyCaptionPrefs();
-});
-addEventListener('pagehide', () => { if (client) client.leave(); });
+addEventListener('pagehide', () => { if (state.client) state.client.leave(); });
 
 const empty = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0 };
+// The small surface the browser tests drive (tests/client_ui.rs).
 window.kursrelay = {
   start,
   leave,
-  stats: async () => (client ? client.stats() : { ...empty }),
-  raiseHand,
-  lowerHand,
+  stats: async () => (state.client ? state.client.stats() : { ...empty }),
+  raiseHand: async () => requireClient().raiseHand(),
+  lowerHand: async () => requireClient().lowerHand(),
   admit: (memberId) => request('admit', { member_id: memberId }),
   deny: (memberId) => request('deny', { member_id: memberId }),
   grantFloor: (memberId) => request('grant_floor', { member_id: memberId }),
   revokeFloor: (memberId) => request('revoke_floor', { member_id: memberId }),
-  publishFloor,
-  roster: () => lastRoster,
-  messages: () => received.slice(),
-  captions: () => captionTexts.slice(),
+  publishFloor: () => (state.view && state.view.publishFloor ? state.view.publishFloor(api) : Promise.reject(new Error('no floor here'))),
+  roster: () => state.roster,
+  messages: () => state.received.slice(),
+  captions: () => state.captionTexts.slice(),
   sendCaption,
-  setHeadcount,
-  state: () => pageState,
-  get client() { return client; },
+  setHeadcount: (n) => (state.view && state.view.setHeadcount ? state.view.setHeadcount(api, n) : Promise.reject(new Error('not a site'))),
+  screenShare,
+  stopScreenShare,
+  state: () => state.page,
+  link: () => state.link,
+  memberId: () => (state.client ? state.client.memberId : null),
+  get client() { return state.client; },
 };
-if (isPublish) Object.assign(window.kursrelay, { screenShare, stopScreenShare });

@@ -1,0 +1,51 @@
+// Captions (from the interpreter, shown in the band under the picture on every view, with
+// size and contrast kept per browser) and chat (only when the session turns it on).
+import { el, state, stored, store, displayName } from './core.js';
+
+const MAX_CAPTIONS = 100;
+
+export function addCaption(msg) {
+  const text = String(msg.text || '');
+  state.captionTexts.push(text);
+  el.captionsEmpty.hidden = true;
+  const p = document.createElement('p');
+  p.textContent = text;
+  const m = state.members.get(msg.member_id);
+  if (m) p.title = displayName(m);
+  el.captions.append(p);
+  while (el.captions.querySelectorAll('p:not(#captions-empty)').length > MAX_CAPTIONS) {
+    el.captions.querySelector('p:not(#captions-empty)').remove();
+  }
+  el.captions.scrollTop = el.captions.scrollHeight;
+}
+
+export function addChat(msg) {
+  el.chatBox.hidden = false;
+  const p = document.createElement('p');
+  const b = document.createElement('strong');
+  b.textContent = `${msg.name || displayName(state.members.get(msg.member_id))}: `;
+  p.append(b, document.createTextNode(String(msg.text || '')));
+  el.chatLog.append(p);
+  el.chatLog.scrollTop = el.chatLog.scrollHeight;
+}
+
+export function applyCaptionPrefs() {
+  const size = stored('kursrelay.capsize') || '2';
+  const contrast = stored('kursrelay.contrast') === '1';
+  for (const b of document.querySelectorAll('.capsize')) b.setAttribute('aria-pressed', String(b.dataset.size === size));
+  el.captions.dataset.size = size;
+  document.body.classList.toggle('high-contrast', contrast);
+  el.contrast.setAttribute('aria-pressed', String(contrast));
+  el.captions.scrollTop = el.captions.scrollHeight;
+}
+
+export function wireCaptionSettings() {
+  for (const b of document.querySelectorAll('.capsize')) {
+    b.addEventListener('click', () => { store('kursrelay.capsize', b.dataset.size); applyCaptionPrefs(); });
+  }
+  el.contrast.addEventListener('click', () => {
+    store('kursrelay.contrast', el.contrast.getAttribute('aria-pressed') === 'true' ? '0' : '1');
+    applyCaptionPrefs();
+  });
+  applyCaptionPrefs();
+}

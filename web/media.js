@@ -1,0 +1,173 @@
+// What is shown and heard: remote tracks as tiles (the lecture large, a screen with the
+// speaker inset, the interpreter pinned beside it), the sender's own camera and screen placed
+// the same way (so the leader sees what everyone sees), the fullscreen button, and blocked
+// autoplay (a "press for sound" button only when the browser refuses to play sound).
+import { t } from './i18n.js';
+import { el, state, displayName } from './core.js';
+
+const RANK = { leader: 0, representative: 1, site: 3, participant: 3 };
+let soundBlocked = false;
+const soundListeners = [];
+
+/** Calls fn(blocked) whenever the browser's refusal to play sound starts or ends. */
+export function onSoundBlocked(fn) { soundListeners.push(fn); }
+
+function setSoundBlocked(blocked) {
+  if (soundBlocked === blocked) return;
+  soundBlocked = blocked;
+  for (const fn of soundListeners) fn(blocked);
+}
+
+export function isSoundBlocked() { return soundBlocked; }
+
+function play(media) {
+  if (!media) return;
+  media.play().then(() => {
+    if (media.tagName === 'AUDIO') setSoundBlocked(false);
+  }, (err) => {
+    if (err.name === 'NotAllowedError' && media.tagName === 'AUDIO') setSoundBlocked(true);
+  });
+}
+
+/** After a click or key press: play everything again (the browser now allows sound). */
+export function unblockSound() {
+  for (const m of document.querySelectorAll('#stage audio, #stage video')) play(m);
+}
+
+export function addRemoteTrack(track, info) {
+  if (track.kind === 'audio') {
+    const audio = document.createElement('audio');
+    audio.autoplay = true;
+    audio.dataset.trackId = info.track_id;
+    audio.srcObject = new MediaStream([track]);
+    el.audio.append(audio);
+    play(audio);
+    return;
+  }
+  addTile(track, info, false);
+}
+
+/** The sender's own camera or screen, shown where everyone else sees it. */
+export function addLocalTrack(track, source) {
+  if (track.kind !== 'video') return;
+  addTile(track, { track_id: `local-${track.id}`, member_id: state.client ? state.client.memberId : '', source }, true);
+}
+
+export function removeLocalTrack(track) {
+  removeTrack(`local-${track.id}`);
+}
+
+function addTile(track, info, local) {
+  const fig = document.createElement('figure');
+  fig.className = 'tile';
+  fig.dataset.trackId = info.track_id;
+  fig.dataset.memberId = info.member_id || '';
+  fig.dataset.source = info.source;
+  if (local) fig.dataset.local = 'true';
+  const video = document.createElement('video');
+  video.autoplay = true;
+  video.muted = true; // sound comes from the <audio> elements
+  video.playsInline = true;
+  video.srcObject = new MediaStream([track]);
+  fig.append(video, document.createElement('figcaption'));
+  el.mainSlot.append(fig);
+  play(video);
+  if (!local) state.hadMedia = true;
+  layout();
+}
+
+export function removeTrack(trackId) {
+  for (const node of document.querySelectorAll('[data-track-id]')) {
+    if (node.dataset.trackId !== trackId) continue;
+    const media = node.matches('audio') ? node : node.querySelector('video');
+    media.srcObject = null;
+    node.remove();
+  }
+  layout();
+}
+
+export function clearMedia({ keepLocal = false } = {}) {
+  for (const node of [...document.querySelectorAll('[data-track-id]')]) {
+    if (keepLocal && node.dataset.local) continue;
+    removeTrack(node.dataset.trackId);
+  }
+}
+
+/** Places every tile: main (screen or first camera), inset, interpreter, others hidden. */
+export function layout() {
+  const figs = [...el.media.querySelectorAll('figure[data-track-id]')];
+  const role = (f) => (state.members.get(f.dataset.memberId) || {}).role
+    || (f.dataset.local && state.client ? state.client.role : undefined);
+  const interp = figs.filter((f) => f.dataset.source !== 'screen' && role(f) === 'interpreter');
+  const screens = figs.filter((f) => f.dataset.source === 'screen');
+  const cams = figs.filter((f) => f.dataset.source !== 'screen' && !interp.includes(f))
+    .sort((a, b) => (RANK[role(a)] ?? 2) - (RANK[role(b)] ?? 2));
+  let main = null;
+  let inset = null;
+  if (screens.length) {
+    main = screens[screens.length - 1];
+    inset = cams.find((f) => f.dataset.memberId === main.dataset.memberId) || cams[0] || null;
+  } else {
+    main = cams[0] || null;
+    // Someone given the floor is shown inset beside the lecture.
+    inset = cams.find((f) => f !== main && ['participant', 'site'].includes(role(f))) || null;
+  }
+  const place = (fig, slot, pos) => {
+    if (fig.parentElement !== slot) {
+      slot.append(fig);
+      play(fig.querySelector('video')); // moving a media element may pause it
+    }
+    fig.dataset.pos = pos;
+  };
+  if (main) place(main, el.mainSlot, 'main');
+  if (inset) place(inset, el.mainSlot, 'inset');
+  if (interp[0]) place(interp[0], el.interpSlot, 'interp');
+  // One more camera (e.g. the user representative's) inset on the left; more are not shown.
+  let others = 0;
+  for (const f of figs) {
+    if (f === main || f === inset || f === interp[0]) continue;
+    place(f, el.mainSlot, others === 0 ? 'other' : 'extra');
+    others += 1;
+  }
+  el.interpSlot.hidden = !interp[0];
+  el.media.classList.toggle('has-interp', Boolean(interp[0]));
+  el.media.classList.toggle('has-main', Boolean(main));
+  el.noMedia.hidden = Boolean(main || interp[0]);
+  el.noMedia.textContent = t(noMediaKey());
+  for (const f of figs) setFigCaption(f, role(f));
+}
+
+/** Why there is no picture, truthfully. */
+function noMediaKey() {
+  const leader = [...state.members.values()].find((m) => m.role === 'leader');
+  if (state.page === 'reconnecting') return 'stage.media_reconnecting';
+  if (leader) return 'stage.no_media_leader_here';
+  if (state.hadMedia) return 'stage.media_coming_back';
+  return 'stage.no_media';
+}
+
+function setFigCaption(fig, role) {
+  const m = state.members.get(fig.dataset.memberId);
+  let text;
+  if (fig.dataset.local) text = t(fig.dataset.source === 'screen' ? 'source.your_screen' : 'source.your_camera');
+  else {
+    const source = role === 'interpreter' ? t('source.interpreter') : t(`source.${fig.dataset.source}`);
+    text = m ? `${source} – ${displayName(m)}` : source;
+  }
+  const cap = fig.querySelector('figcaption');
+  if (cap.textContent !== text) cap.textContent = text;
+  fig.querySelector('video').setAttribute('aria-label', text);
+}
+
+// ---- fullscreen: the view (video and captions together) ----
+
+export function toggleFullscreen() {
+  if (document.fullscreenElement) return document.exitFullscreen();
+  if (!el.view.requestFullscreen) return Promise.resolve();
+  return el.view.requestFullscreen();
+}
+
+document.addEventListener('fullscreenchange', () => {
+  const on = document.fullscreenElement === el.view;
+  el.fullscreen.textContent = t(on ? 'view.fullscreen_exit' : 'view.fullscreen');
+});
