@@ -67,6 +67,9 @@ pub enum SessionCommand {
         /// Allow chat (off by default).
         #[arg(long)]
         chat: bool,
+        /// Show participants only how many take part, not each other's names.
+        #[arg(long)]
+        roster_count_only: bool,
     },
     List {
         #[arg(long)]
@@ -148,6 +151,7 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             ends,
             host_site,
             chat,
+            roster_count_only,
         }) => {
             let new = NewSession {
                 title,
@@ -155,6 +159,11 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
                 ends_at: ends,
                 host_site,
                 chat_enabled: chat,
+                roster: if roster_count_only {
+                    crate::protocol::RosterMode::Count
+                } else {
+                    crate::protocol::RosterMode::Names
+                },
             };
             db.create_session(&course, &new).await?.id
         }

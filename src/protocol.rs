@@ -127,7 +127,21 @@ pub enum ClientMessage {
         candidate: IceCandidate,
     },
     RaiseHand,
-    LowerHand,
+    /// Lowers your own hand, or (leader, co-host) someone else's.
+    LowerHand {
+        #[serde(default)]
+        member_id: Option<MemberId>,
+    },
+    /// A participant or site given the floor could not turn camera or microphone on; the
+    /// floor goes back and the leader is told why.
+    DeclineFloor {
+        reason: FloorDecline,
+    },
+    /// The leader makes the user representative a co-host (admit, floor, hands) or not.
+    SetCohost {
+        member_id: MemberId,
+        cohost: bool,
+    },
     Admit {
         member_id: MemberId,
     },
@@ -173,6 +187,8 @@ impl ClientMessage {
         "ice_candidate",
         "raise_hand",
         "lower_hand",
+        "decline_floor",
+        "set_cohost",
         "admit",
         "deny",
         "grant_floor",
@@ -198,7 +214,9 @@ impl ClientMessage {
             ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
             ClientMessage::IceCandidate { .. } => "ice_candidate",
             ClientMessage::RaiseHand => "raise_hand",
-            ClientMessage::LowerHand => "lower_hand",
+            ClientMessage::LowerHand { .. } => "lower_hand",
+            ClientMessage::DeclineFloor { .. } => "decline_floor",
+            ClientMessage::SetCohost { .. } => "set_cohost",
             ClientMessage::Admit { .. } => "admit",
             ClientMessage::Deny { .. } => "deny",
             ClientMessage::GrantFloor { .. } => "grant_floor",
@@ -216,6 +234,44 @@ impl ClientMessage {
     }
 }
 
+/// Why a member given the floor sends nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorDecline {
+    /// The browser (or the person) refused camera and microphone.
+    Denied,
+    /// No camera or microphone could be started (none, busy, or a page that is not https).
+    NoDevice,
+}
+
+/// What everyone but the leader sees of the people present (the session's `roster` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RosterMode {
+    /// The names each person chose (the default).
+    #[default]
+    Names,
+    /// Only how many take part; participants are not listed.
+    Count,
+}
+
+impl RosterMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RosterMode::Names => "names",
+            RosterMode::Count => "count",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RosterMode> {
+        match s {
+            "names" => Some(RosterMode::Names),
+            "count" => Some(RosterMode::Count),
+            _ => None,
+        }
+    }
+}
+
 /// A member as the room knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
@@ -229,11 +285,21 @@ pub struct MemberInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterEntry {
     pub member_id: MemberId,
+    /// Empty for someone who joined without a name: shown as e.g. "Deltaker {number}".
     pub name: String,
+    /// The member's number in the session, for people without a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
     pub role: Role,
     pub floor: bool,
+    /// A user representative the leader made co-host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cohost: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headcount: Option<u32>,
+    /// Given the floor but could not send (leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_declined: Option<FloorDecline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +311,8 @@ pub struct RosterEntry {
 pub struct LobbyEntry {
     pub member_id: MemberId,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
 }
 
 /// The roster as one viewer may see it.
@@ -261,6 +329,12 @@ pub struct RosterView {
     /// People taking part: admitted participants plus every site's headcount. Interpreters,
     /// the leader and the user representative are not counted.
     pub participant_count: u32,
+    /// What this session shows of participants to everyone but the leader.
+    #[serde(default)]
+    pub roster: RosterMode,
+    /// The receiver's own place in the hand queue (1 = next), while its hand is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_position: Option<u32>,
 }
 
 /// One track of a subscribe offer.
@@ -499,6 +573,10 @@ mod tests {
             r#"{"type": "join", "token": "a.b.c", "name": "Kari"}"#,
             r#"{"type": "join", "token": "a.b.c"}"#,
             r#"{"type": "raise_hand"}"#,
+            r#"{"type": "lower_hand"}"#,
+            r#"{"type": "lower_hand", "member_id": "5b0f5c2e-aa00-4b5e-9f00-1234567890ab"}"#,
+            r#"{"type": "decline_floor", "reason": "denied"}"#,
+            r#"{"type": "set_cohost", "member_id": "5b0f5c2e-aa00-4b5e-9f00-1234567890ab", "cohost": true}"#,
             r#"{"type": "grant_floor", "member_id": "5b0f5c2e-aa00-4b5e-9f00-1234567890ab"}"#,
             r#"{"type": "set_headcount", "count": 12}"#,
             r#"{"type": "chat", "text": "Hei"}"#,

@@ -83,6 +83,8 @@ export const keys = {
   removed: (token) => `kursrelay.removed.${token}`,
   name: (token) => `kursrelay.name.${token}`,
   headcount: (token) => `kursrelay.headcount.${token}`,
+  // In this tab, in the course: a reload goes straight back in (sessionStorage).
+  inCourse: (token) => `kursrelay.in.${token}`,
 };
 
 // ---- messages ----

@@ -44,6 +44,9 @@ const devices = new DeviceTest({
 });
 
 let starting = null;
+let viewChosen = null;
+// Resolves once the link check has chosen the view (start() before that waits for it).
+const ready = new Promise((resolve) => { viewChosen = resolve; });
 let reconnectTimer = null;
 let attempts = 0;
 let screenWasShared = false;
@@ -157,6 +160,7 @@ function renderDocTitle() {
 function choose(role) {
   const view = VIEWS[role] || participantView;
   state.view = view;
+  viewChosen();
   document.body.dataset.view = view.role;
   document.body.classList.toggle('kiosk', Boolean(view.kiosk));
   if (view.setup) view.setup(api);
@@ -168,6 +172,11 @@ function choose(role) {
   }
   renderPrejoin();
   setState('prejoin');
+  if (stored(keys.inCourse(state.token), sessionStorage)) {
+    // A reload while in the course: straight back in, as the same person.
+    start().catch(() => {});
+    return;
+  }
   if (view.deviceTest) {
     if (window.isSecureContext) devices.acquire(wantDevices());
     else el.insecure.hidden = false;
@@ -201,6 +210,7 @@ function renderPrejoin() {
 // ---- joining ----
 
 function start(opts = {}) {
+  if (!state.view && state.page !== 'problem') return ready.then(() => start(opts));
   if (starting) return starting;
   if (state.client) {
     // Already in (e.g. a kiosk that joined by itself): say where we are instead of failing.
@@ -333,6 +343,7 @@ function scheduleReconnect() {
 async function admitted(c, joined, tested) {
   state.joined = joined;
   if (joined.rejoin_token) store(keys.rejoin(state.token), joined.rejoin_token);
+  store(keys.inCourse(state.token), '1', sessionStorage);
   const again = state.wasIn === 'joined';
   state.wasIn = 'joined';
   setState('joined');
@@ -410,6 +421,7 @@ function renderSelfStatus() {
 
 function ended(reason) {
   state.wasIn = null;
+  store(keys.inCourse(state.token), null, sessionStorage);
   setState('left');
   setStatus(null);
   showAlert(null);
@@ -658,7 +670,7 @@ const soundOn = () => {
 };
 el.sound.addEventListener('click', soundOn);
 el.soundBig.addEventListener('click', soundOn);
-el.fullscreen.addEventListener('click', () => { toggleFullscreen().catch(() => {}); });
+el.fullscreen.addEventListener('click', () => { toggleFullscreen().catch((err) => { window.__fsError = String(err); }); });
 el.mic.addEventListener('click', () => toggleTrack('audio'));
 el.cam.addEventListener('click', () => toggleTrack('video'));
 el.screen.addEventListener('click', () => {

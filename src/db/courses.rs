@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{Db, DbError};
 use crate::auth::unix_now;
-use crate::protocol::Role;
+use crate::protocol::{Role, RosterMode};
 
 /// Formats UTC seconds as RFC 3339 (`2026-11-22T09:00:00Z`).
 pub fn rfc3339(secs: i64) -> String {
@@ -78,6 +78,8 @@ pub struct Session {
     pub host_site: String,
     pub state: SessionState,
     pub chat_enabled: bool,
+    /// What participants see of each other: `names` (default) or `count`.
+    pub roster: RosterMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
     #[serde(skip)]
@@ -95,6 +97,8 @@ pub struct NewSession {
     pub host_site: String,
     #[serde(default)]
     pub chat_enabled: bool,
+    #[serde(default)]
+    pub roster: RosterMode,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,6 +109,7 @@ pub struct SessionPatch {
     pub ends_at: Option<String>,
     pub host_site: Option<String>,
     pub chat_enabled: Option<bool>,
+    pub roster: Option<RosterMode>,
     /// Only forward: scheduled → open → live → ended.
     pub state: Option<SessionState>,
 }
@@ -167,6 +172,7 @@ fn session_from(row: &SqliteRow) -> Session {
         host_site: row.get("host_site"),
         state: SessionState::parse(row.get::<String, _>("state").as_str()),
         chat_enabled: row.get::<i64, _>("chat_enabled") != 0,
+        roster: RosterMode::parse(row.get::<String, _>("roster").as_str()).unwrap_or_default(),
         ended_at: row.get::<Option<i64>, _>("ended_at").map(rfc3339),
         ends_at_unix: ends,
         ended_at_unix: row.get("ended_at"),
@@ -229,7 +235,7 @@ impl Db {
             return Err(DbError::Invalid("ends_at must be after starts_at".into()));
         }
         let id = new_id();
-        sqlx::query("INSERT INTO sessions (id, course_id, title, starts_at, ends_at, host_site, state, chat_enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?)")
+        sqlx::query("INSERT INTO sessions (id, course_id, title, starts_at, ends_at, host_site, state, chat_enabled, roster, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?)")
             .bind(&id)
             .bind(course_id)
             .bind(&title)
@@ -237,6 +243,7 @@ impl Db {
             .bind(ends)
             .bind(&host)
             .bind(new.chat_enabled as i64)
+            .bind(new.roster.as_str())
             .bind(unix_now() as i64)
             .execute(&self.pool)
             .await?;
@@ -308,6 +315,13 @@ impl Db {
         if let Some(c) = patch.chat_enabled {
             sqlx::query("UPDATE sessions SET chat_enabled = ? WHERE id = ?")
                 .bind(c as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(r) = patch.roster {
+            sqlx::query("UPDATE sessions SET roster = ? WHERE id = ?")
+                .bind(r.as_str())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;

@@ -285,7 +285,19 @@ impl Client {
                 Ok(Flow::Close)
             }
             ClientMessage::RaiseHand => self.control("raise_hand", Control::RaiseHand).await,
-            ClientMessage::LowerHand => self.control("lower_hand", Control::LowerHand).await,
+            ClientMessage::LowerHand { member_id } => {
+                let own = member_id.is_none_or(|m| Some(m) == self.member_id());
+                let reply = if own { "hand" } else { "lower_hand" };
+                self.control(reply, Control::LowerHand(member_id)).await
+            }
+            ClientMessage::DeclineFloor { reason } => {
+                self.control("decline_floor", Control::DeclineFloor(reason))
+                    .await
+            }
+            ClientMessage::SetCohost { member_id, cohost } => {
+                self.control("set_cohost", Control::SetCohost(member_id, cohost))
+                    .await
+            }
             ClientMessage::Admit { member_id } => {
                 self.control("admit", Control::Admit(member_id)).await
             }
@@ -339,9 +351,10 @@ impl Client {
     /// Sends a control action to the room; the room checks the permission.
     async fn control(&mut self, request: &str, control: Control) -> Result<Flow, ProtocolError> {
         let joined = self.joined()?;
+        // Your own hand is answered with `hand`; everything else with `ok`.
         let raise = match control {
             Control::RaiseHand => Some(true),
-            Control::LowerHand => Some(false),
+            Control::LowerHand(_) if request == "hand" => Some(false),
             _ => None,
         };
         let done = joined
@@ -432,14 +445,12 @@ impl Client {
         let role = invite.role;
         // Sites are named by their invite; people may choose how they are shown.
         let chosen = name.map(str::trim).filter(|n| !n.is_empty());
-        let rejoining = claims.member.is_some();
         let name = match (role, chosen, invite.display_name.as_deref()) {
             (Role::Site, _, Some(site)) => Some(site.to_owned()),
             (_, Some(n), _) => Some(n.to_owned()),
             (_, None, Some(n)) => Some(n.to_owned()),
-            // The room remembers the name of someone it admitted before.
-            (_, None, None) if rejoining => None,
-            (_, None, None) => return Err(bad_request("type the name you want the others to see")),
+            // No name: the room uses the one it admitted them with, or shows their number.
+            (_, None, None) => None,
         };
         if name
             .as_ref()
@@ -478,6 +489,7 @@ impl Client {
             name,
             open: first_time_open,
             chat_enabled: session.chat_enabled,
+            roster: session.roster,
         };
         let (events_tx, room_events) = mpsc::channel(MEMBER_EVENT_QUEUE);
         let (room, outcome) = self
@@ -614,6 +626,9 @@ impl Client {
             ClientEvent::Room(RoomEvent::Muted) => {
                 self.joined()?.mic_muted = true;
                 self.outbox.push(ServerMessage::Muted);
+            }
+            ClientEvent::Room(RoomEvent::HandLowered) => {
+                self.outbox.push(ServerMessage::Hand { raised: false })
             }
             ClientEvent::Room(RoomEvent::Chat {
                 member_id,
@@ -831,6 +846,13 @@ impl Client {
         joined.pending_offer = Some((offer.clone(), Instant::now() + self.ctx.answer_timeout));
         self.outbox.push(offer);
         Ok(())
+    }
+
+    fn member_id(&self) -> Option<MemberId> {
+        match &self.stage {
+            Stage::Joined(j) => Some(j.member),
+            _ => None,
+        }
     }
 
     fn joined(&mut self) -> Result<&mut Joined, ProtocolError> {

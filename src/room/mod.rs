@@ -22,8 +22,8 @@ use self::permissions::{allowed, Action, MemberFacts, SessionFacts};
 use crate::attendance::{self, Ack, Attendance, Kind, LeftReason};
 use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{
-    ByeReason, ErrorCode, LobbyEntry, MemberInfo, ProtocolError, Role, RosterEntry, RosterView,
-    Source,
+    ByeReason, ErrorCode, FloorDecline, LobbyEntry, MemberInfo, ProtocolError, Role, RosterEntry,
+    RosterMode, RosterView, Source,
 };
 use crate::sfu::{DownTrack, Forwarder, TrackInfo};
 
@@ -52,6 +52,8 @@ pub enum RoomEvent {
         recorded: Option<Ack>,
     },
     Floor(bool),
+    /// Someone (the leader) lowered this member's hand.
+    HandLowered,
     Muted,
     Chat {
         member_id: MemberId,
@@ -81,12 +83,14 @@ pub struct JoinRequest {
     pub subject: String,
     pub relative_of: Option<String>,
     pub role: Role,
-    /// None: someone rejoining from an open link without retyping their name; the room
-    /// remembers the name they were admitted with.
+    /// None: no name given. Someone rejoining gets the name they were admitted with; anyone
+    /// else is shown without a name (by their number, e.g. "Deltaker 4").
     pub name: Option<String>,
     /// Came by an open link and has not been admitted before: waits in the lobby.
     pub open: bool,
     pub chat_enabled: bool,
+    /// What participants see of each other.
+    pub roster: RosterMode,
 }
 
 pub enum JoinOutcome {
@@ -115,7 +119,10 @@ pub fn refused(code: ErrorCode) -> ProtocolError {
 #[derive(Debug, Clone)]
 pub enum Control {
     RaiseHand,
-    LowerHand,
+    /// Your own hand, or (leader, co-host) someone else's.
+    LowerHand(Option<MemberId>),
+    DeclineFloor(FloorDecline),
+    SetCohost(MemberId, bool),
     Admit(MemberId),
     Deny(MemberId),
     GrantFloor(MemberId),
@@ -367,6 +374,8 @@ impl Rooms {
             hands: Vec::new(),
             locked: false,
             chat_enabled: false,
+            roster_mode: RosterMode::Names,
+            numbers: HashMap::new(),
             admitted_subjects: HashMap::new(),
             removed_subjects: HashSet::new(),
             attendance: self.attendance.clone(),
@@ -400,6 +409,12 @@ struct Member {
     admitted: bool,
     floor: bool,
     headcount: Option<u32>,
+    /// Its number in the session (stable across rejoins), shown for people without a name.
+    number: u32,
+    /// A user representative the leader made co-host: admits and gives the floor too.
+    cohost: bool,
+    /// Given the floor but could not send; shown to the leader until the next grant.
+    declined: Option<FloorDecline>,
 }
 
 struct Room {
@@ -411,6 +426,9 @@ struct Room {
     hands: Vec<MemberId>,
     locked: bool,
     chat_enabled: bool,
+    roster_mode: RosterMode,
+    /// Each subject's number, in order of first arrival.
+    numbers: HashMap<String, u32>,
     /// Subjects let in once, with the name they had: they come back without the lobby
     /// (reload, network loss).
     admitted_subjects: HashMap<String, String>,
@@ -482,15 +500,16 @@ impl Room {
 
     fn may(&self, member: MemberId, action: Action) -> bool {
         self.member(member).is_some_and(|m| {
-            allowed(
-                m.info.role,
-                self.facts(),
-                MemberFacts {
-                    admitted: m.admitted,
-                    has_floor: m.floor,
-                },
-                action,
-            )
+            let facts = MemberFacts {
+                admitted: m.admitted,
+                has_floor: m.floor,
+            };
+            allowed(m.info.role, self.facts(), facts, action)
+                // A co-host is a user representative with the leader's admit and floor
+                // controls (kept here, not in the rule book: it is the room's state).
+                || (m.cohost
+                    && m.admitted
+                    && matches!(action, Action::Admit | Action::GrantFloor))
         })
     }
 
@@ -581,22 +600,18 @@ impl Room {
         reply: Reply<(JoinOutcome, String)>,
     ) {
         self.chat_enabled = req.chat_enabled;
+        self.roster_mode = req.roster;
         if self.removed_subjects.contains(&req.subject) {
             let _ = reply.send(Err(refused(ErrorCode::Removed)));
             return;
         }
         let returning = self.admitted_subjects.contains_key(&req.subject);
-        let Some(name) = req
+        // A name is optional: without one, people are shown by their number.
+        let name = req
             .name
             .clone()
             .or_else(|| self.admitted_subjects.get(&req.subject).cloned())
-        else {
-            let _ = reply.send(Err(ProtocolError::new(
-                ErrorCode::BadRequest,
-                "Not allowed: type the name you want the others to see.",
-            )));
-            return;
-        };
+            .unwrap_or_default();
         if self.locked && req.role != Role::Leader && !returning {
             let _ = reply.send(Err(refused(ErrorCode::Locked)));
             return;
@@ -614,6 +629,8 @@ impl Room {
         }
         let admitted = !req.open || returning;
         let member = req.member_id;
+        let next = self.numbers.len() as u32 + 1;
+        let number = *self.numbers.entry(req.subject.clone()).or_insert(next);
         tracing::info!(member = %member, role = ?req.role, admitted, "member joined");
         self.members.push(Member {
             info: MemberInfo {
@@ -628,6 +645,9 @@ impl Room {
             admitted,
             floor: false,
             headcount: None,
+            number,
+            cohost: false,
+            declined: None,
         });
         let outcome = if admitted {
             self.admitted_subjects.insert(req.subject, name.clone());
@@ -663,7 +683,40 @@ impl Room {
                     self.hands.push(member);
                 }
             }
-            Control::LowerHand => self.hands.retain(|m| *m != member),
+            Control::LowerHand(None) => self.hands.retain(|m| *m != member),
+            Control::LowerHand(Some(target)) if target == member => {
+                self.hands.retain(|m| *m != member)
+            }
+            Control::LowerHand(Some(target)) => {
+                need(self, Action::GrantFloor)?;
+                if !self.hands.contains(&target) {
+                    return Err(unknown_member());
+                }
+                self.hands.retain(|m| *m != target);
+                self.send_to(target, RoomEvent::HandLowered);
+            }
+            Control::DeclineFloor(reason) => {
+                let m = self.admitted_member(member)?;
+                if !m.floor {
+                    return Err(forbidden());
+                }
+                m.floor = false;
+                m.declined = Some(reason);
+                self.record(member, Kind::FloorRevoked);
+                self.remove_tracks_of(member, |s| matches!(s, Source::Camera | Source::Microphone));
+                self.send_to(member, RoomEvent::Floor(false));
+            }
+            Control::SetCohost(target, cohost) => {
+                need(self, Action::Lock)?;
+                let m = self.admitted_member(target)?;
+                if m.info.role != Role::Representative {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "Only the user representative can be co-host.",
+                    ));
+                }
+                m.cohost = cohost;
+            }
             Control::Admit(target) => {
                 need(self, Action::Admit)?;
                 let m = self.lobby_member(target)?;
@@ -692,6 +745,7 @@ impl Room {
                     ));
                 }
                 m.floor = true;
+                m.declined = None;
                 self.hands.retain(|h| *h != target);
                 self.record(target, Kind::FloorGranted);
                 self.send_to(target, RoomEvent::Floor(true));
@@ -885,30 +939,41 @@ impl Room {
         }
     }
 
-    /// The roster as `viewer` may see it.
-    fn roster_for(&self, viewer: Role) -> RosterView {
+    /// The roster as a viewer with `role` (and co-host or not) may see it. Who sees what:
+    /// docs/protocol.md, "roster".
+    fn roster_for(&self, viewer: Role, cohost: bool) -> RosterView {
         let leader = viewer == Role::Leader;
+        // The session decides whether participants see each other's names; the teaching
+        // team always does (the user representative calls on raised hands by name).
+        let names = leader
+            || viewer == Role::Representative
+            || self.roster_mode == RosterMode::Names;
         let members = self
             .members
             .iter()
             .filter(|m| m.admitted)
+            .filter(|m| names || m.info.role != Role::Participant)
             .map(|m| RosterEntry {
                 member_id: m.info.member_id,
                 name: m.info.name.clone(),
+                number: m.info.name.is_empty().then_some(m.number),
                 role: m.info.role,
                 floor: m.floor,
+                cohost: m.cohost,
                 headcount: m.headcount,
+                floor_declined: if leader { m.declined } else { None },
                 subject: leader.then(|| m.subject.clone()),
                 relative_of: if leader { m.relative_of.clone() } else { None },
             })
             .collect();
-        let lobby = leader.then(|| {
+        let lobby = (leader || cohost).then(|| {
             self.members
                 .iter()
                 .filter(|m| !m.admitted)
                 .map(|m| LobbyEntry {
                     member_id: m.info.member_id,
                     name: m.info.name.clone(),
+                    number: m.info.name.is_empty().then_some(m.number),
                 })
                 .collect()
         });
@@ -937,6 +1002,8 @@ impl Room {
             hands: sees_hands.then(|| self.hands.clone()),
             locked: self.locked,
             participant_count,
+            roster: self.roster_mode,
+            hand_position: None,
         }
     }
 
@@ -953,19 +1020,25 @@ impl Room {
 
     fn flush_roster(&mut self) {
         self.roster_dirty = false;
-        let mut views: HashMap<Role, RosterView> = HashMap::new();
-        let recipients: Vec<(MemberId, Role)> = self
+        let mut views: HashMap<(Role, bool), RosterView> = HashMap::new();
+        let recipients: Vec<(MemberId, Role, bool)> = self
             .members
             .iter()
             .filter(|m| m.admitted)
-            .map(|m| (m.info.member_id, m.info.role))
+            .map(|m| (m.info.member_id, m.info.role, m.cohost))
             .collect();
         let mut stuck = Vec::new();
-        for (id, role) in recipients {
-            let view = views
-                .entry(role)
-                .or_insert_with(|| self.roster_for(role))
+        for (id, role, cohost) in recipients {
+            let mut view = views
+                .entry((role, cohost))
+                .or_insert_with(|| self.roster_for(role, cohost))
                 .clone();
+            // Each member learns its own place in the hand queue.
+            view.hand_position = self
+                .hands
+                .iter()
+                .position(|h| *h == id)
+                .map(|p| p as u32 + 1);
             if let Some(m) = self.member(id) {
                 if m.events.try_send(RoomEvent::Roster(view)).is_err() {
                     stuck.push(id);

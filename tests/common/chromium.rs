@@ -33,6 +33,12 @@ pub fn chromium_path() -> PathBuf {
     );
 }
 
+/// Counts the page's calls to getUserMedia (runs before the page's own scripts).
+const GUM_COUNTER: &str = "window.__gumCalls = 0; \
+    if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) { \
+      const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices); \
+      navigator.mediaDevices.getUserMedia = (c) => { window.__gumCalls += 1; return real(c); }; }";
+
 pub struct Chromium {
     child: Child,
     ws: Ws,
@@ -48,6 +54,14 @@ pub struct Page {
 
 impl Chromium {
     pub async fn launch() -> Chromium {
+        Self::launch_with(&["--autoplay-policy=no-user-gesture-required"]).await
+    }
+
+    /// With other flags, e.g. the browser's own autoplay rule
+    /// (`--autoplay-policy=document-user-activation-required`) or a host name mapped to
+    /// loopback (`--host-resolver-rules=MAP kurs.test 127.0.0.1`), which browsers treat as an
+    /// insecure origin.
+    pub async fn launch_with(extra: &[&str]) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = Command::new(chromium_path())
             .args([
@@ -64,9 +78,9 @@ impl Chromium {
                 "--use-fake-ui-for-media-stream",
                 "--allow-loopback-in-peer-connection",
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
-                "--autoplay-policy=no-user-gesture-required",
                 "--remote-debugging-port=0",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
@@ -103,6 +117,18 @@ impl Chromium {
 
     /// Sends one DevTools command and returns its result (events in between are skipped).
     pub async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .await
+            .unwrap_or_else(|err| panic!("devtools {method} failed: {err}"))
+    }
+
+    /// Like `call`, but a DevTools error is returned, not a panic.
+    pub async fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -123,16 +149,26 @@ impl Chromium {
             let v: Value = serde_json::from_str(&text).expect("devtools JSON");
             if v["id"] == id {
                 if let Some(err) = v.get("error") {
-                    panic!("devtools {method} failed: {err}");
+                    return Err(err.clone());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
         }
     }
 
+    /// Opens `url` in a new tab and waits for the page's module. Every page counts its calls to
+    /// `getUserMedia` in `window.__gumCalls` (set up before any of its own script runs), so a
+    /// test can tell whether the camera was asked for.
     pub async fn open(&mut self, url: &str) -> Page {
+        let page = self.open_blank().await;
+        self.navigate(&page, url).await;
+        page
+    }
+
+    /// A new, empty tab with the getUserMedia counter installed for every page it loads.
+    pub async fn open_blank(&mut self) -> Page {
         let target = self
-            .call(None, "Target.createTarget", json!({"url": url}))
+            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
             .await;
         let attached = self
             .call(
@@ -147,16 +183,51 @@ impl Chromium {
                 .expect("sessionId")
                 .to_owned(),
         };
-        // Wait until the page's module has run.
+        self.call(Some(&page.session), "Page.enable", json!({})).await;
+        self.call(
+            Some(&page.session),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": GUM_COUNTER}),
+        )
+        .await;
+        page
+    }
+
+    /// Loads `url` in `page` and waits until the page's module has run.
+    pub async fn navigate(&mut self, page: &Page, url: &str) {
+        self.call(Some(&page.session), "Page.navigate", json!({"url": url}))
+            .await;
+        self.wait_loaded(page, url).await;
+    }
+
+    /// Reloads the page, as the browser's reload button does, and waits for its module.
+    pub async fn reload(&mut self, page: &Page) {
+        self.eval(page, "window.__reloading = true").await;
+        self.call(Some(&page.session), "Page.reload", json!({})).await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.eval(&page, "typeof window.kursrelay").await != "object" {
+        while self.try_eval(page, "window.__reloading === true").await != Some(Value::from(false)) {
+            assert!(Instant::now() < deadline, "the page did not reload");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_loaded(page, "the reloaded page").await;
+    }
+
+    async fn wait_loaded(&mut self, page: &Page, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .try_eval(
+                page,
+                "location.href !== 'about:blank' && typeof window.kursrelay",
+            )
+            .await
+            != Some(Value::from("object"))
+        {
             assert!(
                 Instant::now() < deadline,
                 "{url} did not load window.kursrelay"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        page
     }
 
     /// Evaluates `expr` in the page, awaiting a promise, and returns its JSON value.
@@ -172,6 +243,22 @@ impl Chromium {
             panic!("page threw evaluating {expr}: {ex}");
         }
         r["result"]["value"].clone()
+    }
+
+    /// Like `eval`, but None when the page threw (or is between two documents).
+    pub async fn try_eval(&mut self, page: &Page, expr: &str) -> Option<Value> {
+        let r = self
+            .try_call(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await
+            .ok()?;
+        if r.get("exceptionDetails").is_some() {
+            return None;
+        }
+        Some(r["result"]["value"].clone())
     }
 
     /// Clicks the centre of the first element matching `selector` with real mouse events.
@@ -233,6 +320,9 @@ impl Chromium {
             "Tab" => ("Tab", 9, ""),
             "Enter" => ("Enter", 13, "\r"),
             " " => ("Space", 32, " "),
+            "k" => ("KeyK", 75, "k"),
+            "h" => ("KeyH", 72, "h"),
+            "+" => ("Equal", 187, "+"),
             other => panic!("no key mapping for {other}"),
         };
         self.call(
@@ -266,6 +356,16 @@ impl Chromium {
             )
             .await;
         }
+    }
+
+    /// Emulates a screen of `width` × `height` CSS pixels (a phone when `mobile`).
+    pub async fn viewport(&mut self, page: &Page, width: u32, height: u32, mobile: bool) {
+        self.call(
+            Some(&page.session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
     }
 
     /// Types `text` into the focused element, as a keyboard would.

@@ -136,6 +136,11 @@ impl TestServer {
             ends_at: "2099-01-01T12:00:00Z".into(),
             host_site: "Molde".into(),
             chat_enabled: label.contains("chat"),
+            roster: if label.contains("count") {
+                kursrelay::protocol::RosterMode::Count
+            } else {
+                kursrelay::protocol::RosterMode::Names
+            },
         };
         let id = db.create_session(&course.id, &new).await.unwrap().id;
         self.sessions

@@ -199,7 +199,8 @@ async function downloadAttendance() {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
   announce('console.csv_done');
-  window.kursrelayLastCsv = await blob.text(); // the browser test reads what was downloaded
+  // The browser test reads what was downloaded, byte-order mark included.
+  window.kursrelayLastCsv = new TextDecoder('utf-8', { ignoreBOM: true }).decode(await blob.arrayBuffer());
 }
 
 export default {
