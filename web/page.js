@@ -651,6 +651,10 @@ onSoundBlocked((blocked) => {
   el.sound.hidden = !blocked || Boolean(state.view && state.view.kiosk);
   el.soundBig.hidden = !blocked || !(state.view && state.view.kiosk);
 });
+// Keep the page's own files, so it opens even while the server is away (web/sw.js).
+if ('serviceWorker' in navigator && window.isSecureContext) {
+  navigator.serviceWorker.register('/sw.js').catch(() => {});
+}
 state.token = linkToken();
 setState('checking');
 rerender();

@@ -46,7 +46,7 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     };
-    if s.contains([';', ',', '"', '\n', '\r']) {
+    if s.contains([';', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s
@@ -202,7 +202,8 @@ mod tests {
     #[test]
     fn csv_fields_are_quoted_and_formulas_neutralised() {
         assert_eq!(csv_field("Kari"), "Kari");
-        assert_eq!(csv_field("Volda, rom 2"), "\"Volda, rom 2\"");
+        // `;` separates fields; a comma is the decimal sign and needs no quotes.
+        assert_eq!(csv_field("Volda, rom 2"), "Volda, rom 2");
         assert_eq!(csv_field("Volda; rom 2"), "\"Volda; rom 2\"");
         assert_eq!(decimal(83.333), "83,3");
         assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");

@@ -198,7 +198,12 @@ impl TestServer {
 
     /// Stops the server (as Ctrl-C does) and starts it again on the same address with the same
     /// database, as after a restart in a hospital's server room.
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_after(Duration::ZERO).await
+    }
+
+    /// Like `restart`, with the server away for `gap` in between (nothing listens then).
+    pub async fn restart_after(mut self, gap: Duration) -> TestServer {
         let addr = self.addr;
         let db = self.dir.path().join("kursrelay.db");
         let sessions = std::mem::take(&mut *self.sessions.lock().unwrap());
@@ -206,6 +211,7 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server result");
         }
+        tokio::time::sleep(gap).await;
         let overlay = format!(
             "[http]\nlisten = \"{addr}\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
              ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",

@@ -4,6 +4,14 @@ import { t } from '../i18n.js';
 import { el, state, requireClient, showError, setStatus, announce, liveTrack } from '../core.js';
 import { KursrelayError } from '../client.js';
 
+// Set while we give the floor back ourselves (camera refused): that is no "taken back".
+let declining = false;
+
+async function decline(c, reason) {
+  declining = true;
+  await c.control('decline_floor', { reason }).catch(() => {});
+}
+
 /** Publishes camera and microphone while holding the floor (only what is not already on). */
 export async function publishFloor(api) {
   const c = requireClient();
@@ -11,7 +19,7 @@ export async function publishFloor(api) {
   const want = { video: !liveTrack('video'), audio: !liveTrack('audio') };
   if (!want.video && !want.audio) return;
   if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    await c.control('decline_floor', { reason: 'no_device' }).catch(() => {});
+    await decline(c, 'no_device');
     throw new KursrelayError('insecure', 'Camera and microphone need https');
   }
   setStatus('status.asking');
@@ -31,7 +39,7 @@ export async function publishFloor(api) {
     if (!stream) {
       // Tell the leader, so they are not left waiting for a voice that cannot come.
       const reason = err.name === 'NotAllowedError' ? 'denied' : 'no_device';
-      await c.control('decline_floor', { reason }).catch(() => {});
+      await decline(c, reason);
       throw err;
     }
   }
@@ -55,6 +63,11 @@ export function floor(api, granted) {
   } else {
     api.unpublishAll().catch(showError);
     api.controls();
+    if (declining) {
+      declining = false;
+      setStatus(null);
+      return;
+    }
     announce('floor.revoked');
     setStatus('floor.revoked');
     if (!el.hand.hidden && (!focused || focused === document.body || focused.hidden)) el.hand.focus();

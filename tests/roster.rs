@@ -1,0 +1,167 @@
+//! Who sees whom, through the real server with real peers: the session's `roster` setting
+//! (names, or only a count), people without a name shown by their number, each member's own
+//! place in the hand queue, the leader lowering a hand, a participant who cannot turn on camera
+//! or microphone giving the floor back (the leader is told), and the user representative as
+//! co-host (admits and gives the floor, still without pseudonymous ids).
+
+mod common;
+
+use common::*;
+use kursrelay::protocol::Role;
+use serde_json::{json, Value};
+
+/// The last roster `peer` received that satisfies `pred`.
+async fn roster_where(peer: &TestPeer, pred: impl Fn(&Value) -> bool) -> Value {
+    peer.wait_msg(|m| m["type"] == "roster" && pred(m)).await
+}
+
+fn names(roster: &Value) -> Vec<String> {
+    roster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_only_sessions_hide_participants_from_participants() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "count", "Ola").await;
+    let rep = TestPeer::join_as(&server, "count", Role::Representative, "Eva").await;
+    let kari = TestPeer::join(&server, "count", "Kari").await;
+    let per = TestPeer::join(&server, "count", "Per").await;
+    let site = TestPeer::join_as(&server, "count", Role::Site, "Volda").await;
+
+    // Kari sees the teaching team and the site, how many take part, but no other patient.
+    let with_site = |r: &Value| {
+        r["participant_count"] == 2 && r["members"].to_string().contains("\"site\"")
+    };
+    let seen = roster_where(&kari, with_site).await;
+    assert_eq!(seen["roster"], "count");
+    let kari_sees = names(&seen);
+    assert!(!kari_sees.contains(&"Per".to_owned()), "{seen}");
+    assert!(!kari_sees.contains(&"Kari".to_owned()), "{seen}");
+    for name in ["Ola", "Eva", "Volda"] {
+        assert!(kari_sees.contains(&name.to_owned()), "{seen}");
+    }
+    let site_sees = roster_where(&site, with_site).await;
+    assert!(!names(&site_sees).contains(&"Per".to_owned()));
+    // The leader and the user representative see everyone by name.
+    for peer in [&leader, &rep] {
+        let r = roster_where(peer, with_site).await;
+        assert!(names(&r).contains(&"Per".to_owned()), "{r}");
+    }
+    // Pseudonymous ids stay the leader's alone.
+    let rep_view = roster_where(&rep, with_site).await;
+    assert!(rep_view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m.get("subject").is_none()));
+    drop(per);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_numbers_hands_floor_and_cohost() {
+    let server = TestServer::spawn().await;
+    // The leader's link has no name, and nobody types one: shown by role, no error.
+    let leader_token = server.token("names", Role::Leader, None, false).await;
+    let leader = TestPeer::connect(&server, &leader_token, None).await;
+    let joined = leader.wait_msg(|m| m["type"] == "joined").await;
+    assert_eq!(joined["name"], "");
+    let kari = TestPeer::join(&server, "names", "Kari").await;
+    let rep = TestPeer::join_as(&server, "names", Role::Representative, "Eva").await;
+
+    // Someone on the open link without a name waits as a number, and keeps it once in.
+    let open = server.token("names", Role::Participant, None, true).await;
+    let anon = TestPeer::connect(&server, &open, None).await;
+    anon.wait_msg(|m| m["type"] == "lobby").await;
+    let waiting = roster_where(&leader, |r| r["lobby"].as_array().is_some_and(|l| l.len() == 1)).await;
+    let number = waiting["lobby"][0]["number"].as_u64().expect("a number");
+    assert_eq!(waiting["lobby"][0]["name"], "");
+
+    // The leader makes the user representative co-host; she lets the person in.
+    leader
+        .send(json!({"type": "set_cohost", "member_id": rep.member_id, "cohost": true}))
+        .await;
+    leader
+        .wait_msg(|m| m["type"] == "ok" && m["request"] == "set_cohost")
+        .await;
+    let rep_lobby = roster_where(&rep, |r| r["lobby"].as_array().is_some_and(|l| l.len() == 1)).await;
+    assert!(rep_lobby["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m.get("subject").is_none()));
+    rep.send(json!({"type": "admit", "member_id": anon.member_id}))
+        .await;
+    anon.wait_msg(|m| m["type"] == "joined").await;
+    let seen = roster_where(&kari, |r| {
+        r["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["member_id"] == anon.member_id.as_str())
+    })
+    .await;
+    let entry = seen["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member_id"] == anon.member_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!((entry["name"].clone(), entry["number"].as_u64()), (json!(""), Some(number)));
+    // Kari has a name, so no number.
+    assert!(seen["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "Kari")
+        .all(|m| m.get("number").is_none()));
+
+    // Hands: each sees its own place; the leader lowers one without giving the floor.
+    kari.send(json!({"type": "raise_hand"})).await;
+    roster_where(&kari, |r| r["hand_position"] == 1).await;
+    anon.send(json!({"type": "raise_hand"})).await;
+    roster_where(&anon, |r| r["hand_position"] == 2).await;
+    let before = kari.inbox_len();
+    leader
+        .send(json!({"type": "lower_hand", "member_id": kari.member_id}))
+        .await;
+    kari.wait_msg_after(before, |m| m["type"] == "hand" && m["raised"] == false)
+        .await;
+    roster_where(&anon, |r| r["hand_position"] == 1).await;
+    // Someone else's hand is not a participant's to lower.
+    anon.send(json!({"type": "lower_hand", "member_id": kari.member_id}))
+        .await;
+    anon.wait_msg(|m| m["type"] == "error" && m["code"] == "forbidden")
+        .await;
+
+    // Given the floor, the browser refuses the camera: the floor goes back, the leader sees why.
+    rep.send(json!({"type": "grant_floor", "member_id": anon.member_id}))
+        .await;
+    anon.wait_msg(|m| m["type"] == "floor" && m["granted"] == true)
+        .await;
+    anon.send(json!({"type": "decline_floor", "reason": "denied"}))
+        .await;
+    anon.wait_msg(|m| m["type"] == "floor" && m["granted"] == false)
+        .await;
+    let told = roster_where(&leader, |r| {
+        r["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["floor_declined"] == "denied")
+    })
+    .await;
+    assert!(told.to_string().contains(anon.member_id.as_str()));
+    // Only the leader learns it.
+    let rep_view = rep.inbox();
+    assert!(rep_view
+        .iter()
+        .all(|m| !m.to_string().contains("floor_declined")));
+    server.shutdown().await;
+}
