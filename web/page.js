@@ -15,7 +15,7 @@ import {
 } from './core.js';
 import {
   addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
-  toggleFullscreen, onSoundBlocked, unblockSound,
+  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked,
 } from './media.js';
 import { addCaption, addChat, wireCaptionSettings } from './captions.js';
 import leaderView from './views/leader.js';
@@ -78,6 +78,16 @@ function focusHeading(id) {
 }
 
 // ---- the link check ----
+
+/** The role in the token, unverified (the server decides; this only styles the page early). */
+function peekRole(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4))).role || null;
+  } catch {
+    return null;
+  }
+}
 
 async function checkLink() {
   const token = state.token;
@@ -179,7 +189,11 @@ function choose(role) {
   }
   if (view.deviceTest) {
     if (window.isSecureContext) devices.acquire(wantDevices());
-    else el.insecure.hidden = false;
+    else {
+      // Browsers give no camera to an insecure page: explain, instead of a black preview.
+      el.insecure.hidden = false;
+      el.cameraTest.hidden = true;
+    }
   }
   const saved = stored(keys.name(state.token));
   if (saved && !el.name.value) el.name.value = saved;
@@ -196,7 +210,7 @@ function renderPrejoin() {
   if (!view || !link) return;
   el.prejoinHeading.textContent = t(view.deviceTest ? 'prejoin.heading_send' : 'prejoin.heading_watch');
   el.prejoinIntro.textContent = t(`prejoin.intro_${view.role}`);
-  el.cameraTest.hidden = !view.deviceTest;
+  el.cameraTest.hidden = !view.deviceTest || !window.isSecureContext;
   // A site is always shown with its room's name; everyone else may choose, and need not.
   el.nameField.hidden = view.role === 'site';
   el.joinAs.hidden = !link.name;
@@ -648,14 +662,20 @@ onLangChange(rerender);
 onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
 wireCaptionSettings();
 onSoundBlocked((blocked) => {
-  el.sound.hidden = !blocked || Boolean(state.view && state.view.kiosk);
-  el.soundBig.hidden = !blocked || !(state.view && state.view.kiosk);
+  const kiosk = Boolean(state.view && state.view.kiosk);
+  el.sound.hidden = !blocked || kiosk;
+  el.soundBig.hidden = !blocked || !kiosk;
+  // On the hall screen any key or touch will do; the big button has the focus for Enter.
+  if (blocked && kiosk) el.soundBig.focus();
 });
 // Keep the page's own files, so it opens even while the server is away (web/sw.js).
 if ('serviceWorker' in navigator && window.isSecureContext) {
   navigator.serviceWorker.register('/sw.js').catch(() => {});
 }
 state.token = linkToken();
+// Before the check answers (or while the server is away), a hall screen already looks like
+// one: the token's role, unverified, chooses only the styling.
+if (peekRole(state.token) === 'site') document.body.classList.add('kiosk');
 setState('checking');
 rerender();
 if (!state.token) problem('link.missing');
@@ -673,6 +693,9 @@ const soundOn = () => {
   el.soundBig.hidden = true;
 };
 el.sound.addEventListener('click', soundOn);
+for (const type of ['keydown', 'pointerdown']) {
+  addEventListener(type, () => { if (isSoundBlocked()) soundOn(); }, true);
+}
 el.soundBig.addEventListener('click', soundOn);
 el.fullscreen.addEventListener('click', () => { toggleFullscreen().catch((err) => { window.__fsError = String(err); }); });
 el.mic.addEventListener('click', () => toggleTrack('audio'));

@@ -1,0 +1,201 @@
+//! The course page where things are not as they should be, in headless Chromium through the
+//! real server: links that no longer work (each gets a full-page message with the help number
+//! and no camera prompt), a browser that blocks sound until someone presses something (only
+//! then a very large "press for sound" button on the hall screen), a page on plain http off
+//! this machine (explained, naming https), and a hall screen whose page is reloaded while the
+//! server is away (it opens from its service worker and joins by itself once the server is
+//! back). Every response carries the security headers; old page names redirect.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chromium::Chromium;
+use common::*;
+use kursrelay::auth::Claims;
+use kursrelay::db::SessionState;
+use kursrelay::protocol::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Status line and headers (lower-case names) of a plain GET.
+async fn head(server: &TestServer, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let head = resp.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, head.to_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_sound_insecure_pages_and_a_server_that_is_away() {
+    let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
+    let base = format!("http://{}", server.addr);
+
+    // Security headers on pages, scripts and the API alike; old names redirect.
+    for path in ["/course.html", "/page.js", "/api/sessions", "/healthz"] {
+        let (_, h) = head(&server, path).await;
+        for want in [
+            "content-security-policy: default-src 'self'; script-src 'self';",
+            "frame-ancestors 'none'",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+            "permissions-policy: camera=(self), microphone=(self), display-capture=(self)",
+        ] {
+            assert!(h.contains(want), "{path} lacks {want}:\n{h}");
+        }
+    }
+    for old in ["/publish.html", "/watch.html"] {
+        let (status, h) = head(&server, old).await;
+        assert!(status.contains("308"), "{old}: {status}");
+        assert!(h.contains("location: /course.html"), "{old}: {h}");
+    }
+
+    // Links that do not work, each its own way.
+    let (revoked_id, revoked) = server
+        .token_with("links", Role::Participant, Some("Kari"), false, None)
+        .await;
+    server.state.db.revoke_invite(&revoked_id).await.unwrap();
+    let ended = server
+        .token("links-ended", Role::Participant, Some("Per"), false)
+        .await;
+    let ended_session = server.session("links-ended").await;
+    server
+        .state
+        .db
+        .advance_session(&ended_session, SessionState::Ended)
+        .await
+        .unwrap();
+    let (ola_id, _) = server
+        .token_with("links", Role::Participant, Some("Ola"), false, None)
+        .await;
+    let expired = server.state.tokens.sign(&Claims {
+        sid: server.session("links").await,
+        sub: ola_id,
+        role: Role::Participant,
+        open: false,
+        member: None,
+        exp: 1,
+    });
+
+    let mut b = Chromium::launch_with(&[
+        // The browser's own rule: no sound before someone presses something on the page.
+        "--autoplay-policy=document-user-activation-required",
+        // A name that is not this machine: browsers treat plain http there as insecure.
+        "--host-resolver-rules=MAP kurs.test 127.0.0.1",
+    ])
+    .await;
+    let cases = [
+        (String::new(), "Lenken mangler"),
+        ("#t=abc.def.ghi".to_owned(), "Lenken virker ikke"),
+        (format!("#t={revoked}"), "Invitasjonen er trukket tilbake"),
+        (format!("#t={ended}"), "Kurset er avsluttet"),
+        (format!("#t={expired}"), "Lenken er gått ut"),
+    ];
+    for (i, (fragment, heading)) in cases.iter().enumerate() {
+        let page = b.open(&format!("{base}/course.html{fragment}")).await;
+        b.wait_for(&page, "kursrelay.state() === 'problem'", 10).await;
+        assert_eq!(
+            b.eval(&page, "document.getElementById('problem-heading').textContent")
+                .await,
+            *heading
+        );
+        b.wait_for(
+            &page,
+            "(document.querySelector('#problem-help a[href^=\"tel:\"]') || {}).textContent === '71 12 00 00'",
+            10,
+        )
+        .await;
+        assert_eq!(b.eval(&page, "window.__gumCalls").await, 0, "{heading}");
+        assert_eq!(
+            b.eval(&page, "document.getElementById('prejoin').hidden").await,
+            true
+        );
+        if i == 2 {
+            b.viewport(&page, 390, 844, true).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            b.screenshot(&page, "ui-link-revoked-phone").await;
+            let axe = b.axe(&page).await;
+            assert!(axe.is_empty(), "axe on a dead link: {axe:?}");
+        }
+    }
+
+    // Plain http on a name that is not this machine: explained, naming https, no camera prompt.
+    let leader = server.token("links", Role::Leader, Some("Ola"), false).await;
+    let insecure = b
+        .open(&format!(
+            "http://kurs.test:{}/course.html#t={leader}",
+            server.addr.port()
+        ))
+        .await;
+    b.wait_for(&insecure, "kursrelay.state() === 'prejoin'", 10)
+        .await;
+    assert_eq!(b.eval(&insecure, "window.isSecureContext").await, false);
+    let notice = b
+        .eval(
+            &insecure,
+            "document.getElementById('insecure').hidden ? '' : document.getElementById('insecure').textContent",
+        )
+        .await;
+    assert!(notice.as_str().unwrap().contains("https://"), "{notice}");
+    assert_eq!(b.eval(&insecure, "window.__gumCalls").await, 0);
+    b.screenshot(&insecure, "ui-insecure-origin").await;
+    let axe = b.axe(&insecure).await;
+    assert!(axe.is_empty(), "axe on the insecure notice: {axe:?}");
+
+    // The leader teaches; the hall screen joins by itself, but the browser refuses sound
+    // until someone presses something: only then the very large button, and a press fixes it.
+    let teacher = b.open(&format!("{base}/course.html#t={leader}")).await;
+    b.eval(&teacher, "kursrelay.start({}).then(() => true)")
+        .await;
+    let site_t = server
+        .token("links", Role::Site, Some("Ålesund sjukehus"), false)
+        .await;
+    let site = b.open(&format!("{base}/course.html#t={site_t}")).await;
+    b.wait_for(&site, "kursrelay.state() === 'joined'", 20).await;
+    b.wait_for(&site, "!document.getElementById('sound-big').hidden", 20)
+        .await;
+    b.viewport(&site, 1920, 1080, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = b
+        .eval(
+            &site,
+            "(() => { const r = document.getElementById('sound-big').getBoundingClientRect(); return r.width * r.height / (innerWidth * innerHeight); })()",
+        )
+        .await;
+    assert!(r.as_f64().unwrap() > 0.25, "the sound button is small: {r}");
+    b.screenshot(&site, "ui-site-sound-blocked").await;
+    let axe = b.axe(&site).await;
+    assert!(axe.is_empty(), "axe with the sound button: {axe:?}");
+    b.key(&site, "Enter").await;
+    b.wait_for(
+        &site,
+        "document.getElementById('sound-big').hidden && [...document.querySelectorAll('#audio audio')].every(a => !a.paused)",
+        10,
+    )
+    .await;
+
+    // The server goes away and the hall screen's page is reloaded meanwhile (as a browser
+    // starting before the server would): it opens from its own copy, says it is waiting,
+    // and joins by itself once the server is back.
+    b.wait_for(&site, "navigator.serviceWorker.controller !== null", 10)
+        .await;
+    let (server, ()) = tokio::join!(server.restart_after(Duration::from_secs(6)), async {
+        b.wait_for(&site, "kursrelay.state() === 'reconnecting'", 10)
+            .await;
+        b.reload(&site).await;
+        b.wait_for(
+            &site,
+            "document.getElementById('status').textContent.includes('Får ikke kontakt')",
+            10,
+        )
+        .await;
+        b.screenshot(&site, "ui-site-server-away").await;
+    });
+    b.wait_for(&site, "kursrelay.state() === 'joined'", 10).await;
+    drop(b);
+    server.shutdown().await;
+}
