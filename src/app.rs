@@ -20,33 +20,32 @@ use crate::sfu::{MediaSettings, Sfu};
 /// How long shutdown waits for clients to close their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Join links carry the token in the fragment, but over plain http everything else (names,
-/// media keys exchange, the token at join) crosses the network readable, and browsers refuse
-/// camera and microphone on such a page except on this machine itself.
-fn warn_if_plain_http(public_url: &str) {
+/// Whether `public_url` is plain http on an address other than this machine. Browsers refuse
+/// camera and microphone on such a page (only https, or this machine itself, count as
+/// secure), and nothing on the way is encrypted.
+pub fn plain_http_off_loopback(public_url: &str) -> bool {
     let Some(rest) = public_url.strip_prefix("http://") else {
-        return;
+        return false;
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    let loopback = host == "localhost"
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        // [::1]:8080
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
         || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
+    !loopback
+}
+
+fn warn_if_plain_http(public_url: &str) {
+    if plain_http_off_loopback(public_url) {
         tracing::warn!(
-            public_url,
-            "http.public_url is plain http on an address other than this machine: browsers will \
-             refuse camera and microphone there and nothing is encrypted. Serve it over https \
-             (a TLS reverse proxy) and set public_url to the https address"
+            "http.public_url is plain http on an address other than this machine: browsers \
+             will refuse camera and microphone there and nothing is encrypted. Serve it over \
+             https (a TLS reverse proxy) and set public_url to the https address"
         );
     }
 }
@@ -130,5 +129,26 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_only_fine_on_this_machine() {
+        let cases = [
+            ("http://127.0.0.1:8080", false),
+            ("http://localhost:8080/", false),
+            ("http://[::1]:8080", false),
+            ("https://kurs.helse-mr.no", false),
+            ("http://10.0.4.12:8080", true),
+            ("http://kurs.helse-mr.no", true),
+            ("http://[fd00::1]:8080", true),
+        ];
+        for (url, warn) in cases {
+            assert_eq!(plain_http_off_loopback(url), warn, "{url}");
+        }
     }
 }

@@ -108,6 +108,12 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     pub help_phone: String,
+    /// The hospital's name in the page header (optional).
+    pub brand_name: String,
+    /// A logo served by this server, e.g. "/brand/logo.svg" in web_root (optional).
+    pub brand_logo: String,
+    /// The accent colour of buttons and links, "#rrggbb" (optional; contrast is checked).
+    pub accent: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +216,25 @@ impl Config {
                 message: message.to_owned(),
             }
         }
+        if !self.web.accent.is_empty() {
+            match hex_colour(&self.web.accent) {
+                None => return Err(bad("web.accent", "must be a colour like \"#0a3d8f\"")),
+                // White text on the accent, and the accent as text on white: WCAG AA.
+                Some(rgb) if contrast_with_white(rgb) < 4.5 => {
+                    return Err(bad(
+                        "web.accent",
+                        "is too light: it needs a contrast of at least 4.5:1 with white",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if !self.web.brand_logo.is_empty() && !self.web.brand_logo.starts_with('/') {
+            return Err(bad(
+                "web.brand_logo",
+                "must be a path on this server, like \"/brand/logo.svg\"",
+            ));
+        }
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
         }
@@ -250,6 +275,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `#rrggbb` as three channels.
+fn hex_colour(s: &str) -> Option<[u8; 3]> {
+    let hex = s.strip_prefix('#').filter(|h| h.len() == 6)?;
+    let channel = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+    Some([channel(0)?, channel(2)?, channel(4)?])
+}
+
+/// WCAG contrast ratio between a colour and white.
+fn contrast_with_white(rgb: [u8; 3]) -> f64 {
+    let linear = |c: u8| {
+        let c = f64::from(c) / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let l = 0.2126 * linear(rgb[0]) + 0.7152 * linear(rgb[1]) + 0.0722 * linear(rgb[2]);
+    1.05 / (l + 0.05)
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
@@ -340,11 +386,23 @@ mod tests {
                 "signalling.max_message_bytes",
             ),
             ("http = 3\n", "http"),
+            ("[web]\naccent = \"blue\"\n", "web.accent"),
+            ("[web]\naccent = \"#ffd400\"\n", "web.accent"),
+            ("[web]\nbrand_logo = \"https://x/logo.png\"\n", "web.brand_logo"),
+            ("[attendance]\ntime_zone = 3\n", "attendance.time_zone"),
         ];
         for (text, key) in cases {
             let err = Config::from_overlay(Some((text, "test.toml"))).unwrap_err();
             assert!(err.to_string().contains(key), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn accent_contrast() {
+        assert!(contrast_with_white([0x0a, 0x3d, 0x8f]) > 10.0);
+        assert!(contrast_with_white([0xff, 0xd4, 0x00]) < 2.0);
+        let ok = Config::from_overlay(Some(("[web]\naccent = \"#005a3c\"\n", "t"))).unwrap();
+        assert_eq!(ok.web.accent, "#005a3c");
     }
 
     #[test]

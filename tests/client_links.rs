@@ -32,7 +32,10 @@ async fn head(server: &TestServer, path: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_sound_insecure_pages_and_a_server_that_is_away() {
-    let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
+    let server = TestServer::spawn_with(
+        "[web]\nhelp_phone = \"71 12 00 00\"\nbrand_name = \"Helse Møre og Romsdal\"\naccent = \"#005a3c\"\n",
+    )
+    .await;
     let base = format!("http://{}", server.addr);
 
     // Security headers on pages, scripts and the API alike; old names redirect.
@@ -110,6 +113,14 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         )
         .await;
         assert_eq!(b.eval(&page, "window.__gumCalls").await, 0, "{heading}");
+        // The hospital's branding from the configuration.
+        b.wait_for(
+            &page,
+            "!document.getElementById('brand').hidden && document.getElementById('brand-name').textContent === 'Helse Møre og Romsdal' \
+             && getComputedStyle(document.documentElement).getPropertyValue('--accent').trim() === '#005a3c'",
+            10,
+        )
+        .await;
         assert_eq!(
             b.eval(&page, "document.getElementById('prejoin').hidden").await,
             true
@@ -177,6 +188,43 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         10,
     )
     .await;
+
+    // The user representative, made co-host by the leader, lets someone in from the lobby
+    // (and still never sees pseudonymous ids).
+    let rep_t = server
+        .token("links", Role::Representative, Some("Eva"), false)
+        .await;
+    let rep = b.open(&format!("{base}/course.html#t={rep_t}")).await;
+    b.eval(&rep, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(
+        &teacher,
+        "document.querySelector('#present [data-action=cohost]') !== null",
+        10,
+    )
+    .await;
+    b.click(&teacher, "#present [data-action=cohost]").await;
+    b.wait_for(&rep, "!document.getElementById('lobby-box').hidden", 10)
+        .await;
+    let open_t = server.token("links", Role::Participant, None, true).await;
+    let guest = b.open(&format!("{base}/course.html#t={open_t}")).await;
+    b.eval(&guest, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(&guest, "kursrelay.state() === 'lobby'", 10).await;
+    b.wait_for(
+        &rep,
+        "document.querySelector('#lobby [data-action=admit]') !== null",
+        10,
+    )
+    .await;
+    b.screenshot(&rep, "ui-representative-cohost").await;
+    let axe = b.axe(&rep).await;
+    assert!(axe.is_empty(), "axe on the co-host's console: {axe:?}");
+    b.click(&rep, "#lobby [data-action=admit]").await;
+    b.wait_for(&guest, "kursrelay.state() === 'joined'", 10).await;
+    assert_eq!(
+        b.eval(&rep, "JSON.stringify(kursrelay.roster()).includes('subject')")
+            .await,
+        false
+    );
 
     // The server goes away and the hall screen's page is reloaded meanwhile (as a browser
     // starting before the server would): it opens from its own copy, says it is waiting,

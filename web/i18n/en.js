@@ -265,4 +265,5 @@ export default {
   'site.status_reconnecting': 'Connection lost – reconnecting by itself …',
   'site.status_live': 'Connected',
   'site.status_left': 'Not connected',
+  'console.cohost_you': 'You are co-host: you can let people in and give the floor',
 };

@@ -265,4 +265,5 @@ export default {
   'site.status_reconnecting': 'Forbindelsen brøt – kobler til igjen av seg selv …',
   'site.status_live': 'Tilkoblet',
   'site.status_left': 'Ikke tilkoblet',
+  'console.cohost_you': 'Du er medvert: du kan slippe inn og gi ordet',
 };

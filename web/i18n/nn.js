@@ -265,4 +265,5 @@ export default {
   'site.status_reconnecting': 'Sambandet brot – koplar til igjen av seg sjølv …',
   'site.status_live': 'Tilkopla',
   'site.status_left': 'Ikkje tilkopla',
+  'console.cohost_you': 'Du er medvert: du kan sleppe inn og gi ordet',
 };

@@ -108,7 +108,7 @@ function renderBanner(lobby, hands) {
 }
 
 /** Replaces a list's rows, keeping keyboard focus in the list when it was there. */
-function renderList(container, items, makeRow) {
+export function renderList(container, items, makeRow) {
   const active = document.activeElement;
   const had = container.contains(active) ? active : null;
   const index = had ? [...container.querySelectorAll('button')].indexOf(had) : -1;
@@ -154,7 +154,7 @@ function actionButton(prefix, memberId, nameId, [labelKey, type, cls, value]) {
   return b;
 }
 
-function personRow(prefix, memberId, name, details, actions) {
+export function personRow(prefix, memberId, name, details, actions) {
   const li = document.createElement('li');
   li.className = 'row';
   const who = document.createElement('span');
@@ -177,7 +177,7 @@ function personRow(prefix, memberId, name, details, actions) {
   return li;
 }
 
-async function admitAll() {
+export async function admitAll() {
   const lobby = (state.roster && state.roster.lobby) || [];
   for (const p of lobby) await request('admit', { member_id: p.member_id }).catch((err) => { if (err.code !== 'unknown_member') throw err; });
 }
