@@ -242,6 +242,8 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         )
         .await;
         b.screenshot(&site, "ui-site-server-away").await;
+        let axe = b.axe(&site).await;
+        assert!(axe.is_empty(), "axe while the server is away: {axe:?}");
     });
     b.wait_for(&site, "kursrelay.state() === 'joined'", 10).await;
     drop(b);

@@ -410,14 +410,24 @@ async fn a_course_in_the_browser() {
         &mut b,
         &leader,
         "leader-console",
-        &["#view", "#side", "#banner"],
+        &["#view", "#captions", "#side", "#banner"],
     )
     .await;
     in_view(&mut b, &leader, &["#lobby-list-heading", "#lobby [data-action=admit]"], "the lobby in the leader's panel").await;
     no_violations(&mut b, &leader, "the leader console with people waiting").await;
-    b.click(&leader, "#banner [data-action='admit-all']").await;
+    // "Let everyone in", by keyboard.
+    b.eval(&leader, "document.getElementById('stage-heading').focus()").await;
+    tab_to(&mut b, &leader, "admit-all").await;
+    b.key(&leader, "Enter").await;
     state_is(&mut b, &anna, "joined").await;
     state_is(&mut b, &bo, "joined").await;
+    // Anna reloads her page: straight back in, no name to type, no second wait.
+    b.reload(&anna).await;
+    state_is(&mut b, &anna, "joined").await;
+    assert_eq!(
+        b.eval(&anna, "kursrelay.messages().includes('lobby')").await,
+        false
+    );
     // Anna chose no name: she is "Deltaker <n>" for everyone.
     b.wait_for(
         &kari,

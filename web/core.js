@@ -77,7 +77,12 @@ export function store(key, value, where = localStorage) {
     else where.setItem(key, String(value));
   } catch { /* storage disabled */ }
 }
-/** Per-link keys: the rejoin credential of an open link, a removal, the site's headcount. */
+/**
+ * Per-link keys. The rejoin credential of an open link and the chosen name are kept per tab
+ * (sessionStorage: they survive a reload and every reconnect; a new tab is a new person, so
+ * two people on one computer with the same open link stay two). A removal and the site's
+ * headcount are kept per browser (localStorage).
+ */
 export const keys = {
   rejoin: (token) => `kursrelay.rejoin.${token}`,
   removed: (token) => `kursrelay.removed.${token}`,

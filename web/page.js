@@ -195,7 +195,7 @@ function choose(role) {
       el.cameraTest.hidden = true;
     }
   }
-  const saved = stored(keys.name(state.token));
+  const saved = stored(keys.name(state.token), sessionStorage);
   if (saved && !el.name.value) el.name.value = saved;
 }
 
@@ -246,7 +246,7 @@ async function doStart({ name } = {}) {
   }
   const reconnecting = state.page === 'reconnecting';
   if (name !== undefined) el.name.value = name;
-  const chosen = el.name.value.trim() || stored(keys.name(token)) || '';
+  const chosen = el.name.value.trim() || stored(keys.name(token), sessionStorage) || '';
   if (!reconnecting) {
     showAlert(null);
     setState('connecting');
@@ -282,7 +282,7 @@ async function doStart({ name } = {}) {
     state.client = null;
     const was = state.page;
     teardown();
-    if (reason === 'removed' || reason === 'session_ended') store(keys.rejoin(token), null);
+    if (reason === 'removed' || reason === 'session_ended') store(keys.rejoin(token), null, sessionStorage);
     if (reason === 'removed' && state.link && state.link.open) store(keys.removed(token), '1');
     if (!TERMINAL.has(reason) && (was === 'joined' || was === 'lobby' || was === 'reconnecting' || state.view.kiosk)) {
       scheduleReconnect();
@@ -293,16 +293,16 @@ async function doStart({ name } = {}) {
 
   try {
     await c.connect();
-    const rejoin = stored(keys.rejoin(token));
+    const rejoin = stored(keys.rejoin(token), sessionStorage);
     let reply;
     try {
       reply = await c.join(rejoin || token, chosen);
     } catch (err) {
       if (!rejoin || err.code !== 'bad_token') throw err;
-      store(keys.rejoin(token), null);
+      store(keys.rejoin(token), null, sessionStorage);
       reply = await c.join(token, chosen);
     }
-    if (chosen) store(keys.name(token), chosen);
+    if (chosen) store(keys.name(token), chosen, sessionStorage);
     attempts = 0;
     if (reply.type === 'lobby') {
       if (tested) for (const tr of tested.getTracks()) tr.stop();
@@ -356,7 +356,7 @@ function scheduleReconnect() {
 /** `joined`, at once or after the lobby: send what the role sends, then show the course. */
 async function admitted(c, joined, tested) {
   state.joined = joined;
-  if (joined.rejoin_token) store(keys.rejoin(state.token), joined.rejoin_token);
+  if (joined.rejoin_token) store(keys.rejoin(state.token), joined.rejoin_token, sessionStorage);
   store(keys.inCourse(state.token), '1', sessionStorage);
   const again = state.wasIn === 'joined';
   state.wasIn = 'joined';
