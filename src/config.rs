@@ -388,7 +388,10 @@ mod tests {
             ("http = 3\n", "http"),
             ("[web]\naccent = \"blue\"\n", "web.accent"),
             ("[web]\naccent = \"#ffd400\"\n", "web.accent"),
-            ("[web]\nbrand_logo = \"https://x/logo.png\"\n", "web.brand_logo"),
+            (
+                "[web]\nbrand_logo = \"https://x/logo.png\"\n",
+                "web.brand_logo",
+            ),
             ("[attendance]\ntime_zone = 3\n", "attendance.time_zone"),
         ];
         for (text, key) in cases {

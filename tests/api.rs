@@ -224,10 +224,7 @@ async fn admin_api_manages_courses_sessions_and_invites() {
         Some(json!({"role": "leader", "display_name": "Ola"})),
     )
     .await;
-    assert!(leader["link"]
-        .as_str()
-        .unwrap()
-        .contains("/course.html#t="));
+    assert!(leader["link"].as_str().unwrap().contains("/course.html#t="));
     let (_, invites) = call(
         &server,
         "GET",

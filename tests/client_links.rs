@@ -100,10 +100,14 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
     ];
     for (i, (fragment, heading)) in cases.iter().enumerate() {
         let page = b.open(&format!("{base}/course.html{fragment}")).await;
-        b.wait_for(&page, "kursrelay.state() === 'problem'", 10).await;
+        b.wait_for(&page, "kursrelay.state() === 'problem'", 10)
+            .await;
         assert_eq!(
-            b.eval(&page, "document.getElementById('problem-heading').textContent")
-                .await,
+            b.eval(
+                &page,
+                "document.getElementById('problem-heading').textContent"
+            )
+            .await,
             *heading
         );
         b.wait_for(
@@ -122,7 +126,8 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         )
         .await;
         assert_eq!(
-            b.eval(&page, "document.getElementById('prejoin').hidden").await,
+            b.eval(&page, "document.getElementById('prejoin').hidden")
+                .await,
             true
         );
         if i == 2 {
@@ -135,7 +140,9 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
     }
 
     // Plain http on a name that is not this machine: explained, naming https, no camera prompt.
-    let leader = server.token("links", Role::Leader, Some("Ola"), false).await;
+    let leader = server
+        .token("links", Role::Leader, Some("Ola"), false)
+        .await;
     let insecure = b
         .open(&format!(
             "http://kurs.test:{}/course.html#t={leader}",
@@ -166,7 +173,8 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         .token("links", Role::Site, Some("Ålesund sjukehus"), false)
         .await;
     let site = b.open(&format!("{base}/course.html#t={site_t}")).await;
-    b.wait_for(&site, "kursrelay.state() === 'joined'", 20).await;
+    b.wait_for(&site, "kursrelay.state() === 'joined'", 20)
+        .await;
     b.wait_for(&site, "!document.getElementById('sound-big').hidden", 20)
         .await;
     b.viewport(&site, 1920, 1080, false).await;
@@ -208,7 +216,8 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
     let open_t = server.token("links", Role::Participant, None, true).await;
     let guest = b.open(&format!("{base}/course.html#t={open_t}")).await;
     b.eval(&guest, "kursrelay.start({}).then(() => true)").await;
-    b.wait_for(&guest, "kursrelay.state() === 'lobby'", 10).await;
+    b.wait_for(&guest, "kursrelay.state() === 'lobby'", 10)
+        .await;
     b.wait_for(
         &rep,
         "document.querySelector('#lobby [data-action=admit]') !== null",
@@ -219,10 +228,14 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
     let axe = b.axe(&rep).await;
     assert!(axe.is_empty(), "axe on the co-host's console: {axe:?}");
     b.click(&rep, "#lobby [data-action=admit]").await;
-    b.wait_for(&guest, "kursrelay.state() === 'joined'", 10).await;
+    b.wait_for(&guest, "kursrelay.state() === 'joined'", 10)
+        .await;
     assert_eq!(
-        b.eval(&rep, "JSON.stringify(kursrelay.roster()).includes('subject')")
-            .await,
+        b.eval(
+            &rep,
+            "JSON.stringify(kursrelay.roster()).includes('subject')"
+        )
+        .await,
         false
     );
 
@@ -245,7 +258,8 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         let axe = b.axe(&site).await;
         assert!(axe.is_empty(), "axe while the server is away: {axe:?}");
     });
-    b.wait_for(&site, "kursrelay.state() === 'joined'", 10).await;
+    b.wait_for(&site, "kursrelay.state() === 'joined'", 10)
+        .await;
     drop(b);
     server.shutdown().await;
 }

@@ -151,13 +151,19 @@ async fn a_course_in_the_browser() {
         .await;
     assert_eq!(help, "71 12 00 00");
     assert_eq!(
-        b.eval(&leader, "document.getElementById('course-title').textContent")
-            .await,
+        b.eval(
+            &leader,
+            "document.getElementById('course-title').textContent"
+        )
+        .await,
         "Testkurs ui"
     );
     assert_eq!(
-        b.eval(&leader, "document.getElementById('session-title').textContent")
-            .await,
+        b.eval(
+            &leader,
+            "document.getElementById('session-title').textContent"
+        )
+        .await,
         "Dag 1 ui"
     );
     // Every language has every text.
@@ -166,7 +172,13 @@ async fn a_course_in_the_browser() {
         true,
         "nb, nn and en do not have the same keys"
     );
-    at_all_sizes(&mut b, &leader, "leader-prejoin", &["#join", "#course-title"]).await;
+    at_all_sizes(
+        &mut b,
+        &leader,
+        "leader-prejoin",
+        &["#join", "#course-title"],
+    )
+    .await;
     no_violations(&mut b, &leader, "the leader's pre-join screen").await;
     // No name typed: the leader is shown by role.
     b.click(&leader, "#join").await;
@@ -178,11 +190,14 @@ async fn a_course_in_the_browser() {
     // prompt before joining, nor after.
     let kari = b.open(&format!("{base}/watch.html#t={kari_t}")).await;
     state_is(&mut b, &kari, "prejoin").await;
-    assert_eq!(
-        b.eval(&kari, "location.pathname").await,
-        "/course.html"
-    );
-    at_all_sizes(&mut b, &kari, "participant-prejoin", &["#join", "#course-title"]).await;
+    assert_eq!(b.eval(&kari, "location.pathname").await, "/course.html");
+    at_all_sizes(
+        &mut b,
+        &kari,
+        "participant-prejoin",
+        &["#join", "#course-title"],
+    )
+    .await;
     no_violations(&mut b, &kari, "the participant's pre-join screen").await;
     b.click(&kari, "#join").await;
     state_is(&mut b, &kari, "joined").await;
@@ -249,14 +264,24 @@ async fn a_course_in_the_browser() {
     )
     .await;
     // On a laptop the caption box is beside the picture, on screen.
-    in_view(&mut b, &tolk, &["#caption-text", "#caption-send"], "the interpreter's caption box").await;
+    in_view(
+        &mut b,
+        &tolk,
+        &["#caption-text", "#caption-send"],
+        "the interpreter's caption box",
+    )
+    .await;
 
     // The participant: picture, captions and the hand on screen at every size.
     at_all_sizes(
         &mut b,
         &kari,
         "participant",
-        &["#main-slot figure[data-pos=main] video", "#captions", "#hand"],
+        &[
+            "#main-slot figure[data-pos=main] video",
+            "#captions",
+            "#hand",
+        ],
     )
     .await;
     b.viewport(&kari, 390, 844, true).await;
@@ -267,7 +292,11 @@ async fn a_course_in_the_browser() {
     in_view(
         &mut b,
         &kari,
-        &["#main-slot figure[data-pos=main] video", "#captions", "#hand"],
+        &[
+            "#main-slot figure[data-pos=main] video",
+            "#captions",
+            "#hand",
+        ],
         "phone landscape",
     )
     .await;
@@ -279,7 +308,10 @@ async fn a_course_in_the_browser() {
         .await
         .as_f64()
         .unwrap();
-    assert!(media_h > 0.5, "landscape picture is {media_h} of the height");
+    assert!(
+        media_h > 0.5,
+        "landscape picture is {media_h} of the height"
+    );
     b.screenshot(&kari, "ui-participant-phone-landscape").await;
     b.viewport(&kari, 1366, 768, false).await;
 
@@ -292,7 +324,13 @@ async fn a_course_in_the_browser() {
         10,
     )
     .await;
-    in_view(&mut b, &kari, &["#captions", "#main-slot figure[data-pos=main] video"], "fullscreen").await;
+    in_view(
+        &mut b,
+        &kari,
+        &["#captions", "#main-slot figure[data-pos=main] video"],
+        "fullscreen",
+    )
+    .await;
     b.screenshot(&kari, "ui-participant-fullscreen").await;
     b.click(&kari, "#fullscreen").await;
     b.wait_for(&kari, "!document.fullscreenElement", 10).await;
@@ -305,7 +343,13 @@ async fn a_course_in_the_browser() {
         in_view(
             &mut b,
             &site,
-            &["#main-slot figure[data-pos=main] video", "#interp-slot video", "#captions", "#course-title", "#kiosk-status"],
+            &[
+                "#main-slot figure[data-pos=main] video",
+                "#interp-slot video",
+                "#captions",
+                "#course-title",
+                "#kiosk-status",
+            ],
             &format!("the hall screen at {size}"),
         )
         .await;
@@ -319,7 +363,10 @@ async fn a_course_in_the_browser() {
         assert_eq!(visible_controls, 0, "controls on the hall screen at {size}");
         if !phone {
             let interp = share_of_screen(&mut b, &site, "#interp-slot video").await;
-            assert!(interp >= 0.25, "interpreter is {interp} of the screen at {size}");
+            assert!(
+                interp >= 0.25,
+                "interpreter is {interp} of the screen at {size}"
+            );
         }
         b.screenshot(&site, &format!("ui-site-{size}")).await;
     }
@@ -405,7 +452,8 @@ async fn a_course_in_the_browser() {
     .await;
     // The panel scrolls by itself (the clicks above scrolled it); from its top, the lobby is
     // in view beside the stage at every size.
-    b.eval(&leader, "document.getElementById('side').scrollTop = 0").await;
+    b.eval(&leader, "document.getElementById('side').scrollTop = 0")
+        .await;
     at_all_sizes(
         &mut b,
         &leader,
@@ -413,10 +461,17 @@ async fn a_course_in_the_browser() {
         &["#view", "#captions", "#side", "#banner"],
     )
     .await;
-    in_view(&mut b, &leader, &["#lobby-list-heading", "#lobby [data-action=admit]"], "the lobby in the leader's panel").await;
+    in_view(
+        &mut b,
+        &leader,
+        &["#lobby-list-heading", "#lobby [data-action=admit]"],
+        "the lobby in the leader's panel",
+    )
+    .await;
     no_violations(&mut b, &leader, "the leader console with people waiting").await;
     // "Let everyone in", by keyboard.
-    b.eval(&leader, "document.getElementById('stage-heading').focus()").await;
+    b.eval(&leader, "document.getElementById('stage-heading').focus()")
+        .await;
     tab_to(&mut b, &leader, "admit-all").await;
     b.key(&leader, "Enter").await;
     state_is(&mut b, &anna, "joined").await;
@@ -425,7 +480,8 @@ async fn a_course_in_the_browser() {
     b.reload(&anna).await;
     state_is(&mut b, &anna, "joined").await;
     assert_eq!(
-        b.eval(&anna, "kursrelay.messages().includes('lobby')").await,
+        b.eval(&anna, "kursrelay.messages().includes('lobby')")
+            .await,
         false
     );
     // Anna chose no name: she is "Deltaker <n>" for everyone.
@@ -443,7 +499,13 @@ async fn a_course_in_the_browser() {
         .await;
     let csv = csv.as_str().unwrap();
     assert!(csv.starts_with('\u{feff}'), "no BOM");
-    let header: Vec<&str> = csv.lines().next().unwrap().trim_start_matches('\u{feff}').split(';').collect();
+    let header: Vec<&str> = csv
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches('\u{feff}')
+        .split(';')
+        .collect();
     assert_eq!(header.len(), 17, "{csv}");
     assert!(csv.contains(";participant;Kari;"), "{csv}");
 
@@ -497,7 +559,8 @@ async fn a_course_in_the_browser() {
     b.click(&per, "[data-action='confirm-yes']").await;
     state_is(&mut b, &per, "left").await;
     assert_eq!(
-        b.eval(&per, "document.getElementById('alert').textContent").await,
+        b.eval(&per, "document.getElementById('alert').textContent")
+            .await,
         ""
     );
     no_violations(&mut b, &per, "the goodbye").await;
@@ -510,8 +573,12 @@ async fn a_course_in_the_browser() {
     state_is(&mut b, &kari, "left").await;
     b.eval(&leader, "window.kursrelayLastCsv = ''; true").await;
     b.click(&leader, "[data-action='csv-after']").await;
-    b.wait_for(&leader, "(window.kursrelayLastCsv || '').includes(';Kari;')", 10)
-        .await;
+    b.wait_for(
+        &leader,
+        "(window.kursrelayLastCsv || '').includes(';Kari;')",
+        10,
+    )
+    .await;
     no_violations(&mut b, &leader, "the leader after the end").await;
     b.screenshot(&leader, "ui-leader-after-end").await;
 

@@ -34,9 +34,8 @@ async fn count_only_sessions_hide_participants_from_participants() {
     let site = TestPeer::join_as(&server, "count", Role::Site, "Volda").await;
 
     // Kari sees the teaching team and the site, how many take part, but no other patient.
-    let with_site = |r: &Value| {
-        r["participant_count"] == 2 && r["members"].to_string().contains("\"site\"")
-    };
+    let with_site =
+        |r: &Value| r["participant_count"] == 2 && r["members"].to_string().contains("\"site\"");
     let seen = roster_where(&kari, with_site).await;
     assert_eq!(seen["roster"], "count");
     let kari_sees = names(&seen);
@@ -78,7 +77,10 @@ async fn names_numbers_hands_floor_and_cohost() {
     let open = server.token("names", Role::Participant, None, true).await;
     let anon = TestPeer::connect(&server, &open, None).await;
     anon.wait_msg(|m| m["type"] == "lobby").await;
-    let waiting = roster_where(&leader, |r| r["lobby"].as_array().is_some_and(|l| l.len() == 1)).await;
+    let waiting = roster_where(&leader, |r| {
+        r["lobby"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
     let number = waiting["lobby"][0]["number"].as_u64().expect("a number");
     assert_eq!(waiting["lobby"][0]["name"], "");
 
@@ -89,7 +91,10 @@ async fn names_numbers_hands_floor_and_cohost() {
     leader
         .wait_msg(|m| m["type"] == "ok" && m["request"] == "set_cohost")
         .await;
-    let rep_lobby = roster_where(&rep, |r| r["lobby"].as_array().is_some_and(|l| l.len() == 1)).await;
+    let rep_lobby = roster_where(&rep, |r| {
+        r["lobby"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
     assert!(rep_lobby["members"]
         .as_array()
         .unwrap()
@@ -113,7 +118,10 @@ async fn names_numbers_hands_floor_and_cohost() {
         .find(|m| m["member_id"] == anon.member_id.as_str())
         .unwrap()
         .clone();
-    assert_eq!((entry["name"].clone(), entry["number"].as_u64()), (json!(""), Some(number)));
+    assert_eq!(
+        (entry["name"].clone(), entry["number"].as_u64()),
+        (json!(""), Some(number))
+    );
     // Kari has a name, so no number.
     assert!(seen["members"]
         .as_array()

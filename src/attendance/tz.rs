@@ -6,11 +6,15 @@
 //! A TZif file lists every change of UTC offset up to some year; after the last one, its footer
 //! (a POSIX TZ rule such as `CET-1CEST,M3.5.0,M10.5.0/3`) gives the yearly rule. Rules of the
 //! `Mm.w.d` form are understood (every European and American zone uses them); for any other
-//! form the offset of the last listed change is kept.
+//! form the offset of the last listed change is kept. Without the database, `UTC` and the
+//! default `Europe/Oslo` (its rule since 1996) still work.
 
 use std::path::Path;
 
 const ZONEINFO: &str = "/usr/share/zoneinfo";
+/// Norway's rule since 1996 (the EU's), for a machine without tzdata: the default zone must
+/// work everywhere. Any other zone needs the database.
+const OSLO_RULE: &str = "CET-1CEST,M3.5.0,M10.5.0/3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TzError {
@@ -56,19 +60,32 @@ impl Zone {
     pub fn load(name: &str) -> Result<Zone, TzError> {
         let ok = !name.is_empty()
             && !name.starts_with('/')
-            && !name.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+            && !name
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
         if !ok {
             return Err(TzError::BadName(name.to_owned()));
         }
-        let bytes = std::fs::read(Path::new(ZONEINFO).join(name)).map_err(|source| {
-            TzError::Missing {
-                name: name.to_owned(),
-                source,
+        let bytes = match std::fs::read(Path::new(ZONEINFO).join(name)) {
+            Ok(b) => b,
+            Err(_) if name == "UTC" || name == "Etc/UTC" => return Ok(Zone::utc()),
+            Err(_) if name == "Europe/Oslo" => {
+                return Ok(Zone {
+                    transitions: Vec::new(),
+                    initial: 3600,
+                    rule: parse_rule(OSLO_RULE),
+                })
             }
-        })?;
+            Err(source) => {
+                return Err(TzError::Missing {
+                    name: name.to_owned(),
+                    source,
+                })
+            }
+        };
         Zone::parse(&bytes).ok_or_else(|| TzError::Malformed(name.to_owned()))
     }
 
@@ -224,7 +241,10 @@ impl RuleDate {
 /// Parses a POSIX TZ rule such as `CET-1CEST,M3.5.0,M10.5.0/3` (offsets west of UTC are
 /// positive there; they are turned around here).
 fn parse_rule(s: &str) -> Option<Rule> {
-    let mut p = Parser { s: s.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: s.as_bytes(),
+        i: 0,
+    };
     p.name()?;
     let std_offset = -p.offset()?;
     if p.done() {
@@ -283,7 +303,10 @@ impl Parser<'_> {
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.i += 1;
         }
-        std::str::from_utf8(&self.s[start..self.i]).ok()?.parse().ok()
+        std::str::from_utf8(&self.s[start..self.i])
+            .ok()?
+            .parse()
+            .ok()
     }
     /// `[+-]hh[:mm[:ss]]` in seconds.
     fn offset(&mut self) -> Option<i64> {
@@ -365,7 +388,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 #[cfg(test)]
@@ -413,10 +444,35 @@ mod tests {
             initial: 3600,
             rule: Some(rule),
         };
-        assert_eq!(zone.format_ms(at("2040-07-01T12:00:00Z") * 1000), "2040-07-01 14:00:00");
+        assert_eq!(
+            zone.format_ms(at("2040-07-01T12:00:00Z") * 1000),
+            "2040-07-01 14:00:00"
+        );
         assert_eq!(parse_rule("UTC0").unwrap().offset_at(0), 0);
         assert_eq!(parse_rule("<+03>-3").unwrap().offset_at(0), 3 * 3600);
-        assert_eq!(parse_rule("EST5EDT,M3.2.0,M11.1.0").unwrap().offset_at(at("2040-01-01T00:00:00Z")), -5 * 3600);
+        assert_eq!(
+            parse_rule("EST5EDT,M3.2.0,M11.1.0")
+                .unwrap()
+                .offset_at(at("2040-01-01T00:00:00Z")),
+            -5 * 3600
+        );
+    }
+
+    #[test]
+    fn oslo_without_the_database() {
+        let oslo = Zone {
+            transitions: Vec::new(),
+            initial: 3600,
+            rule: parse_rule(OSLO_RULE),
+        };
+        assert_eq!(
+            oslo.format_ms(at("2026-11-22T08:05:09Z") * 1000),
+            "2026-11-22 09:05:09"
+        );
+        assert_eq!(
+            oslo.format_ms(at("2026-06-01T08:00:00Z") * 1000),
+            "2026-06-01 10:00:00"
+        );
     }
 
     #[test]
@@ -436,6 +492,9 @@ mod tests {
         for bad in ["../etc/passwd", "/etc/passwd", "Europe//Oslo", ""] {
             assert!(matches!(Zone::load(bad), Err(TzError::BadName(_))), "{bad}");
         }
-        assert!(matches!(Zone::load("Europe/Atlantis"), Err(TzError::Missing { .. })));
+        assert!(matches!(
+            Zone::load("Europe/Atlantis"),
+            Err(TzError::Missing { .. })
+        ));
     }
 }

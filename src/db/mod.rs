@@ -46,7 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "removed_subjects",
         include_str!("../../migrations/0003_removed_subjects.sql"),
     ),
-    (4, "roster", include_str!("../../migrations/0004_roster.sql")),
+    (
+        4,
+        "roster",
+        include_str!("../../migrations/0004_roster.sql"),
+    ),
 ];
 
 #[derive(Clone, Debug)]

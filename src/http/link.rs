@@ -79,8 +79,7 @@ pub(super) async fn check(
         Err(DbError::NotFound(_)) => return Ok(CheckReply::bad(LinkState::Invalid)),
         Err(e) => return Err(e.into()),
     };
-    if invite.session_id != claims.sid || invite.role != claims.role || invite.open != claims.open
-    {
+    if invite.session_id != claims.sid || invite.role != claims.role || invite.open != claims.open {
         return Ok(CheckReply::bad(LinkState::Invalid));
     }
     if invite.revoked {

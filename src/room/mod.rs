@@ -945,9 +945,8 @@ impl Room {
         let leader = viewer == Role::Leader;
         // The session decides whether participants see each other's names; the teaching
         // team always does (the user representative calls on raised hands by name).
-        let names = leader
-            || viewer == Role::Representative
-            || self.roster_mode == RosterMode::Names;
+        let names =
+            leader || viewer == Role::Representative || self.roster_mode == RosterMode::Names;
         let members = self
             .members
             .iter()

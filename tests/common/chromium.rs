@@ -183,7 +183,8 @@ impl Chromium {
                 .expect("sessionId")
                 .to_owned(),
         };
-        self.call(Some(&page.session), "Page.enable", json!({})).await;
+        self.call(Some(&page.session), "Page.enable", json!({}))
+            .await;
         self.call(
             Some(&page.session),
             "Page.addScriptToEvaluateOnNewDocument",
@@ -203,7 +204,8 @@ impl Chromium {
     /// Reloads the page, as the browser's reload button does, and waits for its module.
     pub async fn reload(&mut self, page: &Page) {
         self.eval(page, "window.__reloading = true").await;
-        self.call(Some(&page.session), "Page.reload", json!({})).await;
+        self.call(Some(&page.session), "Page.reload", json!({}))
+            .await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.try_eval(page, "window.__reloading === true").await != Some(Value::from(false)) {
             assert!(Instant::now() < deadline, "the page did not reload");
