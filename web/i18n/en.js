@@ -133,7 +133,7 @@ export default {
   'console.deny': 'Turn away',
   'console.grant': 'Give the floor',
   'console.revoke': 'Take back the floor',
-  'console.mute': 'Mute',
+  'console.mute': 'Turn off the microphone',
   'console.remove': 'Remove',
   'console.remove_confirm': 'Remove {name} from the course? They cannot join again with their link.',
   'console.nobody': 'Nobody',

@@ -133,7 +133,7 @@ export default {
   'console.deny': 'Avvis',
   'console.grant': 'Gi ordet',
   'console.revoke': 'Ta tilbake ordet',
-  'console.mute': 'Slå av mikrofon',
+  'console.mute': 'Slå av mikrofonen',
   'console.remove': 'Fjern',
   'console.remove_confirm': 'Fjerne {name} fra kurset? De kan ikke bli med igjen med lenken sin.',
   'console.nobody': 'Ingen',

@@ -133,7 +133,7 @@ export default {
   'console.deny': 'Avvis',
   'console.grant': 'Gi ordet',
   'console.revoke': 'Ta tilbake ordet',
-  'console.mute': 'Slå av mikrofon',
+  'console.mute': 'Slå av mikrofonen',
   'console.remove': 'Fjern',
   'console.remove_confirm': 'Fjerne {name} frå kurset? Dei kan ikkje bli med igjen med lenkja si.',
   'console.nobody': 'Ingen',

@@ -46,7 +46,10 @@ export async function setHeadcount(api, n) {
 
 function openPanel(open) {
   el.adviser.classList.toggle('open', open);
-  if (open) el.adviser.querySelector('button, input').focus();
+  if (open) {
+    const first = [...el.adviser.querySelectorAll('button, input')].find((e) => !e.hidden && !e.closest('[hidden]'));
+    if (first) first.focus();
+  }
 }
 
 /** Keys for the adviser on the kiosk's keyboard (none while typing in a field). */
@@ -106,7 +109,12 @@ export default {
   },
   roster() { renderHeadcount(); },
   rerender() { setStatusLine(); renderHeadcount(); },
-  floor,
+  floor(api, granted) {
+    floor(api, granted);
+    // Given the floor, the room's controls open by themselves: someone must turn the room's
+    // microphone on, and there are no buttons on the shared screen otherwise.
+    openPanel(granted);
+  },
   controls: participantControls,
   publishFloor,
   setHeadcount,
