@@ -198,7 +198,7 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
     let made: Vec<&str> = made.lines().collect();
     assert_eq!(made.len(), 3, "{made:?}");
     assert!(
-        made[1].starts_with("Per Olav\t") && made[1].contains("/watch.html#t="),
+        made[1].starts_with("Per Olav\t") && made[1].contains("/course.html#t="),
         "{made:?}"
     );
     assert_eq!(run(&["session", "links", &session]).lines().count(), 7);

@@ -32,8 +32,8 @@ const VIEWS = {
   site: siteView,
 };
 // Goodbyes and join refusals after which the page does not try again by itself.
-const TERMINAL = new Set(['left', 'removed', 'session_ended', 'denied', 'replaced', 'bad_token',
-  'invite_revoked', 'no_token', 'locked', 'bad_request', 'forbidden']);
+const TERMINAL = new Set(['left', 'removed', 'revoked', 'session_ended', 'denied', 'replaced',
+  'bad_token', 'invite_revoked', 'no_token', 'locked', 'bad_request', 'forbidden']);
 // Waits before each reconnect attempt: quick at first, then every few seconds, for ever.
 const BACKOFF_MS = [500, 1000, 2000, 3000];
 const CHECK_RETRY_MS = 2000;
@@ -269,6 +269,15 @@ async function doStart({ name } = {}) {
   c.onHand = mine((raised) => { state.hand = raised; controls(); announce(raised ? 'hand.raised' : 'hand.lowered'); });
   c.onFloor = mine((granted) => state.view.floor && state.view.floor(api, granted));
   c.onMuted = mine(onMuted);
+  // The server ended our publish connection (it failed) but kept us in: send the same
+  // tracks again on a new one, as after a reconnect.
+  c.onPublishClosed = mine((reason) => {
+    if (reason === 'requested') return;
+    const tracks = state.localStream ? state.localStream.getTracks().filter((tr) => tr.readyState === 'live') : [];
+    const all = tracks.map((track) => ({ track, source: track.kind === 'video' ? 'camera' : 'microphone' }));
+    if (state.screenTrack && state.screenTrack.readyState === 'live') all.push({ track: state.screenTrack, source: 'screen' });
+    if (all.length) c.publish(all).catch(showError);
+  });
   c.onChat = mine(addChat);
   c.onCaption = mine(addCaption);
   c.onTrack = mine(addRemoteTrack);
@@ -282,7 +291,7 @@ async function doStart({ name } = {}) {
     state.client = null;
     const was = state.page;
     teardown();
-    if (reason === 'removed' || reason === 'session_ended') store(keys.rejoin(token), null, sessionStorage);
+    if (['removed', 'revoked', 'session_ended'].includes(reason)) store(keys.rejoin(token), null, sessionStorage);
     if (reason === 'removed' && state.link && state.link.open) store(keys.removed(token), '1');
     if (!TERMINAL.has(reason) && (was === 'joined' || was === 'lobby' || was === 'reconnecting' || state.view.kiosk)) {
       scheduleReconnect();
@@ -442,7 +451,7 @@ function ended(reason) {
   const key = `bye.${reason}`;
   el.endedText.dataset.key = has(key) ? key : 'bye.connection_lost';
   el.endedText.textContent = t(el.endedText.dataset.key);
-  el.rejoin.hidden = ['removed', 'session_ended', 'denied'].includes(reason);
+  el.rejoin.hidden = ['removed', 'revoked', 'session_ended', 'denied'].includes(reason);
   if (state.view && state.view.ended) state.view.ended(api, reason);
   focusHeading('ended-heading');
 }
@@ -727,7 +736,7 @@ el.chatForm.addEventListener('submit', (ev) => {
   const text = el.chatText.value.trim();
   if (!text || !state.client) return;
   state.client.chat(text).then(() => { el.chatText.value = ''; }, (err) => {
-    if (err.code === 'forbidden') {
+    if (err.code === 'forbidden' || err.code === 'chat_disabled') {
       el.chatBox.dataset.refused = 'true';
       el.chatBox.hidden = true;
       showAlert('chat.off');
