@@ -17,6 +17,13 @@ use kursrelay::db::SessionState;
 use kursrelay::protocol::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The three screens everything is looked at on: (width, height, phone, name).
+const SIZES: [(u32, u32, bool, &str); 3] = [
+    (1920, 1080, false, "1080p"),
+    (1366, 768, false, "laptop"),
+    (390, 844, true, "phone"),
+];
+
 /// Status line and headers (lower-case names) of a plain GET.
 async fn head(server: &TestServer, path: &str) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -131,9 +138,12 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
             true
         );
         if i == 2 {
-            b.viewport(&page, 390, 844, true).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            b.screenshot(&page, "ui-link-revoked-phone").await;
+            for (w, h, phone, size) in SIZES {
+                b.viewport(&page, w, h, phone).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                b.screenshot(&page, &format!("ui-link-revoked-{size}"))
+                    .await;
+            }
             let axe = b.axe(&page).await;
             assert!(axe.is_empty(), "axe on a dead link: {axe:?}");
         }
@@ -224,7 +234,22 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         10,
     )
     .await;
-    b.screenshot(&rep, "ui-representative-cohost").await;
+    // The representative's view at every size: picture and captions on screen.
+    for (w, h, phone, size) in SIZES {
+        b.viewport(&rep, w, h, phone).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let off = b
+            .eval(
+                &rep,
+                "['#main-slot figure[data-pos=main] video', '#captions'].filter(sel => { const r = document.querySelector(sel).getBoundingClientRect(); \
+                 return !(r.width > 0 && r.top >= -1 && r.left >= -1 && r.bottom <= innerHeight + 1 && r.right <= innerWidth + 1); })",
+            )
+            .await;
+        assert_eq!(off, serde_json::json!([]), "representative at {size}");
+        b.screenshot(&rep, &format!("ui-representative-{size}"))
+            .await;
+    }
+    b.viewport(&rep, 1366, 768, false).await;
     let axe = b.axe(&rep).await;
     assert!(axe.is_empty(), "axe on the co-host's console: {axe:?}");
     b.click(&rep, "#lobby [data-action=admit]").await;

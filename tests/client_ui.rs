@@ -440,7 +440,7 @@ async fn a_course_in_the_browser() {
     b.click(&anna, "#join").await;
     state_is(&mut b, &anna, "lobby").await;
     no_violations(&mut b, &anna, "the lobby").await;
-    b.screenshot(&anna, "ui-lobby").await;
+    at_all_sizes(&mut b, &anna, "lobby", &["#lobby-heading", "#course-title"]).await;
     let bo = b.open(&format!("{base}/course.html#t={open_t}")).await;
     b.eval(&bo, "kursrelay.start({name: 'Bo'}).then(() => true)")
         .await;
@@ -565,7 +565,7 @@ async fn a_course_in_the_browser() {
         ""
     );
     no_violations(&mut b, &per, "the goodbye").await;
-    b.screenshot(&per, "ui-left").await;
+    at_all_sizes(&mut b, &per, "left", &["#ended-text", "#rejoin"]).await;
 
     // The leader ends the course; the attendance list is still there afterwards.
     b.click(&leader, "[data-action='end']").await;

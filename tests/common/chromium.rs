@@ -406,6 +406,9 @@ impl Chromium {
     /// Saves a PNG of the page under target/screenshots/ (not committed) and returns its path.
     pub async fn screenshot(&mut self, page: &Page, name: &str) -> PathBuf {
         use base64::Engine as _;
+        // A background tab may not paint: bring it to the front first.
+        self.call(Some(&page.session), "Page.bringToFront", json!({}))
+            .await;
         let r = self
             .call(
                 Some(&page.session),
