@@ -549,15 +549,21 @@ async fn a_course_in_the_browser() {
     .await;
     b.screenshot(&site, "ui-site-after-restart").await;
 
-    // Leaving asks first (and "no" keeps you in); the goodbye is not an error.
-    b.click(&per, "[data-action='leave']").await;
+    // Leaving asks first ("no" has the focus and keeps you in); by keyboard alone; the
+    // goodbye is not an error.
+    b.eval(&per, "document.getElementById('stage-heading').focus()").await;
+    tab_to(&mut b, &per, "leave").await;
+    b.key(&per, "Enter").await;
     b.wait_for(&per, "document.getElementById('confirm').open", 5)
         .await;
     no_violations(&mut b, &per, "the leave question").await;
-    b.click(&per, "[data-action='confirm-no']").await;
+    b.key(&per, "Enter").await;
+    b.wait_for(&per, "!document.getElementById('confirm').open", 5)
+        .await;
     assert_eq!(b.eval(&per, "kursrelay.state()").await, "joined");
     b.click(&per, "[data-action='leave']").await;
-    b.click(&per, "[data-action='confirm-yes']").await;
+    tab_to(&mut b, &per, "confirm-yes").await;
+    b.key(&per, "Enter").await;
     state_is(&mut b, &per, "left").await;
     assert_eq!(
         b.eval(&per, "document.getElementById('alert').textContent")

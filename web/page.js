@@ -448,7 +448,8 @@ function ended(reason) {
   setState('left');
   setStatus(null);
   showAlert(null);
-  const key = `bye.${reason}`;
+  // A removed open-link person: the link still works for others, not from this browser.
+  const key = reason === 'removed' && state.link && state.link.open ? 'bye.removed_open' : `bye.${reason}`;
   el.endedText.dataset.key = has(key) ? key : 'bye.connection_lost';
   el.endedText.textContent = t(el.endedText.dataset.key);
   el.rejoin.hidden = ['removed', 'revoked', 'session_ended', 'denied'].includes(reason);

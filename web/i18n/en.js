@@ -266,4 +266,5 @@ export default {
   'site.status_live': 'Connected',
   'site.status_left': 'Not connected',
   'console.cohost_you': 'You are co-host: you can let people in and give the floor',
+  'bye.removed_open': 'The course leader removed you from the course. You cannot join again from this browser.',
 };

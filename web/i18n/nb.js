@@ -266,4 +266,5 @@ export default {
   'site.status_live': 'Tilkoblet',
   'site.status_left': 'Ikke tilkoblet',
   'console.cohost_you': 'Du er medvert: du kan slippe inn og gi ordet',
+  'bye.removed_open': 'Kurslederen har tatt deg ut av kurset. Du kan ikke bli med igjen fra denne nettleseren.',
 };

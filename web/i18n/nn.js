@@ -266,4 +266,5 @@ export default {
   'site.status_live': 'Tilkopla',
   'site.status_left': 'Ikkje tilkopla',
   'console.cohost_you': 'Du er medvert: du kan sleppe inn og gi ordet',
+  'bye.removed_open': 'Kursleiaren har teke deg ut av kurset. Du kan ikkje bli med igjen frå denne nettlesaren.',
 };
