@@ -433,6 +433,74 @@ async fn a_course_in_the_browser() {
     b.wait_for(&per, "kursrelay.stats().then(s => s.videoTracks === 3)", 10)
         .await;
 
+    // The hall is given the floor: the room's controls open by themselves with "turn on
+    // microphone and camera" ready for Enter; only then is the room's camera asked for.
+    assert_eq!(b.eval(&site, "window.__gumCalls").await, 0);
+    let site_id = b
+        .eval(
+            &leader,
+            "(kursrelay.roster().members.find(m => m.role === 'site') || {}).member_id",
+        )
+        .await;
+    let site_id = site_id.as_str().unwrap().to_owned();
+    b.click(&leader, &format!("[id='present-grant_floor-{site_id}']"))
+        .await;
+    b.wait_for(
+        &site,
+        "document.getElementById('adviser').classList.contains('open') && document.activeElement && document.activeElement.dataset.action === 'floor-publish'",
+        10,
+    )
+    .await;
+    b.screenshot(&site, "ui-site-floor").await;
+    b.key(&site, "Enter").await;
+    b.wait_for(&site, "window.__gumCalls > 0", 10).await;
+    decoding(&mut b, &per, 3).await;
+    b.click(&leader, &format!("[id='present-revoke_floor-{site_id}']"))
+        .await;
+    b.wait_for(&per, "kursrelay.stats().then(s => s.videoTracks === 3)", 10)
+        .await;
+    b.wait_for(
+        &site,
+        "!document.getElementById('adviser').classList.contains('open')",
+        10,
+    )
+    .await;
+
+    // The leader's alert sound can be turned off (kept for next time), by keyboard.
+    b.eval(&leader, "document.getElementById('stage-heading').focus()")
+        .await;
+    tab_to(&mut b, &leader, "alert-sound").await;
+    b.key(&leader, "Enter").await;
+    assert_eq!(
+        b.eval(
+            &leader,
+            "[document.getElementById('alert-sound').getAttribute('aria-pressed'), localStorage.getItem('kursrelay.alert_sound')].join()"
+        )
+        .await,
+        "false,0"
+    );
+    b.key(&leader, "Enter").await;
+
+    // In English: the same view, every text changed (and still axe-clean).
+    b.eval(
+        &kari,
+        "(() => { const s = document.getElementById('lang'); s.value = 'en'; s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await;
+    assert_eq!(
+        b.eval(&kari, "document.getElementById('hand').textContent")
+            .await,
+        "Raise your hand"
+    );
+    assert_eq!(b.eval(&kari, "document.documentElement.lang").await, "en");
+    no_violations(&mut b, &kari, "the participant view in English").await;
+    b.screenshot(&kari, "ui-participant-english").await;
+    b.eval(
+        &kari,
+        "(() => { const s = document.getElementById('lang'); s.value = 'nb'; s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await;
+
     // Two people on the open link, no name typed: both wait; the leader lets them in at once.
     let anna = b.open(&format!("{base}/course.html#t={open_t}")).await;
     state_is(&mut b, &anna, "prejoin").await;
@@ -551,7 +619,8 @@ async fn a_course_in_the_browser() {
 
     // Leaving asks first ("no" has the focus and keeps you in); by keyboard alone; the
     // goodbye is not an error.
-    b.eval(&per, "document.getElementById('stage-heading').focus()").await;
+    b.eval(&per, "document.getElementById('stage-heading').focus()")
+        .await;
     tab_to(&mut b, &per, "leave").await;
     b.key(&per, "Enter").await;
     b.wait_for(&per, "document.getElementById('confirm').open", 5)
