@@ -264,6 +264,67 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
         false
     );
 
+    // The leader removes the open-link guest (after a question): the goodbye says it is this
+    // browser that cannot come back, and a reload there gets the full-page message.
+    let guest_id = b
+        .eval(&guest, "kursrelay.memberId()")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click(&teacher, &format!("[id='present-remove-{guest_id}']"))
+        .await;
+    b.wait_for(&teacher, "document.getElementById('confirm').open", 5)
+        .await;
+    b.click(&teacher, "[data-action='confirm-yes']").await;
+    b.wait_for(&guest, "kursrelay.state() === 'left'", 10).await;
+    assert!(b
+        .eval(&guest, "document.getElementById('ended-text').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("denne nettleseren"));
+    b.reload(&guest).await;
+    b.wait_for(&guest, "kursrelay.state() === 'problem'", 10)
+        .await;
+    assert_eq!(
+        b.eval(
+            &guest,
+            "document.getElementById('problem-heading').textContent"
+        )
+        .await,
+        "Du er tatt ut av kurset"
+    );
+
+    // A session that shows only how many take part: a participant does not see the other.
+    let ane = server
+        .token("links-count", Role::Participant, Some("Ane"), false)
+        .await;
+    let bjorn = server
+        .token("links-count", Role::Participant, Some("Bjørn"), false)
+        .await;
+    let ane_page = b.open(&format!("{base}/course.html#t={ane}")).await;
+    b.eval(&ane_page, "kursrelay.start({}).then(() => true)")
+        .await;
+    let bjorn_page = b.open(&format!("{base}/course.html#t={bjorn}")).await;
+    b.eval(&bjorn_page, "kursrelay.start({}).then(() => true)")
+        .await;
+    b.wait_for(
+        &ane_page,
+        "(kursrelay.roster() || {}).participant_count === 2 && !document.getElementById('roster-note').hidden",
+        10,
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            &ane_page,
+            "document.getElementById('members').textContent.includes('Bjørn')"
+        )
+        .await,
+        false
+    );
+    b.screenshot(&ane_page, "ui-participant-count-only").await;
+
     // The server goes away and the hall screen's page is reloaded meanwhile (as a browser
     // starting before the server would): it opens from its own copy, says it is waiting,
     // and joins by itself once the server is back.

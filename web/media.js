@@ -133,6 +133,8 @@ export function layout() {
   el.media.classList.toggle('has-interp', Boolean(interp[0]));
   el.media.classList.toggle('has-main', Boolean(main));
   el.noMedia.hidden = Boolean(main || interp[0]);
+  // Fullscreen is offered only with a picture to show (it is not a kiosk control).
+  if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
   el.noMedia.textContent = t(noMediaKey());
   for (const f of figs) setFigCaption(f, role(f));
 }
