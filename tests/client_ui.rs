@@ -320,7 +320,7 @@ async fn a_course_in_the_browser() {
     b.click(&kari, "#fullscreen").await;
     b.wait_for(
         &kari,
-        "document.fullscreenElement ? document.fullscreenElement.id === 'view' : (window.__fsError || false)",
+        "document.fullscreenElement && document.fullscreenElement.id === 'view'",
         10,
     )
     .await;

@@ -154,7 +154,7 @@ function showTitles(link) {
 
 let badge = 0;
 /** The tab's title: "(2) Course – kursrelay" while the leader has people waiting or hands up. */
-export function setBadge(n) {
+function setBadge(n) {
   badge = n;
   renderDocTitle();
 }
@@ -707,7 +707,9 @@ for (const type of ['keydown', 'pointerdown']) {
   addEventListener(type, () => { if (isSoundBlocked()) soundOn(); }, true);
 }
 el.soundBig.addEventListener('click', soundOn);
-el.fullscreen.addEventListener('click', () => { toggleFullscreen().catch((err) => { window.__fsError = String(err); }); });
+el.fullscreen.addEventListener('click', () => {
+  toggleFullscreen().catch((err) => console.warn('kursrelay: fullscreen refused', err));
+});
 el.mic.addEventListener('click', () => toggleTrack('audio'));
 el.cam.addEventListener('click', () => toggleTrack('video'));
 el.screen.addEventListener('click', () => {
