@@ -466,6 +466,38 @@ async fn a_course_in_the_browser() {
     )
     .await;
 
+    // Per is given the floor but his browser refuses the camera: the floor goes back and the
+    // leader is told (banner and list), rather than waiting for a voice that cannot come.
+    b.eval(
+        &per,
+        "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('refused', 'NotAllowedError')); true",
+    )
+    .await;
+    let per_id = b
+        .eval(&per, "kursrelay.memberId()")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click(&leader, &format!("[id='present-grant_floor-{per_id}']"))
+        .await;
+    b.wait_for(&per, "!document.getElementById('floor-publish').hidden", 10)
+        .await;
+    b.click(&per, "[data-action='floor-publish']").await;
+    b.wait_for(
+        &leader,
+        "document.getElementById('banner-text').textContent.includes('Per fikk ordet, men nettleseren sa nei')",
+        10,
+    )
+    .await;
+    b.wait_for(
+        &per,
+        "document.getElementById('alert').textContent.includes('Kurslederen har fått beskjed') && document.getElementById('hand').hidden === false",
+        10,
+    )
+    .await;
+    b.screenshot(&leader, "ui-leader-declined").await;
+
     // The leader's alert sound can be turned off (kept for next time), by keyboard.
     b.eval(&leader, "document.getElementById('stage-heading').focus()")
         .await;

@@ -267,4 +267,6 @@ export default {
   'site.status_left': 'Not connected',
   'console.cohost_you': 'You are co-host: you can let people in and give the floor',
   'bye.removed_open': 'The course leader removed you from the course. You cannot join again from this browser.',
+  'console.alert_declined': '{name} could not turn on camera and microphone.',
+  'console.banner_declined': '{name} was given the floor, but {why}.',
 };

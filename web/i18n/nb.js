@@ -267,4 +267,6 @@ export default {
   'site.status_left': 'Ikke tilkoblet',
   'console.cohost_you': 'Du er medvert: du kan slippe inn og gi ordet',
   'bye.removed_open': 'Kurslederen har tatt deg ut av kurset. Du kan ikke bli med igjen fra denne nettleseren.',
+  'console.alert_declined': '{name} fikk ikke slått på kamera og mikrofon.',
+  'console.banner_declined': '{name} fikk ordet, men {why}.',
 };

@@ -267,4 +267,6 @@ export default {
   'site.status_left': 'Ikkje tilkopla',
   'console.cohost_you': 'Du er medvert: du kan sleppe inn og gi ordet',
   'bye.removed_open': 'Kursleiaren har teke deg ut av kurset. Du kan ikkje bli med igjen frå denne nettlesaren.',
+  'console.alert_declined': '{name} fekk ikkje slått på kamera og mikrofon.',
+  'console.banner_declined': '{name} fekk ordet, men {why}.',
 };

@@ -12,6 +12,7 @@ import {
 const SOUND_KEY = 'kursrelay.alert_sound';
 let seenLobby = new Set();
 let seenHands = new Set();
+let seenDeclined = new Set();
 let firstRoster = true;
 
 function soundOn() { return stored(SOUND_KEY) !== '0'; }
@@ -76,28 +77,33 @@ function render(api, roster) {
     }
     return personRow('present', m.member_id, displayName(m), details, actions);
   });
-  alerts(api, lobby, hands);
+  alerts(api, lobby, hands, members.filter((m) => m.floor_declined));
 }
 
 /** Banner, tab title and chime for people who newly wait or raise a hand. */
-function alerts(api, lobby, hands) {
+function alerts(api, lobby, hands, declined) {
   const lobbyIds = new Set(lobby.map((p) => p.member_id));
   const newWaiting = lobby.filter((p) => !seenLobby.has(p.member_id));
   const newHands = hands.filter((id) => !seenHands.has(id));
+  const newDeclined = declined.filter((m) => !seenDeclined.has(m.member_id));
   seenLobby = lobbyIds;
   seenHands = new Set(hands);
+  seenDeclined = new Set(declined.map((m) => m.member_id));
   api.setBadge(lobby.length + hands.length);
-  renderBanner(lobby, hands);
+  renderBanner(lobby, hands, declined);
   if (firstRoster) { firstRoster = false; return; }
-  if (newWaiting.length || newHands.length) {
+  if (newWaiting.length || newHands.length || newDeclined.length) {
     chime();
     if (newWaiting.length) announce('console.alert_waiting', { name: displayName(newWaiting[0]), n: lobby.length });
-    else announce('console.alert_hand', { name: displayName(state.members.get(newHands[0])) });
+    else if (newHands.length) announce('console.alert_hand', { name: displayName(state.members.get(newHands[0])) });
+    else announce('console.alert_declined', { name: displayName(newDeclined[0]) });
   }
 }
 
-function renderBanner(lobby, hands) {
+function renderBanner(lobby, hands, declined = []) {
   const texts = [];
+  // Someone given the floor who cannot be heard: the leader should not wait for them.
+  for (const m of declined) texts.push(t('console.banner_declined', { name: displayName(m), why: t(`console.declined_${m.floor_declined}`) }));
   if (lobby.length === 1) texts.push(t('console.banner_waiting_one', { name: displayName(lobby[0]) }));
   else if (lobby.length > 1) texts.push(t('console.banner_waiting', { n: lobby.length }));
   if (hands.length) texts.push(t('console.banner_hands', { n: hands.length, name: displayName(state.members.get(hands[0])) }));
@@ -223,7 +229,8 @@ export default {
     for (const b of [el.admitAll, el.bannerAdmitAll]) b.addEventListener('click', () => busy(b, admitAll));
     el.bannerShow.addEventListener('click', () => {
       const lobby = (state.roster && state.roster.lobby) || [];
-      api.focusHeading(lobby.length ? 'lobby-list-heading' : 'hands-heading');
+      const hands = (state.roster && state.roster.hands) || [];
+      api.focusHeading(lobby.length ? 'lobby-list-heading' : hands.length ? 'hands-heading' : 'present-heading');
     });
   },
   joined() {
