@@ -173,3 +173,30 @@ async fn names_numbers_hands_floor_and_cohost() {
         .all(|m| !m.to_string().contains("floor_declined")));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_in_a_count_only_session_keeps_participants_unnamed() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "count-chat", "Ola").await;
+    let kari = TestPeer::join(&server, "count-chat", "Kari").await;
+    let per = TestPeer::join(&server, "count-chat", "Per").await;
+    kari.send(json!({"type": "chat", "text": "Kan du gjenta?"}))
+        .await;
+    let to_per = per
+        .wait_msg(|m| m["type"] == "chat" && m["text"] == "Kan du gjenta?")
+        .await;
+    assert_eq!(to_per["name"], "", "{to_per}");
+    let to_leader = leader
+        .wait_msg(|m| m["type"] == "chat" && m["text"] == "Kan du gjenta?")
+        .await;
+    assert_eq!(to_leader["name"], "Kari");
+    // The teaching team's own lines carry their names for everyone.
+    leader
+        .send(json!({"type": "chat", "text": "Ja, gjerne."}))
+        .await;
+    let from_leader = per
+        .wait_msg(|m| m["type"] == "chat" && m["text"] == "Ja, gjerne.")
+        .await;
+    assert_eq!(from_leader["name"], "Ola");
+    server.shutdown().await;
+}

@@ -1,5 +1,6 @@
 // Captions (from the interpreter, shown in the band under the picture on every view, with
 // size and contrast kept per browser) and chat (only when the session turns it on).
+import { t } from './i18n.js';
 import { el, state, stored, store, displayName } from './core.js';
 
 const MAX_CAPTIONS = 100;
@@ -23,7 +24,9 @@ export function addChat(msg) {
   el.chatBox.hidden = false;
   const p = document.createElement('p');
   const b = document.createElement('strong');
-  b.textContent = `${msg.name || displayName(state.members.get(msg.member_id))}: `;
+  const m = state.members.get(msg.member_id);
+  // A participant's name may be hidden in this session: then just "a participant".
+  b.textContent = `${msg.name || (m ? displayName(m) : t('chat.someone'))}: `;
   p.append(b, document.createTextNode(String(msg.text || '')));
   el.chatLog.append(p);
   el.chatLog.scrollTop = el.chatLog.scrollHeight;

@@ -822,16 +822,28 @@ impl Room {
             }
             Control::Chat(text) => {
                 need(self, Action::Chat)?;
-                let name = self
+                let (name, role) = self
                     .member(member)
-                    .map(|m| m.info.name.clone())
-                    .unwrap_or_default();
-                // Relayed only: chat is never stored or logged.
-                self.send_to_admitted(None, || RoomEvent::Chat {
-                    member_id: member,
-                    name: name.clone(),
-                    text: text.clone(),
-                });
+                    .map(|m| (m.info.name.clone(), m.info.role))
+                    .unwrap_or((String::new(), Role::Participant));
+                // In a count-only session a participant's name reaches only the teaching team,
+                // as in the roster; the others see the line without it.
+                let hidden = self.roster_mode == RosterMode::Count && role == Role::Participant;
+                let mut stuck = Vec::new();
+                for m in self.members.iter().filter(|m| m.admitted) {
+                    let sees =
+                        !hidden || matches!(m.info.role, Role::Leader | Role::Representative);
+                    // Relayed only: chat is never stored or logged.
+                    let event = RoomEvent::Chat {
+                        member_id: member,
+                        name: if sees { name.clone() } else { String::new() },
+                        text: text.clone(),
+                    };
+                    if m.events.try_send(event).is_err() {
+                        stuck.push(m.info.member_id);
+                    }
+                }
+                self.drop_stuck(stuck);
                 return Ok(Done::Done);
             }
             Control::Caption(text) => {

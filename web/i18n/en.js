@@ -269,4 +269,5 @@ export default {
   'bye.removed_open': 'The course leader removed you from the course. You cannot join again from this browser.',
   'console.alert_declined': '{name} could not turn on camera and microphone.',
   'console.banner_declined': '{name} was given the floor, but {why}.',
+  'chat.someone': 'A participant',
 };

@@ -269,4 +269,5 @@ export default {
   'bye.removed_open': 'Kurslederen har tatt deg ut av kurset. Du kan ikke bli med igjen fra denne nettleseren.',
   'console.alert_declined': '{name} fikk ikke slått på kamera og mikrofon.',
   'console.banner_declined': '{name} fikk ordet, men {why}.',
+  'chat.someone': 'En deltaker',
 };

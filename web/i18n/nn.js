@@ -269,4 +269,5 @@ export default {
   'bye.removed_open': 'Kursleiaren har teke deg ut av kurset. Du kan ikkje bli med igjen frå denne nettlesaren.',
   'console.alert_declined': '{name} fekk ikkje slått på kamera og mikrofon.',
   'console.banner_declined': '{name} fekk ordet, men {why}.',
+  'chat.someone': 'Ein deltakar',
 };
