@@ -39,3 +39,5 @@ pub mod logging;
 pub mod protocol;
 pub mod room;
 pub mod sfu;
+pub mod tls;
+pub mod turn;

@@ -45,11 +45,18 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    kursrelay::logging::init(&config.log.filter);
+    kursrelay::logging::init(&config.log.filter, config.log.format);
 
     let server = Server::bind(config).await?;
     // Printed, not logged: the log redacts IP addresses, and this one is the operator's own.
-    println!("kursrelay listening on http://{}/", server.local_addr());
+    println!(
+        "kursrelay listening on {}://{}/",
+        server.scheme(),
+        server.local_addr()
+    );
+    if let Some(addr) = server.redirect_addr() {
+        println!("kursrelay redirecting http://{addr}/ to HTTPS");
+    }
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
