@@ -5,6 +5,8 @@
 import { KursrelayClient, KursrelayError } from './client.js';
 import { t, has, initPicker, onLangChange } from './i18n.js';
 import { DeviceTest } from './devices.js';
+import { rtcConfig } from './ice.js';
+import { checkLink } from './check-i18n.js';
 
 const isPublish = document.body.dataset.page === 'publish';
 const $ = (id) => document.getElementById(id);
@@ -96,6 +98,8 @@ function setStatus(key, vars) {
   el.status.textContent = key ? t(key, vars) : '';
 }
 
+const PROBLEM_BYES = new Set(['bye.connection_lost', 'bye.peer_failed', 'bye.server_shutdown', 'bye.rate_limited']);
+
 function showAlert(key, vars) {
   alertMsg = key ? [key, vars] : null;
   el.alert.replaceChildren();
@@ -103,6 +107,8 @@ function showAlert(key, vars) {
     const p = document.createElement('p');
     p.textContent = t(key, vars);
     el.alert.append(p);
+    // Every error and every lost connection points to the connectivity check.
+    if (key.startsWith('err.') || PROBLEM_BYES.has(key)) el.alert.append(checkLink(t));
   }
 }
 
@@ -572,7 +578,7 @@ async function doStart({ name } = {}) {
   const tested = isPublish ? devices.take() : null;
   if (!isPublish) devices.stop();
 
-  const c = new KursrelayClient();
+  const c = new KursrelayClient(undefined, { rtcConfig: await rtcConfig() });
   client = c;
   c.onMessage = (msg) => { received.push(msg.type); };
   c.onRoster = (roster) => { if (client === c) renderRoster(roster); };

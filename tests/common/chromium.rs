@@ -13,24 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
+/// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `chromium` (installed if missing,
+/// see `tools`).
 pub fn chromium_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KURSRELAY_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for p in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "no Chromium found: install Debian's `chromium` (apt-get install -y chromium) or set \
-         KURSRELAY_CHROMIUM to the browser binary (see README, Prerequisites)"
-    );
+    super::tools::chromium()
 }
 
 pub struct Chromium {
@@ -48,6 +34,11 @@ pub struct Page {
 
 impl Chromium {
     pub async fn launch() -> Chromium {
+        Self::launch_with(&[]).await
+    }
+
+    /// With extra command-line switches (e.g. a trusted test CA, a WebRTC IP policy).
+    pub async fn launch_with(extra: &[String]) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = Command::new(chromium_path())
             .args([
@@ -67,6 +58,7 @@ impl Chromium {
                 "--autoplay-policy=no-user-gesture-required",
                 "--remote-debugging-port=0",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
@@ -280,11 +272,10 @@ impl Chromium {
 
     /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
     pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/axe/node_modules/axe-core/axe.min.js");
-        let source = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!("axe-core is missing at {}: run `npm install --prefix target/axe axe-core@4` (.ci/run does)", path.display())
-        });
+        // Vendored with its licence (tests/vendor/axe-core/README.md): no npm needed.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/axe-core/axe.min.js");
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read axe-core at {}: {e}", path.display()));
         self.call(
             Some(&page.session),
             "Runtime.evaluate",
