@@ -50,13 +50,17 @@ function set(id, state, key, vars, extra = {}) {
   render();
 }
 
-/** W1-U1-R1-T1-K1-B12-L0: 1 works, 0 does not, ! weak, - not set up; B Mbit/s, L loss %. */
+/**
+ * W1-U1-R1-T1-K1-B12-L0: W WebSocket, U UDP to the server, R TURN over UDP, T TURN over
+ * TLS/TCP, K camera and microphone: 1 works, 0 does not, ! weak, N not set up on the server;
+ * B download Mbit/s and L loss % (BN: nothing to measure over).
+ */
 export function code() {
-  const mark = { ok: '1', fail: '0', warn: '!', off: '-' };
+  const mark = { ok: '1', fail: '0', warn: '!', off: 'N' };
   const parts = LINES.filter((id) => id !== 'bandwidth').map((id) => LETTER[id] + (mark[results[id]?.state] ?? '?'));
   const bw = results.bandwidth;
   if (bw && bw.mbps !== undefined) parts.push(`B${bw.mbps}`, `L${bw.loss}`);
-  else parts.push('B-');
+  else parts.push('BN');
   return parts.join('-');
 }
 
@@ -302,19 +306,24 @@ async function runAll() {
   } finally {
     for (const c of conns) if (c) c.pc.close();
     running = null;
-    const counted = LINES.filter((id) => results[id] && results[id].state !== 'off');
-    $('check-status').textContent = t('check.done', {
-      ok: counted.filter((id) => results[id].state === 'ok').length,
-      n: counted.length,
-    });
+    $('check-status').textContent = t(verdict());
     $('again').disabled = false;
     render();
   }
   return snapshot();
 }
 
+/** The sum of it: can a course work from here, and is anything to fix? */
+function verdict() {
+  const ok = (id) => results[id]?.state === 'ok';
+  const media = ok('udp') || ok('turn_udp') || ok('turn_tcp');
+  if (!ok('ws') || !media) return 'check.verdict_fail';
+  const problems = LINES.some((id) => ['fail', 'warn'].includes(results[id]?.state));
+  return problems ? 'check.verdict_partly' : 'check.verdict_ok';
+}
+
 function snapshot() {
-  const out = { code: code() };
+  const out = { code: code(), verdict: running ? null : verdict() };
   for (const id of LINES) {
     const r = results[id] || {};
     out[id] = { state: r.state, text: r.key ? t(r.key, r.vars) : '', path: r.path || null, mbps: r.mbps, loss: r.loss };

@@ -32,14 +32,32 @@ pub struct Page {
     session: String,
 }
 
+impl Page {
+    /// The DevTools session id, for `Chromium::call`.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+}
+
 impl Chromium {
     pub async fn launch() -> Chromium {
         Self::launch_with(&[]).await
     }
 
-    /// With extra command-line switches (e.g. a trusted test CA, a WebRTC IP policy).
+    /// With extra command-line switches (e.g. a trusted test CA).
     pub async fn launch_with(extra: &[String]) -> Chromium {
+        Self::launch_with_prefs(extra, None).await
+    }
+
+    /// With extra switches and the profile's preferences preset (the `Default/Preferences`
+    /// JSON a user's settings live in), e.g. a WebRTC IP-handling policy.
+    pub async fn launch_with_prefs(extra: &[String], prefs: Option<Value>) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
+        if let Some(prefs) = prefs {
+            let dir = profile.path().join("Default");
+            std::fs::create_dir_all(&dir).expect("profile Default dir");
+            std::fs::write(dir.join("Preferences"), prefs.to_string()).expect("write Preferences");
+        }
         let child = Command::new(chromium_path())
             .args([
                 "--headless",
