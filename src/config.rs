@@ -327,7 +327,7 @@ impl Config {
                     "redirects to HTTPS, so it needs http.tls_cert and http.tls_key",
                 ));
             }
-            if addr == self.http.listen {
+            if addr == self.http.listen && addr.port() != 0 {
                 return Err(bad("http.redirect_listen", "must differ from http.listen"));
             }
         }
