@@ -17,7 +17,7 @@ pub struct Coturn {
     _dir: tempfile::TempDir,
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (coturn uses both).
+/// A port free for both UDP and TCP on 127.0.0.1 (coturn uses both; nginx needs TCP).
 pub fn free_port() -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
