@@ -60,9 +60,24 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
+        stop_signal().await;
+        on_signal.cancel();
     });
     server.serve(stop).await.context("server failed")
+}
+
+/// Ctrl-C (SIGINT) or, from systemd, SIGTERM: both stop the server gracefully.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

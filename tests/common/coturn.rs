@@ -1,7 +1,9 @@
-//! A real coturn (Debian's `turnserver`) on loopback for the TURN tests: shared-secret
-//! authentication (`use-auth-secret`, as deploy/turnserver.conf), TURN over UDP and TCP on one
-//! port and, with a certificate, TURN over TLS on a second. Loopback peers are allowed here
-//! only because the media server under test is on 127.0.0.1.
+//! A real coturn (Debian's `turnserver`) on loopback for the TURN tests, run with
+//! deploy/turnserver.conf as shipped, its addresses, ports, certificate, secret and paths
+//! replaced by the test's: shared-secret authentication (`use-auth-secret`), TURN over UDP and
+//! TCP on one port and, with a certificate, over TLS on a second, relaying only to the media
+//! server's address. Loopback peers are allowed on the command line, only because the media
+//! server under test is on 127.0.0.1.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,29 +37,44 @@ impl Coturn {
         let dir = tempfile::tempdir().expect("coturn dir");
         let port = free_port();
         let log = dir.path().join("turn.log");
+        let tls_port = tls.map(|_| free_port());
+        let d = dir.path().display();
+        let mut replacements = vec![
+            ("listening-ip=192.0.2.10".to_owned(), "listening-ip=127.0.0.1".to_owned()),
+            ("relay-ip=192.0.2.10".to_owned(), "relay-ip=127.0.0.1".to_owned()),
+            ("allowed-peer-ip=192.0.2.20".to_owned(), "allowed-peer-ip=127.0.0.1".to_owned()),
+            ("listening-port=3478".to_owned(), format!("listening-port={port}")),
+            ("min-port=49152".to_owned(), "min-port=40000".to_owned()),
+            ("max-port=65535".to_owned(), "max-port=40999".to_owned()),
+            (
+                "static-auth-secret=CHANGE-ME-to-the-value-of-KURSRELAY_TURN_SECRET".to_owned(),
+                format!("static-auth-secret={SECRET}"),
+            ),
+            ("log-file=/var/log/turnserver/turn.log".to_owned(), format!("log-file={}", log.display())),
+            ("pidfile=/run/turnserver/turnserver.pid".to_owned(), format!("pidfile={d}/turn.pid")),
+            ("userdb=/var/lib/turn/turndb".to_owned(), format!("userdb={d}/turndb")),
+        ];
+        match (tls, tls_port) {
+            (Some((cert, key)), Some(tls_port)) => replacements.extend([
+                ("tls-listening-port=443".to_owned(), format!("tls-listening-port={tls_port}")),
+                ("cert=/etc/coturn/tls/fullchain.pem".to_owned(), format!("cert={}", cert.display())),
+                ("pkey=/etc/coturn/tls/privkey.pem".to_owned(), format!("pkey={}", key.display())),
+            ]),
+            _ => replacements.push(("tls-listening-port=443".to_owned(), "no-tls".to_owned())),
+        }
+        let mut conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/turnserver.conf"
+        ))
+        .expect("deploy/turnserver.conf");
+        for (from, to) in &replacements {
+            assert!(conf.contains(from.as_str()), "deploy/turnserver.conf no longer has {from:?}");
+            conf = conf.replace(from.as_str(), to);
+        }
+        let conf_path = dir.path().join("turnserver.conf");
+        std::fs::write(&conf_path, conf).expect("write turnserver.conf");
         let mut cmd = Command::new(bin);
-        cmd.args(["-n", "--no-cli", "--no-dtls", "--fingerprint", "--use-auth-secret"])
-            .arg(format!("--static-auth-secret={SECRET}"))
-            .args(["--realm=kursrelay.test", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
-            .arg("--allow-loopback-peers")
-            .arg(format!("--listening-port={port}"))
-            .args(["--min-port=40000", "--max-port=40999", "--simple-log", "-v"])
-            .arg(format!("--log-file={}", log.display()))
-            .arg(format!("--db={}", dir.path().join("turndb").display()))
-            .arg(format!("--pidfile={}", dir.path().join("turn.pid").display()));
-        let tls_port = match tls {
-            Some((cert, key)) => {
-                let tls_port = free_port();
-                cmd.arg(format!("--tls-listening-port={tls_port}"))
-                    .arg(format!("--cert={}", cert.display()))
-                    .arg(format!("--pkey={}", key.display()));
-                Some(tls_port)
-            }
-            None => {
-                cmd.arg("--no-tls");
-                None
-            }
-        };
+        cmd.arg("-c").arg(&conf_path).args(["--allow-loopback-peers", "-v"]);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
