@@ -40,9 +40,11 @@ impl Server {
             None => None,
         };
         let redirect = match config.http.redirect_addr() {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} (http.redirect_listen)")
-            })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (http.redirect_listen)"))?,
+            ),
             None => None,
         };
         let sfu = Sfu::new(MediaSettings::from(&config.media));

@@ -135,7 +135,11 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
         // Before Db::open: a backup must not create (or migrate) the database it copies.
         let (source, dest) = (config.db.path.clone(), file.clone());
         tokio::task::spawn_blocking(move || crate::db::backup::backup(&source, &dest)).await??;
-        return Ok(format!("backed up {} to {}", config.db.path.display(), file.display()));
+        return Ok(format!(
+            "backed up {} to {}",
+            config.db.path.display(),
+            file.display()
+        ));
     }
     let db = Db::open(&config.db.path).await?;
     let tokens = TokenKey::new(&db.secret("join_token_key").await?);

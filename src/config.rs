@@ -67,7 +67,14 @@ impl std::fmt::Debug for TurnConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnConfig")
             .field("urls", &self.urls)
-            .field("secret", &if self.secret.is_empty() { "(none)" } else { "(set)" })
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    "(none)"
+                } else {
+                    "(set)"
+                },
+            )
             .field("credential_lifetime_hours", &self.credential_lifetime_hours)
             .field("relay_only", &self.relay_only)
             .finish()
@@ -310,7 +317,11 @@ impl Config {
         );
         if cert != key {
             return Err(bad(
-                if cert { "http.tls_cert" } else { "http.tls_key" },
+                if cert {
+                    "http.tls_cert"
+                } else {
+                    "http.tls_key"
+                },
                 "HTTPS needs both http.tls_cert and http.tls_key (PEM files), or neither",
             ));
         }
@@ -349,13 +360,22 @@ impl Config {
             ));
         }
         if !has_turn && !self.turn.secret.is_empty() {
-            return Err(bad("turn.urls", "turn.secret is set but no turn: or turns: URL is"));
+            return Err(bad(
+                "turn.urls",
+                "turn.secret is set but no turn: or turns: URL is",
+            ));
         }
         if self.turn.relay_only && !has_turn {
-            return Err(bad("turn.relay_only", "needs at least one turn: or turns: URL"));
+            return Err(bad(
+                "turn.relay_only",
+                "needs at least one turn: or turns: URL",
+            ));
         }
         if has_turn && !(1..=48).contains(&self.turn.credential_lifetime_hours) {
-            return Err(bad("turn.credential_lifetime_hours", "must be between 1 and 48"));
+            return Err(bad(
+                "turn.credential_lifetime_hours",
+                "must be between 1 and 48",
+            ));
         }
         if self
             .log
@@ -438,7 +458,11 @@ mod tests {
     fn overlay_changes_only_given_keys() {
         let c = Config::from_overlay(Some(("[http]\nlisten = \"127.0.0.1:9000\"\n", "t"))).unwrap();
         assert_eq!(c.http.listen.port(), 9000);
-        assert_eq!(c.http.web_root, PathBuf::new(), "the built-in web client by default");
+        assert_eq!(
+            c.http.web_root,
+            PathBuf::new(),
+            "the built-in web client by default"
+        );
     }
 
     #[test]
@@ -498,7 +522,10 @@ mod tests {
         assert_eq!(c.http.redirect_addr().unwrap().port(), 80);
         assert_eq!(c.turn.credential_lifetime(), Duration::from_secs(12 * 3600));
         assert_eq!(c.log.format, LogFormat::Json);
-        assert!(!format!("{:?}", c.turn).contains("0123456789"), "secret in Debug");
+        assert!(
+            !format!("{:?}", c.turn).contains("0123456789"),
+            "secret in Debug"
+        );
     }
 
     #[test]

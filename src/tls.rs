@@ -35,7 +35,9 @@ pub enum TlsError {
     NoCert { path: PathBuf },
     #[error("cannot read a private key from {path} (http.tls_key): {message}")]
     Key { path: PathBuf, message: String },
-    #[error("the private key in {path} (http.tls_key) is of a kind that cannot be used: {message}")]
+    #[error(
+        "the private key in {path} (http.tls_key) is of a kind that cannot be used: {message}"
+    )]
     KeyKind { path: PathBuf, message: String },
     #[error("the private key in {key} does not belong to the certificate in {cert}")]
     Mismatch { cert: PathBuf, key: PathBuf },
@@ -58,12 +60,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         path: key.to_owned(),
         message: e.to_string(),
     })?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
-        TlsError::KeyKind {
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| TlsError::KeyKind {
             path: key.to_owned(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let certified = CertifiedKey::new(chain, signer);
     // Catches a renewed certificate installed with the old key (or the other way round).
     if certified.keys_match().is_err() {
@@ -261,7 +262,10 @@ mod tests {
 
     fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-        let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert.cert.pem()).unwrap();
         std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
         (c, k)

@@ -34,10 +34,7 @@ pub struct IceServer {
 
 /// The credential coturn expects for `username` under `secret`.
 pub fn credential(secret: &str, username: &str) -> String {
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-        secret.as_bytes(),
-    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
     let tag = ring::hmac::sign(&key, username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
 }
@@ -50,8 +47,11 @@ pub fn ice_config(turn: &TurnConfig, now_unix: u64, tag: &str) -> IceConfig {
 
 fn ice_config_for(turn: &TurnConfig, now_unix: u64, lifetime: Duration, tag: &str) -> IceConfig {
     let expires = now_unix + lifetime.as_secs();
-    let (relays, stuns): (Vec<String>, Vec<String>) =
-        turn.urls.iter().cloned().partition(|u| u.starts_with("turn"));
+    let (relays, stuns): (Vec<String>, Vec<String>) = turn
+        .urls
+        .iter()
+        .cloned()
+        .partition(|u| u.starts_with("turn"));
     let mut ice_servers = Vec::new();
     if !relays.is_empty() {
         let username = format!("{expires}:{tag}");
@@ -102,8 +102,18 @@ mod tests {
         let cases = [
             (vec![], false, 0, "all"),
             (vec!["stun:s.example:3478"], false, 1, "all"),
-            (vec!["turn:t.example:3478", "turns:t.example:443?transport=tcp"], true, 1, "relay"),
-            (vec!["turn:t.example:3478", "stun:s.example:3478"], false, 2, "all"),
+            (
+                vec!["turn:t.example:3478", "turns:t.example:443?transport=tcp"],
+                true,
+                1,
+                "relay",
+            ),
+            (
+                vec!["turn:t.example:3478", "stun:s.example:3478"],
+                false,
+                2,
+                "all",
+            ),
         ];
         for (urls, relay_only, servers, policy) in cases {
             let c = ice_config(&turn(&urls, relay_only), 1_000, "abc");

@@ -93,7 +93,11 @@ async fn backups_while_the_server_writes_attendance_are_consistent() {
         let result = tokio::task::spawn_blocking(move || backup_cmd(&db2, &dest2, &dir2))
             .await
             .unwrap();
-        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
         assert!(String::from_utf8_lossy(&result.stdout).contains("backed up"));
         // One self-contained file: no WAL or journal left beside it.
         assert!(!out.path().join(format!("copy-{n}.db-wal")).exists());
@@ -101,8 +105,14 @@ async fn backups_while_the_server_writes_attendance_are_consistent() {
         assert_eq!(check, "ok");
         assert_eq!(migrations, 2);
         // Every join acknowledged before the backup began is in it (committed before acked).
-        assert!(events >= before, "copy {n}: {events} events, {before} joins before");
-        assert!(events > last, "copy {n} has no more than the one before ({events})");
+        assert!(
+            events >= before,
+            "copy {n}: {events} events, {before} joins before"
+        );
+        assert!(
+            events > last,
+            "copy {n} has no more than the one before ({events})"
+        );
         last = events;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
@@ -113,8 +123,16 @@ async fn backups_while_the_server_writes_attendance_are_consistent() {
     let taken = out.path().join("copy-0.db");
     let cases = [
         (db.clone(), taken, "already exists"),
-        (db.clone(), out.path().join("no/such/folder/x.db"), "does not exist"),
-        (out.path().join("missing.db"), out.path().join("y.db"), "there is no database"),
+        (
+            db.clone(),
+            out.path().join("no/such/folder/x.db"),
+            "does not exist",
+        ),
+        (
+            out.path().join("missing.db"),
+            out.path().join("y.db"),
+            "there is no database",
+        ),
     ];
     for (src, dest, want) in cases {
         let result = backup_cmd(&src, &dest, out.path());
@@ -123,6 +141,13 @@ async fn backups_while_the_server_writes_attendance_are_consistent() {
         assert!(err.contains(want), "{dest:?}: {err}");
     }
     assert!(!out.path().join("y.db").exists());
-    assert!(!out.path().join("missing.db").exists(), "a backup created its source");
-    Arc::try_unwrap(server).ok().expect("one owner").shutdown().await;
+    assert!(
+        !out.path().join("missing.db").exists(),
+        "a backup created its source"
+    );
+    Arc::try_unwrap(server)
+        .ok()
+        .expect("one owner")
+        .shutdown()
+        .await;
 }

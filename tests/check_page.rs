@@ -71,7 +71,11 @@ async fn check_page_on_an_open_network_and_through_turn() {
 
     let violations = b.axe(&page).await;
     assert!(violations.is_empty(), "axe on /check: {violations:?}");
-    for (w, h, name) in [(1920, 1080, "check-1920"), (1366, 768, "check-1366"), (390, 844, "check-390")] {
+    for (w, h, name) in [
+        (1920, 1080, "check-1920"),
+        (1366, 768, "check-1366"),
+        (390, 844, "check-390"),
+    ] {
         b.call(
             Some(page.session()),
             "Emulation.setDeviceMetricsOverride",
@@ -79,7 +83,10 @@ async fn check_page_on_an_open_network_and_through_turn() {
         )
         .await;
         let overflow = b
-            .eval(&page, "document.documentElement.scrollWidth > window.innerWidth")
+            .eval(
+                &page,
+                "document.documentElement.scrollWidth > window.innerWidth",
+            )
             .await;
         assert_eq!(overflow, false, "/check scrolls sideways at {w}×{h}");
         b.screenshot(&page, name).await;
@@ -87,7 +94,12 @@ async fn check_page_on_an_open_network_and_through_turn() {
 
     // Other languages: same lines, other words.
     b.eval(&page, "(() => { const s = document.querySelector('#lang'); s.value = 'en'; s.dispatchEvent(new Event('change')); return true; })()").await;
-    let en = b.eval(&page, "document.querySelector('#checks li .state').textContent").await;
+    let en = b
+        .eval(
+            &page,
+            "document.querySelector('#checks li .state').textContent",
+        )
+        .await;
     assert_eq!(en, "✓ Works");
     let same_keys = b
         .eval(
@@ -96,16 +108,25 @@ async fn check_page_on_an_open_network_and_through_turn() {
              return k('nb') === k('nn') && k('nb') === k('en'); })",
         )
         .await;
-    assert_eq!(same_keys, true, "check texts differ in keys between languages");
+    assert_eq!(
+        same_keys, true,
+        "check texts differ in keys between languages"
+    );
 
     // An error screen links to the check.
     let watch = b.open(&format!("{base}/watch.html#t=not-a-token")).await;
     let code = b
-        .eval(&watch, "kursrelay.start({name: 'Kari'}).then(() => 'joined', e => e.code)")
+        .eval(
+            &watch,
+            "kursrelay.start({name: 'Kari'}).then(() => 'joined', e => e.code)",
+        )
         .await;
     assert_eq!(code, "bad_token");
     let href = b
-        .eval(&watch, "document.querySelector('#alert a.check-link')?.getAttribute('href')")
+        .eval(
+            &watch,
+            "document.querySelector('#alert a.check-link')?.getAttribute('href')",
+        )
         .await;
     assert_eq!(href, "/check");
     drop(b);
@@ -138,10 +159,7 @@ async fn check_page_when_udp_is_blocked_finds_the_tcp_fallback() {
     let code = r["code"].as_str().unwrap();
     assert!(code.starts_with("W1-U0-R0-T1-K1-B"), "{code}");
     // The red line says what to do.
-    assert!(
-        r["udp"]["text"].as_str().unwrap().contains("UDP"),
-        "{r}"
-    );
+    assert!(r["udp"]["text"].as_str().unwrap().contains("UDP"), "{r}");
     b.screenshot(&page, "check-udp-blocked").await;
     drop(b);
     server.shutdown().await;
@@ -155,7 +173,10 @@ async fn check_page_without_turn_says_so() {
     assert_eq!(state(&r, "udp"), "ok", "{r}");
     assert_eq!(state(&r, "turn_udp"), "off", "{r}");
     assert_eq!(state(&r, "turn_tcp"), "off", "{r}");
-    assert!(r["code"].as_str().unwrap().starts_with("W1-U1-RN-TN-K1-B"), "{r}");
+    assert!(
+        r["code"].as_str().unwrap().starts_with("W1-U1-RN-TN-K1-B"),
+        "{r}"
+    );
     assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
     drop(b);
 
@@ -168,7 +189,10 @@ async fn check_page_without_turn_says_so() {
     let (page, r) = run_check(&mut b, &format!("http://{}", server.addr)).await;
     assert_eq!(state(&r, "udp"), "fail", "{r}");
     assert_eq!(state(&r, "turn_tcp"), "fail", "{r}");
-    assert!(r["turn_tcp"]["text"].as_str().unwrap().contains("443"), "{r}");
+    assert!(
+        r["turn_tcp"]["text"].as_str().unwrap().contains("443"),
+        "{r}"
+    );
     assert_eq!(state(&r, "bandwidth"), "fail", "{r}");
     assert_eq!(r["verdict"], "check.verdict_fail", "{r}");
     assert_eq!(r["code"], "W1-U0-RN-T0-K1-BN");

@@ -111,7 +111,12 @@ fn installed_copy() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn port_of(addr: &str) -> u16 {
-    addr.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap()
+    addr.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -136,16 +141,27 @@ fn text_logs_carry_no_colour_codes_when_not_on_a_terminal() {
     let mut server = Running::start(&bin, run.path(), &config);
     server.wait_line("kursrelay listening on http://", 20);
     let lines = server.drain().to_vec();
-    assert!(lines.iter().any(|l| l.contains("database migrated")), "{lines:#?}");
-    assert!(!lines.iter().any(|l| l.contains('\u{1b}')), "colour codes in {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("database migrated")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "colour codes in {lines:#?}"
+    );
     // The database went where the config says, relative to the working directory.
     assert!(run.path().join("data/kursrelay.db").exists());
     server.stop();
 }
 
 fn leaf_of(ca: &TestCa, port: u16) -> Vec<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(https_get(ca, port, "/healthz")).expect("https").2
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(https_get(ca, port, "/healthz"))
+        .expect("https")
+        .2
 }
 
 /// Waits until the server presents `want` (the certificate's DER) to new connections.
@@ -161,7 +177,10 @@ fn wait_for_cert(ca: &TestCa, port: u16, want: &[u8], secs: u64) -> bool {
 }
 
 fn mtimes(paths: &[&Path]) -> Vec<SystemTime> {
-    paths.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect()
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect()
 }
 
 #[test]
@@ -193,7 +212,11 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
 
     // The built-in client, from a folder without web/ beside the binary.
     assert!(!run.path().join("web").exists());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for (path, status, needle) in [
         ("/", "200", "data-i18n=\"index.p1\""),
         ("/check", "200", "check.js"),
@@ -216,7 +239,8 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
     assert!(
-        resp.to_ascii_lowercase().contains("location: https://kurs.example/watch.html?x=1"),
+        resp.to_ascii_lowercase()
+            .contains("location: https://kurs.example/watch.html?x=1"),
         "{resp}"
     );
 
@@ -229,11 +253,17 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
         )])
         .await;
         let page = b.open(&format!("https://localhost:{port}/check")).await;
-        let r = b.wait_for(&page, "kursrelay.check.done().then(r => r)", 60).await;
+        let r = b
+            .wait_for(&page, "kursrelay.check.done().then(r => r)", 60)
+            .await;
         for line in ["ws", "udp", "devices"] {
             assert_eq!(r[line]["state"], "ok", "{line}: {r}");
         }
-        assert_eq!(b.eval(&page, "window.isSecureContext && location.protocol").await, "https:");
+        assert_eq!(
+            b.eval(&page, "window.isSecureContext && location.protocol")
+                .await,
+            "https:"
+        );
         b.screenshot(&page, "check-https").await;
     });
 
@@ -241,15 +271,24 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
     let second = ca.server_cert(&certs, "second", "second");
     std::fs::copy(&second.cert, &first.cert).unwrap();
     std::fs::copy(&second.key, &first.key).unwrap();
-    assert!(wait_for_cert(&ca, port, &second.der, 10), "the new certificate was not picked up");
+    assert!(
+        wait_for_cert(&ca, port, &second.der, 10),
+        "the new certificate was not picked up"
+    );
 
     // Broken files: the old certificate stays, and an operator is told.
-    std::fs::write(&first.key, "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &first.key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(leaf_of(&ca, port), second.der);
     let lines = server.drain().to_vec();
     assert!(
-        lines.iter().any(|l| l.contains("TLS certificate not reloaded") && l.contains("ERROR")),
+        lines
+            .iter()
+            .any(|l| l.contains("TLS certificate not reloaded") && l.contains("ERROR")),
         "{lines:#?}"
     );
 
@@ -259,12 +298,20 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
     std::fs::copy(&third.cert, &first.cert).unwrap();
     std::fs::copy(&third.key, &first.key).unwrap();
     for (path, t) in [&first.cert, &first.key].into_iter().zip(before) {
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(leaf_of(&ca, port), second.der, "reloaded without a reason");
     server.signal("-HUP");
-    assert!(wait_for_cert(&ca, port, &third.der, 5), "SIGHUP did not reload");
+    assert!(
+        wait_for_cert(&ca, port, &third.der, 5),
+        "SIGHUP did not reload"
+    );
 
     // Every log line is one JSON object, without colour codes; no IP address in them.
     let lines = server.drain().to_vec();
@@ -286,8 +333,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
         "systemd",
     );
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kursrelay.service"))
-        .unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kursrelay.service"
+    ))
+    .unwrap();
     for must in [
         "DynamicUser=yes",
         "StateDirectory=kursrelay",
@@ -307,23 +357,46 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         unit.replace("/usr/local/bin/kursrelay", env!("CARGO_BIN_EXE_kursrelay")),
     )
     .unwrap();
-    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("kursrelay.service:"), "systemd-analyze verify: {text}");
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("kursrelay.service:"),
+        "systemd-analyze verify: {text}"
+    );
 }
 
 #[test]
 fn production_toml_is_a_valid_configuration() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/production.toml"))
-        .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/production.toml"
+    ))
+    .unwrap();
     // The secret comes from KURSRELAY_TURN_SECRET in production; without it start-up stops.
-    let err = kursrelay::config::Config::from_overlay(Some((&text, "production.toml"))).unwrap_err();
+    let err =
+        kursrelay::config::Config::from_overlay(Some((&text, "production.toml"))).unwrap_err();
     assert!(err.to_string().contains("turn.secret"), "{err}");
     let with_secret = text.replace("secret = \"\"", "secret = \"0123456789abcdef-from-env\"");
-    let c = kursrelay::config::Config::from_overlay(Some((&with_secret, "production.toml"))).unwrap();
+    let c =
+        kursrelay::config::Config::from_overlay(Some((&with_secret, "production.toml"))).unwrap();
     assert!(c.http.tls_files().is_some());
     assert_eq!(c.http.listen.port(), 443);
     assert_eq!(c.log.format, kursrelay::config::LogFormat::Json);
-    assert!(c.turn.urls.iter().any(|u| u.starts_with("turns:") && u.contains(":443")));
-    assert!(c.db.path.starts_with("/var/lib/kursrelay"), "db.path outside StateDirectory");
+    assert!(c
+        .turn
+        .urls
+        .iter()
+        .any(|u| u.starts_with("turns:") && u.contains(":443")));
+    assert!(
+        c.db.path.starts_with("/var/lib/kursrelay"),
+        "db.path outside StateDirectory"
+    );
 }

@@ -30,17 +30,29 @@ fn site_config(upstream: u16, http: u16, https: u16, cert: &str, key: &str, log:
     let mut text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).unwrap();
     let replacements = [
-        ("server 127.0.0.1:8080;", format!("server 127.0.0.1:{upstream};")),
+        (
+            "server 127.0.0.1:8080;",
+            format!("server 127.0.0.1:{upstream};"),
+        ),
         ("listen 80;", format!("listen 127.0.0.1:{http};")),
         ("listen [::]:80;", String::new()),
         ("listen 443 ssl;", format!("listen 127.0.0.1:{https} ssl;")),
         ("listen [::]:443 ssl;", String::new()),
-        ("/etc/letsencrypt/live/kurs.sykehus.example/fullchain.pem", cert.to_owned()),
-        ("/etc/letsencrypt/live/kurs.sykehus.example/privkey.pem", key.to_owned()),
+        (
+            "/etc/letsencrypt/live/kurs.sykehus.example/fullchain.pem",
+            cert.to_owned(),
+        ),
+        (
+            "/etc/letsencrypt/live/kurs.sykehus.example/privkey.pem",
+            key.to_owned(),
+        ),
         ("/var/log/nginx/kursrelay-access.log", log.to_owned()),
     ];
     for (from, to) in replacements {
-        assert!(text.contains(from), "deploy/nginx.conf no longer has {from:?}");
+        assert!(
+            text.contains(from),
+            "deploy/nginx.conf no longer has {from:?}"
+        );
         text = text.replace(from, &to);
     }
     text
@@ -81,7 +93,11 @@ async fn a_course_through_nginx_with_tls() {
         .arg(&conf)
         .output()
         .unwrap();
-    assert!(test.status.success(), "nginx -t: {}", String::from_utf8_lossy(&test.stderr));
+    assert!(
+        test.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
     let _nginx = Nginx(
         Command::new(&nginx_bin)
             .arg("-p")
@@ -95,13 +111,18 @@ async fn a_course_through_nginx_with_tls() {
             .expect("start nginx"),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", https_port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", https_port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "nginx did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Pages over HTTPS with the headers from the file.
-    let (status, text, _) = https_get(&ca, https_port, "/watch.html?lang=nb").await.unwrap();
+    let (status, text, _) = https_get(&ca, https_port, "/watch.html?lang=nb")
+        .await
+        .unwrap();
     assert!(status.contains("200"), "{status}");
     let lower = text.to_ascii_lowercase();
     for header in [
@@ -113,26 +134,45 @@ async fn a_course_through_nginx_with_tls() {
         assert!(lower.contains(header), "missing {header}: {text}");
     }
     let (status, _, _) = https_get(&ca, https_port, "/metrics").await.unwrap();
-    assert!(status.contains("403"), "/metrics is reachable from outside: {status}");
-    let (status, text, _) = https_get(&ca, https_port, "/ice-servers.json").await.unwrap();
-    assert!(status.contains("200") && text.contains("iceServers"), "{text}");
+    assert!(
+        status.contains("403"),
+        "/metrics is reachable from outside: {status}"
+    );
+    let (status, text, _) = https_get(&ca, https_port, "/ice-servers.json")
+        .await
+        .unwrap();
+    assert!(
+        status.contains("200") && text.contains("iceServers"),
+        "{text}"
+    );
 
     // Plain HTTP only redirects.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await.unwrap();
-        s.write_all(b"GET /publish.html?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
             .await
             .unwrap();
+        s.write_all(
+            b"GET /publish.html?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
-        assert!(resp.contains("Location: https://localhost/publish.html?x=1"), "{resp}");
+        assert!(
+            resp.contains("Location: https://localhost/publish.html?x=1"),
+            "{resp}"
+        );
     }
 
     // A course session through nginx.
-    let leader = server.token("nginx", Role::Leader, Some("Ola"), false).await;
-    let kari = server.token("nginx", Role::Participant, Some("Kari"), false).await;
+    let leader = server
+        .token("nginx", Role::Leader, Some("Ola"), false)
+        .await;
+    let kari = server
+        .token("nginx", Role::Participant, Some("Kari"), false)
+        .await;
     let base = format!("https://localhost:{https_port}");
     let mut b = Chromium::launch_with(&[format!(
         "--ignore-certificate-errors-spki-list={}",
@@ -153,7 +193,10 @@ async fn a_course_through_nginx_with_tls() {
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let later = b.eval(&watcher, "kursrelay.stats()").await;
-    assert!(later["framesDecoded"].as_u64() > first["framesDecoded"].as_u64(), "{first} then {later}");
+    assert!(
+        later["framesDecoded"].as_u64() > first["framesDecoded"].as_u64(),
+        "{first} then {later}"
+    );
     let url = b.eval(&watcher, "kursrelay.client.url").await;
     assert_eq!(url, format!("wss://localhost:{https_port}/ws"));
     b.screenshot(&watcher, "nginx-watch").await;
@@ -163,6 +206,9 @@ async fn a_course_through_nginx_with_tls() {
     let log = std::fs::read_to_string(&access_log).unwrap();
     assert!(log.contains("\"GET /ws\" 101"), "{log}");
     assert!(log.contains("/watch.html"), "{log}");
-    assert!(!log.contains("127.0.0.1") && !log.contains("lang=nb"), "{log}");
+    assert!(
+        !log.contains("127.0.0.1") && !log.contains("lang=nb"),
+        "{log}"
+    );
     server.shutdown().await;
 }

@@ -43,21 +43,27 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
     let base = format!("http://{}", server.addr);
 
     // What the browser is handed: coturn's URLs and a credential coturn can recompute.
-    let ice: Value = serde_json::from_str(&http_get_body(&format!("{base}/ice-servers.json")).await).unwrap();
+    let ice: Value =
+        serde_json::from_str(&http_get_body(&format!("{base}/ice-servers.json")).await).unwrap();
     assert_eq!(ice["iceTransportPolicy"], "relay");
     let entry = &ice["iceServers"][0];
     assert_eq!(entry["urls"][0], urls[0].as_str());
     let username = entry["username"].as_str().unwrap();
     let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
     let now = kursrelay::auth::unix_now();
-    assert!(expiry > now + 11 * 3600 && expiry <= now + 12 * 3600 + 5, "{username}");
+    assert!(
+        expiry > now + 11 * 3600 && expiry <= now + 12 * 3600 + 5,
+        "{username}"
+    );
     assert_eq!(
         entry["credential"].as_str().unwrap(),
         kursrelay::turn::credential(SECRET, username)
     );
 
     let leader = server.token("turn", Role::Leader, Some("Ola"), false).await;
-    let kari = server.token("turn", Role::Participant, Some("Kari"), false).await;
+    let kari = server
+        .token("turn", Role::Participant, Some("Kari"), false)
+        .await;
     // Chromium checks the TURN server's certificate: trust the test CA's server key.
     let mut b = Chromium::launch_with(&[trust(&cert.spki)]).await;
     let publisher = b.open(&format!("{base}/publish.html#t={leader}")).await;
@@ -74,7 +80,10 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let later = b.eval(&watcher, "kursrelay.stats()").await;
-    assert!(later["framesDecoded"].as_u64() > stats["framesDecoded"].as_u64(), "{stats} then {later}");
+    assert!(
+        later["framesDecoded"].as_u64() > stats["framesDecoded"].as_u64(),
+        "{stats} then {later}"
+    );
 
     let sub = path_of(&mut b, &watcher, "subscribe").await;
     assert_eq!(sub["local"], "relay", "watcher: {sub}");
@@ -83,7 +92,10 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
     assert_eq!(publ["local"], "relay", "publisher: {publ}");
     assert_eq!(publ["relayProtocol"], "tls", "publisher: {publ}");
     let log = turn.log_text();
-    assert!(log.matches("ALLOCATE").count() >= 2, "coturn made no allocations:\n{log}");
+    assert!(
+        log.matches("ALLOCATE").count() >= 2,
+        "coturn made no allocations:\n{log}"
+    );
     b.screenshot(&watcher, "turn-relay-watch").await;
     drop(b);
     server.shutdown().await;
@@ -98,11 +110,16 @@ async fn with_a_wrong_secret_relay_only_media_does_not_connect() {
         .replace(SECRET, "not-the-secret-of-this-coturn");
     let server = TestServer::spawn_with(&config).await;
     let base = format!("http://{}", server.addr);
-    let leader = server.token("wrong", Role::Leader, Some("Ola"), false).await;
+    let leader = server
+        .token("wrong", Role::Leader, Some("Ola"), false)
+        .await;
     let mut b = Chromium::launch().await;
     let publisher = b.open(&format!("{base}/publish.html#t={leader}")).await;
     let started = b
-        .eval(&publisher, "kursrelay.start({}).then(() => 'started', e => e.code)")
+        .eval(
+            &publisher,
+            "kursrelay.start({}).then(() => 'started', e => e.code)",
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let state = b
@@ -111,15 +128,24 @@ async fn with_a_wrong_secret_relay_only_media_does_not_connect() {
             "kursrelay.client ? kursrelay.client._conn.publish.pc?.iceConnectionState : 'gone'",
         )
         .await;
-    let alert = b.eval(&publisher, "document.querySelector('#alert').textContent").await;
+    let alert = b
+        .eval(&publisher, "document.querySelector('#alert').textContent")
+        .await;
     assert_eq!(started, "started");
     // The page says the media connection failed and offers the connectivity check.
-    assert!(alert.as_str().unwrap().contains("Test nettverket"), "{alert}");
+    assert!(
+        alert.as_str().unwrap().contains("Test nettverket"),
+        "{alert}"
+    );
     assert!(
         state != "connected" && state != "completed",
         "connected without a valid TURN credential: {state}"
     );
-    assert_eq!(server.metric(|m| &m.packets_received), 0, "media reached the server");
+    assert_eq!(
+        server.metric(|m| &m.packets_received),
+        0,
+        "media reached the server"
+    );
     drop(b);
     server.shutdown().await;
 }
@@ -136,14 +162,23 @@ async fn turn_over_tls_needs_a_certificate_the_browser_trusts() {
     let dir = tempfile::tempdir().unwrap();
     let cert = ca.server_cert(dir.path(), "turn", "localhost");
     let turn = Coturn::start(Some((&cert.cert, &cert.key))).await;
-    let urls = [format!("turns:localhost:{}?transport=tcp", turn.tls_port.unwrap())];
+    let urls = [format!(
+        "turns:localhost:{}?transport=tcp",
+        turn.tls_port.unwrap()
+    )];
     let server = TestServer::spawn_with(&turn.turn_config(&urls, false)).await;
     let check = format!("http://{}/check", server.addr);
     for (trusted, want) in [(true, "ok"), (false, "fail")] {
-        let extra = if trusted { vec![trust(&cert.spki)] } else { vec![] };
+        let extra = if trusted {
+            vec![trust(&cert.spki)]
+        } else {
+            vec![]
+        };
         let mut b = Chromium::launch_with(&extra).await;
         let page = b.open(&check).await;
-        let r = b.wait_for(&page, "kursrelay.check.done().then(r => r)", 60).await;
+        let r = b
+            .wait_for(&page, "kursrelay.check.done().then(r => r)", 60)
+            .await;
         assert_eq!(r["turn_tcp"]["state"], want, "trusted {trusted}: {r}");
         if trusted {
             assert_eq!(r["turn_tcp"]["path"]["protocol"], "tls", "{r}");
@@ -157,11 +192,12 @@ async fn http_get_body(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
-

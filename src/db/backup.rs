@@ -165,9 +165,17 @@ mod tests {
         let db = dir.path().join("k.db");
         std::fs::write(dir.path().join("taken.db"), b"x").unwrap();
         let cases: [(PathBuf, PathBuf, &str); 3] = [
-            (dir.path().join("none.db"), dir.path().join("b.db"), "there is no database"),
+            (
+                dir.path().join("none.db"),
+                dir.path().join("b.db"),
+                "there is no database",
+            ),
             (db.clone(), dir.path().join("taken.db"), "already exists"),
-            (db.clone(), dir.path().join("no/such/dir/b.db"), "does not exist"),
+            (
+                db.clone(),
+                dir.path().join("no/such/dir/b.db"),
+                "does not exist",
+            ),
         ];
         std::fs::write(&db, b"").unwrap();
         for (src, dst, want) in cases {
@@ -183,7 +191,10 @@ mod tests {
         std::fs::write(&src, vec![7u8; 8192]).unwrap();
         let dst = dir.path().join("copy.db");
         let err = backup(&src, &dst).unwrap_err().to_string();
-        assert!(err.contains("backup failed") || err.contains("cannot open"), "{err}");
+        assert!(
+            err.contains("backup failed") || err.contains("cannot open"),
+            "{err}"
+        );
         assert!(!dst.exists());
         assert!(!dir.path().join("copy.db.partial").exists());
     }

@@ -48,7 +48,11 @@ fn problem(status: StatusCode, error: &'static str, message: impl Into<String>) 
 
 pub async fn offer(State(state): State<AppState>, Json(offer): Json<Offer>) -> Response {
     if offer.kind != "offer" {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "type must be \"offer\"");
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "type must be \"offer\"",
+        );
     }
     if offer.sdp.len() > MAX_OFFER_BYTES {
         return problem(
@@ -62,7 +66,11 @@ pub async fn offer(State(state): State<AppState>, Json(offer): Json<Offer>) -> R
         .check_answer(&state.checks, offer.sdp, state.shutdown.clone())
         .await
     {
-        Ok(sdp) => Json(Answer { kind: "answer", sdp }).into_response(),
+        Ok(sdp) => Json(Answer {
+            kind: "answer",
+            sdp,
+        })
+        .into_response(),
         Err(CheckError::Busy) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",

@@ -69,7 +69,12 @@ mod tests {
 
     #[test]
     fn unknown_and_escaping_paths_are_not_found() {
-        for path in ["/nope.html", "/../Cargo.toml", "/i18n/../../src/lib.rs", "/web/index.html"] {
+        for path in [
+            "/nope.html",
+            "/../Cargo.toml",
+            "/i18n/../../src/lib.rs",
+            "/web/index.html",
+        ] {
             assert!(lookup(path).is_none(), "{path}");
         }
     }

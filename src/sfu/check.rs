@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
@@ -22,10 +22,10 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
-use super::{SfuError, Sfu};
+use super::{Sfu, SfuError};
 
 /// Check connections allowed at once (each costs a socket and a little CPU).
-pub const MAX_CHECKS: usize = 16;
+pub const MAX_CHECKS: usize = 64;
 /// A check connection is closed after this, whatever the browser does.
 pub const CHECK_LIFETIME: Duration = Duration::from_secs(30);
 /// How long the answer waits for the server's candidates.
@@ -120,8 +120,8 @@ async fn negotiate(
     offer_sdp: String,
     gathered: &mut watch::Receiver<bool>,
 ) -> Result<String, CheckError> {
-    let offer = RTCSessionDescription::offer(offer_sdp)
-        .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+    let offer =
+        RTCSessionDescription::offer(offer_sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
     pc.set_remote_description(offer)
         .await
         .map_err(|e| SfuError::BadSdp(e.to_string()))?;
@@ -139,7 +139,11 @@ async fn negotiate(
     Ok(local.sdp)
 }
 
-fn spawn_lifetime(pc: Arc<dyn PeerConnection>, done: CancellationToken, permit: OwnedSemaphorePermit) {
+fn spawn_lifetime(
+    pc: Arc<dyn PeerConnection>,
+    done: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(CHECK_LIFETIME, done.cancelled()).await;
         done.cancel();
@@ -155,27 +159,32 @@ async fn serve_channel(channel: Arc<dyn DataChannel>, done: CancellationToken) {
             ev = channel.poll() => ev,
         };
         let Some(event) = event else { break };
-        match event {
-            DataChannelEvent::OnMessage(msg) => match msg.data.first() {
-                Some(b'p') => {
-                    if channel.send(msg.data).await.is_err() {
-                        break;
-                    }
-                }
-                Some(b'd') if msg.data.len() >= 5 => {
-                    let n = u32::from_be_bytes([msg.data[1], msg.data[2], msg.data[3], msg.data[4]]);
-                    // Sent from this task: pings wait until the burst is over, which is what
-                    // the page expects (it measures one thing at a time).
-                    burst(&channel, n.min(BURST_MAX_MESSAGES), &done).await;
-                }
-                _ => {} // not ours: ignored
-            },
+        let more = match event {
+            DataChannelEvent::OnMessage(msg) => answer(&channel, msg.data, &done).await,
             DataChannelEvent::OnClose => {
                 done.cancel();
-                break;
+                false
             }
-            _ => {}
+            _ => true,
+        };
+        if !more {
+            break;
         }
+    }
+}
+
+/// Answers one message from the page; false when the channel can no longer be written.
+async fn answer(channel: &Arc<dyn DataChannel>, data: BytesMut, done: &CancellationToken) -> bool {
+    match data.first() {
+        Some(b'p') => channel.send(data).await.is_ok(),
+        Some(b'd') if data.len() >= 5 => {
+            let n = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
+            // Sent from the channel's task: pings wait until the burst is over, which is what
+            // the page expects (it measures one thing at a time).
+            burst(channel, n.min(BURST_MAX_MESSAGES), done).await;
+            true
+        }
+        _ => true, // not ours: ignored
     }
 }
 

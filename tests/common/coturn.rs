@@ -40,25 +40,55 @@ impl Coturn {
         let tls_port = tls.map(|_| free_port());
         let d = dir.path().display();
         let mut replacements = vec![
-            ("listening-ip=192.0.2.10".to_owned(), "listening-ip=127.0.0.1".to_owned()),
-            ("relay-ip=192.0.2.10".to_owned(), "relay-ip=127.0.0.1".to_owned()),
-            ("allowed-peer-ip=192.0.2.20".to_owned(), "allowed-peer-ip=127.0.0.1".to_owned()),
-            ("listening-port=3478".to_owned(), format!("listening-port={port}")),
+            (
+                "listening-ip=192.0.2.10".to_owned(),
+                "listening-ip=127.0.0.1".to_owned(),
+            ),
+            (
+                "relay-ip=192.0.2.10".to_owned(),
+                "relay-ip=127.0.0.1".to_owned(),
+            ),
+            (
+                "allowed-peer-ip=192.0.2.20".to_owned(),
+                "allowed-peer-ip=127.0.0.1".to_owned(),
+            ),
+            (
+                "listening-port=3478".to_owned(),
+                format!("listening-port={port}"),
+            ),
             ("min-port=49152".to_owned(), "min-port=40000".to_owned()),
             ("max-port=65535".to_owned(), "max-port=40999".to_owned()),
             (
                 "static-auth-secret=CHANGE-ME-to-the-value-of-KURSRELAY_TURN_SECRET".to_owned(),
                 format!("static-auth-secret={SECRET}"),
             ),
-            ("log-file=/var/log/turnserver/turn.log".to_owned(), format!("log-file={}", log.display())),
-            ("pidfile=/run/turnserver/turnserver.pid".to_owned(), format!("pidfile={d}/turn.pid")),
-            ("userdb=/var/lib/turn/turndb".to_owned(), format!("userdb={d}/turndb")),
+            (
+                "log-file=/var/log/turnserver/turn.log".to_owned(),
+                format!("log-file={}", log.display()),
+            ),
+            (
+                "pidfile=/run/turnserver/turnserver.pid".to_owned(),
+                format!("pidfile={d}/turn.pid"),
+            ),
+            (
+                "userdb=/var/lib/turn/turndb".to_owned(),
+                format!("userdb={d}/turndb"),
+            ),
         ];
         match (tls, tls_port) {
             (Some((cert, key)), Some(tls_port)) => replacements.extend([
-                ("tls-listening-port=443".to_owned(), format!("tls-listening-port={tls_port}")),
-                ("cert=/etc/coturn/tls/fullchain.pem".to_owned(), format!("cert={}", cert.display())),
-                ("pkey=/etc/coturn/tls/privkey.pem".to_owned(), format!("pkey={}", key.display())),
+                (
+                    "tls-listening-port=443".to_owned(),
+                    format!("tls-listening-port={tls_port}"),
+                ),
+                (
+                    "cert=/etc/coturn/tls/fullchain.pem".to_owned(),
+                    format!("cert={}", cert.display()),
+                ),
+                (
+                    "pkey=/etc/coturn/tls/privkey.pem".to_owned(),
+                    format!("pkey={}", key.display()),
+                ),
             ]),
             _ => replacements.push(("tls-listening-port=443".to_owned(), "no-tls".to_owned())),
         }
@@ -68,21 +98,32 @@ impl Coturn {
         ))
         .expect("deploy/turnserver.conf");
         for (from, to) in &replacements {
-            assert!(conf.contains(from.as_str()), "deploy/turnserver.conf no longer has {from:?}");
+            assert!(
+                conf.contains(from.as_str()),
+                "deploy/turnserver.conf no longer has {from:?}"
+            );
             conf = conf.replace(from.as_str(), to);
         }
         let conf_path = dir.path().join("turnserver.conf");
         std::fs::write(&conf_path, conf).expect("write turnserver.conf");
         let mut cmd = Command::new(bin);
-        cmd.arg("-c").arg(&conf_path).args(["--allow-loopback-peers", "-v"]);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .args(["--allow-loopback-peers", "-v"]);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start turnserver");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "coturn did not start listening on {port}");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "coturn did not start listening on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Coturn {

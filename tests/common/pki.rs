@@ -47,7 +47,9 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &self.issuer).expect("sign server cert");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign server cert");
         let (cert_path, key_path) = (
             dir.join(format!("{name}.crt")),
             dir.join(format!("{name}.key")),
@@ -91,7 +93,11 @@ impl TestCa {
 
 /// GET `path` over HTTPS from 127.0.0.1:`port` (SNI `localhost`), trusting `ca` only. Returns
 /// (status line, headers+body as text, the server's leaf certificate).
-pub async fn https_get(ca: &TestCa, port: u16, path: &str) -> Result<(String, String, Vec<u8>), String> {
+pub async fn https_get(
+    ca: &TestCa,
+    port: u16,
+    path: &str,
+) -> Result<(String, String, Vec<u8>), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -45,15 +45,12 @@ pub fn require(what: &str, candidates: &[&str], package: &str) -> PathBuf {
         assert!(status.success(), "apt-get {args:?} failed: {status}");
     };
     apt(&["update", "-qq"]);
-    apt(&["install", "-y", "-qq", "--no-install-recommends", package]);
+    apt(&["install", "-y", "-qq", package]);
     find(candidates).unwrap_or_else(|| panic!("{package} installed but {what} still not found"))
 }
 
 fn find(candidates: &[&str]) -> Option<PathBuf> {
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    candidates.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// Headless Chromium: `KURSRELAY_CHROMIUM`, else Debian's package.
@@ -63,7 +60,11 @@ pub fn chromium() -> PathBuf {
     }
     require(
         "Chromium (browser tests)",
-        &["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"],
+        &[
+            "/usr/bin/chromium",
+            "/usr/bin/chromium-browser",
+            "/usr/bin/google-chrome",
+        ],
         "chromium",
     )
 }
@@ -75,5 +76,9 @@ pub fn turnserver() -> PathBuf {
 
 /// nginx (the reverse-proxy test).
 pub fn nginx() -> PathBuf {
-    require("nginx (reverse-proxy test)", &["/usr/sbin/nginx"], "nginx-light")
+    require(
+        "nginx (reverse-proxy test)",
+        &["/usr/sbin/nginx"],
+        "nginx-light",
+    )
 }
