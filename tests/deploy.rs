@@ -400,3 +400,50 @@ fn production_toml_is_a_valid_configuration() {
         "db.path outside StateDirectory"
     );
 }
+
+#[test]
+fn unusable_certificate_files_stop_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let good = ca.server_cert(dir.path(), "good", "good");
+    let other = ca.server_cert(dir.path(), "other", "other");
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        (
+            missing.clone(),
+            good.key.clone(),
+            "cannot read the certificate file",
+        ),
+        (
+            good.cert.clone(),
+            missing.clone(),
+            "cannot read a private key",
+        ),
+        (
+            good.cert.clone(),
+            other.key.clone(),
+            "does not belong to the certificate",
+        ),
+    ];
+    for (i, (cert, key, want)) in cases.into_iter().enumerate() {
+        let config = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[db]\npath = \"{}\"\n",
+                cert.display(),
+                key.display(),
+                dir.path().join("k.db").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kursrelay"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with {cert:?} {key:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{cert:?} {key:?}: {err}");
+    }
+}

@@ -42,7 +42,8 @@ function render() {
     li.querySelector('.what').textContent = t(`line.${id}`);
     li.querySelector('.detail').textContent = r.key ? t(r.key, r.vars) : '';
   }
-  $('code').textContent = running ? '–' : code();
+  const finished = LINES.every((id) => results[id] && !['running', 'waiting'].includes(results[id].state));
+  $('code').textContent = finished ? code() : '–';
 }
 
 function set(id, state, key, vars, extra = {}) {
