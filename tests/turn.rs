@@ -187,6 +187,42 @@ async fn turn_over_tls_needs_a_certificate_the_browser_trusts() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_only_the_media_server_it_is_configured_for() {
+    // deploy/turnserver.conf denies every peer but allowed-peer-ip (127.0.0.1 in the test).
+    // A media server on another address (127.0.0.2) is out of the relay's reach even with
+    // valid credentials: whoever fetches /ice-servers.json cannot use coturn as an open relay.
+    let turn = Coturn::start(None).await;
+    let urls = [
+        format!("turn:127.0.0.1:{}?transport=udp", turn.port),
+        format!("turn:127.0.0.1:{}?transport=tcp", turn.port),
+    ];
+    let config = format!(
+        "{}[media]\nbind_ips = [\"127.0.0.2\"]\n",
+        turn.turn_config(&urls, false)
+    );
+    let server = TestServer::spawn_with(&config).await;
+    let mut b = Chromium::launch().await;
+    let page = b.open(&format!("http://{}/check", server.addr)).await;
+    let r = b
+        .wait_for(&page, "kursrelay.check.done().then(r => r)", 60)
+        .await;
+    assert_eq!(
+        r["udp"]["state"], "ok",
+        "direct UDP to 127.0.0.2 works: {r}"
+    );
+    assert_eq!(r["turn_udp"]["state"], "fail", "{r}");
+    assert_eq!(r["turn_tcp"]["state"], "fail", "{r}");
+    // And it failed because coturn refused the peer, not for some other reason.
+    let log = turn.log_text();
+    assert!(
+        log.contains("403: Forbidden IP"),
+        "coturn did not refuse the peer:\n{log}"
+    );
+    drop(b);
+    server.shutdown().await;
+}
+
 async fn http_get_body(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();

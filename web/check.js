@@ -109,6 +109,18 @@ async function iceConfig() {
 
 const isTcpTurn = (url) => url.startsWith('turns:') || /[?&]transport=tcp/.test(url);
 
+/** "UDP 3478" or "TLS/TCP 443": what IT must let through for these servers. */
+function portsText(servers, proto) {
+  const ports = new Set();
+  for (const s of servers) {
+    for (const url of s.urls) {
+      const m = /^turns?:(?:\[[^\]]*\]|[^:?]*)(?::(\d+))?/.exec(url);
+      ports.add(m && m[1] ? m[1] : url.startsWith('turns:') ? '5349' : '3478');
+    }
+  }
+  return `${proto} ${[...ports].join(', ')}`;
+}
+
 /** The TURN servers of `config` restricted to URLs that pass `keep`. */
 function turnServers(config, keep) {
   return (config.iceServers || [])
@@ -291,10 +303,10 @@ async function runAll() {
     const [udp, relayUdp, relayTcp] = await Promise.all([
       testPath('udp', { iceServers: [], iceTransportPolicy: 'all' }),
       udpTurn.length
-        ? testPath('turn_udp', { iceServers: udpTurn, iceTransportPolicy: 'relay' }, { what: 'UDP 3478' })
+        ? testPath('turn_udp', { iceServers: udpTurn, iceTransportPolicy: 'relay' }, { what: portsText(udpTurn, 'UDP') })
         : (set('turn_udp', 'off', 'turn.off'), null),
       tcpTurn.length
-        ? testPath('turn_tcp', { iceServers: tcpTurn, iceTransportPolicy: 'relay' }, { what: 'TLS/TCP 443' })
+        ? testPath('turn_tcp', { iceServers: tcpTurn, iceTransportPolicy: 'relay' }, { what: portsText(tcpTurn, 'TLS/TCP') })
         : null,
     ]);
     if (!tcpTurn.length) {
