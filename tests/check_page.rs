@@ -158,8 +158,10 @@ async fn check_page_when_udp_is_blocked_finds_the_tcp_fallback() {
     assert_eq!(r["verdict"], "check.verdict_partly", "{r}");
     let code = r["code"].as_str().unwrap();
     assert!(code.starts_with("W1-U0-R0-T1-K1-B"), "{code}");
-    // The red line says what to do.
+    // The red lines say what to do, with the TURN server's real port.
     assert!(r["udp"]["text"].as_str().unwrap().contains("UDP"), "{r}");
+    let port = format!("UDP {}", turn.port);
+    assert!(r["turn_udp"]["text"].as_str().unwrap().contains(&port), "{r}");
     b.screenshot(&page, "check-udp-blocked").await;
     drop(b);
     server.shutdown().await;
