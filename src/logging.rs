@@ -60,7 +60,8 @@ where
             .with_span_list(false)
             .boxed(),
     };
-    tracing_subscriber::registry().with(lines.with_filter(EnvFilter::new(filter).and(libraries_capped)))
+    tracing_subscriber::registry()
+        .with(lines.with_filter(EnvFilter::new(filter).and(libraries_capped)))
 }
 
 /// Wraps a `MakeWriter` so every line it writes has IP addresses replaced by `[ip]`.

@@ -161,7 +161,10 @@ async fn check_page_when_udp_is_blocked_finds_the_tcp_fallback() {
     // The red lines say what to do, with the TURN server's real port.
     assert!(r["udp"]["text"].as_str().unwrap().contains("UDP"), "{r}");
     let port = format!("UDP {}", turn.port);
-    assert!(r["turn_udp"]["text"].as_str().unwrap().contains(&port), "{r}");
+    assert!(
+        r["turn_udp"]["text"].as_str().unwrap().contains(&port),
+        "{r}"
+    );
     b.screenshot(&page, "check-udp-blocked").await;
     drop(b);
     server.shutdown().await;
