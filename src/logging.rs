@@ -249,6 +249,55 @@ fn is_ip(token: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A `MakeWriter` that collects everything written.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    fn log_one(format: LogFormat, ansi: bool) -> String {
+        let out = Capture::default();
+        let sub = subscriber_with("info", format, ansi, out.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(member = "m-1", peer = "10.1.2.3:5000", "joined");
+        });
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn json_lines_are_json_and_redacted() {
+        let text = log_one(LogFormat::Json, false);
+        let line = text.lines().next().expect("one line");
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "joined");
+        assert_eq!(v["member"], "m-1");
+        assert_eq!(v["peer"], "[ip]", "{line}");
+    }
+
+    #[test]
+    fn colour_codes_only_when_asked_for() {
+        assert!(!log_one(LogFormat::Text, false).contains('\u{1b}'));
+        assert!(log_one(LogFormat::Text, true).contains('\u{1b}'));
+        assert!(!log_one(LogFormat::Json, false).contains('\u{1b}'));
+    }
+
     #[test]
     fn redacts_addresses_only() {
         let cases = [
