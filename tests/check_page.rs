@@ -129,6 +129,7 @@ async fn check_page_on_an_open_network_and_through_turn() {
         )
         .await;
     assert_eq!(href, "/check");
+    b.screenshot(&watch, "error-with-check-link").await;
     drop(b);
     server.shutdown().await;
 }
