@@ -246,3 +246,46 @@ async fn post_json(url: &str, body: &str) -> (u16, String) {
     let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, out)
 }
+
+#[tokio::test]
+async fn pages_come_from_the_binary_or_from_http_web_root() {
+    // Built in (the default): what web/ held at build time.
+    let server = TestServer::spawn().await;
+    let (status, body) = get(&server, "/check").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, include_str!("../web/check.html"));
+    server.shutdown().await;
+
+    // A folder on disk instead, for working on the client without rebuilding.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("check.html"), "<p>edited check page</p>").unwrap();
+    std::fs::write(dir.path().join("index.html"), "<p>edited start page</p>").unwrap();
+    let overlay = format!("[http]\nweb_root = \"{}\"\n", dir.path().display());
+    let server = TestServer::spawn_with(&overlay).await;
+    assert_eq!(
+        get(&server, "/check").await,
+        (200, "<p>edited check page</p>".to_owned())
+    );
+    assert_eq!(
+        get(&server, "/").await,
+        (200, "<p>edited start page</p>".to_owned())
+    );
+    assert_eq!(get(&server, "/page.js").await.0, 404);
+    server.shutdown().await;
+}
+
+async fn get(server: &TestServer, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
