@@ -214,8 +214,10 @@ async fn check_offer_rejects_bad_input() {
     let cases = [
         (r#"{"type":"answer","sdp":"v=0"}"#, 422, "invalid"),
         (r#"{"type":"offer","sdp":"not sdp"}"#, 422, "invalid"),
-        (r#"{"type":"offer"}"#, 422, ""),
-        ("not json", 400, ""),
+        (r#"{"type":"offer"}"#, 422, "invalid"),
+        (r#"{"type":"offer","sdp":"v=0","extra":1}"#, 422, "invalid"),
+        ("not json", 400, "bad_json"),
+        ("", 400, "bad_json"),
     ];
     for (body, status, error) in cases {
         let (got, text) = post_json(&url, body).await;
@@ -227,6 +229,7 @@ async fn check_offer_rejects_bad_input() {
     let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(20_000));
     let (got, text) = post_json(&url, &big).await;
     assert_eq!(got, 413, "{text}");
+    assert!(text.contains("too_large"), "{text}");
     server.shutdown().await;
 }
 

@@ -2,6 +2,7 @@
 //! included) and gets the answer of a short-lived test connection (`sfu::check`). Public like
 //! the page; bounded by `sfu::MAX_CHECKS`.
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -46,7 +47,32 @@ fn problem(status: StatusCode, error: &'static str, message: impl Into<String>) 
         .into_response()
 }
 
-pub async fn offer(State(state): State<AppState>, Json(offer): Json<Offer>) -> Response {
+pub async fn offer(State(state): State<AppState>, body: Bytes) -> Response {
+    // Parsed here rather than by axum's `Json`, so every answer is in the one JSON shape.
+    if body.len() > MAX_OFFER_BYTES + 1024 {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("an offer is at most {MAX_OFFER_BYTES} bytes"),
+        );
+    }
+    let offer: Offer = match serde_json::from_slice(&body) {
+        Ok(offer) => offer,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the body is not JSON: {e}"),
+            )
+        }
+        Err(e) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("expected {{\"type\": \"offer\", \"sdp\": \"…\"}}: {e}"),
+            )
+        }
+    };
     if offer.kind != "offer" {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
