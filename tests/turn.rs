@@ -97,6 +97,20 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
         "coturn made no allocations:\n{log}"
     );
     b.screenshot(&watcher, "turn-relay-watch").await;
+
+    // The check page knows this server uses TURN only: no direct-UDP line to worry about.
+    let check = b.open(&format!("{base}/check")).await;
+    let r = b
+        .wait_for(&check, "kursrelay.check.done().then(r => r)", 60)
+        .await;
+    assert_eq!(r["udp"]["state"], "off", "{r}");
+    assert_eq!(r["turn_tcp"]["state"], "ok", "{r}");
+    assert_eq!(r["turn_tcp"]["path"]["protocol"], "tls", "{r}");
+    assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
+    assert!(
+        r["code"].as_str().unwrap().starts_with("W1-UN-RN-T1-K1-B"),
+        "{r}"
+    );
     drop(b);
     server.shutdown().await;
 }

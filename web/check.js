@@ -301,7 +301,10 @@ async function runAll() {
     const tcpTurn = turnServers(config, isTcpTurn);
     // The three paths at once: each waits for its own timeouts.
     const [udp, relayUdp, relayTcp] = await Promise.all([
-      testPath('udp', { iceServers: [], iceTransportPolicy: 'all' }),
+      // A server that sends all media through TURN (turn.relay_only) never uses direct UDP.
+      config.iceTransportPolicy === 'relay'
+        ? (set('udp', 'off', 'udp.relay_only'), null)
+        : testPath('udp', { iceServers: [], iceTransportPolicy: 'all' }),
       udpTurn.length
         ? testPath('turn_udp', { iceServers: udpTurn, iceTransportPolicy: 'relay' }, { what: portsText(udpTurn, 'UDP') })
         : (set('turn_udp', 'off', 'turn.off'), null),
@@ -310,7 +313,7 @@ async function runAll() {
         : null,
     ]);
     if (!tcpTurn.length) {
-      if (udp) set('turn_tcp', 'off', 'turn.off');
+      if (udp || relayUdp) set('turn_tcp', 'off', 'turn.off');
       else set('turn_tcp', 'fail', 'turn.off_needed');
     }
     conns.push(udp, relayUdp, relayTcp);
