@@ -349,17 +349,38 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(unit.contains(must), "deploy/kursrelay.service lacks {must}");
     }
-    // verify checks that ExecStart exists: point it at the real binary.
+    // verify checks that ExecStart exists: point it at the real binary. The backup service
+    // and timer are checked alongside.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kursrelay.service");
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/kursrelay", env!("CARGO_BIN_EXE_kursrelay")),
-    )
-    .unwrap();
+    let mut units = Vec::new();
+    for name in [
+        "kursrelay.service",
+        "kursrelay-backup.service",
+        "kursrelay-backup.timer",
+    ] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy")
+                .join(name),
+        )
+        .unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replace("/usr/local/bin/kursrelay", env!("CARGO_BIN_EXE_kursrelay")),
+        )
+        .unwrap();
+        units.push(path);
+    }
+    let backup = std::fs::read_to_string(&units[1]).unwrap();
+    assert!(
+        backup.contains("User=kursrelay") && unit.contains("User=kursrelay"),
+        "the backup runs as another user"
+    );
+    assert!(backup.contains("db backup"));
     let out = Command::new(analyze)
         .arg("verify")
-        .arg(&path)
+        .args(&units)
         .output()
         .unwrap();
     let text = format!(
@@ -368,7 +389,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        out.status.success() && !text.contains("kursrelay.service:"),
+        out.status.success() && !text.contains("kursrelay"),
         "systemd-analyze verify: {text}"
     );
 }
