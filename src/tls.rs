@@ -26,6 +26,9 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for axum to take them.
 const ACCEPT_QUEUE: usize = 64;
+/// Handshakes in progress at once; a connection beyond that is closed at once (a flood of
+/// clients that never finish cannot pile up tasks).
+const MAX_HANDSHAKES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -167,6 +170,7 @@ impl Tls {
         let stop = CancellationToken::new();
         let acceptor = self.acceptor.clone();
         let stopped = stop.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -181,9 +185,14 @@ impl Tls {
                         }
                     },
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!("too many TLS handshakes in progress; connection dropped");
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
