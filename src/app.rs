@@ -1,5 +1,6 @@
-//! Wiring: bind the listener, build the shared state, serve until shutdown, then let every
-//! client task close its peer connections.
+//! Wiring: bind the listeners (HTTPS with rustls when configured, and the HTTP redirect),
+//! build the shared state, serve until shutdown, then let every client task close its peer
+//! connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::http::{router, AppState};
 use crate::room::Rooms;
-use crate::sfu::{MediaSettings, Sfu};
+use crate::sfu::{CheckLimiter, MediaSettings, Sfu};
+use crate::tls::Tls;
 
 /// How long shutdown waits for clients to close their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +55,8 @@ fn warn_if_plain_http(public_url: &str) {
 /// A server bound to its address, not yet serving.
 pub struct Server {
     listener: TcpListener,
+    tls: Option<Tls>,
+    redirect: Option<TcpListener>,
     state: AppState,
 }
 
@@ -61,6 +65,18 @@ impl Server {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        let tls = match config.http.tls_files() {
+            Some((cert, key)) => Some(Tls::new(cert, key)?),
+            None => None,
+        };
+        let redirect = match config.http.redirect_addr() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (http.redirect_listen)"))?,
+            ),
+            None => None,
+        };
         let sfu = Sfu::new(MediaSettings::from(&config.media));
         let db = Db::open(&config.db.path).await.with_context(|| {
             format!(
@@ -83,9 +99,29 @@ impl Server {
             sfu,
             db,
             tokens,
+            checks: CheckLimiter::default(),
             shutdown: CancellationToken::new(),
         };
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            tls,
+            redirect,
+            state,
+        })
+    }
+
+    /// "https" when a certificate is configured, else "http".
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Where the HTTP→HTTPS redirect listens, if it does.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -111,12 +147,38 @@ impl Server {
         );
         let app = router(self.state);
         let shutdown = state.shutdown.clone();
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        if let Some(redirect) = self.redirect {
+            let app = crate::http::redirect_router(&state.config.http.public_url);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(redirect, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(err) = serve.await {
+                    tracing::error!(error = %err, "the HTTP redirect listener failed");
+                }
+            });
+        }
+        let stopping = async move {
             stop.cancelled().await;
             tracing::info!("shutting down");
             shutdown.cancel();
-        });
-        serve.await.context("http server failed")?;
+        };
+        match self.tls {
+            Some(tls) => {
+                tls.spawn_reloader(state.shutdown.clone());
+                let listener = tls
+                    .listener(self.listener)
+                    .context("cannot start the HTTPS listener")?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping)
+                    .await
+                    .context("https server failed")?;
+            }
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+                .context("http server failed")?,
+        }
         let metrics = state.sfu.metrics().clone();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while metrics.live_tasks() != Default::default() {

@@ -23,6 +23,16 @@ pub enum AdminCommand {
     /// Attendance exports (every export is recorded).
     #[command(subcommand)]
     Attendance(AttendanceCommand),
+    /// The database file itself.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Write a consistent copy of the database to FILE (a new file), safe while the server
+    /// runs (SQLite's online backup).
+    Backup { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +134,16 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// Runs one admin command and returns what to print.
 pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
+    if let AdminCommand::Db(DbCommand::Backup { file }) = &cmd {
+        // Before Db::open: a backup must not create (or migrate) the database it copies.
+        let (source, dest) = (config.db.path.clone(), file.clone());
+        tokio::task::spawn_blocking(move || crate::db::backup::backup(&source, &dest)).await??;
+        return Ok(format!(
+            "backed up {} to {}",
+            config.db.path.display(),
+            file.display()
+        ));
+    }
     let db = Db::open(&config.db.path).await?;
     let tokens = TokenKey::new(&db.secret("join_token_key").await?);
     let link = |invite: &crate::db::Invite, ends: i64| {
@@ -331,6 +351,8 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             })
             .collect::<Vec<_>>()
             .join("\n"),
+        // Handled before the database is opened (above).
+        AdminCommand::Db(DbCommand::Backup { .. }) => String::new(),
         AdminCommand::Invite(InviteCommand::Revoke { invite }) => {
             db.revoke_invite(&invite).await?;
             format!("revoked {invite}")

@@ -14,6 +14,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const LOG_ENV: &str = "KURSRELAY_LOG";
 /// Environment variable that overrides `auth.admin_key` (keep secrets out of files).
 const ADMIN_KEY_ENV: &str = "KURSRELAY_ADMIN_KEY";
+/// Environment variable that overrides `turn.secret`.
+const TURN_SECRET_ENV: &str = "KURSRELAY_TURN_SECRET";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,9 +40,45 @@ pub struct Config {
     pub media: MediaConfig,
     pub signalling: SignallingConfig,
     pub auth: AuthConfig,
+    pub turn: TurnConfig,
     pub db: DbConfig,
     pub attendance: AttendanceConfig,
     pub log: LogConfig,
+}
+
+/// TURN servers handed to clients, with time-limited credentials made from the shared secret
+/// (coturn's `use-auth-secret`, the "TURN REST API" scheme).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    pub urls: Vec<String>,
+    pub secret: String,
+    pub credential_lifetime_hours: u64,
+    pub relay_only: bool,
+}
+
+impl TurnConfig {
+    pub fn credential_lifetime(&self) -> Duration {
+        Duration::from_secs(self.credential_lifetime_hours * 3600)
+    }
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    "(none)"
+                } else {
+                    "(set)"
+                },
+            )
+            .field("credential_lifetime_hours", &self.credential_lifetime_hours)
+            .field("relay_only", &self.relay_only)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,8 +137,31 @@ pub struct DbConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Empty: the web client compiled into the binary. A folder: served from disk instead
+    /// (for working on web/ without rebuilding).
     pub web_root: PathBuf,
     pub public_url: String,
+    /// PEM certificate chain and private key; both empty = plain HTTP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Where to answer plain HTTP with a redirect to `public_url`; empty = off.
+    pub redirect_listen: String,
+}
+
+impl HttpConfig {
+    /// Certificate and key files, if HTTPS is on (validated: both or neither).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        if self.tls_cert.as_os_str().is_empty() {
+            None
+        } else {
+            Some((&self.tls_cert, &self.tls_key))
+        }
+    }
+
+    /// The redirect listener's address, if one is configured (validated).
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_listen.parse().ok()
+    }
 }
 
 /// What the web client is told (`/client-config.json`).
@@ -159,6 +220,15 @@ impl SignallingConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub filter: String,
+    pub format: LogFormat,
+}
+
+/// How log lines look: `text` for people, `json` (one object per line) for journald/Loki.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {
@@ -186,6 +256,9 @@ impl Config {
         }
         if let Ok(key) = std::env::var(ADMIN_KEY_ENV) {
             config.auth.admin_key = key;
+        }
+        if let Ok(secret) = std::env::var(TURN_SECRET_ENV) {
+            config.turn.secret = secret;
         }
         config.validate()?;
         Ok(config)
@@ -264,6 +337,72 @@ impl Config {
         }
         if self.signalling.messages_per_second == 0 || self.signalling.message_burst == 0 {
             return Err(bad("signalling.messages_per_*", "must be above zero"));
+        }
+        let (cert, key) = (
+            self.http.tls_cert.as_os_str().is_empty(),
+            self.http.tls_key.as_os_str().is_empty(),
+        );
+        if cert != key {
+            return Err(bad(
+                if cert {
+                    "http.tls_cert"
+                } else {
+                    "http.tls_key"
+                },
+                "HTTPS needs both http.tls_cert and http.tls_key (PEM files), or neither",
+            ));
+        }
+        if !self.http.redirect_listen.is_empty() {
+            let Ok(addr) = self.http.redirect_listen.parse::<SocketAddr>() else {
+                return Err(bad(
+                    "http.redirect_listen",
+                    "must be an address with a port, e.g. \"0.0.0.0:80\", or empty",
+                ));
+            };
+            if self.http.tls_files().is_none() {
+                return Err(bad(
+                    "http.redirect_listen",
+                    "redirects to HTTPS, so it needs http.tls_cert and http.tls_key",
+                ));
+            }
+            if addr == self.http.listen && addr.port() != 0 {
+                return Err(bad("http.redirect_listen", "must differ from http.listen"));
+            }
+        }
+        for url in &self.turn.urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:") || url.starts_with("stun:"))
+            {
+                return Err(bad(
+                    "turn.urls",
+                    &format!("{url:?} must start with turn:, turns: or stun:"),
+                ));
+            }
+        }
+        let has_turn = self.turn.urls.iter().any(|u| u.starts_with("turn"));
+        if has_turn && self.turn.secret.len() < 16 {
+            return Err(bad(
+                "turn.secret",
+                "TURN servers need the shared secret of coturn's static-auth-secret (16+ characters; \
+                 set KURSRELAY_TURN_SECRET)",
+            ));
+        }
+        if !has_turn && !self.turn.secret.is_empty() {
+            return Err(bad(
+                "turn.urls",
+                "turn.secret is set but no turn: or turns: URL is",
+            ));
+        }
+        if self.turn.relay_only && !has_turn {
+            return Err(bad(
+                "turn.relay_only",
+                "needs at least one turn: or turns: URL",
+            ));
+        }
+        if has_turn && !(1..=48).contains(&self.turn.credential_lifetime_hours) {
+            return Err(bad(
+                "turn.credential_lifetime_hours",
+                "must be between 1 and 48",
+            ));
         }
         if self
             .log
@@ -367,7 +506,11 @@ mod tests {
     fn overlay_changes_only_given_keys() {
         let c = Config::from_overlay(Some(("[http]\nlisten = \"127.0.0.1:9000\"\n", "t"))).unwrap();
         assert_eq!(c.http.listen.port(), 9000);
-        assert_eq!(c.http.web_root, PathBuf::from("web"));
+        assert_eq!(
+            c.http.web_root,
+            PathBuf::new(),
+            "the built-in web client by default"
+        );
     }
 
     #[test]
@@ -393,6 +536,27 @@ mod tests {
                 "web.brand_logo",
             ),
             ("[attendance]\ntime_zone = 3\n", "attendance.time_zone"),
+            ("[http]\ntls_cert = \"a.pem\"\n", "http.tls_key"),
+            ("[http]\ntls_key = \"k.pem\"\n", "http.tls_cert"),
+            ("[http]\nredirect_listen = \"80\"\n", "http.redirect_listen"),
+            ("[http]\nredirect_listen = \"0.0.0.0:80\"\n", "http.redirect_listen"),
+            (
+                "[http]\ntls_cert = \"c\"\ntls_key = \"k\"\nredirect_listen = \"127.0.0.1:8080\"\n",
+                "http.redirect_listen",
+            ),
+            ("[turn]\nurls = [\"http://x\"]\n", "turn.urls"),
+            ("[turn]\nurls = [\"turn:t.example:3478\"]\n", "turn.secret"),
+            (
+                "[turn]\nurls = [\"turn:t.example:3478\"]\nsecret = \"short\"\n",
+                "turn.secret",
+            ),
+            ("[turn]\nsecret = \"0123456789abcdef0\"\n", "turn.urls"),
+            ("[turn]\nrelay_only = true\n", "turn.relay_only"),
+            (
+                "[turn]\nurls = [\"turns:t.example:443\"]\nsecret = \"0123456789abcdef0\"\ncredential_lifetime_hours = 0\n",
+                "turn.credential_lifetime_hours",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
         ];
         for (text, key) in cases {
             let err = Config::from_overlay(Some((text, "test.toml"))).unwrap_err();
@@ -406,6 +570,25 @@ mod tests {
         assert!(contrast_with_white([0xff, 0xd4, 0x00]) < 2.0);
         let ok = Config::from_overlay(Some(("[web]\naccent = \"#005a3c\"\n", "t"))).unwrap();
         assert_eq!(ok.web.accent, "#005a3c");
+    }
+
+    #[test]
+    fn https_and_turn_settings_are_accepted() {
+        let c = Config::from_overlay(Some((
+            "[http]\ntls_cert = \"/etc/k/cert.pem\"\ntls_key = \"/etc/k/key.pem\"\nredirect_listen = \"0.0.0.0:80\"\n\
+             [turn]\nurls = [\"turns:turn.example:443?transport=tcp\", \"turn:turn.example:3478\"]\n\
+             secret = \"0123456789abcdef0\"\nrelay_only = true\n[log]\nformat = \"json\"\n",
+            "t",
+        )))
+        .unwrap();
+        assert!(c.http.tls_files().is_some());
+        assert_eq!(c.http.redirect_addr().unwrap().port(), 80);
+        assert_eq!(c.turn.credential_lifetime(), Duration::from_secs(12 * 3600));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(
+            !format!("{:?}", c.turn).contains("0123456789"),
+            "secret in Debug"
+        );
     }
 
     #[test]

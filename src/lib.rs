@@ -16,16 +16,18 @@
 //! |---|---|---|
 //! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
 //! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
-//! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/, secrets, courses/sessions/invites | be used by the media path |
+//! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/ (compiled in), secrets, courses/sessions/invites, online backups (`db::backup`, the crate's only `unsafe`) | be used by the media path |
 //! | [`attendance`] | the writer task (commit, then acknowledge), crash recovery, retention, summaries (pure), CSV (for Norwegian spreadsheets, local time via `tz`) and JSON export | be awaited by the room actor or touched by the media path |
-//! | [`cli`] | the admin subcommands (`course`, `session`, `invite`) on the database | run the server |
-//! | [`logging`] | tracing setup (libraries capped at `warn`); the writer that redacts IP addresses and byte dumps from every line | log names or media |
+//! | [`cli`] | the admin subcommands (`course`, `session`, `invite`, `attendance`, `db backup`) on the database | run the server |
+//! | [`logging`] | tracing setup (libraries capped at `warn`; text, or JSON lines; colour only on a terminal); the writer that redacts IP addresses and byte dumps from every line | log names or media |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
 //! | [`protocol`] | signalling message types and parsing | do I/O |
-//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, static web/ (one `course.html`) | decide anything about rooms |
+//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
 //! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book), and `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections | lock room state; await the media path or the database |
-//! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, feeds (one reading task per arriving track) and their publications (`Forwarder`), down-tracks, keyframe requests, media metrics | await the room, a lock or the network (besides the send) per packet |
-//! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, feeds (one reading task per arriving track) and their publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's test peer | await the room, a lock or the network (besides the send) per packet |
+//! | [`tls`] | native HTTPS: PEM loading, the swappable certificate, reload on file change and SIGHUP, the TLS listener axum serves | know what is served |
+//! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
+//! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |
 
 pub mod app;
 pub mod attendance;
@@ -39,3 +41,5 @@ pub mod logging;
 pub mod protocol;
 pub mod room;
 pub mod sfu;
+pub mod tls;
+pub mod turn;

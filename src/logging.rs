@@ -6,35 +6,62 @@
 //!   `b"…"` literal or a long list of numbers, which is how a packet's `Debug` shows its
 //!   payload) by `[removed]`, so no library can write media into the log.
 //!
-//! Our own code logs pseudonymous ids only, never names.
+//! Our own code logs pseudonymous ids only, never names. Lines are text for people or one JSON
+//! object each for journald/Loki (`log.format`); colour codes only when stdout is a terminal.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::config::LogFormat;
+
 /// Starts logging to stdout with `filter` (a tracing `EnvFilter` directive).
-pub fn init(filter: &str) {
-    tracing::subscriber::set_global_default(subscriber(filter, io::stdout))
+pub fn init(filter: &str, format: LogFormat) {
+    // A journal or a file gets no escape codes; a person at a terminal gets colours.
+    let ansi = io::stdout().is_terminal();
+    tracing::subscriber::set_global_default(subscriber_with(filter, format, ansi, io::stdout))
         .expect("logging is initialised once, at start-up");
 }
 
-/// The subscriber `init` installs, writing to `writer`: `filter` for our own targets, capped at
-/// `warn` for every library, and the redacting writer. Tests install it with a capture.
+/// The subscriber `init` installs, writing text without colour codes to `writer`. Tests
+/// install it with a capture.
 pub fn subscriber<W>(filter: &str, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    subscriber_with(filter, LogFormat::Text, false, writer)
+}
+
+/// `filter` for our own targets, capped at `warn` for every library, the redacting writer,
+/// and lines as `format` (with colour codes only if `ansi`).
+pub fn subscriber_with<W>(
+    filter: &str,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let libraries_capped = filter_fn(|meta| {
         meta.target().starts_with("kursrelay") || *meta.level() <= tracing::Level::WARN
     });
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(Redacting(writer))
-        .with_filter(EnvFilter::new(filter).and(libraries_capped));
-    tracing_subscriber::registry().with(layer)
+    let lines = tracing_subscriber::fmt::layer().with_writer(Redacting(writer));
+    let lines: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.with_ansi(ansi).boxed(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines.with_filter(EnvFilter::new(filter).and(libraries_capped)))
 }
 
 /// Wraps a `MakeWriter` so every line it writes has IP addresses replaced by `[ip]`.
@@ -221,6 +248,55 @@ fn is_ip(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `MakeWriter` that collects everything written.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    fn log_one(format: LogFormat, ansi: bool) -> String {
+        let out = Capture::default();
+        let sub = subscriber_with("info", format, ansi, out.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(member = "m-1", peer = "10.1.2.3:5000", "joined");
+        });
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn json_lines_are_json_and_redacted() {
+        let text = log_one(LogFormat::Json, false);
+        let line = text.lines().next().expect("one line");
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "joined");
+        assert_eq!(v["member"], "m-1");
+        assert_eq!(v["peer"], "[ip]", "{line}");
+    }
+
+    #[test]
+    fn colour_codes_only_when_asked_for() {
+        assert!(!log_one(LogFormat::Text, false).contains('\u{1b}'));
+        assert!(log_one(LogFormat::Text, true).contains('\u{1b}'));
+        assert!(!log_one(LogFormat::Json, false).contains('\u{1b}'));
+    }
 
     #[test]
     fn redacts_addresses_only() {

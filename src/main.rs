@@ -45,17 +45,39 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    kursrelay::logging::init(&config.log.filter);
+    kursrelay::logging::init(&config.log.filter, config.log.format);
 
     let server = Server::bind(config).await?;
     // Printed, not logged: the log redacts IP addresses, and this one is the operator's own.
-    println!("kursrelay listening on http://{}/", server.local_addr());
+    println!(
+        "kursrelay listening on {}://{}/",
+        server.scheme(),
+        server.local_addr()
+    );
+    if let Some(addr) = server.redirect_addr() {
+        println!("kursrelay redirecting http://{addr}/ to HTTPS");
+    }
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
+        stop_signal().await;
+        on_signal.cancel();
     });
     server.serve(stop).await.context("server failed")
+}
+
+/// Ctrl-C (SIGINT) or, from systemd, SIGTERM: both stop the server gracefully.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -93,9 +93,9 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
 
     let mut b = Chromium::launch_with(&[
         // The browser's own rule: no sound before someone presses something on the page.
-        "--autoplay-policy=document-user-activation-required",
+        "--autoplay-policy=document-user-activation-required".to_owned(),
         // A name that is not this machine: browsers treat plain http there as insecure.
-        "--host-resolver-rules=MAP kurs.test 127.0.0.1",
+        "--host-resolver-rules=MAP kurs.test 127.0.0.1".to_owned(),
     ])
     .await;
     let cases = [

@@ -3,6 +3,7 @@
 // small helpers every view uses. No view logic here; views live in web/views/.
 import { t, has } from './i18n.js';
 import { KursrelayError } from './client.js';
+import { checkLink } from './check-i18n.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -109,8 +110,12 @@ export function showAlert(key, vars) {
     const p = document.createElement('p');
     p.textContent = t(key, vars);
     el.alert.append(p);
+    // Every error and every lost connection points to the connectivity check.
+    if (key.startsWith('err.') || PROBLEM_BYES.has(key)) el.alert.append(checkLink(t));
   }
 }
+
+const PROBLEM_BYES = new Set(['bye.connection_lost', 'bye.peer_failed', 'bye.server_shutdown', 'bye.rate_limited', 'bye.unresponsive']);
 
 export function rerenderMessages() {
   if (statusMsg) setStatus(...statusMsg);

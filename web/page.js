@@ -23,6 +23,7 @@ import representativeView from './views/representative.js';
 import interpreterView from './views/interpreter.js';
 import participantView from './views/participant.js';
 import siteView from './views/site.js';
+import { rtcConfig } from './ice.js';
 
 const VIEWS = {
   leader: leaderView,
@@ -257,7 +258,8 @@ async function doStart({ name } = {}) {
   const tested = state.view.sends.length ? devices.take() : null;
   devices.stop();
 
-  const c = new KursrelayClient();
+  // TURN servers with fresh credentials, asked for before every (re)connect.
+  const c = new KursrelayClient(undefined, { rtcConfig: await rtcConfig() });
   state.client = c;
   const mine = (fn) => (...args) => { if (state.client === c) fn(...args); };
   c.onMessage = (msg) => { state.received.push(msg.type); };

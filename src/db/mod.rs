@@ -1,7 +1,9 @@
-//! The SQLite database (sqlx, WAL): opening it, migrations from migrations/, server secrets,
-//! and the course/session/invite records (`courses`). Never touched by the media path; the
+//! The SQLite database (sqlx, WAL): opening it, migrations from migrations/ (compiled in),
+//! server secrets, the course/session/invite records (`courses`), and online backups
+//! (`backup`). Never touched by the media path; the
 //! room actor reads a session once when it starts.
 
+pub mod backup;
 pub mod courses;
 
 use std::path::Path;

@@ -1,20 +1,23 @@
-//! The HTTP edge: the axum router (`router`), static files from web/, `/ws` signalling,
-//! `/healthz`, `/metrics`, `/client-config.json` (what the web client may know, e.g. the help
-//! phone number), `/link-check` (`link`: does a join link still work), the admin REST API
-//! (`api`) and the security headers on every response (`headers`). It translates between the
-//! network and the room; it decides nothing about rooms or media.
+//! The HTTP edge: the axum router (`router`), the web client (`web`: compiled in, or from
+//! `http.web_root`; one `course.html` for every role), `/ws` signalling, `/healthz`,
+//! `/metrics`, `/client-config.json` (what the web client may know, e.g. the help phone
+//! number), `/link-check` (`link`: does a join link still work), `/ice-servers.json` (TURN
+//! credentials), the connectivity check's test connections (`check`), the HTTP→HTTPS redirect,
+//! the admin REST API (`api`) and the security headers on every response (`headers`). It
+//! translates between the network and the room; it decides nothing about rooms or media.
 
 pub mod api;
+mod check;
 mod headers;
 pub mod link;
+pub mod web;
 mod ws;
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::response::Redirect;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -34,14 +37,16 @@ pub struct AppState {
     pub sfu: Sfu,
     pub db: Db,
     pub tokens: TokenKey,
+    /// Limits the connectivity check's test connections.
+    pub checks: crate::sfu::CheckLimiter,
     /// Cancelled on shutdown: every WebSocket task says goodbye and ends.
     pub shutdown: CancellationToken,
 }
 
 /// The whole HTTP surface, testable without a socket.
 pub fn router(state: AppState) -> Router {
-    let web = ServeDir::new(&state.config.http.web_root);
-    Router::new()
+    let web_root = state.config.http.web_root.clone();
+    let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -51,10 +56,51 @@ pub fn router(state: AppState) -> Router {
         // #t=… fragment across a redirect).
         .route("/publish.html", get(to_course_page))
         .route("/watch.html", get(to_course_page))
-        .merge(api::routes())
-        .fallback_service(web)
+        .route("/ice-servers.json", get(ice_servers))
+        .route("/check/offer", post(check::offer))
+        .merge(api::routes());
+    let router = if web_root.as_os_str().is_empty() {
+        router.fallback(web::embedded)
+    } else {
+        let check_page = web_root.join("check.html");
+        router
+            .route(
+                "/check",
+                get(move || async move {
+                    match tokio::fs::read(&check_page).await {
+                        Ok(html) => ([(header::CONTENT_TYPE, "text/html")], html).into_response(),
+                        Err(_) => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
+            .fallback_service(ServeDir::new(web_root))
+    };
+    router
         .layer(axum::middleware::from_fn(headers::add))
         .with_state(state)
+}
+
+/// The plain-HTTP side when HTTPS is on: every request is sent to the same path under
+/// `public_url` (308 keeps the method).
+pub fn redirect_router(public_url: &str) -> Router {
+    let base = public_url.trim_end_matches('/').to_owned();
+    Router::new().fallback(move |uri: Uri| {
+        let base = base.clone();
+        async move {
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            Redirect::permanent(&format!("{base}{path}"))
+        }
+    })
+}
+
+/// TURN servers with fresh time-limited credentials, for `new RTCPeerConnection(...)`. Public
+/// like the pages: the check page needs it without a join link. The relay can only reach
+/// what coturn's `allowed-peer-ip`/`denied-peer-ip` let through (deploy/turnserver.conf keeps
+/// it to this server).
+async fn ice_servers(State(state): State<AppState>) -> Response {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let config = crate::turn::ice_config(&state.config.turn, crate::auth::unix_now(), &tag[..12]);
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(config)).into_response()
 }
 
 async fn to_course_page() -> Redirect {

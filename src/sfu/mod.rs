@@ -10,11 +10,14 @@
 //!   down-tracks, the writer, keyframe pacing.
 //! - `keyframe`: keyframe detection, the PLI/FIR interceptor, the request handle.
 //! - `metrics`: counters and live-task gauges.
+//! - `check`: the connectivity check's short-lived test connection (data channel echo and
+//!   bandwidth burst; no media).
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
 //! except `peer::media_setup`, which the test client shares.
 
+mod check;
 mod forwarder;
 pub mod keyframe;
 pub mod metrics;
@@ -26,6 +29,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use forwarder::{DownTrack, FanoutHarness, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};

@@ -13,24 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
+/// Where the browser is: `KURSRELAY_CHROMIUM`, else Debian's `chromium` (installed if missing,
+/// see `tools`).
 pub fn chromium_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KURSRELAY_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for p in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "no Chromium found: install Debian's `chromium` (apt-get install -y chromium) or set \
-         KURSRELAY_CHROMIUM to the browser binary (see README, Prerequisites)"
-    );
+    super::tools::chromium()
 }
 
 /// Counts the page's calls to getUserMedia (runs before the page's own scripts).
@@ -52,17 +38,35 @@ pub struct Page {
     session: String,
 }
 
+impl Page {
+    /// The DevTools session id, for `Chromium::call`.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+}
+
 impl Chromium {
     pub async fn launch() -> Chromium {
-        Self::launch_with(&["--autoplay-policy=no-user-gesture-required"]).await
+        Self::launch_with(&["--autoplay-policy=no-user-gesture-required".to_owned()]).await
     }
 
-    /// With other flags, e.g. the browser's own autoplay rule
-    /// (`--autoplay-policy=document-user-activation-required`) or a host name mapped to
-    /// loopback (`--host-resolver-rules=MAP kurs.test 127.0.0.1`), which browsers treat as an
-    /// insecure origin.
-    pub async fn launch_with(extra: &[&str]) -> Chromium {
+    /// With other command-line switches instead of the default autoplay rule: e.g. the
+    /// browser's own autoplay rule (`--autoplay-policy=document-user-activation-required`), a
+    /// host name mapped to loopback (`--host-resolver-rules=MAP kurs.test 127.0.0.1`, which
+    /// browsers treat as an insecure origin), or a trusted test CA.
+    pub async fn launch_with(extra: &[String]) -> Chromium {
+        Self::launch_with_prefs(extra, None).await
+    }
+
+    /// With extra switches and the profile's preferences preset (the `Default/Preferences`
+    /// JSON a user's settings live in), e.g. a WebRTC IP-handling policy.
+    pub async fn launch_with_prefs(extra: &[String], prefs: Option<Value>) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
+        if let Some(prefs) = prefs {
+            let dir = profile.path().join("Default");
+            std::fs::create_dir_all(&dir).expect("profile Default dir");
+            std::fs::write(dir.join("Preferences"), prefs.to_string()).expect("write Preferences");
+        }
         let child = Command::new(chromium_path())
             .args([
                 "--headless",
@@ -382,11 +386,10 @@ impl Chromium {
 
     /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
     pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/axe/node_modules/axe-core/axe.min.js");
-        let source = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!("axe-core is missing at {}: run `npm install --prefix target/axe axe-core@4` (.ci/run does)", path.display())
-        });
+        // Vendored with its licence (tests/vendor/axe-core/README.md): no npm needed.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/axe-core/axe.min.js");
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read axe-core at {}: {e}", path.display()));
         self.call(
             Some(&page.session),
             "Runtime.evaluate",

@@ -3,6 +3,9 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chromium;
+pub mod coturn;
+pub mod pki;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -85,10 +88,9 @@ impl TestServer {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let base = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n\
              [media]\nbind_ips = [\"127.0.0.1\"]\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
              [auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
-            env!("CARGO_MANIFEST_DIR"),
             dir.path().join("kursrelay.db").display()
         );
         let mut config = Config::from_overlay(Some((&base, "test base"))).expect("test config");
@@ -213,9 +215,8 @@ impl TestServer {
         }
         tokio::time::sleep(gap).await;
         let overlay = format!(
-            "[http]\nlisten = \"{addr}\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
+            "[http]\nlisten = \"{addr}\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
              ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
-            env!("CARGO_MANIFEST_DIR"),
             db.display()
         );
         let config = Config::from_overlay(Some((&overlay, "restart"))).expect("restart config");
