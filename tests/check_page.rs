@@ -113,19 +113,13 @@ async fn check_page_on_an_open_network_and_through_turn() {
         "check texts differ in keys between languages"
     );
 
-    // An error screen links to the check.
-    let watch = b.open(&format!("{base}/watch.html#t=not-a-token")).await;
-    let code = b
-        .eval(
-            &watch,
-            "kursrelay.start({name: 'Kari'}).then(() => 'joined', e => e.code)",
-        )
-        .await;
-    assert_eq!(code, "bad_token");
+    // An error screen links to the check: a dead link's full-page message.
+    let watch = b.open(&format!("{base}/course.html#t=not-a-token")).await;
     let href = b
-        .eval(
+        .wait_for(
             &watch,
-            "document.querySelector('#alert a.check-link')?.getAttribute('href')",
+            "document.querySelector('#link-problem:not([hidden]) a.check-link')?.getAttribute('href')",
+            15,
         )
         .await;
     assert_eq!(href, "/check");

@@ -220,7 +220,7 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
     for (path, status, needle) in [
         ("/", "200", "data-i18n=\"index.p1\""),
         ("/check", "200", "check.js"),
-        ("/publish.html", "200", "page.js"),
+        ("/course.html", "200", "page.js"),
         ("/check.js", "200", "/check/offer"),
         ("/nope.html", "404", ""),
     ] {
@@ -233,14 +233,16 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
     // Plain HTTP is sent to the public HTTPS address, path and query kept.
     let mut s = std::net::TcpStream::connect(&redirect).unwrap();
     use std::io::{Read, Write};
-    s.write_all(b"GET /watch.html?x=1 HTTP/1.1\r\nHost: kurs.example\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /course.html?x=1 HTTP/1.1\r\nHost: kurs.example\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
     assert!(
         resp.to_ascii_lowercase()
-            .contains("location: https://kurs.example/watch.html?x=1"),
+            .contains("location: https://kurs.example/course.html?x=1"),
         "{resp}"
     );
 

@@ -120,7 +120,7 @@ async fn a_course_through_nginx_with_tls() {
     }
 
     // Pages over HTTPS with the headers from the file.
-    let (status, text, _) = https_get(&ca, https_port, "/watch.html?lang=nb")
+    let (status, text, _) = https_get(&ca, https_port, "/course.html?lang=nb")
         .await
         .unwrap();
     assert!(status.contains("200"), "{status}");
@@ -153,7 +153,7 @@ async fn a_course_through_nginx_with_tls() {
             .await
             .unwrap();
         s.write_all(
-            b"GET /publish.html?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            b"GET /course.html?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         )
         .await
         .unwrap();
@@ -161,7 +161,7 @@ async fn a_course_through_nginx_with_tls() {
         s.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
         assert!(
-            resp.contains("Location: https://localhost/publish.html?x=1"),
+            resp.contains("Location: https://localhost/course.html?x=1"),
             "{resp}"
         );
     }
@@ -179,10 +179,10 @@ async fn a_course_through_nginx_with_tls() {
         cert.spki
     )])
     .await;
-    let publisher = b.open(&format!("{base}/publish.html#t={leader}")).await;
+    let publisher = b.open(&format!("{base}/course.html#t={leader}")).await;
     let started = b.eval(&publisher, "kursrelay.start({})").await;
     assert_eq!(started["role"], "leader", "{started}");
-    let watcher = b.open(&format!("{base}/watch.html#t={kari}")).await;
+    let watcher = b.open(&format!("{base}/course.html#t={kari}")).await;
     b.eval(&watcher, "kursrelay.start({})").await;
     let first = b
         .wait_for(
@@ -205,7 +205,7 @@ async fn a_course_through_nginx_with_tls() {
     // The access log: requests, but no addresses and no query strings.
     let log = std::fs::read_to_string(&access_log).unwrap();
     assert!(log.contains("\"GET /ws\" 101"), "{log}");
-    assert!(log.contains("/watch.html"), "{log}");
+    assert!(log.contains("/course.html"), "{log}");
     assert!(
         !log.contains("127.0.0.1") && !log.contains("lang=nb"),
         "{log}"

@@ -24,6 +24,7 @@ import interpreterView from './views/interpreter.js';
 import participantView from './views/participant.js';
 import siteView from './views/site.js';
 import { rtcConfig } from './ice.js';
+import { checkLink as checkPageLink } from './check-i18n.js';
 
 const VIEWS = {
   leader: leaderView,
@@ -143,6 +144,12 @@ function renderProblem() {
     a.textContent = phone;
     el.problemHelp.append(t('help.call'), ' ', a);
   } else el.problemHelp.textContent = t('help.text');
+  // Every error screen points to the connectivity check too.
+  const check = document.createElement('p');
+  check.append(checkPageLink(t));
+  el.problemHelp.after(check);
+  el.problemExtra?.remove();
+  el.problemExtra = check;
 }
 
 function showTitles(link) {

@@ -51,8 +51,11 @@ mod tests {
         for path in [
             "/",
             "/index.html",
-            "/watch.html",
-            "/publish.html",
+            "/course.html",
+            "/core.js",
+            "/views/leader.js",
+            "/sw.js",
+            "/favicon.svg",
             "/check",
             "/check.html",
             "/check.js",
