@@ -77,7 +77,8 @@ impl Server {
             ),
             None => None,
         };
-        let sfu = Sfu::new(MediaSettings::from(&config.media));
+        let sfu = Sfu::start(MediaSettings::from(&config.media))
+            .context("cannot start the media engine (media.bind_ips, media.udp_port)")?;
         let db = Db::open(&config.db.path).await.with_context(|| {
             format!(
                 "cannot open the database {} (db.path)",

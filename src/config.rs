@@ -181,9 +181,13 @@ pub struct WebConfig {
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
     pub bind_ips: Vec<IpAddr>,
+    /// The one UDP port (and ICE-TCP port) of all media; 0 takes any free port (tests).
+    pub udp_port: u16,
+    /// Addresses advertised to clients instead of the bound ones (1:1 NAT).
+    #[serde(default)]
+    pub public_ips: Vec<IpAddr>,
     pub ice_disconnected_timeout_ms: u64,
     pub ice_failed_timeout_ms: u64,
-    pub subscriber_queue_packets: usize,
     pub keyframe_request_interval_ms: u64,
 }
 
@@ -311,8 +315,11 @@ impl Config {
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
         }
-        if self.media.subscriber_queue_packets < 16 {
-            return Err(bad("media.subscriber_queue_packets", "must be at least 16"));
+        if let Some(ip) = self.media.public_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(bad(
+                "media.public_ips",
+                &format!("{ip} is not an address clients can reach"),
+            ));
         }
         if self.media.ice_disconnected_timeout_ms == 0 || self.media.ice_failed_timeout_ms == 0 {
             return Err(bad("media.ice_*_timeout_ms", "must be above zero"));
@@ -519,10 +526,9 @@ mod tests {
             ("[http]\nlisten_port = 1\n", "http.listen_port"),
             ("[httpx]\n", "httpx"),
             ("[http]\nlisten = \"nonsense\"\n", "http.listen"),
-            (
-                "[media]\nsubscriber_queue_packets = \"many\"\n",
-                "media.subscriber_queue_packets",
-            ),
+            ("[media]\nudp_port = \"many\"\n", "media.udp_port"),
+            ("[media]\nudp_port = 70000\n", "media.udp_port"),
+            ("[media]\npublic_ips = [\"0.0.0.0\"]\n", "media.public_ips"),
             ("[media]\nbind_ips = []\n", "media.bind_ips"),
             (
                 "[signalling]\nmax_message_bytes = 1\n",

@@ -58,7 +58,7 @@ fn serves_and_shuts_down_on_ctrl_c() {
     std::fs::write(
         &path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[log]\nfilter = \"info\"\n[db]\npath = \"{}\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nudp_port = 0\n[log]\nfilter = \"info\"\n[db]\npath = \"{}\"\n",
             env!("CARGO_MANIFEST_DIR"),
             dir.path().join("k.db").display()
         ),

@@ -79,7 +79,7 @@ async fn sigkill_mid_session_loses_no_acknowledged_event() {
     std::fs::write(
         &config,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
              [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n",
             env!("CARGO_MANIFEST_DIR"),
             db_path.display()

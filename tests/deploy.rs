@@ -137,7 +137,11 @@ fn text_logs_carry_no_colour_codes_when_not_on_a_terminal() {
     let (_install, bin) = installed_copy();
     let run = tempfile::tempdir().unwrap();
     let config = run.path().join("k.toml");
-    std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_port = 0\n",
+    )
+    .unwrap();
     let mut server = Running::start(&bin, run.path(), &config);
     server.wait_line("kursrelay listening on http://", 20);
     let lines = server.drain().to_vec();
@@ -197,7 +201,7 @@ fn copied_binary_serves_the_client_over_https_and_reloads_its_certificate() {
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://kurs.example\"\n\
              tls_cert = \"{}\"\ntls_key = \"{}\"\nredirect_listen = \"127.0.0.1:0\"\n\
-             [media]\nbind_ips = [\"127.0.0.1\"]\n[db]\npath = \"state/kursrelay.db\"\n\
+             [media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n[db]\npath = \"state/kursrelay.db\"\n\
              [log]\nformat = \"json\"\n",
             first.cert.display(),
             first.key.display()
@@ -453,7 +457,7 @@ fn unusable_certificate_files_stop_start_up_with_a_clear_message() {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[db]\npath = \"{}\"\n",
+                "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[media]\nudp_port = 0\n[db]\npath = \"{}\"\n",
                 cert.display(),
                 key.display(),
                 dir.path().join("k.db").display()

@@ -221,7 +221,7 @@ async fn the_relay_reaches_only_the_media_server_it_is_configured_for() {
         format!("turn:127.0.0.1:{}?transport=tcp", turn.port),
     ];
     let config = format!(
-        "{}[media]\nbind_ips = [\"127.0.0.2\"]\n",
+        "{}[media]\nbind_ips = [\"127.0.0.2\"]\nudp_port = 0\n",
         turn.turn_config(&urls, false)
     );
     let server = TestServer::spawn_with(&config).await;

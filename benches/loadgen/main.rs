@@ -188,7 +188,7 @@ impl Sfu {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n[log]\nfilter = \"warn\"\n\
+                "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n[log]\nfilter = \"warn\"\n\
                  [auth]\nadmin_key = \"{admin_key}\"\n[db]\npath = \"{}\"\n",
                 dir.path().join("bench.db").display()
             ),

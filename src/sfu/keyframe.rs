@@ -1,8 +1,9 @@
 //! Keyframes: recognising one in an RTP payload, letting subscribers' PLI/FIR reach us, and
 //! coalescing those requests to about one per second per published track.
-//! Pure functions and small types; the tasks that use them live in `forwarder.rs`.
+//! Pure functions and small types; the engine (`engine/`) paces and sends the requests.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +12,6 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
-use tokio::sync::Notify;
 
 /// Which codec a track carries, as far as keyframe detection cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,19 +108,24 @@ fn h264_has_keyframe(p: &[u8]) -> bool {
 }
 
 /// A cheap handle that asks the publisher of one track for a keyframe. Requests made while one
-/// is already pending merge into it; the task in `forwarder.rs` paces them.
+/// is already wanted merge into it; the engine sends them upstream, paced per track.
 #[derive(Debug, Clone, Default)]
 pub struct KeyframeRequester {
-    notify: Arc<Notify>,
+    wanted: Arc<AtomicBool>,
 }
 
 impl KeyframeRequester {
     pub fn request(&self) {
-        self.notify.notify_one();
+        self.wanted.store(true, Ordering::Relaxed);
     }
 
-    pub(crate) async fn requested(&self) {
-        self.notify.notified().await;
+    pub(crate) fn is_wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Clears the want; the engine calls this when it sends the request.
+    pub(crate) fn take(&self) -> bool {
+        self.wanted.swap(false, Ordering::Relaxed)
     }
 }
 

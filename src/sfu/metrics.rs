@@ -1,46 +1,56 @@
-//! Media-path counters: plain atomics, read by /metrics and by tests that count leaked tasks.
-//! Gauges are RAII guards moved into the thing they count, so a leak shows as a number.
+//! Media-path counters: plain atomics written by the engine, read by /metrics and by tests that
+//! prove cleanup (the gauges reach zero when everything is gone).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+
+use super::engine::mux::Drop as DropReason;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Peer connections built and not yet closed.
+    /// Engine connections (publish and subscribe) open.
     pub peer_connections: AtomicI64,
-    /// Forwarding tasks (one per published track) still running.
+    /// Feeds (tracks arriving on publish connections) alive.
     pub forwarders: AtomicI64,
-    /// Subscriber writer tasks (one per subscribe connection) still running.
-    pub writers: AtomicI64,
-    /// Tasks reading subscribers' RTCP (one per down-track) still running.
-    pub rtcp_readers: AtomicI64,
-    /// Tasks sending keyframe requests upstream (one per published video track).
-    pub keyframe_tasks: AtomicI64,
     pub packets_received: AtomicU64,
     pub packets_forwarded: AtomicU64,
-    /// Packets not queued because a subscriber's queue was full (or it awaited a keyframe
-    /// after such a drop).
+    /// Packets the kernel would not take (a full socket buffer) or a subscriber lost.
     pub packets_dropped: AtomicU64,
     /// Packets read from a track that is not forwarded (floor taken back, muted, refused):
-    /// read and thrown away, so nothing backs up into the WebRTC library.
+    /// read and thrown away.
     pub packets_discarded: AtomicU64,
     /// `write_rtp` calls that failed (e.g. a connection going away mid-write).
     pub write_errors: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
     pub keyframe_requests_sent: AtomicU64,
+    /// Datagrams read from the media port.
+    pub datagrams_received: AtomicU64,
+    /// Datagrams dropped on the media port, by reason (`engine::mux::Drop`).
+    pub dropped_unclassified: AtomicU64,
+    pub dropped_unbound: AtomicU64,
+    pub dropped_unknown_ufrag: AtomicU64,
+    pub dropped_rejected: AtomicU64,
+    pub dropped_flood: AtomicU64,
 }
 
 impl Metrics {
-    /// Every task and connection gauge; all zero when nothing is left behind.
+    /// Every connection and feed gauge; all zero when nothing is left behind.
     pub fn live_tasks(&self) -> LiveCounts {
         LiveCounts {
             peer_connections: self.peer_connections.load(Ordering::SeqCst),
             forwarders: self.forwarders.load(Ordering::SeqCst),
-            writers: self.writers.load(Ordering::SeqCst),
-            rtcp_readers: self.rtcp_readers.load(Ordering::SeqCst),
-            keyframe_tasks: self.keyframe_tasks.load(Ordering::SeqCst),
         }
+    }
+
+    pub(crate) fn count_drop(&self, why: DropReason) {
+        let c = match why {
+            DropReason::Unclassified => &self.dropped_unclassified,
+            DropReason::Unbound => &self.dropped_unbound,
+            DropReason::UnknownUfrag => &self.dropped_unknown_ufrag,
+            DropReason::Rejected => &self.dropped_rejected,
+            DropReason::Flood => &self.dropped_flood,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
@@ -52,24 +62,9 @@ impl Metrics {
                 "Open peer connections",
             ),
             (
-                "kursrelay_forwarder_tasks",
+                "kursrelay_feeds",
                 &self.forwarders,
-                "Running forwarding tasks",
-            ),
-            (
-                "kursrelay_writer_tasks",
-                &self.writers,
-                "Running subscriber writer tasks",
-            ),
-            (
-                "kursrelay_rtcp_reader_tasks",
-                &self.rtcp_readers,
-                "Running subscriber RTCP readers",
-            ),
-            (
-                "kursrelay_keyframe_tasks",
-                &self.keyframe_tasks,
-                "Running keyframe request tasks",
+                "Tracks arriving on publish connections",
             ),
         ];
         for (name, value, help) in gauges {
@@ -83,17 +78,17 @@ impl Metrics {
             (
                 "kursrelay_packets_received_total",
                 &self.packets_received,
-                "RTP packets received from publishers",
+                "RTP packets received from publishers and forwarded",
             ),
             (
                 "kursrelay_packets_forwarded_total",
                 &self.packets_forwarded,
-                "RTP packets queued to subscribers",
+                "RTP packets sent to subscribers",
             ),
             (
                 "kursrelay_packets_dropped_total",
                 &self.packets_dropped,
-                "RTP packets dropped for full subscriber queues",
+                "RTP packets the media socket would not take",
             ),
             (
                 "kursrelay_packets_discarded_total",
@@ -115,11 +110,34 @@ impl Metrics {
                 &self.keyframe_requests_sent,
                 "PLI sent to publishers",
             ),
+            (
+                "kursrelay_media_datagrams_received_total",
+                &self.datagrams_received,
+                "Datagrams read from the media port",
+            ),
         ];
         for (name, value, help) in counters {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "kursrelay_media_datagrams_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Datagrams dropped on the media port, by reason\n# TYPE {name} counter"
+        );
+        for (reason, value) in [
+            ("unclassified", &self.dropped_unclassified),
+            ("unbound", &self.dropped_unbound),
+            ("unknown_ufrag", &self.dropped_unknown_ufrag),
+            ("rejected", &self.dropped_rejected),
+            ("flood", &self.dropped_flood),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{reason}\"}} {}",
                 value.load(Ordering::Relaxed)
             );
         }
@@ -130,30 +148,4 @@ impl Metrics {
 pub struct LiveCounts {
     pub peer_connections: i64,
     pub forwarders: i64,
-    pub writers: i64,
-    pub rtcp_readers: i64,
-    pub keyframe_tasks: i64,
-}
-
-/// Increments a gauge now and decrements it when dropped.
-#[derive(Debug)]
-pub(crate) struct GaugeGuard {
-    metrics: Arc<Metrics>,
-    pick: fn(&Metrics) -> &AtomicI64,
-}
-
-impl GaugeGuard {
-    pub(crate) fn new(metrics: &Arc<Metrics>, pick: fn(&Metrics) -> &AtomicI64) -> Self {
-        pick(metrics).fetch_add(1, Ordering::SeqCst);
-        Self {
-            metrics: metrics.clone(),
-            pick,
-        }
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        (self.pick)(&self.metrics).fetch_sub(1, Ordering::SeqCst);
-    }
 }

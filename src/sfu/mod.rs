@@ -1,23 +1,23 @@
 //! The media path: the only module that imports `webrtc::`/`rtc::`.
 //!
-//! - `peer`: how a connection is built; the event handler that reports to the member task.
-//! - `publisher`: a member's publish connection (client offers, we answer); starts a
-//!   feed per incoming track (read for as long as the track lives, forwarded only while the
-//!   room holds a publication of it).
-//! - `subscriber`: a member's subscribe connection (we offer); one down-track per track it
-//!   receives, one writer task draining its queue.
-//! - `forwarder`: feeds and their publications (`Forwarder`), the per-packet loop,
-//!   down-tracks, the writer, keyframe pacing.
+//! - `engine`: the media engine — one thread owning every publish and subscribe connection
+//!   (sans-IO `rtc`) and the one media port: batched reads and sends, demultiplexing
+//!   (`engine::mux`), packet-major forwarding, timers, keyframe requests upstream.
+//! - `publisher` / `subscriber`: a member's two connections as the member task sees them;
+//!   every call is a command to the engine, answered on a oneshot channel.
+//! - `forwarder`: feeds (tracks arriving on a publish connection) and their publications
+//!   (`Forwarder`, held by the room), down-tracks and the per-subscriber header rewrite.
 //! - `keyframe`: keyframe detection, the PLI/FIR interceptor, the request handle.
-//! - `metrics`: counters and live-task gauges.
-//! - `check`: the connectivity check's short-lived test connection (data channel echo and
-//!   bandwidth burst; no media).
+//! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
+//! - `peer` and `check`: the async `webrtc` connection the connectivity check still uses, and
+//!   `media_setup` for the test client and the load generator.
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
 //! except `peer::media_setup`, which the test client shares.
 
 mod check;
+mod engine;
 mod forwarder;
 pub mod keyframe;
 pub mod metrics;
@@ -25,7 +25,7 @@ mod peer;
 mod publisher;
 mod subscriber;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,14 @@ pub enum SfuError {
     NoOfferPending,
     #[error("webrtc: {0}")]
     WebRtc(String),
+    #[error("the media engine is too busy to take this request now")]
+    Busy,
+    #[error("the media engine has stopped")]
+    EngineStopped,
+    #[error("the connection is closed")]
+    Closed,
+    #[error("{0}")]
+    Bind(String),
 }
 
 impl SfuError {
@@ -63,9 +71,12 @@ impl SfuError {
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
     pub bind_ips: Vec<IpAddr>,
+    /// The one UDP port of every media connection (0: any free port, for tests).
+    pub udp_port: u16,
+    /// Addresses advertised instead of the bound ones (a server behind 1:1 NAT).
+    pub public_ips: Vec<IpAddr>,
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
-    pub subscriber_queue_packets: usize,
     pub keyframe_request_interval: Duration,
 }
 
@@ -73,9 +84,10 @@ impl From<&MediaConfig> for MediaSettings {
     fn from(c: &MediaConfig) -> Self {
         MediaSettings {
             bind_ips: c.bind_ips.clone(),
+            udp_port: c.udp_port,
+            public_ips: c.public_ips.clone(),
             ice_disconnected_timeout: c.ice_disconnected_timeout(),
             ice_failed_timeout: c.ice_failed_timeout(),
-            subscriber_queue_packets: c.subscriber_queue_packets,
             keyframe_request_interval: c.keyframe_request_interval(),
         }
     }
@@ -131,26 +143,59 @@ pub enum PeerEvent {
 pub(crate) struct SfuInner {
     pub(crate) settings: MediaSettings,
     pub(crate) metrics: Arc<Metrics>,
+    engine: engine::EngineHandle,
 }
 
-/// Entry point of the media path: builds publish and subscribe connections.
+/// Entry point of the media path: starts the engine, builds publish and subscribe connections.
 #[derive(Clone)]
 pub struct Sfu {
     inner: Arc<SfuInner>,
 }
 
 impl Sfu {
-    pub fn new(settings: MediaSettings) -> Sfu {
-        Sfu {
+    /// Binds the media port and starts the engine thread.
+    pub fn start(settings: MediaSettings) -> Result<Sfu, SfuError> {
+        let metrics = Arc::new(Metrics::default());
+        let engine = engine::start(settings.clone(), metrics.clone())?;
+        Ok(Sfu {
             inner: Arc::new(SfuInner {
                 settings,
-                metrics: Arc::new(Metrics::default()),
+                metrics,
+                engine,
             }),
-        }
+        })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The media sockets' local addresses: one port, one socket per bound address.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.engine.local_addrs().to_vec()
+    }
+
+    async fn open(
+        &self,
+        target: Target,
+        member: MemberId,
+        events: tokio::sync::mpsc::Sender<PeerEvent>,
+        publish: Option<Arc<engine::PublishShared>>,
+    ) -> Result<(ConnId, engine::ConnKey), SfuError> {
+        let id = ConnId::next();
+        let key = self
+            .inner
+            .engine
+            .call(|reply| engine::Command::Open {
+                target,
+                member,
+                id,
+                events,
+                publish,
+                reply,
+            })
+            .await?;
+        Ok((id, key))
     }
 
     /// Builds `member`'s publish connection. Tracks that arrive on it are forwarded and
@@ -160,7 +205,11 @@ impl Sfu {
         member: MemberId,
         events: tokio::sync::mpsc::Sender<PeerEvent>,
     ) -> Result<Publisher, SfuError> {
-        Publisher::new(self.inner.clone(), member, events).await
+        let shared = Arc::new(engine::PublishShared::default());
+        let (id, key) = self
+            .open(Target::Publish, member, events, Some(shared.clone()))
+            .await?;
+        Ok(Publisher::new(id, key, self.inner.engine.clone(), shared))
     }
 
     /// Builds `member`'s subscribe connection.
@@ -169,6 +218,26 @@ impl Sfu {
         member: MemberId,
         events: tokio::sync::mpsc::Sender<PeerEvent>,
     ) -> Result<Subscriber, SfuError> {
-        Subscriber::new(self.inner.clone(), member, events).await
+        let (id, key) = self.open(Target::Subscribe, member, events, None).await?;
+        Ok(Subscriber::new(id, key, self.inner.engine.clone(), member))
     }
+}
+
+/// The `a=mid` of an SDP's first m-line: with BUNDLE, the line our candidates belong to.
+pub(crate) fn first_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(str::to_owned)
+}
+
+/// Fills in the m-line a local candidate belongs to when it is missing. With BUNDLE every
+/// candidate is for the first m-line's transport.
+pub(crate) fn with_mid(mut c: IceCandidate, first_mid: Option<&str>) -> IceCandidate {
+    if c.sdp_mid.as_deref().is_none_or(str::is_empty) {
+        if let Some(mid) = first_mid {
+            c.sdp_mid = Some(mid.to_owned());
+            c.sdp_mline_index = Some(0);
+        }
+    }
+    c
 }

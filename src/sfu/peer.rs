@@ -1,25 +1,20 @@
-//! Building a peer connection the way every kursrelay connection is built (codecs,
-//! interceptors, ICE timeouts, SRTP profiles, bind addresses), and the event handler that turns
-//! webrtc callbacks into `PeerEvent`s for the member task.
+//! The async `webrtc` peer connection, where it still serves: the connectivity check's test
+//! connection (`check`), and `media_setup`, the codec set and interceptor chain the test client
+//! and the load generator share with the engine's connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtc::interceptor::Slot;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, Registry, SettingEngineBuilder,
     SrtpProtectionProfile,
 };
 
 use super::keyframe::KeyframeRequestInterceptor;
-use super::{ConnId, PeerEvent, SfuError, SfuInner};
-use crate::protocol::{IceCandidate, Target};
+use super::{SfuError, SfuInner};
 
 /// Position of our interceptor: after every built-in one (they use lower slots), so it sees
 /// inbound RTCP last.
@@ -83,101 +78,4 @@ pub(crate) async fn build(
         .await
         .map_err(SfuError::webrtc)?;
     Ok(Arc::new(pc))
-}
-
-pub(crate) fn candidate_to_json(event: &RTCPeerConnectionIceEvent) -> Option<IceCandidate> {
-    let init = event.candidate.to_json().ok()?;
-    Some(IceCandidate {
-        candidate: init.candidate,
-        sdp_mid: init.sdp_mid,
-        sdp_mline_index: init.sdp_mline_index,
-        username_fragment: init.username_fragment,
-    })
-}
-
-/// The `a=mid` of an SDP's first m-line: with BUNDLE, the line our candidates belong to.
-pub(crate) fn first_mid(sdp: &str) -> Option<String> {
-    sdp.lines()
-        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .map(str::to_owned)
-}
-
-/// Fills in the m-line a local candidate belongs to when webrtc-rs leaves it out. With BUNDLE
-/// every candidate is for the first m-line's transport.
-pub(crate) fn with_mid(mut c: IceCandidate, first_mid: Option<&str>) -> IceCandidate {
-    if c.sdp_mid.as_deref().is_none_or(str::is_empty) {
-        if let Some(mid) = first_mid {
-            c.sdp_mid = Some(mid.to_owned());
-            c.sdp_mline_index = Some(0);
-        }
-    }
-    c
-}
-
-pub(crate) fn candidate_from_json(c: &IceCandidate) -> RTCIceCandidateInit {
-    RTCIceCandidateInit {
-        candidate: c.candidate.clone(),
-        sdp_mid: c.sdp_mid.clone(),
-        sdp_mline_index: c.sdp_mline_index,
-        username_fragment: c.username_fragment.clone(),
-        url: None,
-    }
-}
-
-/// What a connection's handler does with a remote track (publish connections only).
-pub(crate) type TrackSink = Box<dyn Fn(Arc<dyn TrackRemote>) + Send + Sync>;
-
-/// Turns callbacks into `PeerEvent`s. Runs inside the connection's driver loop, so it never
-/// waits: events go out with `try_send` (the channel is sized so that only a member task that
-/// stopped reading can fill it, and then nobody is listening anyway).
-pub(crate) struct Handler {
-    pub(crate) target: Target,
-    /// Which connection this is, so the member task can ignore a replaced one.
-    pub(crate) conn: ConnId,
-    pub(crate) events: mpsc::Sender<PeerEvent>,
-    /// True while the connection is `connected`; down-tracks forward only then.
-    pub(crate) connected: Arc<AtomicBool>,
-    pub(crate) on_track: Option<TrackSink>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Some(candidate) = candidate_to_json(&event) {
-            let _ = self
-                .events
-                .try_send(PeerEvent::Candidate(self.target, self.conn, candidate));
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(target_pc = ?self.target, %state, "peer connection state");
-        match state {
-            RTCPeerConnectionState::Connected => {
-                self.connected.store(true, Ordering::Release);
-                let _ = self
-                    .events
-                    .try_send(PeerEvent::Connected(self.target, self.conn));
-            }
-            RTCPeerConnectionState::Disconnected => {
-                self.connected.store(false, Ordering::Release);
-            }
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                self.connected.store(false, Ordering::Release);
-                let _ = self
-                    .events
-                    .try_send(PeerEvent::Failed(self.target, self.conn));
-            }
-            _ => {}
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        match &self.on_track {
-            Some(sink) => sink(track),
-            None => {
-                tracing::debug!(target_pc = ?self.target, "ignoring a track on a receive-only connection")
-            }
-        }
-    }
 }

@@ -1,98 +1,56 @@
-//! A member's subscribe connection: we offer whenever the set of tracks it should receive
-//! changes, the client answers. Each track gets a local track with its own SSRC, and once the
-//! answer fixes the payload type a `DownTrack` the room attaches to the track's forwarder.
+//! A member's subscribe connection, as the member task sees it: we offer whenever the set of
+//! tracks it should receive changes, the client answers. Each track gets a sender with its own
+//! SSRC inside the engine, and once the answer fixes the payload type a `DownTrack` the room
+//! attaches to the track's forwarder.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::sync::Arc;
 
-use rtc::media_stream::MediaStreamTrack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
-use webrtc::rtp_transceiver::RtpSender;
+use rtc::rtp_transceiver::RTCRtpSenderId;
 
-use super::forwarder::{self, DownTrack};
+use super::engine::{Command, ConnKey, EngineHandle, TrackSpec};
+use super::forwarder::DownTrack;
 use super::keyframe::CodecFamily;
-use super::metrics::GaugeGuard;
-use super::peer::{self, Handler};
-use super::{ConnId, PeerEvent, SfuError, SfuInner, TrackInfo};
+use super::{ConnId, SfuError, TrackInfo};
 use crate::ids::{MemberId, TrackId};
-use crate::protocol::{IceCandidate, MediaKind, SubscribedTrackDesc, Target};
+use crate::protocol::{IceCandidate, SubscribedTrackDesc};
 
 struct Entry {
     info: TrackInfo,
     ssrc: u32,
-    local: Arc<TrackLocalStaticRTP>,
-    sender: Arc<dyn RtpSender>,
+    sender: RTCRtpSenderId,
     down: Option<Arc<DownTrack>>,
-    cancel: CancellationToken,
 }
 
 pub struct Subscriber {
     id: ConnId,
-    sfu: Arc<SfuInner>,
+    key: ConnKey,
+    engine: EngineHandle,
     member: MemberId,
-    pc: Arc<dyn PeerConnection>,
-    connected: Arc<AtomicBool>,
-    queue: Arc<forwarder::SubscriberQueue>,
-    cancel: CancellationToken,
     tracks: HashMap<TrackId, Entry>,
     /// Our offer awaits the client's answer.
     offer_outstanding: bool,
     /// The track set changed since the last offer.
     dirty: bool,
-    early_candidates: Vec<IceCandidate>,
     /// The first m-line's mid in our offers (candidates belong to it).
     first_mid: Option<String>,
-    guard: Option<GaugeGuard>,
+    closed: bool,
 }
 
 impl Subscriber {
-    pub(crate) async fn new(
-        sfu: Arc<SfuInner>,
-        member: MemberId,
-        events: mpsc::Sender<PeerEvent>,
-    ) -> Result<Subscriber, SfuError> {
-        let connected = Arc::new(AtomicBool::new(false));
-        let id = ConnId::next();
-        let handler = Handler {
-            target: Target::Subscribe,
-            conn: id,
-            events,
-            connected: connected.clone(),
-            on_track: None,
-        };
-        let pc = peer::build(&sfu, Arc::new(handler)).await?;
-        let guard = GaugeGuard::new(&sfu.metrics, |m| &m.peer_connections);
-        let queue = forwarder::SubscriberQueue::new(sfu.settings.subscriber_queue_packets);
-        let cancel = CancellationToken::new();
-        tokio::spawn(forwarder::writer_loop(
-            queue.clone(),
-            cancel.clone(),
-            sfu.metrics.clone(),
-            GaugeGuard::new(&sfu.metrics, |m| &m.writers),
-        ));
-        Ok(Subscriber {
+    pub(crate) fn new(id: ConnId, key: ConnKey, engine: EngineHandle, member: MemberId) -> Self {
+        Subscriber {
             id,
-            sfu,
+            key,
+            engine,
             member,
-            pc,
-            connected,
-            queue,
-            cancel,
             tracks: HashMap::new(),
             offer_outstanding: false,
             dirty: false,
-            early_candidates: Vec::new(),
             first_mid: None,
-            guard: Some(guard),
-        })
+            closed: false,
+        }
     }
 
     pub fn id(&self) -> ConnId {
@@ -101,7 +59,7 @@ impl Subscriber {
 
     /// A local candidate as the client should get it (with the m-line it belongs to).
     pub fn complete_candidate(&self, c: IceCandidate) -> IceCandidate {
-        peer::with_mid(c, self.first_mid.as_deref())
+        super::with_mid(c, self.first_mid.as_deref())
     }
 
     pub fn has_track(&self, id: TrackId) -> bool {
@@ -114,46 +72,30 @@ impl Subscriber {
             return Ok(());
         }
         let ssrc = rand::random::<u32>();
-        let kind = match info.kind {
-            MediaKind::Audio => RtpCodecKind::Audio,
-            MediaKind::Video => RtpCodecKind::Video,
+        let spec = TrackSpec {
+            id: info.id,
+            member: info.member,
+            kind: info.kind,
+            codec: info.codec.clone(),
+            ssrc,
+            keyframes: info.keyframes.clone(),
         };
-        // msid = "<publishing member> <track>": the client maps tracks with it.
-        let track = MediaStreamTrack::new(
-            info.member.to_string(),
-            info.id.to_string(),
-            info.id.to_string(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: RTCRtpCodec {
-                    mime_type: info.codec.mime_type.clone(),
-                    clock_rate: info.codec.clock_rate,
-                    channels: info.codec.channels,
-                    sdp_fmtp_line: info.codec.fmtp.clone(),
-                    rtcp_feedback: vec![],
-                },
-                ..Default::default()
-            }],
-        );
-        let local = Arc::new(TrackLocalStaticRTP::new(track));
+        let key = self.key;
         let sender = self
-            .pc
-            .add_track(local.clone() as Arc<dyn TrackLocal>)
-            .await
-            .map_err(SfuError::webrtc)?;
+            .engine
+            .call(|reply| Command::AddTrack {
+                conn: key,
+                track: spec,
+                reply,
+            })
+            .await?;
         self.tracks.insert(
             info.id,
             Entry {
                 info: info.clone(),
                 ssrc,
-                local,
                 sender,
                 down: None,
-                cancel: self.cancel.child_token(),
             },
         );
         self.dirty = true;
@@ -166,13 +108,15 @@ impl Subscriber {
         let Some(entry) = self.tracks.remove(&id) else {
             return Ok(());
         };
-        // Stop the RTCP reader first: it holds the local track's event lock while it waits.
-        entry.cancel.cancel();
         self.dirty = true;
-        self.pc
-            .remove_track(&entry.sender)
+        let key = self.key;
+        self.engine
+            .call(|reply| Command::RemoveTrack {
+                conn: key,
+                sender: entry.sender,
+                reply,
+            })
             .await
-            .map_err(SfuError::webrtc)
     }
 
     /// True when the track set changed and no offer is outstanding: call `create_offer`.
@@ -181,19 +125,14 @@ impl Subscriber {
     }
 
     pub async fn create_offer(&mut self) -> Result<(String, Vec<SubscribedTrackDesc>), SfuError> {
-        let offer = self.pc.create_offer(None).await.map_err(SfuError::webrtc)?;
-        self.pc
-            .set_local_description(offer)
-            .await
-            .map_err(SfuError::webrtc)?;
-        let local = self
-            .pc
-            .local_description()
-            .await
-            .ok_or_else(|| SfuError::WebRtc("no local description after offering".into()))?;
+        let key = self.key;
+        let sdp = self
+            .engine
+            .call(|reply| Command::CreateOffer { conn: key, reply })
+            .await?;
         self.offer_outstanding = true;
         self.dirty = false;
-        self.first_mid = peer::first_mid(&local.sdp);
+        self.first_mid = super::first_mid(&sdp);
         let tracks = self
             .tracks
             .values()
@@ -204,7 +143,7 @@ impl Subscriber {
                 source: e.info.source,
             })
             .collect();
-        Ok((local.sdp, tracks))
+        Ok((sdp, tracks))
     }
 
     /// Applies the client's answer. Returns the down-tracks that became ready, for the room to
@@ -213,52 +152,46 @@ impl Subscriber {
         if !self.offer_outstanding {
             return Err(SfuError::NoOfferPending);
         }
-        let answer =
-            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let pending: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, e)| e.down.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let senders = pending
+            .iter()
+            .filter_map(|id| self.tracks.get(id))
+            .map(|e| (e.sender, e.info.codec.clone()))
+            .collect();
+        let key = self.key;
+        let chosen = self
+            .engine
+            .call(|reply| Command::Answer {
+                conn: key,
+                sdp,
+                senders,
+                reply,
+            })
+            .await?;
         self.offer_outstanding = false;
-        for c in std::mem::take(&mut self.early_candidates) {
-            self.add_candidate(&c).await?;
-        }
         let mut ready = Vec::new();
-        for entry in self.tracks.values_mut() {
-            if entry.down.is_some() {
-                continue;
-            }
-            let params = entry
-                .sender
-                .get_parameters()
-                .await
-                .map_err(SfuError::webrtc)?;
-            let wanted = &entry.info.codec;
-            let codecs = &params.rtp_parameters.codecs;
-            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                c.rtp_codec
-                    .mime_type
-                    .eq_ignore_ascii_case(&wanted.mime_type)
-            };
-            let chosen = codecs
-                .iter()
-                .filter(same_mime)
-                .find(|c| c.rtp_codec.sdp_fmtp_line == wanted.fmtp)
-                .or_else(|| codecs.iter().find(same_mime));
-            let Some(chosen) = chosen else {
-                tracing::warn!(track = %entry.info.id, mime = %wanted.mime_type, "subscriber did not accept the codec; not forwarding");
+        for (id, pt) in pending.iter().zip(chosen) {
+            let Some(entry) = self.tracks.get_mut(id) else {
                 continue;
             };
-            let codec = CodecFamily::from_mime(&wanted.mime_type);
+            let Some(payload_type) = pt else {
+                tracing::warn!(track = %entry.info.id, mime = %entry.info.codec.mime_type, "subscriber did not accept the codec; not forwarding");
+                continue;
+            };
+            let codec = CodecFamily::from_mime(&entry.info.codec.mime_type);
             let down = Arc::new(DownTrack {
                 member: self.member,
                 track: entry.info.id,
                 codec,
                 ssrc: entry.ssrc,
-                payload_type: chosen.payload_type,
-                local: entry.local.clone(),
-                queue: self.queue.clone(),
-                connected: self.connected.clone(),
+                payload_type,
+                conn: self.key,
+                sender: entry.sender,
                 keyframes: entry.info.keyframes.clone(),
                 // A newcomer starts at a keyframe, or it would show garbage until one comes.
                 waiting_keyframe: AtomicBool::new(codec != CodecFamily::Audio),
@@ -266,13 +199,6 @@ impl Subscriber {
                 last_out_seq: AtomicU16::new(0),
                 seq_offset: AtomicU16::new(0),
             });
-            tokio::spawn(forwarder::rtcp_loop(
-                entry.local.clone(),
-                entry.info.keyframes.clone(),
-                entry.cancel.clone(),
-                self.sfu.metrics.clone(),
-                GaugeGuard::new(&self.sfu.metrics, |m| &m.rtcp_readers),
-            ));
             entry.down = Some(down.clone());
             ready.push(down);
         }
@@ -283,32 +209,27 @@ impl Subscriber {
         if c.candidate.is_empty() {
             return Ok(());
         }
-        if self.pc.remote_description().await.is_none() {
-            self.early_candidates.push(c.clone());
-            return Ok(());
-        }
-        self.pc
-            .add_ice_candidate(peer::candidate_from_json(c))
+        let key = self.key;
+        let candidate = c.clone();
+        self.engine
+            .call(|reply| Command::Candidate {
+                conn: key,
+                candidate,
+                reply,
+            })
             .await
-            .map_err(|e| SfuError::BadCandidate(e.to_string()))
     }
 
     pub async fn close(mut self) {
-        self.cancel.cancel();
-        let _ = self.pc.close().await;
-        self.guard.take();
+        self.closed = true;
+        self.engine.close(self.key);
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(guard) = self.guard.take() {
-            let pc = self.pc.clone();
-            tokio::spawn(async move {
-                let _ = pc.close().await;
-                drop(guard);
-            });
+        if !self.closed {
+            self.engine.close(self.key);
         }
     }
 }

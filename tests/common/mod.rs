@@ -89,7 +89,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [media]\nbind_ips = [\"127.0.0.1\"]\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
+             [media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
              [auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
             dir.path().join("kursrelay.db").display()
         );
@@ -215,7 +215,7 @@ impl TestServer {
         }
         tokio::time::sleep(gap).await;
         let overlay = format!(
-            "[http]\nlisten = \"{addr}\"\n[media]\nbind_ips = [\"127.0.0.1\"]\n\
+            "[http]\nlisten = \"{addr}\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
              ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
             db.display()
         );

@@ -1,0 +1,652 @@
+//! One peer connection inside the engine: an `rtc` sans-IO connection (ICE-lite, our own ICE
+//! credentials, host candidates on the shared media port), what it publishes (feeds) or
+//! receives (senders and their keyframe requesters), and the events it owes its member task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::distr::{Alphanumeric, SampleString};
+use rtc::interceptor::{Registry, Slot};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use crate::ids::{MemberId, TrackId};
+use crate::protocol::{IceCandidate, MediaKind, Source, Target};
+use crate::sfu::forwarder::Feed;
+use crate::sfu::keyframe::{is_keyframe_request, KeyframeRequestInterceptor, KeyframeRequester};
+use crate::sfu::metrics::Metrics;
+use crate::sfu::{Codec, ConnId, MediaSettings, PeerEvent, SfuError};
+
+/// Position of our interceptor: after every built-in one, so it sees inbound RTCP last.
+const KEYFRAME_INTERCEPTOR_SLOT: usize = 14_000;
+
+/// A connection's place in the engine (slot and generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ConnKey {
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
+}
+
+/// What a publish connection shares with its `Publisher` (the member task's side): which
+/// source each client track is, and every feed that arrived (for `republish`). Locked briefly
+/// when a track arrives and when the member task republishes — never per packet.
+#[derive(Default)]
+pub(crate) struct PublishShared {
+    pub(crate) sources: Mutex<HashMap<String, Source>>,
+    pub(crate) feeds: Mutex<Vec<Arc<Feed>>>,
+}
+
+pub(crate) fn source_of(
+    sources: &HashMap<String, Source>,
+    client_track_id: &str,
+    kind: MediaKind,
+) -> Source {
+    sources.get(client_track_id).copied().unwrap_or(match kind {
+        MediaKind::Audio => Source::Microphone,
+        MediaKind::Video => Source::Camera,
+    })
+}
+
+/// A track a subscribe connection should send.
+pub(crate) struct TrackSpec {
+    pub(crate) id: TrackId,
+    pub(crate) member: MemberId,
+    pub(crate) kind: MediaKind,
+    pub(crate) codec: Codec,
+    pub(crate) ssrc: u32,
+    pub(crate) keyframes: KeyframeRequester,
+}
+
+/// A track arriving on a publish connection.
+struct Incoming {
+    track_id: String,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    feed: Arc<Feed>,
+    last_keyframe_request: Option<Instant>,
+}
+
+pub(crate) struct Conn {
+    id: ConnId,
+    target: Target,
+    member: MemberId,
+    pc: RTCPeerConnection,
+    ufrag: String,
+    events: tokio::sync::mpsc::Sender<PeerEvent>,
+    connected: bool,
+    failed_reported: bool,
+    has_remote: bool,
+    early_candidates: Vec<IceCandidate>,
+    /// Bound address → advertised address, for the SDP we hand out.
+    advertised: Vec<(SocketAddr, SocketAddr)>,
+    /// An unbound address whose binding request this connection was given last.
+    checking: Option<SocketAddr>,
+    deadline: Option<Instant>,
+    publish: Option<Arc<PublishShared>>,
+    incoming: Vec<Incoming>,
+    /// Subscribe side: our track id (as a string) → its publisher's keyframe requester.
+    keyframes: HashMap<String, KeyframeRequester>,
+}
+
+fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SfuError> {
+    let c = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(SfuError::webrtc)?;
+    RTCIceCandidate::from(&c)
+        .to_json()
+        .map_err(SfuError::webrtc)
+}
+
+impl Conn {
+    pub(crate) fn new(
+        settings: &MediaSettings,
+        advertised: &[(SocketAddr, SocketAddr)],
+        target: Target,
+        member: MemberId,
+        id: ConnId,
+        events: tokio::sync::mpsc::Sender<PeerEvent>,
+        publish: Option<Arc<PublishShared>>,
+    ) -> Result<Conn, SfuError> {
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_default_codecs()
+            .map_err(SfuError::webrtc)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(SfuError::webrtc)?
+            .with(
+                Slot::from(KEYFRAME_INTERCEPTOR_SLOT),
+                KeyframeRequestInterceptor::default(),
+            );
+        let mut rng = rand::rng();
+        // RFC 8445: ufrag ≥ 4 and password ≥ 22 characters from the ice-char set.
+        let ufrag = Alphanumeric.sample_string(&mut rng, 16);
+        let password = Alphanumeric.sample_string(&mut rng, 32);
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), password)
+            .with_ice_timeouts(
+                Some(settings.ice_disconnected_timeout),
+                Some(settings.ice_failed_timeout),
+                Some((settings.ice_disconnected_timeout / 3).min(Duration::from_secs(2))),
+            )
+            // GCM first: about three times cheaper per packet than AES-CM + HMAC.
+            .with_srtp_protection_profiles(vec![
+                rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ])
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .with_setting_engine(setting_engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(SfuError::webrtc)?;
+        for (bound, _) in advertised {
+            pc.add_local_candidate(host_candidate(*bound)?)
+                .map_err(SfuError::webrtc)?;
+        }
+        Ok(Conn {
+            id,
+            target,
+            member,
+            pc,
+            ufrag,
+            events,
+            connected: false,
+            failed_reported: false,
+            has_remote: false,
+            early_candidates: Vec::new(),
+            advertised: advertised.to_vec(),
+            checking: None,
+            deadline: None,
+            publish,
+            incoming: Vec::new(),
+            keyframes: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Feeds one datagram in. False if the connection refused it.
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        if super::mux::classify(data) == super::mux::Kind::Stun {
+            self.checking = Some(from);
+        }
+        self.pc
+            .handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: local,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(data),
+            })
+            .is_ok()
+    }
+
+    /// True if `out` to `to` is this connection answering a binding request from `to` with a
+    /// success response — the request passed MESSAGE-INTEGRITY, so `to` may be bound.
+    pub(crate) fn answers_check(&self, to: SocketAddr, out: &[u8]) -> bool {
+        self.checking == Some(to) && out.len() >= 2 && out[0] == 0x01 && out[1] == 0x01
+    }
+
+    pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
+        self.pc.poll_write()
+    }
+
+    /// Turns rtc events into member-task events and feeds. True if a feed appeared.
+    pub(crate) fn poll_events(&mut self, settings: &MediaSettings, metrics: &Metrics) -> bool {
+        let mut new_feed = false;
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    tracing::debug!(target_pc = ?self.target, %state, "peer connection state");
+                    match state {
+                        RTCPeerConnectionState::Connected => {
+                            self.connected = true;
+                            let _ = self
+                                .events
+                                .try_send(PeerEvent::Connected(self.target, self.id));
+                        }
+                        // ICE-lite hears only the client's consent checks (Chromium sends one
+                        // every few seconds once stable), so a short silence reads as
+                        // "disconnected" while media flows fine: keep sending until "failed".
+                        RTCPeerConnectionState::Disconnected => {}
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            self.connected = false;
+                            if !self.failed_reported {
+                                self.failed_reported = true;
+                                let _ = self
+                                    .events
+                                    .try_send(PeerEvent::Failed(self.target, self.id));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    if self.start_feed(
+                        init.receiver_id,
+                        init.track_id,
+                        init.ssrc,
+                        settings,
+                        metrics,
+                    ) {
+                        new_feed = true;
+                    }
+                }
+                RTCPeerConnectionEvent::OnTrack(
+                    RTCTrackEvent::OnClose(track_id) | RTCTrackEvent::OnError(track_id),
+                ) => {
+                    self.end_feed(&track_id, metrics);
+                }
+                _ => {}
+            }
+        }
+        new_feed
+    }
+
+    fn start_feed(
+        &mut self,
+        receiver: RTCRtpReceiverId,
+        track_id: String,
+        ssrc: u32,
+        _settings: &MediaSettings,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some(publish) = self.publish.clone() else {
+            tracing::debug!("ignoring a track on a receive-only connection");
+            return false;
+        };
+        if self.incoming.iter().any(|i| i.track_id == track_id) {
+            return false;
+        }
+        let Some(mut rx) = self.pc.rtp_receiver(receiver) else {
+            return false;
+        };
+        let track = rx.track();
+        let kind = match track.kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let Some(codec) = track.codec(ssrc).cloned() else {
+            tracing::warn!("published track has no negotiated codec; not forwarding it");
+            return false;
+        };
+        let _ = rx.get_parameters();
+        let source = source_of(
+            &publish
+                .sources
+                .lock()
+                .expect("sources lock is never poisoned"),
+            &track_id,
+            kind,
+        );
+        let feed = Feed::new(
+            self.member,
+            kind,
+            track_id.clone(),
+            Codec {
+                mime_type: codec.mime_type,
+                clock_rate: codec.clock_rate,
+                channels: codec.channels,
+                fmtp: codec.sdp_fmtp_line,
+            },
+        );
+        metrics.forwarders.fetch_add(1, Ordering::SeqCst);
+        publish
+            .feeds
+            .lock()
+            .expect("feeds lock is never poisoned")
+            .push(feed.clone());
+        self.incoming.push(Incoming {
+            track_id,
+            receiver,
+            ssrc,
+            feed: feed.clone(),
+            last_keyframe_request: None,
+        });
+        if let Some(forwarder) = feed.publish(source) {
+            let info = forwarder.info();
+            tracing::info!(track = %info.id, kind = ?info.kind, source = ?info.source, mime = %info.codec.mime_type, "track published");
+            // If the member task cannot take it, the forwarder is dropped and the feed parks.
+            let _ = self
+                .events
+                .try_send(PeerEvent::Published(self.id, forwarder));
+        }
+        true
+    }
+
+    fn end_feed(&mut self, track_id: &str, metrics: &Metrics) {
+        if let Some(pos) = self.incoming.iter().position(|i| i.track_id == track_id) {
+            let gone = self.incoming.swap_remove(pos);
+            gone.feed.end();
+            metrics.forwarders.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes received media: RTP of forwarded feeds goes to `forwards`; RTCP asking for a
+    /// keyframe reaches the track's publisher.
+    pub(crate) fn poll_reads(
+        &mut self,
+        now: Instant,
+        metrics: &Metrics,
+        forwards: &mut Vec<(Arc<Feed>, rtp::Packet)>,
+    ) {
+        while let Some(msg) = self.pc.poll_read() {
+            match msg.message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    let Some(inc) = self.incoming.iter().find(|i| i.track_id == track_id) else {
+                        metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    match inc.feed.arrived(now) {
+                        super::super::forwarder::Arrival::Forward => {
+                            forwards.push((inc.feed.clone(), packet));
+                        }
+                        super::super::forwarder::Arrival::Discard { report } => {
+                            metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
+                            if report {
+                                let _ = self.events.try_send(PeerEvent::ParkedMedia(self.id));
+                            }
+                        }
+                    }
+                }
+                RTCMessage::RtcpPacket(track_id, packets) => {
+                    if is_keyframe_request(&packets) {
+                        if let Some(k) = self.keyframes.get(&track_id) {
+                            metrics
+                                .keyframe_requests_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            k.request();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The connection's next deadline, if it moved (then the engine files it).
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        let t = self.pc.poll_timeout();
+        if t != self.deadline {
+            self.deadline = t;
+            return t;
+        }
+        None
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// A filed deadline `t` came due: runs the timers if it is still the current one.
+    pub(crate) fn timer_due(&mut self, t: Instant, now: Instant) -> bool {
+        if self.deadline != Some(t) {
+            return false;
+        }
+        self.deadline = None;
+        let _ = self.pc.handle_timeout(now);
+        true
+    }
+
+    pub(crate) fn write_rtp(
+        &mut self,
+        now: Instant,
+        sender: RTCRtpSenderId,
+        p: rtp::Packet,
+    ) -> bool {
+        match self.pc.rtp_sender(sender) {
+            Some(mut s) => s.write_rtp(now, p).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends a PLI for each video feed whose subscribers asked, at most once per `interval`
+    /// per feed. Returns how many went out.
+    pub(crate) fn send_keyframe_requests(&mut self, now: Instant, interval: Duration) -> u64 {
+        let mut sent = 0;
+        for inc in &mut self.incoming {
+            if inc.feed.kind() != MediaKind::Video || !inc.feed.keyframes.is_wanted() {
+                continue;
+            }
+            if inc
+                .last_keyframe_request
+                .is_some_and(|t| now.saturating_duration_since(t) < interval)
+            {
+                continue;
+            }
+            inc.feed.keyframes.take();
+            inc.last_keyframe_request = Some(now);
+            if let Some(mut rx) = self.pc.rtp_receiver(inc.receiver) {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: inc.ssrc,
+                };
+                if rx.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    fn rewrite_sdp(&self, sdp: String) -> String {
+        if self.advertised.iter().all(|(b, a)| b == a) {
+            return sdp;
+        }
+        let mut out = String::with_capacity(sdp.len());
+        for line in sdp.split_inclusive('\n') {
+            if line.starts_with("a=candidate:") {
+                let mut l = line.to_owned();
+                for (bound, adv) in &self.advertised {
+                    if bound != adv {
+                        l = l.replace(
+                            &format!(" {} {} ", bound.ip(), bound.port()),
+                            &format!(" {} {} ", adv.ip(), adv.port()),
+                        );
+                    }
+                }
+                out.push_str(&l);
+            } else {
+                out.push_str(line);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn apply_offer(&mut self, now: Instant, sdp: String) -> Result<String, SfuError> {
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.has_remote = true;
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.add_remote_candidate(c)?;
+        }
+        let answer = self.pc.create_answer(None).map_err(SfuError::webrtc)?;
+        self.pc
+            .set_local_description(now, answer)
+            .map_err(SfuError::webrtc)?;
+        let local = self
+            .pc
+            .local_description()
+            .ok_or_else(|| SfuError::WebRtc("no local description after answering".into()))?;
+        Ok(self.rewrite_sdp(local.sdp))
+    }
+
+    pub(crate) fn add_track(&mut self, t: TrackSpec) -> Result<RTCRtpSenderId, SfuError> {
+        let kind = match t.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        // msid = "<publishing member> <track>": the client maps tracks with it.
+        let track = MediaStreamTrack::new(
+            t.member.to_string(),
+            t.id.to_string(),
+            t.id.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(t.ssrc),
+                    ..Default::default()
+                },
+                codec: RTCRtpCodec {
+                    mime_type: t.codec.mime_type.clone(),
+                    clock_rate: t.codec.clock_rate,
+                    channels: t.codec.channels,
+                    sdp_fmtp_line: t.codec.fmtp.clone(),
+                    rtcp_feedback: vec![],
+                },
+                ..Default::default()
+            }],
+        );
+        let sender = self.pc.add_track(track).map_err(SfuError::webrtc)?;
+        self.keyframes.insert(t.id.to_string(), t.keyframes);
+        Ok(sender)
+    }
+
+    pub(crate) fn remove_track(&mut self, sender: RTCRtpSenderId) -> Result<(), SfuError> {
+        if let Some(s) = self.pc.rtp_sender(sender) {
+            let id = s.track().track_id().to_string();
+            self.keyframes.remove(&id);
+        }
+        self.pc.remove_track(sender).map_err(SfuError::webrtc)
+    }
+
+    pub(crate) fn create_offer(&mut self, now: Instant) -> Result<String, SfuError> {
+        let offer = self.pc.create_offer(None).map_err(SfuError::webrtc)?;
+        self.pc
+            .set_local_description(now, offer)
+            .map_err(SfuError::webrtc)?;
+        let local = self
+            .pc
+            .local_description()
+            .ok_or_else(|| SfuError::WebRtc("no local description after offering".into()))?;
+        Ok(self.rewrite_sdp(local.sdp))
+    }
+
+    pub(crate) fn apply_answer(
+        &mut self,
+        now: Instant,
+        sdp: String,
+        senders: &[(RTCRtpSenderId, Codec)],
+    ) -> Result<Vec<Option<u8>>, SfuError> {
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.has_remote = true;
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.add_remote_candidate(c)?;
+        }
+        let mut chosen = Vec::with_capacity(senders.len());
+        for (sender, wanted) in senders {
+            let Some(mut s) = self.pc.rtp_sender(*sender) else {
+                chosen.push(None);
+                continue;
+            };
+            let codecs = &s.get_parameters().rtp_parameters.codecs;
+            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&wanted.mime_type)
+            };
+            let pt = codecs
+                .iter()
+                .filter(same_mime)
+                .find(|c| c.rtp_codec.sdp_fmtp_line == wanted.fmtp)
+                .or_else(|| codecs.iter().find(same_mime))
+                .map(|c| c.payload_type);
+            chosen.push(pt);
+        }
+        Ok(chosen)
+    }
+
+    /// A remote candidate. ICE-lite learns the client's addresses from its checks, so these
+    /// are only validated and remembered by rtc.
+    pub(crate) fn add_remote_candidate(&mut self, c: IceCandidate) -> Result<(), SfuError> {
+        if c.candidate.is_empty() {
+            return Ok(());
+        }
+        if !self.has_remote {
+            if self.early_candidates.len() < 64 {
+                self.early_candidates.push(c);
+            }
+            return Ok(());
+        }
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: c.username_fragment,
+            url: None,
+        };
+        match self.pc.add_remote_candidate(init) {
+            Ok(()) => Ok(()),
+            // mDNS names (browsers hide host addresses) cannot be resolved here and are not
+            // needed: the client's checks tell us its address.
+            Err(e) if e.to_string().to_lowercase().contains("mdns") => Ok(()),
+            Err(e) => Err(SfuError::BadCandidate(e.to_string())),
+        }
+    }
+
+    pub(crate) fn close(&mut self, metrics: &Metrics) {
+        let _ = self.pc.close();
+        for inc in self.incoming.drain(..) {
+            inc.feed.end();
+            metrics.forwarders.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !self.failed_reported {
+            self.failed_reported = true;
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! The media engine: one thread that owns every publish and subscribe connection (sans-IO
+//! `rtc::RTCPeerConnection`s) and the media sockets — one UDP socket per bound address, all on
+//! `media.udp_port`. The loop:
+//!
+//! ```text
+//! epoll_wait(sockets, command eventfd; timeout = earliest connection deadline, ≤ 20 ms)
+//!   → recvmmsg batch → mux (classify, address / ufrag, flood budget) → handle_read
+//!   → service the connection: poll_write (batched into sendmmsg), poll_event, poll_read
+//!       → RTP of a publisher's track: packet-major fan-out into every subscriber's rtc sender
+//!   → commands (negotiation from member tasks), at most COMMANDS_PER_TURN per turn
+//!   → due timers from the deadline heap; keyframe requests upstream (paced per track)
+//! ```
+//!
+//! Nothing here awaits; member tasks talk to it through a bounded queue (`EngineHandle`) and
+//! get their replies on oneshot channels; it talks back with `try_send` on their event queues.
+//! How this scales past one core: run one engine per core, each with its own port (or its own
+//! `SO_REUSEPORT` socket and a ufrag → engine map) and place a session's connections on one
+//! engine, so forwarding never crosses threads (docs/ARCHITECTURE.md).
+
+mod conn;
+pub(crate) mod mux;
+mod net;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::sync::oneshot;
+
+use conn::Conn;
+pub(crate) use conn::{source_of, ConnKey, PublishShared, TrackSpec};
+
+use super::metrics::Metrics;
+use super::{MediaSettings, PeerEvent, SfuError};
+use crate::ids::MemberId;
+use crate::protocol::{IceCandidate, Target};
+
+/// Negotiation requests waiting for the engine. Full means the engine is far behind: the
+/// caller gets an error instead of waiting.
+const COMMAND_QUEUE: usize = 4096;
+/// Commands handled per loop turn, so a burst of joins never stalls packets for long.
+const COMMANDS_PER_TURN: usize = 32;
+/// recvmmsg calls per socket per turn before the engine looks at commands and timers again.
+const RECV_CALLS_PER_TURN: usize = 8;
+/// The loop wakes at least this often (keyframe requests from other threads, closing).
+const MAX_IDLE: Duration = Duration::from_millis(20);
+/// Datagrams per second one remote address may send before the rest is dropped.
+const FLOOD_LIMIT_PER_SECOND: u32 = 8000;
+/// Send buffers kept for reuse.
+const POOL: usize = 256;
+
+const TOKEN_WAKER: u64 = u64::MAX;
+
+/// What member tasks ask of the engine.
+pub(crate) enum Command {
+    Open {
+        target: Target,
+        member: MemberId,
+        id: super::ConnId,
+        events: tokio::sync::mpsc::Sender<PeerEvent>,
+        publish: Option<Arc<PublishShared>>,
+        reply: oneshot::Sender<Result<ConnKey, SfuError>>,
+    },
+    /// Publish connection: the client's offer; the reply is our answer.
+    Offer {
+        conn: ConnKey,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    /// Subscribe connection: a track to send, negotiated with the next offer.
+    AddTrack {
+        conn: ConnKey,
+        track: TrackSpec,
+        reply: oneshot::Sender<Result<rtc::rtp_transceiver::RTCRtpSenderId, SfuError>>,
+    },
+    RemoveTrack {
+        conn: ConnKey,
+        sender: rtc::rtp_transceiver::RTCRtpSenderId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// Subscribe connection: our offer.
+    CreateOffer {
+        conn: ConnKey,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    /// Subscribe connection: the client's answer; the reply is the payload type chosen for
+    /// each sender asked about (None: the client refused the codec).
+    Answer {
+        conn: ConnKey,
+        sdp: String,
+        senders: Vec<(rtc::rtp_transceiver::RTCRtpSenderId, super::Codec)>,
+        reply: oneshot::Sender<Result<Vec<Option<u8>>, SfuError>>,
+    },
+    Candidate {
+        conn: ConnKey,
+        candidate: IceCandidate,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Close {
+        conn: ConnKey,
+    },
+}
+
+/// The door into the engine: cheap to clone, shared by every member task.
+#[derive(Clone)]
+pub(crate) struct EngineHandle {
+    tx: SyncSender<Command>,
+    waker: Arc<net::Waker>,
+    local: Arc<Vec<SocketAddr>>,
+}
+
+impl EngineHandle {
+    /// Queues a command without waiting.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), SfuError> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(SfuError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SfuError::EngineStopped),
+        }
+    }
+
+    /// Queues a close; if the queue is full, retries from a task so it is never lost.
+    pub(crate) fn close(&self, conn: ConnKey) {
+        match self.tx.try_send(Command::Close { conn }) {
+            Ok(()) => self.waker.wake(),
+            Err(TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                let waker = self.waker.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(move || {
+                        if tx.send(cmd).is_ok() {
+                            waker.wake();
+                        }
+                    });
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub(crate) async fn call<T>(
+        &self,
+        build: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<T, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(build(tx))?;
+        rx.await.map_err(|_| SfuError::EngineStopped)?
+    }
+
+    /// The media sockets' local addresses (one port, one per bound address).
+    pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+}
+
+/// Binds the media sockets and starts the engine thread.
+pub(crate) fn start(
+    settings: MediaSettings,
+    metrics: Arc<Metrics>,
+) -> Result<EngineHandle, SfuError> {
+    let sockets = bind_all(&settings)?;
+    let local: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<_, _>>()
+        .map_err(|e| SfuError::Bind(e.to_string()))?;
+    let waker = Arc::new(net::Waker::new().map_err(|e| SfuError::Bind(e.to_string()))?);
+    let poller = net::Poller::new().map_err(|e| SfuError::Bind(e.to_string()))?;
+    poller
+        .add(waker.fd(), TOKEN_WAKER)
+        .map_err(|e| SfuError::Bind(e.to_string()))?;
+    for (i, s) in sockets.iter().enumerate() {
+        poller
+            .add(s.as_raw_fd(), i as u64)
+            .map_err(|e| SfuError::Bind(e.to_string()))?;
+    }
+    let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
+    // Advertised addresses: the public ones for a server behind 1:1 NAT, else the bound ones.
+    let advertised = advertised(&local, &settings.public_ips);
+    let engine = Engine {
+        settings,
+        metrics,
+        sockets,
+        local: local.clone(),
+        advertised,
+        poller,
+        waker: waker.clone(),
+        rx,
+        conns: Vec::new(),
+        free: Vec::new(),
+        demux: mux::Demux::default(),
+        flood: mux::FloodGuard::new(FLOOD_LIMIT_PER_SECOND),
+        timers: BinaryHeap::new(),
+        batches: Vec::new(),
+        pool: Vec::with_capacity(POOL),
+        publishers: Vec::new(),
+        forwards: Vec::with_capacity(64),
+        epoch: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("kursrelay-media".into())
+        .spawn(move || engine.run())
+        .map_err(|e| SfuError::Bind(e.to_string()))?;
+    Ok(EngineHandle {
+        tx,
+        waker,
+        local: Arc::new(local),
+    })
+}
+
+/// One socket per address in `media.bind_ips`, all on `media.udp_port` (an unspecified
+/// address stands for every interface address, each bound on its own so the local address of
+/// every datagram is known). With port 0 the first socket picks a free port and the rest
+/// follow it.
+fn bind_all(settings: &MediaSettings) -> Result<Vec<UdpSocket>, SfuError> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in &settings.bind_ips {
+        if ip.is_unspecified() {
+            let found = net::interface_addresses(ip.is_ipv6())
+                .map_err(|e| SfuError::Bind(format!("cannot list interface addresses: {e}")))?;
+            ips.extend(found);
+        } else {
+            ips.push(*ip);
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        return Err(SfuError::Bind(
+            "media.bind_ips names no usable address".into(),
+        ));
+    }
+    let mut port = settings.udp_port;
+    let mut sockets = Vec::with_capacity(ips.len());
+    for ip in ips {
+        let s = net::bind_udp(ip, port).map_err(|e| {
+            SfuError::Bind(format!(
+                "cannot bind UDP {} (media.bind_ips, media.udp_port): {e}",
+                SocketAddr::new(ip, port)
+            ))
+        })?;
+        if port == 0 {
+            port = s
+                .local_addr()
+                .map_err(|e| SfuError::Bind(e.to_string()))?
+                .port();
+        }
+        sockets.push(s);
+    }
+    Ok(sockets)
+}
+
+/// Pairs each bound address with the address a client should use for it. With
+/// `media.public_ips`, IPv4 sockets that are not loopback are advertised at the public IPv4
+/// addresses (same for IPv6).
+fn advertised(local: &[SocketAddr], public: &[IpAddr]) -> Vec<(SocketAddr, SocketAddr)> {
+    local
+        .iter()
+        .map(|l| {
+            let public_ip = public
+                .iter()
+                .find(|p| p.is_ipv4() == l.is_ipv4() && !l.ip().is_loopback());
+            (*l, public_ip.map_or(*l, |p| SocketAddr::new(*p, l.port())))
+        })
+        .collect()
+}
+
+/// Connections live in slots; a key carries the slot's generation so a stale key (a closed
+/// connection's down-track) never reaches the connection that reused the slot.
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+struct Engine {
+    settings: MediaSettings,
+    metrics: Arc<Metrics>,
+    sockets: Vec<UdpSocket>,
+    local: Vec<SocketAddr>,
+    advertised: Vec<(SocketAddr, SocketAddr)>,
+    poller: net::Poller,
+    waker: Arc<net::Waker>,
+    rx: Receiver<Command>,
+    conns: Vec<Slot>,
+    free: Vec<u32>,
+    demux: mux::Demux<ConnKey>,
+    flood: mux::FloodGuard,
+    /// (deadline, connection): stale entries (the connection's deadline moved) are skipped.
+    timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    /// One send batch per socket.
+    batches: Vec<net::SendBatch>,
+    pool: Vec<BytesMut>,
+    /// Publish connections (their feeds are checked for keyframe requests every turn).
+    publishers: Vec<ConnKey>,
+    /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
+    forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
+    epoch: Instant,
+}
+
+impl Engine {
+    fn run(mut self) {
+        self.batches = (0..self.sockets.len())
+            .map(|_| net::SendBatch::new())
+            .collect();
+        let mut recv = net::RecvBatch::new();
+        let mut ready = Vec::with_capacity(16);
+        let mut more_commands = false;
+        tracing::info!(addrs = ?self.local.iter().map(|a| a.port()).collect::<Vec<_>>(), "media engine running");
+        loop {
+            let now = Instant::now();
+            let timeout = if more_commands {
+                0
+            } else {
+                let next = self
+                    .timers
+                    .peek()
+                    .map(|Reverse((t, _))| *t)
+                    .unwrap_or(now + MAX_IDLE)
+                    .min(now + MAX_IDLE);
+                // Rounded up: waking early would only spin.
+                next.saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000) as i32
+            };
+            self.poller.wait(timeout, &mut ready);
+            for &token in &ready {
+                if token == TOKEN_WAKER {
+                    self.waker.reset();
+                } else if let Some(i) = usize::try_from(token)
+                    .ok()
+                    .filter(|i| *i < self.sockets.len())
+                {
+                    self.read_socket(i, &mut recv);
+                }
+            }
+            match self.commands() {
+                Ok(more) => more_commands = more,
+                Err(()) => break,
+            }
+            self.timers_due(Instant::now());
+            self.keyframe_requests(Instant::now());
+            self.flush_all();
+        }
+        // Every handle is gone: close what is left.
+        let keys: Vec<ConnKey> = self.live_keys();
+        for k in keys {
+            self.close(k);
+        }
+        self.flush_all();
+        tracing::info!("media engine stopped");
+    }
+
+    fn live_keys(&self) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| ConnKey {
+                slot: i as u32,
+                gen: s.gen,
+            })
+            .collect()
+    }
+
+    fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        let slot = self.conns.get_mut(key.slot as usize)?;
+        if slot.gen != key.gen {
+            return None;
+        }
+        slot.conn.as_mut()
+    }
+
+    fn read_socket(&mut self, sock: usize, recv: &mut net::RecvBatch) {
+        let fd = self.sockets[sock].as_raw_fd();
+        let local = self.local[sock];
+        for _ in 0..RECV_CALLS_PER_TURN {
+            let n = match recv.recv(fd) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media socket read failed");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let now_ms = now.duration_since(self.epoch).as_millis() as u64;
+            self.metrics
+                .datagrams_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+            for i in 0..n {
+                let Some((from, data)) = recv.get(i) else {
+                    self.metrics.count_drop(mux::Drop::Unclassified);
+                    continue;
+                };
+                if !self.flood.allow(from, now_ms) {
+                    self.metrics.count_drop(mux::Drop::Flood);
+                    continue;
+                }
+                let key = match self.demux.route(from, data) {
+                    Ok(k) => k,
+                    Err(why) => {
+                        self.metrics.count_drop(why);
+                        continue;
+                    }
+                };
+                let ok = match self.conn_mut(key) {
+                    Some(c) => c.handle_datagram(now, local, from, data),
+                    None => false,
+                };
+                if !ok {
+                    self.metrics.count_drop(mux::Drop::Rejected);
+                }
+                self.service(key, now);
+            }
+            if n < net::BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Drains what one connection produced: datagrams (binding the addresses it answered),
+    /// events, and received media (forwarded at once); then files its next deadline.
+    fn service(&mut self, key: ConnKey, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if slot.gen != key.gen {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        // Output first: answering a check is what binds the check's address.
+        while let Some(out) = conn.poll_write() {
+            let to = out.transport.peer_addr;
+            if !self.demux.is_bound(&to) && conn.answers_check(to, &out.message) {
+                self.demux.bind(to, key);
+            }
+            let sock = self
+                .local
+                .iter()
+                .position(|l| *l == out.transport.local_addr)
+                .unwrap_or(0);
+            let batch = &mut self.batches[sock];
+            batch.push(to, out.message);
+            if batch.is_full() {
+                batch.flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
+            }
+        }
+        let mut forwards = std::mem::take(&mut self.forwards);
+        let became_publisher = conn.poll_events(&self.settings, &self.metrics);
+        conn.poll_reads(now, &self.metrics, &mut forwards);
+        let deadline = conn.next_deadline();
+        if became_publisher && !self.publishers.contains(&key) {
+            self.publishers.push(key);
+        }
+        if let Some(t) = deadline {
+            self.timers.push(Reverse((t, key)));
+        }
+        for (feed, packet) in forwards.drain(..) {
+            self.fan_out(&feed, packet, now);
+        }
+        self.forwards = forwards;
+    }
+
+    /// Packet-major: this packet goes to every subscriber before the next packet is read.
+    fn fan_out(
+        &mut self,
+        feed: &Arc<super::forwarder::Feed>,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let downs = feed.downs.load();
+        let keyframe = super::keyframe::starts_keyframe(feed.family, &packet.payload);
+        let (mut sent, mut dropped) = (0u64, 0u64);
+        for down in downs.iter() {
+            let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
+                continue;
+            };
+            if slot.gen != down.conn.gen {
+                continue;
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if !conn.is_connected() {
+                continue;
+            }
+            let Some(out) = down.rewrite(&packet, keyframe) else {
+                continue;
+            };
+            if !conn.write_rtp(now, down.sender, out) {
+                down.lost();
+                self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            while let Some(out) = conn.poll_write() {
+                let sock = self
+                    .local
+                    .iter()
+                    .position(|l| *l == out.transport.local_addr)
+                    .unwrap_or(0);
+                let batch = &mut self.batches[sock];
+                batch.push(out.transport.peer_addr, out.message);
+                if batch.is_full() {
+                    let before = batch.refused;
+                    batch.flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
+                    dropped += batch.refused - before;
+                }
+            }
+            sent += 1;
+        }
+        self.metrics
+            .packets_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .packets_forwarded
+            .fetch_add(sent, Ordering::Relaxed);
+        if dropped > 0 {
+            self.metrics
+                .packets_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for (i, batch) in self.batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let before = batch.refused;
+                batch.flush(self.sockets[i].as_raw_fd(), &mut self.pool);
+                let refused = batch.refused - before;
+                if refused > 0 {
+                    self.metrics
+                        .packets_dropped
+                        .fetch_add(refused, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn timers_due(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            due.push((t, key));
+        }
+        for (t, key) in due {
+            let fire = match self.conn_mut(key) {
+                Some(c) => c.timer_due(t, now),
+                None => false,
+            };
+            if fire {
+                self.service(key, now);
+            }
+        }
+        // Stale entries pile up when deadlines move often; rebuild now and then.
+        if self.timers.len() > 64 + 8 * self.conns.len() {
+            let mut fresh = BinaryHeap::with_capacity(self.conns.len());
+            for key in self.live_keys() {
+                if let Some(t) = self.conn_mut(key).and_then(|c| c.deadline()) {
+                    fresh.push(Reverse((t, key)));
+                }
+            }
+            self.timers = fresh;
+        }
+    }
+
+    fn keyframe_requests(&mut self, now: Instant) {
+        let interval = self.settings.keyframe_request_interval;
+        let mut i = 0;
+        while i < self.publishers.len() {
+            let key = self.publishers[i];
+            let Some(conn) = self.conn_mut(key) else {
+                self.publishers.swap_remove(i);
+                continue;
+            };
+            let sent = conn.send_keyframe_requests(now, interval);
+            if sent > 0 {
+                self.metrics
+                    .keyframe_requests_sent
+                    .fetch_add(sent, Ordering::Relaxed);
+                self.service(key, now);
+            }
+            i += 1;
+        }
+    }
+
+    /// Handles queued commands, at most COMMANDS_PER_TURN. Ok(true): more are waiting;
+    /// Err: every handle is gone.
+    fn commands(&mut self) -> Result<bool, ()> {
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(()),
+            }
+        }
+        Ok(true)
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Open {
+                target,
+                member,
+                id,
+                events,
+                publish,
+                reply,
+            } => {
+                let result = Conn::new(
+                    &self.settings,
+                    &self.advertised,
+                    target,
+                    member,
+                    id,
+                    events,
+                    publish,
+                )
+                .map(|conn| {
+                    let slot = match self.free.pop() {
+                        Some(s) => s,
+                        None => {
+                            self.conns.push(Slot { gen: 0, conn: None });
+                            (self.conns.len() - 1) as u32
+                        }
+                    };
+                    let entry = &mut self.conns[slot as usize];
+                    entry.gen = entry.gen.wrapping_add(1);
+                    let key = ConnKey {
+                        slot,
+                        gen: entry.gen,
+                    };
+                    self.demux.add_ufrag(conn.ufrag().to_owned(), key);
+                    entry.conn = Some(conn);
+                    self.metrics.peer_connections.fetch_add(1, Ordering::SeqCst);
+                    key
+                });
+                let _ = reply.send(result);
+            }
+            Command::Offer { conn, sdp, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.apply_offer(now, sdp),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::AddTrack { conn, track, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.add_track(track),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+            }
+            Command::RemoveTrack {
+                conn,
+                sender,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.remove_track(sender),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+            }
+            Command::CreateOffer { conn, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.create_offer(now),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Answer {
+                conn,
+                sdp,
+                senders,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.apply_answer(now, sdp, &senders),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Candidate {
+                conn,
+                candidate,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.add_remote_candidate(candidate),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Close { conn } => self.close(conn),
+        }
+    }
+
+    fn close(&mut self, key: ConnKey) {
+        let Some(slot) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if slot.gen != key.gen {
+            return;
+        }
+        let Some(mut conn) = slot.conn.take() else {
+            return;
+        };
+        conn.close(&self.metrics);
+        // Whatever closing produced (DTLS close_notify) still goes out.
+        while let Some(out) = conn.poll_write() {
+            let sock = self
+                .local
+                .iter()
+                .position(|l| *l == out.transport.local_addr)
+                .unwrap_or(0);
+            self.batches[sock].push(out.transport.peer_addr, out.message);
+            if self.batches[sock].is_full() {
+                self.batches[sock].flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
+            }
+        }
+        self.demux.remove(key);
+        self.publishers.retain(|k| *k != key);
+        self.free.push(key.slot);
+        self.metrics.peer_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
