@@ -42,6 +42,9 @@ use crate::sfu::{Codec, ConnId, MediaSettings, PeerEvent, SfuError};
 /// Position of our interceptor: after every built-in one, so it sees inbound RTCP last.
 const KEYFRAME_INTERCEPTOR_SLOT: usize = 14_000;
 
+/// rtc's own ICE timers for our ICE-lite connections: out of the way (see `silent_for`).
+const LITE_ICE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A connection's place in the engine (slot and generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ConnKey {
@@ -104,6 +107,11 @@ pub(crate) struct Conn {
     /// An unbound address whose binding request this connection was given last.
     checking: Option<SocketAddr>,
     deadline: Option<Instant>,
+    /// When the client was last heard (any datagram), or when its description arrived.
+    last_heard: Instant,
+    /// Our candidates (advertised addresses), also trickled once after the first description:
+    /// they are in every SDP we hand out, the trickle keeps the protocol's promise.
+    trickle: Option<Vec<IceCandidate>>,
     publish: Option<Arc<PublishShared>>,
     incoming: Vec<Incoming>,
     /// Subscribe side: our track id (as a string) → its publisher's keyframe requester.
@@ -155,10 +163,14 @@ impl Conn {
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), password)
+            // ICE-lite hears only the client's consent checks, every few seconds (RFC 7675:
+            // ~5 s), so rtc's own silence timers would fail a healthy connection. The engine
+            // watches for silence of ANY traffic instead (`silent_since`), with the
+            // configured timeouts.
             .with_ice_timeouts(
-                Some(settings.ice_disconnected_timeout),
-                Some(settings.ice_failed_timeout),
-                Some((settings.ice_disconnected_timeout / 3).min(Duration::from_secs(2))),
+                Some(LITE_ICE_TIMEOUT),
+                Some(LITE_ICE_TIMEOUT),
+                Some(Duration::from_secs(2)),
             )
             // GCM first: about three times cheaper per packet than AES-CM + HMAC.
             .with_srtp_protection_profiles(vec![
@@ -172,9 +184,17 @@ impl Conn {
             .with_interceptor_registry(registry)
             .build(Instant::now())
             .map_err(SfuError::webrtc)?;
-        for (bound, _) in advertised {
+        let mut trickle = Vec::with_capacity(advertised.len());
+        for (bound, adv) in advertised {
             pc.add_local_candidate(host_candidate(*bound)?)
                 .map_err(SfuError::webrtc)?;
+            let c = host_candidate(*adv)?;
+            trickle.push(IceCandidate {
+                candidate: c.candidate,
+                sdp_mid: None,
+                sdp_mline_index: None,
+                username_fragment: Some(ufrag.clone()),
+            });
         }
         Ok(Conn {
             id,
@@ -190,6 +210,8 @@ impl Conn {
             advertised: advertised.to_vec(),
             checking: None,
             deadline: None,
+            last_heard: Instant::now(),
+            trickle: Some(trickle),
             publish,
             incoming: Vec::new(),
             keyframes: HashMap::new(),
@@ -215,6 +237,7 @@ impl Conn {
         if super::mux::classify(data) == super::mux::Kind::Stun {
             self.checking = Some(from);
         }
+        self.last_heard = now;
         self.pc
             .handle_read(TaggedBytesMut {
                 now,
@@ -233,6 +256,24 @@ impl Conn {
     /// success response — the request passed MESSAGE-INTEGRITY, so `to` may be bound.
     pub(crate) fn answers_check(&self, to: SocketAddr, out: &[u8]) -> bool {
         self.checking == Some(to) && out.len() >= 2 && out[0] == 0x01 && out[1] == 0x01
+    }
+
+    /// Liveness: true once if the client, after describing its side, has sent nothing at all
+    /// (no check, no media, no RTCP) for `limit` — it is gone; the member task is told.
+    pub(crate) fn check_silence(&mut self, now: Instant, limit: Duration) -> bool {
+        if !self.has_remote
+            || self.failed_reported
+            || now.saturating_duration_since(self.last_heard) < limit
+        {
+            return false;
+        }
+        self.failed_reported = true;
+        self.connected = false;
+        tracing::debug!(target_pc = ?self.target, "no traffic from the client; connection failed");
+        let _ = self
+            .events
+            .try_send(PeerEvent::Failed(self.target, self.id));
+        true
     }
 
     pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
@@ -477,6 +518,20 @@ impl Conn {
         sent
     }
 
+    /// After our first description: our candidates for the member task to trickle.
+    fn trickle_candidates(&mut self, sdp: &str) {
+        let Some(list) = self.trickle.take() else {
+            return;
+        };
+        let mid = super::super::first_mid(sdp);
+        for c in list {
+            let c = super::super::with_mid(c, mid.as_deref());
+            let _ = self
+                .events
+                .try_send(PeerEvent::Candidate(self.target, self.id, c));
+        }
+    }
+
     fn rewrite_sdp(&self, sdp: String) -> String {
         if self.advertised.iter().all(|(b, a)| b == a) {
             return sdp;
@@ -507,6 +562,9 @@ impl Conn {
         self.pc
             .set_remote_description(now, offer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        if !self.has_remote {
+            self.last_heard = now;
+        }
         self.has_remote = true;
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_remote_candidate(c)?;
@@ -519,7 +577,9 @@ impl Conn {
             .pc
             .local_description()
             .ok_or_else(|| SfuError::WebRtc("no local description after answering".into()))?;
-        Ok(self.rewrite_sdp(local.sdp))
+        let sdp = self.rewrite_sdp(local.sdp);
+        self.trickle_candidates(&sdp);
+        Ok(sdp)
     }
 
     pub(crate) fn add_track(&mut self, t: TrackSpec) -> Result<RTCRtpSenderId, SfuError> {
@@ -570,7 +630,9 @@ impl Conn {
             .pc
             .local_description()
             .ok_or_else(|| SfuError::WebRtc("no local description after offering".into()))?;
-        Ok(self.rewrite_sdp(local.sdp))
+        let sdp = self.rewrite_sdp(local.sdp);
+        self.trickle_candidates(&sdp);
+        Ok(sdp)
     }
 
     pub(crate) fn apply_answer(
@@ -584,6 +646,9 @@ impl Conn {
         self.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        if !self.has_remote {
+            self.last_heard = now;
+        }
         self.has_remote = true;
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_remote_candidate(c)?;

@@ -52,6 +52,8 @@ const RECV_CALLS_PER_TURN: usize = 8;
 const MAX_IDLE: Duration = Duration::from_millis(20);
 /// Datagrams per second one remote address may send before the rest is dropped.
 const FLOOD_LIMIT_PER_SECOND: u32 = 8000;
+/// How often connections are checked for a silent client.
+const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// Send buffers kept for reuse.
 const POOL: usize = 256;
 
@@ -205,6 +207,7 @@ pub(crate) fn start(
         pool: Vec::with_capacity(POOL),
         publishers: Vec::new(),
         forwards: Vec::with_capacity(64),
+        next_liveness: Instant::now(),
         epoch: Instant::now(),
     };
     std::thread::Builder::new()
@@ -304,6 +307,7 @@ struct Engine {
     publishers: Vec<ConnKey>,
     /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
     forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
+    next_liveness: Instant,
     epoch: Instant,
 }
 
@@ -349,6 +353,7 @@ impl Engine {
             }
             self.timers_due(Instant::now());
             self.keyframe_requests(Instant::now());
+            self.liveness(Instant::now());
             self.flush_all();
         }
         // Every handle is gone: close what is left.
@@ -575,6 +580,21 @@ impl Engine {
                 }
             }
             self.timers = fresh;
+        }
+    }
+
+    /// Every LIVENESS_EVERY: connections whose client went silent for longer than the
+    /// configured ICE timeouts (disconnected + failed) are reported failed.
+    fn liveness(&mut self, now: Instant) {
+        if now < self.next_liveness {
+            return;
+        }
+        self.next_liveness = now + LIVENESS_EVERY;
+        let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
+        for slot in &mut self.conns {
+            if let Some(c) = slot.conn.as_mut() {
+                c.check_silence(now, limit);
+            }
         }
     }
 
