@@ -81,6 +81,58 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
         .await
     );
 
+    // One media port for everyone: both tabs' publish and subscribe connections reach the
+    // server on it, every server candidate the Rust peer was given names it, and the kernel
+    // has exactly one UDP socket on it.
+    let media = server.state.sfu.media_addrs();
+    assert_eq!(media.len(), 1, "{media:?}");
+    let port = media[0].port();
+    let mut seen = Vec::new();
+    for tab in [&publisher, &watcher] {
+        let s = browser.eval(tab, "kursrelay.stats()").await;
+        for t in s["transports"].as_array().unwrap() {
+            assert_eq!(t["port"].as_u64(), Some(u64::from(port)), "{s}");
+            assert_eq!(t["protocol"], "udp", "{s}");
+            seen.push(t["target"].as_str().unwrap().to_owned());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["publish", "subscribe"], "connections seen: {seen:?}");
+    let mut candidates = 0;
+    for m in rust_peer.inbox() {
+        let lines: Vec<String> = match m["type"].as_str() {
+            Some("subscribe_offer") => m["sdp"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.strip_prefix("a="))
+                .map(str::to_owned)
+                .collect(),
+            Some("ice_candidate") => vec![m["candidate"]["candidate"].as_str().unwrap().to_owned()],
+            _ => continue,
+        };
+        for c in lines.iter().filter(|l| l.starts_with("candidate:")) {
+            // candidate:<foundation> <component> <proto> <priority> <ip> <port> typ …
+            let f: Vec<&str> = c.split_whitespace().collect();
+            assert_eq!(f[5], port.to_string(), "{c}");
+            candidates += 1;
+        }
+    }
+    assert!(
+        candidates >= 2,
+        "the Rust peer saw {candidates} server candidates"
+    );
+    let udp = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let sockets = udp
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let local = l.split_whitespace().nth(1).unwrap();
+            u16::from_str_radix(local.rsplit(':').next().unwrap(), 16).unwrap() == port
+        })
+        .count();
+    assert_eq!(sockets, 1, "UDP sockets on the media port:\n{udp}");
+
     browser
         .eval(
             &watcher,

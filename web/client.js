@@ -182,9 +182,15 @@ export class KursrelayClient {
     this._leaveTimer = setTimeout(() => this._ws && this._ws.close(1000), LEAVE_CLOSE_MS);
   }
 
-  /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently shown. */
+  /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently
+   * shown, plus where each connection's media goes (the server's address, port and protocol
+   * of the selected candidate pair: the connectivity tests read it). */
   async stats() {
-    const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0 };
+    const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [] };
+    for (const target of ['publish', 'subscribe']) {
+      const conn = this._conn[target];
+      if (conn && conn.pc) out.transports.push({ target, ...(await selectedRemote(conn.pc)) });
+    }
     for (const { track } of this._remote.values()) {
       if (track.kind === 'video') out.videoTracks += 1;
       else if (track.kind === 'audio') out.audioTracks += 1;
@@ -489,4 +495,16 @@ export class KursrelayClient {
       this.onTrack(track, info);
     }
   }
+}
+
+/** The remote candidate of a connection's selected pair: { address, port, protocol }. */
+async function selectedRemote(pc) {
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+  });
+  if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+  const remote = pair && report.get(pair.remoteCandidateId);
+  return remote ? { address: remote.address, port: remote.port, protocol: remote.protocol } : {};
 }
