@@ -186,6 +186,9 @@ pub struct MediaConfig {
     /// Addresses advertised to clients instead of the bound ones (1:1 NAT).
     #[serde(default)]
     pub public_ips: Vec<IpAddr>,
+    /// Which ICE transports clients are offered: "udp" and/or "tcp" (ICE-TCP, passive, on the
+    /// same port number).
+    pub transports: Vec<String>,
     pub ice_disconnected_timeout_ms: u64,
     pub ice_failed_timeout_ms: u64,
     pub keyframe_request_interval_ms: u64,
@@ -314,6 +317,18 @@ impl Config {
         }
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
+        }
+        if self.media.transports.is_empty()
+            || self
+                .media
+                .transports
+                .iter()
+                .any(|t| t != "udp" && t != "tcp")
+        {
+            return Err(bad(
+                "media.transports",
+                "must list \"udp\", \"tcp\" or both",
+            ));
         }
         if let Some(ip) = self.media.public_ips.iter().find(|ip| ip.is_unspecified()) {
             return Err(bad(
@@ -528,6 +543,8 @@ mod tests {
             ("[http]\nlisten = \"nonsense\"\n", "http.listen"),
             ("[media]\nudp_port = \"many\"\n", "media.udp_port"),
             ("[media]\nudp_port = 70000\n", "media.udp_port"),
+            ("[media]\ntransports = [\"sctp\"]\n", "media.transports"),
+            ("[media]\ntransports = []\n", "media.transports"),
             ("[media]\npublic_ips = [\"0.0.0.0\"]\n", "media.public_ips"),
             ("[media]\nbind_ips = []\n", "media.bind_ips"),
             (

@@ -148,3 +148,57 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     );
     server.shutdown().await;
 }
+
+/// A network that blocks UDP: the server offers only ICE-TCP candidates (RFC 6544, passive, on
+/// the media port number), and Chromium publishes and decodes over TCP. The server's
+/// candidates name TCP only; both tabs' selected pairs are TCP to the media port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_and_decodes_over_ice_tcp_when_no_udp_is_offered() {
+    let server = TestServer::spawn_with("[media]\ntransports = [\"tcp\"]\n").await;
+    let mut browser = Chromium::launch().await;
+    let base = format!("http://{}", server.addr);
+    let leader = server
+        .token("tcp", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let kari = server
+        .token("tcp", Role::Participant, Some("Kari"), false)
+        .await;
+    let publisher = browser
+        .open(&format!("{base}/course.html#t={leader}"))
+        .await;
+    browser.eval(&publisher, "kursrelay.start({})").await;
+    let watcher = browser.open(&format!("{base}/course.html#t={kari}")).await;
+    browser.eval(&watcher, "kursrelay.start({})").await;
+    let mut stats = serde_json::Value::Null;
+    let mut ok = false;
+    for _ in 0..150 {
+        stats = browser.eval(&watcher, "kursrelay.stats()").await;
+        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
+            && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "watcher did not decode over ICE-TCP: {stats}");
+    let port = server.state.sfu.media_addrs()[0].port();
+    for tab in [&publisher, &watcher] {
+        let s = browser.eval(tab, "kursrelay.stats()").await;
+        let transports = s["transports"].as_array().unwrap();
+        assert!(!transports.is_empty(), "{s}");
+        for t in transports {
+            assert_eq!(t["protocol"], "tcp", "{s}");
+            assert_eq!(t["port"].as_u64(), Some(u64::from(port)), "{s}");
+        }
+    }
+    let later = {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        browser.eval(&watcher, "kursrelay.stats()").await
+    };
+    assert!(
+        later["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap() + 10,
+        "frames stopped over TCP: {stats} then {later}"
+    );
+    server.shutdown().await;
+}

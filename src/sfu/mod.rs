@@ -75,6 +75,11 @@ pub struct MediaSettings {
     pub udp_port: u16,
     /// Addresses advertised instead of the bound ones (a server behind 1:1 NAT).
     pub public_ips: Vec<IpAddr>,
+    /// ICE-TCP (passive) on the media port number, for networks that block UDP.
+    pub ice_tcp: bool,
+    /// Whether UDP candidates are offered (off only to prove the TCP path, or for a network
+    /// known to drop UDP).
+    pub udp_candidates: bool,
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub keyframe_request_interval: Duration,
@@ -86,6 +91,8 @@ impl From<&MediaConfig> for MediaSettings {
             bind_ips: c.bind_ips.clone(),
             udp_port: c.udp_port,
             public_ips: c.public_ips.clone(),
+            ice_tcp: c.transports.iter().any(|t| t == "tcp"),
+            udp_candidates: c.transports.iter().any(|t| t == "udp"),
             ice_disconnected_timeout: c.ice_disconnected_timeout(),
             ice_failed_timeout: c.ice_failed_timeout(),
             keyframe_request_interval: c.keyframe_request_interval(),

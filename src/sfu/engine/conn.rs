@@ -118,16 +118,20 @@ pub(crate) struct Conn {
     keyframes: HashMap<String, KeyframeRequester>,
 }
 
-fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SfuError> {
+fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
     let c = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "udp".into(),
+            network: if tcp { "tcp" } else { "udp" }.into(),
             address: addr.ip().to_string(),
             port: addr.port(),
             component: 1,
             ..Default::default()
         },
-        ..Default::default()
+        tcp_type: if tcp {
+            rtc::ice::tcp_type::TcpType::Passive
+        } else {
+            Default::default()
+        },
     }
     .new_candidate_host()
     .map_err(SfuError::webrtc)?;
@@ -185,16 +189,25 @@ impl Conn {
             .build(Instant::now())
             .map_err(SfuError::webrtc)?;
         let mut trickle = Vec::with_capacity(advertised.len());
+        let mut protocols = Vec::with_capacity(2);
+        if settings.udp_candidates {
+            protocols.push(false);
+        }
+        if settings.ice_tcp {
+            protocols.push(true);
+        }
         for (bound, adv) in advertised {
-            pc.add_local_candidate(host_candidate(*bound)?)
-                .map_err(SfuError::webrtc)?;
-            let c = host_candidate(*adv)?;
-            trickle.push(IceCandidate {
-                candidate: c.candidate,
-                sdp_mid: None,
-                sdp_mline_index: None,
-                username_fragment: Some(ufrag.clone()),
-            });
+            for &tcp in &protocols {
+                pc.add_local_candidate(host_candidate(*bound, tcp)?)
+                    .map_err(SfuError::webrtc)?;
+                let c = host_candidate(*adv, tcp)?;
+                trickle.push(IceCandidate {
+                    candidate: c.candidate,
+                    sdp_mid: None,
+                    sdp_mline_index: None,
+                    username_fragment: Some(ufrag.clone()),
+                });
+            }
         }
         Ok(Conn {
             id,
@@ -233,6 +246,7 @@ impl Conn {
         local: SocketAddr,
         from: SocketAddr,
         data: &[u8],
+        proto: TransportProtocol,
     ) -> bool {
         if super::mux::classify(data) == super::mux::Kind::Stun {
             self.checking = Some(from);
@@ -245,7 +259,7 @@ impl Conn {
                     local_addr: local,
                     peer_addr: from,
                     ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
+                    transport_protocol: proto,
                 },
                 message: BytesMut::from(data),
             })

@@ -20,6 +20,7 @@
 mod conn;
 pub(crate) mod mux;
 mod net;
+mod tcp;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rtc::shared::{TaggedBytesMut, TransportProtocol};
 use tokio::sync::oneshot;
 
 use conn::Conn;
@@ -170,7 +172,7 @@ pub(crate) fn start(
     settings: MediaSettings,
     metrics: Arc<Metrics>,
 ) -> Result<EngineHandle, SfuError> {
-    let sockets = bind_all(&settings)?;
+    let (sockets, tcp) = bind_all(&settings)?;
     let local: Vec<SocketAddr> = sockets
         .iter()
         .map(|s| s.local_addr())
@@ -186,16 +188,24 @@ pub(crate) fn start(
             .add(s.as_raw_fd(), i as u64)
             .map_err(|e| SfuError::Bind(e.to_string()))?;
     }
+    tcp.register(&poller)
+        .map_err(|e| SfuError::Bind(e.to_string()))?;
     let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
     // Advertised addresses: the public ones for a server behind 1:1 NAT, else the bound ones.
     let advertised = advertised(&local, &settings.public_ips);
+    let batches = (0..sockets.len()).map(|_| net::SendBatch::new()).collect();
     let engine = Engine {
         settings,
         metrics,
-        sockets,
-        local: local.clone(),
+        out: Output {
+            sockets,
+            local: local.clone(),
+            batches,
+            pool: Vec::with_capacity(POOL),
+            tcp,
+            poller,
+        },
         advertised,
-        poller,
         waker: waker.clone(),
         rx,
         conns: Vec::new(),
@@ -203,8 +213,8 @@ pub(crate) fn start(
         demux: mux::Demux::default(),
         flood: mux::FloodGuard::new(FLOOD_LIMIT_PER_SECOND),
         timers: BinaryHeap::new(),
-        batches: Vec::new(),
-        pool: Vec::with_capacity(POOL),
+        tcp_arena: Vec::with_capacity(64 * 1024),
+        tcp_frames: Vec::with_capacity(64),
         publishers: Vec::new(),
         forwards: Vec::with_capacity(64),
         next_liveness: Instant::now(),
@@ -221,11 +231,12 @@ pub(crate) fn start(
     })
 }
 
-/// One socket per address in `media.bind_ips`, all on `media.udp_port` (an unspecified
-/// address stands for every interface address, each bound on its own so the local address of
-/// every datagram is known). With port 0 the first socket picks a free port and the rest
-/// follow it.
-fn bind_all(settings: &MediaSettings) -> Result<Vec<UdpSocket>, SfuError> {
+/// One UDP socket per address in `media.bind_ips`, all on `media.udp_port`, and (with ICE-TCP)
+/// a TCP listener on the same address and port number. An unspecified address stands for every
+/// interface address, each bound on its own so the local address of every datagram is known.
+/// With port 0 the first socket picks a free port and the rest follow it (retried a few times
+/// if that number is taken for TCP).
+fn bind_all(settings: &MediaSettings) -> Result<(Vec<UdpSocket>, tcp::Tcp), SfuError> {
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in &settings.bind_ips {
         if ip.is_unspecified() {
@@ -243,24 +254,42 @@ fn bind_all(settings: &MediaSettings) -> Result<Vec<UdpSocket>, SfuError> {
             "media.bind_ips names no usable address".into(),
         ));
     }
-    let mut port = settings.udp_port;
-    let mut sockets = Vec::with_capacity(ips.len());
-    for ip in ips {
-        let s = net::bind_udp(ip, port).map_err(|e| {
-            SfuError::Bind(format!(
-                "cannot bind UDP {} (media.bind_ips, media.udp_port): {e}",
-                SocketAddr::new(ip, port)
-            ))
-        })?;
-        if port == 0 {
-            port = s
-                .local_addr()
-                .map_err(|e| SfuError::Bind(e.to_string()))?
-                .port();
+    let attempts = if settings.udp_port == 0 { 20 } else { 1 };
+    let mut last = String::new();
+    for _ in 0..attempts {
+        match bind_on(&ips, settings.udp_port, settings.ice_tcp) {
+            Ok(x) => return Ok(x),
+            Err(e) => last = e,
         }
-        sockets.push(s);
     }
-    Ok(sockets)
+    Err(SfuError::Bind(last))
+}
+
+fn bind_on(ips: &[IpAddr], port: u16, ice_tcp: bool) -> Result<(Vec<UdpSocket>, tcp::Tcp), String> {
+    let mut port = port;
+    let mut sockets = Vec::with_capacity(ips.len());
+    let mut tcp = tcp::Tcp::default();
+    for ip in ips {
+        let s = net::bind_udp(*ip, port).map_err(|e| {
+            format!(
+                "cannot bind UDP {} (media.bind_ips, media.udp_port): {e}",
+                SocketAddr::new(*ip, port)
+            )
+        })?;
+        let addr = s.local_addr().map_err(|e| e.to_string())?;
+        port = addr.port();
+        sockets.push(s);
+        if ice_tcp {
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                format!(
+                    "cannot listen on TCP {addr} for ICE-TCP (media.ice_tcp, media.udp_port): {e}"
+                )
+            })?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            tcp.listeners.push((l, addr));
+        }
+    }
+    Ok((sockets, tcp))
 }
 
 /// Pairs each bound address with the address a client should use for it. With
@@ -285,13 +314,59 @@ struct Slot {
     conn: Option<Conn>,
 }
 
+/// Where datagrams and frames leave: the UDP sockets (batched) and the ICE-TCP streams. Kept
+/// apart from the connections so a connection can be serviced while output is queued.
+struct Output {
+    sockets: Vec<UdpSocket>,
+    local: Vec<SocketAddr>,
+    /// One send batch per socket.
+    batches: Vec<net::SendBatch>,
+    pool: Vec<BytesMut>,
+    tcp: tcp::Tcp,
+    poller: net::Poller,
+}
+
+impl Output {
+    /// Queues one outgoing packet; false if it was dropped (a full socket, a gone stream).
+    fn emit(&mut self, out: TaggedBytesMut) -> bool {
+        if out.transport.transport_protocol == TransportProtocol::TCP {
+            return self.tcp.send(out.transport.peer_addr, &out.message);
+        }
+        let sock = self
+            .local
+            .iter()
+            .position(|l| *l == out.transport.local_addr)
+            .unwrap_or(0);
+        let batch = &mut self.batches[sock];
+        batch.push(out.transport.peer_addr, out.message);
+        if batch.is_full() {
+            let before = batch.refused;
+            batch.flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
+            return batch.refused == before;
+        }
+        true
+    }
+
+    /// Sends everything queued; returns how many datagrams the kernel refused.
+    fn flush(&mut self) -> u64 {
+        let mut refused = 0;
+        for (i, batch) in self.batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let before = batch.refused;
+                batch.flush(self.sockets[i].as_raw_fd(), &mut self.pool);
+                refused += batch.refused - before;
+            }
+        }
+        self.tcp.flush(&self.poller);
+        refused
+    }
+}
+
 struct Engine {
     settings: MediaSettings,
     metrics: Arc<Metrics>,
-    sockets: Vec<UdpSocket>,
-    local: Vec<SocketAddr>,
+    out: Output,
     advertised: Vec<(SocketAddr, SocketAddr)>,
-    poller: net::Poller,
     waker: Arc<net::Waker>,
     rx: Receiver<Command>,
     conns: Vec<Slot>,
@@ -300,9 +375,9 @@ struct Engine {
     flood: mux::FloodGuard,
     /// (deadline, connection): stale entries (the connection's deadline moved) are skipped.
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
-    /// One send batch per socket.
-    batches: Vec<net::SendBatch>,
-    pool: Vec<BytesMut>,
+    /// ICE-TCP frames read this turn (bytes and where they came from), reused.
+    tcp_arena: Vec<u8>,
+    tcp_frames: Vec<(SocketAddr, SocketAddr, usize, usize)>,
     /// Publish connections (their feeds are checked for keyframe requests every turn).
     publishers: Vec<ConnKey>,
     /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
@@ -313,13 +388,10 @@ struct Engine {
 
 impl Engine {
     fn run(mut self) {
-        self.batches = (0..self.sockets.len())
-            .map(|_| net::SendBatch::new())
-            .collect();
         let mut recv = net::RecvBatch::new();
         let mut ready = Vec::with_capacity(16);
         let mut more_commands = false;
-        tracing::info!(addrs = ?self.local.iter().map(|a| a.port()).collect::<Vec<_>>(), "media engine running");
+        tracing::info!(port = ?self.out.local.first().map(|a| a.port()), sockets = self.out.local.len(), ice_tcp = !self.out.tcp.listeners.is_empty(), "media engine running");
         loop {
             let now = Instant::now();
             let timeout = if more_commands {
@@ -336,13 +408,18 @@ impl Engine {
                     .as_micros()
                     .div_ceil(1000) as i32
             };
-            self.poller.wait(timeout, &mut ready);
+            self.out.poller.wait(timeout, &mut ready);
             for &token in &ready {
                 if token == TOKEN_WAKER {
                     self.waker.reset();
+                } else if token >= tcp::STREAM_TOKEN {
+                    self.read_stream((token - tcp::STREAM_TOKEN) as usize);
+                } else if token >= tcp::LISTENER_TOKEN {
+                    let i = (token - tcp::LISTENER_TOKEN) as usize;
+                    self.out.tcp.accept(i, &self.out.poller, now);
                 } else if let Some(i) = usize::try_from(token)
                     .ok()
-                    .filter(|i| *i < self.sockets.len())
+                    .filter(|i| *i < self.out.sockets.len())
                 {
                     self.read_socket(i, &mut recv);
                 }
@@ -386,8 +463,8 @@ impl Engine {
     }
 
     fn read_socket(&mut self, sock: usize, recv: &mut net::RecvBatch) {
-        let fd = self.sockets[sock].as_raw_fd();
-        let local = self.local[sock];
+        let fd = self.out.sockets[sock].as_raw_fd();
+        let local = self.out.local[sock];
         for _ in 0..RECV_CALLS_PER_TURN {
             let n = match recv.recv(fd) {
                 Ok(0) => return,
@@ -398,39 +475,77 @@ impl Engine {
                 }
             };
             let now = Instant::now();
-            let now_ms = now.duration_since(self.epoch).as_millis() as u64;
             self.metrics
                 .datagrams_received
                 .fetch_add(n as u64, Ordering::Relaxed);
             for i in 0..n {
-                let Some((from, data)) = recv.get(i) else {
-                    self.metrics.count_drop(mux::Drop::Unclassified);
-                    continue;
-                };
-                if !self.flood.allow(from, now_ms) {
-                    self.metrics.count_drop(mux::Drop::Flood);
-                    continue;
-                }
-                let key = match self.demux.route(from, data) {
-                    Ok(k) => k,
-                    Err(why) => {
-                        self.metrics.count_drop(why);
-                        continue;
+                match recv.get(i) {
+                    Some((from, data)) => {
+                        self.input(now, local, from, data, TransportProtocol::UDP)
                     }
-                };
-                let ok = match self.conn_mut(key) {
-                    Some(c) => c.handle_datagram(now, local, from, data),
-                    None => false,
-                };
-                if !ok {
-                    self.metrics.count_drop(mux::Drop::Rejected);
+                    None => self.metrics.count_drop(mux::Drop::Unclassified),
                 }
-                self.service(key, now);
             }
             if n < net::BATCH {
                 return;
             }
         }
+    }
+
+    fn read_stream(&mut self, idx: usize) {
+        let mut arena = std::mem::take(&mut self.tcp_arena);
+        let mut frames = std::mem::take(&mut self.tcp_frames);
+        arena.clear();
+        frames.clear();
+        self.out
+            .tcp
+            .read(idx, &self.out.poller, &mut arena, &mut frames);
+        let now = Instant::now();
+        self.metrics
+            .datagrams_received
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        for &(local, peer, start, len) in &frames {
+            self.input(
+                now,
+                local,
+                peer,
+                &arena[start..start + len],
+                TransportProtocol::TCP,
+            );
+        }
+        self.tcp_arena = arena;
+        self.tcp_frames = frames;
+    }
+
+    /// One datagram (or ICE-TCP frame) in: flood budget, demultiplexing, the connection.
+    fn input(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+        proto: TransportProtocol,
+    ) {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        if !self.flood.allow(from, now_ms) {
+            self.metrics.count_drop(mux::Drop::Flood);
+            return;
+        }
+        let key = match self.demux.route(from, data) {
+            Ok(k) => k,
+            Err(why) => {
+                self.metrics.count_drop(why);
+                return;
+            }
+        };
+        let ok = match self.conn_mut(key) {
+            Some(c) => c.handle_datagram(now, local, from, data, proto),
+            None => false,
+        };
+        if !ok {
+            self.metrics.count_drop(mux::Drop::Rejected);
+        }
+        self.service(key, now);
     }
 
     /// Drains what one connection produced: datagrams (binding the addresses it answered),
@@ -451,16 +566,7 @@ impl Engine {
             if !self.demux.is_bound(&to) && conn.answers_check(to, &out.message) {
                 self.demux.bind(to, key);
             }
-            let sock = self
-                .local
-                .iter()
-                .position(|l| *l == out.transport.local_addr)
-                .unwrap_or(0);
-            let batch = &mut self.batches[sock];
-            batch.push(to, out.message);
-            if batch.is_full() {
-                batch.flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
-            }
+            self.out.emit(out);
         }
         let mut forwards = std::mem::take(&mut self.forwards);
         let became_publisher = conn.poll_events(&self.settings, &self.metrics);
@@ -510,17 +616,8 @@ impl Engine {
                 continue;
             }
             while let Some(out) = conn.poll_write() {
-                let sock = self
-                    .local
-                    .iter()
-                    .position(|l| *l == out.transport.local_addr)
-                    .unwrap_or(0);
-                let batch = &mut self.batches[sock];
-                batch.push(out.transport.peer_addr, out.message);
-                if batch.is_full() {
-                    let before = batch.refused;
-                    batch.flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
-                    dropped += batch.refused - before;
+                if !self.out.emit(out) {
+                    dropped += 1;
                 }
             }
             sent += 1;
@@ -539,17 +636,11 @@ impl Engine {
     }
 
     fn flush_all(&mut self) {
-        for (i, batch) in self.batches.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                let before = batch.refused;
-                batch.flush(self.sockets[i].as_raw_fd(), &mut self.pool);
-                let refused = batch.refused - before;
-                if refused > 0 {
-                    self.metrics
-                        .packets_dropped
-                        .fetch_add(refused, Ordering::Relaxed);
-                }
-            }
+        let refused = self.out.flush();
+        if refused > 0 {
+            self.metrics
+                .packets_dropped
+                .fetch_add(refused, Ordering::Relaxed);
         }
     }
 
@@ -590,6 +681,10 @@ impl Engine {
             return;
         }
         self.next_liveness = now + LIVENESS_EVERY;
+        let demux = &self.demux;
+        self.out
+            .tcp
+            .expire(now, &self.out.poller, |peer| demux.is_bound(peer));
         let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
         for slot in &mut self.conns {
             if let Some(c) = slot.conn.as_mut() {
@@ -748,17 +843,11 @@ impl Engine {
         conn.close(&self.metrics);
         // Whatever closing produced (DTLS close_notify) still goes out.
         while let Some(out) = conn.poll_write() {
-            let sock = self
-                .local
-                .iter()
-                .position(|l| *l == out.transport.local_addr)
-                .unwrap_or(0);
-            self.batches[sock].push(out.transport.peer_addr, out.message);
-            if self.batches[sock].is_full() {
-                self.batches[sock].flush(self.sockets[sock].as_raw_fd(), &mut self.pool);
-            }
+            self.out.emit(out);
         }
-        self.demux.remove(key);
+        for peer in self.demux.remove(key) {
+            self.out.tcp.close_peer(&peer, &self.out.poller);
+        }
         self.publishers.retain(|k| *k != key);
         self.free.push(key.slot);
         self.metrics.peer_connections.fetch_sub(1, Ordering::SeqCst);

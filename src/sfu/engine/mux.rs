@@ -101,10 +101,20 @@ impl<C: Copy + PartialEq> Demux<C> {
         self.ufrags.insert(ufrag, conn);
     }
 
-    /// Forgets a connection: its ufrag and every address bound to it.
-    pub(crate) fn remove(&mut self, conn: C) {
+    /// Forgets a connection: its ufrag and every address bound to it (returned, so their
+    /// ICE-TCP streams can be closed).
+    pub(crate) fn remove(&mut self, conn: C) -> Vec<SocketAddr> {
         self.ufrags.retain(|_, c| *c != conn);
-        self.bound.retain(|_, c| *c != conn);
+        let gone: Vec<SocketAddr> = self
+            .bound
+            .iter()
+            .filter(|(_, c)| **c == conn)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &gone {
+            self.bound.remove(a);
+        }
+        gone
     }
 
     /// Which connection should see datagram `d` from `from`.
