@@ -12,7 +12,7 @@
 //! and how to rewrite the header for it. `DownTrack::rewrite` builds the outgoing packet with
 //! the payload shared (`Bytes`) and empty extension/CSRC vectors: no heap allocation.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ pub struct DownTrack {
     pub(crate) started: AtomicBool,
     pub(crate) last_out_seq: AtomicU16,
     pub(crate) seq_offset: AtomicU16,
+    /// SRTP rollover counter of the outgoing stream (when the engine seals it).
+    pub(crate) roc: AtomicU32,
+    /// Sent so far, for sender reports.
+    pub(crate) packets_sent: AtomicU32,
+    pub(crate) octets_sent: AtomicU32,
 }
 
 impl DownTrack {
@@ -55,10 +60,10 @@ impl DownTrack {
         self.track
     }
 
-    /// The packet this subscriber gets for `packet`, or None while it waits for a keyframe
-    /// to start from (a newcomer, or after a loss that broke the picture).
-    pub(crate) fn rewrite(&self, packet: &rtp::Packet, keyframe: bool) -> Option<rtp::Packet> {
-        let header = &packet.header;
+    /// Whether this subscriber gets the packet with sequence number `seq_in`, and if so under
+    /// which outgoing sequence number and SRTP rollover counter. None while it waits for a
+    /// keyframe to start from (a newcomer, or after a loss that broke the picture).
+    pub(crate) fn admit(&self, seq_in: u16, keyframe: bool) -> Option<(u16, u32)> {
         let video = self.codec != CodecFamily::Audio;
         if video && self.waiting_keyframe.load(Ordering::Relaxed) {
             if !keyframe {
@@ -70,28 +75,46 @@ impl DownTrack {
             if self.started.load(Ordering::Relaxed) {
                 // Resume right after the last packet this subscriber got: no gap it would NACK.
                 let last = self.last_out_seq.load(Ordering::Relaxed);
-                self.seq_offset.store(
-                    header.sequence_number.wrapping_sub(last.wrapping_add(1)),
-                    Ordering::Relaxed,
-                );
+                self.seq_offset
+                    .store(seq_in.wrapping_sub(last.wrapping_add(1)), Ordering::Relaxed);
             }
         }
-        let seq = header
-            .sequence_number
-            .wrapping_sub(self.seq_offset.load(Ordering::Relaxed));
+        let seq = seq_in.wrapping_sub(self.seq_offset.load(Ordering::Relaxed));
+        let mut roc = self.roc.load(Ordering::Relaxed);
+        if self.started.load(Ordering::Relaxed) {
+            let last = self.last_out_seq.load(Ordering::Relaxed);
+            // Outgoing numbers are contiguous, so a smaller one far below is a wrap.
+            if seq < last && last - seq > 0x8000 {
+                roc = roc.wrapping_add(1);
+                self.roc.store(roc, Ordering::Relaxed);
+            }
+        }
         self.started.store(true, Ordering::Relaxed);
         self.last_out_seq.store(seq, Ordering::Relaxed);
-        Some(rtp::Packet {
+        Some((seq, roc))
+    }
+
+    /// Counts a packet sent (for this stream's sender reports).
+    pub(crate) fn count(&self, payload_len: usize) {
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.octets_sent
+            .fetch_add(payload_len as u32, Ordering::Relaxed);
+    }
+
+    /// The packet as this subscriber gets it, for rtc's sender (when we cannot seal it
+    /// ourselves): payload shared, no extensions, no allocation.
+    pub(crate) fn packet(&self, packet: &rtp::Packet, seq: u16) -> rtp::Packet {
+        rtp::Packet {
             header: rtp::header::Header {
                 version: 2,
                 padding: false,
                 // Extension ids differ per connection; the subscriber's connection adds the
                 // ones it negotiated.
                 extension: false,
-                marker: header.marker,
+                marker: packet.header.marker,
                 payload_type: self.payload_type,
                 sequence_number: seq,
-                timestamp: header.timestamp,
+                timestamp: packet.header.timestamp,
                 ssrc: self.ssrc,
                 csrc: Vec::new(),
                 extension_profile: 0,
@@ -99,7 +122,7 @@ impl DownTrack {
                 extensions_padding: 0,
             },
             payload: packet.payload.clone(),
-        })
+        }
     }
 
     /// After a send failed: video waits for the next keyframe.
@@ -353,6 +376,9 @@ impl FanoutHarness {
                     started: AtomicBool::new(false),
                     last_out_seq: AtomicU16::new(0),
                     seq_offset: AtomicU16::new(0),
+                    roc: AtomicU32::new(0),
+                    packets_sent: AtomicU32::new(0),
+                    octets_sent: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -368,7 +394,8 @@ impl FanoutHarness {
         let downs = self.downs.load();
         let mut n = 0;
         for d in downs.iter() {
-            if let Some(p) = d.rewrite(packet, keyframe) {
+            if let Some((seq, _roc)) = d.admit(packet.header.sequence_number, keyframe) {
+                let p = d.packet(packet, seq);
                 n += 1;
                 self.out = self.out.wrapping_add(u64::from(p.header.sequence_number));
                 std::hint::black_box(&p);

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Packets read from a track that is not forwarded (floor taken back, muted, refused):
     /// read and thrown away.
     pub packets_discarded: AtomicU64,
+    /// Forwarded packets sealed by the engine itself (the lean path) rather than by rtc.
+    pub packets_sealed: AtomicU64,
     /// `write_rtp` calls that failed (e.g. a connection going away mid-write).
     pub write_errors: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
@@ -94,6 +96,11 @@ impl Metrics {
                 "kursrelay_packets_discarded_total",
                 &self.packets_discarded,
                 "RTP packets read and discarded from tracks not being forwarded",
+            ),
+            (
+                "kursrelay_packets_sealed_total",
+                &self.packets_sealed,
+                "Forwarded RTP packets sealed by the engine itself (SRTP AES-GCM in place)",
             ),
             (
                 "kursrelay_write_errors_total",

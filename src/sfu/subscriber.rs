@@ -4,7 +4,7 @@
 //! attaches to the track's forwarder.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU16};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32};
 use std::sync::Arc;
 
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -198,6 +198,9 @@ impl Subscriber {
                 started: AtomicBool::new(false),
                 last_out_seq: AtomicU16::new(0),
                 seq_offset: AtomicU16::new(0),
+                roc: AtomicU32::new(0),
+                packets_sent: AtomicU32::new(0),
+                octets_sent: AtomicU32::new(0),
             });
             entry.down = Some(down.clone());
             ready.push(down);

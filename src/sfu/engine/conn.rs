@@ -107,6 +107,12 @@ pub(crate) struct Conn {
     /// An unbound address whose binding request this connection was given last.
     checking: Option<SocketAddr>,
     deadline: Option<Instant>,
+    /// Our own SRTP seal for forwarded packets, once DTLS gave us keys (GCM profile only),
+    /// and which handshake they came from.
+    sealer: Option<super::srtp::Sealer>,
+    sealer_generation: u64,
+    /// Where rtc sends this connection's DTLS and SRTP (the selected pair).
+    media_dest: Option<TransportContext>,
     /// When the client was last heard (any datagram), or when its description arrived.
     last_heard: Instant,
     /// Our candidates (advertised addresses), also trickled once after the first description:
@@ -223,6 +229,9 @@ impl Conn {
             advertised: advertised.to_vec(),
             checking: None,
             deadline: None,
+            sealer: None,
+            sealer_generation: 0,
+            media_dest: None,
             last_heard: Instant::now(),
             trickle: Some(trickle),
             publish,
@@ -291,7 +300,38 @@ impl Conn {
     }
 
     pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
-        self.pc.poll_write()
+        let out = self.pc.poll_write()?;
+        // DTLS and SRTP/SRTCP go where the selected pair is: so do our own packets.
+        if matches!(
+            super::mux::classify(&out.message),
+            super::mux::Kind::Dtls | super::mux::Kind::Rtp
+        ) {
+            self.media_dest = Some(out.transport);
+        }
+        Some(out)
+    }
+
+    /// Picks up new SRTP keys after a DTLS handshake (and a re-key).
+    pub(crate) fn refresh_keys(&mut self) {
+        let Some(e) = self.pc.srtp_keying_export() else {
+            return;
+        };
+        if e.generation == self.sealer_generation {
+            return;
+        }
+        self.sealer_generation = e.generation;
+        self.sealer = if e.profile
+            == rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm
+        {
+            super::srtp::Sealer::new(&e.local_master_key, &e.local_master_salt)
+        } else {
+            None
+        };
+    }
+
+    /// Our seal and where to send, when forwarded packets can bypass rtc.
+    pub(crate) fn lean(&self) -> Option<(&super::srtp::Sealer, TransportContext)> {
+        Some((self.sealer.as_ref()?, self.media_dest?))
     }
 
     /// Turns rtc events into member-task events and feeds. True if a feed appeared.

@@ -20,6 +20,7 @@
 mod conn;
 pub(crate) mod mux;
 mod net;
+mod srtp;
 mod tcp;
 
 use std::cmp::Reverse;
@@ -570,6 +571,7 @@ impl Engine {
         }
         let mut forwards = std::mem::take(&mut self.forwards);
         let became_publisher = conn.poll_events(&self.settings, &self.metrics);
+        conn.refresh_keys();
         conn.poll_reads(now, &self.metrics, &mut forwards);
         let deadline = conn.next_deadline();
         if became_publisher && !self.publishers.contains(&key) {
@@ -593,7 +595,7 @@ impl Engine {
     ) {
         let downs = feed.downs.load();
         let keyframe = super::keyframe::starts_keyframe(feed.family, &packet.payload);
-        let (mut sent, mut dropped) = (0u64, 0u64);
+        let (mut sent, mut sealed, mut dropped) = (0u64, 0u64, 0u64);
         for down in downs.iter() {
             let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
                 continue;
@@ -607,17 +609,44 @@ impl Engine {
             if !conn.is_connected() {
                 continue;
             }
-            let Some(out) = down.rewrite(&packet, keyframe) else {
+            let Some((seq, roc)) = down.admit(packet.header.sequence_number, keyframe) else {
                 continue;
             };
-            if !conn.write_rtp(now, down.sender, out) {
-                down.lost();
-                self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            while let Some(out) = conn.poll_write() {
-                if !self.out.emit(out) {
+            down.count(packet.payload.len());
+            if let Some((sealer, dest)) = conn.lean() {
+                // Our own seal with the connection's keys: no rtc round, no allocation.
+                let mut buf = self.out.pool.pop().unwrap_or_default();
+                if !sealer.seal(
+                    &mut buf,
+                    packet.header.marker,
+                    down.payload_type,
+                    seq,
+                    packet.header.timestamp,
+                    down.ssrc,
+                    roc,
+                    &packet.payload,
+                ) {
+                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                sealed += 1;
+                if !self.out.emit(TaggedBytesMut {
+                    now,
+                    transport: dest,
+                    message: buf,
+                }) {
                     dropped += 1;
+                }
+            } else {
+                if !conn.write_rtp(now, down.sender, down.packet(&packet, seq)) {
+                    down.lost();
+                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                while let Some(out) = conn.poll_write() {
+                    if !self.out.emit(out) {
+                        dropped += 1;
+                    }
                 }
             }
             sent += 1;
@@ -628,6 +657,9 @@ impl Engine {
         self.metrics
             .packets_forwarded
             .fetch_add(sent, Ordering::Relaxed);
+        self.metrics
+            .packets_sealed
+            .fetch_add(sealed, Ordering::Relaxed);
         if dropped > 0 {
             self.metrics
                 .packets_dropped
