@@ -184,7 +184,6 @@ pub struct MediaConfig {
     /// The one UDP port (and ICE-TCP port) of all media; 0 takes any free port (tests).
     pub udp_port: u16,
     /// Addresses advertised to clients instead of the bound ones (1:1 NAT).
-    #[serde(default)]
     pub public_ips: Vec<IpAddr>,
     /// Which ICE transports clients are offered: "udp" and/or "tcp" (ICE-TCP, passive, on the
     /// same port number).

@@ -51,36 +51,53 @@ async fn one_publisher_reaches_twenty_subscribers_byte_identical_in_order() {
     server.shutdown().await;
 }
 
+/// Keyframes only on request: the engine asks the publisher for one as soon as its track has
+/// none cached, and a subscriber joining later starts from the cached GOP (that keyframe and
+/// every packet since) at once, without a keyframe request of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_joiner_gets_media_and_its_keyframe_request_reaches_the_publisher() {
+async fn late_joiner_starts_from_the_cached_gop() {
     let server = TestServer::spawn().await;
     let publisher = TestPeer::leader(&server, "late", "Kursleiar").await;
-    // Keyframes only on request, so the late joiner can only start if its request got through.
     let spec = PublishSpec {
         keyframe_every: u32::MAX,
         ..PublishSpec::default()
     };
     let sent = publisher.publish(spec).await;
     let camera = sent.iter().find(|t| t.source == "camera").unwrap().clone();
+    // The engine's own request primes the cache.
+    assert!(
+        wait_until(TIMEOUT, || server.metric(|m| &m.keyframe_requests_sent)
+            >= 1)
+        .await,
+        "no keyframe request reached the publisher"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let plis_before = camera.plis.load(std::sync::atomic::Ordering::SeqCst);
+    let sent_before_join = camera.sent.lock().unwrap().len() as u32;
 
     let late = TestPeer::join(&server, "late", "Sein").await;
     let id = late.wait_offered(&publisher.member_id, "camera").await;
-    let got = wait_until(TIMEOUT, || late.received_count(&id) >= ENOUGH).await;
-    let mut m = String::new();
-    server.state.sfu.metrics().render(&mut m);
     assert!(
-        got,
-        "late joiner got no video: plis {} {m}",
-        camera.plis.load(std::sync::atomic::Ordering::SeqCst)
+        wait_until(TIMEOUT, || late.received_count(&id) >= ENOUGH).await,
+        "late joiner got no video"
     );
+    assert!(server.metric(|m| &m.gop_joins) >= 1, "no GOP join");
+    // The publisher's sender reports reach its subscribers, translated (lip sync).
     assert!(
-        camera.plis.load(std::sync::atomic::Ordering::SeqCst) > plis_before,
-        "no keyframe request reached the publisher"
+        wait_until(TIMEOUT, || server.metric(|m| &m.sender_reports) >= 1).await,
+        "no sender report translated"
+    );
+    let first = late.with_received(&id, |rx| rx.packets[0].3.clone());
+    assert_eq!(
+        &first[..2],
+        &[0x10, 0x00],
+        "the first packet is a VP8 keyframe"
+    );
+    let first_seq = payload_seq(camera.codec, &first);
+    assert!(
+        first_seq < sent_before_join,
+        "it was sent before the join ({first_seq} ≥ {sent_before_join}): from the cache"
     );
     check_delivery(&late, &id, &camera);
-    assert!(server.metric(|m| &m.keyframe_requests_sent) >= 1);
     server.shutdown().await;
 }
 
@@ -293,4 +310,48 @@ async fn graceful_shutdown_says_goodbye_and_closes_every_connection() {
     }
     assert_eq!(metrics.live_tasks(), Default::default());
     assert_eq!(rooms.count(), 0);
+}
+
+/// A subscriber's link loses three video packets (its socket drops them before the WebRTC
+/// stack sees them). Its NACKs reach the engine, which sends the same bytes again from the
+/// track's packet cache; the subscriber ends up with every packet, byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_sent_again_from_the_track_cache() {
+    let server = TestServer::spawn().await;
+    let publisher = TestPeer::leader(&server, "nack", "Kursleiar").await;
+    let sent = publisher.publish(PublishSpec::default()).await;
+    let camera = sent.iter().find(|t| t.source == "camera").unwrap().clone();
+    let plan = common::lossy::LossPlan::new(vec![20, 45, 70], 400);
+    let viewer = TestPeer::join_lossy(&server, "nack", "Kari", plan.clone()).await;
+    let id = viewer.wait_offered(&publisher.member_id, "camera").await;
+    assert!(
+        wait_until(TIMEOUT, || viewer.received_count(&id) >= 100).await,
+        "got {}",
+        viewer.received_count(&id)
+    );
+    let lost = plan.lost.lock().unwrap().clone();
+    assert_eq!(lost.len(), 3, "the plan lost {lost:?}");
+    // Every lost packet came back (its NACK was answered), with the bytes that were sent.
+    assert!(
+        wait_until(TIMEOUT, || viewer.with_received(&id, |rx| lost
+            .iter()
+            .all(|(_, seq)| rx.packets.iter().any(|p| p.2 == *seq))))
+        .await,
+        "lost {lost:?} never came again"
+    );
+    viewer.with_received(&id, |rx| {
+        let sent_map = camera.sent.lock().unwrap();
+        for (_, _, _, payload) in &rx.packets {
+            let seq = payload_seq(camera.codec, payload);
+            assert_eq!(sent_map.get(&seq), Some(payload), "payload {seq} differs");
+        }
+        let mut seqs: Vec<u16> = rx.packets.iter().map(|p| p.2).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let span = seqs.last().unwrap().wrapping_sub(seqs[0]) as usize + 1;
+        assert_eq!(seqs.len(), span, "a hole in what arrived");
+    });
+    let answered = server.metric(|m| &m.nacks_answered);
+    assert!(answered >= 3, "{answered} NACKed packets sent again");
+    server.shutdown().await;
 }

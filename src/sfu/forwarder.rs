@@ -126,6 +126,36 @@ impl DownTrack {
     }
 
     /// After a send failed: video waits for the next keyframe.
+    pub(crate) fn has_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// A newcomer's video that has not started yet (it may start from the cached GOP).
+    pub(crate) fn is_newcomer(&self) -> bool {
+        self.codec != CodecFamily::Audio
+            && self.waiting_keyframe.load(Ordering::Relaxed)
+            && !self.started.load(Ordering::Relaxed)
+    }
+
+    /// The outgoing packet `seq` was sent with, and its rollover counter, if it was sent
+    /// under the current numbering (for answering a NACK).
+    pub(crate) fn incoming_of(&self, seq: u16) -> Option<(u16, u32)> {
+        if !self.started.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = self.last_out_seq.load(Ordering::Relaxed);
+        let behind = last.wrapping_sub(seq);
+        if behind >= 0x8000 {
+            return None; // not sent yet
+        }
+        let roc = self.roc.load(Ordering::Relaxed);
+        let roc = if seq > last { roc.wrapping_sub(1) } else { roc };
+        Some((
+            seq.wrapping_add(self.seq_offset.load(Ordering::Relaxed)),
+            roc,
+        ))
+    }
+
     pub(crate) fn lost(&self) {
         if self.codec != CodecFamily::Audio {
             self.waiting_keyframe.store(true, Ordering::Relaxed);
@@ -144,6 +174,8 @@ pub(crate) enum Arrival {
 
 /// One track arriving on a publish connection (see the module doc).
 pub(crate) struct Feed {
+    /// Engine-wide id (its packet cache is kept under it).
+    pub(crate) id: u64,
     kind: MediaKind,
     pub(crate) family: CodecFamily,
     client_track_id: String,
@@ -168,6 +200,7 @@ pub(crate) struct Feed {
 const PARKED_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 static PUBLICATIONS: AtomicU64 = AtomicU64::new(1);
+static FEEDS: AtomicU64 = AtomicU64::new(1);
 
 impl Feed {
     pub(crate) fn new(
@@ -177,6 +210,7 @@ impl Feed {
         codec: Codec,
     ) -> Arc<Feed> {
         Arc::new(Feed {
+            id: FEEDS.fetch_add(1, Ordering::Relaxed),
             kind,
             family: CodecFamily::from_mime(&codec.mime_type),
             client_track_id,
@@ -249,6 +283,7 @@ impl Feed {
                 client_track_id: self.client_track_id.clone(),
                 codec: self.codec.clone(),
                 keyframes: self.keyframes.clone(),
+                feed: self.id,
             },
             feed: self.clone(),
             publication: id,

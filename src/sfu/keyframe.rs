@@ -129,14 +129,26 @@ impl KeyframeRequester {
     }
 }
 
-/// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI and FIR
-/// for delivery to the application (they then appear on the local track's event stream, where
-/// the subscriber side turns them into `KeyframeRequester::request`) and drops the rest, which
-/// the other interceptors have already acted on.
+/// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI, FIR,
+/// NACK and sender reports for delivery to the application (the engine turns them into
+/// keyframe requests, re-sends from the track cache, translated sender reports) and drops the
+/// rest, which the other interceptors have already acted on.
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+}
+
+/// True if the batch holds something the engine acts on: a keyframe request, a NACK (answered
+/// from the track cache) or a sender report (translated for the subscribers).
+pub fn is_for_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>()
+            || any.is::<FullIntraRequest>()
+            || any.is::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+            || any.is::<rtc::rtcp::sender_report::SenderReport>()
+    })
 }
 
 /// True if any packet in the batch asks for a keyframe.
@@ -156,7 +168,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if !is_keyframe_request(packets) {
+            if !is_for_application(packets) {
                 return Ok(());
             }
             msg.message.add(Attribute::DeliverToApplication);

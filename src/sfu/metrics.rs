@@ -21,6 +21,13 @@ pub struct Metrics {
     pub packets_discarded: AtomicU64,
     /// Forwarded packets sealed by the engine itself (the lean path) rather than by rtc.
     pub packets_sealed: AtomicU64,
+    /// NACKed packets re-sent from the track cache, and NACKs for packets no longer in it.
+    pub nacks_answered: AtomicU64,
+    pub nacks_missed: AtomicU64,
+    /// Newcomers started from the cached GOP instead of waiting for a keyframe.
+    pub gop_joins: AtomicU64,
+    /// Sender reports translated from publishers' and sent to subscribers.
+    pub sender_reports: AtomicU64,
     /// `write_rtp` calls that failed (e.g. a connection going away mid-write).
     pub write_errors: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
@@ -101,6 +108,26 @@ impl Metrics {
                 "kursrelay_packets_sealed_total",
                 &self.packets_sealed,
                 "Forwarded RTP packets sealed by the engine itself (SRTP AES-GCM in place)",
+            ),
+            (
+                "kursrelay_nacks_answered_total",
+                &self.nacks_answered,
+                "Packets a subscriber NACKed, re-sent from the track cache",
+            ),
+            (
+                "kursrelay_nacks_missed_total",
+                &self.nacks_missed,
+                "NACKed packets no longer in the track cache",
+            ),
+            (
+                "kursrelay_gop_joins_total",
+                &self.gop_joins,
+                "Subscribers started from the cached GOP",
+            ),
+            (
+                "kursrelay_sender_reports_total",
+                &self.sender_reports,
+                "Sender reports translated for subscribers",
             ),
             (
                 "kursrelay_write_errors_total",

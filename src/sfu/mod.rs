@@ -120,6 +120,8 @@ pub struct TrackInfo {
     pub client_track_id: String,
     pub codec: Codec,
     pub keyframes: KeyframeRequester,
+    /// The feed this publication forwards (the engine's key for its packet cache).
+    pub(crate) feed: u64,
 }
 
 /// Identifies one peer connection, so events of a replaced connection can be told apart.

@@ -79,6 +79,7 @@ impl Subscriber {
             codec: info.codec.clone(),
             ssrc,
             keyframes: info.keyframes.clone(),
+            feed: info.feed,
         };
         let key = self.key;
         let sender = self

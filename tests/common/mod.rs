@@ -4,6 +4,7 @@
 
 pub mod chromium;
 pub mod coturn;
+pub mod lossy;
 pub mod pki;
 pub mod tools;
 
@@ -452,6 +453,8 @@ pub struct ReceivedTrack {
 
 #[derive(Default)]
 struct Shared {
+    /// A runtime for this peer's connections (a lossy one), instead of plain tokio.
+    runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
     inbox: Mutex<Vec<serde_json::Value>>,
     inbox_changed: Notify,
     /// Tracks the latest subscribe offer listed.
@@ -521,10 +524,36 @@ impl TestPeer {
 
     /// Like `connect`, for a server in another process.
     pub async fn connect_url(ws_url: &str, token: &str, name: Option<&str>) -> TestPeer {
+        Self::connect_with(ws_url, token, name, None).await
+    }
+
+    /// Joins session `label` as a participant whose media sockets lose what `plan` says.
+    pub async fn join_lossy(
+        server: &TestServer,
+        label: &str,
+        name: &str,
+        plan: Arc<lossy::LossPlan>,
+    ) -> TestPeer {
+        let token = server
+            .token(label, Role::Participant, Some(name), false)
+            .await;
+        let runtime: Arc<dyn webrtc::runtime::Runtime> = Arc::new(lossy::LossyRuntime { plan });
+        Self::connect_with(&server.ws_url(), &token, None, Some(runtime)).await
+    }
+
+    async fn connect_with(
+        ws_url: &str,
+        token: &str,
+        name: Option<&str>,
+        runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
+    ) -> TestPeer {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .expect("ws connect");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            runtime,
+            ..Shared::default()
+        });
         let (cmds, rx) = mpsc::channel(64);
         let stop_media = CancellationToken::new();
         let task = tokio::spawn(peer_task(ws, rx, shared.clone(), stop_media.clone()));
@@ -762,9 +791,17 @@ impl PeerConnectionEventHandler for PeerHandler {
     }
 }
 
-async fn new_pc(handler: PeerHandler) -> Arc<dyn PeerConnection> {
+async fn new_pc(
+    handler: PeerHandler,
+    runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
+) -> Arc<dyn PeerConnection> {
     let (media_engine, registry) = kursrelay::sfu::media_setup().expect("media setup");
-    let pc = PeerConnectionBuilder::new()
+    let builder = PeerConnectionBuilder::new();
+    let builder = match runtime {
+        Some(r) => builder.with_runtime(r),
+        None => builder,
+    };
+    let pc = builder
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
@@ -835,7 +872,7 @@ async fn peer_task(
                     "subscribe_offer" if ignore_offers => {}
                     "subscribe_offer" => {
                         if sub_pc.is_none() {
-                            sub_pc = Some(new_pc(handler("subscribe")).await);
+                            sub_pc = Some(new_pc(handler("subscribe"), shared.runtime.clone()).await);
                         }
                         let pc = sub_pc.as_ref().unwrap();
                         let offer = RTCSessionDescription::offer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
@@ -890,7 +927,7 @@ async fn peer_task(
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Raw(text)) => { if sink.send(Message::text(text)).await.is_err() { break; } }
                 Some(Cmd::Publish(spec, reply)) => {
-                    let pc = new_pc(handler("publish")).await;
+                    let pc = new_pc(handler("publish"), shared.runtime.clone()).await;
                     let mut tracks = Vec::new();
                     let mut descs = Vec::new();
                     let plan = [

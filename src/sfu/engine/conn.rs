@@ -12,7 +12,9 @@ use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -80,6 +82,16 @@ pub(crate) struct TrackSpec {
     pub(crate) codec: Codec,
     pub(crate) ssrc: u32,
     pub(crate) keyframes: KeyframeRequester,
+    pub(crate) feed: u64,
+}
+
+/// What a connection's RTCP asks of the engine (filled by `poll_reads`, reused).
+#[derive(Default)]
+pub(crate) struct Feedback {
+    /// (feed, outgoing sequence number) a subscriber lost.
+    pub(crate) nacks: Vec<(u64, u16)>,
+    /// A publisher's sender report for one of its feeds: (feed, NTP time, RTP time).
+    pub(crate) reports: Vec<(Arc<Feed>, u64, u32)>,
 }
 
 /// A track arriving on a publish connection.
@@ -120,8 +132,9 @@ pub(crate) struct Conn {
     trickle: Option<Vec<IceCandidate>>,
     publish: Option<Arc<PublishShared>>,
     incoming: Vec<Incoming>,
-    /// Subscribe side: our track id (as a string) → its publisher's keyframe requester.
-    keyframes: HashMap<String, KeyframeRequester>,
+    /// Subscribe side: our track id (as a string) → its publisher's keyframe requester and
+    /// the feed it forwards.
+    tracks: HashMap<String, (KeyframeRequester, u64)>,
 }
 
 fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
@@ -160,12 +173,30 @@ impl Conn {
         media_engine
             .register_default_codecs()
             .map_err(SfuError::webrtc)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-            .map_err(SfuError::webrtc)?
-            .with(
-                Slot::from(KEYFRAME_INTERCEPTOR_SLOT),
-                KeyframeRequestInterceptor::default(),
-            );
+        let registry = match target {
+            // Receiving: NACK generation, transport-cc feedback, reports (rtc's default set).
+            Target::Publish => register_default_interceptors(Registry::new(), &mut media_engine)
+                .map_err(SfuError::webrtc)?,
+            // Sending forwarded media: the engine answers NACKs from the track cache and
+            // writes the sender reports itself, so no per-subscriber retransmission buffer
+            // (≈ 128 KB each); receiver reports and the feedback types stay negotiated.
+            Target::Subscribe => {
+                for parameter in ["", "pli"] {
+                    media_engine.register_feedback(
+                        rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                            typ: "nack".to_owned(),
+                            parameter: parameter.to_owned(),
+                        },
+                        RtpCodecKind::Video,
+                    );
+                }
+                configure_rtcp_reports(Registry::new())
+            }
+        }
+        .with(
+            Slot::from(KEYFRAME_INTERCEPTOR_SLOT),
+            KeyframeRequestInterceptor::default(),
+        );
         let mut rng = rand::rng();
         // RFC 8445: ufrag ≥ 4 and password ≥ 22 characters from the ice-char set.
         let ufrag = Alphanumeric.sample_string(&mut rng, 16);
@@ -236,7 +267,7 @@ impl Conn {
             trickle: Some(trickle),
             publish,
             incoming: Vec::new(),
-            keyframes: HashMap::new(),
+            tracks: HashMap::new(),
         })
     }
 
@@ -466,13 +497,16 @@ impl Conn {
     }
 
     /// Takes received media: RTP of forwarded feeds goes to `forwards`; RTCP asking for a
-    /// keyframe reaches the track's publisher.
+    /// keyframe reaches the track's publisher; NACKs and sender reports go to `feedback`.
     pub(crate) fn poll_reads(
         &mut self,
         now: Instant,
         metrics: &Metrics,
         forwards: &mut Vec<(Arc<Feed>, rtp::Packet)>,
+        feedback: &mut Feedback,
     ) {
+        use rtc::rtcp::sender_report::SenderReport;
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
         while let Some(msg) = self.pc.poll_read() {
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
@@ -493,17 +527,52 @@ impl Conn {
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
-                    if is_keyframe_request(&packets) {
-                        if let Some(k) = self.keyframes.get(&track_id) {
+                    if let Some((keyframes, feed)) = self.tracks.get(&track_id) {
+                        if is_keyframe_request(&packets) {
                             metrics
                                 .keyframe_requests_received
                                 .fetch_add(1, Ordering::Relaxed);
-                            k.request();
+                            keyframes.request();
+                        }
+                        for p in &packets {
+                            if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                                for n in &nack.nacks {
+                                    for seq in n.packet_list() {
+                                        feedback.nacks.push((*feed, seq));
+                                    }
+                                }
+                            }
+                        }
+                    } else if let Some(inc) = self.incoming.iter().find(|i| i.track_id == track_id)
+                    {
+                        for p in &packets {
+                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                if sr.ssrc == inc.ssrc {
+                                    feedback.reports.push((
+                                        inc.feed.clone(),
+                                        sr.ntp_time,
+                                        sr.rtp_time,
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Sends a translated sender report on one of this connection's senders.
+    pub(crate) fn write_sender_report(
+        &mut self,
+        now: Instant,
+        sender: RTCRtpSenderId,
+        report: rtc::rtcp::sender_report::SenderReport,
+    ) -> bool {
+        match self.pc.rtp_sender(sender) {
+            Some(mut s) => s.write_rtcp(now, vec![Box::new(report)]).is_ok(),
+            None => false,
         }
     }
 
@@ -663,14 +732,14 @@ impl Conn {
             }],
         );
         let sender = self.pc.add_track(track).map_err(SfuError::webrtc)?;
-        self.keyframes.insert(t.id.to_string(), t.keyframes);
+        self.tracks.insert(t.id.to_string(), (t.keyframes, t.feed));
         Ok(sender)
     }
 
     pub(crate) fn remove_track(&mut self, sender: RTCRtpSenderId) -> Result<(), SfuError> {
         if let Some(s) = self.pc.rtp_sender(sender) {
             let id = s.track().track_id().to_string();
-            self.keyframes.remove(&id);
+            self.tracks.remove(&id);
         }
         self.pc.remove_track(sender).map_err(SfuError::webrtc)
     }

@@ -17,6 +17,7 @@
 //! `SO_REUSEPORT` socket and a ufrag → engine map) and place a session's connections on one
 //! engine, so forwarding never crosses threads (docs/ARCHITECTURE.md).
 
+mod cache;
 mod conn;
 pub(crate) mod mux;
 mod net;
@@ -24,7 +25,7 @@ mod srtp;
 mod tcp;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,7 @@ use rtc::shared::{TaggedBytesMut, TransportProtocol};
 use tokio::sync::oneshot;
 
 use conn::Conn;
+use conn::Feedback;
 pub(crate) use conn::{source_of, ConnKey, PublishShared, TrackSpec};
 
 use super::metrics::Metrics;
@@ -218,6 +220,8 @@ pub(crate) fn start(
         tcp_frames: Vec::with_capacity(64),
         publishers: Vec::new(),
         forwards: Vec::with_capacity(64),
+        feedback: Feedback::default(),
+        caches: HashMap::new(),
         next_liveness: Instant::now(),
         epoch: Instant::now(),
     };
@@ -383,6 +387,10 @@ struct Engine {
     publishers: Vec<ConnKey>,
     /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
     forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
+    /// NACKs and sender reports taken from a connection, waiting for the engine (reused).
+    feedback: Feedback,
+    /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
+    caches: HashMap<u64, (Arc<super::forwarder::Feed>, cache::TrackCache)>,
     next_liveness: Instant,
     epoch: Instant,
 }
@@ -570,9 +578,10 @@ impl Engine {
             self.out.emit(out);
         }
         let mut forwards = std::mem::take(&mut self.forwards);
+        let mut feedback = std::mem::take(&mut self.feedback);
         let became_publisher = conn.poll_events(&self.settings, &self.metrics);
         conn.refresh_keys();
-        conn.poll_reads(now, &self.metrics, &mut forwards);
+        conn.poll_reads(now, &self.metrics, &mut forwards, &mut feedback);
         let deadline = conn.next_deadline();
         if became_publisher && !self.publishers.contains(&key) {
             self.publishers.push(key);
@@ -584,6 +593,101 @@ impl Engine {
             self.fan_out(&feed, packet, now);
         }
         self.forwards = forwards;
+        for (feed, seq) in feedback.nacks.drain(..) {
+            self.resend(key, feed, seq, now);
+        }
+        for (feed, ntp, rtp) in feedback.reports.drain(..) {
+            self.sender_reports(&feed, ntp, rtp, now);
+        }
+        self.feedback = feedback;
+    }
+
+    /// A subscriber lost `seq` of `feed`: the same bytes again from the track cache (sealed
+    /// with the same header, so the ciphertext repeats exactly — RFC 7714 nonce safety).
+    fn resend(&mut self, key: ConnKey, feed: u64, seq: u16, now: Instant) {
+        let Some((f, cache)) = self.caches.get(&feed) else {
+            return;
+        };
+        let downs = f.downs.load();
+        let Some(down) = downs.iter().find(|d| d.conn == key) else {
+            return;
+        };
+        let Some((original, roc)) = down.incoming_of(seq) else {
+            return;
+        };
+        let Some(c) = cache.get(original) else {
+            self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(Some(conn)) = self
+            .conns
+            .get(key.slot as usize)
+            .filter(|s| s.gen == key.gen)
+            .map(|s| s.conn.as_ref())
+        else {
+            return;
+        };
+        let Some((sealer, dest)) = conn.lean() else {
+            return;
+        };
+        let mut buf = self.out.pool.pop().unwrap_or_default();
+        if sealer.seal(
+            &mut buf,
+            c.marker,
+            down.payload_type,
+            seq,
+            c.timestamp,
+            down.ssrc,
+            roc,
+            &c.payload,
+        ) {
+            self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
+            self.out.emit(TaggedBytesMut {
+                now,
+                transport: dest,
+                message: buf,
+            });
+        }
+    }
+
+    /// A publisher's sender report, translated for every subscriber of the feed: same NTP and
+    /// RTP time (timestamps are forwarded unchanged), the subscriber's own SSRC and counts.
+    fn sender_reports(
+        &mut self,
+        feed: &Arc<super::forwarder::Feed>,
+        ntp: u64,
+        rtp: u32,
+        now: Instant,
+    ) {
+        let downs = feed.downs.load();
+        for down in downs.iter() {
+            let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
+                continue;
+            };
+            if slot.gen != down.conn.gen {
+                continue;
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if !conn.is_connected() || !down.has_started() {
+                continue;
+            }
+            let report = rtc::rtcp::sender_report::SenderReport {
+                ssrc: down.ssrc,
+                ntp_time: ntp,
+                rtp_time: rtp,
+                packet_count: down.packets_sent.load(Ordering::Relaxed),
+                octet_count: down.octets_sent.load(Ordering::Relaxed),
+                ..Default::default()
+            };
+            if conn.write_sender_report(now, down.sender, report) {
+                self.metrics.sender_reports.fetch_add(1, Ordering::Relaxed);
+            }
+            while let Some(out) = conn.poll_write() {
+                self.out.emit(out);
+            }
+        }
     }
 
     /// Packet-major: this packet goes to every subscriber before the next packet is read.
@@ -595,6 +699,22 @@ impl Engine {
     ) {
         let downs = feed.downs.load();
         let keyframe = super::keyframe::starts_keyframe(feed.family, &packet.payload);
+        let seq_in = packet.header.sequence_number;
+        let (_, cache) = self
+            .caches
+            .entry(feed.id)
+            .or_insert_with(|| (feed.clone(), cache::TrackCache::new()));
+        cache.insert(
+            seq_in,
+            packet.header.timestamp,
+            packet.header.marker,
+            &packet.payload,
+            keyframe,
+        );
+        if feed.family != super::keyframe::CodecFamily::Audio && !cache.has_gop() {
+            // Keep a GOP ready for the next newcomer (paced like every request).
+            feed.keyframes.request();
+        }
         let (mut sent, mut sealed, mut dropped) = (0u64, 0u64, 0u64);
         for down in downs.iter() {
             let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
@@ -609,7 +729,49 @@ impl Engine {
             if !conn.is_connected() {
                 continue;
             }
-            let Some((seq, roc)) = down.admit(packet.header.sequence_number, keyframe) else {
+            // A newcomer starts from the cached GOP (the last keyframe and everything since)
+            // instead of waiting for a keyframe request to come back.
+            if !keyframe && down.is_newcomer() {
+                if let (Some((sealer, dest)), Some((_, cache))) =
+                    (conn.lean(), self.caches.get(&feed.id))
+                {
+                    if let Some((start, until)) = cache.gop_until(seq_in.wrapping_sub(1)) {
+                        let mut s = start;
+                        loop {
+                            if let (Some(c), Some((seq, roc))) =
+                                (cache.get(s), down.admit(s, s == start))
+                            {
+                                down.count(c.payload.len());
+                                let mut buf = self.out.pool.pop().unwrap_or_default();
+                                if sealer.seal(
+                                    &mut buf,
+                                    c.marker,
+                                    down.payload_type,
+                                    seq,
+                                    c.timestamp,
+                                    down.ssrc,
+                                    roc,
+                                    &c.payload,
+                                ) {
+                                    sealed += 1;
+                                    sent += 1;
+                                    self.out.emit(TaggedBytesMut {
+                                        now,
+                                        transport: dest,
+                                        message: buf,
+                                    });
+                                }
+                            }
+                            if s == until {
+                                break;
+                            }
+                            s = s.wrapping_add(1);
+                        }
+                        self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let Some((seq, roc)) = down.admit(seq_in, keyframe) else {
                 continue;
             };
             down.count(packet.payload.len());
@@ -717,6 +879,7 @@ impl Engine {
         self.out
             .tcp
             .expire(now, &self.out.poller, |peer| demux.is_bound(peer));
+        self.caches.retain(|_, (feed, _)| !feed.is_ended());
         let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
         for slot in &mut self.conns {
             if let Some(c) = slot.conn.as_mut() {
