@@ -38,15 +38,23 @@ fn main() {
     let mut rss_mid = 0;
     // Pure targets run in two halves (different seeds), so memory can be compared half-way and
     // at the end: a leak shows as growth in the second half.
+    // media_route mutates the media seeds.
+    let corpus_name = if target == "media_route" {
+        "media"
+    } else {
+        target
+    };
     let mut halves = |f: fn(&[u8])| {
-        let first = fuzz_targets::run(target, n / 2, seed, f);
+        let first = fuzz_targets::run(corpus_name, n / 2, seed, f);
         rss_mid = rss_kb();
-        first + fuzz_targets::run(target, n - n / 2, seed.wrapping_add(1_000_003), f)
+        first + fuzz_targets::run(corpus_name, n - n / 2, seed.wrapping_add(1_000_003), f)
     };
     let done = match target {
         "signalling" => halves(fuzz_targets::signalling),
         "token" => halves(fuzz_targets::token),
         "sdp" => halves(fuzz_targets::sdp),
+        "media" => halves(fuzz_targets::media),
+        "media_route" => halves(fuzz_targets::media_route),
         "rest" => {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {

@@ -8,8 +8,9 @@
 //! ```text
 //! browser ──WS /ws (JSON, docs/protocol.md)──▶ http::ws ──▶ room::client::Client ──commands──▶ room actor
 //!    │                                                          │  (one per socket)            (one per session)
-//!    └──── DTLS-SRTP media ──▶ sfu::Publisher ──▶ feed/forwarder ──▶ DownTracks ──▶ sfu::Subscriber ──▶ browser
-//!                                                   ▲ subscriber snapshot swapped by the room actor
+//!    └── DTLS-SRTP, ONE UDP port (or ICE-TCP) ──▶ sfu engine thread: demux ─▶ publish conn ─▶ feed + track cache
+//!                                                  ─▶ DownTracks (packet-major) ─▶ own SRTP seal ─▶ sendmmsg ─▶ browser
+//!                                                   ▲ subscriber snapshot swapped by the room actor; negotiation via a bounded queue
 //! ```
 //!
 //! | module | owns | must not |
@@ -24,7 +25,7 @@
 //! | [`protocol`] | signalling message types and parsing | do I/O |
 //! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
 //! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book), and `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections | lock room state; await the media path or the database |
-//! | [`sfu`] | everything that imports `webrtc`/`rtc`: peer connections, feeds (one reading task per arriving track) and their publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's test peer | await the room, a lock or the network (besides the send) per packet |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (one thread owning every publish/subscribe connection as a sans-IO `rtc` connection on one UDP port per address plus ICE-TCP; demux, batched I/O, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and GOP joins, sender-report translation), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
 //! | [`tls`] | native HTTPS: PEM loading, the swappable certificate, reload on file change and SIGHUP, the TLS listener axum serves | know what is served |
 //! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
 //! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |

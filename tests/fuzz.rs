@@ -44,3 +44,15 @@ async fn admin_rest_bodies_and_queries() {
     assert_eq!(runs, 3_000);
     server.shutdown().await;
 }
+
+#[test]
+fn media_port_datagrams_through_the_connection() {
+    fuzz_targets::run("media", 20_000, 5, fuzz_targets::media);
+}
+
+/// ≥ 1 M mutated datagrams through the classifier and demultiplexer (issue 9, item 8).
+#[test]
+fn a_million_datagrams_through_the_classifier_and_demux() {
+    let runs = fuzz_targets::run("media", 1_000_000, 6, fuzz_targets::media_route);
+    assert!(runs >= 1_000_000);
+}

@@ -287,3 +287,60 @@ pub async fn rest(router: axum::Router, input: &[u8], admin_key: &str) {
         );
     }
 }
+
+thread_local! {
+    static MEDIA_PORT: std::cell::RefCell<Option<kursrelay::sfu::MediaPortHarness>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The sources a fuzzed datagram may come from (chosen by the input's first byte).
+fn media_source(selector: u8) -> (std::net::SocketAddr, bool) {
+    let port = 40000 + u16::from(selector % 4);
+    (std::net::SocketAddr::from(([127, 0, 0, 9], port)), selector & 4 != 0)
+}
+
+/// Media port: the input's first byte picks the source address and UDP or ICE-TCP, the rest is
+/// one datagram (seeds: STUN, DTLS, SRTP, SRTCP; "UUUU…" stands for the real ufrag). It goes
+/// through the flood guard, the classifier, the demultiplexer and, if routed, a real ICE-lite
+/// rtc connection that answered a Chromium offer. Oracle: no source address ever becomes bound
+/// (binding needs a check that passed MESSAGE-INTEGRITY, which mutation cannot forge), and
+/// nothing panics.
+pub fn media(input: &[u8]) {
+    let Some((&selector, datagram)) = input.split_first() else {
+        return;
+    };
+    MEDIA_PORT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let port = cell.get_or_insert_with(|| {
+            let offer = String::from_utf8(corpus("sdp")[0].clone()).expect("utf-8 seed");
+            kursrelay::sfu::MediaPortHarness::new(&offer).expect("harness")
+        });
+        let ufrag = port.ufrag().as_bytes().to_vec();
+        let mut d = datagram.to_vec();
+        if let Some(at) = d.windows(16).position(|w| w == b"UUUUUUUUUUUUUUUU") {
+            d[at..at + 16].copy_from_slice(&ufrag[..16]);
+        }
+        let (from, tcp) = media_source(selector);
+        port.feed(from, &d, tcp);
+        for s in 0..8 {
+            let (addr, _) = media_source(s);
+            assert!(!port.is_bound(&addr), "a fuzzed datagram bound {addr}");
+        }
+    });
+}
+
+/// The classifier and demultiplexer alone, for volume (the ≥ 1 M datagram smoke).
+pub fn media_route(input: &[u8]) {
+    let Some((&selector, datagram)) = input.split_first() else {
+        return;
+    };
+    MEDIA_PORT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let port = cell.get_or_insert_with(|| {
+            let offer = String::from_utf8(corpus("sdp")[0].clone()).expect("utf-8 seed");
+            kursrelay::sfu::MediaPortHarness::new(&offer).expect("harness")
+        });
+        let (from, _) = media_source(selector);
+        port.route_only(from, datagram);
+    });
+}

@@ -1048,3 +1048,119 @@ impl Engine {
         self.metrics.peer_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// The media port's input path without sockets or thread, for the fuzz target and its smoke
+/// run: the engine's flood guard and demultiplexer in front of one real ICE-lite publish
+/// connection that has answered `offer_sdp`. `feed` does what the engine does with a datagram.
+#[doc(hidden)]
+pub struct MediaPortHarness {
+    demux: mux::Demux<ConnKey>,
+    flood: mux::FloodGuard,
+    conn: Conn,
+    key: ConnKey,
+    local: SocketAddr,
+    metrics: Metrics,
+    settings: MediaSettings,
+    forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
+    feedback: Feedback,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    epoch: Instant,
+}
+
+impl MediaPortHarness {
+    pub fn new(offer_sdp: &str) -> Result<MediaPortHarness, SfuError> {
+        let settings = MediaSettings {
+            bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            udp_port: 0,
+            public_ips: vec![],
+            ice_tcp: true,
+            udp_candidates: true,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(25),
+            keyframe_request_interval: Duration::from_secs(1),
+        };
+        let local = SocketAddr::from(([127, 0, 0, 1], 50000));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut conn = Conn::new(
+            &settings,
+            &[(local, local)],
+            Target::Publish,
+            MemberId::new(),
+            super::ConnId::next(),
+            tx,
+            Some(Arc::new(PublishShared::default())),
+        )?;
+        conn.apply_offer(Instant::now(), offer_sdp.to_owned())?;
+        let key = ConnKey { slot: 0, gen: 1 };
+        let mut demux = mux::Demux::default();
+        demux.add_ufrag(conn.ufrag().to_owned(), key);
+        Ok(MediaPortHarness {
+            demux,
+            flood: mux::FloodGuard::new(FLOOD_LIMIT_PER_SECOND),
+            conn,
+            key,
+            local,
+            metrics: Metrics::default(),
+            settings,
+            forwards: Vec::new(),
+            feedback: Feedback::default(),
+            _events: rx,
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The connection's ICE ufrag (for seeds that reach it).
+    pub fn ufrag(&self) -> &str {
+        self.conn.ufrag()
+    }
+
+    /// One datagram in, as the engine takes it. Returns whether the connection saw it.
+    pub fn feed(&mut self, from: SocketAddr, data: &[u8], tcp: bool) -> bool {
+        let now = Instant::now();
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        if !self.flood.allow(from, now_ms) {
+            return false;
+        }
+        if self.demux.route(from, data) != Ok(self.key) {
+            return false;
+        }
+        let proto = if tcp {
+            TransportProtocol::TCP
+        } else {
+            TransportProtocol::UDP
+        };
+        self.conn
+            .handle_datagram(now, self.local, from, data, proto);
+        while let Some(out) = self.conn.poll_write() {
+            let to = out.transport.peer_addr;
+            if !self.demux.is_bound(&to) && self.conn.answers_check(to, &out.message) {
+                self.demux.bind(to, self.key);
+            }
+        }
+        self.conn.poll_events(&self.settings, &self.metrics);
+        self.conn.refresh_keys();
+        self.conn
+            .poll_reads(now, &self.metrics, &mut self.forwards, &mut self.feedback);
+        self.forwards.clear();
+        self.feedback.nacks.clear();
+        self.feedback.reports.clear();
+        if let Some(t) = self.conn.next_deadline() {
+            if t <= now {
+                self.conn.timer_due(t, now);
+            }
+        }
+        true
+    }
+
+    /// Whether `addr` became bound (only a check that passed MESSAGE-INTEGRITY may do that).
+    pub fn is_bound(&self, addr: &SocketAddr) -> bool {
+        self.demux.is_bound(addr)
+    }
+
+    /// The classifier and demultiplexer alone (cheap: the ≥ 1 M datagram part of the smoke).
+    pub fn route_only(&self, from: SocketAddr, data: &[u8]) -> bool {
+        mux::classify(data);
+        mux::binding_request_ufrag(data);
+        self.demux.route(from, data).is_ok()
+    }
+}
