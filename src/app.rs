@@ -101,6 +101,7 @@ impl Server {
             tokens,
             checks: CheckLimiter::default(),
             shutdown: CancellationToken::new(),
+            equipment: Default::default(),
         };
         Ok(Server {
             listener,

@@ -5,7 +5,8 @@
 import { t } from './i18n.js';
 import { el, state, displayName } from './core.js';
 
-const RANK = { leader: 0, representative: 1, site: 3, participant: 3 };
+// The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
+const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
 let soundBlocked = false;
 const soundListeners = [];
 

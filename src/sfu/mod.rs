@@ -12,6 +12,7 @@
 //! - `metrics`: counters and live-task gauges.
 //! - `check`: the connectivity check's short-lived test connection (data channel echo and
 //!   bandwidth burst; no media).
+//! - `nontrickle`: a local description with all candidates, for WHIP/WHEP peers (issue 13).
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
@@ -21,6 +22,7 @@ mod check;
 mod forwarder;
 pub mod keyframe;
 pub mod metrics;
+mod nontrickle;
 mod peer;
 mod publisher;
 mod subscriber;

@@ -194,6 +194,15 @@ impl Publisher {
             .map_err(|e| SfuError::BadCandidate(e.to_string()))
     }
 
+    /// Our answer with every local candidate in it, for a peer that does not trickle (WHIP).
+    /// Call after `handle_offer`.
+    pub async fn answer_with_candidates(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<String, SfuError> {
+        super::nontrickle::gathered_local_sdp(&self.pc, within).await
+    }
+
     /// Closes the connection and ends the tasks of its tracks.
     pub async fn close(mut self) {
         self.cancel.cancel();

@@ -223,6 +223,11 @@ impl Subscriber {
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(&c).await?;
         }
+        self.ready_down_tracks().await
+    }
+
+    /// Down-tracks for the tracks whose codec the last negotiation fixed (new ones only).
+    async fn ready_down_tracks(&mut self) -> Result<Vec<Arc<DownTrack>>, SfuError> {
         let mut ready = Vec::new();
         for entry in self.tracks.values_mut() {
             if entry.down.is_some() {
@@ -277,6 +282,39 @@ impl Subscriber {
             ready.push(down);
         }
         Ok(ready)
+    }
+
+    /// WHEP (issue 13): the player offers, we answer once, with every candidate, for the
+    /// tracks added before (`add_track`). No renegotiation follows: the player's offer fixed the
+    /// m-lines. Returns our answer and the down-tracks for the room to attach.
+    pub async fn answer_offer(
+        &mut self,
+        sdp: String,
+        within: std::time::Duration,
+    ) -> Result<(String, Vec<Arc<DownTrack>>), SfuError> {
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(SfuError::webrtc)?;
+        self.dirty = false;
+        let sdp = super::nontrickle::gathered_local_sdp(&self.pc, within).await?;
+        self.first_mid = peer::first_mid(&sdp);
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.add_candidate(&c).await?;
+        }
+        let ready = self.ready_down_tracks().await?;
+        Ok((sdp, ready))
     }
 
     pub async fn add_candidate(&mut self, c: &IceCandidate) -> Result<(), SfuError> {
