@@ -154,7 +154,9 @@ function setFigCaption(fig, role) {
   let text;
   if (fig.dataset.local) text = t(fig.dataset.source === 'screen' ? 'source.your_screen' : 'source.your_camera');
   else {
-    const source = role === 'interpreter' ? t('source.interpreter') : t(`source.${fig.dataset.source}`);
+    const source = role === 'interpreter' ? t('source.interpreter')
+      : role === 'encoder' ? t(`source.hall_${fig.dataset.source === 'microphone' ? 'microphone' : 'camera'}`)
+        : t(`source.${fig.dataset.source}`);
     text = m ? `${source} – ${displayName(m)}` : source;
   }
   const cap = fig.querySelector('figcaption');
