@@ -102,6 +102,7 @@ impl Server {
             tokens,
             checks: CheckLimiter::default(),
             shutdown: CancellationToken::new(),
+            equipment: Default::default(),
         };
         Ok(Server {
             listener,

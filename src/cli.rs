@@ -129,7 +129,7 @@ pub enum InviteCommand {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s)
-        .ok_or_else(|| "one of leader, representative, participant, site, interpreter".to_owned())
+        .ok_or_else(|| "one of leader, representative, participant, site, interpreter, encoder, player, captioner".to_owned())
 }
 
 /// Runs one admin command and returns what to print.

@@ -23,12 +23,16 @@
 //! | [`logging`] | tracing setup (libraries capped at `warn`; text, or JSON lines; colour only on a terminal); the writer that redacts IP addresses and byte dumps from every line | log names or media |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
 //! | [`protocol`] | signalling message types and parsing | do I/O |
-//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
-//! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book), and `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections | lock room state; await the media path or the database |
+//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, WHIP/WHEP over HTTP (`http::whip`, RFC 9725: status codes, CORS, `Location`), the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
+//! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, automatic captions on/off, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book, and `receives`: which tracks a role gets), `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections, and `equipment`, WHIP/WHEP sessions (hall encoders, players) driven through that same state machine without a socket | lock room state; await the media path or the database |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (one thread owning every publish/subscribe connection as a sans-IO `rtc` connection on one UDP port per address plus ICE-TCP; demux, batched I/O, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and GOP joins, sender-report translation), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
 //! | [`tls`] | native HTTPS: PEM loading, the swappable certificate, reload on file change and SIGHUP, the TLS listener axum serves | know what is served |
 //! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
 //! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |
+//!
+//! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
+//! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
+//! libopus and pipes 16 kHz PCM into a local recogniser command — and `kursrelay-loadgen`.
 
 pub mod app;
 pub mod attendance;

@@ -48,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
     kursrelay::logging::init(&config.log.filter, config.log.format);
 
     let server = Server::bind(config).await?;
+    // Listen for the stop signals before saying we listen: a SIGTERM right after that line must
+    // stop the server gracefully, not kill it (the default action while no handler exists).
+    let signals = stop_signal();
     // Printed, not logged: the log redacts IP addresses, and this one is the operator's own.
     println!(
         "kursrelay listening on {}://{}/",
@@ -60,24 +63,36 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        stop_signal().await;
+        signals.await;
         on_signal.cancel();
     });
     server.serve(stop).await.context("server failed")
 }
 
-/// Ctrl-C (SIGINT) or, from systemd, SIGTERM: both stop the server gracefully.
-async fn stop_signal() {
+/// Ctrl-C (SIGINT) or, from systemd, SIGTERM: both stop the server gracefully. The handlers
+/// are installed when this is called, not when the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

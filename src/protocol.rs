@@ -17,6 +17,15 @@ pub enum Role {
     Participant,
     Site,
     Interpreter,
+    /// Hall equipment that publishes the lecture feed over WHIP (OBS, a hardware encoder, a
+    /// GStreamer pipeline). Its camera and microphone are shown like the leader's.
+    Encoder,
+    /// Playback equipment that receives the session's main feed over WHEP (a site's player,
+    /// a monitor).
+    Player,
+    /// Automatic captions from a local speech recogniser: receives the teachers' and the
+    /// floor-holder's audio while the leader has automatic captions on, and posts captions.
+    Captioner,
 }
 
 impl Role {
@@ -28,7 +37,15 @@ impl Role {
             Role::Participant => "participant",
             Role::Site => "site",
             Role::Interpreter => "interpreter",
+            Role::Encoder => "encoder",
+            Role::Player => "player",
+            Role::Captioner => "captioner",
         }
+    }
+
+    /// Equipment, not a person: never counted as a participant, never named in the export.
+    pub fn is_equipment(self) -> bool {
+        matches!(self, Role::Encoder | Role::Player | Role::Captioner)
     }
 
     pub fn parse(s: &str) -> Option<Role> {
@@ -38,6 +55,9 @@ impl Role {
             Role::Participant,
             Role::Site,
             Role::Interpreter,
+            Role::Encoder,
+            Role::Player,
+            Role::Captioner,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -171,6 +191,14 @@ pub enum ClientMessage {
     },
     Caption {
         text: String,
+        /// A recogniser's running guess for the line being spoken; the next caption from the
+        /// same member replaces it.
+        #[serde(default)]
+        partial: bool,
+    },
+    /// The leader turns automatic captions (the captioner) on or off.
+    SetAutoCaptions {
+        on: bool,
     },
     Leave,
 }
@@ -201,6 +229,7 @@ impl ClientMessage {
         "set_headcount",
         "chat",
         "caption",
+        "set_auto_captions",
         "leave",
     ];
 
@@ -229,6 +258,7 @@ impl ClientMessage {
             ClientMessage::SetHeadcount { .. } => "set_headcount",
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::Caption { .. } => "caption",
+            ClientMessage::SetAutoCaptions { .. } => "set_auto_captions",
             ClientMessage::Leave => "leave",
         }
     }
@@ -335,6 +365,9 @@ pub struct RosterView {
     /// The receiver's own place in the hand queue (1 = next), while its hand is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_position: Option<u32>,
+    /// The leader turned automatic captions on (a captioner receives speech and captions it).
+    #[serde(default)]
+    pub auto_captions: bool,
 }
 
 /// One track of a subscribe offer.
@@ -408,6 +441,12 @@ pub enum ServerMessage {
     Caption {
         member_id: MemberId,
         text: String,
+        /// From the captioner (speech recognition), not a person: shown marked as automatic.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        automatic: bool,
+        /// Replaces this member's previous partial caption; a final one (false) ends the line.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
     /// A request without other visible reply succeeded.
     Ok {

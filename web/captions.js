@@ -1,5 +1,8 @@
-// Captions (from the interpreter, shown in the band under the picture on every view, with
-// size and contrast kept per browser) and chat (only when the session turns it on).
+// Captions (from the interpreter, or automatic from the captioner's speech recognition, marked
+// as such; shown in the band under the picture on every view, with size and contrast kept per
+// browser) and chat (only when the session turns it on). A recogniser's partial line is shown
+// as it grows but hidden from screen readers (the log would announce every change); the final
+// line replaces it and is announced once.
 import { t } from './i18n.js';
 import { el, state, stored, store, displayName } from './core.js';
 
@@ -9,11 +12,25 @@ export function addCaption(msg) {
   const text = String(msg.text || '');
   state.captionTexts.push(text);
   el.captionsEmpty.hidden = true;
-  const p = document.createElement('p');
-  p.textContent = text;
+  // A partial line from this member is replaced by whatever comes next from it.
+  const pending = el.captions.querySelector(`p.partial[data-member-id="${CSS.escape(String(msg.member_id))}"]`);
+  const p = pending || document.createElement('p');
+  p.replaceChildren();
+  p.dataset.memberId = String(msg.member_id);
+  p.classList.toggle('partial', Boolean(msg.partial));
+  if (msg.partial) p.setAttribute('aria-hidden', 'true');
+  else p.removeAttribute('aria-hidden');
+  if (msg.automatic) {
+    p.classList.add('automatic');
+    const tag = document.createElement('span');
+    tag.className = 'auto-tag';
+    tag.textContent = t('captions.automatic');
+    p.append(tag, document.createTextNode(' '));
+  }
+  p.append(document.createTextNode(text));
   const m = state.members.get(msg.member_id);
-  if (m) p.title = displayName(m);
-  el.captions.append(p);
+  if (m) p.title = msg.automatic ? t('captions.automatic_title') : displayName(m);
+  if (!pending) el.captions.append(p);
   while (el.captions.querySelectorAll('p:not(#captions-empty)').length > MAX_CAPTIONS) {
     el.captions.querySelector('p:not(#captions-empty)').remove();
   }

@@ -122,6 +122,9 @@ export class KursrelayClient {
   /** An interpreter's caption, relayed to everyone as `caption`; resolves on `ok`. */
   caption(text) { return this.control('caption', { text }); }
 
+  /** The leader turns automatic captions (the captioner's speech recognition) on or off. */
+  setAutoCaptions(on) { return this.control('set_auto_captions', { on: Boolean(on) }); }
+
   /** A chat line (only if the session enables chat; otherwise rejects with `forbidden`). */
   chat(text) { return this.control('chat', { text }); }
 

@@ -29,7 +29,7 @@ export const el = {
   siteTone: $('site-tone'),
   side: $('side'),
   console: $('console'), sessionLine: $('session-line'), selfStatus: $('self-status'),
-  leaderActions: $('leader-actions'), lock: $('lock'), alertSound: $('alert-sound'), csv: $('csv'), end: $('end'),
+  leaderActions: $('leader-actions'), lock: $('lock'), autoCaptions: $('auto-captions'), autoCaptionsState: $('auto-captions-state'), alertSound: $('alert-sound'), csv: $('csv'), end: $('end'),
   lobbyBox: $('lobby-box'), admitAll: $('admit-all'), lobbyList: $('lobby'),
   handsBox: $('hands-box'), handsList: $('hands'), presentBox: $('present-box'), present: $('present'),
   captionWriter: $('caption-writer'), captionForm: $('caption-form'), captionText: $('caption-text'),

@@ -5,7 +5,8 @@
 import { t } from './i18n.js';
 import { el, state, displayName } from './core.js';
 
-const RANK = { leader: 0, representative: 1, site: 3, participant: 3 };
+// The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
+const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
 let soundBlocked = false;
 const soundListeners = [];
 
@@ -153,7 +154,9 @@ function setFigCaption(fig, role) {
   let text;
   if (fig.dataset.local) text = t(fig.dataset.source === 'screen' ? 'source.your_screen' : 'source.your_camera');
   else {
-    const source = role === 'interpreter' ? t('source.interpreter') : t(`source.${fig.dataset.source}`);
+    const source = role === 'interpreter' ? t('source.interpreter')
+      : role === 'encoder' ? t(`source.hall_${fig.dataset.source === 'microphone' ? 'microphone' : 'camera'}`)
+        : t(`source.${fig.dataset.source}`);
     text = m ? `${source} – ${displayName(m)}` : source;
   }
   const cap = fig.querySelector('figcaption');

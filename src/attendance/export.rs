@@ -177,6 +177,7 @@ pub struct CourseLine {
     pub meeting_threshold: u32,
     pub open_viewers: u32,
     pub interpreters: u32,
+    pub equipment: u32,
     pub site_people_mean: f64,
 }
 
@@ -190,6 +191,7 @@ pub fn course_line(session: &Session, s: &SessionSummary) -> CourseLine {
         meeting_threshold: s.named_participants_meeting_threshold,
         open_viewers: s.open_viewers,
         interpreters: s.interpreters,
+        equipment: s.equipment,
         // An empty f64 sum is -0.0; adding 0.0 makes it the 0 a reader expects.
         site_people_mean: s.sites.iter().filter_map(|x| x.mean_headcount).sum::<f64>() + 0.0,
     }

@@ -115,6 +115,9 @@ pub struct SessionSummary {
     pub open_viewers: u32,
     /// Counted, never as participants.
     pub interpreters: u32,
+    /// Hall equipment present (encoders, players, captioners): counted, never named, never
+    /// participants.
+    pub equipment: u32,
 }
 
 /// Merged, clipped presence intervals of one subject.
@@ -198,7 +201,7 @@ pub fn summarise(
             .collect();
         let first = mine[0];
         let invite = invites.get(&first.invite_id).cloned().unwrap_or_default();
-        let named = !invite.open && first.role != Role::Interpreter;
+        let named = !invite.open && first.role != Role::Interpreter && !first.role.is_equipment();
         let spans = intervals(&mine, start_v, end_v);
         let present: i64 = spans.iter().map(|(s, e)| e - s).sum();
         // Never negative, and never the "-0.0" that JSON readers show as minus zero.
@@ -265,6 +268,11 @@ pub fn summarise(
         interpreters: members
             .iter()
             .filter(|m| m.role == Role::Interpreter)
+            .filter(present)
+            .count() as u32,
+        equipment: members
+            .iter()
+            .filter(|m| m.role.is_equipment())
             .filter(present)
             .count() as u32,
         members,
@@ -463,10 +471,20 @@ mod tests {
                 open: false,
             },
         );
+        inv.insert(
+            "hall".into(),
+            InviteInfo {
+                name: Some("Auditoriet, koder".into()),
+                relative_of: None,
+                open: false,
+            },
+        );
         let mut viewer = ev("open-1-abc", Role::Participant, Joined, 0);
         viewer.invite_id = "open-1".into();
         let events = vec![
             ev("l", Role::Leader, Joined, 0),
+            ev("hall", Role::Encoder, Joined, 0),
+            ev("asr", Role::Captioner, Joined, 0),
             ev("tolk", Role::Interpreter, Joined, 0),
             viewer,
             ev("kari", Role::Participant, Joined, 0),
@@ -480,6 +498,9 @@ mod tests {
             (s.named_participants, s.open_viewers, s.interpreters),
             (2, 1, 1)
         );
+        // Hall equipment: counted as equipment, never named, never a participant.
+        assert_eq!(s.equipment, 2);
+        assert_eq!(member(&s, "hall").name, None);
     }
 
     #[test]

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "roster",
         include_str!("../../migrations/0004_roster.sql"),
     ),
+    (
+        5,
+        "equipment_roles",
+        include_str!("../../migrations/0005_equipment_roles.sql"),
+    ),
 ];
 
 #[derive(Clone, Debug)]

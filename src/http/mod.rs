@@ -3,6 +3,7 @@
 //! `/metrics`, `/client-config.json` (what the web client may know, e.g. the help phone
 //! number), `/link-check` (`link`: does a join link still work), `/ice-servers.json` (TURN
 //! credentials), the connectivity check's test connections (`check`), the HTTP→HTTPS redirect,
+//! WHIP ingest and WHEP playback for hall equipment (`whip`, RFC 9725),
 //! the admin REST API (`api`) and the security headers on every response (`headers`). It
 //! translates between the network and the room; it decides nothing about rooms or media.
 
@@ -11,6 +12,7 @@ mod check;
 mod headers;
 pub mod link;
 pub mod web;
+mod whip;
 mod ws;
 
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub checks: crate::sfu::CheckLimiter,
     /// Cancelled on shutdown: every WebSocket task says goodbye and ends.
     pub shutdown: CancellationToken,
+    /// Running WHIP (encoder) and WHEP (player) sessions.
+    pub equipment: crate::room::equipment::Equipment,
 }
 
 /// The whole HTTP surface, testable without a socket.
@@ -58,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/watch.html", get(to_course_page))
         .route("/ice-servers.json", get(ice_servers))
         .route("/check/offer", post(check::offer))
+        .merge(whip::routes())
         .merge(api::routes());
     let router = if web_root.as_os_str().is_empty() {
         router.fallback(web::embedded)

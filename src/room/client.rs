@@ -14,7 +14,7 @@ use super::{
 };
 use crate::auth::{unix_now, Claims, TokenError, TokenKey};
 use crate::db::{Db, DbError, SessionState};
-use crate::ids::{MemberId, SessionId};
+use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{
     ByeReason, ClientMessage, ErrorCode, IceCandidate, ProtocolError, PublishClosedReason, Role,
     ServerMessage, Source, Target, VERSION,
@@ -84,6 +84,8 @@ struct Joined {
     pending_offer: Option<(ServerMessage, Instant)>,
     unanswered_offers: u32,
     last_refusal_notice: Option<Instant>,
+    /// A WHEP player's tracks (the main feed when it started); empty for everyone else.
+    playing: Vec<TrackId>,
 }
 
 impl Joined {
@@ -325,8 +327,13 @@ impl Client {
                     .await
             }
             ClientMessage::Chat { text } => self.control("chat", Control::Chat(text)).await,
-            ClientMessage::Caption { text } => {
-                self.control("caption", Control::Caption(text)).await
+            ClientMessage::Caption { text, partial } => {
+                self.control("caption", Control::Caption(text, partial))
+                    .await
+            }
+            ClientMessage::SetAutoCaptions { on } => {
+                self.control("set_auto_captions", Control::SetAutoCaptions(on))
+                    .await
             }
             ClientMessage::EndSession => {
                 let joined = self.joined()?;
@@ -530,6 +537,7 @@ impl Client {
             pending_offer: None,
             unanswered_offers: 0,
             last_refusal_notice: None,
+            playing: Vec::new(),
         }));
         match outcome {
             JoinOutcome::Admitted { tracks, recorded } => self.admitted(tracks, recorded).await?,
@@ -641,8 +649,18 @@ impl Client {
                     text,
                 });
             }
-            ClientEvent::Room(RoomEvent::Caption { member_id, text }) => {
-                self.outbox.push(ServerMessage::Caption { member_id, text });
+            ClientEvent::Room(RoomEvent::Caption {
+                member_id,
+                text,
+                automatic,
+                partial,
+            }) => {
+                self.outbox.push(ServerMessage::Caption {
+                    member_id,
+                    text,
+                    automatic,
+                    partial,
+                });
             }
             ClientEvent::Room(RoomEvent::Bye(reason)) => {
                 self.outbox.push(ServerMessage::Bye { reason });
@@ -654,6 +672,15 @@ impl Client {
             }
             ClientEvent::Room(RoomEvent::TrackRemoved(id)) => {
                 let joined = self.joined()?;
+                if joined.playing.contains(&id) {
+                    // A WHEP player's feed ended; it cannot be renegotiated: the session ends
+                    // and the player connects again.
+                    tracing::info!(track = %id, "main feed ended; ending the playback session");
+                    return Ok(Flow::Close);
+                }
+                if !joined.playing.is_empty() {
+                    return Ok(Flow::Continue);
+                }
                 if let Some(subscriber) = joined.subscriber.as_mut() {
                     subscriber.remove_track(id).await.map_err(internal)?;
                 }
@@ -846,6 +873,73 @@ impl Client {
         joined.pending_offer = Some((offer.clone(), Instant::now() + self.ctx.answer_timeout));
         self.outbox.push(offer);
         Ok(())
+    }
+
+    /// The member's role once joined.
+    pub fn role(&self) -> Option<Role> {
+        match &self.stage {
+            Stage::Joined(j) => Some(j.role),
+            _ => None,
+        }
+    }
+
+    /// The publish answer with every local candidate in it, for an encoder that does not
+    /// trickle (WHIP). Call after a `publish_offer` was answered.
+    pub async fn publish_answer_with_candidates(
+        &mut self,
+        within: Duration,
+    ) -> Result<String, ProtocolError> {
+        let joined = self.joined()?;
+        let Some(publisher) = joined.publisher.as_ref() else {
+            return Err(no_connection());
+        };
+        publisher
+            .answer_with_candidates(within)
+            .await
+            .map_err(sfu_error)
+    }
+
+    /// WHEP: answers a player's offer with the session's main feed (the encoder's, else the
+    /// leader's camera and microphone, as they are now). `Ok(None)` when nothing is sent yet.
+    pub async fn play(
+        &mut self,
+        offer: String,
+        within: Duration,
+    ) -> Result<Option<String>, ProtocolError> {
+        let sfu = self.ctx.sfu.clone();
+        let joined = self.joined()?;
+        if joined.subscriber.is_some() {
+            return Err(out_of_order("this member already plays"));
+        }
+        let feed = joined
+            .room
+            .main_feed(joined.member)
+            .await
+            .map_err(internal)?;
+        if feed.is_empty() {
+            return Ok(None);
+        }
+        let mut subscriber = sfu
+            .subscriber(joined.member, joined.peer_events_tx.clone())
+            .await
+            .map_err(internal)?;
+        for info in &feed {
+            subscriber.add_track(info).await.map_err(internal)?;
+        }
+        let (answer, ready) = subscriber
+            .answer_offer(offer, within)
+            .await
+            .map_err(sfu_error)?;
+        joined.playing = feed.iter().map(|i| i.id).collect();
+        joined.subscriber = Some(subscriber);
+        if !ready.is_empty() {
+            joined
+                .room
+                .attach(joined.member, ready)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(Some(answer))
     }
 
     fn member_id(&self) -> Option<MemberId> {

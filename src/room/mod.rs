@@ -9,6 +9,7 @@
 //! The registry (`Rooms`) is a std mutex around a map of handles, held for a lookup only.
 
 pub mod client;
+pub mod equipment;
 pub mod permissions;
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use self::permissions::{allowed, Action, MemberFacts, SessionFacts};
+use self::permissions::{allowed, receives, Action, MemberFacts, SessionFacts};
 use crate::attendance::{self, Ack, Attendance, Kind, LeftReason};
 use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{
@@ -63,6 +64,8 @@ pub enum RoomEvent {
     Caption {
         member_id: MemberId,
         text: String,
+        automatic: bool,
+        partial: bool,
     },
     /// The member must go.
     Bye(ByeReason),
@@ -134,7 +137,9 @@ pub enum Control {
     EndSession,
     SetHeadcount(u32),
     Chat(String),
-    Caption(String),
+    /// Caption text; `partial`: a recogniser's guess that the next caption replaces.
+    Caption(String, bool),
+    SetAutoCaptions(bool),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ProtocolError>>;
@@ -189,6 +194,11 @@ enum Command {
     },
     /// Ended from outside (the admin API): everyone is told and the room closes.
     End,
+    /// The session's main feed for a WHEP player (`member`), attached with `attach`.
+    MainFeed {
+        member: MemberId,
+        reply: oneshot::Sender<Vec<TrackInfo>>,
+    },
 }
 
 /// A cloneable handle on one room actor.
@@ -256,6 +266,14 @@ impl RoomHandle {
         downs: Vec<Arc<DownTrack>>,
     ) -> Result<(), RoomGone> {
         self.send(Command::Attach { member, downs }).await
+    }
+
+    /// The session's main feed as it is now, for a WHEP player: the hall encoder's camera and
+    /// microphone if one sends, else the course leader's. Empty if nothing is sent.
+    pub async fn main_feed(&self, member: MemberId) -> Result<Vec<TrackInfo>, RoomGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::MainFeed { member, reply }).await?;
+        rx.await.map_err(|_| RoomGone)
     }
 
     /// Stops forwarding every track of `member` (its publish connection ended).
@@ -380,6 +398,7 @@ impl Rooms {
             removed_subjects: HashSet::new(),
             attendance: self.attendance.clone(),
             roster_dirty: false,
+            auto_captions: false,
         };
         let span = tracing::info_span!("session", id = %session);
         tokio::spawn(
@@ -437,6 +456,8 @@ struct Room {
     attendance: Attendance,
     /// A roster change is waiting to be sent (large rooms only).
     roster_dirty: bool,
+    /// The leader turned automatic captions on: captioners receive speech and may caption.
+    auto_captions: bool,
 }
 
 impl Room {
@@ -535,8 +556,7 @@ impl Room {
                     return;
                 }
                 self.tracks.insert(info.id, forwarder);
-                let publisher = info.member;
-                self.send_to_admitted(Some(publisher), || RoomEvent::TrackAdded(info.clone()));
+                self.announce(&info);
             }
             Command::Unpublish {
                 member,
@@ -556,14 +576,28 @@ impl Room {
                 let _ = reply.send(found.is_some());
             }
             Command::Attach { member, downs } => {
-                if !self.member(member).is_some_and(|m| m.admitted) {
+                let Some(role) = self
+                    .member(member)
+                    .filter(|m| m.admitted)
+                    .map(|m| m.info.role)
+                else {
                     return;
-                }
+                };
                 for down in downs {
                     if let Some(forwarder) = self.tracks.get(&down.track()) {
-                        forwarder.add_subscriber(down);
+                        // A player asked for the main feed itself; everyone else only gets
+                        // what the room sent (a captioner's audio may have been turned off
+                        // while its answer was on the way).
+                        if role == Role::Player
+                            || receives(role, self.auto_captions, forwarder.info().kind)
+                        {
+                            forwarder.add_subscriber(down);
+                        }
                     }
                 }
+            }
+            Command::MainFeed { member, reply } => {
+                let _ = reply.send(self.main_feed(member));
             }
             Command::DropTracks { member } => self.remove_tracks_of(member, |_| true),
             Command::Control {
@@ -653,7 +687,7 @@ impl Room {
             self.admitted_subjects.insert(req.subject, name.clone());
             let recorded = self.record(member, Kind::Joined);
             JoinOutcome::Admitted {
-                tracks: self.tracks.values().map(|f| f.info().clone()).collect(),
+                tracks: self.tracks_for(req.role),
                 recorded,
             }
         } else {
@@ -725,7 +759,10 @@ impl Room {
                 self.admitted_subjects.insert(subject, name);
                 self.record(target, Kind::Admitted);
                 let recorded = self.record(target, Kind::Joined);
-                let tracks = self.tracks.values().map(|f| f.info().clone()).collect();
+                let role = self
+                    .member(target)
+                    .map_or(Role::Participant, |m| m.info.role);
+                let tracks = self.tracks_for(role);
                 self.send_to(target, RoomEvent::Admitted { tracks, recorded });
             }
             Control::Deny(target) => {
@@ -806,7 +843,7 @@ impl Room {
                 }
                 self.record(member, Kind::Headcount(count));
             }
-            Control::Chat(text) | Control::Caption(text)
+            Control::Chat(text) | Control::Caption(text, _)
                 if text.trim().is_empty() || text.chars().count() > MAX_TEXT_CHARS =>
             {
                 return Err(ProtocolError::new(
@@ -846,13 +883,33 @@ impl Room {
                 self.drop_stuck(stuck);
                 return Ok(Done::Done);
             }
-            Control::Caption(text) => {
+            Control::Caption(text, partial) => {
                 need(self, Action::Caption)?;
+                let automatic = self
+                    .member(member)
+                    .is_some_and(|m| m.info.role == Role::Captioner);
+                if automatic && !self.auto_captions {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "Automatic captions are turned off; the course leader turns them on.",
+                    ));
+                }
+                // Relayed only: captions are never stored or logged.
                 self.send_to_admitted(None, || RoomEvent::Caption {
                     member_id: member,
                     text: text.clone(),
+                    automatic,
+                    partial,
                 });
                 return Ok(Done::Done);
+            }
+            Control::SetAutoCaptions(on) => {
+                need(self, Action::SetAutoCaptions)?;
+                if self.auto_captions != on {
+                    self.auto_captions = on;
+                    tracing::info!(on, "automatic captions switched");
+                    self.captioners_follow();
+                }
             }
         }
         self.broadcast_roster();
@@ -1015,7 +1072,99 @@ impl Room {
             participant_count,
             roster: self.roster_mode,
             hand_position: None,
+            auto_captions: self.auto_captions,
         }
+    }
+
+    /// What a member with `role` receives of the tracks forwarded now.
+    fn tracks_for(&self, role: Role) -> Vec<TrackInfo> {
+        self.tracks
+            .values()
+            .map(|f| f.info())
+            .filter(|i| receives(role, self.auto_captions, i.kind))
+            .cloned()
+            .collect()
+    }
+
+    /// Tells every admitted member that should receive it (but its publisher) about a new
+    /// track. A member whose queue is full has stopped reading and is removed.
+    fn announce(&mut self, info: &TrackInfo) {
+        let mut stuck = Vec::new();
+        for m in self.members.iter().filter(|m| m.admitted) {
+            if m.info.member_id == info.member
+                || !receives(m.info.role, self.auto_captions, info.kind)
+            {
+                continue;
+            }
+            if m.events
+                .try_send(RoomEvent::TrackAdded(info.clone()))
+                .is_err()
+            {
+                stuck.push(m.info.member_id);
+            }
+        }
+        self.drop_stuck(stuck);
+    }
+
+    /// Automatic captions were switched: captioners start or stop receiving speech. Turned
+    /// off, nothing more reaches the recogniser (down-tracks detached at once).
+    fn captioners_follow(&mut self) {
+        let captioners: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|m| m.admitted && m.info.role == Role::Captioner)
+            .map(|m| m.info.member_id)
+            .collect();
+        let audio: Vec<TrackInfo> = self
+            .tracks
+            .values()
+            .map(|f| f.info())
+            .filter(|i| i.kind == crate::protocol::MediaKind::Audio)
+            .cloned()
+            .collect();
+        for c in captioners {
+            for info in &audio {
+                if info.member == c {
+                    continue;
+                }
+                if self.auto_captions {
+                    self.send_to(c, RoomEvent::TrackAdded(info.clone()));
+                } else {
+                    if let Some(f) = self.tracks.get(&info.id) {
+                        f.remove_subscriber(c);
+                    }
+                    self.send_to(c, RoomEvent::TrackRemoved(info.id));
+                }
+            }
+        }
+    }
+
+    /// The main feed for a WHEP player: the encoder's camera and microphone, else the
+    /// leader's (the first one present). At most one video and one audio track.
+    fn main_feed(&self, player: MemberId) -> Vec<TrackInfo> {
+        if !self.member(player).is_some_and(|m| m.admitted) {
+            return Vec::new();
+        }
+        for role in [Role::Encoder, Role::Leader] {
+            for m in self.members.iter().filter(|m| m.info.role == role) {
+                let mine: Vec<&TrackInfo> = self
+                    .tracks
+                    .values()
+                    .map(|f| f.info())
+                    .filter(|i| i.member == m.info.member_id)
+                    .collect();
+                let pick = |source: Source| mine.iter().find(|i| i.source == source);
+                let feed: Vec<TrackInfo> = [pick(Source::Camera), pick(Source::Microphone)]
+                    .into_iter()
+                    .flatten()
+                    .map(|i| (*i).clone())
+                    .collect();
+                if !feed.is_empty() {
+                    return feed;
+                }
+            }
+        }
+        Vec::new()
     }
 
     /// The roster changed. Small rooms hear at once; in large ones the changes of up to

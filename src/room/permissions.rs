@@ -2,7 +2,7 @@
 //! source of truth for permissions (shared/CONTEXT.md, "Roles"). Table-tested below for every
 //! role × action.
 
-use crate::protocol::{Role, Source};
+use crate::protocol::{MediaKind, Role, Source};
 
 /// Something a member asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,11 +23,13 @@ pub enum Action {
     RemoveMember,
     Lock,
     EndSession,
+    /// Turn automatic captions (the captioner) on or off.
+    SetAutoCaptions,
 }
 
 impl Action {
     /// Every action, for exhaustive tests and docs.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Publish(Source::Camera),
         Action::Publish(Source::Microphone),
         Action::Publish(Source::Screen),
@@ -43,6 +45,7 @@ impl Action {
         Action::RemoveMember,
         Action::Lock,
         Action::EndSession,
+        Action::SetAutoCaptions,
     ];
 }
 
@@ -81,7 +84,24 @@ pub fn allowed(role: Role, session: SessionFacts, member: MemberFacts, action: A
         (Site, Chat) => session.chat_enabled,
         (Interpreter, Publish(Source::Camera) | Caption) => true,
         (Interpreter, Chat) => session.chat_enabled,
+        // Hall equipment: the encoder sends the lecture feed like the leader's camera and
+        // microphone; the captioner posts captions (the room also needs them turned on); a
+        // player only receives. None of them chats or raises a hand.
+        (Encoder, Publish(Source::Camera | Source::Microphone)) => true,
+        (Captioner, Caption) => true,
         _ => false,
+    }
+}
+
+/// Whether a member with `role` is sent a published track of `kind` (through the normal
+/// protocol). Hall equipment gets nothing, except the captioner: the speech it captions (every
+/// audio track the room forwards: the teachers' and the floor-holder's), and only while the
+/// leader has automatic captions on. A WHEP player asks for the main feed itself.
+pub fn receives(role: Role, auto_captions: bool, kind: MediaKind) -> bool {
+    match role {
+        Role::Encoder | Role::Player => false,
+        Role::Captioner => auto_captions && kind == MediaKind::Audio,
+        _ => true,
     }
 }
 
@@ -124,15 +144,21 @@ mod tests {
             Role::Participant => vec![RaiseHand],
             Role::Site => vec![RaiseHand, SetHeadcount],
             Role::Interpreter => vec![Publish(Source::Camera), Caption],
+            Role::Encoder => vec![Publish(Source::Camera), Publish(Source::Microphone)],
+            Role::Player => vec![],
+            Role::Captioner => vec![Caption],
         }
     }
 
-    const ROLES: [Role; 5] = [
+    const ROLES: [Role; 8] = [
         Role::Leader,
         Role::Representative,
         Role::Participant,
         Role::Site,
         Role::Interpreter,
+        Role::Encoder,
+        Role::Player,
+        Role::Captioner,
     ];
 
     #[test]
@@ -179,7 +205,28 @@ mod tests {
                 role == Role::Leader,
                 "{role:?}"
             );
-            assert!(allowed(role, CHAT, IN, Chat), "{role:?}");
+            assert_eq!(
+                allowed(role, CHAT, IN, Chat),
+                !role.is_equipment(),
+                "{role:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn who_receives_what() {
+        use MediaKind::*;
+        for role in ROLES {
+            for auto in [false, true] {
+                for kind in [Audio, Video] {
+                    let want = match role {
+                        Role::Encoder | Role::Player => false,
+                        Role::Captioner => auto && kind == Audio,
+                        _ => true,
+                    };
+                    assert_eq!(receives(role, auto, kind), want, "{role:?} {auto} {kind:?}");
+                }
+            }
         }
     }
 

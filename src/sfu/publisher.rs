@@ -19,6 +19,9 @@ pub struct Publisher {
     session_id: Option<String>,
     /// The first m-line's mid in our answer (candidates belong to it).
     first_mid: Option<String>,
+    /// Our last answer (it carries every candidate: the engine is ICE-lite with host
+    /// candidates known up front).
+    last_answer: Option<String>,
     closed: bool,
 }
 
@@ -36,6 +39,7 @@ impl Publisher {
             shared,
             session_id: None,
             first_mid: None,
+            last_answer: None,
             closed: false,
         }
     }
@@ -88,7 +92,18 @@ impl Publisher {
             self.session_id = session_id;
         }
         self.first_mid = super::first_mid(&answer);
+        self.last_answer = Some(answer.clone());
         Ok(answer)
+    }
+
+    /// Our answer with every local candidate in it, for a peer that does not trickle (WHIP).
+    /// Call after `handle_offer`. The engine's answers always carry all candidates (ICE-lite,
+    /// host candidates on the media port, `a=end-of-candidates`), so this waits for nothing.
+    pub async fn answer_with_candidates(
+        &self,
+        _within: std::time::Duration,
+    ) -> Result<String, SfuError> {
+        self.last_answer.clone().ok_or(SfuError::NoOfferPending)
     }
 
     /// Starts forwarding this connection's parked tracks whose media is arriving and whose

@@ -153,17 +153,7 @@ impl Subscriber {
         if !self.offer_outstanding {
             return Err(SfuError::NoOfferPending);
         }
-        let pending: Vec<TrackId> = self
-            .tracks
-            .iter()
-            .filter(|(_, e)| e.down.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        let senders = pending
-            .iter()
-            .filter_map(|id| self.tracks.get(id))
-            .map(|e| (e.sender, e.info.codec.clone()))
-            .collect();
+        let (pending, senders) = self.pending_senders();
         let key = self.key;
         let chosen = self
             .engine
@@ -175,6 +165,56 @@ impl Subscriber {
             })
             .await?;
         self.offer_outstanding = false;
+        Ok(self.ready_down_tracks(&pending, chosen))
+    }
+
+    /// WHEP (issue 13): the player offers, we answer once, with every candidate, for the
+    /// tracks added before (`add_track`). No renegotiation follows: the player's offer fixed the
+    /// m-lines. Returns our answer and the down-tracks for the room to attach.
+    pub async fn answer_offer(
+        &mut self,
+        sdp: String,
+        _within: std::time::Duration,
+    ) -> Result<(String, Vec<Arc<DownTrack>>), SfuError> {
+        let (pending, senders) = self.pending_senders();
+        let key = self.key;
+        let (answer, chosen) = self
+            .engine
+            .call(|reply| Command::AnswerOffer {
+                conn: key,
+                sdp,
+                senders,
+                reply,
+            })
+            .await?;
+        self.dirty = false;
+        self.first_mid = super::first_mid(&answer);
+        Ok((answer, self.ready_down_tracks(&pending, chosen)))
+    }
+
+    /// The tracks without a down-track yet, and their senders with the codec each wants.
+    #[allow(clippy::type_complexity)]
+    fn pending_senders(&self) -> (Vec<TrackId>, Vec<(RTCRtpSenderId, super::Codec)>) {
+        let pending: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, e)| e.down.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let senders = pending
+            .iter()
+            .filter_map(|id| self.tracks.get(id))
+            .map(|e| (e.sender, e.info.codec.clone()))
+            .collect();
+        (pending, senders)
+    }
+
+    /// Down-tracks for the tracks whose payload type the last negotiation fixed.
+    fn ready_down_tracks(
+        &mut self,
+        pending: &[TrackId],
+        chosen: Vec<Option<u8>>,
+    ) -> Vec<Arc<DownTrack>> {
         let mut ready = Vec::new();
         for (id, pt) in pending.iter().zip(chosen) {
             let Some(entry) = self.tracks.get_mut(id) else {
@@ -206,7 +246,7 @@ impl Subscriber {
             entry.down = Some(down.clone());
             ready.push(down);
         }
-        Ok(ready)
+        ready
     }
 
     pub async fn add_candidate(&mut self, c: &IceCandidate) -> Result<(), SfuError> {

@@ -50,6 +50,12 @@ function render(api, roster) {
     t('console.hands_n', { n: hands.length })];
   el.sessionLine.textContent = parts.join(' · ');
   el.lock.textContent = t(roster.locked ? 'console.unlock' : 'console.lock');
+  // Automatic captions: the leader decides when speech goes to the local recogniser.
+  const captioner = members.some((m) => m.role === 'captioner');
+  el.autoCaptions.textContent = t(roster.auto_captions ? 'console.auto_captions_off' : 'console.auto_captions_on');
+  el.autoCaptionsState.textContent = t(roster.auto_captions
+    ? (captioner ? 'console.auto_captions_state_on' : 'console.auto_captions_state_on_none')
+    : (captioner ? 'console.auto_captions_state_off' : 'console.auto_captions_state_off_none'));
   el.admitAll.hidden = lobby.length < 2;
   el.alertSound.setAttribute('aria-pressed', String(soundOn()));
 
@@ -72,7 +78,7 @@ function render(api, roster) {
         actions.push(m.floor ? ['console.revoke', 'revoke_floor', 'danger'] : ['console.grant', 'grant_floor', '']);
       }
       if (m.role === 'representative') actions.push(m.cohost ? ['console.cohost_off', 'set_cohost', '', false] : ['console.cohost_on', 'set_cohost', '', true]);
-      if (m.role !== 'leader' && m.role !== 'interpreter') actions.push(['console.mute', 'mute', '']);
+      if (['representative', 'participant', 'site', 'encoder'].includes(m.role)) actions.push(['console.mute', 'mute', '']);
       if (m.role !== 'leader') actions.push(['console.remove', 'remove', 'danger']);
     }
     return personRow('present', m.member_id, displayName(m), details, actions);
@@ -216,6 +222,11 @@ export default {
   kiosk: false,
   setup(api) {
     el.lock.addEventListener('click', () => busy(el.lock, () => request(state.roster && state.roster.locked ? 'unlock' : 'lock')));
+    el.autoCaptions.addEventListener('click', () => busy(el.autoCaptions, async () => {
+      const on = !(state.roster && state.roster.auto_captions);
+      await request('set_auto_captions', { on });
+      announce(on ? 'console.auto_captions_state_on' : 'console.auto_captions_state_off');
+    }));
     el.alertSound.addEventListener('click', () => {
       store(SOUND_KEY, soundOn() ? '0' : '1');
       el.alertSound.setAttribute('aria-pressed', String(soundOn()));

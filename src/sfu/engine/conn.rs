@@ -246,6 +246,9 @@ impl Conn {
                 });
             }
         }
+        // Gathering is complete at once: `a=end-of-candidates` in every description we give.
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(SfuError::webrtc)?;
         Ok(Conn {
             id,
             target,
@@ -776,6 +779,12 @@ impl Conn {
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_remote_candidate(c)?;
         }
+        Ok(self.payload_types(senders))
+    }
+
+    /// The payload type negotiated for each sender, for the codec it should carry (same mime
+    /// and fmtp first, else same mime); None where the client refused the codec.
+    pub(crate) fn payload_types(&mut self, senders: &[(RTCRtpSenderId, Codec)]) -> Vec<Option<u8>> {
         let mut chosen = Vec::with_capacity(senders.len());
         for (sender, wanted) in senders {
             let Some(mut s) = self.pc.rtp_sender(*sender) else {
@@ -783,11 +792,10 @@ impl Conn {
                 continue;
             };
             let codecs = &s.get_parameters().rtp_parameters.codecs;
-            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                c.rtp_codec
-                    .mime_type
-                    .eq_ignore_ascii_case(&wanted.mime_type)
-            };
+            let same_mime =
+                |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
+                };
             let pt = codecs
                 .iter()
                 .filter(same_mime)
@@ -796,7 +804,7 @@ impl Conn {
                 .map(|c| c.payload_type);
             chosen.push(pt);
         }
-        Ok(chosen)
+        chosen
     }
 
     /// A remote candidate. ICE-lite learns the client's addresses from its checks, so these

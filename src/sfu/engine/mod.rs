@@ -104,6 +104,14 @@ pub(crate) enum Command {
         senders: Vec<(rtc::rtp_transceiver::RTCRtpSenderId, super::Codec)>,
         reply: oneshot::Sender<Result<Vec<Option<u8>>, SfuError>>,
     },
+    /// Subscribe connection of a WHEP player: its offer; the reply is our answer and the
+    /// payload type chosen for each sender asked about.
+    AnswerOffer {
+        conn: ConnKey,
+        sdp: String,
+        senders: Vec<(rtc::rtp_transceiver::RTCRtpSenderId, super::Codec)>,
+        reply: oneshot::Sender<Result<(String, Vec<Option<u8>>), SfuError>>,
+    },
     Candidate {
         conn: ConnKey,
         candidate: IceCandidate,
@@ -1004,6 +1012,21 @@ impl Engine {
             } => {
                 let r = match self.conn_mut(conn) {
                     Some(c) => c.apply_answer(now, sdp, &senders),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::AnswerOffer {
+                conn,
+                sdp,
+                senders,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c
+                        .apply_offer(now, sdp)
+                        .map(|answer| (answer, c.payload_types(&senders))),
                     None => Err(SfuError::Closed),
                 };
                 let _ = reply.send(r);
