@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the per-packet forwarding path (header rewrite + keyframe check +
-//! queueing) for 1 and 100 subscribers, without a network. The writer side (webrtc's
-//! `write_rtp`, SRTP, `sendto`) is not in here: the fan-out load generator measures that.
+//! Micro-benchmarks of the engine's per-packet, per-subscriber work (keyframe check, admit,
+//! header write + AES-128-GCM seal in place into a reused buffer) for 1 and 100 subscribers,
+//! without a network. The send (`sendmmsg`) is not in here: the fan-out load generator
+//! measures the whole path.
 //!
 //! `cargo bench --bench forward`
 

@@ -32,14 +32,26 @@ impl Drop for Running {
 
 impl Running {
     fn start(binary: &Path, cwd: &Path, config: &Path) -> Running {
-        let mut child = Command::new(binary)
-            .current_dir(cwd)
-            .arg("--config")
-            .arg(config)
-            .env_remove("KURSRELAY_LOG")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the copied binary");
+        // A freshly copied binary can be "busy" for a moment: another test thread that forked
+        // while the copy's write handle was open holds it until its exec (ETXTBSY). Retry.
+        let mut attempt = 0;
+        let mut child = loop {
+            match Command::new(binary)
+                .current_dir(cwd)
+                .arg("--config")
+                .arg(config)
+                .env_remove("KURSRELAY_LOG")
+                .stdout(Stdio::piped())
+                .spawn()
+            {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(26) && attempt < 50 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("start the copied binary: {e}"),
+            }
+        };
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

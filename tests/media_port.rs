@@ -79,7 +79,9 @@ async fn every_kind_of_bad_datagram_is_dropped_counted_and_harmless() {
     // it, so the address is not bound (its RTP below is still "unbound").
     send(&binding_request(&format!("{ufrag}:evil"), Some([0xab; 20])));
     // DTLS garbage, RTP and RTCP from the unbound address.
-    send(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4, 5]);
+    send(&[
+        22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4, 5,
+    ]);
     send(&[0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 1, 2, 3]);
     send(&[0x80, 200, 0, 6, 0, 0, 0, 9]);
     // A flood from one address: 20 000 datagrams as fast as the socket goes.

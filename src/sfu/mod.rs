@@ -29,8 +29,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use engine::MediaPortHarness;
 pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
+pub use engine::MediaPortHarness;
 pub use forwarder::{DownTrack, FanoutHarness, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};

@@ -296,7 +296,10 @@ thread_local! {
 /// The sources a fuzzed datagram may come from (chosen by the input's first byte).
 fn media_source(selector: u8) -> (std::net::SocketAddr, bool) {
     let port = 40000 + u16::from(selector % 4);
-    (std::net::SocketAddr::from(([127, 0, 0, 9], port)), selector & 4 != 0)
+    (
+        std::net::SocketAddr::from(([127, 0, 0, 9], port)),
+        selector & 4 != 0,
+    )
 }
 
 /// Media port: the input's first byte picks the source address and UDP or ICE-TCP, the rest is

@@ -792,10 +792,11 @@ impl Conn {
                 continue;
             };
             let codecs = &s.get_parameters().rtp_parameters.codecs;
-            let same_mime =
-                |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
-                };
+            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&wanted.mime_type)
+            };
             let pt = codecs
                 .iter()
                 .filter(same_mime)

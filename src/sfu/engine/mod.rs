@@ -21,7 +21,7 @@ mod cache;
 mod conn;
 pub(crate) mod mux;
 mod net;
-mod srtp;
+pub(crate) mod srtp;
 mod tcp;
 
 use std::cmp::Reverse;
@@ -231,6 +231,7 @@ pub(crate) fn start(
         feedback: Feedback::default(),
         caches: HashMap::new(),
         next_liveness: Instant::now(),
+        backlog: false,
         epoch: Instant::now(),
     };
     std::thread::Builder::new()
@@ -400,6 +401,8 @@ struct Engine {
     /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
     caches: HashMap<u64, (Arc<super::forwarder::Feed>, cache::TrackCache)>,
     next_liveness: Instant,
+    /// The last socket read stopped at its budget with datagrams left.
+    backlog: bool,
     epoch: Instant,
 }
 
@@ -482,9 +485,14 @@ impl Engine {
     fn read_socket(&mut self, sock: usize, recv: &mut net::RecvBatch) {
         let fd = self.out.sockets[sock].as_raw_fd();
         let local = self.out.local[sock];
+        // Set when the socket still has datagrams after this turn's budget.
+        self.backlog = true;
         for _ in 0..RECV_CALLS_PER_TURN {
             let n = match recv.recv(fd) {
-                Ok(0) => return,
+                Ok(0) => {
+                    self.backlog = false;
+                    return;
+                }
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "media socket read failed");
@@ -504,6 +512,7 @@ impl Engine {
                 }
             }
             if n < net::BATCH {
+                self.backlog = false;
                 return;
             }
         }
@@ -882,7 +891,14 @@ impl Engine {
         if now < self.next_liveness {
             return;
         }
+        // Silence is only judged on an engine that keeps up: with datagrams still waiting in
+        // a socket, or after the thread itself was held up (a loaded machine), "not heard"
+        // may just mean "not read yet".
+        let stalled = now.saturating_duration_since(self.next_liveness) > LIVENESS_EVERY * 4;
         self.next_liveness = now + LIVENESS_EVERY;
+        if self.backlog || stalled {
+            return;
+        }
         let demux = &self.demux;
         self.out
             .tcp
