@@ -399,15 +399,14 @@ impl Conn {
                     }
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    if self.start_feed(
+                    let started = self.start_feed(
                         init.receiver_id,
                         init.track_id,
                         init.ssrc,
                         settings,
                         metrics,
-                    ) {
-                        new_feed = true;
-                    }
+                    );
+                    new_feed |= started;
                 }
                 RTCPeerConnectionEvent::OnTrack(
                     RTCTrackEvent::OnClose(track_id) | RTCTrackEvent::OnError(track_id),

@@ -64,6 +64,9 @@ const POOL: usize = 256;
 
 const TOKEN_WAKER: u64 = u64::MAX;
 
+/// An answer and the payload type chosen for each sender asked about.
+pub(crate) type AnswerAndTypes = (String, Vec<Option<u8>>);
+
 /// What member tasks ask of the engine.
 pub(crate) enum Command {
     Open {
@@ -110,7 +113,7 @@ pub(crate) enum Command {
         conn: ConnKey,
         sdp: String,
         senders: Vec<(rtc::rtp_transceiver::RTCRtpSenderId, super::Codec)>,
-        reply: oneshot::Sender<Result<(String, Vec<Option<u8>>), SfuError>>,
+        reply: oneshot::Sender<Result<AnswerAndTypes, SfuError>>,
     },
     Candidate {
         conn: ConnKey,

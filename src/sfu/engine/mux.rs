@@ -43,7 +43,7 @@ pub(crate) fn binding_request_ufrag(d: &[u8]) -> Option<&str> {
         return None;
     }
     let len = u16::from_be_bytes([d[2], d[3]]) as usize;
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         return None;
     }
     let body = d.get(20..20 + len)?;
