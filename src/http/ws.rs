@@ -20,6 +20,8 @@ const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 /// reading mid-frame and closes resets the connection, and the client never sees the code).
 /// Beyond this the layer refuses the frame itself and the close is best effort.
 const READ_LIMIT: usize = 4 * HARD_FRAME_LIMIT;
+/// Initial read buffer and write batching threshold per WebSocket.
+const SOCKET_BUFFER: usize = 8 * 1024;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -27,6 +29,11 @@ const CLOSE_TOO_BIG: u16 = 1009;
 pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     ws.max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
+        // tungstenite's defaults are 128 KiB each, allocated per socket: most of a member's
+        // memory for messages that are a few hundred bytes. The buffers still grow for the
+        // rare large frame.
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| {
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
