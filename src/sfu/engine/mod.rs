@@ -1151,18 +1151,23 @@ impl MediaPortHarness {
         })
     }
 
+    /// Binds `addr` to the connection as if its ICE check had passed, so datagrams from it
+    /// reach the connection's DTLS, SRTP and SRTCP handling (what an attacker on a client's
+    /// path, spoofing its address, could send).
+    pub fn bind_checked(&mut self, addr: SocketAddr) {
+        self.demux.bind(addr, self.key);
+    }
+
     /// The connection's ICE ufrag (for seeds that reach it).
     pub fn ufrag(&self) -> &str {
         self.conn.ufrag()
     }
 
-    /// One datagram in, as the engine takes it. Returns whether the connection saw it.
+    /// One datagram in, as the engine takes it (without the per-address flood budget, which
+    /// would otherwise drop almost every fuzzed input; `route_only` keeps it). Returns whether
+    /// the connection saw it.
     pub fn feed(&mut self, from: SocketAddr, data: &[u8], tcp: bool) -> bool {
         let now = Instant::now();
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        if !self.flood.allow(from, now_ms) {
-            return false;
-        }
         if self.demux.route(from, data) != Ok(self.key) {
             return false;
         }
@@ -1199,8 +1204,13 @@ impl MediaPortHarness {
         self.demux.is_bound(addr)
     }
 
-    /// The classifier and demultiplexer alone (cheap: the ≥ 1 M datagram part of the smoke).
-    pub fn route_only(&self, from: SocketAddr, data: &[u8]) -> bool {
+    /// The flood budget, classifier and demultiplexer alone (cheap: the ≥ 1 M datagram part
+    /// of the smoke).
+    pub fn route_only(&mut self, from: SocketAddr, data: &[u8]) -> bool {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if !self.flood.allow(from, now_ms) {
+            return false;
+        }
         mux::classify(data);
         mux::binding_request_ufrag(data);
         self.demux.route(from, data).is_ok()
