@@ -34,9 +34,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Barrier};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What a member's reader task saw.
 #[derive(Default)]
@@ -230,7 +229,9 @@ async fn run(sessions: usize, members: usize, rounds: usize, pause: Duration) {
                         let kind = if raised { "raise_hand" } else { "lower_hand" };
                         let sent = Instant::now();
                         let ok = m.send(json!({"type": kind})).await.is_ok()
-                            && m.expect("hand").await.is_some_and(|h| h["raised"] == raised);
+                            && m.expect("hand")
+                                .await
+                                .is_some_and(|h| h["raised"] == raised);
                         if ok {
                             stats[s].rtts.lock().unwrap().push(sent.elapsed());
                         } else {
@@ -342,7 +343,10 @@ async fn run(sessions: usize, members: usize, rounds: usize, pause: Duration) {
             assert!(failures.is_empty(), "session {s}: {failures:?}");
         }
     }
-    eprintln!("sessions 1..{sessions}: hand round trip {}", summary(&mut others));
+    eprintln!(
+        "sessions 1..{sessions}: hand round trip {}",
+        summary(&mut others)
+    );
     assert_eq!(others.len(), (sessions - 1) * (members - 1) * rounds * 2);
     if faults {
         assert!(flood_cut >= 1, "the flooder was never cut off");
@@ -357,7 +361,10 @@ async fn run(sessions: usize, members: usize, rounds: usize, pause: Duration) {
         for (_, invite, _, _) in tokens.iter().filter(|t| t.0 == s) {
             let mine: Vec<_> = events.iter().filter(|e| &e.invite_id == invite).collect();
             let joins = mine.iter().filter(|e| e.kind == Kind::Joined).count();
-            let lefts = mine.iter().filter(|e| matches!(e.kind, Kind::Left(_))).count();
+            let lefts = mine
+                .iter()
+                .filter(|e| matches!(e.kind, Kind::Left(_)))
+                .count();
             assert_eq!((joins, lefts), (1, 1), "session {s}: {mine:?}");
         }
     }
@@ -372,7 +379,9 @@ async fn run(sessions: usize, members: usize, rounds: usize, pause: Duration) {
             .collect();
         counts = (
             mine.iter().filter(|e| e.kind == Kind::Joined).count() as u64,
-            mine.iter().filter(|e| matches!(e.kind, Kind::Left(_))).count() as u64,
+            mine.iter()
+                .filter(|e| matches!(e.kind, Kind::Left(_)))
+                .count() as u64,
         );
         if counts.1 >= counts.0 {
             break;

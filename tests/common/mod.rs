@@ -4,6 +4,7 @@
 
 pub mod chromium;
 pub mod coturn;
+pub mod netsim;
 pub mod pki;
 pub mod tools;
 
@@ -526,6 +527,10 @@ struct Shared {
     /// While set, the publisher's sending tasks send nothing (a client that stopped its
     /// tracks); they go on where they were when it is cleared.
     paused: AtomicBool,
+    /// If set, every UDP datagram of this peer's media goes through this impaired link.
+    link: Option<Arc<netsim::Link>>,
+    /// When each received packet arrived (same order as `ReceivedTrack::packets`).
+    arrivals: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
 enum Cmd {
@@ -586,10 +591,31 @@ impl TestPeer {
 
     /// Like `connect`, for a server in another process.
     pub async fn connect_url(ws_url: &str, token: &str, name: Option<&str>) -> TestPeer {
+        Self::connect_with_link(ws_url, token, name, None).await
+    }
+
+    /// Like `connect`, with the peer's media going through an impaired link (`netsim`).
+    pub async fn connect_impaired(
+        server: &TestServer,
+        token: &str,
+        link: Arc<netsim::Link>,
+    ) -> TestPeer {
+        Self::connect_with_link(&server.ws_url(), token, None, Some(link)).await
+    }
+
+    async fn connect_with_link(
+        ws_url: &str,
+        token: &str,
+        name: Option<&str>,
+        link: Option<Arc<netsim::Link>>,
+    ) -> TestPeer {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .expect("ws connect");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            link,
+            ..Shared::default()
+        });
         let (cmds, rx) = mpsc::channel(64);
         let stop_media = CancellationToken::new();
         let task = tokio::spawn(peer_task(ws, rx, shared.clone(), stop_media.clone()));
@@ -746,6 +772,17 @@ impl TestPeer {
     }
 
     /// Packets received on the track the server calls `track_id`.
+    /// When each packet of `track_id` arrived, in arrival order.
+    pub fn arrivals(&self, track_id: &str) -> Vec<Instant> {
+        self.shared
+            .arrivals
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn received_count(&self, track_id: &str) -> usize {
         self.shared
             .received
@@ -814,6 +851,13 @@ impl PeerConnectionEventHandler for PeerHandler {
             let id = track.track_id().await;
             while let Some(ev) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    shared
+                        .arrivals
+                        .lock()
+                        .unwrap()
+                        .entry(id.clone())
+                        .or_default()
+                        .push(Instant::now());
                     let mut map = shared.received.lock().unwrap();
                     map.entry(id.clone()).or_default().packets.push((
                         p.header.ssrc,
@@ -829,16 +873,18 @@ impl PeerConnectionEventHandler for PeerHandler {
 
 async fn new_pc(handler: PeerHandler) -> Arc<dyn PeerConnection> {
     let (media_engine, registry) = kursrelay::sfu::media_setup().expect("media setup");
-    let pc = PeerConnectionBuilder::new()
+    let link = handler.shared.link.clone();
+    let builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(handler))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-        .build()
-        .await
-        .expect("build test peer connection");
-    Arc::new(pc)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()]);
+    let builder = match link {
+        Some(link) => builder.with_runtime(Arc::new(netsim::ImpairedRuntime { link })),
+        None => builder,
+    };
+    Arc::new(builder.build().await.expect("build test peer connection"))
 }
 
 fn candidate_json(init: &RTCIceCandidateInit) -> serde_json::Value {
