@@ -129,10 +129,15 @@ if len(load) >= 8:
     q = load[len(load) // 4]
     # The last load sample may fall into the generator's own teardown: leave it out.
     late = load[len(load) // 2:-1]
+    # Flat = no growth across the second half (a step earlier, e.g. queues filling during a
+    # CPU stall, is a high-water mark, reported but not a leak), and never above 1.5x the
+    # value at 25 %.
     for k, slack in (("rss_kb", 1.10), ("open_fds", 1.0), ("threads", 1.0)):
-        worst = max(num(r, k) for r in late)
-        check(worst <= num(q, k) * slack + (2 if k != "rss_kb" else 0),
-              f"{k} flat: {num(q, k)} at 25 %, at most {worst} in the second half (allowed x{slack})")
+        start, worst = num(late[0], k), max(num(r, k) for r in late)
+        check(worst <= start * slack + (2 if k != "rss_kb" else 0),
+              f"{k} flat in the second half: {start} at half-time, at most {worst} after (allowed x{slack})")
+        check(worst <= num(q, k) * 1.5 + 2,
+              f"{k} bounded: {num(q, k)} at 25 %, at most {worst} in the second half (allowed x1.5)")
     for k in ("websockets_open", "peer_connections", "forwarder_tasks", "writer_tasks"):
         vals = {num(r, k) for r in late}
         check(len(vals) == 1, f"{k} steady in the second half: {sorted(vals)}")
