@@ -94,6 +94,8 @@ impl Server {
         crate::attendance::recover(&db).await?;
         let attendance = Attendance::spawn(db.clone());
         let rooms = Rooms::new(attendance, config.attendance.seen_interval());
+        let guard =
+            crate::http::guard::Guard::new(config.abuse.clone(), &config.http.trusted_proxies);
         let state = AppState {
             config: Arc::new(config),
             rooms,
@@ -101,6 +103,7 @@ impl Server {
             db,
             tokens,
             checks: CheckLimiter::default(),
+            guard,
             shutdown: CancellationToken::new(),
             equipment: Default::default(),
         };
@@ -171,15 +174,24 @@ impl Server {
                 let listener = tls
                     .listener(self.listener)
                     .context("cannot start the HTTPS listener")?;
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopping)
-                    .await
-                    .context("https server failed")?;
-            }
-            None => axum::serve(self.listener, app)
+                // `tap_io` only so axum knows how to give handlers the peer address (it has
+                // that for TcpListener and for tapped listeners, not for ours).
+                use axum::serve::ListenerExt;
+                axum::serve(
+                    listener.tap_io(|_| {}),
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
                 .with_graceful_shutdown(stopping)
                 .await
-                .context("http server failed")?,
+                .context("https server failed")?;
+            }
+            None => axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping)
+            .await
+            .context("http server failed")?,
         }
         let metrics = state.sfu.metrics().clone();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

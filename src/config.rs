@@ -43,7 +43,22 @@ pub struct Config {
     pub turn: TurnConfig,
     pub db: DbConfig,
     pub attendance: AttendanceConfig,
+    pub abuse: AbuseConfig,
     pub log: LogConfig,
+}
+
+/// Limits per client address against guessing and floods (`http::guard`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbuseConfig {
+    /// Bad join tokens or admin keys an address may send before it is slowed and refused.
+    pub auth_failures: u32,
+    /// How fast failures are forgiven (a leaky bucket).
+    pub auth_failures_forgiven_per_minute: u64,
+    /// How long a bad credential from an address over budget waits before its refusal.
+    pub penalty_ms: u64,
+    /// WebSocket connections one address may hold open at once.
+    pub websockets_per_address: u32,
 }
 
 /// TURN servers handed to clients, with time-limited credentials made from the shared secret
@@ -146,6 +161,9 @@ pub struct HttpConfig {
     pub tls_key: PathBuf,
     /// Where to answer plain HTTP with a redirect to `public_url`; empty = off.
     pub redirect_listen: String,
+    /// Reverse proxies (addresses or CIDR networks) whose `X-Forwarded-For` / `X-Real-IP`
+    /// name the client. Empty: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl HttpConfig {
@@ -389,6 +407,23 @@ impl Config {
             if addr == self.http.listen && addr.port() != 0 {
                 return Err(bad("http.redirect_listen", "must differ from http.listen"));
             }
+        }
+        for proxy in &self.http.trusted_proxies {
+            if crate::http::guard::Cidr::parse(proxy).is_none() {
+                return Err(bad(
+                    "http.trusted_proxies",
+                    &format!("{proxy:?} is not an address or network like \"127.0.0.1/32\""),
+                ));
+            }
+        }
+        if self.abuse.auth_failures == 0
+            || self.abuse.auth_failures_forgiven_per_minute == 0
+            || self.abuse.websockets_per_address == 0
+        {
+            return Err(bad("abuse.*", "must be above zero"));
+        }
+        if self.abuse.penalty_ms > 60_000 {
+            return Err(bad("abuse.penalty_ms", "must be at most 60000 (a minute)"));
         }
         for url in &self.turn.urls {
             if !(url.starts_with("turn:") || url.starts_with("turns:") || url.starts_with("stun:"))

@@ -321,15 +321,19 @@ async fn lost_packets_are_sent_again_from_the_track_cache() {
     let publisher = TestPeer::leader(&server, "nack", "Kursleiar").await;
     let sent = publisher.publish(PublishSpec::default()).await;
     let camera = sent.iter().find(|t| t.source == "camera").unwrap().clone();
-    let plan = common::lossy::LossPlan::new(vec![20, 45, 70], 400);
-    let viewer = TestPeer::join_lossy(&server, "nack", "Kari", plan.clone()).await;
+    let link = common::netsim::Link::new(0.0, Duration::ZERO);
+    *link.plan.lock().unwrap() = Some(common::netsim::LossPlan::new(vec![20, 45, 70], 400));
+    let token = server
+        .token("nack", kursrelay::protocol::Role::Participant, Some("Kari"), false)
+        .await;
+    let viewer = TestPeer::connect_impaired(&server, &token, link.clone()).await;
     let id = viewer.wait_offered(&publisher.member_id, "camera").await;
     assert!(
         wait_until(TIMEOUT, || viewer.received_count(&id) >= 100).await,
         "got {}",
         viewer.received_count(&id)
     );
-    let lost = plan.lost.lock().unwrap().clone();
+    let lost = link.plan.lock().unwrap().as_ref().unwrap().lost.clone();
     assert_eq!(lost.len(), 3, "the plan lost {lost:?}");
     // Every lost packet came back (its NACK was answered), with the bytes that were sent.
     assert!(

@@ -1,6 +1,7 @@
 //! deploy/nginx.conf as shipped, run by a real nginx (Debian's package) terminating TLS with a
 //! test CA's certificate in front of the real server: pages and headers over HTTPS, the HTTP
-//! redirect, /metrics kept inside, an access log without addresses or query strings, and a
+//! redirect, /metrics kept inside, the client's address (not nginx's, not a spoofed one)
+//! counted by the abuse limits, an access log without addresses or query strings, and a
 //! Chromium course session (leader publishes, participant decodes video and audio) whose
 //! signalling WebSocket goes through nginx.
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::chromium::Chromium;
 use common::coturn::free_port;
-use common::pki::{https_get, TestCa};
+use common::pki::{https_get, https_get_with, TestCa};
 use common::*;
 use kursrelay::protocol::Role;
 
@@ -33,6 +34,12 @@ fn site_config(upstream: u16, http: u16, https: u16, cert: &str, key: &str, log:
         (
             "server 127.0.0.1:8080;",
             format!("server 127.0.0.1:{upstream};"),
+        ),
+        // nginx reaches kursrelay from 127.0.0.2, the one trusted proxy, so that the test
+        // client (127.0.0.1) is not itself a trusted proxy, as on a real server.
+        (
+            "proxy_pass http://kursrelay;",
+            "proxy_pass http://kursrelay;\n        proxy_bind 127.0.0.2;".to_owned(),
         ),
         ("listen 80;", format!("listen 127.0.0.1:{http};")),
         ("listen [::]:80;", String::new()),
@@ -61,7 +68,11 @@ fn site_config(upstream: u16, http: u16, https: u16, cert: &str, key: &str, log:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_course_through_nginx_with_tls() {
     let nginx_bin = tools::nginx();
-    let server = TestServer::spawn().await;
+    let server = TestServer::spawn_with(
+        "[http]\ntrusted_proxies = [\"127.0.0.2/32\"]\n\
+         [abuse]\nauth_failures = 3\nauth_failures_forgiven_per_minute = 1\npenalty_ms = 10\n",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let cert = ca.server_cert(dir.path(), "nginx", "localhost");
@@ -145,6 +156,42 @@ async fn a_course_through_nginx_with_tls() {
         status.contains("200") && text.contains("iceServers"),
         "{text}"
     );
+
+    // The client's own address reaches kursrelay's abuse limits through nginx
+    // (X-Forwarded-For / X-Real-IP from the trusted proxy); what the client writes into
+    // X-Forwarded-For itself does not count.
+    for i in 0..4 {
+        let spoof = format!("203.0.113.{i}");
+        let (status, text, _) = https_get_with(
+            &ca,
+            https_port,
+            "/api/courses",
+            &[
+                ("Authorization", "Bearer wrong-key"),
+                ("X-Forwarded-For", &spoof),
+            ],
+        )
+        .await
+        .unwrap();
+        let want = if i < 3 { "401" } else { "429" };
+        assert!(status.contains(want), "request {i}: {text}");
+    }
+    // nginx itself (a request from 127.0.0.2 without forwarding headers) is not the one
+    // counted: the budget is the client's.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = sock.connect(server.addr).await.unwrap();
+        s.write_all(
+            format!("GET /api/courses HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
 
     // Plain HTTP only redirects.
     {

@@ -1,6 +1,7 @@
 //! Names, IP addresses and media never reach a log line: a whole session (join, publish,
-//! subscribe, a floor taken back while the client keeps sending, leave) runs through the
-//! server's own logging set-up at the most verbose level the configuration allows, and the
+//! subscribe, a floor taken back while the client keeps sending, forged join tokens and wrong
+//! admin keys from a forwarded client address until refused, a link check and an attendance
+//! export with a real token, leave) runs through the server's own logging set-up at the most verbose level the configuration allows, and the
 //! captured output is searched.
 
 mod common;
@@ -11,6 +12,13 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::json;
 use std::time::Duration;
+
+/// A client address that reaches the server only in X-Forwarded-For / X-Real-IP.
+const FORWARDED: &str = "203.0.113.99";
+/// A forged join token and a guessed admin key, both sent by the test.
+const FORGED: &str =
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzaWQiOiJndWVzcyJ9.Zm9yZ2VkLXNpZ25hdHVyZS1ndWVzcy0wMDE";
+const WRONG_KEY: &str = "guessed-admin-key-31337";
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -36,7 +44,11 @@ async fn no_names_addresses_or_media_in_logs() {
     }))
     .unwrap();
 
-    let server = TestServer::spawn().await;
+    // Behind a trusted proxy, so client addresses arrive in headers too.
+    let server = TestServer::spawn_with(
+        "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[abuse]\nauth_failures = 2\npenalty_ms = 10\n",
+    )
+    .await;
     let leader_token = server
         .token(
             "privacy",
@@ -84,6 +96,53 @@ async fn no_names_addresses_or_media_in_logs() {
         .unwrap()
         .contains("not forwarded"));
 
+    // Abuse from a forwarded address: forged join tokens until refused, wrong admin keys until
+    // refused, a link check and an attendance export with the leader's real token.
+    for _ in 0..3 {
+        let mut ws = WsClient::connect_with(&server, &[("X-Forwarded-For", FORWARDED)])
+            .await
+            .unwrap();
+        ws.send(json!({"type": "hello", "version": 1})).await;
+        ws.send(json!({"type": "join", "token": FORGED})).await;
+        ws.recv_type("error").await;
+    }
+    for _ in 0..3 {
+        let auth = format!("Bearer {WRONG_KEY}");
+        let r = http_request(
+            server.addr,
+            "GET",
+            "/api/courses",
+            &[("X-Forwarded-For", FORWARDED), ("Authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert!(r.status == 401 || r.status == 429);
+    }
+    let check = json!({"token": leader_token}).to_string();
+    let r = http_request(
+        server.addr,
+        "POST",
+        "/link-check",
+        &[
+            ("X-Real-IP", FORWARDED),
+            ("Content-Type", "application/json"),
+        ],
+        check.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let session = server.session("privacy").await;
+    let auth = format!("Bearer {leader_token}");
+    let r = http_request(
+        server.addr,
+        "GET",
+        &format!("/api/sessions/{session}/attendance"),
+        &[("X-Forwarded-For", FORWARDED), ("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
     patient.leave().await;
     patient.wait_msg(|m| m["type"] == "bye").await;
     kari.close().await;
@@ -103,6 +162,7 @@ async fn no_names_addresses_or_media_in_logs() {
         "Kari",
         "Nordmo",
         "127.0.0.1",
+        FORWARDED,
     ] {
         let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
         assert!(
@@ -113,7 +173,14 @@ async fn no_names_addresses_or_media_in_logs() {
     }
     // No credential either: the join token (and its signature alone), the admin key.
     let signature = leader_token.rsplit('.').next().unwrap();
-    for secret in [leader_token.as_str(), signature, ADMIN_KEY] {
+    for secret in [
+        leader_token.as_str(),
+        signature,
+        ADMIN_KEY,
+        FORGED,
+        FORGED.rsplit('.').next().unwrap(),
+        WRONG_KEY,
+    ] {
         assert!(!log.contains(secret), "a credential reached the log");
     }
     let dumps: Vec<&str> = log.lines().filter(|l| looks_like_a_dump(l)).collect();

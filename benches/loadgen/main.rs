@@ -189,6 +189,7 @@ impl Sfu {
             &config,
             format!(
                 "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n[log]\nfilter = \"warn\"\n\
+                 [abuse]\nwebsockets_per_address = 100000\n\
                  [auth]\nadmin_key = \"{admin_key}\"\n[db]\npath = \"{}\"\n",
                 dir.path().join("bench.db").display()
             ),

@@ -10,7 +10,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
+use super::guard::{same_secret, ClientAddr};
+use super::{AppState, MAX_BODY_BYTES};
 use crate::auth::join_link;
 use crate::db::{DbError, Invite, NewInvite, NewSession, SessionPatch, SessionState};
 use crate::ids::SessionId;
@@ -64,6 +65,10 @@ pub enum ApiError {
     /// The body is not sent as `application/json`.
     UnsupportedMediaType,
     Invalid(String),
+    /// The body is over `MAX_BODY_BYTES`.
+    TooLarge,
+    /// The client's address has used up its failure budget (`http::guard`).
+    TooManyRequests(std::time::Duration),
     Internal,
 }
 
@@ -75,7 +80,28 @@ struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::TooManyRequests(retry) = self {
+            let body = ErrorBody {
+                error: "rate_limited",
+                message: format!(
+                    "Too many failed attempts from your address; try again in {} s.",
+                    retry.as_secs()
+                ),
+            };
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry.as_secs().to_string())],
+                Json(body),
+            )
+                .into_response();
+        }
         let (status, error, message) = match self {
+            ApiError::TooManyRequests(_) => unreachable!("answered above"),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("The body is over {MAX_BODY_BYTES} bytes."),
+            ),
             ApiError::Off => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "api_off",
@@ -153,24 +179,23 @@ fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
-/// Checks the admin key in constant time.
+/// Checks the admin key in constant time (`guard::same_secret`: hashed, then compared
+/// byte for byte whatever the differences, so timing tells nothing about the key, not even
+/// its length).
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let key = &state.config.auth.admin_key;
     if key.is_empty() {
         return Err(ApiError::Off);
     }
-    let given = bearer(headers);
-    // Compare every byte whatever the differences, so timing tells nothing about the key.
-    let same = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !same_secret(bearer(headers), key) {
         return Err(ApiError::Unauthorized);
     }
     Ok(())
+}
+
+/// The client's address (`guard::client_addr`); None outside a real socket.
+fn client_addr(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ClientAddr>().and_then(|c| c.0)
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -183,13 +208,26 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        admin(s, &parts.headers)?;
-        Ok(Admin)
+        let addr = client_addr(parts);
+        let now = std::time::Instant::now();
+        // Over budget: refused before the key is looked at (registration staff work from
+        // their own machines; the CLI on the server is the way in meanwhile).
+        if let Err(over) = s.guard.over_budget(addr, now) {
+            s.guard.refused();
+            return Err(ApiError::TooManyRequests(over.retry_after));
+        }
+        match admin(s, &parts.headers) {
+            Err(ApiError::Unauthorized) => {
+                // A missing key is no guess; a wrong one is.
+                if !bearer(&parts.headers).is_empty() {
+                    s.guard.failed(addr, now);
+                }
+                Err(ApiError::Unauthorized)
+            }
+            other => other.map(|()| Admin),
+        }
     }
 }
-
-/// Largest admin API body accepted.
-const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// A JSON body whose problems are answered in the API's own error format: not JSON → 400
 /// `bad_json`, wrong content type → 415, a field missing or of the wrong kind → 422 naming
@@ -211,7 +249,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         }
         let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| ApiError::Invalid(format!("the body is over {MAX_BODY_BYTES} bytes")))?;
+            .map_err(|_| ApiError::TooLarge)?;
         parse_body(&body).map(ApiJson)
     }
 }
@@ -468,18 +506,35 @@ struct ExportQuery {
 
 /// Who may read a session's attendance: an administrator, or that session's course leader
 /// (with their own join token as the bearer). Returns who, for the audit.
+///
+/// A course leader may share a NAT address with a misbehaving machine, so even from an
+/// address over its failure budget a valid join token is accepted; the admin key is not
+/// looked at then, and a bad credential is refused (429) after the penalty delay.
 async fn attendance_reader(
     s: &AppState,
     headers: &HeaderMap,
+    addr: Option<std::net::IpAddr>,
     session_id: &str,
 ) -> Result<String, ApiError> {
-    if admin(s, headers).is_ok() {
+    let now = std::time::Instant::now();
+    let over = s.guard.over_budget(addr, now).err();
+    if over.is_none() && admin(s, headers).is_ok() {
         return Ok("admin".into());
     }
-    let claims = s
-        .tokens
-        .verify(bearer(headers), crate::auth::unix_now())
-        .map_err(|_| ApiError::UnauthorizedAttendance)?;
+    let claims = match s.tokens.verify(bearer(headers), crate::auth::unix_now()) {
+        Ok(claims) => claims,
+        Err(e) => {
+            if e != crate::auth::TokenError::Expired && !bearer(headers).is_empty() {
+                s.guard.failed(addr, now);
+            }
+            if let Some(over) = over {
+                tokio::time::sleep(s.guard.penalty()).await;
+                s.guard.refused();
+                return Err(ApiError::TooManyRequests(over.retry_after));
+            }
+            return Err(ApiError::UnauthorizedAttendance);
+        }
+    };
     let invite =
         s.db.invite(&claims.sub)
             .await
@@ -493,12 +548,13 @@ async fn attendance_reader(
 
 async fn session_attendance(
     State(s): State<AppState>,
+    axum::Extension(ClientAddr(addr)): axum::Extension<ClientAddr>,
     h: HeaderMap,
     ApiPath(id): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     // Who asks is checked before anything of the request is read.
-    let who = attendance_reader(&s, &h, &id).await?;
+    let who = attendance_reader(&s, &h, addr, &id).await?;
     let q: ExportQuery = serde_json::from_value(query_map(query.as_deref()))
         .map_err(|e| ApiError::Invalid(format!("query string: {e}")))?;
     let format = q.format.unwrap_or_else(|| "csv".into());

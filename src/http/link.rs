@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::guard::ClientAddr;
 use super::AppState;
 use crate::auth::{unix_now, TokenError};
 use crate::db::{DbError, SessionState};
@@ -60,12 +61,25 @@ impl CheckReply {
 
 pub(super) async fn check(
     State(s): State<AppState>,
+    axum::Extension(ClientAddr(addr)): axum::Extension<ClientAddr>,
     Json(req): Json<CheckRequest>,
 ) -> Result<Json<CheckReply>, super::api::ApiError> {
     let claims = match s.tokens.verify(req.token.trim(), unix_now()) {
         Ok(c) => c,
         Err(TokenError::Expired) => return Ok(CheckReply::bad(LinkState::Expired)),
-        Err(_) => return Ok(CheckReply::bad(LinkState::Invalid)),
+        Err(_) => {
+            // A guess costs like a bad join (`guard`); a valid link is answered whatever the
+            // address's budget.
+            let now = std::time::Instant::now();
+            let over = s.guard.over_budget(addr, now);
+            s.guard.failed(addr, now);
+            if let Err(over) = over {
+                tokio::time::sleep(s.guard.penalty()).await;
+                s.guard.refused();
+                return Err(super::api::ApiError::TooManyRequests(over.retry_after));
+            }
+            return Ok(CheckReply::bad(LinkState::Invalid));
+        }
     };
     let found = async {
         let session = s.db.session(&claims.sid).await?;

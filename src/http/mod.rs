@@ -9,6 +9,7 @@
 
 pub mod api;
 mod check;
+pub mod guard;
 mod headers;
 pub mod link;
 pub mod web;
@@ -31,6 +32,9 @@ use crate::db::Db;
 use crate::room::Rooms;
 use crate::sfu::Sfu;
 
+/// Largest request body any endpoint reads (the admin API, `/link-check`, `/check/offer`).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
 /// What every handler may use. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -41,6 +45,8 @@ pub struct AppState {
     pub tokens: TokenKey,
     /// Limits the connectivity check's test connections.
     pub checks: crate::sfu::CheckLimiter,
+    /// Abuse limits per client address (`guard`).
+    pub guard: guard::Guard,
     /// Cancelled on shutdown: every WebSocket task says goodbye and ends.
     pub shutdown: CancellationToken,
     /// Running WHIP (encoder) and WHEP (player) sessions.
@@ -81,6 +87,12 @@ pub fn router(state: AppState) -> Router {
             .fallback_service(ServeDir::new(web_root))
     };
     router
+        // Every body is capped: the largest legitimate one (a bulk invite list) is far below.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::client_addr,
+        ))
         .layer(axum::middleware::from_fn(headers::add))
         .with_state(state)
 }
@@ -127,6 +139,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     out.push_str(&format!(
         "# HELP kursrelay_rooms Running session rooms\n# TYPE kursrelay_rooms gauge\nkursrelay_rooms {}\n",
         state.rooms.count()
+    ));
+    let g = &state.guard.counts;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    out.push_str(&format!(
+        "# HELP kursrelay_websockets_open Open signalling WebSockets\n# TYPE kursrelay_websockets_open gauge\nkursrelay_websockets_open {}\n\
+         # HELP kursrelay_websockets_refused_total WebSockets refused: too many from one address\n# TYPE kursrelay_websockets_refused_total counter\nkursrelay_websockets_refused_total {}\n\
+         # HELP kursrelay_auth_failures_total Bad join tokens and admin keys\n# TYPE kursrelay_auth_failures_total counter\nkursrelay_auth_failures_total {}\n\
+         # HELP kursrelay_auth_refused_total Credentials refused because their address was over its failure budget\n# TYPE kursrelay_auth_refused_total counter\nkursrelay_auth_refused_total {}\n\
+         # HELP kursrelay_guard_addresses Client addresses the abuse limits track\n# TYPE kursrelay_guard_addresses gauge\nkursrelay_guard_addresses {}\n",
+        load(&g.websockets_open),
+        load(&g.websockets_refused),
+        load(&g.auth_failures),
+        load(&g.auth_refused),
+        state.guard.tracked(),
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -4,12 +4,19 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use std::net::IpAddr;
+
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use super::guard::ClientAddr;
 use super::AppState;
-use crate::protocol::{parse_client_message, ByeReason, ErrorCode, ProtocolError, ServerMessage};
+use crate::auth::{unix_now, TokenError};
+use crate::protocol::{
+    parse_client_message, ByeReason, ClientMessage, ErrorCode, ProtocolError, ServerMessage,
+};
 use crate::room::client::{Client, ClientCtx, Flow};
 
 /// Frames above this close the socket with code 1009; frames between
@@ -26,7 +33,19 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
-pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub(super) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    axum::Extension(ClientAddr(addr)): axum::Extension<ClientAddr>,
+) -> Response {
+    // Counted from here until the socket's task ends (the permit moves into it).
+    let Some(permit) = state.guard.websocket(addr) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections from your address.\n",
+        )
+            .into_response();
+    };
     ws.max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
         // tungstenite's defaults are 128 KiB each, allocated per socket: most of a member's
@@ -37,8 +56,48 @@ pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
         .on_upgrade(move |socket| {
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
-            run(socket, state).instrument(span)
+            async move {
+                run(socket, state, addr).await;
+                drop(permit);
+            }
+            .instrument(span)
         })
+}
+
+/// Before a `join` reaches the client state machine: a token whose signature does not hold
+/// (a guess, not an expired link) counts against the address's failure budget, and from an
+/// address over budget it is answered with `rate_limited` after the penalty delay and the
+/// socket closed. A valid token is never held up here: the course leader behind a busy
+/// hospital NAT still gets in.
+async fn guard_join(
+    state: &AppState,
+    addr: Option<IpAddr>,
+    token: &str,
+    client: &mut Client,
+    close_code: &mut Option<u16>,
+) -> Option<Flow> {
+    match state.tokens.verify(token, unix_now()) {
+        Ok(_) | Err(TokenError::Expired) => return None,
+        Err(_) => {}
+    }
+    let now = Instant::now();
+    let over = state.guard.over_budget(addr, now);
+    state.guard.failed(addr, now);
+    let over = over.err()?;
+    tokio::time::sleep(state.guard.penalty()).await;
+    state.guard.refused();
+    client.reject(
+        ProtocolError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Too many failed joins from your address; try again in {} s.",
+                over.retry_after.as_secs()
+            ),
+        ),
+        Some("join"),
+    );
+    *close_code = Some(CLOSE_POLICY);
+    Some(Flow::Close)
 }
 
 /// Token bucket: `rate` messages per second sustained, `burst` at once.
@@ -72,7 +131,7 @@ impl RateLimit {
     }
 }
 
-async fn run(mut socket: WebSocket, state: AppState) {
+async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
     let limits = &state.config.signalling;
     let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
     let mut client = Client::new(ClientCtx {
@@ -106,7 +165,14 @@ async fn run(mut socket: WebSocket, state: AppState) {
                         match parse_client_message(text.as_str()) {
                             Ok(msg) => {
                                 tracing::debug!(kind = msg.type_name(), "client message");
-                                client.handle_message(msg).await
+                                let refused = match &msg {
+                                    ClientMessage::Join { token, .. } => guard_join(&state, addr, token, &mut client, &mut close_code).await,
+                                    _ => None,
+                                };
+                                match refused {
+                                    Some(flow) => flow,
+                                    None => client.handle_message(msg).await,
+                                }
                             }
                             Err((err, request)) => {
                                 client.reject(err, request.as_deref());

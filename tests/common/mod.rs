@@ -4,7 +4,7 @@
 
 pub mod chromium;
 pub mod coturn;
-pub mod lossy;
+pub mod netsim;
 pub mod pki;
 pub mod tools;
 
@@ -257,7 +257,72 @@ pub struct WsClient {
     >,
 }
 
+/// A plain HTTP/1.1 reply: status, the header block (lower-cased), the body.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), with extra headers.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).await.expect("write");
+    // The server may answer (and close) before it has read a large body: that is the point
+    // of a body limit, so a failed write of the rest is fine.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    HttpReply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
 impl WsClient {
+    /// Connects with extra handshake headers (e.g. `X-Forwarded-For` through a trusted proxy).
+    /// Err carries the HTTP status when the server refused the upgrade.
+    pub async fn connect_with(
+        server: &TestServer,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = server.ws_url().into_client_request().expect("ws request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(WsClient { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("ws connect: {e}"),
+        }
+    }
+
     pub async fn connect(server: &TestServer) -> WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await
@@ -453,8 +518,6 @@ pub struct ReceivedTrack {
 
 #[derive(Default)]
 struct Shared {
-    /// A runtime for this peer's connections (a lossy one), instead of plain tokio.
-    runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
     inbox: Mutex<Vec<serde_json::Value>>,
     inbox_changed: Notify,
     /// Tracks the latest subscribe offer listed.
@@ -464,6 +527,10 @@ struct Shared {
     /// While set, the publisher's sending tasks send nothing (a client that stopped its
     /// tracks); they go on where they were when it is cleared.
     paused: AtomicBool,
+    /// If set, every UDP datagram of this peer's media goes through this impaired link.
+    link: Option<Arc<netsim::Link>>,
+    /// When each received packet arrived (same order as `ReceivedTrack::packets`).
+    arrivals: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
 enum Cmd {
@@ -524,34 +591,29 @@ impl TestPeer {
 
     /// Like `connect`, for a server in another process.
     pub async fn connect_url(ws_url: &str, token: &str, name: Option<&str>) -> TestPeer {
-        Self::connect_with(ws_url, token, name, None).await
+        Self::connect_with_link(ws_url, token, name, None).await
     }
 
-    /// Joins session `label` as a participant whose media sockets lose what `plan` says.
-    pub async fn join_lossy(
+    /// Like `connect`, with the peer's media going through an impaired link (`netsim`).
+    pub async fn connect_impaired(
         server: &TestServer,
-        label: &str,
-        name: &str,
-        plan: Arc<lossy::LossPlan>,
+        token: &str,
+        link: Arc<netsim::Link>,
     ) -> TestPeer {
-        let token = server
-            .token(label, Role::Participant, Some(name), false)
-            .await;
-        let runtime: Arc<dyn webrtc::runtime::Runtime> = Arc::new(lossy::LossyRuntime { plan });
-        Self::connect_with(&server.ws_url(), &token, None, Some(runtime)).await
+        Self::connect_with_link(&server.ws_url(), token, None, Some(link)).await
     }
 
-    async fn connect_with(
+    async fn connect_with_link(
         ws_url: &str,
         token: &str,
         name: Option<&str>,
-        runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
+        link: Option<Arc<netsim::Link>>,
     ) -> TestPeer {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .expect("ws connect");
         let shared = Arc::new(Shared {
-            runtime,
+            link,
             ..Shared::default()
         });
         let (cmds, rx) = mpsc::channel(64);
@@ -710,6 +772,17 @@ impl TestPeer {
     }
 
     /// Packets received on the track the server calls `track_id`.
+    /// When each packet of `track_id` arrived, in arrival order.
+    pub fn arrivals(&self, track_id: &str) -> Vec<Instant> {
+        self.shared
+            .arrivals
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn received_count(&self, track_id: &str) -> usize {
         self.shared
             .received
@@ -778,6 +851,13 @@ impl PeerConnectionEventHandler for PeerHandler {
             let id = track.track_id().await;
             while let Some(ev) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    shared
+                        .arrivals
+                        .lock()
+                        .unwrap()
+                        .entry(id.clone())
+                        .or_default()
+                        .push(Instant::now());
                     let mut map = shared.received.lock().unwrap();
                     map.entry(id.clone()).or_default().packets.push((
                         p.header.ssrc,
@@ -791,26 +871,20 @@ impl PeerConnectionEventHandler for PeerHandler {
     }
 }
 
-async fn new_pc(
-    handler: PeerHandler,
-    runtime: Option<Arc<dyn webrtc::runtime::Runtime>>,
-) -> Arc<dyn PeerConnection> {
+async fn new_pc(handler: PeerHandler) -> Arc<dyn PeerConnection> {
     let (media_engine, registry) = kursrelay::sfu::media_setup().expect("media setup");
-    let builder = PeerConnectionBuilder::new();
-    let builder = match runtime {
-        Some(r) => builder.with_runtime(r),
-        None => builder,
-    };
-    let pc = builder
+    let link = handler.shared.link.clone();
+    let builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(handler))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-        .build()
-        .await
-        .expect("build test peer connection");
-    Arc::new(pc)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()]);
+    let builder = match link {
+        Some(link) => builder.with_runtime(Arc::new(netsim::ImpairedRuntime { link })),
+        None => builder,
+    };
+    Arc::new(builder.build().await.expect("build test peer connection"))
 }
 
 fn candidate_json(init: &RTCIceCandidateInit) -> serde_json::Value {
@@ -872,7 +946,7 @@ async fn peer_task(
                     "subscribe_offer" if ignore_offers => {}
                     "subscribe_offer" => {
                         if sub_pc.is_none() {
-                            sub_pc = Some(new_pc(handler("subscribe"), shared.runtime.clone()).await);
+                            sub_pc = Some(new_pc(handler("subscribe")).await);
                         }
                         let pc = sub_pc.as_ref().unwrap();
                         let offer = RTCSessionDescription::offer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
@@ -927,7 +1001,7 @@ async fn peer_task(
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Raw(text)) => { if sink.send(Message::text(text)).await.is_err() { break; } }
                 Some(Cmd::Publish(spec, reply)) => {
-                    let pc = new_pc(handler("publish"), shared.runtime.clone()).await;
+                    let pc = new_pc(handler("publish")).await;
                     let mut tracks = Vec::new();
                     let mut descs = Vec::new();
                     let plan = [

@@ -98,6 +98,16 @@ pub async fn https_get(
     port: u16,
     path: &str,
 ) -> Result<(String, String, Vec<u8>), String> {
+    https_get_with(ca, port, path, &[]).await
+}
+
+/// `https_get` with extra request headers.
+pub async fn https_get_with(
+    ca: &TestCa,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(String, String, Vec<u8>), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -115,8 +125,13 @@ pub async fn https_get(
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n")
+            .as_bytes(),
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -1,0 +1,392 @@
+//! Bad networks, black-box: the server is untouched; a test peer's media goes through a
+//! userspace impairer (`common::netsim`: loss, delay, a dead link, in each direction at the
+//! peer's own UDP sockets — it stands in for `tc netem`, which this kernel lacks). What is
+//! judged is what the peers see through the server's public behaviour (signalling and media),
+//! so the tests stay valid when the media engine changes (issue 9).
+//!
+//! Video is the harness's synthetic VP8 stream: 50 frames a second, one packet per frame, a
+//! keyframe every 100 frames and on every keyframe request. A receiving "decoder" is
+//! modelled: frame n can be shown if it is a keyframe, or frame n-1 was shown and n arrived
+//! (a lost frame breaks the chain until the next keyframe, as with VP8 without error
+//! concealment); it is shown when it and its predecessor have arrived. A freeze is a gap
+//! between shown frames over max(3 × 20 ms, 20 ms + 150 ms) = 170 ms (the definition
+//! Chromium's `freezeCount` uses) that is also 150 ms longer than the publisher took between
+//! the two frames (the payload carries its send time), so a stall of the test publisher on
+//! this shared machine is not counted as the network's. Figures are printed (`--nocapture`); the assertions are on
+//! behaviour with wide margins, never on tight timing (set `KURSRELAY_STRICT_TIMING=1` to
+//! also hold the 2 s rejoin bound of issue 14).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::netsim::Link;
+use common::*;
+use kursrelay::attendance::{self, Kind, LeftReason};
+use kursrelay::protocol::Role;
+
+const FREEZE: Duration = Duration::from_millis(170);
+
+/// What a subscriber's decoder made of a video track.
+#[derive(Debug, Default)]
+struct Decoded {
+    /// Frames the publisher sent from the subscriber's first keyframe to the end of the window.
+    sent: usize,
+    received: usize,
+    /// Received after a later frame: retransmissions (NACK) — the impairer keeps order.
+    late: usize,
+    /// Arrived more than once (a retransmission of a frame that had arrived after all).
+    dups: usize,
+    shown: usize,
+    freezes: usize,
+    frozen: Duration,
+    /// When the last frame was shown.
+    last_shown: Option<Instant>,
+    first_shown: Option<Instant>,
+}
+
+impl std::fmt::Display for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {} frames, received {} ({:.1} %; {} late = retransmitted, {} duplicates), decoded {} ({:.1} %), {} freezes ({} ms frozen)",
+            self.sent,
+            self.received,
+            100.0 * self.received as f64 / self.sent.max(1) as f64,
+            self.late,
+            self.dups,
+            self.shown,
+            100.0 * self.shown as f64 / self.sent.max(1) as f64,
+            self.freezes,
+            self.frozen.as_millis()
+        )
+    }
+}
+
+/// Runs the decoder model over what `peer` received on `track_id` of `sent`, up to frame
+/// `until` (exclusive, so frames still in flight are not counted as lost).
+fn decode(peer: &TestPeer, track_id: &str, sent: &SentTrack, until: u32) -> Decoded {
+    let codec = Some(VideoCodec::Vp8);
+    let arrivals = peer.arrivals(track_id);
+    let sent_frames = sent.sent.lock().unwrap();
+    // Only packets that are byte for byte what the publisher sent count (padding, probes or
+    // anything else the stack may deliver are not frames).
+    let mut got: BTreeMap<u32, Instant> = BTreeMap::new();
+    let (mut late, mut dups) = (0, 0);
+    let mut highest = None;
+    peer.with_received(track_id, |r| {
+        for ((_, _, _, payload), at) in r.packets.iter().zip(&arrivals) {
+            if payload.len() < 6 {
+                continue;
+            }
+            let seq = payload_seq(codec, payload);
+            if sent_frames.get(&seq) != Some(payload) {
+                continue;
+            }
+            if got.contains_key(&seq) {
+                dups += 1;
+                continue;
+            }
+            if highest.is_some_and(|h| seq < h) {
+                late += 1;
+            }
+            highest = highest.max(Some(seq));
+            got.insert(seq, *at);
+        }
+    });
+    let keyframe = |seq: u32| sent_frames.get(&seq).is_some_and(|p| p[1] == 0x00);
+    // The send time the payload carries (µs since the publisher's start).
+    let sent_us = |seq: u32| {
+        sent_frames.get(&seq).map_or(0, |p| {
+            u64::from_be_bytes(p[6..14].try_into().expect("send time"))
+        })
+    };
+    let Some(first) = got.keys().copied().find(|s| keyframe(*s)) else {
+        return Decoded::default();
+    };
+    let mut d = Decoded {
+        sent: (first..until)
+            .filter(|s| sent_frames.contains_key(s))
+            .count(),
+        late,
+        dups,
+        ..Decoded::default()
+    };
+    let mut prev_shown: Option<(u32, Instant)> = None;
+    for seq in first..until {
+        let Some(&at) = got.get(&seq) else { continue };
+        d.received += 1;
+        let chained = prev_shown.is_some_and(|(p, _)| p + 1 == seq);
+        if !(keyframe(seq) || chained) {
+            continue;
+        }
+        let shown_at = prev_shown.map_or(at, |(_, t)| at.max(t));
+        if let Some((p, t)) = prev_shown {
+            // Beyond what the publisher itself took between the two frames: a stall of the
+            // test publisher on this shared machine is not the network's freeze.
+            let gap = shown_at.saturating_duration_since(t);
+            let sent_gap = Duration::from_micros(sent_us(seq).saturating_sub(sent_us(p)));
+            if gap > FREEZE && gap.saturating_sub(sent_gap) > FREEZE - Duration::from_millis(20) {
+                d.freezes += 1;
+                d.frozen += gap;
+            }
+        }
+        d.first_shown.get_or_insert(shown_at);
+        d.last_shown = Some(shown_at);
+        d.shown += 1;
+        prev_shown = Some((seq, shown_at));
+    }
+    d
+}
+
+fn highest_sent(sent: &SentTrack) -> u32 {
+    sent.sent.lock().unwrap().keys().copied().max().unwrap_or(0)
+}
+
+fn camera_spec() -> PublishSpec {
+    PublishSpec {
+        camera: Some(VideoCodec::Vp8),
+        microphone: false,
+        screen: None,
+        video_pps: 50,
+        keyframe_every: 100,
+    }
+}
+
+/// 5 % loss and 100 ms delay each way, as the issue asks (see `netsim` for "each way").
+fn bad_link() -> std::sync::Arc<Link> {
+    Link::new(0.05, Duration::from_millis(100))
+}
+
+const RUN: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_delay_on_a_subscriber_link() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "net-sub", "Ola").await;
+    let sent = leader.publish(camera_spec()).await;
+    let clean = TestPeer::join(&server, "net-sub", "Kari").await;
+    let link = bad_link();
+    let token = server
+        .token("net-sub", Role::Participant, Some("Per"), false)
+        .await;
+    let impaired = TestPeer::connect_impaired(&server, &token, link.clone()).await;
+    // The impairer set to nothing: shows that the tool itself loses nothing.
+    let token = server
+        .token("net-sub", Role::Participant, Some("Ida"), false)
+        .await;
+    let zero = TestPeer::connect_impaired(&server, &token, Link::new(0.0, Duration::ZERO)).await;
+    let clean_cam = clean.wait_offered(&leader.member_id, "camera").await;
+    let zero_cam = zero.wait_offered(&leader.member_id, "camera").await;
+    let bad_cam = impaired.wait_offered(&leader.member_id, "camera").await;
+    let started = highest_sent(&sent[0]);
+    tokio::time::sleep(RUN).await;
+    // Frames sent up to half a second ago must have arrived (or been lost for good).
+    let until = highest_sent(&sent[0]) - 25;
+    let c = decode(&clean, &clean_cam, &sent[0], until);
+    let b = decode(&impaired, &bad_cam, &sent[0], until);
+    let z = decode(&zero, &zero_cam, &sent[0], until);
+    eprintln!(
+        "subscriber link 5 % / 100 ms each way, {} s:",
+        RUN.as_secs()
+    );
+    eprintln!("  clean subscriber:    {c}");
+    eprintln!("  impairer at 0 / 0:   {z}");
+    eprintln!("  impaired subscriber: {b}");
+    eprintln!(
+        "  {}; keyframe requests at the publisher: {}",
+        link.summary(),
+        sent[0].plis.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(until > started + 200, "the publisher hardly sent anything");
+    // Video keeps decoding on the impaired link: most frames, and still at the end.
+    assert!(b.shown * 2 > b.sent, "impaired: {b}");
+    assert!(
+        b.last_shown
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3)),
+        "the impaired subscriber stopped decoding: {b}"
+    );
+    assert!(c.shown * 10 >= c.sent * 8, "clean: {c}");
+    assert!(z.shown * 10 >= z.sent * 8, "impairer at zero: {z}");
+    assert!(
+        !impaired.socket_closed(),
+        "the impaired subscriber was dropped"
+    );
+    leader.close().await;
+    clean.close().await;
+    impaired.close().await;
+    zero.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_delay_on_the_publisher_link() {
+    let server = TestServer::spawn().await;
+    let link = bad_link();
+    let token = server
+        .token("net-pub", Role::Leader, Some("Ola"), false)
+        .await;
+    let leader = TestPeer::connect_impaired(&server, &token, link.clone()).await;
+    let sent = leader.publish(camera_spec()).await;
+    let subs = [
+        TestPeer::join(&server, "net-pub", "Kari").await,
+        TestPeer::join(&server, "net-pub", "Per").await,
+    ];
+    let mut cams = Vec::new();
+    for s in &subs {
+        cams.push(s.wait_offered(&leader.member_id, "camera").await);
+    }
+    tokio::time::sleep(RUN).await;
+    let until = highest_sent(&sent[0]) - 25;
+    eprintln!("publisher link 5 % / 100 ms each way, {} s:", RUN.as_secs());
+    for (s, cam) in subs.iter().zip(&cams) {
+        let d = decode(s, cam, &sent[0], until);
+        eprintln!("  subscriber: {d}");
+        assert!(d.shown * 2 > d.sent, "{d}");
+        assert!(
+            d.last_shown
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(3)),
+            "stopped decoding: {d}"
+        );
+    }
+    eprintln!(
+        "  {}; keyframe requests at the publisher: {}",
+        link.summary(),
+        sent[0].plis.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    leader.close().await;
+    for s in subs {
+        s.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_drops_and_rejoins_is_seen_again_quickly() {
+    let server = TestServer::spawn().await;
+    let token = server
+        .token("net-rejoin", Role::Leader, Some("Ola"), false)
+        .await;
+    let leader = TestPeer::connect(&server, &token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let sent = leader.publish(camera_spec()).await;
+    let sub = TestPeer::join(&server, "net-rejoin", "Kari").await;
+    let cam = sub.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || sub.received_count(&cam) > 50).await);
+
+    // The publisher's machine loses its network: media and signalling gone, no goodbye.
+    leader.kill_media().await;
+    leader.drop_socket().await;
+    drop(leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // It comes back with the same link and publishes again.
+    let rejoined_at = Instant::now();
+    let back = TestPeer::connect(&server, &token, None).await;
+    back.wait_msg(|m| m["type"] == "joined").await;
+    let sent2 = back.publish(camera_spec()).await;
+    let published_at = Instant::now();
+    let cam2 = sub.wait_offered(&back.member_id, "camera").await;
+    assert!(
+        wait_until(TIMEOUT, || {
+            let until = highest_sent(&sent2[0]) + 1;
+            decode(&sub, &cam2, &sent2[0], until).shown > 0
+        })
+        .await,
+        "the subscriber never decoded the rejoined publisher"
+    );
+    let d = decode(&sub, &cam2, &sent2[0], highest_sent(&sent2[0]) + 1);
+    let first = d.first_shown.expect("shown");
+    let after_rejoin = first.duration_since(rejoined_at);
+    let after_publish = first.saturating_duration_since(published_at);
+    eprintln!(
+        "publisher rejoin: first decoded frame {} ms after the new join was sent, {} ms after its publish was answered ({} frames sent before the drop)",
+        after_rejoin.as_millis(),
+        after_publish.as_millis(),
+        highest_sent(&sent[0])
+    );
+    let bound = if std::env::var("KURSRELAY_STRICT_TIMING").is_ok() {
+        Duration::from_secs(2)
+    } else {
+        // A loaded 2-core CI box: behaviour, not speed (the figure is in RELIABILITY.md).
+        Duration::from_secs(15)
+    };
+    assert!(after_rejoin < bound, "{after_rejoin:?}");
+    back.close().await;
+    sub.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_link_that_dies_silently_is_cleaned_up_and_counted() {
+    // The test server's ICE timeouts: disconnected after 1 s, failed 2 s after that.
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "net-dead", "Ola").await;
+    leader.publish(camera_spec()).await;
+    let link = Link::new(0.0, Duration::ZERO);
+    let (invite, token) = server
+        .token_with("net-dead", Role::Participant, Some("Kari"), false, None)
+        .await;
+    let sub = TestPeer::connect_impaired(&server, &token, link.clone()).await;
+    let cam = sub.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || sub.received_count(&cam) > 20).await);
+    let peers_before = server.live().peer_connections;
+
+    link.set_down(true);
+    let died_at = Instant::now();
+    let died_ms = attendance::now_ms();
+    let bye = sub.wait_msg(|m| m["type"] == "bye").await;
+    let noticed = died_at.elapsed();
+    // The leader is told the member left: a roster without them.
+    let member = sub.member_id.clone();
+    leader
+        .wait_msg(|m| {
+            m["type"] == "roster"
+                && !m["members"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x["member_id"] == member.as_str()))
+        })
+        .await;
+    assert!(
+        wait_until(TIMEOUT, || server.live().peer_connections < peers_before).await,
+        "the dead subscriber's connection was never closed"
+    );
+    // The leave is committed by the attendance writer shortly after the room let go.
+    let sid = server.session("net-dead").await;
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = attendance::events(&server.state.db, &sid).await.unwrap();
+        if events
+            .iter()
+            .any(|e| e.invite_id == invite && matches!(e.kind, Kind::Left(_)))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mine: Vec<_> = events.iter().filter(|e| e.invite_id == invite).collect();
+    let joins = mine.iter().filter(|e| e.kind == Kind::Joined).count();
+    let lefts: Vec<_> = mine
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Left(_)))
+        .collect();
+    eprintln!(
+        "dead subscriber link: bye {} after {} ms (ICE disconnected 1000 + failed 2000 ms configured); attendance left {:?} at +{} ms",
+        bye["reason"],
+        noticed.as_millis(),
+        lefts.first().map(|e| e.kind),
+        lefts.first().map_or(0, |e| e.at_ms - died_ms)
+    );
+    assert_eq!(bye["reason"], "peer_failed", "{bye}");
+    assert_eq!((joins, lefts.len()), (1, 1), "{mine:?}");
+    assert_eq!(lefts[0].kind, Kind::Left(LeftReason::Dropped), "{mine:?}");
+    // Counted as present until the link died, not until the server noticed … at most the
+    // ICE timeouts later (plus slack for a loaded machine).
+    assert!(
+        noticed >= Duration::from_secs(1),
+        "gone before any ICE timeout: {noticed:?}"
+    );
+    assert!(noticed < Duration::from_secs(30), "{noticed:?}");
+    let summary: HashMap<&str, i64> = HashMap::from([("joins", joins as i64)]);
+    assert_eq!(summary["joins"], 1);
+    leader.close().await;
+    sub.close().await;
+}
