@@ -324,7 +324,12 @@ async fn lost_packets_are_sent_again_from_the_track_cache() {
     let link = common::netsim::Link::new(0.0, Duration::ZERO);
     *link.plan.lock().unwrap() = Some(common::netsim::LossPlan::new(vec![20, 45, 70], 400));
     let token = server
-        .token("nack", kursrelay::protocol::Role::Participant, Some("Kari"), false)
+        .token(
+            "nack",
+            kursrelay::protocol::Role::Participant,
+            Some("Kari"),
+            false,
+        )
         .await;
     let viewer = TestPeer::connect_impaired(&server, &token, link.clone()).await;
     let id = viewer.wait_offered(&publisher.member_id, "camera").await;

@@ -72,8 +72,7 @@ impl LossPlan {
     }
 
     fn drops(&mut self, d: &[u8]) -> bool {
-        if d.len() <= self.min_len || !(128..=191).contains(&d[0]) || (192..=223).contains(&d[1])
-        {
+        if d.len() <= self.min_len || !(128..=191).contains(&d[0]) || (192..=223).contains(&d[1]) {
             return false;
         }
         let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
