@@ -49,9 +49,36 @@ pub struct DownTrack {
     /// Sent so far, for sender reports.
     pub(crate) packets_sent: AtomicU32,
     pub(crate) octets_sent: AtomicU32,
+    /// While a newcomer is sent the cached GOP: CATCHING_UP | the next sequence number to send.
+    pub(crate) catchup: AtomicU32,
 }
 
+const CATCHING_UP: u32 = 1 << 16;
+
 impl DownTrack {
+    pub(crate) fn is_catching_up(&self) -> bool {
+        self.catchup.load(Ordering::Relaxed) & CATCHING_UP != 0
+    }
+
+    pub(crate) fn start_catchup(&self, from: u16) {
+        self.catchup
+            .store(CATCHING_UP | u32::from(from), Ordering::Relaxed);
+    }
+
+    pub(crate) fn catchup_next(&self) -> Option<u16> {
+        let v = self.catchup.load(Ordering::Relaxed);
+        (v & CATCHING_UP != 0).then_some(v as u16)
+    }
+
+    pub(crate) fn set_catchup_next(&self, next: u16) {
+        self.catchup
+            .store(CATCHING_UP | u32::from(next), Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_catchup(&self) {
+        self.catchup.store(0, Ordering::Relaxed);
+    }
+
     pub fn member(&self) -> MemberId {
         self.member
     }
@@ -418,6 +445,7 @@ impl FanoutHarness {
                     roc: AtomicU32::new(0),
                     packets_sent: AtomicU32::new(0),
                     octets_sent: AtomicU32::new(0),
+                    catchup: AtomicU32::new(0),
                 })
             })
             .collect();

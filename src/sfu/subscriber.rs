@@ -242,6 +242,7 @@ impl Subscriber {
                 roc: AtomicU32::new(0),
                 packets_sent: AtomicU32::new(0),
                 octets_sent: AtomicU32::new(0),
+                catchup: AtomicU32::new(0),
             });
             entry.down = Some(down.clone());
             ready.push(down);

@@ -75,6 +75,11 @@ impl TrackCache {
         self.gop_start.is_some()
     }
 
+    /// The newest sequence number stored.
+    pub(crate) fn latest(&self) -> Option<u16> {
+        self.latest
+    }
+
     pub(crate) fn get(&self, seq: u16) -> Option<&Cached> {
         self.ring[seq as usize % SLOTS]
             .as_ref()

@@ -57,6 +57,8 @@ const RECV_CALLS_PER_TURN: usize = 8;
 const MAX_IDLE: Duration = Duration::from_millis(20);
 /// Datagrams per second one remote address may send before the rest is dropped.
 const FLOOD_LIMIT_PER_SECOND: u32 = 8000;
+/// Cached GOP packets sent per newcomer per loop turn (turns come at least every 20 ms).
+const GOP_PACKETS_PER_TURN: usize = 24;
 /// How often connections are checked for a silent client.
 const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// Send buffers kept for reuse.
@@ -233,6 +235,7 @@ pub(crate) fn start(
         forwards: Vec::with_capacity(64),
         feedback: Feedback::default(),
         caches: HashMap::new(),
+        catchups: Vec::new(),
         next_liveness: Instant::now(),
         backlog: false,
         epoch: Instant::now(),
@@ -401,6 +404,11 @@ struct Engine {
     forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
     /// NACKs and sender reports taken from a connection, waiting for the engine (reused).
     feedback: Feedback,
+    /// Newcomers being sent a cached GOP, paced (`pace_catchups`).
+    catchups: Vec<(
+        Arc<super::forwarder::Feed>,
+        Arc<super::forwarder::DownTrack>,
+    )>,
     /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
     caches: HashMap<u64, (Arc<super::forwarder::Feed>, cache::TrackCache)>,
     next_liveness: Instant,
@@ -452,6 +460,7 @@ impl Engine {
                 Err(()) => break,
             }
             self.timers_due(Instant::now());
+            self.pace_catchups(Instant::now());
             self.keyframe_requests(Instant::now());
             self.liveness(Instant::now());
             self.flush_all();
@@ -750,45 +759,21 @@ impl Engine {
                 continue;
             }
             // A newcomer starts from the cached GOP (the last keyframe and everything since)
-            // instead of waiting for a keyframe request to come back.
-            if !keyframe && down.is_newcomer() {
-                if let (Some((sealer, dest)), Some((_, cache))) =
-                    (conn.lean(), self.caches.get(&feed.id))
+            // instead of waiting for a keyframe request to come back. The GOP is paced out by
+            // `pace_catchups`; until it has caught up, live packets reach it from the cache.
+            if down.is_catching_up() {
+                continue;
+            }
+            if !keyframe && down.is_newcomer() && conn.lean().is_some() {
+                if let Some((start, _)) = self
+                    .caches
+                    .get(&feed.id)
+                    .and_then(|(_, c)| c.gop_until(seq_in.wrapping_sub(1)))
                 {
-                    if let Some((start, until)) = cache.gop_until(seq_in.wrapping_sub(1)) {
-                        let mut s = start;
-                        loop {
-                            if let (Some(c), Some((seq, roc))) =
-                                (cache.get(s), down.admit(s, s == start))
-                            {
-                                down.count(c.payload.len());
-                                let mut buf = self.out.pool.pop().unwrap_or_default();
-                                if sealer.seal(
-                                    &mut buf,
-                                    c.marker,
-                                    down.payload_type,
-                                    seq,
-                                    c.timestamp,
-                                    down.ssrc,
-                                    roc,
-                                    &c.payload,
-                                ) {
-                                    sealed += 1;
-                                    sent += 1;
-                                    self.out.emit(TaggedBytesMut {
-                                        now,
-                                        transport: dest,
-                                        message: buf,
-                                    });
-                                }
-                            }
-                            if s == until {
-                                break;
-                            }
-                            s = s.wrapping_add(1);
-                        }
-                        self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
-                    }
+                    down.start_catchup(start);
+                    self.catchups.push((feed.clone(), down.clone()));
+                    self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
             }
             let Some((seq, roc)) = down.admit(seq_in, keyframe) else {
@@ -847,6 +832,86 @@ impl Engine {
                 .packets_dropped
                 .fetch_add(dropped, Ordering::Relaxed);
         }
+    }
+
+    /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn
+    /// each (a 50 KB keyframe to many newcomers at once would otherwise be one burst); when
+    /// one reaches the newest cached packet it goes on with the live stream.
+    fn pace_catchups(&mut self, now: Instant) {
+        if self.catchups.is_empty() {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.catchups);
+        let mut sent = 0u64;
+        list.retain(|(feed, down)| {
+            let live = feed.downs.load().iter().any(|d| Arc::ptr_eq(d, down));
+            let conn = self
+                .conns
+                .get(down.conn.slot as usize)
+                .filter(|s| s.gen == down.conn.gen)
+                .and_then(|s| s.conn.as_ref());
+            let (Some(conn), Some((_, cache)), true) = (conn, self.caches.get(&feed.id), live)
+            else {
+                down.end_catchup();
+                return false;
+            };
+            let Some((sealer, dest)) = conn.lean() else {
+                down.end_catchup();
+                return false;
+            };
+            for _ in 0..GOP_PACKETS_PER_TURN {
+                let Some(next) = down.catchup_next() else {
+                    return false;
+                };
+                let Some(c) = cache.get(next) else {
+                    if cache
+                        .latest()
+                        .is_some_and(|l| l.wrapping_sub(next) >= 0x8000)
+                    {
+                        // Caught up: the next packet is the live one.
+                        down.end_catchup();
+                    } else {
+                        // Pushed out of the cache before it was sent: start over at a keyframe.
+                        down.end_catchup();
+                        down.lost();
+                    }
+                    return false;
+                };
+                down.set_catchup_next(next.wrapping_add(1));
+                let Some((seq, roc)) = down.admit(next, true) else {
+                    continue;
+                };
+                down.count(c.payload.len());
+                let mut buf = self.out.pool.pop().unwrap_or_default();
+                if sealer.seal(
+                    &mut buf,
+                    c.marker,
+                    down.payload_type,
+                    seq,
+                    c.timestamp,
+                    down.ssrc,
+                    roc,
+                    &c.payload,
+                ) {
+                    sent += 1;
+                    self.out.emit(TaggedBytesMut {
+                        now,
+                        transport: dest,
+                        message: buf,
+                    });
+                }
+            }
+            true
+        });
+        // Newcomers added while this ran (none: fan-out does not run here) and the rest.
+        list.append(&mut self.catchups);
+        self.catchups = list;
+        self.metrics
+            .packets_forwarded
+            .fetch_add(sent, Ordering::Relaxed);
+        self.metrics
+            .packets_sealed
+            .fetch_add(sent, Ordering::Relaxed);
     }
 
     fn flush_all(&mut self) {
