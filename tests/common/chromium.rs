@@ -320,6 +320,21 @@ impl Chromium {
         }
     }
 
+    /// Polls `expr` until it is truthy; false after `secs` seconds.
+    pub async fn try_wait_for(&mut self, page: &Page, expr: &str, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.eval(page, expr).await;
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Presses a key (e.g. "Tab", "Enter", " ") as the keyboard would.
     pub async fn key(&mut self, page: &Page, key: &str) {
         let (code, vk, text) = match key {
