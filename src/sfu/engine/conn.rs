@@ -282,6 +282,16 @@ impl Conn {
         self.connected
     }
 
+    /// Described but not connected yet, and not given up on.
+    pub(crate) fn is_connecting(&self) -> bool {
+        self.has_remote && !self.connected && !self.failed_reported
+    }
+
+    /// Runs whatever timers are due (rtc checks each against `now`).
+    pub(crate) fn run_timers(&mut self, now: Instant) {
+        let _ = self.pc.handle_timeout(now);
+    }
+
     /// Feeds one datagram in. False if the connection refused it.
     pub(crate) fn handle_datagram(
         &mut self,

@@ -973,10 +973,25 @@ impl Engine {
             .expire(now, &self.out.poller, |peer| demux.is_bound(peer));
         self.caches.retain(|_, (feed, _)| !feed.is_ended());
         let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
-        for slot in &mut self.conns {
+        let mut connecting = Vec::new();
+        for (i, slot) in self.conns.iter_mut().enumerate() {
             if let Some(c) = slot.conn.as_mut() {
                 c.check_silence(now, limit);
+                if c.is_connecting() {
+                    connecting.push(ConnKey {
+                        slot: i as u32,
+                        gen: slot.gen,
+                    });
+                }
             }
+        }
+        // Belt and braces for handshakes: a connection still setting up (ICE, DTLS with its
+        // retransmissions) gets its timers run now and then even if a deadline was not filed.
+        for key in connecting {
+            if let Some(c) = self.conn_mut(key) {
+                c.run_timers(now);
+            }
+            self.service(key, now);
         }
     }
 
