@@ -379,7 +379,7 @@ impl Conn {
     }
 
     /// Turns rtc events into member-task events and feeds. True if a feed appeared.
-    pub(crate) fn poll_events(&mut self, settings: &MediaSettings, metrics: &Metrics) -> bool {
+    pub(crate) fn poll_events(&mut self, metrics: &Metrics) -> bool {
         let mut new_feed = false;
         while let Some(event) = self.pc.poll_event() {
             match event {
@@ -409,13 +409,8 @@ impl Conn {
                     }
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    let started = self.start_feed(
-                        init.receiver_id,
-                        init.track_id,
-                        init.ssrc,
-                        settings,
-                        metrics,
-                    );
+                    let started =
+                        self.start_feed(init.receiver_id, init.track_id, init.ssrc, metrics);
                     new_feed |= started;
                 }
                 RTCPeerConnectionEvent::OnTrack(
@@ -434,7 +429,6 @@ impl Conn {
         receiver: RTCRtpReceiverId,
         track_id: String,
         ssrc: u32,
-        _settings: &MediaSettings,
         metrics: &Metrics,
     ) -> bool {
         let Some(publish) = self.publish.clone() else {
@@ -444,7 +438,7 @@ impl Conn {
         if self.incoming.iter().any(|i| i.track_id == track_id) {
             return false;
         }
-        let Some(mut rx) = self.pc.rtp_receiver(receiver) else {
+        let Some(rx) = self.pc.rtp_receiver(receiver) else {
             return false;
         };
         let track = rx.track();
@@ -456,7 +450,6 @@ impl Conn {
             tracing::warn!("published track has no negotiated codec; not forwarding it");
             return false;
         };
-        let _ = rx.get_parameters();
         let source = source_of(
             &publish
                 .sources

@@ -608,7 +608,7 @@ impl Engine {
         }
         let mut forwards = std::mem::take(&mut self.forwards);
         let mut feedback = std::mem::take(&mut self.feedback);
-        let became_publisher = conn.poll_events(&self.settings, &self.metrics);
+        let became_publisher = conn.poll_events(&self.metrics);
         conn.refresh_keys();
         conn.poll_reads(now, &self.metrics, &mut forwards, &mut feedback);
         let deadline = conn.next_deadline();
@@ -1182,7 +1182,6 @@ pub struct MediaPortHarness {
     key: ConnKey,
     local: SocketAddr,
     metrics: Metrics,
-    settings: MediaSettings,
     forwards: Vec<(Arc<super::forwarder::Feed>, rtc::rtp::Packet)>,
     feedback: Feedback,
     _events: tokio::sync::mpsc::Receiver<PeerEvent>,
@@ -1223,7 +1222,6 @@ impl MediaPortHarness {
             key,
             local,
             metrics: Metrics::default(),
-            settings,
             forwards: Vec::new(),
             feedback: Feedback::default(),
             _events: rx,
@@ -1264,7 +1262,7 @@ impl MediaPortHarness {
                 self.demux.bind(to, self.key);
             }
         }
-        self.conn.poll_events(&self.settings, &self.metrics);
+        self.conn.poll_events(&self.metrics);
         self.conn.refresh_keys();
         self.conn
             .poll_reads(now, &self.metrics, &mut self.forwards, &mut self.feedback);
