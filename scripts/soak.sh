@@ -85,10 +85,10 @@ sample() {
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status")
   threads=$(awk '/^Threads:/ { print $2 }' "/proc/$server_pid/status")
   fds=$(ls "/proc/$server_pid/fd" | wc -l)
-  echo "$now,$((now - t0)),$1,$rss,$fds,$threads,$(metric kursrelay_websockets_open "$m"),$(metric kursrelay_peer_connections "$m"),$(metric kursrelay_rooms "$m"),$(metric kursrelay_forwarder_tasks "$m"),$(metric kursrelay_writer_tasks "$m"),$(metric kursrelay_rtcp_reader_tasks "$m"),$(metric kursrelay_keyframe_tasks "$m"),$(metric kursrelay_packets_forwarded_total "$m"),$(metric kursrelay_packets_dropped_total "$m"),$(metric kursrelay_write_errors_total "$m")" >>"$out"
+  echo "$now,$((now - t0)),$1,$rss,$fds,$threads,$(metric kursrelay_websockets_open "$m"),$(metric kursrelay_rooms "$m"),$(metric kursrelay_peer_connections "$m"),$(metric kursrelay_feeds "$m"),$(metric kursrelay_media_bound_addresses "$m"),$(metric kursrelay_media_ufrags "$m"),$(metric kursrelay_media_tcp_streams "$m"),$(metric kursrelay_track_caches "$m"),$(metric kursrelay_packets_forwarded_total "$m"),$(metric kursrelay_packets_dropped_total "$m"),$(metric kursrelay_nacks_answered_total "$m"),$(metric kursrelay_write_errors_total "$m")" >>"$out"
 }
 
-echo "unix_s,elapsed_s,phase,rss_kb,open_fds,threads,websockets_open,peer_connections,rooms,forwarder_tasks,writer_tasks,rtcp_reader_tasks,keyframe_tasks,packets_forwarded_total,packets_dropped_total,write_errors_total" >"$out"
+echo "unix_s,elapsed_s,phase,rss_kb,open_fds,threads,websockets_open,rooms,peer_connections,feeds,bound_addresses,ufrags,tcp_streams,track_caches,packets_forwarded_total,packets_dropped_total,nacks_answered_total,write_errors_total" >"$out"
 t0=$(date +%s)
 sample idle
 
@@ -117,7 +117,10 @@ rows = list(csv.DictReader(open(out)))
 load = [r for r in rows if r["phase"] == "load"]
 after = rows[-1]
 def num(r, k):
-    return int(float(r[k])) if r[k] else 0
+    # A metric the server no longer exports is a failure, not a zero.
+    if not r[k]:
+        raise SystemExit(f"FAIL the server did not export {k} (sample at {r['elapsed_s']} s)")
+    return int(float(r[k]))
 ok = True
 def check(cond, what):
     global ok
@@ -139,13 +142,13 @@ if len(load) >= 8:
               f"{k} flat in the second half: {start} at half-time, at most {worst} after (allowed x{slack})")
         check(worst <= num(q, k) * 1.5 + 2,
               f"{k} bounded: {num(q, k)} at 25 %, at most {worst} in the second half (allowed x1.5)")
-    for k in ("websockets_open", "peer_connections", "forwarder_tasks", "writer_tasks"):
+    for k in ("websockets_open", "peer_connections", "feeds", "bound_addresses", "ufrags", "tcp_streams", "track_caches"):
         vals = {num(r, k) for r in late}
         check(len(vals) == 1, f"{k} steady in the second half: {sorted(vals)}")
 else:
     check(False, "too few samples to judge flatness (run longer or sample more often)")
 idle = rows[0]
-for k in ("websockets_open", "peer_connections", "rooms", "forwarder_tasks", "writer_tasks", "rtcp_reader_tasks", "keyframe_tasks"):
+for k in ("websockets_open", "peer_connections", "rooms", "feeds", "bound_addresses", "ufrags", "tcp_streams", "track_caches"):
     check(num(after, k) == 0, f"{k} back to 0 after everyone left: {after[k]}")
 # A few more than before the first client: SQLite's pool opens its connections lazily
 # (database, WAL and shm files each); the listing is in FILE.fds-after.txt.

@@ -12,6 +12,13 @@ pub struct Metrics {
     pub peer_connections: AtomicI64,
     /// Feeds (tracks arriving on publish connections) alive.
     pub forwarders: AtomicI64,
+    /// Engine tables, refreshed every liveness pass (a leak shows as growth here): addresses
+    /// bound in the demux, ufrags waiting for or holding a connection, accepted ICE-TCP
+    /// streams, per-track caches.
+    pub bound_addresses: AtomicI64,
+    pub ufrags: AtomicI64,
+    pub tcp_streams: AtomicI64,
+    pub track_caches: AtomicI64,
     pub packets_received: AtomicU64,
     pub packets_forwarded: AtomicU64,
     /// Packets the kernel would not take (a full socket buffer) or a subscriber lost.
@@ -74,6 +81,26 @@ impl Metrics {
                 "kursrelay_feeds",
                 &self.forwarders,
                 "Tracks arriving on publish connections",
+            ),
+            (
+                "kursrelay_media_bound_addresses",
+                &self.bound_addresses,
+                "Client addresses bound to a connection on the media port",
+            ),
+            (
+                "kursrelay_media_ufrags",
+                &self.ufrags,
+                "ICE ufrags known to the media port",
+            ),
+            (
+                "kursrelay_media_tcp_streams",
+                &self.tcp_streams,
+                "Accepted ICE-TCP streams",
+            ),
+            (
+                "kursrelay_track_caches",
+                &self.track_caches,
+                "Per-track packet caches (NACK answers, GOP joins)",
             ),
         ];
         for (name, value, help) in gauges {

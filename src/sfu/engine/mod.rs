@@ -966,6 +966,14 @@ impl Engine {
         // may just mean "not read yet".
         let stalled = now.saturating_duration_since(self.next_liveness) > LIVENESS_EVERY * 4;
         self.next_liveness = now + LIVENESS_EVERY;
+        let (ufrags, bound) = self.demux.len();
+        let m = &self.metrics;
+        m.ufrags.store(ufrags as i64, Ordering::Relaxed);
+        m.bound_addresses.store(bound as i64, Ordering::Relaxed);
+        m.tcp_streams
+            .store(self.out.tcp.open_streams() as i64, Ordering::Relaxed);
+        m.track_caches
+            .store(self.caches.len() as i64, Ordering::Relaxed);
         if self.backlog || stalled {
             return;
         }

@@ -145,7 +145,7 @@ impl<C: Copy + PartialEq> Demux<C> {
         self.bound.contains_key(addr)
     }
 
-    #[cfg(test)]
+    /// (ufrags, bound addresses).
     pub(crate) fn len(&self) -> (usize, usize) {
         (self.ufrags.len(), self.bound.len())
     }

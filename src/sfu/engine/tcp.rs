@@ -45,6 +45,11 @@ pub(crate) struct Tcp {
 }
 
 impl Tcp {
+    /// Accepted streams still open.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.by_peer.len()
+    }
+
     pub(crate) fn register(&self, poller: &Poller) -> io::Result<()> {
         for (i, (l, _)) in self.listeners.iter().enumerate() {
             poller.add(l.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
