@@ -232,11 +232,25 @@ pub struct SignallingConfig {
     /// How long a subscribe offer may wait for its answer before it is sent again; the third
     /// time in a row the client is removed.
     pub answer_timeout_ms: u64,
+    /// The server pings every socket this often (browsers and WebSocket libraries answer on
+    /// their own)…
+    pub ping_interval_ms: u64,
+    /// …and closes one it has heard nothing from (no frame, no pong) for this long: a member
+    /// whose connection died without a word is counted as dropped, not left listed.
+    pub idle_timeout_ms: u64,
 }
 
 impl SignallingConfig {
     pub fn answer_timeout(&self) -> Duration {
         Duration::from_millis(self.answer_timeout_ms)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 }
 
@@ -372,6 +386,20 @@ impl Config {
             return Err(bad(
                 "signalling.answer_timeout_ms",
                 "must be between 100 and 600000 (ten minutes)",
+            ));
+        }
+        if !(100..=300_000).contains(&self.signalling.ping_interval_ms) {
+            return Err(bad(
+                "signalling.ping_interval_ms",
+                "must be between 100 and 300000 (five minutes)",
+            ));
+        }
+        if self.signalling.idle_timeout_ms < 2 * self.signalling.ping_interval_ms
+            || self.signalling.idle_timeout_ms > 3_600_000
+        {
+            return Err(bad(
+                "signalling.idle_timeout_ms",
+                "must be at least twice signalling.ping_interval_ms and at most 3600000 (an hour)",
             ));
         }
         if self.signalling.messages_per_second == 0 || self.signalling.message_burst == 0 {
@@ -584,6 +612,14 @@ mod tests {
             (
                 "[signalling]\nmax_message_bytes = 1\n",
                 "signalling.max_message_bytes",
+            ),
+            (
+                "[signalling]\nping_interval_ms = 10\n",
+                "signalling.ping_interval_ms",
+            ),
+            (
+                "[signalling]\nping_interval_ms = 20000\nidle_timeout_ms = 30000\n",
+                "signalling.idle_timeout_ms",
             ),
             ("http = 3\n", "http"),
             ("[web]\naccent = \"blue\"\n", "web.accent"),

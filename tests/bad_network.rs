@@ -390,3 +390,83 @@ async fn a_subscriber_link_that_dies_silently_is_cleaned_up_and_counted() {
     leader.close().await;
     sub.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_media_whose_connection_goes_silent_is_dropped_by_the_keepalive() {
+    // Pings every 200 ms; a socket silent for 1 s is closed. (Default: 15 s and 45 s.)
+    let server =
+        TestServer::spawn_with("[signalling]\nping_interval_ms = 200\nidle_timeout_ms = 1000\n")
+            .await;
+    // The leader only listens after joining; its WebSocket library answers the pings.
+    let leader = TestPeer::leader(&server, "net-quiet", "Ola").await;
+    let (invite, token) = server
+        .token_with("net-quiet", Role::Participant, Some("Kari"), false, None)
+        .await;
+    // A participant with signalling only (no publish, never answers an offer: no media), whose
+    // connection then goes silent: it neither reads nor writes again — to the server, the
+    // same as a home router that lost power mid-course (no FIN, no RST).
+    let mut silent = WsClient::connect(&server).await;
+    let joined = silent.hello_join(&token).await;
+    let member = joined["member_id"].as_str().unwrap().to_string();
+    let in_roster = |m: &serde_json::Value| {
+        m["type"] == "roster"
+            && m["members"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["member_id"] == member.as_str()))
+    };
+    leader.wait_msg(in_roster).await;
+    let went_quiet = Instant::now();
+    let went_quiet_ms = attendance::now_ms();
+
+    let n = leader.inbox_len();
+    leader
+        .wait_msg_after(n, |m| m["type"] == "roster" && !in_roster(m))
+        .await;
+    let noticed = went_quiet.elapsed();
+    eprintln!(
+        "silent signalling-only member: out of the leader's roster after {} ms (ping 200 ms, idle timeout 1000 ms)",
+        noticed.as_millis()
+    );
+    assert!(
+        noticed >= Duration::from_millis(900),
+        "dropped before the idle timeout: {noticed:?}"
+    );
+    // The leader, silent too but answering pings, is still there long after the timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!leader.socket_closed(), "a listening member was dropped");
+    // … and still hears the course: a newcomer shows up in its roster.
+    let n = leader.inbox_len();
+    let newcomer = server
+        .token("net-quiet", Role::Participant, Some("Per"), false)
+        .await;
+    let mut late = WsClient::connect(&server).await;
+    let late_id = late.hello_join(&newcomer).await["member_id"].clone();
+    leader
+        .wait_msg_after(n, |m| {
+            m["type"] == "roster"
+                && m["members"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x["member_id"] == late_id))
+        })
+        .await;
+    late.close().await;
+
+    let sid = server.session("net-quiet").await;
+    let mut mine = Vec::new();
+    for _ in 0..200 {
+        let events = attendance::events(&server.state.db, &sid).await.unwrap();
+        mine = events.into_iter().filter(|e| e.invite_id == invite).collect();
+        if mine.iter().any(|e| matches!(e.kind, Kind::Left(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kinds: Vec<Kind> = mine.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![Kind::Joined, Kind::Left(LeftReason::Dropped)],
+        "{mine:?}"
+    );
+    assert!(mine[1].at_ms >= went_quiet_ms, "{mine:?}");
+    leader.close().await;
+}

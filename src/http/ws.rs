@@ -142,6 +142,13 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
         answer_timeout: limits.answer_timeout(),
     });
     let mut close_code: Option<u16> = None;
+    let idle_timeout = limits.idle_timeout();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + limits.ping_interval(),
+        limits.ping_interval(),
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
 
     loop {
         let flow = tokio::select! {
@@ -149,7 +156,18 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
                 client.outbox.push(ServerMessage::Bye { reason: ByeReason::ServerShutdown });
                 Flow::Close
             }
-            frame = socket.recv() => match frame {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    // Nobody there to read a close frame: the member is dropped (shutdown below).
+                    tracing::info!(silent_ms = last_heard.elapsed().as_millis() as u64, "signalling socket silent; closing it");
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+                Flow::Continue
+            }
+            frame = socket.recv() => match frame.inspect(|_| last_heard = Instant::now()) {
                 Some(Ok(Message::Text(text))) if text.len() > HARD_FRAME_LIMIT => too_big(&mut client, &mut close_code),
                 Some(Ok(Message::Binary(data))) if data.len() > HARD_FRAME_LIMIT => too_big(&mut client, &mut close_code),
                 Some(Ok(Message::Text(text))) => {
