@@ -21,7 +21,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::netsim::Link;
+use common::netsim::{self, Link};
 use common::*;
 use kursrelay::attendance::{self, Kind, LeftReason};
 use kursrelay::protocol::Role;
@@ -469,4 +469,209 @@ async fn a_member_without_media_whose_connection_goes_silent_is_dropped_by_the_k
     );
     assert!(mine[1].at_ms >= went_quiet_ms, "{mine:?}");
     leader.close().await;
+}
+
+// ---- Chromium through the impairing relay ----
+//
+// A browser's sockets cannot be given the impairer's runtime, so here the server advertises
+// its media port at 127.0.0.2 (`media.public_ips`) and `netsim::UdpRelay` sits there in front
+// of the real port (127.0.0.1), loss and delay on the flows chosen. Publisher and watchers are
+// Chromium tabs (fake camera, real VP8 encoder and decoder, real NACK, PLI and jitter buffer);
+// the figures are Chromium's own getStats. Printed, with wide behavioural assertions only.
+
+struct Browsers {
+    server: TestServer,
+    relay: netsim::UdpRelay,
+    browser: common::chromium::Chromium,
+    base: String,
+}
+
+async fn browsers_behind_relay() -> Browsers {
+    let server = TestServer::spawn_with(
+        "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\n",
+    )
+    .await;
+    let media = server.state.sfu.media_addrs()[0];
+    let relay = netsim::UdpRelay::start(
+        std::net::SocketAddr::new([127, 0, 0, 2].into(), media.port()),
+        media,
+    )
+    .await
+    .expect("relay on 127.0.0.2");
+    let browser = common::chromium::Chromium::launch().await;
+    let base = format!("http://{}", server.addr);
+    Browsers {
+        server,
+        relay,
+        browser,
+        base,
+    }
+}
+
+impl Browsers {
+    async fn tab(&mut self, role: Role, name: &str) -> common::chromium::Page {
+        let token = self.server.token("net-chromium", role, Some(name), false).await;
+        let page = if role == Role::Leader { "publish" } else { "watch" };
+        let tab = self
+            .browser
+            .open(&format!("{}/{page}.html#t={token}", self.base))
+            .await;
+        let started = self.browser.eval(&tab, "kursrelay.start({})").await;
+        assert!(started.get("role").is_some(), "{started}");
+        tab
+    }
+
+    async fn stats(&mut self, tab: &common::chromium::Page) -> serde_json::Value {
+        self.browser.eval(tab, "kursrelay.stats()").await
+    }
+
+    /// Waits until `tab` has decoded `n` frames.
+    async fn decoding(&mut self, tab: &common::chromium::Page, n: u64) {
+        for _ in 0..200 {
+            let s = self.stats(tab).await;
+            if s["framesDecoded"].as_u64().unwrap_or(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no video decoded: {}", self.stats(tab).await);
+    }
+}
+
+/// What changed in a tab's stats over the window.
+fn window(a: &serde_json::Value, b: &serde_json::Value, secs: f64) -> String {
+    let d = |k: &str, sub: Option<&str>| {
+        let get = |v: &serde_json::Value| match sub {
+            Some(s) => v[s][k].as_f64().unwrap_or(0.0),
+            None => v[k].as_f64().unwrap_or(0.0),
+        };
+        get(b) - get(a)
+    };
+    let jb = d("jitterBufferDelay", Some("video")) / d("jitterBufferEmittedCount", Some("video")).max(1.0);
+    format!(
+        "decoded {:.0} frames ({:.1}/s), packets {:.0} received / {:.0} lost for good, {:.0} NACKs, {:.0} PLIs, {:.0} keyframes, {:.0} dropped frames, {:.0} freezes ({:.2} s frozen), jitter buffer {:.0} ms",
+        d("framesDecoded", None),
+        d("framesDecoded", None) / secs,
+        d("videoPacketsReceived", None),
+        d("packetsLost", Some("video")),
+        d("nackCount", Some("video")),
+        d("pliCount", Some("video")),
+        d("keyFramesDecoded", Some("video")),
+        d("framesDropped", Some("video")),
+        d("freezeCount", Some("video")),
+        d("totalFreezesDuration", Some("video")),
+        jb * 1000.0,
+    )
+}
+
+fn engine_figures(server: &TestServer) -> String {
+    format!(
+        "forwarded {} (sealed by the engine {}); NACKed packets re-sent from the cache {}, not in it {}; keyframe requests received {}, sent to the publisher {}",
+        server.metric(|m| &m.packets_forwarded),
+        server.metric(|m| &m.packets_sealed),
+        server.metric(|m| &m.nacks_answered),
+        server.metric(|m| &m.nacks_missed),
+        server.metric(|m| &m.keyframe_requests_received),
+        server.metric(|m| &m.keyframe_requests_sent),
+    )
+}
+
+const CHROMIUM_RUN: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_watcher_on_a_lossy_late_link_keeps_decoding() {
+    let mut b = browsers_behind_relay().await;
+    let publisher = b.tab(Role::Leader, "Kursleiar").await;
+    let control = b.tab(Role::Participant, "Volda").await;
+    b.decoding(&control, 30).await;
+    // From here on new flows (the next tab's) are 5 % / 100 ms each way.
+    let link = bad_link();
+    b.relay.set_new_flows(link.clone());
+    let impaired = b.tab(Role::Participant, "Kari").await;
+    b.decoding(&impaired, 10).await;
+
+    let (c0, i0) = (b.stats(&control).await, b.stats(&impaired).await);
+    let started = Instant::now();
+    tokio::time::sleep(CHROMIUM_RUN).await;
+    let (c1, i1) = (b.stats(&control).await, b.stats(&impaired).await);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("Chromium watchers, {secs:.1} s, publisher a Chromium tab with the fake camera:");
+    eprintln!("  clean (control):      {}", window(&c0, &c1, secs));
+    eprintln!("  5 % / 100 ms each way: {} [{}]", window(&i0, &i1, secs), link.summary());
+    eprintln!("  server: {}", engine_figures(&b.server));
+    eprintln!("  transports: {} / {}", i1["transports"], b.stats(&publisher).await["transports"]);
+
+    let frames = |a: &serde_json::Value, b: &serde_json::Value| {
+        b["framesDecoded"].as_f64().unwrap() - a["framesDecoded"].as_f64().unwrap()
+    };
+    let nacks = i1["video"]["nackCount"].as_f64().unwrap() - i0["video"]["nackCount"].as_f64().unwrap();
+    assert!(
+        link.received_dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the relay lost nothing: {}",
+        link.summary()
+    );
+    assert!(nacks > 0.0, "the impaired watcher sent no NACK: {i1}");
+    // … and the server answered them from its cache (before Chromium's AES-CM profile was
+    // sealed by the engine, no NACK from a browser was ever answered).
+    assert!(
+        b.server.metric(|m| &m.nacks_answered) > 0,
+        "no NACK answered: {}",
+        engine_figures(&b.server)
+    );
+    // Kept decoding: at least half the control's frames (wide: this machine is shared).
+    assert!(
+        frames(&i0, &i1) >= 0.5 * frames(&c0, &c1),
+        "impaired {} against control {}",
+        frames(&i0, &i1),
+        frames(&c0, &c1)
+    );
+    b.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publisher_on_a_lossy_late_link_still_reaches_watchers() {
+    let mut b = browsers_behind_relay().await;
+    // The publisher's flows are 5 % / 100 ms each way; the watcher's are clean.
+    let link = bad_link();
+    b.relay.set_new_flows(link.clone());
+    let publisher = b.tab(Role::Leader, "Kursleiar").await;
+    // Its publish connection is up once the server sees its video.
+    let server = &b.server;
+    assert!(
+        wait_until(TIMEOUT, || server.live().forwarders > 0).await,
+        "no feed from the impaired publisher"
+    );
+    b.relay.set_new_flows(Link::new(0.0, Duration::ZERO));
+    let watcher = b.tab(Role::Participant, "Volda").await;
+    b.decoding(&watcher, 10).await;
+
+    let (p0, w0) = (b.stats(&publisher).await, b.stats(&watcher).await);
+    let started = Instant::now();
+    tokio::time::sleep(CHROMIUM_RUN).await;
+    let (p1, w1) = (b.stats(&publisher).await, b.stats(&watcher).await);
+    let secs = started.elapsed().as_secs_f64();
+    let sent = |k: &str| p1["sent"][k].as_f64().unwrap() - p0["sent"][k].as_f64().unwrap();
+    eprintln!("Chromium publisher on a 5 % / 100 ms link each way, {secs:.1} s [{}]:", link.summary());
+    eprintln!(
+        "  publisher: encoded {:.0} frames ({:.1}/s), sent {:.0} packets, {:.0} retransmitted on {:.0} NACKs, {:.0} PLIs received",
+        sent("framesEncoded"),
+        sent("framesEncoded") / secs,
+        sent("packetsSent"),
+        sent("retransmittedPacketsSent"),
+        sent("nackCount"),
+        sent("pliCount"),
+    );
+    eprintln!("  clean watcher: {}", window(&w0, &w1, secs));
+    eprintln!("  server: {}", engine_figures(&b.server));
+    assert!(
+        sent("nackCount") > 0.0,
+        "the server asked the lossy publisher for nothing again: {p1}"
+    );
+    let decoded = w1["framesDecoded"].as_f64().unwrap() - w0["framesDecoded"].as_f64().unwrap();
+    assert!(
+        decoded >= 0.5 * sent("framesEncoded"),
+        "the watcher decoded {decoded} of {} frames encoded",
+        sent("framesEncoded")
+    );
+    b.server.shutdown().await;
 }

@@ -93,11 +93,18 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
         for t in s["transports"].as_array().unwrap() {
             assert_eq!(t["port"].as_u64(), Some(u64::from(port)), "{s}");
             assert_eq!(t["protocol"], "udp", "{s}");
+            if t["target"] == "subscribe" {
+                // The server's profile order decides (patches/rtc-dtls): GCM, the cheap seal,
+                // although Chromium lists AES-CM first.
+                assert_eq!(t["srtpCipher"], "SRTP_AEAD_AES_128_GCM", "{s}");
+            }
             seen.push(t["target"].as_str().unwrap().to_owned());
         }
     }
     seen.sort();
     assert_eq!(seen, ["publish", "subscribe"], "connections seen: {seen:?}");
+    // What reached the watcher was sealed by the engine itself, not by rtc's sender.
+    assert!(server.metric(|m| &m.packets_sealed) > 0);
     let mut candidates = 0;
     for m in rust_peer.inbox() {
         let lines: Vec<String> = match m["type"].as_str() {

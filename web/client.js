@@ -187,12 +187,24 @@ export class KursrelayClient {
 
   /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently
    * shown, plus where each connection's media goes (the server's address, port and protocol
-   * of the selected candidate pair: the connectivity tests read it). */
+   * of the selected candidate pair: the connectivity tests read it). `video` is how received
+   * video fares (loss, repair requests, freezes); `sent` the publish side's video. */
   async stats() {
     const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [] };
+    const video = { packetsLost: 0, nackCount: 0, pliCount: 0, framesDropped: 0, keyFramesDecoded: 0, freezeCount: 0, totalFreezesDuration: 0, jitterBufferDelay: 0, jitterBufferEmittedCount: 0 };
+    const sent = { framesEncoded: 0, packetsSent: 0, retransmittedPacketsSent: 0, nackCount: 0, pliCount: 0 };
+    out.video = video;
+    out.sent = sent;
+    const add = (into, s) => { for (const k of Object.keys(into)) into[k] += s[k] || 0; };
     for (const target of ['publish', 'subscribe']) {
       const conn = this._conn[target];
       if (conn && conn.pc) out.transports.push({ target, ...(await selectedRemote(conn.pc)) });
+    }
+    const pub = this._conn.publish.pc;
+    if (pub) {
+      (await pub.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp' && (s.kind || s.mediaType) === 'video') add(sent, s);
+      });
     }
     for (const { track } of this._remote.values()) {
       if (track.kind === 'video') out.videoTracks += 1;
@@ -207,6 +219,7 @@ export class KursrelayClient {
       if (kind === 'video') {
         out.framesDecoded += s.framesDecoded || 0;
         out.videoPacketsReceived += s.packetsReceived || 0;
+        add(video, s);
       } else if (kind === 'audio') {
         out.audioPacketsReceived += s.packetsReceived || 0;
       }
@@ -504,10 +517,14 @@ export class KursrelayClient {
 async function selectedRemote(pc) {
   const report = await pc.getStats();
   let pair = null;
+  let srtpCipher;
   report.forEach((s) => {
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+    if (s.type === 'transport') {
+      if (s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+      srtpCipher = s.srtpCipher;
+    }
   });
   if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
   const remote = pair && report.get(pair.remoteCandidateId);
-  return remote ? { address: remote.address, port: remote.port, protocol: remote.protocol } : {};
+  return remote ? { address: remote.address, port: remote.port, protocol: remote.protocol, srtpCipher } : {};
 }

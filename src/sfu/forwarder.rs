@@ -423,7 +423,17 @@ pub struct FanoutHarness {
 }
 
 impl FanoutHarness {
+    /// Subscribers on AEAD_AES_128_GCM (webrtc-rs, Firefox).
     pub fn new(subscribers: usize) -> FanoutHarness {
+        Self::with_profile(subscribers, super::engine::srtp::Profile::AeadAes128Gcm)
+    }
+
+    /// Subscribers on AES128_CM_HMAC_SHA1_80 (Chromium).
+    pub fn new_aes_cm(subscribers: usize) -> FanoutHarness {
+        Self::with_profile(subscribers, super::engine::srtp::Profile::Aes128CmHmacSha1_80)
+    }
+
+    fn with_profile(subscribers: usize, profile: super::engine::srtp::Profile) -> FanoutHarness {
         let downs = (0..subscribers)
             .map(|i| {
                 Arc::new(DownTrack {
@@ -451,8 +461,15 @@ impl FanoutHarness {
             .collect();
         FanoutHarness {
             downs: Arc::new(ArcSwap::from_pointee(downs)),
-            sealer: super::engine::srtp::Sealer::new(&[7; 16], &[3; 12])
-                .expect("a 16-byte key and 12-byte salt"),
+            sealer: super::engine::srtp::Sealer::new(
+                profile,
+                &[7; 16],
+                match profile {
+                    super::engine::srtp::Profile::AeadAes128Gcm => &[3; 12][..],
+                    super::engine::srtp::Profile::Aes128CmHmacSha1_80 => &[3; 14][..],
+                },
+            )
+            .expect("a 16-byte key and a salt of the profile's length"),
             buf: bytes::BytesMut::with_capacity(1500),
             out: 0,
         }

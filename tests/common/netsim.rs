@@ -107,7 +107,7 @@ impl Link {
         self.down.store(down, Ordering::Relaxed);
     }
 
-    fn pass(&self) -> bool {
+    pub fn pass(&self) -> bool {
         if self.down.load(Ordering::Relaxed) {
             return false;
         }
@@ -115,7 +115,7 @@ impl Link {
         ppm == 0 || rand::random::<u32>() % 1_000_000 >= ppm
     }
 
-    fn due(&self) -> Instant {
+    pub fn due(&self) -> Instant {
         Instant::now() + Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
     }
 
@@ -303,5 +303,136 @@ impl AsyncUdpSocket for ImpairedSocket {
             Poll::Ready(None) => Poll::Ready(Err(io::Error::other("impaired socket closed"))),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// An impairing UDP relay, for peers whose sockets cannot be given `ImpairedRuntime` (a
+/// browser). It listens on `addr`, which the server advertises as its media address
+/// (`media.public_ips`, on loopback here), and forwards every client flow (one source address)
+/// to the server's real media port from a socket of its own, and the answers back. Each flow
+/// goes through the `Link` that was current when the flow began (`set_new_flows`), in both
+/// directions: `sent` counts what the client sent, `received` what it was sent. So a test
+/// can connect a clean publisher, then switch, then connect an impaired subscriber.
+pub struct UdpRelay {
+    pub addr: SocketAddr,
+    next: Arc<Mutex<Arc<Link>>>,
+    pub flows: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl UdpRelay {
+    pub async fn start(listen: SocketAddr, server: SocketAddr) -> io::Result<UdpRelay> {
+        let front = Arc::new(tokio::net::UdpSocket::bind(listen).await?);
+        let addr = front.local_addr()?;
+        let next = Arc::new(Mutex::new(Link::new(0.0, Duration::ZERO)));
+        let flows = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (r_next, r_flows, r_stop) = (next.clone(), flows.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut table: std::collections::HashMap<SocketAddr, RelayFlow> = Default::default();
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let (n, client) = tokio::select! {
+                    _ = r_stop.cancelled() => return,
+                    r = front.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+                };
+                if !table.contains_key(&client) {
+                    let link = r_next.lock().unwrap().clone();
+                    match RelayFlow::start(front.clone(), client, server, link, r_stop.clone()).await {
+                        Ok(f) => {
+                            table.insert(client, f);
+                            r_flows.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                let flow = &table[&client];
+                flow.link.sent.fetch_add(1, Ordering::Relaxed);
+                if !flow.link.pass() {
+                    flow.link.sent_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let _ = flow.up.send((flow.link.due(), server, buf[..n].to_vec()));
+            }
+        });
+        Ok(UdpRelay {
+            addr,
+            next,
+            flows,
+            stop,
+        })
+    }
+
+    /// The link flows that begin from now on go through.
+    pub fn set_new_flows(&self, link: Arc<Link>) {
+        *self.next.lock().unwrap() = link;
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct RelayFlow {
+    link: Arc<Link>,
+    up: mpsc::UnboundedSender<Datagram>,
+}
+
+impl RelayFlow {
+    async fn start(
+        front: Arc<tokio::net::UdpSocket>,
+        client: SocketAddr,
+        server: SocketAddr,
+        link: Arc<Link>,
+        stop: CancellationToken,
+    ) -> io::Result<RelayFlow> {
+        let back = Arc::new(tokio::net::UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?);
+        // Client → server: a delay line, then out of the flow's own socket.
+        let (up, mut up_rx) = mpsc::unbounded_channel::<Datagram>();
+        let (b, s) = (back.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (due, to, data) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    d = up_rx.recv() => match d { Some(d) => d, None => return },
+                };
+                tokio::time::sleep_until(due).await;
+                let _ = b.send_to(&data, to).await;
+            }
+        });
+        // Server → client: read, lose, delay, send from the relay's advertised address.
+        let (down, mut down_rx) = mpsc::unbounded_channel::<Datagram>();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (due, to, data) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    d = down_rx.recv() => match d { Some(d) => d, None => return },
+                };
+                tokio::time::sleep_until(due).await;
+                let _ = front.send_to(&data, to).await;
+            }
+        });
+        let l = link.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let n = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = back.recv_from(&mut buf) => match r { Ok((n, _)) => n, Err(_) => continue },
+                };
+                l.received.fetch_add(1, Ordering::Relaxed);
+                if !l.pass() {
+                    l.received_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if down.send((l.due(), client, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(RelayFlow { link, up })
     }
 }

@@ -213,7 +213,9 @@ impl Conn {
                 Some(LITE_ICE_TIMEOUT),
                 Some(Duration::from_secs(2)),
             )
-            // GCM first: about three times cheaper per packet than AES-CM + HMAC.
+            // Both sealed by the engine itself (engine/srtp.rs); GCM is about three times
+            // cheaper. As DTLS server our order decides (patches/rtc-dtls): Chromium, which
+            // lists AES-CM first, gets GCM too.
             .with_srtp_protection_profiles(vec![
                 rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
                 rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
@@ -364,13 +366,15 @@ impl Conn {
             return;
         }
         self.sealer_generation = e.generation;
-        self.sealer = if e.profile
-            == rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm
-        {
-            super::srtp::Sealer::new(&e.local_master_key, &e.local_master_salt)
-        } else {
-            None
+        use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile as P;
+        let profile = match e.profile {
+            P::Srtp_Aead_Aes_128_Gcm => Some(super::srtp::Profile::AeadAes128Gcm),
+            P::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some(super::srtp::Profile::Aes128CmHmacSha1_80),
+            _ => None,
         };
+        self.sealer = profile.and_then(|p| {
+            super::srtp::Sealer::new(p, &e.local_master_key, &e.local_master_salt)
+        });
     }
 
     /// Our seal and where to send, when forwarded packets can bypass rtc.

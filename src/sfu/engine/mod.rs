@@ -315,15 +315,16 @@ fn bind_on(ips: &[IpAddr], port: u16, ice_tcp: bool) -> Result<(Vec<UdpSocket>, 
 }
 
 /// Pairs each bound address with the address a client should use for it. With
-/// `media.public_ips`, IPv4 sockets that are not loopback are advertised at the public IPv4
-/// addresses (same for IPv6).
+/// `media.public_ips`, IPv4 sockets are advertised at the first public IPv4 address (same for
+/// IPv6) — a loopback socket only at a loopback "public" address (so the usual 127.0.0.1 stays
+/// as it is for local clients, and a test can put a relay in front of the port).
 fn advertised(local: &[SocketAddr], public: &[IpAddr]) -> Vec<(SocketAddr, SocketAddr)> {
     local
         .iter()
         .map(|l| {
-            let public_ip = public
-                .iter()
-                .find(|p| p.is_ipv4() == l.is_ipv4() && !l.ip().is_loopback());
+            let public_ip = public.iter().find(|p| {
+                p.is_ipv4() == l.is_ipv4() && p.is_loopback() == l.ip().is_loopback()
+            });
             (*l, public_ip.map_or(*l, |p| SocketAddr::new(*p, l.port())))
         })
         .collect()
@@ -1302,5 +1303,37 @@ impl MediaPortHarness {
         mux::classify(data);
         mux::binding_request_ufrag(data);
         self.demux.route(from, data).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_addresses_replace_bound_ones_of_the_same_kind() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local: Vec<SocketAddr> = ["127.0.0.1:50000", "10.0.0.5:50000", "[fd00::5]:50000"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let shown = |public: &[IpAddr]| -> Vec<String> {
+            advertised(&local, public)
+                .iter()
+                .map(|(_, a)| a.to_string())
+                .collect()
+        };
+        assert_eq!(
+            shown(&[]),
+            ["127.0.0.1:50000", "10.0.0.5:50000", "[fd00::5]:50000"]
+        );
+        assert_eq!(
+            shown(&[ip("198.51.100.7")]),
+            ["127.0.0.1:50000", "198.51.100.7:50000", "[fd00::5]:50000"]
+        );
+        assert_eq!(
+            shown(&[ip("198.51.100.7"), ip("2001:db8::7"), ip("127.0.0.2")]),
+            ["127.0.0.2:50000", "198.51.100.7:50000", "[2001:db8::7]:50000"]
+        );
     }
 }

@@ -1,34 +1,63 @@
-//! Sealing forwarded RTP ourselves (SRTP AEAD_AES_128_GCM, RFC 7714) with the subscriber
-//! connection's own keys (exported by the patched rtc, patches/rtc/KURSRELAY-PATCH.md): the
-//! header is written into a reused buffer, the payload copied after it, and the payload sealed
-//! in place with the header as additional data. One copy, no allocation, ≈ 0.3 µs per packet
-//! against ≈ 2–10 µs through rtc's sender (BENCHMARKS.md).
+//! Sealing forwarded RTP ourselves with the subscriber connection's own keys (exported by the
+//! patched rtc, patches/rtc/KURSRELAY-PATCH.md), for both profiles the server offers:
 //!
-//! Nonce safety: the nonce is (SSRC, ROC, SEQ). A sequence number is only ever sealed again
-//! for a retransmission of the very same bytes (same header, same payload), so the ciphertext
-//! repeats exactly and nothing leaks.
+//! - AEAD_AES_128_GCM (RFC 7714): the payload sealed in place with the header as additional
+//!   data; what webrtc-rs and Firefox pick;
+//! - AES128_CM_HMAC_SHA1_80 (RFC 3711): AES counter mode over the payload, then an HMAC-SHA1
+//!   over header, ciphertext and ROC, 80 bits of it appended; what Chromium picks (it lists
+//!   that profile first; `tests/bad_network.rs` reads its `srtpCipher`).
+//!
+//! The header is written into a reused buffer, the payload copied after it and sealed in
+//! place. One copy, no allocation; ≈ 0.3 µs (GCM) and ≈ 1 µs (CM + HMAC) per packet against
+//! ≈ 2–10 µs through rtc's sender (BENCHMARKS.md).
+//!
+//! Nonce safety: the nonce/counter is (SSRC, ROC, SEQ). A sequence number is only ever sealed
+//! again for a retransmission of the very same bytes (same header, same payload), so the
+//! ciphertext repeats exactly and nothing leaks.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use bytes::BytesMut;
+use ctr::cipher::{InnerIvInit, StreamCipher};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use hmac::{Hmac, Mac};
 
 const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_AUTH: u8 = 0x01;
 const LABEL_SRTP_SALT: u8 = 0x02;
+/// The longest tag either profile appends (GCM's; HMAC-SHA1-80 appends 10 bytes).
 pub(crate) const TAG_LEN: usize = 16;
+const HMAC_TAG_LEN: usize = 10;
 pub(crate) const HEADER_LEN: usize = 12;
 
-/// The session key and salt of one connection's outgoing SRTP.
-pub(crate) struct Sealer {
-    key: LessSafeKey,
-    salt: [u8; 12],
+/// Which SRTP profile a connection negotiated, as far as the engine seals it itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    AeadAes128Gcm,
+    Aes128CmHmacSha1_80,
+}
+
+/// The session keys of one connection's outgoing SRTP.
+pub(crate) enum Sealer {
+    Gcm {
+        key: LessSafeKey,
+        salt: [u8; 12],
+    },
+    CmHmacSha1_80 {
+        aes: aes::Aes128,
+        salt: [u8; 14],
+        /// Keyed once; cloned per packet (inner and outer SHA-1 states, no allocation).
+        auth: Hmac<sha1::Sha1>,
+    },
 }
 
 /// RFC 3711 §4.3.1 with a key derivation rate of 0 (RFC 5764): AES-CM PRF over
-/// (master salt ⊕ label at byte 7), block counter in the last two bytes.
-fn derive(master_key: &[u8; 16], master_salt: &[u8; 12], label: u8) -> [u8; 16] {
+/// (master salt ⊕ label at byte 7), block counter `n` in the last two bytes. The master salt
+/// is 14 bytes for AES-CM and 12 for GCM (then padded with zeros, as RFC 7714 §12 does).
+fn derive(master_key: &[u8; 16], master_salt: &[u8], label: u8, n: u16) -> [u8; 16] {
     let mut block = [0u8; 16];
-    block[..12].copy_from_slice(master_salt);
+    block[..master_salt.len()].copy_from_slice(master_salt);
     block[7] ^= label;
+    block[14..].copy_from_slice(&n.to_be_bytes());
     let cipher = aes::Aes128::new(master_key.into());
     let mut b = aes::Block::from(block);
     cipher.encrypt_block(&mut b);
@@ -36,19 +65,36 @@ fn derive(master_key: &[u8; 16], master_salt: &[u8; 12], label: u8) -> [u8; 16] 
 }
 
 impl Sealer {
-    /// For the AES-128-GCM profile only (the one every browser offers first); None otherwise,
-    /// and the engine sends through rtc instead.
-    pub(crate) fn new(master_key: &[u8], master_salt: &[u8]) -> Option<Sealer> {
+    /// None if the key material does not fit the profile (the engine then sends through rtc).
+    pub(crate) fn new(profile: Profile, master_key: &[u8], master_salt: &[u8]) -> Option<Sealer> {
         let key: [u8; 16] = master_key.try_into().ok()?;
-        let salt: [u8; 12] = master_salt.try_into().ok()?;
-        let session_key = derive(&key, &salt, LABEL_SRTP_ENCRYPTION);
-        let session_salt = derive(&key, &salt, LABEL_SRTP_SALT);
-        let mut s = [0u8; 12];
-        s.copy_from_slice(&session_salt[..12]);
-        Some(Sealer {
-            key: LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &session_key).ok()?),
-            salt: s,
-        })
+        match profile {
+            Profile::AeadAes128Gcm => {
+                let salt: [u8; 12] = master_salt.try_into().ok()?;
+                let session_key = derive(&key, &salt, LABEL_SRTP_ENCRYPTION, 0);
+                let session_salt = derive(&key, &salt, LABEL_SRTP_SALT, 0);
+                let mut s = [0u8; 12];
+                s.copy_from_slice(&session_salt[..12]);
+                Some(Sealer::Gcm {
+                    key: LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &session_key).ok()?),
+                    salt: s,
+                })
+            }
+            Profile::Aes128CmHmacSha1_80 => {
+                let salt: [u8; 14] = master_salt.try_into().ok()?;
+                let session_key = derive(&key, &salt, LABEL_SRTP_ENCRYPTION, 0);
+                let mut auth = [0u8; 20];
+                auth[..16].copy_from_slice(&derive(&key, &salt, LABEL_SRTP_AUTH, 0));
+                auth[16..].copy_from_slice(&derive(&key, &salt, LABEL_SRTP_AUTH, 1)[..4]);
+                let mut s = [0u8; 14];
+                s.copy_from_slice(&derive(&key, &salt, LABEL_SRTP_SALT, 0)[..14]);
+                Some(Sealer::CmHmacSha1_80 {
+                    aes: aes::Aes128::new((&session_key).into()),
+                    salt: s,
+                    auth: <Hmac<sha1::Sha1> as Mac>::new_from_slice(&auth).ok()?,
+                })
+            }
+        }
     }
 
     /// Writes the SRTP packet for (header fields, payload) into `out` (cleared first).
@@ -71,22 +117,50 @@ impl Sealer {
         out.extend_from_slice(&timestamp.to_be_bytes());
         out.extend_from_slice(&ssrc.to_be_bytes());
         out.extend_from_slice(payload);
-        let mut iv = [0u8; 12];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&roc.to_be_bytes());
-        iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        for (b, s) in iv.iter_mut().zip(self.salt) {
-            *b ^= s;
+        match self {
+            Sealer::Gcm { key, salt } => {
+                let mut iv = [0u8; 12];
+                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+                iv[6..10].copy_from_slice(&roc.to_be_bytes());
+                iv[10..12].copy_from_slice(&seq.to_be_bytes());
+                for (b, s) in iv.iter_mut().zip(salt) {
+                    *b ^= s;
+                }
+                let (header, body) = out.split_at_mut(HEADER_LEN);
+                let Ok(tag) = key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(&header[..]),
+                    body,
+                ) else {
+                    return false;
+                };
+                out.extend_from_slice(tag.as_ref());
+            }
+            Sealer::CmHmacSha1_80 { aes, salt, auth } => {
+                // IV = (session salt · 2^16) ⊕ (SSRC · 2^64) ⊕ (index · 2^16), index = ROC ‖ SEQ.
+                let mut iv = [0u8; 16];
+                iv[..14].copy_from_slice(salt);
+                for (b, x) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
+                    *b ^= x;
+                }
+                for (b, x) in iv[8..12].iter_mut().zip(roc.to_be_bytes()) {
+                    *b ^= x;
+                }
+                for (b, x) in iv[12..14].iter_mut().zip(seq.to_be_bytes()) {
+                    *b ^= x;
+                }
+                let mut ctr = ctr::Ctr128BE::<aes::Aes128>::from_core(ctr::CtrCore::inner_iv_init(
+                    aes.clone(),
+                    &iv.into(),
+                ));
+                ctr.apply_keystream(&mut out[HEADER_LEN..]);
+                let mut mac = auth.clone();
+                mac.update(out);
+                mac.update(&roc.to_be_bytes());
+                let tag = mac.finalize().into_bytes();
+                out.extend_from_slice(&tag[..HMAC_TAG_LEN]);
+            }
         }
-        let (header, body) = out.split_at_mut(HEADER_LEN);
-        let Ok(tag) = self.key.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(iv),
-            Aad::from(&header[..]),
-            body,
-        ) else {
-            return false;
-        };
-        out.extend_from_slice(tag.as_ref());
         true
     }
 }
@@ -129,12 +203,12 @@ mod tests {
         block12[..12].copy_from_slice(&salt12);
         let mut b12 = aes::Block::from(block12);
         cipher.encrypt_block(&mut b12);
-        assert_eq!(derive(&master_key, &salt12, 0).as_slice(), b12.as_slice());
+        assert_eq!(derive(&master_key, &salt12, 0, 0).as_slice(), b12.as_slice());
     }
 
     #[test]
     fn seals_header_payload_and_tag() {
-        let s = Sealer::new(&[1u8; 16], &[2u8; 12]).unwrap();
+        let s = Sealer::new(Profile::AeadAes128Gcm, &[1u8; 16], &[2u8; 12]).unwrap();
         let mut out = BytesMut::new();
         assert!(s.seal(&mut out, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
         assert_eq!(out.len(), HEADER_LEN + 5 + TAG_LEN);
@@ -143,6 +217,45 @@ mod tests {
         let mut again = BytesMut::new();
         assert!(s.seal(&mut again, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
         assert_eq!(out, again, "a retransmission is byte-identical");
-        assert!(Sealer::new(&[1u8; 32], &[2u8; 12]).is_none());
+        assert!(Sealer::new(Profile::AeadAes128Gcm, &[1u8; 32], &[2u8; 12]).is_none());
+        assert!(Sealer::new(Profile::Aes128CmHmacSha1_80, &[1u8; 16], &[2u8; 12]).is_none());
+    }
+
+    /// What we seal, rtc's own SRTP context (the receiver's side of the same keys) opens:
+    /// both profiles, across a ROC step, and a retransmission again.
+    #[test]
+    fn rtc_srtp_opens_what_we_seal() {
+        use rtc::srtp::context::Context;
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        let crypto = rtc::crypto::providers::RingCrypto;
+        for (profile, theirs, salt_len) in [
+            (Profile::AeadAes128Gcm, ProtectionProfile::AeadAes128Gcm, 12),
+            (
+                Profile::Aes128CmHmacSha1_80,
+                ProtectionProfile::Aes128CmHmacSha1_80,
+                14,
+            ),
+        ] {
+            let key: Vec<u8> = (1..=16).collect();
+            let salt: Vec<u8> = (100..100 + salt_len).collect();
+            let ours = Sealer::new(profile, &key, &salt).unwrap();
+            let mut rx = Context::new(&key, &salt, theirs, None, None, &crypto).unwrap();
+            let mut out = BytesMut::new();
+            let payload: Vec<u8> = (0..1100u32).map(|i| (i * 7) as u8).collect();
+            // 65533, 65534, 65535, then 0, 1 with the ROC one up.
+            for (i, seq) in [65533u16, 65534, 65535, 0, 1].into_iter().enumerate() {
+                let roc = u32::from(i >= 3);
+                assert!(ours.seal(&mut out, i == 2, 96, seq, 9000 + i as u32, 0x1234_5678, roc, &payload));
+                let plain = rx
+                    .decrypt_rtp(&out)
+                    .unwrap_or_else(|e| panic!("{profile:?} seq {seq}: {e}"));
+                assert_eq!(&plain[HEADER_LEN..], &payload[..], "{profile:?} seq {seq}");
+                assert_eq!(&plain[..4], &out[..4]);
+            }
+            // A tampered packet is refused (the tag covers header and payload).
+            assert!(ours.seal(&mut out, false, 96, 2, 9005, 0x1234_5678, 1, &payload));
+            out[20] ^= 1;
+            assert!(rx.decrypt_rtp(&out).is_err(), "{profile:?} accepted a tampered packet");
+        }
     }
 }
