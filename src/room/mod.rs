@@ -1232,7 +1232,13 @@ impl Room {
 
     fn drop_stuck(&mut self, stuck: Vec<MemberId>) {
         for member in stuck {
-            tracing::warn!(member = %member, "member stopped reading room events; removing it");
+            // Closed: its socket task has already ended (a shutdown, a socket that just
+            // closed) and its leave is on the way. Full: it stopped reading while connected.
+            if self.member(member).is_some_and(|m| m.events.is_closed()) {
+                tracing::debug!(member = %member, "member's socket task has ended; removing it");
+            } else {
+                tracing::warn!(member = %member, "member stopped reading room events; removing it");
+            }
             self.remove_member(member, LeftReason::Dropped);
         }
     }
