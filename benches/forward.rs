@@ -36,20 +36,20 @@ fn forward(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         for subscribers in [1usize, 100] {
             let mut harness = make(subscribers);
-        let packets: Vec<rtp::Packet> = (0..256).map(packet).collect();
-        // One element = one packet forwarded to one subscriber.
-        group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(
-            BenchmarkId::from_parameter(subscribers),
-            &subscribers,
-            |b, _| {
-                let mut i = 0usize;
-                b.iter(|| {
-                    i = i.wrapping_add(1);
-                    harness.forward(&packets[i % 256])
-                });
-            },
-        );
+            let packets: Vec<rtp::Packet> = (0..256).map(packet).collect();
+            // One element = one packet forwarded to one subscriber.
+            group.throughput(Throughput::Elements(subscribers as u64));
+            group.bench_with_input(
+                BenchmarkId::from_parameter(subscribers),
+                &subscribers,
+                |b, _| {
+                    let mut i = 0usize;
+                    b.iter(|| {
+                        i = i.wrapping_add(1);
+                        harness.forward(&packets[i % 256])
+                    });
+                },
+            );
         }
         group.finish();
     }

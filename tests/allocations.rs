@@ -61,7 +61,10 @@ fn allocates_nothing(mut harness: FanoutHarness, rounds: usize) {
         }
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    assert!(forwarded as usize >= rounds * 6_100, "only {forwarded} forwarded");
+    assert!(
+        forwarded as usize >= rounds * 6_100,
+        "only {forwarded} forwarded"
+    );
     println!("{allocations} allocations for {forwarded} forwarded packets");
     assert_eq!(
         allocations, 0,

@@ -455,7 +455,10 @@ async fn a_member_without_media_whose_connection_goes_silent_is_dropped_by_the_k
     let mut mine = Vec::new();
     for _ in 0..200 {
         let events = attendance::events(&server.state.db, &sid).await.unwrap();
-        mine = events.into_iter().filter(|e| e.invite_id == invite).collect();
+        mine = events
+            .into_iter()
+            .filter(|e| e.invite_id == invite)
+            .collect();
         if mine.iter().any(|e| matches!(e.kind, Kind::Left(_))) {
             break;
         }
@@ -510,8 +513,15 @@ async fn browsers_behind_relay() -> Browsers {
 
 impl Browsers {
     async fn tab(&mut self, role: Role, name: &str) -> common::chromium::Page {
-        let token = self.server.token("net-chromium", role, Some(name), false).await;
-        let page = if role == Role::Leader { "publish" } else { "watch" };
+        let token = self
+            .server
+            .token("net-chromium", role, Some(name), false)
+            .await;
+        let page = if role == Role::Leader {
+            "publish"
+        } else {
+            "watch"
+        };
         let tab = self
             .browser
             .open(&format!("{}/{page}.html#t={token}", self.base))
@@ -547,7 +557,8 @@ fn window(a: &serde_json::Value, b: &serde_json::Value, secs: f64) -> String {
         };
         get(b) - get(a)
     };
-    let jb = d("jitterBufferDelay", Some("video")) / d("jitterBufferEmittedCount", Some("video")).max(1.0);
+    let jb = d("jitterBufferDelay", Some("video"))
+        / d("jitterBufferEmittedCount", Some("video")).max(1.0);
     format!(
         "decoded {:.0} frames ({:.1}/s), packets {:.0} received / {:.0} lost for good, {:.0} NACKs, {:.0} PLIs, {:.0} keyframes, {:.0} dropped frames, {:.0} freezes ({:.2} s frozen), jitter buffer {:.0} ms",
         d("framesDecoded", None),
@@ -597,16 +608,27 @@ async fn chromium_watcher_on_a_lossy_late_link_keeps_decoding() {
     let secs = started.elapsed().as_secs_f64();
     eprintln!("Chromium watchers, {secs:.1} s, publisher a Chromium tab with the fake camera:");
     eprintln!("  clean (control):      {}", window(&c0, &c1, secs));
-    eprintln!("  5 % / 100 ms each way: {} [{}]", window(&i0, &i1, secs), link.summary());
+    eprintln!(
+        "  5 % / 100 ms each way: {} [{}]",
+        window(&i0, &i1, secs),
+        link.summary()
+    );
     eprintln!("  server: {}", engine_figures(&b.server));
-    eprintln!("  transports: {} / {}", i1["transports"], b.stats(&publisher).await["transports"]);
+    eprintln!(
+        "  transports: {} / {}",
+        i1["transports"],
+        b.stats(&publisher).await["transports"]
+    );
 
     let frames = |a: &serde_json::Value, b: &serde_json::Value| {
         b["framesDecoded"].as_f64().unwrap() - a["framesDecoded"].as_f64().unwrap()
     };
-    let nacks = i1["video"]["nackCount"].as_f64().unwrap() - i0["video"]["nackCount"].as_f64().unwrap();
+    let nacks =
+        i1["video"]["nackCount"].as_f64().unwrap() - i0["video"]["nackCount"].as_f64().unwrap();
     assert!(
-        link.received_dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        link.received_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
         "the relay lost nothing: {}",
         link.summary()
     );
@@ -651,7 +673,10 @@ async fn chromium_publisher_on_a_lossy_late_link_still_reaches_watchers() {
     let (p1, w1) = (b.stats(&publisher).await, b.stats(&watcher).await);
     let secs = started.elapsed().as_secs_f64();
     let sent = |k: &str| p1["sent"][k].as_f64().unwrap() - p0["sent"][k].as_f64().unwrap();
-    eprintln!("Chromium publisher on a 5 % / 100 ms link each way, {secs:.1} s [{}]:", link.summary());
+    eprintln!(
+        "Chromium publisher on a 5 % / 100 ms link each way, {secs:.1} s [{}]:",
+        link.summary()
+    );
     eprintln!(
         "  publisher: encoded {:.0} frames ({:.1}/s), sent {:.0} packets, {:.0} retransmitted on {:.0} NACKs, {:.0} PLIs received",
         sent("framesEncoded"),

@@ -430,7 +430,10 @@ impl FanoutHarness {
 
     /// Subscribers on AES128_CM_HMAC_SHA1_80 (Chromium).
     pub fn new_aes_cm(subscribers: usize) -> FanoutHarness {
-        Self::with_profile(subscribers, super::engine::srtp::Profile::Aes128CmHmacSha1_80)
+        Self::with_profile(
+            subscribers,
+            super::engine::srtp::Profile::Aes128CmHmacSha1_80,
+        )
     }
 
     fn with_profile(subscribers: usize, profile: super::engine::srtp::Profile) -> FanoutHarness {

@@ -336,17 +336,18 @@ impl UdpRelay {
                     _ = r_stop.cancelled() => return,
                     r = front.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
                 };
-                if !table.contains_key(&client) {
-                    let link = r_next.lock().unwrap().clone();
-                    match RelayFlow::start(front.clone(), client, server, link, r_stop.clone()).await {
-                        Ok(f) => {
-                            table.insert(client, f);
-                            r_flows.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => continue,
+                let flow = match table.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let link = r_next.lock().unwrap().clone();
+                        let started =
+                            RelayFlow::start(front.clone(), client, server, link, r_stop.clone())
+                                .await;
+                        let Ok(f) = started else { continue };
+                        r_flows.fetch_add(1, Ordering::Relaxed);
+                        e.insert(f)
                     }
-                }
-                let flow = &table[&client];
+                };
                 flow.link.sent.fetch_add(1, Ordering::Relaxed);
                 if !flow.link.pass() {
                     flow.link.sent_dropped.fetch_add(1, Ordering::Relaxed);

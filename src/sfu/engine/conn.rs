@@ -372,9 +372,8 @@ impl Conn {
             P::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some(super::srtp::Profile::Aes128CmHmacSha1_80),
             _ => None,
         };
-        self.sealer = profile.and_then(|p| {
-            super::srtp::Sealer::new(p, &e.local_master_key, &e.local_master_salt)
-        });
+        self.sealer = profile
+            .and_then(|p| super::srtp::Sealer::new(p, &e.local_master_key, &e.local_master_salt));
     }
 
     /// Our seal and where to send, when forwarded packets can bypass rtc.

@@ -322,9 +322,9 @@ fn advertised(local: &[SocketAddr], public: &[IpAddr]) -> Vec<(SocketAddr, Socke
     local
         .iter()
         .map(|l| {
-            let public_ip = public.iter().find(|p| {
-                p.is_ipv4() == l.is_ipv4() && p.is_loopback() == l.ip().is_loopback()
-            });
+            let public_ip = public
+                .iter()
+                .find(|p| p.is_ipv4() == l.is_ipv4() && p.is_loopback() == l.ip().is_loopback());
             (*l, public_ip.map_or(*l, |p| SocketAddr::new(*p, l.port())))
         })
         .collect()
@@ -1333,7 +1333,11 @@ mod tests {
         );
         assert_eq!(
             shown(&[ip("198.51.100.7"), ip("2001:db8::7"), ip("127.0.0.2")]),
-            ["127.0.0.2:50000", "198.51.100.7:50000", "[2001:db8::7]:50000"]
+            [
+                "127.0.0.2:50000",
+                "198.51.100.7:50000",
+                "[2001:db8::7]:50000"
+            ]
         );
     }
 }

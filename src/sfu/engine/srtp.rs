@@ -18,8 +18,8 @@
 use aes::cipher::{BlockEncrypt, KeyInit};
 use bytes::BytesMut;
 use ctr::cipher::{InnerIvInit, StreamCipher};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use hmac::{Hmac, Mac};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 
 const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
 const LABEL_SRTP_AUTH: u8 = 0x01;
@@ -36,18 +36,23 @@ pub(crate) enum Profile {
     Aes128CmHmacSha1_80,
 }
 
-/// The session keys of one connection's outgoing SRTP.
+/// The session keys of one connection's outgoing SRTP. One per connection, kept in place:
+/// the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Sealer {
     Gcm {
         key: LessSafeKey,
         salt: [u8; 12],
     },
-    CmHmacSha1_80 {
-        aes: aes::Aes128,
-        salt: [u8; 14],
-        /// Keyed once; cloned per packet (inner and outer SHA-1 states, no allocation).
-        auth: Hmac<sha1::Sha1>,
-    },
+    /// Boxed: the AES key schedules and the two SHA-1 states are ≈ 1 KB.
+    CmHmacSha1_80(Box<CmKeys>),
+}
+
+pub(crate) struct CmKeys {
+    aes: aes::Aes128,
+    salt: [u8; 14],
+    /// Keyed once; cloned per packet (inner and outer SHA-1 states, no allocation).
+    auth: Hmac<sha1::Sha1>,
 }
 
 /// RFC 3711 §4.3.1 with a key derivation rate of 0 (RFC 5764): AES-CM PRF over
@@ -88,11 +93,11 @@ impl Sealer {
                 auth[16..].copy_from_slice(&derive(&key, &salt, LABEL_SRTP_AUTH, 1)[..4]);
                 let mut s = [0u8; 14];
                 s.copy_from_slice(&derive(&key, &salt, LABEL_SRTP_SALT, 0)[..14]);
-                Some(Sealer::CmHmacSha1_80 {
+                Some(Sealer::CmHmacSha1_80(Box::new(CmKeys {
                     aes: aes::Aes128::new((&session_key).into()),
                     salt: s,
                     auth: <Hmac<sha1::Sha1> as Mac>::new_from_slice(&auth).ok()?,
-                })
+                })))
             }
         }
     }
@@ -136,7 +141,8 @@ impl Sealer {
                 };
                 out.extend_from_slice(tag.as_ref());
             }
-            Sealer::CmHmacSha1_80 { aes, salt, auth } => {
+            Sealer::CmHmacSha1_80(keys) => {
+                let CmKeys { aes, salt, auth } = &**keys;
                 // IV = (session salt · 2^16) ⊕ (SSRC · 2^64) ⊕ (index · 2^16), index = ROC ‖ SEQ.
                 let mut iv = [0u8; 16];
                 iv[..14].copy_from_slice(salt);
@@ -203,7 +209,10 @@ mod tests {
         block12[..12].copy_from_slice(&salt12);
         let mut b12 = aes::Block::from(block12);
         cipher.encrypt_block(&mut b12);
-        assert_eq!(derive(&master_key, &salt12, 0, 0).as_slice(), b12.as_slice());
+        assert_eq!(
+            derive(&master_key, &salt12, 0, 0).as_slice(),
+            b12.as_slice()
+        );
     }
 
     #[test]
@@ -245,7 +254,16 @@ mod tests {
             // 65533, 65534, 65535, then 0, 1 with the ROC one up.
             for (i, seq) in [65533u16, 65534, 65535, 0, 1].into_iter().enumerate() {
                 let roc = u32::from(i >= 3);
-                assert!(ours.seal(&mut out, i == 2, 96, seq, 9000 + i as u32, 0x1234_5678, roc, &payload));
+                assert!(ours.seal(
+                    &mut out,
+                    i == 2,
+                    96,
+                    seq,
+                    9000 + i as u32,
+                    0x1234_5678,
+                    roc,
+                    &payload
+                ));
                 let plain = rx
                     .decrypt_rtp(&out)
                     .unwrap_or_else(|e| panic!("{profile:?} seq {seq}: {e}"));
@@ -255,7 +273,10 @@ mod tests {
             // A tampered packet is refused (the tag covers header and payload).
             assert!(ours.seal(&mut out, false, 96, 2, 9005, 0x1234_5678, 1, &payload));
             out[20] ^= 1;
-            assert!(rx.decrypt_rtp(&out).is_err(), "{profile:?} accepted a tampered packet");
+            assert!(
+                rx.decrypt_rtp(&out).is_err(),
+                "{profile:?} accepted a tampered packet"
+            );
         }
     }
 }
