@@ -313,6 +313,57 @@ async fn a_course_in_the_browser() {
         "landscape picture is {media_h} of the height"
     );
     b.screenshot(&kari, "ui-participant-phone-landscape").await;
+
+    // A full caption box, at every size: whole lines only (the oldest one shown is not cut in
+    // half), the newest at the bottom — also after the screen changed size.
+    for text in [
+        "Neste gong snakkar vi om kosthald og mosjon i kvardagen.",
+        "Ta gjerne med spørsmåla dykkar.",
+        "Hugs å ta medisinane som avtalt med legen.",
+        "Takk for i dag, alle saman.",
+    ] {
+        b.click(&tolk, "#caption-text").await;
+        b.type_text(&tolk, text).await;
+        b.key(&tolk, "Enter").await;
+        // Sent and the field emptied before the interpreter types the next line.
+        b.wait_for(
+            &kari,
+            &format!("kursrelay.captions().includes({})", serde_json::json!(text)),
+            10,
+        )
+        .await;
+        b.wait_for(
+            &tolk,
+            "document.getElementById('caption-text').value === ''",
+            10,
+        )
+        .await;
+    }
+    for (w, h, phone) in [
+        (1920, 1080, false),
+        (1366, 768, false),
+        (390, 844, true),
+        (844, 390, true),
+    ] {
+        b.viewport(&kari, w, h, phone).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let shown = b
+            .eval(
+                &kari,
+                "(() => { const c = document.getElementById('captions');                  const lh = parseFloat(getComputedStyle(c).lineHeight);                  const last = c.lastElementChild.getBoundingClientRect(), box = c.getBoundingClientRect();                  return { lines: c.clientHeight / lh, full: c.scrollHeight > c.clientHeight + 1,                           atBottom: c.scrollHeight - c.scrollTop - c.clientHeight < 2,                           newestInside: last.bottom <= box.bottom + 1 && last.top >= box.top - 1 }; })()",
+            )
+            .await;
+        let lines = shown["lines"].as_f64().unwrap();
+        assert_eq!(shown["full"], true, "{w}×{h}: {shown}");
+        assert!(
+            lines >= 1.95 && (lines - lines.round()).abs() < 0.05,
+            "{w}×{h}: the caption box shows {lines} lines: {shown}"
+        );
+        assert_eq!(shown["atBottom"], true, "{w}×{h}: {shown}");
+        assert_eq!(shown["newestInside"], true, "{w}×{h}: {shown}");
+        b.screenshot(&kari, &format!("ui-captions-full-{w}x{h}"))
+            .await;
+    }
     b.viewport(&kari, 1366, 768, false).await;
 
     // Fullscreen keeps the captions.

@@ -68,4 +68,8 @@ export function wireCaptionSettings() {
     applyCaptionPrefs();
   });
   applyCaptionPrefs();
+  // A new size (a phone turned, a window resized, fullscreen) keeps the newest line in view.
+  if (window.ResizeObserver) {
+    new ResizeObserver(() => { el.captions.scrollTop = el.captions.scrollHeight; }).observe(el.captions);
+  }
 }
