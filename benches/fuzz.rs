@@ -55,6 +55,7 @@ fn main() {
         "sdp" => halves(fuzz_targets::sdp),
         "media" => halves(fuzz_targets::media),
         "media_route" => halves(fuzz_targets::media_route),
+        "media_session" => halves(fuzz_targets::media_session),
         "rest" => {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {

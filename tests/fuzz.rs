@@ -50,6 +50,22 @@ fn media_port_datagrams_through_the_connection() {
     fuzz_targets::run("media", 20_000, 5, fuzz_targets::media);
 }
 
+/// RTP and RTCP inside an established session, encrypted with the client's keys: the seeds
+/// must reach the connection (and be read as RTP), and it must stay up through the mutations.
+#[test]
+fn rtp_and_rtcp_inside_an_established_session() {
+    fuzz_targets::run("media_session", 0, 7, fuzz_targets::media_session);
+    let (up, read) = fuzz_targets::media_session_state();
+    assert!(up, "the session is not connected after the seeds");
+    assert!(
+        read >= 5,
+        "only {read} seed RTP packets were read by the connection"
+    );
+    fuzz_targets::run("media_session", 5_000, 7, fuzz_targets::media_session);
+    let (up, _) = fuzz_targets::media_session_state();
+    assert!(up, "the session went down under fuzzed RTP/RTCP");
+}
+
 /// ≥ 1 M mutated datagrams through the classifier and demultiplexer (issue 9, item 8).
 #[test]
 fn a_million_datagrams_through_the_classifier_and_demux() {

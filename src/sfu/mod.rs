@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
-pub use engine::MediaPortHarness;
+pub use engine::{MediaPortHarness, MediaSessionHarness};
 pub use forwarder::{DownTrack, FanoutHarness, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};

@@ -291,6 +291,45 @@ pub async fn rest(router: axum::Router, input: &[u8], admin_key: &str) {
 thread_local! {
     static MEDIA_PORT: std::cell::RefCell<Option<kursrelay::sfu::MediaPortHarness>> =
         const { std::cell::RefCell::new(None) };
+    static MEDIA_SESSION: std::cell::RefCell<Option<kursrelay::sfu::MediaSessionHarness>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// An established publish session (ICE and DTLS done in memory with a webrtc-rs client): the
+/// input's first byte says what the rest is — bit 0 clear: plaintext RTP, set: plaintext
+/// RTCP, each encrypted with the client's own SRTP keys, so it passes authentication; bit 1
+/// set: sent as it is. Seeds (tests/fuzz_corpus/media_session): VP8 and Opus RTP with the
+/// client's SSRCs, header extensions, padding, CSRCs, an unknown SSRC; SR+SDES, RR, NACK, PLI,
+/// BYE, REMB, transport-cc. This is what a participant with a valid link can send. Oracle:
+/// nothing panics or hangs, and the connection stays up (no input the client may send tears
+/// down the server's side of it, except by its own DTLS close, which is not reachable here).
+pub fn media_session(input: &[u8]) {
+    let Some((&selector, body)) = input.split_first() else {
+        return;
+    };
+    MEDIA_SESSION.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let h = cell.get_or_insert_with(|| {
+            kursrelay::sfu::MediaSessionHarness::new().expect("an in-memory session")
+        });
+        if selector & 2 != 0 {
+            h.feed_raw(body);
+        } else if selector & 1 == 0 {
+            h.feed_rtp(body);
+        } else {
+            h.feed_rtcp(body);
+        }
+    });
+}
+
+/// Whether the session behind `media_session` is still connected, and how many RTP packets
+/// it has read (the seeds must reach it, or the target proves nothing).
+pub fn media_session_state() -> (bool, u64) {
+    MEDIA_SESSION.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .map_or((false, 0), |h| (h.is_connected(), h.packets_received()))
+    })
 }
 
 /// The sources a fuzzed datagram may come from (chosen by the input's first byte). Source 3

@@ -21,8 +21,11 @@ mod cache;
 mod conn;
 pub(crate) mod mux;
 mod net;
+mod session_harness;
 pub(crate) mod srtp;
 mod tcp;
+
+pub use session_harness::MediaSessionHarness;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
