@@ -166,8 +166,18 @@ pub fn run(name: &str, executions: u64, seed: u64, mut target: impl FnMut(&[u8])
         input.truncate(256 * 1024);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&input)));
         if let Err(e) = result {
+            // Kept byte for byte (binary targets do not survive a lossy print), ready to be
+            // copied into the corpus as a regression seed.
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
+            let file = dir.join(format!("{name}-{seed}-{}.bin", input.len()));
+            let saved = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&file, &input))
+                .map_or_else(
+                    |e| format!("not saved: {e}"),
+                    |()| file.display().to_string(),
+                );
             eprintln!(
-                "{name}: failing input ({} bytes): {:?}",
+                "{name}: failing input ({} bytes, {saved}): {:?}",
                 input.len(),
                 String::from_utf8_lossy(&input)
             );

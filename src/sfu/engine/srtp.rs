@@ -58,7 +58,7 @@ pub(crate) struct CmKeys {
 /// RFC 3711 §4.3.1 with a key derivation rate of 0 (RFC 5764): AES-CM PRF over
 /// (master salt ⊕ label at byte 7), block counter `n` in the last two bytes. The master salt
 /// is 14 bytes for AES-CM and 12 for GCM (then padded with zeros, as RFC 7714 §12 does).
-fn derive(master_key: &[u8; 16], master_salt: &[u8], label: u8, n: u16) -> [u8; 16] {
+pub(crate) fn derive(master_key: &[u8; 16], master_salt: &[u8], label: u8, n: u16) -> [u8; 16] {
     let mut block = [0u8; 16];
     block[..master_salt.len()].copy_from_slice(master_salt);
     block[7] ^= label;
