@@ -72,3 +72,27 @@ fn a_million_datagrams_through_the_classifier_and_demux() {
     let runs = fuzz_targets::run("media", 1_000_000, 6, fuzz_targets::media_route);
     assert!(runs >= 1_000_000);
 }
+
+/// Regression (found by `media_session`): datagrams with ever new SSRCs from a client's
+/// address — here unauthenticated ones — each created SRTP state in rtc before the tag was
+/// checked: ≈ 200 bytes per SSRC, without bound (300 000 grew the server by 58 MB). Only the
+/// declared SSRCs and a few more per connection reach rtc now.
+#[test]
+fn new_ssrcs_from_a_client_do_not_grow_the_server() {
+    let mut input = vec![2u8, 0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+    input.extend_from_slice(&[0xab; 60]);
+    fuzz_targets::media_session(&input);
+    let before = fuzz_targets::media_session_ssrcs_refused();
+    for i in 0..20_000u32 {
+        input[9..13].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+        input[3..5].copy_from_slice(&(i as u16).to_be_bytes());
+        fuzz_targets::media_session(&input);
+    }
+    let refused = fuzz_targets::media_session_ssrcs_refused() - before;
+    assert!(
+        refused >= 20_000 - 8,
+        "only {refused} of 20 000 datagrams with new SSRCs were kept from rtc"
+    );
+    let (up, _) = fuzz_targets::media_session_state();
+    assert!(up);
+}

@@ -332,6 +332,11 @@ pub fn media_session(input: &[u8]) {
     });
 }
 
+/// How many datagrams the session's SSRC gate has kept from rtc.
+pub fn media_session_ssrcs_refused() -> u64 {
+    MEDIA_SESSION.with(|cell| cell.borrow().as_ref().map_or(0, |h| h.ssrcs_refused()))
+}
+
 /// Whether the session behind `media_session` is still connected, and how many RTP packets
 /// it has read (the seeds must reach it, or the target proves nothing).
 pub fn media_session_state() -> (bool, u64) {

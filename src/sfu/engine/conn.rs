@@ -118,6 +118,9 @@ pub(crate) struct Conn {
     advertised: Vec<(SocketAddr, SocketAddr)>,
     /// An unbound address whose binding request this connection was given last.
     checking: Option<SocketAddr>,
+    /// Which SSRCs may reach rtc's SRTP (see `SsrcGate`).
+    ssrcs: super::mux::SsrcGate,
+    ssrcs_refused: u64,
     deadline: Option<Instant>,
     /// Our own SRTP seal for forwarded packets, once DTLS gave us keys (GCM profile only),
     /// and which handshake they came from.
@@ -264,6 +267,8 @@ impl Conn {
             early_candidates: Vec::new(),
             advertised: advertised.to_vec(),
             checking: None,
+            ssrcs: super::mux::SsrcGate::default(),
+            ssrcs_refused: 0,
             deadline: None,
             sealer: None,
             sealer_generation: 0,
@@ -274,6 +279,11 @@ impl Conn {
             incoming: Vec::new(),
             tracks: HashMap::new(),
         })
+    }
+
+    /// Datagrams refused because their SSRC was neither declared nor among the few others.
+    pub(crate) fn ssrcs_refused(&self) -> u64 {
+        self.ssrcs_refused
     }
 
     pub(crate) fn ufrag(&self) -> &str {
@@ -303,8 +313,13 @@ impl Conn {
         data: &[u8],
         proto: TransportProtocol,
     ) -> bool {
-        if super::mux::classify(data) == super::mux::Kind::Stun {
-            self.checking = Some(from);
+        match super::mux::classify(data) {
+            super::mux::Kind::Stun => self.checking = Some(from),
+            super::mux::Kind::Rtp if !self.ssrcs.admit(data) => {
+                self.ssrcs_refused += 1;
+                return false;
+            }
+            _ => {}
         }
         self.last_heard = now;
         self.pc
@@ -688,6 +703,7 @@ impl Conn {
     }
 
     pub(crate) fn apply_offer(&mut self, now: Instant, sdp: String) -> Result<String, SfuError> {
+        self.ssrcs.declare_from_sdp(&sdp);
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
@@ -772,6 +788,7 @@ impl Conn {
         sdp: String,
         senders: &[(RTCRtpSenderId, Codec)],
     ) -> Result<Vec<Option<u8>>, SfuError> {
+        self.ssrcs.declare_from_sdp(&sdp);
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc

@@ -189,6 +189,78 @@ impl FloodGuard {
     }
 }
 
+/// Which SRTP/SRTCP senders (SSRCs) a connection lets through to rtc. rtc-srtp keeps state
+/// (rollover counter, replay window) per SSRC and creates it *before* checking the
+/// authentication tag, so datagrams with ever new SSRCs from a bound address — even
+/// unauthenticated ones — grew the server by ≈ 200 bytes each without bound (found by the
+/// `media_session` fuzz target; RELIABILITY.md). Allowed: the SSRCs the client declared in
+/// its SDP (`a=ssrc:`), and a few undeclared ones each for RTP and RTCP (a receive-only
+/// client's RTCP senders, a stream the SDP did not list), first come first served.
+#[derive(Debug, Default)]
+pub(crate) struct SsrcGate {
+    declared: Vec<u32>,
+    rtp: Vec<u32>,
+    rtcp: Vec<u32>,
+}
+
+/// At most this many declared SSRCs are kept (an SDP may list more; the rest count as
+/// undeclared).
+pub(crate) const DECLARED_SSRCS: usize = 64;
+/// Undeclared SSRCs allowed per connection for RTP (publishers declare theirs)…
+pub(crate) const UNDECLARED_SSRCS: usize = 8;
+/// … and for RTCP senders: webrtc-rs sends each receiver report from a random SSRC of its own
+/// per received stream, so a subscriber of many tracks has many (≈ 200 bytes of state each).
+pub(crate) const UNDECLARED_RTCP_SSRCS: usize = 64;
+
+impl SsrcGate {
+    /// Takes the `a=ssrc:<id> …` lines of a remote description.
+    pub(crate) fn declare_from_sdp(&mut self, sdp: &str) {
+        for line in sdp.lines() {
+            let Some(rest) = line.strip_prefix("a=ssrc:") else {
+                continue;
+            };
+            let Some(id) = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !self.declared.contains(&id) && self.declared.len() < DECLARED_SSRCS {
+                self.declared.push(id);
+            }
+        }
+    }
+
+    /// Whether an RTP or RTCP datagram (`classify` said `Rtp`) may reach rtc.
+    pub(crate) fn admit(&mut self, d: &[u8]) -> bool {
+        // RFC 5761: a second byte of 192–223 is RTCP (sender SSRC at 4..8); else RTP (8..12).
+        let rtcp = d.len() >= 2 && (192..=223).contains(&d[1]);
+        let at = if rtcp { 4 } else { 8 };
+        let Some(b) = d.get(at..at + 4) else {
+            return true; // too short to carry state: rtc refuses it
+        };
+        let ssrc = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        if self.declared.contains(&ssrc) {
+            return true;
+        }
+        let seen = if rtcp { &mut self.rtcp } else { &mut self.rtp };
+        if seen.contains(&ssrc) {
+            return true;
+        }
+        let cap = if rtcp {
+            UNDECLARED_RTCP_SSRCS
+        } else {
+            UNDECLARED_SSRCS
+        };
+        if seen.len() < cap {
+            seen.push(ssrc);
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +349,36 @@ mod tests {
         assert!(!g.allow(a, 20));
         assert!(g.allow(b, 20));
         assert!(g.allow(a, 1010));
+    }
+
+    #[test]
+    fn ssrc_gate_lets_declared_and_a_few_undeclared_senders_through() {
+        let mut g = SsrcGate::default();
+        g.declare_from_sdp(
+            "v=0\r\na=ssrc:286331153 cname:x\r\na=ssrc:572662306 msid:a b\r\na=ssrc:junk\r\n",
+        );
+        let rtp = |ssrc: u32| {
+            let mut d = vec![0x80, 96, 0, 1, 0, 0, 0, 0];
+            d.extend_from_slice(&ssrc.to_be_bytes());
+            d
+        };
+        let rtcp = |ssrc: u32| {
+            let mut d = vec![0x81, 201, 0, 1];
+            d.extend_from_slice(&ssrc.to_be_bytes());
+            d
+        };
+        assert!(g.admit(&rtp(0x1111_1111)));
+        assert!(g.admit(&rtcp(0x2222_2222)));
+        let new_rtp = (1..=100).filter(|i| g.admit(&rtp(*i))).count();
+        let new_rtcp = (1..=100).filter(|i| g.admit(&rtcp(1000 + i))).count();
+        assert_eq!(
+            (new_rtp, new_rtcp),
+            (UNDECLARED_SSRCS, UNDECLARED_RTCP_SSRCS)
+        );
+        // Those admitted stay admitted; declared ones always are.
+        assert!(g.admit(&rtp(1)) && g.admit(&rtcp(1001)) && g.admit(&rtp(0x2222_2222)));
+        assert!(!g.admit(&rtp(100)));
+        // Too short to name a sender: left to rtc, which refuses it.
+        assert!(g.admit(&[0x80, 96, 0]));
     }
 }

@@ -295,13 +295,14 @@ impl MediaSessionHarness {
     }
 
     /// One datagram from the client's address, as the engine takes it (demux, connection,
-    /// events, reads, feedback, due timers); the server's answers go to the client.
+    /// events, reads, feedback, due timers); the server's answers go to the client. False if
+    /// it was not routed or the connection refused it.
     pub fn feed_raw(&mut self, data: &[u8]) -> bool {
         let now = Instant::now();
         if self.demux.route(self.client_addr, data) != Ok(self.key) {
             return false;
         }
-        self.conn.handle_datagram(
+        let taken = self.conn.handle_datagram(
             now,
             self.local,
             self.client_addr,
@@ -309,7 +310,7 @@ impl MediaSessionHarness {
             TransportProtocol::UDP,
         );
         self.service(now);
-        true
+        taken
     }
 
     /// The server connection's due timers, its output (to the client), events and reads.
@@ -399,6 +400,11 @@ impl MediaSessionHarness {
             Ok(d) => self.feed_raw(&d),
             Err(_) => self.feed_raw(plain),
         }
+    }
+
+    /// Datagrams the connection's SSRC gate kept from rtc.
+    pub fn ssrcs_refused(&self) -> u64 {
+        self.conn.ssrcs_refused()
     }
 
     pub fn is_connected(&self) -> bool {
