@@ -474,3 +474,58 @@ async fn chat_and_captions_are_relayed_when_allowed() {
     );
     server.shutdown().await;
 }
+
+/// A chat flood is refused line by line before it reaches the session: the first ten lines
+/// go through, the rest are answered `rate_limited`, the sender stays connected, and a
+/// moment later it may chat again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_flood_is_refused_line_by_line() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "chat-flood", "Kursleiar").await;
+    let kari = TestPeer::join(&server, "chat-flood", "Kari").await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    for i in 0..30 {
+        kari.send(json!({"type": "chat", "text": format!("linje {i}")}))
+            .await;
+    }
+    kari.wait_msg(|m| m["type"] == "chat" && m["text"] == "linje 9")
+        .await;
+    assert!(
+        wait_until(TIMEOUT, || {
+            kari.inbox()
+                .iter()
+                .filter(|m| m["type"] == "error" && m["code"] == "rate_limited")
+                .count()
+                >= 18
+        })
+        .await,
+        "the flood was not refused"
+    );
+    let relayed = |p: &TestPeer| {
+        p.inbox()
+            .iter()
+            .filter(|m| {
+                m["type"] == "chat" && m["text"].as_str().unwrap_or("").starts_with("linje")
+            })
+            .count()
+    };
+    let refused = kari
+        .inbox()
+        .iter()
+        .filter(|m| m["type"] == "error" && m["request"] == "chat")
+        .count();
+    assert_eq!(relayed(&leader) + refused, 30, "{:?}", kari.inbox());
+    assert!(
+        (10..=12).contains(&relayed(&leader)),
+        "{} relayed",
+        relayed(&leader)
+    );
+    assert!(!kari.socket_closed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kari.send(json!({"type": "chat", "text": "Kan du gjenta?"}))
+        .await;
+    leader
+        .wait_msg(|m| m["type"] == "chat" && m["text"] == "Kan du gjenta?")
+        .await;
+    server.shutdown().await;
+}

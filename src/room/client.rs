@@ -32,6 +32,12 @@ pub struct ClientCtx {
     pub answer_timeout: Duration,
 }
 
+/// Chat lines a member may send at once, and per second after that. A person types far
+/// less; a flood is refused line by line (`rate_limited`) before it reaches the session —
+/// the socket's own message limit still disconnects a client that keeps going.
+const CHAT_BURST: f64 = 10.0;
+const CHAT_PER_SECOND: f64 = 1.0;
+
 /// Unanswered subscribe offers in a row before the client is removed.
 const MAX_UNANSWERED_OFFERS: u32 = 3;
 /// A sender whose media keeps arriving although it is not forwarded is told at most this often.
@@ -115,6 +121,10 @@ pub struct Client {
     stage: Stage,
     /// Messages for the socket, in order.
     pub outbox: Vec<ServerMessage>,
+    /// Chat lines this member may still send at once (refilled at `CHAT_PER_SECOND`), and when
+    /// the budget was last looked at.
+    chat_budget: f64,
+    chat_checked: Instant,
 }
 
 impl Client {
@@ -123,6 +133,8 @@ impl Client {
             ctx,
             stage: Stage::New,
             outbox: Vec::new(),
+            chat_budget: CHAT_BURST,
+            chat_checked: Instant::now(),
         }
     }
 
@@ -326,7 +338,20 @@ impl Client {
                 self.control("set_headcount", Control::SetHeadcount(count))
                     .await
             }
-            ClientMessage::Chat { text } => self.control("chat", Control::Chat(text)).await,
+            ClientMessage::Chat { text } => {
+                let now = Instant::now();
+                let refill = now.duration_since(self.chat_checked).as_secs_f64() * CHAT_PER_SECOND;
+                self.chat_checked = now;
+                self.chat_budget = (self.chat_budget + refill).min(CHAT_BURST);
+                if self.chat_budget < 1.0 {
+                    return Err(ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        "Too many chat messages at once; wait a moment.",
+                    ));
+                }
+                self.chat_budget -= 1.0;
+                self.control("chat", Control::Chat(text)).await
+            }
             ClientMessage::Caption { text, partial } => {
                 self.control("caption", Control::Caption(text, partial))
                     .await
