@@ -752,6 +752,9 @@ el.chatForm.addEventListener('submit', (ev) => {
       el.chatBox.dataset.refused = 'true';
       el.chatBox.hidden = true;
       showAlert('chat.off');
+    } else if (err.code === 'rate_limited') {
+      // The line stays in the box, to send again in a moment.
+      showAlert('chat.slow_down');
     } else showError(err);
   });
 });

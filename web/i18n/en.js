@@ -120,6 +120,7 @@ export default {
   'chat.heading': 'Chat',
   'chat.write': 'Write a message',
   'chat.off': 'Chat is not turned on for this course.',
+  'chat.slow_down': 'You have sent many messages in a short time. Wait a moment, then send again.',
 
   'site.headcount_label': 'How many people are in the room?',
   'site.headcount_set': 'Save',

@@ -120,6 +120,7 @@ export default {
   'chat.heading': 'Chat',
   'chat.write': 'Skriv en melding',
   'chat.off': 'Chat er ikke slått på for dette kurset.',
+  'chat.slow_down': 'Du har sendt mange meldinger på kort tid. Vent litt, og send igjen.',
 
   'site.headcount_label': 'Hvor mange er i rommet?',
   'site.headcount_set': 'Lagre',

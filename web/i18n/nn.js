@@ -120,6 +120,7 @@ export default {
   'chat.heading': 'Chat',
   'chat.write': 'Skriv ei melding',
   'chat.off': 'Chat er ikkje slått på for dette kurset.',
+  'chat.slow_down': 'Du har sendt mange meldingar på kort tid. Vent litt, og send igjen.',
 
   'site.headcount_label': 'Kor mange er i rommet?',
   'site.headcount_set': 'Lagre',
