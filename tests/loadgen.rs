@@ -7,7 +7,12 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_smoke_run_delivers_media() {
-    let server = TestServer::spawn().await;
+    // Keepalive pings every 200 ms, so the generator's clients meet them during the run (its
+    // publisher once took the first ping for the end of the socket and left: 100 % loss at
+    // the 500-subscriber sweep step, whose joins take longer than the default 15 s).
+    let server =
+        TestServer::spawn_with("[signalling]\nping_interval_ms = 200\nidle_timeout_ms = 1000\n")
+            .await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kursrelay-loadgen"))
         .args([
             "run",

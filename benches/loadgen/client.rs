@@ -354,7 +354,12 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
     loop {
         tokio::select! {
             frame = stream.next() => {
-                let Some(Ok(Message::Text(text))) = frame else { anyhow::bail!("socket closed before publish_answer") };
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    // Pings (answered by the WebSocket layer) and other control frames.
+                    Some(Ok(_)) => continue,
+                    _ => anyhow::bail!("socket closed before publish_answer"),
+                };
                 let msg: Value = serde_json::from_str(&text)?;
                 match msg["type"].as_str().unwrap_or_default() {
                     "publish_answer" => {
@@ -405,7 +410,13 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     frame = stream.next() => {
-                        let Some(Ok(Message::Text(text))) = frame else { break };
+                        // The server's keepalive pings arrive here too: only a closed or
+                        // failed socket ends the member.
+                        let text = match frame {
+                            Some(Ok(Message::Text(text))) => text,
+                            Some(Ok(_)) => continue,
+                            _ => break,
+                        };
                         let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
                         if msg["type"] == "ice_candidate" { let _ = pc.add_ice_candidate(candidate_init(&msg["candidate"])).await; }
                     }
