@@ -140,7 +140,7 @@ pub(crate) struct Conn {
     tracks: HashMap<String, (KeyframeRequester, u64)>,
 }
 
-fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
+pub(crate) fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
     let c = CandidateHostConfig {
         base_config: CandidateConfig {
             network: if tcp { "tcp" } else { "udp" }.into(),
