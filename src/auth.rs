@@ -63,6 +63,17 @@ impl TokenKey {
 
     /// Checks signature and expiry at `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let claims = self.verify_signature(token)?;
+        if claims.expired(now) {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Checks the signature only: the claims of a genuine link, expired or not. For telling
+    /// the holder of an expired link the truer reason (its invite was withdrawn, its session
+    /// ended) before "expired"; never for letting one in.
+    pub fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -87,11 +98,14 @@ impl TokenKey {
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)
+    }
+}
+
+impl Claims {
+    /// Whether the link has expired at `now` (seconds since the epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.exp <= now
     }
 }
 
@@ -185,7 +199,14 @@ mod tests {
         ];
         for (token, now, want) in cases {
             assert_eq!(key.verify(&token, now), Err(want), "{token}");
+            // The signature-only check refuses the same tokens, except for expiry.
+            if want != TokenError::Expired {
+                assert_eq!(key.verify_signature(&token), Err(want), "{token}");
+            }
         }
+        // An expired but genuine link still says whose it is (to tell "withdrawn" first).
+        assert_eq!(key.verify_signature(&token), Ok(claims()));
+        assert!(claims().expired(1000) && !claims().expired(999));
     }
 
     #[test]

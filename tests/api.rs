@@ -99,7 +99,8 @@ async fn admin_api_manages_courses_sessions_and_invites() {
         422
     );
 
-    let new = json!({"title": "Dag 1", "starts_at": "2026-11-24T09:00:00Z", "ends_at": "2026-11-24T12:00:00Z", "host_site": "Molde sjukehus, auditoriet"});
+    // Tomorrow, whatever day the suite runs (a fixed day goes stale: issue 23).
+    let new = json!({"title": "Dag 1", "starts_at": utc_in(DAY), "ends_at": utc_in(DAY + 3 * HOUR), "host_site": "Molde sjukehus, auditoriet"});
     let (status, session) = call(
         &server,
         "POST",
@@ -112,7 +113,7 @@ async fn admin_api_manages_courses_sessions_and_invites() {
     assert_eq!(session["state"], "scheduled");
     assert_eq!(session["chat_enabled"], false);
     let sid = session["id"].as_str().unwrap().to_owned();
-    let bad_times = json!({"title": "x", "starts_at": "2026-11-24T12:00:00Z", "ends_at": "2026-11-24T09:00:00Z", "host_site": "Molde"});
+    let bad_times = json!({"title": "x", "starts_at": utc_in(DAY + 3 * HOUR), "ends_at": utc_in(DAY), "host_site": "Molde"});
     assert_eq!(
         call(
             &server,
@@ -543,4 +544,101 @@ async fn attendance_numbers_are_never_minus_zero() {
     .await;
     assert!(!export.to_string().contains("-0"), "{export}");
     server.shutdown().await;
+}
+
+/// A link that is past its expiry and also withdrawn is told the truer reason, "withdrawn", at
+/// join and by /link-check; one that is only expired is told "expired"; a forged one stays
+/// "invalid" (docs/api.md, "Checking a link").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_that_was_withdrawn_says_withdrawn() {
+    let server = TestServer::spawn().await;
+    let key = Some(ADMIN_KEY);
+    let (_, course) = call(
+        &server,
+        "POST",
+        "/api/courses",
+        key,
+        Some(json!({"title": "Kurs"})),
+    )
+    .await;
+    let cid = course["id"].as_str().unwrap();
+    // Ended (by the clock) three days ago: past `auth.link_validity_hours` (24) after its end.
+    let (status, session) = call(
+        &server,
+        "POST",
+        &format!("/api/courses/{cid}/sessions"),
+        key,
+        Some(json!({"title": "Dag 1", "starts_at": utc_in(-3 * DAY - 3 * HOUR), "ends_at": utc_in(-3 * DAY), "host_site": "Molde"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let sid = session["id"].as_str().unwrap();
+    let mut tokens = Vec::new();
+    for name in ["Kari", "Nils"] {
+        let (status, invite) = call(
+            &server,
+            "POST",
+            &format!("/api/sessions/{sid}/invites"),
+            key,
+            Some(json!({"role": "participant", "display_name": name})),
+        )
+        .await;
+        assert_eq!(status, 201, "{invite}");
+        let token = invite["link"]
+            .as_str()
+            .unwrap()
+            .split("#t=")
+            .nth(1)
+            .unwrap();
+        tokens.push((invite["id"].as_str().unwrap().to_owned(), token.to_owned()));
+    }
+    let (status, _) = call(
+        &server,
+        "POST",
+        &format!("/api/invites/{}/revoke", tokens[0].0),
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let link_check = |token: String| {
+        let server = &server;
+        async move {
+            call(
+                server,
+                "POST",
+                "/link-check",
+                None,
+                Some(json!({ "token": token })),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        link_check(tokens[0].1.clone()).await,
+        (200, json!({"state": "revoked"}))
+    );
+    assert_eq!(
+        link_check(tokens[1].1.clone()).await,
+        (200, json!({"state": "expired"}))
+    );
+    // Nils's claims under Kari's signature.
+    let (nils_signed, _) = tokens[1].1.rsplit_once('.').unwrap();
+    let (_, kari_signature) = tokens[0].1.rsplit_once('.').unwrap();
+    let forged = format!("{nils_signed}.{kari_signature}");
+    assert_eq!(link_check(forged).await, (200, json!({"state": "invalid"})));
+
+    let withdrawn = TestPeer::connect(&server, &tokens[0].1, None).await;
+    assert_eq!(
+        withdrawn.wait_msg(|m| m["type"] == "error").await["code"],
+        "invite_revoked"
+    );
+    let expired = TestPeer::connect(&server, &tokens[1].1, None).await;
+    let error = expired.wait_msg(|m| m["type"] == "error").await;
+    assert_eq!(error["code"], "bad_token");
+    assert!(
+        error["message"].as_str().unwrap().contains("expired"),
+        "{error}"
+    );
 }

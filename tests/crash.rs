@@ -91,7 +91,7 @@ async fn sigkill_mid_session_loses_no_acknowledged_event() {
 
     let course = post(&addr, "/api/courses", json!({"title": "Krasjkurs"})).await;
     let session = post(&addr, &format!("/api/courses/{}/sessions", course["id"].as_str().unwrap()),
-        json!({"title": "Dag 1", "starts_at": "2026-01-01T09:00:00Z", "ends_at": "2099-01-01T12:00:00Z", "host_site": "Molde"})).await;
+        json!({"title": "Dag 1", "starts_at": utc_in(-HOUR), "ends_at": utc_in(DAY), "host_site": "Molde"})).await;
     let sid = session["id"].as_str().unwrap().to_owned();
     let invites = format!("/api/sessions/{sid}/invites");
     let mut people = Vec::new();
@@ -219,7 +219,7 @@ async fn sigkill_during_a_join_storm_loses_no_acknowledged_event() {
     let ws = format!("ws://{addr}/ws");
     let course = post(&addr, "/api/courses", json!({"title": "Stormkurs"})).await;
     let session = post(&addr, &format!("/api/courses/{}/sessions", course["id"].as_str().unwrap()),
-        json!({"title": "Dag 1", "starts_at": "2026-01-01T09:00:00Z", "ends_at": "2099-01-01T12:00:00Z", "host_site": "Molde"})).await;
+        json!({"title": "Dag 1", "starts_at": utc_in(-HOUR), "ends_at": utc_in(DAY), "host_site": "Molde"})).await;
     let sid = session["id"].as_str().unwrap().to_owned();
     let mut list = vec![json!({"role": "leader", "display_name": "Ola"})];
     list.extend(

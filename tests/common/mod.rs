@@ -41,6 +41,22 @@ use webrtc::rtp_transceiver::RtpSender;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// An RFC 3339 UTC time `secs` from now (negative: in the past), for session times: a test
+/// never names a calendar day that must still lie ahead, so it passes on any date (.ci/test
+/// also runs the date-dependent tests with the clock a year ahead).
+pub fn utc_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if secs >= 0 {
+        now + Duration::from_secs(secs as u64)
+    } else {
+        now - Duration::from_secs(secs.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 24 * HOUR;
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes. Returns whether it held.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -135,8 +151,10 @@ impl TestServer {
             .unwrap();
         let new = kursrelay::db::NewSession {
             title: format!("Dag 1 {label}"),
+            // A fixed start in the past stays in the past on any later day (the attendance
+            // export's date column is checked against it); the end is always ahead.
             starts_at: "2026-01-01T09:00:00Z".into(),
-            ends_at: "2099-01-01T12:00:00Z".into(),
+            ends_at: utc_in(2 * DAY),
             host_site: "Molde".into(),
             chat_enabled: label.contains("chat"),
             roster: if label.contains("count") {
