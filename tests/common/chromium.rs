@@ -68,6 +68,11 @@ impl Chromium {
             std::fs::write(dir.join("Preferences"), prefs.to_string()).expect("write Preferences");
         }
         let child = Command::new(chromium_path())
+            // .ci/test runs some tests with the wall clock moved a year ahead by libfaketime;
+            // Chromium does not start under it, and the browser's clock is not what those
+            // runs test (the server's is), so it keeps the real one.
+            .env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME")
             .args([
                 "--headless",
                 "--no-sandbox",
