@@ -364,3 +364,70 @@ async fn lost_packets_are_sent_again_from_the_track_cache() {
     assert!(answered >= 3, "{answered} NACKed packets sent again");
     server.shutdown().await;
 }
+
+/// Issue 21, point 8: after `unpublish` a browser may go on sending the track until it has
+/// renegotiated. Like a revoked floor's, that media is read and thrown away — and never comes
+/// back by itself under a new server track id (it used to, about a second later). Listing the
+/// track in a later `publish_offer` publishes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_track_stays_gone_while_its_sender_keeps_sending() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "unpub", "Kursleiar").await;
+    let spec = PublishSpec {
+        screen: Some(VideoCodec::Vp8),
+        ..PublishSpec::default()
+    };
+    let sent = leader.publish(spec).await;
+    let viewer = TestPeer::join(&server, "unpub", "Kari").await;
+    let screen = viewer.wait_offered(&leader.member_id, "screen").await;
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&screen) >= ENOUGH).await);
+    let screen_sent = sent.iter().find(|t| t.source == "screen").unwrap();
+
+    let seen = viewer.inbox_len();
+    leader
+        .send(serde_json::json!({"type": "unpublish", "track_id": screen_sent.client_track_id}))
+        .await;
+    leader.wait_msg(|m| m["type"] == "unpublished").await;
+    assert!(
+        wait_until(TIMEOUT, || viewer.offered().len() == 2).await,
+        "{:?}",
+        viewer.offered()
+    );
+    // The test peer keeps sending the screen (it never renegotiated). Parked feeds are
+    // reported about once a second; give it several.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let offers_with_screen: Vec<_> = viewer
+        .inbox()
+        .into_iter()
+        .skip(seen)
+        .filter(|m| {
+            m["type"] == "subscribe_offer"
+                && m["tracks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["source"] == "screen")
+        })
+        .collect();
+    assert!(
+        offers_with_screen.is_empty(),
+        "the unpublished screen came back: {offers_with_screen:#?}"
+    );
+    assert_eq!(viewer.offered().len(), 2, "{:?}", viewer.offered());
+    assert!(
+        server.metric(|m| &m.packets_discarded) > 0,
+        "the screen's packets were not read and discarded"
+    );
+    // Nothing about it reached the leader as a refusal: unpublishing is its own choice.
+    assert!(!leader
+        .inbox()
+        .iter()
+        .any(|m| m["type"] == "error" && m["code"] == "forbidden"));
+
+    // Offering again with the screen listed publishes it again (a new server track id).
+    leader.reoffer().await;
+    let again = viewer.wait_offered(&leader.member_id, "screen").await;
+    assert_ne!(again, screen);
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&again) >= ENOUGH).await);
+    server.shutdown().await;
+}
