@@ -431,3 +431,70 @@ async fn an_unpublished_track_stays_gone_while_its_sender_keeps_sending() {
     assert!(wait_until(TIMEOUT, || viewer.received_count(&again) >= ENOUGH).await);
     server.shutdown().await;
 }
+
+/// Issue 21, point 10: every SDP the server gives carries all its candidates and
+/// `a=end-of-candidates` (docs/protocol.md): renegotiated subscribe offers and publish answers
+/// as well as the first. Today only the first of each has `a=end-of-candidates`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs src/sfu change: in sfu/engine/conn.rs, Conn::create_offer and Conn::apply_offer must mark gathering complete again (pc.add_local_candidate(RTCIceCandidateInit::default())) before create_offer/create_answer, because rtc's set_local_description resets ice_gathering_state to Gathering and then omits a=end-of-candidates"]
+async fn every_server_sdp_carries_all_candidates_and_end_of_candidates() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "eoc", "Kursleiar").await;
+    leader.publish(PublishSpec::default()).await;
+    let viewer = TestPeer::join(&server, "eoc", "Kari").await;
+    viewer.wait_offered(&leader.member_id, "camera").await;
+    // A second publisher: the viewer's subscribe connection is renegotiated.
+    let rep = TestPeer::join_as(
+        &server,
+        "eoc",
+        kursrelay::protocol::Role::Representative,
+        "Eva",
+    )
+    .await;
+    rep.publish(PublishSpec::default()).await;
+    viewer.wait_offered(&rep.member_id, "camera").await;
+    let offers: Vec<String> = viewer
+        .inbox()
+        .iter()
+        .filter(|m| m["type"] == "subscribe_offer")
+        .map(|m| m["sdp"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(offers.len() >= 2, "no renegotiation: {offers:?}");
+    let candidates = |sdp: &str| {
+        let mut c: Vec<String> = sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .map(str::to_owned)
+            .collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let first = candidates(&offers[0]);
+    assert!(!first.is_empty(), "{}", offers[0]);
+    for (i, sdp) in offers.iter().enumerate() {
+        assert_eq!(candidates(sdp), first, "offer {i}:\n{sdp}");
+        assert!(sdp.contains("a=end-of-candidates"), "offer {i}:\n{sdp}");
+    }
+    // Publish answers too, the first and a renegotiated one.
+    leader.reoffer().await;
+    let count = |p: &TestPeer| {
+        p.inbox()
+            .iter()
+            .filter(|m| m["type"] == "publish_answer")
+            .count()
+    };
+    assert!(wait_until(TIMEOUT, || count(&leader) >= 2).await);
+    let answers: Vec<String> = leader
+        .inbox()
+        .iter()
+        .filter(|m| m["type"] == "publish_answer")
+        .map(|m| m["sdp"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(answers.len() >= 2, "{answers:?}");
+    for (i, sdp) in answers.iter().enumerate() {
+        assert!(!candidates(sdp).is_empty(), "answer {i}:\n{sdp}");
+        assert!(sdp.contains("a=end-of-candidates"), "answer {i}:\n{sdp}");
+    }
+    server.shutdown().await;
+}
