@@ -194,6 +194,11 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         (json!(2), json!(1), json!(1))
     );
     assert_eq!(json["threshold_pct"], 80.0);
+    // docs/api.md's table lists exactly the fields the export has (issue 21: `equipment` was
+    // missing).
+    let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, doc_fields("### JSON export"));
 
     // Everyone else: refused.
     assert_eq!(get(&server, &path, Some(&kari_token)).await.0, 403);
@@ -228,6 +233,28 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         .is_none());
     drop((rep, tolk, site, viewer));
     server.shutdown().await;
+}
+
+/// The backticked names in the first column of the table under `heading` in docs/api.md,
+/// sorted.
+fn doc_fields(heading: &str) -> Vec<String> {
+    let doc = include_str!("../docs/api.md");
+    let section = doc.split(heading).nth(1).expect("heading in docs/api.md");
+    let section = section.split("\n#").next().unwrap();
+    let mut names: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let cell = l.split('|').nth(1).unwrap();
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn event(subject: &str, kind: Kind, at_ms: i64) -> Event {
