@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::guard::ClientAddr;
+use super::guard::{ClientAddr, WsPermit};
 use super::AppState;
 use crate::auth::{unix_now, TokenError};
 use crate::protocol::{
@@ -61,8 +61,7 @@ pub(super) async fn upgrade(
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
             async move {
-                run(socket, state, addr).await;
-                drop(permit);
+                run(socket, state, addr, permit).await;
             }
             .instrument(span)
         })
@@ -135,7 +134,7 @@ impl RateLimit {
     }
 }
 
-async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
+async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut permit: WsPermit) {
     let limits = &state.config.signalling;
     let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
     let mut client = Client::new(ClientCtx {
@@ -224,6 +223,11 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
             },
             event = client.next_event() => client.handle_event(event).await,
         };
+        // Let in with a valid token: no longer held against the address's socket cap (before
+        // `joined` goes out, so whoever reads it can count on the freed slot).
+        if client.is_admitted() {
+            permit.admitted();
+        }
         if !flush(&mut socket, &mut client).await {
             break;
         }

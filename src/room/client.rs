@@ -935,6 +935,12 @@ impl Client {
         Ok(())
     }
 
+    /// Whether the member is in its session: joined with a valid token and not (or no longer)
+    /// waiting in the lobby.
+    pub fn is_admitted(&self) -> bool {
+        matches!(&self.stage, Stage::Joined(j) if j.admitted)
+    }
+
     /// The member's role once joined.
     pub fn role(&self) -> Option<Role> {
         match &self.stage {
