@@ -306,8 +306,13 @@ pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u6
             .bind(s)
             .execute(&mut *tx)
             .await?;
-        // Who was removed is pseudonymous, but it is about people: it goes with the rest.
+        // Who was removed, and participants' numbers, are pseudonymous, but they are about
+        // people: they go with the rest.
         sqlx::query("DELETE FROM removed_subjects WHERE session_id = ?")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM participant_numbers WHERE session_id = ?")
             .bind(s)
             .execute(&mut *tx)
             .await?;

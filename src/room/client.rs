@@ -529,6 +529,19 @@ impl Client {
         {
             return Err(super::refused(ErrorCode::Removed));
         }
+        // Participants are numbered in the session ("Deltaker 4"), in order of first arrival,
+        // by the database so the number survives a restart; nobody else is.
+        let number = if role == Role::Participant {
+            Some(
+                self.ctx
+                    .db
+                    .participant_number(&session.id, &subject)
+                    .await
+                    .map_err(internal)?,
+            )
+        } else {
+            None
+        };
         let req = JoinRequest {
             member_id: member,
             invite_id: invite.id.clone(),
@@ -539,6 +552,7 @@ impl Client {
             open: first_time_open,
             chat_enabled: session.chat_enabled,
             roster: session.roster,
+            number,
         };
         let (events_tx, room_events) = mpsc::channel(MEMBER_EVENT_QUEUE);
         let (room, outcome) = self
