@@ -555,7 +555,7 @@ impl Db {
         .await?;
         let n = known(&self.pool)
             .await?
-            .ok_or_else(|| DbError::NotFound("participant number".into()))?;
+            .ok_or_else(|| DbError::NotFound("participant number"))?;
         Ok(n as u32)
     }
 
