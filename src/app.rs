@@ -58,6 +58,8 @@ pub struct Server {
     tls: Option<Tls>,
     redirect: Option<TcpListener>,
     state: AppState,
+    /// The attendance writer, flushed at the end of a clean stop.
+    attendance: Attendance,
 }
 
 impl Server {
@@ -93,7 +95,7 @@ impl Server {
         // Before any room exists: close what a crash left open.
         crate::attendance::recover(&db).await?;
         let attendance = Attendance::spawn(db.clone());
-        let rooms = Rooms::new(attendance, config.attendance.seen_interval());
+        let rooms = Rooms::new(attendance.clone(), config.attendance.seen_interval());
         let guard =
             crate::http::guard::Guard::new(config.abuse.clone(), &config.http.trusted_proxies);
         let state = AppState {
@@ -112,6 +114,7 @@ impl Server {
             tls,
             redirect,
             state,
+            attendance,
         })
     }
 
@@ -193,6 +196,22 @@ impl Server {
             .await
             .context("http server failed")?,
         }
+        // axum does not wait for upgraded sockets: every socket and equipment task is still
+        // saying `bye` and leaving its room. A room ends when its last member has left, and
+        // by then it has queued every member's `left` (at the moment of the stop).
+        let rooms = state.rooms.clone();
+        let left = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while rooms.count() != 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if left.is_err() {
+            tracing::warn!(
+                rooms = rooms.count(),
+                "shutdown timed out with rooms still open"
+            );
+        }
         let metrics = state.sfu.metrics().clone();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while metrics.live_tasks() != Default::default() {
@@ -202,6 +221,12 @@ impl Server {
         .await;
         if drained.is_err() {
             tracing::warn!(left = ?metrics.live_tasks(), "shutdown timed out with media tasks still running");
+        }
+        // A clean stop closes the attendance intervals itself: committed before the process
+        // exits, so the next start has nothing to recover (that is for crashes).
+        let flushed = tokio::time::timeout(DRAIN_TIMEOUT, self.attendance.flush()).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::error!("attendance of the last moments before the stop may not be written; the next start closes what is open");
         }
         tracing::info!("stopped");
         Ok(())

@@ -43,6 +43,9 @@ pub enum AttendanceCommand {
         session: String,
         #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
         format: String,
+        /// The CSV's headers and words: Norwegian bokmål (for people) or English (for scripts).
+        #[arg(long, default_value = "nb", value_parser = ["nb", "en"])]
+        lang: String,
     },
     /// List every export made so far (who, when, which session).
     Exports,
@@ -320,7 +323,11 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             db.advance_session(&session, SessionState::Ended).await?;
             format!("ended {session}")
         }
-        AdminCommand::Attendance(AttendanceCommand::Export { session, format }) => {
+        AdminCommand::Attendance(AttendanceCommand::Export {
+            session,
+            format,
+            lang,
+        }) => {
             let s = db.session(&session).await?;
             let threshold = config.attendance.threshold_percent;
             let summary = crate::attendance::session_summary(
@@ -333,7 +340,8 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
             crate::attendance::record_export(&db, &session, "cli", &format).await?;
             if format == "csv" {
                 let zone = crate::attendance::tz::Zone::load(&config.attendance.time_zone)?;
-                crate::attendance::export::csv(&s, &summary, &zone)
+                let lang = crate::attendance::export::CsvLanguage::parse(&lang).unwrap_or_default();
+                crate::attendance::export::csv(&s, &summary, &zone, lang)
                     .trim_end()
                     .to_owned()
             } else {

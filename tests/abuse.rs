@@ -238,6 +238,79 @@ async fn websockets_per_address_are_capped() {
     assert!(metrics.contains("kursrelay_websockets_open 4"), "{metrics}");
 }
 
+/// Issue 21: a hospital's staff follow a course from their desks behind one NAT address. The
+/// cap counts only sockets nobody has vouched for yet (not joined, or waiting in an open
+/// link's lobby); a member let in with a valid join token stops counting, so the 101st viewer
+/// (here: with a cap of 3, the fourth to the tenth) gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_a_valid_link_do_not_count_against_the_socket_cap() {
+    let server = TestServer::spawn_with(LIMITS).await;
+    let from = [("X-Forwarded-For", "203.0.113.7")];
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let token = server
+            .token("nat", Role::Participant, Some(&format!("P{i}")), false)
+            .await;
+        let mut ws = WsClient::connect_with(&server, &from)
+            .await
+            .unwrap_or_else(|status| panic!("member {i} refused: {status}"));
+        ws.hello_join(&token).await;
+        members.push(ws);
+    }
+    // Sockets nobody vouched for are still capped: three fill the cap, a fourth is refused.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            WsClient::connect_with(&server, &from)
+                .await
+                .expect("within the cap"),
+        );
+    }
+    assert_eq!(
+        WsClient::connect_with(&server, &from).await.err(),
+        Some(429),
+        "a fourth socket without a member"
+    );
+    // People on an open link count while they wait in the lobby, and stop counting once let
+    // in. Free the cap, fill it with three waiting people, admit one: a slot is free again.
+    for ws in idle.drain(..) {
+        ws.close().await;
+    }
+    let leader = TestPeer::leader(&server, "nat", "Ola").await;
+    let open = server.token("nat", Role::Participant, None, true).await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut ws = None;
+        for _ in 0..100 {
+            if let Ok(w) = WsClient::connect_with(&server, &from).await {
+                ws = Some(w);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut ws = ws.expect("a slot was never given back");
+        ws.send(json!({"type": "hello", "version": 1})).await;
+        ws.recv_type("welcome").await;
+        ws.send(json!({"type": "join", "token": open})).await;
+        let lobby = ws.recv_type("lobby").await;
+        waiting.push((ws, lobby["member_id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(
+        WsClient::connect_with(&server, &from).await.err(),
+        Some(429),
+        "three people waiting in the lobby fill the cap"
+    );
+    leader
+        .send(json!({"type": "admit", "member_id": waiting[0].1}))
+        .await;
+    waiting[0].0.recv_type("joined").await;
+    assert!(
+        WsClient::connect_with(&server, &from).await.is_ok(),
+        "an admitted person still held a slot"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_are_capped() {
     let server = TestServer::spawn().await;

@@ -122,16 +122,18 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     let path = format!("/api/sessions/{session}/attendance?format=csv");
     let (status, csv) = get(&server, &path, Some(ADMIN_KEY)).await;
     assert_eq!(status, 200, "{csv}");
-    // For a spreadsheet set to Norwegian: a byte-order mark, `;` between fields.
+    // For a spreadsheet set to Norwegian: a byte-order mark, `;` between fields, and the
+    // headers and words in bokmål (issue 21: they were English).
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
         format!(
             "{}{}",
             attendance::export::BOM,
-            attendance::export::CSV_COLUMNS.join(";")
+            attendance::export::CSV_COLUMNS_NB.join(";")
         )
     );
+    assert!(lines[0].contains("oppfyller_kravet"), "{}", lines[0]);
     let row = |needle: &str| {
         lines
             .iter()
@@ -141,7 +143,7 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     };
     let kari_row = row(&kari_invite);
     assert!(
-        kari_row.contains(";member;") && kari_row.contains(";participant;Kari;"),
+        kari_row.contains(";person;") && kari_row.contains(";deltaker;Kari;"),
         "{kari_row}"
     );
     assert!(
@@ -163,7 +165,7 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
     );
     let open_rows: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains(";member;") && l.contains(";participant;;"))
+        .filter(|l| l.contains(";person;") && l.contains(";deltaker;;"))
         .collect();
     assert_eq!(open_rows.len(), 1, "{csv}");
     assert_eq!(open_rows[0].split(';').nth(13), Some("2"), "{csv}");
@@ -172,11 +174,52 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         "interpreters and open viewers are counted, not named:\n{csv}"
     );
     assert!(
-        csv.lines().any(|l| l.contains(";2026-01-01;site;")
-            && l.contains(";site;Volda sjukehus;")
+        csv.lines().any(|l| l.contains(";2026-01-01;rom;")
+            && l.contains(";rom;Volda sjukehus;")
             && l.ends_with(";7;7,0")),
         "{csv}"
     );
+
+    // Yes and no in Norwegian: Kari was there all along, nobody was closed by recovery.
+    assert_eq!(fields[12], "ja", "{kari_row}");
+    assert_eq!(fields[14], "nei", "{kari_row}");
+    assert!(
+        !csv.contains(";yes;") && !csv.contains(";no;") && !csv.contains(";member;"),
+        "{csv}"
+    );
+    // For scripts: `lang=en`, the columns of docs/api.md under their English names.
+    let (status, en) = get(&server, &format!("{path}&lang=en"), Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{en}");
+    let en_lines: Vec<&str> = en.lines().collect();
+    assert_eq!(
+        en_lines[0],
+        format!(
+            "{}{}",
+            attendance::export::BOM,
+            attendance::export::CSV_COLUMNS.join(";")
+        )
+    );
+    let kari_en = en_lines.iter().find(|l| l.contains(&kari_invite)).unwrap();
+    assert!(
+        kari_en.contains(";member;")
+            && kari_en.contains(";participant;Kari;")
+            && kari_en.contains(";yes;"),
+        "{kari_en}"
+    );
+    let (status, body) = get(&server, &format!("{path}&lang=de"), Some(ADMIN_KEY)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("lang must be nb or en"), "{body}");
+    // docs/api.md names every column, in both languages, in order.
+    let doc = include_str!("../docs/api.md");
+    for (en, nb) in attendance::export::CSV_COLUMNS
+        .iter()
+        .zip(attendance::export::CSV_COLUMNS_NB.iter())
+    {
+        assert!(
+            doc.contains(&format!("`{en}` (`{nb}`)")),
+            "docs/api.md lacks `{en}` (`{nb}`)"
+        );
+    }
 
     let (_, json) = get(
         &server,
@@ -194,6 +237,11 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         (json!(2), json!(1), json!(1))
     );
     assert_eq!(json["threshold_pct"], 80.0);
+    // docs/api.md's table lists exactly the fields the export has (issue 21: `equipment` was
+    // missing).
+    let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, doc_fields("### JSON export"));
 
     // Everyone else: refused.
     assert_eq!(get(&server, &path, Some(&kari_token)).await.0, 403);
@@ -216,7 +264,11 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         .iter()
         .map(|e| e["requested_by"].as_str().unwrap())
         .collect();
-    assert_eq!(by, [format!("leader:{leader_invite}").as_str(), "admin"]);
+    // The English CSV was an export too; the refused `lang=de` was not.
+    assert_eq!(
+        by,
+        [format!("leader:{leader_invite}").as_str(), "admin", "admin"]
+    );
     assert_eq!(
         get(&server, "/api/exports", Some(&leader_token)).await.0,
         401
@@ -228,6 +280,28 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         .is_none());
     drop((rep, tolk, site, viewer));
     server.shutdown().await;
+}
+
+/// The backticked names in the first column of the table under `heading` in docs/api.md,
+/// sorted.
+fn doc_fields(heading: &str) -> Vec<String> {
+    let doc = include_str!("../docs/api.md");
+    let section = doc.split(heading).nth(1).expect("heading in docs/api.md");
+    let section = section.split("\n#").next().unwrap();
+    let mut names: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let cell = l.split('|').nth(1).unwrap();
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn event(subject: &str, kind: Kind, at_ms: i64) -> Event {

@@ -240,3 +240,69 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// Issue 21: the CLI's attendance CSV is Norwegian like the API's; `--lang en` gives the
+/// English column names for scripts, and another language is refused.
+#[test]
+fn attendance_csv_from_the_cli_in_norwegian_or_english() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!("[db]\npath = \"{}\"\n", dir.path().join("k.db").display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = kursrelay()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, course, err) = run(&["course", "create", "--title", "Stoffskifte"]);
+    assert!(!course.is_empty(), "{err}");
+    let (_, session, err) = run(&[
+        "session",
+        "create",
+        "--course",
+        &course,
+        "--title",
+        "Dag 1",
+        "--starts",
+        "2026-11-24T09:00:00Z",
+        "--ends",
+        "2026-11-24T12:00:00Z",
+        "--host-site",
+        "Molde",
+    ]);
+    assert!(!session.is_empty(), "{err}");
+    let export = |lang: Option<&str>| {
+        let mut args = vec!["attendance", "export", "--session", &session];
+        if let Some(l) = lang {
+            args.extend(["--lang", l]);
+        }
+        run(&args)
+    };
+    let (code, nb, err) = export(None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        nb.trim_start_matches('\u{feff}')
+            .starts_with("økt_id;økt;dato;"),
+        "{nb}"
+    );
+    let (code, en, err) = export(Some("en"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        en.trim_start_matches('\u{feff}')
+            .starts_with("session_id;session_title;"),
+        "{en}"
+    );
+    let (code, _, err) = export(Some("de"));
+    assert_eq!(code, Some(2), "{err}");
+}

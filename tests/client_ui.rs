@@ -676,7 +676,9 @@ async fn a_course_in_the_browser() {
         .split(';')
         .collect();
     assert_eq!(header.len(), 17, "{csv}");
-    assert!(csv.contains(";participant;Kari;"), "{csv}");
+    // In Norwegian, like its readers (issue 21): headers, roles, ja/nei.
+    assert_eq!(header[0], "økt_id", "{csv}");
+    assert!(csv.contains(";deltaker;Kari;"), "{csv}");
 
     // The server restarts: every role comes back by itself, without a click, within 10 s —
     // the open-link person without the lobby, the leader and interpreter sending again.

@@ -346,3 +346,138 @@ async fn sigkill_during_a_join_storm_loses_no_acknowledged_event() {
     drop(child);
     assert_eq!(attendance::recover(&db).await.unwrap(), 0);
 }
+
+/// Issue 21: a clean stop (SIGTERM, what systemd sends) closes every open interval itself —
+/// each member's `left` is written before the process exits — so the next start has nothing
+/// to recover, logs no "left open by a crash", and the export marks nobody
+/// `closed_by_recovery`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_open_interval_before_the_process_exits() {
+    use std::sync::{Arc, Mutex};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("kursrelay.db");
+    let config = dir.path().join("term.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
+             [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"info\"\n",
+            db_path.display()
+        ),
+    )
+    .unwrap();
+    // Like `start`, keeping the log (stderr) to read.
+    let start_logged = |config: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kursrelay"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let mut addr = None;
+        while out.read_line(&mut line).unwrap() > 0 {
+            if let Some(a) = line.trim().strip_prefix("kursrelay listening on http://") {
+                addr = Some(a.trim_end_matches('/').to_owned());
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        (Server(child), addr.expect("no listen line"), log)
+    };
+    let (mut child, addr, _) = start_logged(&config);
+    let ws = format!("ws://{addr}/ws");
+    let course = post(&addr, "/api/courses", json!({"title": "Stoppkurs"})).await;
+    let session = post(&addr, &format!("/api/courses/{}/sessions", course["id"].as_str().unwrap()),
+        json!({"title": "Dag 1", "starts_at": utc_in(-HOUR), "ends_at": utc_in(DAY), "host_site": "Molde"})).await;
+    let sid = session["id"].as_str().unwrap().to_owned();
+    let invites = format!("/api/sessions/{sid}/invites");
+    let mut peers = Vec::new();
+    for (role, name) in [
+        ("leader", "Ola"),
+        ("participant", "Kari"),
+        ("participant", "Per"),
+        ("site", "Volda"),
+    ] {
+        let invite = post(&addr, &invites, json!({"role": role, "display_name": name})).await;
+        let peer = TestPeer::connect_url(&ws, &token(&invite), None).await;
+        peer.wait_msg(|m| m["type"] == "joined").await;
+        peers.push(peer);
+    }
+    // Nobody sends media: nothing but the members themselves keeps the stop waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopped_at = attendance::now_ms();
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.expect("the server did not stop within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    for p in &peers {
+        p.wait_msg(|m| m["type"] == "bye" && m["reason"] == "server_shutdown")
+            .await;
+    }
+    for p in peers {
+        p.close().await;
+    }
+
+    // Every interval is closed, by the server itself, at the stop.
+    let db = kursrelay::db::Db::open(&db_path).await.unwrap();
+    let events = attendance::events(&db, &sid).await.unwrap();
+    let joins = events.iter().filter(|e| e.kind == Kind::Joined).count();
+    let lefts: Vec<&attendance::Event> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Left(_)))
+        .collect();
+    assert_eq!(joins, 4, "{events:?}");
+    assert_eq!(lefts.len(), 4, "{events:?}");
+    for e in &lefts {
+        assert!(!e.by_recovery, "{e:?}");
+        assert!(e.at_ms >= stopped_at - 100, "{e:?}");
+    }
+
+    // The next start finds nothing to recover and says nothing about a crash.
+    let (child, addr, log) = start_logged(&config);
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /api/sessions/{sid}/attendance?format=json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let export: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(
+        export["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["closed_by_recovery"] == false),
+        "{export}"
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(
+        !log.iter().any(|l| l.contains("left open by a crash")),
+        "{log:#?}"
+    );
+    drop(child);
+}

@@ -373,6 +373,28 @@ async fn bad_whip_and_whep_requests_get_clear_answers() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // Issue 21, point 12: a session id nobody knows, with a valid encoder token, is the same
+    // mistake (the URL is not the token's): 403, saying so. Only a path that is no session
+    // id at all is 404.
+    let (status, _, body) = http(
+        &server,
+        "POST",
+        &format!("/whip/{}", uuid::Uuid::new_v4()),
+        &[ct, ("Authorization", &auth)],
+        &sdp,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("the URL"), "{body}");
+    let (status, _, body) = http(
+        &server,
+        "POST",
+        "/whip/no.such.id",
+        &[ct, ("Authorization", &auth)],
+        &sdp,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
     // An encoder's token is no player's (WHEP).
     let (status, _, body) = http(
         &server,
@@ -437,6 +459,41 @@ async fn bad_whip_and_whep_requests_get_clear_answers() {
     )
     .await;
     assert_eq!(status, 204, "{body}");
+    // Issue 21, point 9: a fragment in the RFC 8840 / RFC 9725 form repeats the offer's own
+    // ice-ufrag and ice-pwd; that is trickle (204), only other credentials are a restart (422).
+    let full = "a=ice-options:trickle\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=candidate:2 1 udp 2130706431 127.0.0.1 10 typ host\r\na=end-of-candidates\r\n";
+    let (status, _, body) = http(
+        &server,
+        "PATCH",
+        &location,
+        &[fragct, ("Authorization", &auth), ("If-Match", &etag)],
+        full,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    for restart in [
+        full.replace("ice-ufrag:abcd", "ice-ufrag:efgh"),
+        full.replace(
+            "ice-pwd:abcdefghijklmnopqrstuvwx",
+            "ice-pwd:zyxwvutsrqponmlkjihgfedc",
+        ),
+    ] {
+        let (status, _, body) = http(
+            &server,
+            "PATCH",
+            &location,
+            &[fragct, ("Authorization", &auth)],
+            &restart,
+        )
+        .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("ICE restarts are not supported"), "{body}");
+    }
+    assert_eq!(
+        server.state.equipment.len(),
+        1,
+        "a refused restart ends nothing"
+    );
     let (status, _, body) = http(
         &server,
         "PATCH",

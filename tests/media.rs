@@ -364,3 +364,137 @@ async fn lost_packets_are_sent_again_from_the_track_cache() {
     assert!(answered >= 3, "{answered} NACKed packets sent again");
     server.shutdown().await;
 }
+
+/// Issue 21, point 8: after `unpublish` a browser may go on sending the track until it has
+/// renegotiated. Like a revoked floor's, that media is read and thrown away — and never comes
+/// back by itself under a new server track id (it used to, about a second later). Listing the
+/// track in a later `publish_offer` publishes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_track_stays_gone_while_its_sender_keeps_sending() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "unpub", "Kursleiar").await;
+    let spec = PublishSpec {
+        screen: Some(VideoCodec::Vp8),
+        ..PublishSpec::default()
+    };
+    let sent = leader.publish(spec).await;
+    let viewer = TestPeer::join(&server, "unpub", "Kari").await;
+    let screen = viewer.wait_offered(&leader.member_id, "screen").await;
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&screen) >= ENOUGH).await);
+    let screen_sent = sent.iter().find(|t| t.source == "screen").unwrap();
+
+    let seen = viewer.inbox_len();
+    leader
+        .send(serde_json::json!({"type": "unpublish", "track_id": screen_sent.client_track_id}))
+        .await;
+    leader.wait_msg(|m| m["type"] == "unpublished").await;
+    assert!(
+        wait_until(TIMEOUT, || viewer.offered().len() == 2).await,
+        "{:?}",
+        viewer.offered()
+    );
+    // The test peer keeps sending the screen (it never renegotiated). Parked feeds are
+    // reported about once a second; give it several.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let offers_with_screen: Vec<_> = viewer
+        .inbox()
+        .into_iter()
+        .skip(seen)
+        .filter(|m| {
+            m["type"] == "subscribe_offer"
+                && m["tracks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["source"] == "screen")
+        })
+        .collect();
+    assert!(
+        offers_with_screen.is_empty(),
+        "the unpublished screen came back: {offers_with_screen:#?}"
+    );
+    assert_eq!(viewer.offered().len(), 2, "{:?}", viewer.offered());
+    assert!(
+        server.metric(|m| &m.packets_discarded) > 0,
+        "the screen's packets were not read and discarded"
+    );
+    // Nothing about it reached the leader as a refusal: unpublishing is its own choice.
+    assert!(!leader
+        .inbox()
+        .iter()
+        .any(|m| m["type"] == "error" && m["code"] == "forbidden"));
+
+    // Offering again with the screen listed publishes it again (a new server track id).
+    leader.reoffer().await;
+    let again = viewer.wait_offered(&leader.member_id, "screen").await;
+    assert_ne!(again, screen);
+    assert!(wait_until(TIMEOUT, || viewer.received_count(&again) >= ENOUGH).await);
+    server.shutdown().await;
+}
+
+/// Issue 21, point 10: every SDP the server gives carries all its candidates and
+/// `a=end-of-candidates` (docs/protocol.md): renegotiated subscribe offers and publish answers
+/// as well as the first. Today only the first of each has `a=end-of-candidates`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs src/sfu change: in sfu/engine/conn.rs, Conn::create_offer and Conn::apply_offer must mark gathering complete again (pc.add_local_candidate(RTCIceCandidateInit::default())) before create_offer/create_answer, because rtc's set_local_description resets ice_gathering_state to Gathering and then omits a=end-of-candidates"]
+async fn every_server_sdp_carries_all_candidates_and_end_of_candidates() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "eoc", "Kursleiar").await;
+    leader.publish(PublishSpec::default()).await;
+    let viewer = TestPeer::join(&server, "eoc", "Kari").await;
+    viewer.wait_offered(&leader.member_id, "camera").await;
+    // A second publisher: the viewer's subscribe connection is renegotiated.
+    let rep = TestPeer::join_as(
+        &server,
+        "eoc",
+        kursrelay::protocol::Role::Representative,
+        "Eva",
+    )
+    .await;
+    rep.publish(PublishSpec::default()).await;
+    viewer.wait_offered(&rep.member_id, "camera").await;
+    let offers: Vec<String> = viewer
+        .inbox()
+        .iter()
+        .filter(|m| m["type"] == "subscribe_offer")
+        .map(|m| m["sdp"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(offers.len() >= 2, "no renegotiation: {offers:?}");
+    let candidates = |sdp: &str| {
+        let mut c: Vec<String> = sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .map(str::to_owned)
+            .collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let first = candidates(&offers[0]);
+    assert!(!first.is_empty(), "{}", offers[0]);
+    for (i, sdp) in offers.iter().enumerate() {
+        assert_eq!(candidates(sdp), first, "offer {i}:\n{sdp}");
+        assert!(sdp.contains("a=end-of-candidates"), "offer {i}:\n{sdp}");
+    }
+    // Publish answers too, the first and a renegotiated one.
+    leader.reoffer().await;
+    let count = |p: &TestPeer| {
+        p.inbox()
+            .iter()
+            .filter(|m| m["type"] == "publish_answer")
+            .count()
+    };
+    assert!(wait_until(TIMEOUT, || count(&leader) >= 2).await);
+    let answers: Vec<String> = leader
+        .inbox()
+        .iter()
+        .filter(|m| m["type"] == "publish_answer")
+        .map(|m| m["sdp"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(answers.len() >= 2, "{answers:?}");
+    for (i, sdp) in answers.iter().enumerate() {
+        assert!(!candidates(sdp).is_empty(), "answer {i}:\n{sdp}");
+        assert!(sdp.contains("a=end-of-candidates"), "answer {i}:\n{sdp}");
+    }
+    server.shutdown().await;
+}

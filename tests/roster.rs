@@ -200,3 +200,91 @@ async fn chat_in_a_count_only_session_keeps_participants_unnamed() {
     assert_eq!(from_leader["name"], "Ola");
     server.shutdown().await;
 }
+
+/// Issue 21: only participants are numbered, in order of first arrival, so a course of seven
+/// shows "Deltaker 1"–"Deltaker 7" (the leader, the representative, sites, interpreters and
+/// equipment took numbers too: "Deltaker 11"). A number is kept when the person comes back,
+/// also after the server restarted, and the next newcomer gets the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_participants_are_numbered_and_numbers_survive_a_restart() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "numbers", "Ola").await;
+    let _rep = TestPeer::join_as(&server, "numbers", Role::Representative, "Eva").await;
+    let _site = TestPeer::join_as(&server, "numbers", Role::Site, "Volda").await;
+    let _tolk = TestPeer::join_as(&server, "numbers", Role::Interpreter, "Tolk").await;
+    let open = server.token("numbers", Role::Participant, None, true).await;
+
+    // Let someone in from the open link (no name); their number and rejoin token.
+    async fn let_in(leader: &TestPeer, server: &TestServer, token: &str) -> (u64, String) {
+        let peer = TestPeer::connect(server, token, None).await;
+        let lobby = peer.wait_msg(|m| m["type"] == "lobby").await;
+        let id = lobby["member_id"].as_str().unwrap().to_owned();
+        let waiting = leader
+            .wait_msg(|m| {
+                m["type"] == "roster"
+                    && m["lobby"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|e| e["member_id"] == id.as_str()))
+            })
+            .await;
+        let number = waiting["lobby"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["member_id"] == id.as_str())
+            .unwrap()["number"]
+            .as_u64()
+            .expect("a number");
+        leader.send(json!({"type": "admit", "member_id": id})).await;
+        let joined = peer.wait_msg(|m| m["type"] == "joined").await;
+        let rejoin = joined["rejoin_token"].as_str().unwrap().to_owned();
+        peer.close().await;
+        (number, rejoin)
+    }
+    let (first, first_rejoin) = let_in(&leader, &server, &open).await;
+    assert_eq!(
+        first, 1,
+        "the teaching team, the site and the interpreter take no number"
+    );
+    let _kari = TestPeer::join(&server, "numbers", "Kari").await; // named: number 2, not shown
+    let (third, _) = let_in(&leader, &server, &open).await;
+    assert_eq!(third, 3);
+    // The leader's roster: no number for anyone but nameless participants.
+    let roster = leader
+        .wait_msg(|m| m["type"] == "roster" && m["members"].to_string().contains("Kari"))
+        .await;
+    for m in roster["members"].as_array().unwrap() {
+        assert!(
+            m.get("number").is_none() || (m["role"] == "participant" && m["name"] == ""),
+            "{m}"
+        );
+    }
+    drop(leader);
+
+    // After a restart: the first person comes back as number 1; a newcomer is number 4.
+    let server = server.restart().await;
+    let leader = TestPeer::leader(&server, "numbers", "Ola").await;
+    let back = TestPeer::connect(&server, &first_rejoin, None).await;
+    back.wait_msg(|m| m["type"] == "joined").await;
+    let roster = leader
+        .wait_msg(|m| {
+            m["type"] == "roster"
+                && m["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["member_id"] == back.member_id.as_str())
+        })
+        .await;
+    let entry = roster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["member_id"] == back.member_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["number"], 1, "{entry}");
+    let (fourth, _) = let_in(&leader, &server, &open).await;
+    assert_eq!(fourth, 4);
+    server.shutdown().await;
+}

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use kursrelay::protocol::Role;
 use serde_json::json;
@@ -207,5 +209,62 @@ async fn health_metrics_and_web_client_are_served() {
     );
     let missing = http_get(&server, "/nope.html").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    server.shutdown().await;
+}
+
+/// Issue 21, point 12: a socket the server hears nothing from (no message, no pong) is closed
+/// with a close frame (1000, reason "idle timeout"), between the idle timeout and one ping
+/// interval later (it is checked at ping ticks). The client here is raw TCP after the
+/// handshake: it never answers a ping (a WebSocket library would, whenever it reads), and it
+/// writes nothing, so the server's close reaches it rather than a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_gets_a_close_frame_after_the_idle_timeout() {
+    let server =
+        TestServer::spawn_with("[signalling]\nping_interval_ms = 200\nidle_timeout_ms = 1000\n")
+            .await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let quiet = std::time::Instant::now();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut bytes))
+        .await
+        .expect("the server never closed the silent socket")
+        .unwrap();
+    let closed_after = quiet.elapsed();
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no handshake reply")
+        + 4;
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    // Server frames are unmasked: FIN|opcode, length (< 126 here), payload.
+    let mut frames = &bytes[head_end..];
+    let mut close = None;
+    while frames.len() >= 2 {
+        let (opcode, len) = (frames[0] & 0x0f, usize::from(frames[1] & 0x7f));
+        let payload = &frames[2..2 + len];
+        if opcode == 0x8 {
+            close = Some((
+                u16::from_be_bytes([payload[0], payload[1]]),
+                String::from_utf8_lossy(&payload[2..]).into_owned(),
+            ));
+        }
+        frames = &frames[2 + len..];
+    }
+    assert_eq!(
+        close,
+        Some((1000, "idle timeout".to_owned())),
+        "{:?}",
+        &bytes[head_end..]
+    );
+    assert!(
+        closed_after >= Duration::from_millis(1000),
+        "{closed_after:?}"
+    );
     server.shutdown().await;
 }

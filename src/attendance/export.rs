@@ -4,8 +4,10 @@
 //! The CSV is made for a spreadsheet set to Norwegian, as registration staff use it: UTF-8 with
 //! a byte-order mark (or Excel guesses another encoding and breaks æ, ø, å), `;` between
 //! fields (a comma is the decimal sign there), decimal commas, and local time in the
-//! configured zone (`attendance.time_zone`). The JSON stays machine-readable: RFC 3339 UTC
-//! times and decimal points.
+//! configured zone (`attendance.time_zone`). Its headers and words (`ja`/`nei`, roles) are
+//! Norwegian bokmål, like the people who read it; `CsvLanguage::English` gives the same
+//! columns with the English names of docs/api.md, for scripts. The JSON stays
+//! machine-readable: English keys, RFC 3339 UTC times and decimal points.
 
 use serde::Serialize;
 
@@ -13,8 +15,73 @@ use super::summary::SessionSummary;
 use super::tz::Zone;
 use crate::db::courses::rfc3339;
 use crate::db::Session;
+use crate::protocol::Role;
 
-/// The CSV columns, in order (documented in docs/api.md).
+/// The language of a CSV export's headers and words (not of the data: names stay as given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CsvLanguage {
+    /// Bokmål, for registration staff (the default).
+    #[default]
+    Norwegian,
+    /// The column names and words of docs/api.md, for scripts.
+    English,
+}
+
+impl CsvLanguage {
+    /// `nb` or `en` (the API's `lang`, the CLI's `--lang`).
+    pub fn parse(s: &str) -> Option<CsvLanguage> {
+        match s {
+            "nb" => Some(CsvLanguage::Norwegian),
+            "en" => Some(CsvLanguage::English),
+            _ => None,
+        }
+    }
+
+    fn columns(self) -> &'static [&'static str; 17] {
+        match self {
+            CsvLanguage::Norwegian => &CSV_COLUMNS_NB,
+            CsvLanguage::English => &CSV_COLUMNS,
+        }
+    }
+
+    fn yes_no(self, yes: bool) -> &'static str {
+        match (self, yes) {
+            (CsvLanguage::Norwegian, true) => "ja",
+            (CsvLanguage::Norwegian, false) => "nei",
+            (CsvLanguage::English, true) => "yes",
+            (CsvLanguage::English, false) => "no",
+        }
+    }
+
+    /// `member` or `site` rows.
+    fn kind(self, site: bool) -> &'static str {
+        match (self, site) {
+            (CsvLanguage::Norwegian, false) => "person",
+            (CsvLanguage::Norwegian, true) => "rom",
+            (CsvLanguage::English, false) => "member",
+            (CsvLanguage::English, true) => "site",
+        }
+    }
+
+    fn role(self, role: Role) -> &'static str {
+        match self {
+            CsvLanguage::English => role.as_str(),
+            CsvLanguage::Norwegian => match role {
+                Role::Leader => "kursleder",
+                Role::Representative => "brukerrepresentant",
+                Role::Participant => "deltaker",
+                Role::Site => "rom",
+                Role::Interpreter => "tolk",
+                Role::Encoder => "koder",
+                Role::Player => "avspiller",
+                Role::Captioner => "teksting",
+            },
+        }
+    }
+}
+
+/// The CSV columns, in order, in English (documented in docs/api.md with their Norwegian
+/// names, `CSV_COLUMNS_NB`).
 pub const CSV_COLUMNS: [&str; 17] = [
     "session_id",
     "session_title",
@@ -33,6 +100,27 @@ pub const CSV_COLUMNS: [&str; 17] = [
     "closed_by_recovery",
     "max_headcount",
     "mean_headcount",
+];
+
+/// The same columns as `CSV_COLUMNS`, as the Norwegian file names them.
+pub const CSV_COLUMNS_NB: [&str; 17] = [
+    "økt_id",
+    "økt",
+    "dato",
+    "type",
+    "pseudonym",
+    "rolle",
+    "navn",
+    "pårørende_til",
+    "første_inn",
+    "siste_ut",
+    "minutter_til_stede",
+    "prosent_til_stede",
+    "oppfyller_kravet",
+    "innlogginger",
+    "lukket_ved_oppstart",
+    "flest_i_rommet",
+    "snitt_i_rommet",
 ];
 
 /// Makes a spreadsheet open the file as UTF-8.
@@ -66,23 +154,16 @@ fn decimal(x: f64) -> String {
     format!("{x:.1}").replace('.', ",")
 }
 
-fn name_of(v: &impl Serialize) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// CSV: a byte-order mark and a header, then one row per member (`kind` = member) and one per
 /// site's headcount (`kind` = site; sites also have their member row). Times in `zone`.
-pub fn csv(session: &Session, s: &SessionSummary, zone: &Zone) -> String {
+pub fn csv(session: &Session, s: &SessionSummary, zone: &Zone, lang: CsvLanguage) -> String {
     let starts_ms = crate::db::courses::parse_time("starts_at", &session.starts_at)
         .map(|secs| secs * 1000)
         .unwrap_or_default();
     let date = zone.date_ms(starts_ms);
     let local = |ms: Option<i64>| ms.map(|m| zone.format_ms(m)).unwrap_or_default();
     let mut out = String::from(BOM);
-    out.push_str(&CSV_COLUMNS.join(SEP));
+    out.push_str(&lang.columns().join(SEP));
     out.push_str("\r\n");
     let mut row = |fields: Vec<String>| {
         out.push_str(
@@ -99,18 +180,18 @@ pub fn csv(session: &Session, s: &SessionSummary, zone: &Zone) -> String {
             session.id.clone(),
             session.title.clone(),
             date.to_owned(),
-            "member".into(),
+            lang.kind(false).into(),
             m.subject.clone(),
-            name_of(&m.role),
+            lang.role(m.role).into(),
             m.name.clone().unwrap_or_default(),
             m.relative_of.clone().unwrap_or_default(),
             local(Some(m.first_join_ms)),
             local(m.last_leave_ms),
             decimal(m.present_ms as f64 / 60_000.0),
             decimal(m.presence_pct),
-            if m.meets_threshold { "yes" } else { "no" }.into(),
+            lang.yes_no(m.meets_threshold).into(),
             m.joins.to_string(),
-            if m.closed_by_recovery { "yes" } else { "no" }.into(),
+            lang.yes_no(m.closed_by_recovery).into(),
             String::new(),
             String::new(),
         ]);
@@ -120,9 +201,9 @@ pub fn csv(session: &Session, s: &SessionSummary, zone: &Zone) -> String {
             session.id.clone(),
             session.title.clone(),
             date.to_owned(),
-            "site".into(),
+            lang.kind(true).into(),
             site.subject.clone(),
-            "site".into(),
+            lang.role(Role::Site).into(),
             site.name.clone().unwrap_or_default(),
             String::new(),
             String::new(),

@@ -45,6 +45,8 @@ enum Msg {
     Event(Record, Option<oneshot::Sender<()>>),
     /// These subjects of this session are present now.
     Seen(String, Vec<String>, i64),
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Handle on the writer task. Cheap to clone.
@@ -77,6 +79,18 @@ impl Attendance {
     pub fn seen(&self, session: String, subjects: Vec<String>, at_ms: i64) {
         let _ = self.tx.try_send(Msg::Seen(session, subjects, at_ms));
     }
+
+    /// Waits until every event queued so far is committed (false if the writer failed or is
+    /// gone). For a clean stop: the leaves the rooms recorded must be on disk before the
+    /// process exits, or the next start would take them for a crash's. Waits for room in the
+    /// queue rather than dropping: this is no member's hot path.
+    pub async fn flush(&self) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
 }
 
 async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
@@ -92,8 +106,11 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
         match commit(&db, &batch).await {
             Ok(()) => {
                 for msg in batch.drain(..) {
-                    if let Msg::Event(_, Some(ack)) = msg {
-                        let _ = ack.send(());
+                    match msg {
+                        Msg::Event(_, Some(ack)) | Msg::Flush(ack) => {
+                            let _ = ack.send(());
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -132,6 +149,7 @@ async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
                     seen_one(&mut tx, session, s, *at).await?;
                 }
             }
+            Msg::Flush(_) => {}
         }
     }
     tx.commit().await
@@ -288,8 +306,13 @@ pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u6
             .bind(s)
             .execute(&mut *tx)
             .await?;
-        // Who was removed is pseudonymous, but it is about people: it goes with the rest.
+        // Who was removed, and participants' numbers, are pseudonymous, but they are about
+        // people: they go with the rest.
         sqlx::query("DELETE FROM removed_subjects WHERE session_id = ?")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM participant_numbers WHERE session_id = ?")
             .bind(s)
             .execute(&mut *tx)
             .await?;

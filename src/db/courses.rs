@@ -526,6 +526,39 @@ impl Db {
         Ok(())
     }
 
+    /// The participant's number in the session: the one it was given before, or the next
+    /// free one (1, 2, …). One statement, so two people arriving at once never share one.
+    pub async fn participant_number(
+        &self,
+        session_id: &str,
+        subject: &str,
+    ) -> Result<u32, DbError> {
+        let known = |pool| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT number FROM participant_numbers WHERE session_id = ? AND subject = ?",
+            )
+            .bind(session_id)
+            .bind(subject)
+            .fetch_optional(pool)
+        };
+        if let Some(n) = known(&self.pool).await? {
+            return Ok(n as u32);
+        }
+        sqlx::query(
+            "INSERT OR IGNORE INTO participant_numbers (session_id, subject, number)
+             SELECT ?, ?, COALESCE(MAX(number), 0) + 1 FROM participant_numbers WHERE session_id = ?",
+        )
+        .bind(session_id)
+        .bind(subject)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        let n = known(&self.pool)
+            .await?
+            .ok_or_else(|| DbError::NotFound("participant number"))?;
+        Ok(n as u32)
+    }
+
     pub async fn is_removed(&self, session_id: &str, subject: &str) -> Result<bool, DbError> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM removed_subjects WHERE session_id = ? AND subject = ?",

@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "equipment_roles",
         include_str!("../../migrations/0005_equipment_roles.sql"),
     ),
+    (
+        6,
+        "participant_numbers",
+        include_str!("../../migrations/0006_participant_numbers.sql"),
+    ),
 ];
 
 #[derive(Clone, Debug)]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::guard::{same_secret, ClientAddr};
 use super::{AppState, MAX_BODY_BYTES};
+use crate::attendance::export::CsvLanguage;
 use crate::auth::join_link;
 use crate::db::{DbError, Invite, NewInvite, NewSession, SessionPatch, SessionState};
 use crate::ids::SessionId;
@@ -502,6 +503,8 @@ fn query_map(query: Option<&str>) -> serde_json::Value {
 #[serde(deny_unknown_fields)]
 struct ExportQuery {
     format: Option<String>,
+    /// The CSV's headers and words: `nb` (default) or `en`.
+    lang: Option<String>,
 }
 
 /// Who may read a session's attendance: an administrator, or that session's course leader
@@ -561,6 +564,11 @@ async fn session_attendance(
     if format != "csv" && format != "json" {
         return Err(ApiError::Invalid("format must be csv or json".into()));
     }
+    let lang = match q.lang.as_deref() {
+        None => CsvLanguage::default(),
+        Some(l) => CsvLanguage::parse(l)
+            .ok_or_else(|| ApiError::Invalid("lang must be nb or en".into()))?,
+    };
     let session = s.db.session(&id).await?;
     let summary = crate::attendance::session_summary(
         &s.db,
@@ -584,7 +592,7 @@ async fn session_attendance(
                     format!("attachment; filename=\"attendance-{id}.csv\""),
                 ),
             ],
-            crate::attendance::export::csv(&session, &summary, &local_zone(&s)?),
+            crate::attendance::export::csv(&session, &summary, &local_zone(&s)?, lang),
         )
             .into_response()
     } else {

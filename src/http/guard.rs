@@ -1,7 +1,8 @@
 //! Abuse limits per client address: who the client is (`client_addr`, honouring
 //! `X-Forwarded-For` / `X-Real-IP` only from `http.trusted_proxies`), a failure budget for bad
 //! credentials (join tokens, admin keys) that decays with time, and a cap on WebSocket
-//! connections per address. It counts and refuses; it never logs an address.
+//! connections per address that are not (yet) members let in with a valid join token. It
+//! counts and refuses; it never logs an address.
 //!
 //! Why a budget and not a lock: many people reach the server from one hospital NAT address, and
 //! a course leader must get in even when a machine behind the same address misbehaves. So a
@@ -282,7 +283,33 @@ impl Guard {
 /// One open WebSocket of an address.
 pub struct WsPermit {
     guard: Guard,
+    /// The address whose cap this socket counts against; None once it stopped counting.
     key: Option<IpAddr>,
+}
+
+impl WsPermit {
+    /// The socket's member was let into its session with a valid join token: from now on it
+    /// no longer counts against its address's cap. The cap is for sockets nobody has vouched
+    /// for yet (connected, not joined, or waiting in an open link's lobby); a hospital's staff
+    /// behind one NAT address may follow a course from hundreds of desks. Still counted in
+    /// `websockets_open`.
+    pub fn admitted(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.guard.release(k);
+        }
+    }
+}
+
+impl Guard {
+    fn release(&self, k: IpAddr) {
+        let mut map = self.lock();
+        if let Some(entry) = map.get_mut(&k) {
+            entry.websockets = entry.websockets.saturating_sub(1);
+            if entry.websockets == 0 && entry.score == 0.0 {
+                map.remove(&k);
+            }
+        }
+    }
 }
 
 impl Drop for WsPermit {
@@ -291,14 +318,8 @@ impl Drop for WsPermit {
             .counts
             .websockets_open
             .fetch_sub(1, Ordering::Relaxed);
-        if let Some(k) = self.key {
-            let mut map = self.guard.lock();
-            if let Some(entry) = map.get_mut(&k) {
-                entry.websockets = entry.websockets.saturating_sub(1);
-                if entry.websockets == 0 && entry.score == 0.0 {
-                    map.remove(&k);
-                }
-            }
+        if let Some(k) = self.key.take() {
+            self.guard.release(k);
         }
     }
 }
@@ -425,8 +446,19 @@ mod tests {
         assert!(g.websocket(a).is_none());
         assert!(g.websocket(Some("192.0.2.9".parse().unwrap())).is_some());
         drop(p1);
-        assert!(g.websocket(a).is_some());
+        let mut p3 = g.websocket(a).unwrap();
         assert_eq!(g.counts.websockets_refused.load(Ordering::Relaxed), 1);
+        // Admitted members stop counting against the cap (and are given back only once).
+        p3.admitted();
+        let p4 = g.websocket(a).unwrap();
+        assert!(g.websocket(a).is_none());
+        drop(p3);
+        assert!(g.websocket(a).is_none());
+        drop(p4);
+        let p5 = g.websocket(a);
+        assert!(p5.is_some());
+        // _p2 and p5.
+        assert_eq!(g.counts.websockets_open.load(Ordering::Relaxed), 2);
     }
 
     #[test]

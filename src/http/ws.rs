@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::guard::ClientAddr;
+use super::guard::{ClientAddr, WsPermit};
 use super::AppState;
 use crate::auth::{unix_now, TokenError};
 use crate::protocol::{
@@ -32,6 +32,10 @@ const SOCKET_BUFFER: usize = 8 * 1024;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
+/// The close frame's reason when a socket was silent for `signalling.idle_timeout_ms`.
+const IDLE_REASON: &str = "idle timeout";
+/// How long the idle close frame may take to go out.
+const CLOSE_SEND_WITHIN: Duration = Duration::from_secs(1);
 
 pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
@@ -57,8 +61,7 @@ pub(super) async fn upgrade(
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
             async move {
-                run(socket, state, addr).await;
-                drop(permit);
+                run(socket, state, addr, permit).await;
             }
             .instrument(span)
         })
@@ -131,7 +134,7 @@ impl RateLimit {
     }
 }
 
-async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
+async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut permit: WsPermit) {
     let limits = &state.config.signalling;
     let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
     let mut client = Client::new(ClientCtx {
@@ -158,8 +161,14 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
-                    // Nobody there to read a close frame: the member is dropped (shutdown below).
+                    // Checked at ping ticks: the close comes between `idle_timeout` and
+                    // `idle_timeout + ping_interval` after the last thing heard. The member is
+                    // dropped (shutdown below). Probably nobody reads the close frame, but a
+                    // client whose pongs were lost learns why and reconnects; bounded, since a
+                    // silent peer's send buffer may be full, and no lingering for its reply.
                     tracing::info!(silent_ms = last_heard.elapsed().as_millis() as u64, "signalling socket silent; closing it");
+                    let frame = CloseFrame { code: CLOSE_NORMAL, reason: IDLE_REASON.into() };
+                    let _ = tokio::time::timeout(CLOSE_SEND_WITHIN, socket.send(Message::Close(Some(frame)))).await;
                     break;
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
@@ -214,6 +223,11 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>) {
             },
             event = client.next_event() => client.handle_event(event).await,
         };
+        // Let in with a valid token: no longer held against the address's socket cap (before
+        // `joined` goes out, so whoever reads it can count on the freed slot).
+        if client.is_admitted() {
+            permit.admitted();
+        }
         if !flush(&mut socket, &mut client).await {
             break;
         }

@@ -3,6 +3,7 @@
 //! Owned by the WebSocket task in `http::ws`; it never touches the socket itself — replies go
 //! to `outbox`, which that task drains — so nothing here can block on a slow client.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -90,6 +91,11 @@ struct Joined {
     pending_offer: Option<(ServerMessage, Instant)>,
     unanswered_offers: u32,
     last_refusal_notice: Option<Instant>,
+    /// The publisher's own ids of tracks it unpublished on its current publish connection.
+    /// A browser may go on sending them until it renegotiates; that media is read and thrown
+    /// away like a revoked floor's, but never forwarded again (not even under a new server
+    /// track id) until a later `publish_offer` lists the track again.
+    unpublished: HashSet<String>,
     /// A WHEP player's tracks (the main feed when it started); empty for everyone else.
     playing: Vec<TrackId>,
 }
@@ -233,8 +239,12 @@ impl Client {
                     .handle_offer(sdp, &tracks)
                     .await
                     .map_err(sfu_error)?;
-                // Offering again is turning the microphone back on after a mute.
+                // Offering again is turning the microphone back on after a mute, and a track
+                // listed again is published again.
                 joined.mic_muted = false;
+                for t in &tracks {
+                    joined.unpublished.remove(&t.track_id);
+                }
                 self.outbox
                     .push(ServerMessage::PublishAnswer { sdp: answer });
                 // Tracks it kept sending while they were not forwarded go out again at once.
@@ -261,6 +271,8 @@ impl Client {
                         "You do not publish a track with that id.",
                     ));
                 }
+                // Its media may keep arriving until the client renegotiates: it stays parked.
+                joined.unpublished.insert(track_id.clone());
                 self.outbox.push(ServerMessage::Unpublished { track_id });
                 Ok(Flow::Continue)
             }
@@ -517,6 +529,19 @@ impl Client {
         {
             return Err(super::refused(ErrorCode::Removed));
         }
+        // Participants are numbered in the session ("Deltaker 4"), in order of first arrival,
+        // by the database so the number survives a restart; nobody else is.
+        let number = if role == Role::Participant {
+            Some(
+                self.ctx
+                    .db
+                    .participant_number(&session.id, &subject)
+                    .await
+                    .map_err(internal)?,
+            )
+        } else {
+            None
+        };
         let req = JoinRequest {
             member_id: member,
             invite_id: invite.id.clone(),
@@ -527,6 +552,7 @@ impl Client {
             open: first_time_open,
             chat_enabled: session.chat_enabled,
             roster: session.roster,
+            number,
         };
         let (events_tx, room_events) = mpsc::channel(MEMBER_EVENT_QUEUE);
         let (room, outcome) = self
@@ -567,6 +593,7 @@ impl Client {
             pending_offer: None,
             unanswered_offers: 0,
             last_refusal_notice: None,
+            unpublished: HashSet::new(),
             playing: Vec::new(),
         }));
         match outcome {
@@ -770,6 +797,13 @@ impl Client {
                 return Ok(Flow::Close);
             }
             PeerEvent::Published(conn, forwarder) if publish_id == Some(conn) => {
+                if joined
+                    .unpublished
+                    .contains(&forwarder.info().client_track_id)
+                {
+                    // Dropping the publication parks the feed: read and discarded.
+                    return Ok(Flow::Continue);
+                }
                 joined.room.publish(forwarder).await.map_err(internal)?;
             }
             PeerEvent::ParkedMedia(conn) if publish_id == Some(conn) => {
@@ -795,6 +829,14 @@ impl Client {
             !(joined.mic_muted && source == Source::Microphone) && joined.may_publish(source)
         });
         for forwarder in forwarders {
+            if joined
+                .unpublished
+                .contains(&forwarder.info().client_track_id)
+            {
+                // Unpublished by the client: dropping this publication parks the feed again
+                // before anyone is told of it or gets a packet (it has no subscribers yet).
+                continue;
+            }
             tracing::info!(track = %forwarder.info().id, source = ?forwarder.info().source, "track forwarded again");
             joined.room.publish(forwarder).await.map_err(internal)?;
         }
@@ -829,6 +871,8 @@ impl Client {
         let Some(publisher) = joined.publisher.take() else {
             return Ok(());
         };
+        // A new publish connection starts with nothing unpublished.
+        joined.unpublished.clear();
         joined
             .room
             .drop_tracks(joined.member)
@@ -903,6 +947,12 @@ impl Client {
         joined.pending_offer = Some((offer.clone(), Instant::now() + self.ctx.answer_timeout));
         self.outbox.push(offer);
         Ok(())
+    }
+
+    /// Whether the member is in its session: joined with a valid token and not (or no longer)
+    /// waiting in the lobby.
+    pub fn is_admitted(&self) -> bool {
+        matches!(&self.stage, Stage::Joined(j) if j.admitted)
     }
 
     /// The member's role once joined.

@@ -5,8 +5,9 @@
 //! nothing; this module never touches HTTP types.
 //!
 //! WHIP and WHEP peers do not trickle from our side: the answer carries every server
-//! candidate (`sfu::nontrickle`). Trickle from the encoder or player (`PATCH`) is accepted;
-//! an ICE restart is not (the encoder starts a new session instead).
+//! candidate. Trickle from the encoder or player (`PATCH`, RFC 8840 fragments that repeat the
+//! offer's own ICE credentials) is accepted; an ICE restart (other credentials, or
+//! `If-Match: *`) is not (the encoder starts a new session instead).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -96,7 +97,42 @@ struct Entry {
     kind: Kind,
     session: SessionId,
     etag: String,
+    /// The peer's ICE credentials from its offer: a trickle fragment repeating them is plain
+    /// trickle (RFC 8840 asks for them in every fragment); only different ones are a restart.
+    ice: IceCredentials,
     tx: mpsc::Sender<Command>,
+}
+
+/// The peer's `a=ice-ufrag` / `a=ice-pwd` (the first of each in an SDP or fragment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct IceCredentials {
+    ufrag: Option<String>,
+    pwd: Option<String>,
+}
+
+impl IceCredentials {
+    fn of(sdp: &str) -> IceCredentials {
+        let first = |prefix: &str| {
+            sdp.lines()
+                .map(str::trim_end)
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        IceCredentials {
+            ufrag: first("a=ice-ufrag:"),
+            pwd: first("a=ice-pwd:"),
+        }
+    }
+
+    /// Whether a fragment's credentials ask for an ICE restart: one of them is given and
+    /// differs from the session's. Repeating the session's own (RFC 8840, RFC 9725 §4.3.1) or
+    /// leaving them out is trickle.
+    fn restarts(&self, frag: &IceCredentials) -> bool {
+        let changed = |given: &Option<String>, ours: &Option<String>| {
+            given.as_ref().is_some_and(|g| Some(g) != ours.as_ref())
+        };
+        changed(&frag.ufrag, &self.ufrag) || changed(&frag.pwd, &self.pwd)
+    }
 }
 
 /// The running WHIP and WHEP sessions, by resource id (random, in the `Location` URL; it
@@ -126,9 +162,12 @@ impl Equipment {
                     .into(),
             )
         })?;
+        // Also for a session id nobody knows: the token says which session it may enter, so
+        // the mistake is the URL, and no token holder learns which other sessions exist.
         if claims.sid != session.to_string() {
             return Err(EquipmentError::Forbidden(
-                "This token belongs to another session.".into(),
+                "This token belongs to another session than the one in the URL; use the URL given with the token."
+                    .into(),
             ));
         }
         if claims.role != kind.role() {
@@ -158,6 +197,7 @@ impl Equipment {
             },
         )
         .await?;
+        let ice = IceCredentials::of(&offer);
         let answer = match negotiate(&mut client, kind, offer).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -177,6 +217,7 @@ impl Equipment {
                     kind,
                     session: session.clone(),
                     etag: etag.clone(),
+                    ice,
                     tx,
                 },
             );
@@ -208,10 +249,10 @@ impl Equipment {
         if_match: Option<&str>,
         fragment: &str,
     ) -> Result<(), EquipmentError> {
-        let (tx, etag) = self.find(kind, session, resource)?;
-        let restart = if_match == Some("*");
+        let (tx, etag, ice) = self.find(kind, session, resource)?;
         let frag = parse_sdpfrag(fragment)?;
-        if restart || frag.ice_pwd.is_some() {
+        // RFC 9725 §4.3.2: `If-Match: *` or new credentials ask for a restart.
+        if if_match == Some("*") || ice.restarts(&frag.ice) {
             return Err(EquipmentError::Unsupported(
                 "ICE restarts are not supported: end this session (DELETE) and start a new one."
                     .into(),
@@ -239,7 +280,7 @@ impl Equipment {
         session: &SessionId,
         resource: &str,
     ) -> Result<(), EquipmentError> {
-        let (tx, _) = self.find(kind, session, resource)?;
+        let (tx, _, _) = self.find(kind, session, resource)?;
         let (reply, rx) = oneshot::channel();
         if tx
             .send_timeout(Command::Stop(reply), REPLY_TIMEOUT)
@@ -270,11 +311,11 @@ impl Equipment {
         kind: Kind,
         session: &SessionId,
         resource: &str,
-    ) -> Result<(mpsc::Sender<Command>, String), EquipmentError> {
+    ) -> Result<(mpsc::Sender<Command>, String, IceCredentials), EquipmentError> {
         let map = self.map.lock().expect("equipment lock is never poisoned");
         match map.get(resource) {
             Some(e) if e.kind == kind && e.session == *session => {
-                Ok((e.tx.clone(), e.etag.clone()))
+                Ok((e.tx.clone(), e.etag.clone(), e.ice.clone()))
             }
             _ => Err(EquipmentError::NotFound),
         }
@@ -419,14 +460,14 @@ async fn drive(
 
 /// What a trickle PATCH body carries.
 struct SdpFrag {
-    ice_pwd: Option<String>,
+    ice: IceCredentials,
     candidates: Vec<IceCandidate>,
 }
 
 /// Reads an `application/trickle-ice-sdpfrag` body (RFC 8840): candidates per `a=mid`.
 fn parse_sdpfrag(body: &str) -> Result<SdpFrag, EquipmentError> {
     let mut frag = SdpFrag {
-        ice_pwd: None,
+        ice: IceCredentials::default(),
         candidates: Vec::new(),
     };
     let mut ufrag: Option<String> = None;
@@ -440,8 +481,9 @@ fn parse_sdpfrag(body: &str) -> Result<SdpFrag, EquipmentError> {
         any = true;
         if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
             ufrag = Some(v.to_owned());
+            frag.ice.ufrag.get_or_insert_with(|| v.to_owned());
         } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
-            frag.ice_pwd = Some(v.to_owned());
+            frag.ice.pwd.get_or_insert_with(|| v.to_owned());
         } else if line.starts_with("m=") {
             mline = Some(mline.map_or(0, |m| m + 1));
         } else if let Some(v) = line.strip_prefix("a=mid:") {
@@ -478,7 +520,8 @@ mod tests {
             "a=ice-options:trickle ice2\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=candidate:1 1 UDP 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n",
         )
         .expect("fragment");
-        assert!(f.ice_pwd.is_none());
+        assert!(f.ice.pwd.is_none());
+        assert_eq!(f.ice.ufrag.as_deref(), Some("abcd"));
         assert_eq!(f.candidates.len(), 1);
         assert_eq!(f.candidates[0].sdp_mid.as_deref(), Some("0"));
         assert_eq!(f.candidates[0].sdp_mline_index, Some(0));
@@ -486,8 +529,29 @@ mod tests {
         assert!(f.candidates[0].candidate.starts_with("candidate:1 1 UDP"));
         let restart = parse_sdpfrag("a=ice-ufrag:x\r\na=ice-pwd:yyyyyyyyyyyyyyyyyyyyyy\r\n")
             .expect("fragment");
-        assert!(restart.ice_pwd.is_some());
+        assert!(restart.ice.pwd.is_some());
         assert!(parse_sdpfrag("").is_err());
         assert!(parse_sdpfrag("hello there").is_err());
+    }
+
+    #[test]
+    fn only_changed_ice_credentials_are_a_restart() {
+        let ours = IceCredentials::of(
+            "v=0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 x\r\na=ice-ufrag:abcd\r\n",
+        );
+        let cred = |u: Option<&str>, p: Option<&str>| IceCredentials {
+            ufrag: u.map(str::to_owned),
+            pwd: p.map(str::to_owned),
+        };
+        for (frag, restart) in [
+            (cred(None, None), false),
+            (cred(Some("abcd"), None), false),
+            (cred(Some("abcd"), Some("abcdefghijklmnopqrstuvwx")), false),
+            (cred(Some("efgh"), None), true),
+            (cred(Some("abcd"), Some("changedchangedchanged12")), true),
+            (cred(None, Some("changedchangedchanged12")), true),
+        ] {
+            assert_eq!(ours.restarts(&frag), restart, "{frag:?}");
+        }
     }
 }

@@ -94,6 +94,9 @@ pub struct JoinRequest {
     pub chat_enabled: bool,
     /// What participants see of each other.
     pub roster: RosterMode,
+    /// A participant's number in the session (kept across rejoins and restarts, from the
+    /// database); None for every other role, who are shown by name or role.
+    pub number: Option<u32>,
 }
 
 pub enum JoinOutcome {
@@ -393,7 +396,6 @@ impl Rooms {
             locked: false,
             chat_enabled: false,
             roster_mode: RosterMode::Names,
-            numbers: HashMap::new(),
             admitted_subjects: HashMap::new(),
             removed_subjects: HashSet::new(),
             attendance: self.attendance.clone(),
@@ -428,8 +430,9 @@ struct Member {
     admitted: bool,
     floor: bool,
     headcount: Option<u32>,
-    /// Its number in the session (stable across rejoins), shown for people without a name.
-    number: u32,
+    /// A participant's number in the session (stable across rejoins and restarts), shown
+    /// when it has no name.
+    number: Option<u32>,
     /// A user representative the leader made co-host: admits and gives the floor too.
     cohost: bool,
     /// Given the floor but could not send; shown to the leader until the next grant.
@@ -446,8 +449,6 @@ struct Room {
     locked: bool,
     chat_enabled: bool,
     roster_mode: RosterMode,
-    /// Each subject's number, in order of first arrival.
-    numbers: HashMap<String, u32>,
     /// Subjects let in once, with the name they had: they come back without the lobby
     /// (reload, network loss).
     admitted_subjects: HashMap<String, String>,
@@ -663,8 +664,7 @@ impl Room {
         }
         let admitted = !req.open || returning;
         let member = req.member_id;
-        let next = self.numbers.len() as u32 + 1;
-        let number = *self.numbers.entry(req.subject.clone()).or_insert(next);
+        let number = req.number;
         tracing::info!(member = %member, role = ?req.role, admitted, "member joined");
         self.members.push(Member {
             info: MemberInfo {
@@ -1024,7 +1024,7 @@ impl Room {
             .map(|m| RosterEntry {
                 member_id: m.info.member_id,
                 name: m.info.name.clone(),
-                number: m.info.name.is_empty().then_some(m.number),
+                number: m.number.filter(|_| m.info.name.is_empty()),
                 role: m.info.role,
                 floor: m.floor,
                 cohost: m.cohost,
@@ -1041,7 +1041,7 @@ impl Room {
                 .map(|m| LobbyEntry {
                     member_id: m.info.member_id,
                     name: m.info.name.clone(),
-                    number: m.info.name.is_empty().then_some(m.number),
+                    number: m.number.filter(|_| m.info.name.is_empty()),
                 })
                 .collect()
         });
