@@ -109,35 +109,40 @@ impl Claims {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The wall clock moved to the leaf `clock`; this name stays for `http::link` until it imports
+/// `crate::clock::unix_now` itself.
+pub use crate::clock::unix_now;
+
+impl Claims {
+    /// What an invite's join link grants: the invite's session, role and openness, valid until
+    /// `validity_hours` after the session ends. Takes the invite's fields, not the database's
+    /// row, so that `auth` stays below `db`.
+    pub fn for_invite(
+        session_id: &str,
+        invite_id: &str,
+        role: Role,
+        open: bool,
+        session_ends_unix: i64,
+        validity_hours: u64,
+    ) -> Claims {
+        Claims {
+            sid: session_id.to_owned(),
+            sub: invite_id.to_owned(),
+            role,
+            open,
+            member: None,
+            exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
+        }
+    }
 }
 
-/// The join link for `invite`: the course page (one for every role), with the token in the fragment
-/// (`#t=…`), which browsers never send to the server, so it stays out of access logs.
-pub fn join_link(
-    tokens: &TokenKey,
-    public_url: &str,
-    invite: &crate::db::Invite,
-    session_ends_unix: i64,
-    validity_hours: u64,
-) -> String {
-    let claims = Claims {
-        sid: invite.session_id.clone(),
-        sub: invite.id.clone(),
-        role: invite.role,
-        open: invite.open,
-        member: None,
-        exp: session_ends_unix.max(0) as u64 + validity_hours * 3600,
-    };
+/// The join link for `claims`: the course page (one for every role), with the token in the
+/// fragment (`#t=…`), which browsers never send to the server, so it stays out of access logs.
+pub fn join_link(tokens: &TokenKey, public_url: &str, claims: &Claims) -> String {
     format!(
         "{}/course.html#t={}",
         public_url.trim_end_matches('/'),
-        tokens.sign(&claims)
+        tokens.sign(claims)
     )
 }
 

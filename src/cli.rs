@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use crate::auth::{join_link, TokenKey};
+use crate::auth::{join_link, Claims, TokenKey};
 use crate::config::Config;
 use crate::db::{Db, NewInvite, NewSession, SessionState};
 use crate::protocol::Role;
@@ -150,13 +150,15 @@ pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
     let db = Db::open(&config.db.path).await?;
     let tokens = TokenKey::new(&db.secret("join_token_key").await?);
     let link = |invite: &crate::db::Invite, ends: i64| {
-        join_link(
-            &tokens,
-            &config.http.public_url,
-            invite,
+        let claims = Claims::for_invite(
+            &invite.session_id,
+            &invite.id,
+            invite.role,
+            invite.open,
             ends,
             config.auth.link_validity_hours,
-        )
+        );
+        join_link(&tokens, &config.http.public_url, &claims)
     };
     let out = match cmd {
         AdminCommand::Course(CourseCommand::Create { title }) => db.create_course(&title).await?.id,

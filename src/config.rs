@@ -437,7 +437,7 @@ impl Config {
             }
         }
         for proxy in &self.http.trusted_proxies {
-            if crate::http::guard::Cidr::parse(proxy).is_none() {
+            if Cidr::parse(proxy).is_none() {
                 return Err(bad(
                     "http.trusted_proxies",
                     &format!("{proxy:?} is not an address or network like \"127.0.0.1/32\""),
@@ -561,6 +561,44 @@ fn merge(
         }
     }
     Ok(())
+}
+
+/// An IPv4 network or IPv6 prefix (`http.trusted_proxies`), e.g. `127.0.0.1/32`, `10.0.0.0/8`, `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `v6/n`, or a bare address (a single host).
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { net: ip, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -688,5 +726,27 @@ mod tests {
     fn syntax_error_is_reported() {
         let err = Config::from_overlay(Some(("[http\n", "broken.toml"))).unwrap_err();
         assert!(err.to_string().contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn cidrs() {
+        let cases = [
+            ("127.0.0.1/32", "127.0.0.1", true),
+            ("127.0.0.1/32", "127.0.0.2", false),
+            ("10.0.0.0/8", "10.200.1.1", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("0.0.0.0/0", "8.8.8.8", true),
+            ("::1", "::1", true),
+            ("fd00::/8", "fd12::5", true),
+            ("fd00::/8", "fe80::1", false),
+            ("127.0.0.1/32", "::ffff:127.0.0.1", true),
+        ];
+        for (cidr, ip, inside) in cases {
+            let c = Cidr::parse(cidr).unwrap();
+            assert_eq!(c.contains(ip.parse().unwrap()), inside, "{cidr} {ip}");
+        }
+        for bad in ["", "1.2.3.4/33", "::/129", "x/8", "1.2.3/8"] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
     }
 }

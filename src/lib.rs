@@ -15,7 +15,8 @@
 //!
 //! | module | owns | must not |
 //! |---|---|---|
-//! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
+//! | [`clock`] | the wall clock (`unix_now`) | import anything of the crate |
+//! | [`config`] | TOML schema, compiled-in default, overlay, validation (also of `Cidr`, the trusted proxies' networks); the only reader of env vars | know about rooms or media |
 //! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
 //! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/ (compiled in), secrets, courses/sessions/invites, online backups (`db::backup`, the crate's only `unsafe`) | be used by the media path |
 //! | [`attendance`] | the writer task (commit, then acknowledge), crash recovery, retention, summaries (pure), CSV (for Norwegian spreadsheets, local time via `tz`) and JSON export | be awaited by the room actor or touched by the media path |
@@ -30,6 +31,10 @@
 //! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
 //! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |
 //!
+//! Layers (a module uses only modules of earlier layers; tests/layers.rs checks it, outside
+//! a module's own subtree): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`,
+//! `logging`, `turn` → `attendance`, `sfu` → `room` → `cli`, `http` → `app`.
+//!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
 //! libopus and pipes 16 kHz PCM into a local recogniser command — and `kursrelay-loadgen`.
@@ -38,6 +43,7 @@ pub mod app;
 pub mod attendance;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod http;

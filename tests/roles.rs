@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kursrelay::auth::{unix_now, Claims, TokenKey};
+use kursrelay::auth::{Claims, TokenKey};
+use kursrelay::clock::unix_now;
 use kursrelay::protocol::Role;
 use serde_json::json;
 

@@ -50,7 +50,7 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
     assert_eq!(entry["urls"][0], urls[0].as_str());
     let username = entry["username"].as_str().unwrap();
     let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
-    let now = kursrelay::auth::unix_now();
+    let now = kursrelay::clock::unix_now();
     assert!(
         expiry > now + 11 * 3600 && expiry <= now + 12 * 3600 + 5,
         "{username}"

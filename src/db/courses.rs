@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{Db, DbError};
-use crate::auth::unix_now;
+use crate::clock::unix_now;
 use crate::protocol::{Role, RosterMode};
 
 /// Formats UTC seconds as RFC 3339 (`2026-11-22T09:00:00Z`).

@@ -115,7 +115,7 @@ impl Db {
             )
             .bind(version)
             .bind(name)
-            .bind(crate::auth::unix_now() as i64)
+            .bind(crate::clock::unix_now() as i64)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

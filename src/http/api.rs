@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::guard::{same_secret, ClientAddr};
 use super::{AppState, MAX_BODY_BYTES};
 use crate::attendance::export::CsvLanguage;
-use crate::auth::join_link;
+use crate::auth::{join_link, Claims};
 use crate::db::{DbError, Invite, NewInvite, NewSession, SessionPatch, SessionState};
 use crate::ids::SessionId;
 
@@ -414,13 +414,15 @@ pub struct InviteWithLink {
 
 async fn with_link(s: &AppState, invite: Invite) -> Result<InviteWithLink, ApiError> {
     let session = s.db.session(&invite.session_id).await?;
-    let link = join_link(
-        &s.tokens,
-        &s.config.http.public_url,
-        &invite,
+    let claims = Claims::for_invite(
+        &invite.session_id,
+        &invite.id,
+        invite.role,
+        invite.open,
         session.ends_at_unix,
         s.config.auth.link_validity_hours,
     );
+    let link = join_link(&s.tokens, &s.config.http.public_url, &claims);
     Ok(InviteWithLink { invite, link })
 }
 
@@ -524,7 +526,7 @@ async fn attendance_reader(
     if over.is_none() && admin(s, headers).is_ok() {
         return Ok("admin".into());
     }
-    let claims = match s.tokens.verify(bearer(headers), crate::auth::unix_now()) {
+    let claims = match s.tokens.verify(bearer(headers), crate::clock::unix_now()) {
         Ok(claims) => claims,
         Err(e) => {
             if e != crate::auth::TokenError::Expired && !bearer(headers).is_empty() {

@@ -116,7 +116,7 @@ pub fn redirect_router(public_url: &str) -> Router {
 /// it to this server).
 async fn ice_servers(State(state): State<AppState>) -> Response {
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let config = crate::turn::ice_config(&state.config.turn, crate::auth::unix_now(), &tag[..12]);
+    let config = crate::turn::ice_config(&state.config.turn, crate::clock::unix_now(), &tag[..12]);
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(config)).into_response()
 }
 

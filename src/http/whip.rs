@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::auth::unix_now;
+use crate::clock::unix_now;
 use crate::ids::SessionId;
 use crate::room::client::ClientCtx;
 use crate::room::equipment::{EquipmentError, Kind};

@@ -13,7 +13,8 @@ use tracing::Instrument;
 
 use super::guard::{ClientAddr, WsPermit};
 use super::AppState;
-use crate::auth::{unix_now, TokenError};
+use crate::auth::TokenError;
+use crate::clock::unix_now;
 use crate::protocol::{
     parse_client_message, ByeReason, ClientMessage, ErrorCode, ProtocolError, ServerMessage,
 };

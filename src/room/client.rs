@@ -13,7 +13,8 @@ use super::permissions::{allowed, Action, MemberFacts, SessionFacts};
 use super::{
     Control, Done, JoinOutcome, JoinRequest, RoomEvent, RoomHandle, Rooms, MEMBER_EVENT_QUEUE,
 };
-use crate::auth::{unix_now, Claims, TokenKey};
+use crate::auth::{Claims, TokenKey};
+use crate::clock::unix_now;
 use crate::db::{Db, DbError, SessionState};
 use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::client::{Client, ClientCtx, Flow};
-use crate::auth::unix_now;
+use crate::clock::unix_now;
 use crate::ids::SessionId;
 use crate::protocol::{
     ClientMessage, ErrorCode, IceCandidate, ProtocolError, Role, ServerMessage, Target, VERSION,

@@ -200,8 +200,15 @@ impl TestServer {
             )
             .await
             .unwrap();
-        let link =
-            kursrelay::auth::join_link(&self.state.tokens, "http://x", &invite, 4_070_000_000, 24);
+        let claims = kursrelay::auth::Claims::for_invite(
+            &invite.session_id,
+            &invite.id,
+            invite.role,
+            invite.open,
+            4_070_000_000,
+            24,
+        );
+        let link = kursrelay::auth::join_link(&self.state.tokens, "http://x", &claims);
         (invite.id, link.split("#t=").nth(1).unwrap().to_owned())
     }
 
