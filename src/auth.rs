@@ -38,6 +38,20 @@ pub enum TokenError {
     Expired,
 }
 
+/// A token whose signature holds: the claims of a genuine link, expired or not. Only
+/// `TokenKey::genuine` makes one, so whoever holds one knows the signature was checked; the
+/// join path checks it once, at the door (`http::ws`, `room::equipment`), and passes this on.
+/// Whether the link may still be used (expiry, a withdrawn invite, an ended session) is
+/// asked after, in that order of reasons (`room::client`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Genuine(Claims);
+
+impl Genuine {
+    pub fn claims(&self) -> &Claims {
+        &self.0
+    }
+}
+
 /// Signs and checks tokens with one secret.
 #[derive(Clone)]
 pub struct TokenKey {
@@ -68,6 +82,11 @@ impl TokenKey {
             return Err(TokenError::Expired);
         }
         Ok(claims)
+    }
+
+    /// Checks the signature only, and says so in the type: see `Genuine`.
+    pub fn genuine(&self, token: &str) -> Result<Genuine, TokenError> {
+        self.verify_signature(token).map(Genuine)
     }
 
     /// Checks the signature only: the claims of a genuine link, expired or not. For telling
@@ -211,6 +230,11 @@ mod tests {
         }
         // An expired but genuine link still says whose it is (to tell "withdrawn" first).
         assert_eq!(key.verify_signature(&token), Ok(claims()));
+        assert_eq!(
+            key.genuine(&token).map(|g| g.claims().clone()),
+            Ok(claims())
+        );
+        assert_eq!(key.genuine("a.b.c"), Err(TokenError::Malformed));
         assert!(claims().expired(1000) && !claims().expired(999));
     }
 

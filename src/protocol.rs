@@ -362,6 +362,10 @@ pub struct RosterView {
     /// What this session shows of participants to everyone but the leader.
     #[serde(default)]
     pub roster: RosterMode,
+    /// Whether this session relays chat now (as in `joined`; the organisers may switch it
+    /// during the session).
+    #[serde(default)]
+    pub chat_enabled: bool,
     /// The receiver's own place in the hand queue (1 = next), while its hand is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_position: Option<u32>,

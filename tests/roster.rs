@@ -288,3 +288,106 @@ async fn only_participants_are_numbered_and_numbers_survive_a_restart() {
     assert_eq!(fourth, 4);
     server.shutdown().await;
 }
+
+/// The session's settings belong to its room, given when it starts and refreshed by the admin
+/// API: switching chat on and the roster to a count while the course runs reaches everyone at
+/// once (a roster with the new settings, chat relayed) without anyone rejoining, and a join
+/// carries no settings that could put the old ones back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_through_the_api_reach_a_running_session() {
+    let server = TestServer::spawn().await;
+    let leader = TestPeer::leader(&server, "live-settings", "Ola").await;
+    let kari = TestPeer::join(&server, "live-settings", "Kari").await;
+    let per = TestPeer::join(&server, "live-settings", "Per").await;
+    let before = roster_where(&kari, |r| names(r).contains(&"Per".to_owned())).await;
+    assert_eq!(
+        (&before["roster"], &before["chat_enabled"]),
+        (&json!("names"), &json!(false))
+    );
+    let n = kari.inbox_len();
+    kari.send(json!({"type": "chat", "text": "Hallo?"})).await;
+    let refused = kari.wait_msg_after(n, |m| m["type"] == "error").await;
+    assert_eq!(refused["code"], "chat_disabled", "{refused}");
+
+    let session = server.session("live-settings").await;
+    let patch = |body: Value| {
+        let session = session.clone();
+        let addr = server.addr;
+        async move {
+            let auth = format!("Bearer {ADMIN_KEY}");
+            let reply = http_request(
+                addr,
+                "PATCH",
+                &format!("/api/sessions/{session}"),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    };
+    let (n_kari, n_leader) = (kari.inbox_len(), leader.inbox_len());
+    patch(json!({"chat_enabled": true, "roster": "count"})).await;
+    let counted = |r: &Value| r["roster"] == "count" && r["chat_enabled"] == true;
+    let after = kari
+        .wait_msg_after(n_kari, |m| m["type"] == "roster" && counted(m))
+        .await;
+    assert!(!names(&after).contains(&"Per".to_owned()), "{after}");
+    let leaders = leader
+        .wait_msg_after(n_leader, |m| m["type"] == "roster" && counted(m))
+        .await;
+    assert!(names(&leaders).contains(&"Per".to_owned()), "{leaders}");
+    kari.send(json!({"type": "chat", "text": "Kan du gjenta?"}))
+        .await;
+    let to_per = per
+        .wait_msg(|m| m["type"] == "chat" && m["text"] == "Kan du gjenta?")
+        .await;
+    assert_eq!(
+        to_per["name"], "",
+        "a count-only session hides the sender: {to_per}"
+    );
+
+    // The database says otherwise without telling the room (as a join that read the session
+    // just before the change would have): the next join leaves the room's settings as they are.
+    let stale = kursrelay::db::SessionPatch {
+        chat_enabled: Some(false),
+        roster: Some(kursrelay::protocol::RosterMode::Names),
+        ..Default::default()
+    };
+    server
+        .state
+        .db
+        .update_session(&session, &stale)
+        .await
+        .unwrap();
+    let n = kari.inbox_len();
+    let lise = TestPeer::join(&server, "live-settings", "Lise").await;
+    assert_eq!(
+        lise.wait_msg(|m| m["type"] == "joined").await["chat_enabled"],
+        true
+    );
+    let with_lise = kari
+        .wait_msg_after(n, |m| m["type"] == "roster" && m["participant_count"] == 3)
+        .await;
+    assert!(
+        counted(&with_lise),
+        "a join reset the settings: {with_lise}"
+    );
+
+    // Switched back through the API: everyone follows again.
+    let n = kari.inbox_len();
+    patch(json!({"chat_enabled": false, "roster": "names"})).await;
+    let back = kari
+        .wait_msg_after(n, |m| m["type"] == "roster" && m["roster"] == "names")
+        .await;
+    assert_eq!(back["chat_enabled"], false);
+    assert!(names(&back).contains(&"Lise".to_owned()), "{back}");
+    let n = per.inbox_len();
+    per.send(json!({"type": "chat", "text": "Og no?"})).await;
+    let refused = per.wait_msg_after(n, |m| m["type"] == "error").await;
+    assert_eq!(refused["code"], "chat_disabled", "{refused}");
+    server.shutdown().await;
+}

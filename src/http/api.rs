@@ -16,6 +16,7 @@ use crate::attendance::export::CsvLanguage;
 use crate::auth::{join_link, Claims};
 use crate::db::{DbError, Invite, NewInvite, NewSession, SessionPatch, SessionState};
 use crate::ids::SessionId;
+use crate::room::SessionSettings;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -383,6 +384,13 @@ async fn update_session(
     let session = s.db.update_session(&id, &patch).await?;
     if session.state == SessionState::Ended {
         end_room(&s, &id).await;
+    } else if patch.chat_enabled.is_some() || patch.roster.is_some() {
+        // A running room follows at once (its members get a roster with the new settings).
+        if let Some(sid) = SessionId::parse(&id) {
+            s.rooms
+                .set_settings(&sid, SessionSettings::of(&session))
+                .await;
+        }
     }
     Ok(Json(session))
 }

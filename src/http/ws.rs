@@ -13,8 +13,7 @@ use tracing::Instrument;
 
 use super::guard::{ClientAddr, WsPermit};
 use super::AppState;
-use crate::auth::TokenError;
-use crate::clock::unix_now;
+use crate::auth::{Genuine, TokenError};
 use crate::protocol::{
     parse_client_message, ByeReason, ClientMessage, ErrorCode, ProtocolError, ServerMessage,
 };
@@ -68,21 +67,21 @@ pub(super) async fn upgrade(
         })
 }
 
-/// Before a `join` reaches the client state machine: a token whose signature does not hold
-/// (a guess, not an expired link) counts against the address's failure budget, and from an
-/// address over budget it is answered with `rate_limited` after the penalty delay and the
-/// socket closed. A valid token is never held up here: the course leader behind a busy
-/// hospital NAT still gets in.
+/// Before a `join` reaches the client state machine, with its token's signature checked (once,
+/// by the caller): a token whose signature does not hold (a guess, not an expired link)
+/// counts against the address's failure budget, and from an address over budget it is
+/// answered with `rate_limited` after the penalty delay and the socket closed. A genuine
+/// token, expired or not, is never held up here: the course leader behind a busy hospital NAT
+/// still gets in.
 async fn guard_join(
     state: &AppState,
     addr: Option<IpAddr>,
-    token: &str,
+    token: &Result<Genuine, TokenError>,
     client: &mut Client,
     close_code: &mut Option<u16>,
 ) -> Option<Flow> {
-    match state.tokens.verify(token, unix_now()) {
-        Ok(_) | Err(TokenError::Expired) => return None,
-        Err(_) => {}
+    if token.is_ok() {
+        return None;
     }
     let now = Instant::now();
     let over = state.guard.over_budget(addr, now);
@@ -191,16 +190,18 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut p
                         Flow::Continue
                     } else {
                         match parse_client_message(text.as_str()) {
+                            Ok(ClientMessage::Join { token, name }) => {
+                                tracing::debug!(kind = "join", "client message");
+                                // The one check of the token's signature; the client gets the verdict.
+                                let token = state.tokens.genuine(&token);
+                                match guard_join(&state, addr, &token, &mut client, &mut close_code).await {
+                                    Some(flow) => flow,
+                                    None => client.join(token, name.as_deref()).await,
+                                }
+                            }
                             Ok(msg) => {
                                 tracing::debug!(kind = msg.type_name(), "client message");
-                                let refused = match &msg {
-                                    ClientMessage::Join { token, .. } => guard_join(&state, addr, token, &mut client, &mut close_code).await,
-                                    _ => None,
-                                };
-                                match refused {
-                                    Some(flow) => flow,
-                                    None => client.handle_message(msg).await,
-                                }
+                                client.handle_message(msg).await
                             }
                             Err((err, request)) => {
                                 client.reject(err, request.as_deref());

@@ -156,12 +156,18 @@ impl Equipment {
     ) -> Result<Started, EquipmentError> {
         // Who the token is for, before anything joins: a wrong kind of link never enters the
         // room (and never counts in attendance).
-        let claims = ctx.tokens.verify(token, unix_now()).map_err(|_| {
+        // The token's signature is checked here, once; the join below gets the verdict.
+        let unauthorized = || {
             EquipmentError::Unauthorized(
                 "The bearer token is not a valid join token (expired, changed or incomplete)."
                     .into(),
             )
-        })?;
+        };
+        let genuine = ctx.tokens.genuine(token).map_err(|_| unauthorized())?;
+        let claims = genuine.claims();
+        if claims.expired(unix_now()) {
+            return Err(unauthorized());
+        }
         // Also for a session id nobody knows: the token says which session it may enter, so
         // the mistake is the URL, and no token holder learns which other sessions exist.
         if claims.sid != session.to_string() {
@@ -189,14 +195,8 @@ impl Equipment {
         }
         let mut client = Client::new(ctx);
         step(&mut client, ClientMessage::Hello { version: VERSION }).await?;
-        step(
-            &mut client,
-            ClientMessage::Join {
-                token: token.to_owned(),
-                name: None,
-            },
-        )
-        .await?;
+        client.join(Ok(genuine), None).await;
+        replies(&mut client)?;
         let ice = IceCredentials::of(&offer);
         let answer = match negotiate(&mut client, kind, offer).await {
             Ok(answer) => answer,
@@ -332,6 +332,11 @@ impl Equipment {
 /// Sends one message through the client and turns an error reply into an `EquipmentError`.
 async fn step(client: &mut Client, msg: ClientMessage) -> Result<(), EquipmentError> {
     client.handle_message(msg).await;
+    replies(client)
+}
+
+/// The client's replies to the last step: an error reply as an `EquipmentError`.
+fn replies(client: &mut Client) -> Result<(), EquipmentError> {
     let mut result = Ok(());
     for m in client.outbox.drain(..) {
         match m {

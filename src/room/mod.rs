@@ -51,6 +51,7 @@ pub enum RoomEvent {
     Admitted {
         tracks: Vec<TrackInfo>,
         recorded: Option<Ack>,
+        chat_enabled: bool,
     },
     Floor(bool),
     /// Someone (the leader) lowered this member's hand.
@@ -75,6 +76,25 @@ pub enum RoomEvent {
 #[error("the session's room is no longer running")]
 pub struct RoomGone;
 
+/// The session's settings a room follows. It is given them when it starts (read from the
+/// database by the member whose join starts it) and again whenever the admin API changes them
+/// (`Rooms::set_settings`); a join never changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub chat_enabled: bool,
+    /// What participants see of each other.
+    pub roster: RosterMode,
+}
+
+impl SessionSettings {
+    pub fn of(session: &crate::db::Session) -> SessionSettings {
+        SessionSettings {
+            chat_enabled: session.chat_enabled,
+            roster: session.roster,
+        }
+    }
+}
+
 /// Who is joining, as established from a verified token and the database.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
@@ -91,9 +111,6 @@ pub struct JoinRequest {
     pub name: Option<String>,
     /// Came by an open link and has not been admitted before: waits in the lobby.
     pub open: bool,
-    pub chat_enabled: bool,
-    /// What participants see of each other.
-    pub roster: RosterMode,
     /// A participant's number in the session (kept across rejoins and restarts, from the
     /// database); None for every other role, who are shown by name or role.
     pub number: Option<u32>,
@@ -105,6 +122,7 @@ pub enum JoinOutcome {
     Admitted {
         tracks: Vec<TrackInfo>,
         recorded: Option<Ack>,
+        chat_enabled: bool,
     },
     /// Waiting for the leader.
     Lobby,
@@ -197,6 +215,8 @@ enum Command {
     },
     /// Ended from outside (the admin API): everyone is told and the room closes.
     End,
+    /// The admin API changed the session's settings.
+    Settings(SessionSettings),
     /// The session's main feed for a WHEP player (`member`), attached with `attach`.
     MainFeed {
         member: MemberId,
@@ -319,17 +339,19 @@ impl Rooms {
         }
     }
 
-    /// Joins `session`, starting its room if needed.
+    /// Joins `session`, starting its room with `settings` if it is not running (a running
+    /// room keeps its own).
     pub async fn join(
         &self,
         session: &SessionId,
+        settings: SessionSettings,
         req: JoinRequest,
         events: mpsc::Sender<RoomEvent>,
     ) -> Result<(RoomHandle, Result<(JoinOutcome, String), ProtocolError>), RoomGone> {
         // A room that empties shuts down; a join can race with that and find it closed. Then a
         // fresh room is started: the second attempt cannot meet the same race with itself.
         for _ in 0..3 {
-            let handle = self.get_or_start(session);
+            let handle = self.get_or_start(session, settings);
             let (reply, rx) = oneshot::channel();
             let sent = handle
                 .send(Command::Join {
@@ -362,6 +384,14 @@ impl Rooms {
         }
     }
 
+    /// Gives a running session's room the settings the admin API just stored; nothing if it is
+    /// not running (it reads them when it starts).
+    pub async fn set_settings(&self, session: &SessionId, settings: SessionSettings) {
+        if let Some(handle) = self.running(session) {
+            let _ = handle.send(Command::Settings(settings)).await;
+        }
+    }
+
     /// Removes whoever holds `invite_id` from a running session (`bye {reason: revoked}`).
     pub async fn revoke(&self, session: &SessionId, invite_id: &str) {
         if let Some(handle) = self.running(session) {
@@ -378,7 +408,7 @@ impl Rooms {
         self.map.lock().expect("rooms lock is never poisoned").len()
     }
 
-    fn get_or_start(&self, session: &SessionId) -> RoomHandle {
+    fn get_or_start(&self, session: &SessionId, settings: SessionSettings) -> RoomHandle {
         let mut map = self.map.lock().expect("rooms lock is never poisoned");
         if let Some(handle) = map.get(session) {
             if !handle.tx.is_closed() {
@@ -394,8 +424,7 @@ impl Rooms {
             tracks: HashMap::new(),
             hands: Vec::new(),
             locked: false,
-            chat_enabled: false,
-            roster_mode: RosterMode::Names,
+            settings,
             admitted_subjects: HashMap::new(),
             removed_subjects: HashSet::new(),
             attendance: self.attendance.clone(),
@@ -447,8 +476,7 @@ struct Room {
     /// Hand-raise queue, in order of raising.
     hands: Vec<MemberId>,
     locked: bool,
-    chat_enabled: bool,
-    roster_mode: RosterMode,
+    settings: SessionSettings,
     /// Subjects let in once, with the name they had: they come back without the lobby
     /// (reload, network loss).
     admitted_subjects: HashMap<String, String>,
@@ -507,7 +535,7 @@ impl Room {
 
     fn facts(&self) -> SessionFacts {
         SessionFacts {
-            chat_enabled: self.chat_enabled,
+            chat_enabled: self.settings.chat_enabled,
             ended: false,
         }
     }
@@ -624,6 +652,17 @@ impl Room {
                 }
             }
             Command::End => self.end(),
+            Command::Settings(settings) => {
+                if settings != self.settings {
+                    tracing::info!(
+                        chat = settings.chat_enabled,
+                        roster = settings.roster.as_str(),
+                        "session settings changed"
+                    );
+                    self.settings = settings;
+                    self.broadcast_roster();
+                }
+            }
         }
     }
 
@@ -634,8 +673,6 @@ impl Room {
         events: mpsc::Sender<RoomEvent>,
         reply: Reply<(JoinOutcome, String)>,
     ) {
-        self.chat_enabled = req.chat_enabled;
-        self.roster_mode = req.roster;
         if self.removed_subjects.contains(&req.subject) {
             let _ = reply.send(Err(refused(ErrorCode::Removed)));
             return;
@@ -689,6 +726,7 @@ impl Room {
             JoinOutcome::Admitted {
                 tracks: self.tracks_for(req.role),
                 recorded,
+                chat_enabled: self.settings.chat_enabled,
             }
         } else {
             JoinOutcome::Lobby
@@ -763,7 +801,15 @@ impl Room {
                     .member(target)
                     .map_or(Role::Participant, |m| m.info.role);
                 let tracks = self.tracks_for(role);
-                self.send_to(target, RoomEvent::Admitted { tracks, recorded });
+                let chat_enabled = self.settings.chat_enabled;
+                self.send_to(
+                    target,
+                    RoomEvent::Admitted {
+                        tracks,
+                        recorded,
+                        chat_enabled,
+                    },
+                );
             }
             Control::Deny(target) => {
                 need(self, Action::Admit)?;
@@ -851,7 +897,7 @@ impl Room {
                     format!("Text must be 1–{MAX_TEXT_CHARS} characters."),
                 ));
             }
-            Control::Chat(_) if !self.chat_enabled => {
+            Control::Chat(_) if !self.settings.chat_enabled => {
                 return Err(ProtocolError::new(
                     ErrorCode::ChatDisabled,
                     "Chat is turned off for this session.",
@@ -865,7 +911,7 @@ impl Room {
                     .unwrap_or((String::new(), Role::Participant));
                 // In a count-only session a participant's name reaches only the teaching team,
                 // as in the roster; the others see the line without it.
-                let hidden = self.roster_mode == RosterMode::Count && role == Role::Participant;
+                let hidden = self.settings.roster == RosterMode::Count && role == Role::Participant;
                 let mut stuck = Vec::new();
                 for m in self.members.iter().filter(|m| m.admitted) {
                     let sees =
@@ -1015,7 +1061,7 @@ impl Room {
         // The session decides whether participants see each other's names; the teaching
         // team always does (the user representative calls on raised hands by name).
         let names =
-            leader || viewer == Role::Representative || self.roster_mode == RosterMode::Names;
+            leader || viewer == Role::Representative || self.settings.roster == RosterMode::Names;
         let members = self
             .members
             .iter()
@@ -1070,7 +1116,8 @@ impl Room {
             hands: sees_hands.then(|| self.hands.clone()),
             locked: self.locked,
             participant_count,
-            roster: self.roster_mode,
+            roster: self.settings.roster,
+            chat_enabled: self.settings.chat_enabled,
             hand_position: None,
             auto_captions: self.auto_captions,
         }

@@ -9,21 +9,34 @@ use tokio::sync::mpsc;
 use super::{
     bad_request, internal, out_of_order, Client, Flow, Joined, Stage, ATTENDANCE_ACK_TIMEOUT,
 };
-use crate::auth::Claims;
+use crate::auth::{Claims, Genuine, TokenError};
 use crate::clock::unix_now;
 use crate::db::{DbError, SessionState};
 use crate::ids::{MemberId, SessionId};
 use crate::protocol::{ErrorCode, ProtocolError, Role, ServerMessage};
-use crate::room::{JoinOutcome, JoinRequest, MEMBER_EVENT_QUEUE};
+use crate::room::{JoinOutcome, JoinRequest, SessionSettings, MEMBER_EVENT_QUEUE};
 
 /// Peer events queued per client; generous because ICE candidates arrive in bursts.
 const PEER_EVENT_QUEUE: usize = 256;
 const MAX_NAME_CHARS: usize = 64;
 
 impl Client {
-    pub(super) async fn join(
+    /// A `join` whose token's signature the caller checked (`TokenKey::genuine`, once: see
+    /// `http::ws`). Refused with the first reason that holds: not genuine, unknown, withdrawn,
+    /// session ended, expired (docs/protocol.md).
+    pub async fn join(&mut self, token: Result<Genuine, TokenError>, name: Option<&str>) -> Flow {
+        match self.try_join(token, name).await {
+            Ok(flow) => flow,
+            Err(err) => {
+                self.reject(err, Some("join"));
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn try_join(
         &mut self,
-        token: &str,
+        token: Result<Genuine, TokenError>,
         name: Option<&str>,
     ) -> Result<Flow, ProtocolError> {
         match self.stage {
@@ -38,12 +51,13 @@ impl Client {
         }
         // The signature first; expiry is told last, after the truer reasons a genuine link
         // can have (withdrawn, session ended: docs/protocol.md).
-        let claims = self.ctx.tokens.verify_signature(token).map_err(|_| {
+        let genuine = token.map_err(|_| {
             ProtocolError::new(
                 ErrorCode::BadToken,
                 "This link is not valid. Check that you copied all of it.",
             )
         })?;
+        let claims = genuine.claims();
         let session_id = SessionId::parse(&claims.sid)
             .ok_or_else(|| ProtocolError::new(ErrorCode::BadToken, "This link is not valid."))?;
         let session = match self.ctx.db.session(&claims.sid).await {
@@ -151,15 +165,15 @@ impl Client {
             role,
             name,
             open: first_time_open,
-            chat_enabled: session.chat_enabled,
-            roster: session.roster,
             number,
         };
+        // Used only if this join starts the session's room; a running room keeps its own.
+        let settings = SessionSettings::of(&session);
         let (events_tx, room_events) = mpsc::channel(MEMBER_EVENT_QUEUE);
         let (room, outcome) = self
             .ctx
             .rooms
-            .join(&session_id, req, events_tx)
+            .join(&session_id, settings, req, events_tx)
             .await
             .map_err(internal)?;
         let (outcome, joined_name) = outcome?;
@@ -184,7 +198,6 @@ impl Client {
             admitted: false,
             has_floor: false,
             mic_muted: false,
-            chat_enabled: session.chat_enabled,
             room,
             room_events,
             peer_events,
@@ -198,7 +211,11 @@ impl Client {
             playing: Vec::new(),
         }));
         match outcome {
-            JoinOutcome::Admitted { tracks, recorded } => self.admitted(tracks, recorded).await?,
+            JoinOutcome::Admitted {
+                tracks,
+                recorded,
+                chat_enabled,
+            } => self.admitted(tracks, recorded, chat_enabled).await?,
             JoinOutcome::Lobby => self.outbox.push(ServerMessage::Lobby {
                 member_id: member,
                 session: session_id.to_string(),
@@ -212,6 +229,7 @@ impl Client {
         &mut self,
         tracks: Vec<crate::sfu::TrackInfo>,
         recorded: Option<crate::attendance::Ack>,
+        chat_enabled: bool,
     ) -> Result<(), ProtocolError> {
         // `joined` means "you are registered as present": only once the record is committed.
         if let Some(ack) = recorded {
@@ -229,7 +247,7 @@ impl Client {
             session: joined.session.to_string(),
             role: joined.role,
             name: joined.name.clone(),
-            chat_enabled: joined.chat_enabled,
+            chat_enabled,
             rejoin_token,
         };
         self.outbox.push(msg);

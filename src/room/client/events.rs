@@ -23,9 +23,11 @@ impl Client {
             ClientEvent::Room(RoomEvent::Roster(roster)) => {
                 self.outbox.push(ServerMessage::Roster { roster });
             }
-            ClientEvent::Room(RoomEvent::Admitted { tracks, recorded }) => {
-                self.admitted(tracks, recorded).await?
-            }
+            ClientEvent::Room(RoomEvent::Admitted {
+                tracks,
+                recorded,
+                chat_enabled,
+            }) => self.admitted(tracks, recorded, chat_enabled).await?,
             ClientEvent::Room(RoomEvent::Floor(granted)) => {
                 let joined = self.joined()?;
                 joined.has_floor = granted;

@@ -76,7 +76,6 @@ struct Joined {
     /// The leader turned the microphone off; it is forwarded again after the client's next
     /// `publish_offer` (it turned it on) or a new floor.
     mic_muted: bool,
-    chat_enabled: bool,
     room: RoomHandle,
     room_events: mpsc::Receiver<RoomEvent>,
     peer_events: mpsc::Receiver<PeerEvent>,
@@ -100,8 +99,9 @@ impl Joined {
     /// Whether the member may send `source` now, as far as this connection knows (the room
     /// decides again when the media arrives).
     fn may_publish(&self, source: Source) -> bool {
+        // Chat, the one session setting in the rule book, does not bear on publishing.
         let facts = SessionFacts {
-            chat_enabled: self.chat_enabled,
+            chat_enabled: false,
             ended: false,
         };
         let me = MemberFacts {
