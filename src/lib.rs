@@ -15,25 +15,25 @@
 //!
 //! | module | owns | must not |
 //! |---|---|---|
-//! | [`clock`] | the wall clock (`unix_now`) | import anything of the crate |
-//! | [`config`] | TOML schema, compiled-in default, overlay, validation (also of `Cidr`, the trusted proxies' networks); the only reader of env vars | know about rooms or media |
-//! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
-//! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/ (compiled in), secrets, courses/sessions/invites, online backups (`db::backup`, the crate's only `unsafe`) | be used by the media path |
-//! | [`attendance`] | the writer task (commit, then acknowledge), crash recovery, retention, summaries (pure), CSV (for Norwegian spreadsheets, local time via `tz`) and JSON export | be awaited by the room actor or touched by the media path |
-//! | [`cli`] | the admin subcommands (`course`, `session`, `invite`, `attendance`, `db backup`) on the database | run the server |
-//! | [`logging`] | tracing setup (libraries capped at `warn`; text, or JSON lines; colour only on a terminal); the writer that redacts IP addresses and byte dumps from every line | log names or media |
-//! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
-//! | [`protocol`] | signalling message types and parsing | do I/O |
-//! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), per-address abuse limits and the client address behind trusted proxies (`http::guard`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, WHIP/WHEP over HTTP (`http::whip`, RFC 9725: status codes, CORS, `Location`), the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
-//! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, automatic captions on/off, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book, and `receives`: which tracks a role gets), `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections, and `equipment`, WHIP/WHEP sessions (hall encoders, players) driven through that same state machine without a socket | lock room state; await the media path or the database |
+//! | [`clock`] | the wall clock | import anything of the crate |
+//! | [`ids`] | `SessionId`, `MemberId`, `TrackId` | carry names |
+//! | [`config`] | TOML schema, default, overlay, validation; env vars | know rooms or media |
+//! | [`protocol`] | signalling messages (docs/protocol.md) | do I/O |
+//! | [`tls`] | native HTTPS, certificate reload | know what is served |
+//! | [`auth`] | join tokens (HS256 JWT, never a name), join links | touch the database |
+//! | [`db`] | SQLite: migrations, secrets, courses, sessions, invites, backup (the only `unsafe`) | serve the media path |
+//! | [`logging`] | tracing setup; IP addresses redacted from every line | log names or media |
+//! | [`turn`] | TURN credentials, the browser's ICE servers | log the secret |
+//! | [`attendance`] | writer task, crash recovery, retention, summaries, CSV and JSON export | be awaited by a room |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (one thread owning every publish/subscribe connection as a sans-IO `rtc` connection on one UDP port per address plus ICE-TCP; demux, batched I/O, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and GOP joins, sender-report translation), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
-//! | [`tls`] | native HTTPS: PEM loading, the swappable certificate, reload on file change and SIGHUP, the TLS listener axum serves | know what is served |
-//! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
-//! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |
+//! | [`room`] | the actor per session; `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
+//! | [`cli`] | admin subcommands on the database | run the server |
+//! | [`http`] | router, `/ws` loop (a join token checked once), admin API, abuse guard, WHIP/WHEP, web client | decide about rooms |
+//! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
 //!
-//! Layers (a module uses only modules of earlier layers; tests/layers.rs checks it, outside
-//! a module's own subtree): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`,
-//! `logging`, `turn` → `attendance`, `sfu` → `room` → `cli`, `http` → `app`.
+//! Layers, in the table's order (a module uses only modules of earlier layers; tests/layers.rs
+//! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
+//! → `attendance`, `sfu` → `room` → `cli`, `http` → `app`.
 //!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
