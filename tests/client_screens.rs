@@ -139,6 +139,15 @@ async fn leave_fullscreen(b: &mut Chromium, page: &Page) {
     b.wait_for(page, "!document.fullscreenElement", 10).await;
 }
 
+async fn no_violations(b: &mut Chromium, page: &Page, what: &str) {
+    let violations = b.axe(page).await;
+    assert!(
+        violations.is_empty(),
+        "axe-core found WCAG 2.1 A/AA violations on {what}: {}",
+        serde_json::to_string_pretty(&violations).unwrap()
+    );
+}
+
 async fn set_lang(b: &mut Chromium, page: &Page, lang: &str) {
     b.eval(
         page,
@@ -383,8 +392,12 @@ async fn captions_and_the_interpreter_at_home() {
     )
     .await;
     set_lang(&mut b, &kari, "nb").await;
-    let violations = b.axe(&kari).await;
-    assert!(violations.is_empty(), "axe: {violations:?}");
+    no_violations(
+        &mut b,
+        &kari,
+        "the participant with the interpreter's size control",
+    )
+    .await;
     drop(b);
     server.shutdown().await;
 }
@@ -584,6 +597,12 @@ async fn the_hall_screen() {
         b.screenshot(&site, &format!("screens-hall-floor-{size}"))
             .await;
     }
+    no_violations(
+        &mut b,
+        &site,
+        "the hall screen with someone given the floor",
+    )
+    .await;
     b.viewport(&site, 390, 844, true).await;
     settle().await;
     b.screenshot(&site, "screens-hall-floor-phone").await;
@@ -693,6 +712,7 @@ async fn before_the_start_and_the_leaders_laptop() {
         )
         .await;
     }
+    no_violations(&mut b, &kari, "the pre-join page with the start time").await;
     set_lang(&mut b, &kari, "en").await;
     let said = text_of(&mut b, &kari, "schedule").await;
     assert!(
@@ -732,6 +752,7 @@ async fn before_the_start_and_the_leaders_laptop() {
         "{lobby}"
     );
     b.screenshot(&anna, "screens-schedule-lobby").await;
+    no_violations(&mut b, &anna, "the lobby with the start time").await;
 
     // The leader on a laptop: lock, the attendance list and the end in view with the panel at
     // its top, and the lobby too.
