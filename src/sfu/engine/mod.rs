@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::shared::{TaggedBytesMut, TransportProtocol};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::oneshot;
 
 use conn::Conn;
@@ -373,6 +373,46 @@ impl Output {
         true
     }
 
+    /// Seals one forwarded packet for one subscriber (its SSRC and payload type, the outgoing
+    /// sequence number and rollover counter `admit` gave it) with its connection's own SRTP
+    /// keys into a pooled buffer, and queues it. The one place where fan-out, GOP catch-up and
+    /// NACK re-sends put forwarded media on the wire.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_and_queue(
+        &mut self,
+        now: Instant,
+        sealer: &srtp::Sealer,
+        dest: TransportContext,
+        down: &super::forwarder::DownTrack,
+        (seq, roc): (u16, u32),
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8],
+    ) -> Queued {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        if !sealer.seal(
+            &mut buf,
+            marker,
+            down.payload_type,
+            seq,
+            timestamp,
+            down.ssrc,
+            roc,
+            payload,
+        ) {
+            return Queued::NotSealed;
+        }
+        if self.emit(TaggedBytesMut {
+            now,
+            transport: dest,
+            message: buf,
+        }) {
+            Queued::Sent
+        } else {
+            Queued::Dropped
+        }
+    }
+
     /// Sends everything queued; returns how many datagrams the kernel refused.
     fn flush(&mut self) -> u64 {
         let mut refused = 0;
@@ -386,6 +426,16 @@ impl Output {
         self.tcp.flush(&self.poller);
         refused
     }
+}
+
+/// What became of a packet given to `Output::seal_and_queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    Sent,
+    /// Sealed, but the socket refused it (counted as dropped).
+    Dropped,
+    /// The sealer refused it (a payload too large for a datagram).
+    NotSealed,
 }
 
 struct Engine {
@@ -665,23 +715,18 @@ impl Engine {
         let Some((sealer, dest)) = conn.lean() else {
             return;
         };
-        let mut buf = self.out.pool.pop().unwrap_or_default();
-        if sealer.seal(
-            &mut buf,
+        let queued = self.out.seal_and_queue(
+            now,
+            sealer,
+            dest,
+            down,
+            (seq, roc),
             c.marker,
-            down.payload_type,
-            seq,
             c.timestamp,
-            down.ssrc,
-            roc,
             &c.payload,
-        ) {
+        );
+        if queued != Queued::NotSealed {
             self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
-            self.out.emit(TaggedBytesMut {
-                now,
-                transport: dest,
-                message: buf,
-            });
         }
     }
 
@@ -788,27 +833,25 @@ impl Engine {
             down.count(packet.payload.len());
             if let Some((sealer, dest)) = conn.lean() {
                 // Our own seal with the connection's keys: no rtc round, no allocation.
-                let mut buf = self.out.pool.pop().unwrap_or_default();
-                if !sealer.seal(
-                    &mut buf,
+                match self.out.seal_and_queue(
+                    now,
+                    sealer,
+                    dest,
+                    down,
+                    (seq, roc),
                     packet.header.marker,
-                    down.payload_type,
-                    seq,
                     packet.header.timestamp,
-                    down.ssrc,
-                    roc,
                     &packet.payload,
                 ) {
-                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                sealed += 1;
-                if !self.out.emit(TaggedBytesMut {
-                    now,
-                    transport: dest,
-                    message: buf,
-                }) {
-                    dropped += 1;
+                    Queued::Sent => sealed += 1,
+                    Queued::Dropped => {
+                        sealed += 1;
+                        dropped += 1;
+                    }
+                    Queued::NotSealed => {
+                        self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                 }
             } else {
                 if !conn.write_rtp(now, down.sender, down.packet(&packet, seq)) {
@@ -888,23 +931,18 @@ impl Engine {
                     continue;
                 };
                 down.count(c.payload.len());
-                let mut buf = self.out.pool.pop().unwrap_or_default();
-                if sealer.seal(
-                    &mut buf,
+                let queued = self.out.seal_and_queue(
+                    now,
+                    sealer,
+                    dest,
+                    down,
+                    (seq, roc),
                     c.marker,
-                    down.payload_type,
-                    seq,
                     c.timestamp,
-                    down.ssrc,
-                    roc,
                     &c.payload,
-                ) {
+                );
+                if queued != Queued::NotSealed {
                     sent += 1;
-                    self.out.emit(TaggedBytesMut {
-                        now,
-                        transport: dest,
-                        message: buf,
-                    });
                 }
             }
             true
