@@ -156,6 +156,8 @@ pub(crate) fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandid
 }
 
 impl Conn {
+    /// `now`: the engine's clock (rtc's timers and the liveness clock start from it).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         now: Instant,
         settings: &MediaSettings,
