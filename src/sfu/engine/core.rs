@@ -92,9 +92,9 @@ pub(crate) enum Event {
 
 /// Connections live in slots; a key carries the slot's generation so a stale key (a closed
 /// connection's down-track) never reaches the connection that reused the slot.
-struct Slot {
-    gen: u32,
-    conn: Option<Conn>,
+pub(super) struct Slot {
+    pub(super) gen: u32,
+    pub(super) conn: Option<Conn>,
 }
 
 /// Datagrams waiting for the shell, and the buffers it gave back. Kept apart from the
@@ -175,7 +175,7 @@ pub(crate) struct Core {
     out: Outbox,
     events: VecDeque<Event>,
     advertised: Vec<(SocketAddr, SocketAddr)>,
-    conns: Vec<Slot>,
+    pub(super) conns: Vec<Slot>,
     free: Vec<u32>,
     pub(super) demux: mux::Demux<ConnKey>,
     flood: mux::FloodGuard,
@@ -292,14 +292,6 @@ impl Core {
         self.pace_catchups();
         self.keyframe_requests(now);
         self.liveness(now);
-    }
-
-    pub(super) fn conn(&self, key: ConnKey) -> Option<&Conn> {
-        let slot = self.conns.get(key.slot as usize)?;
-        if slot.gen != key.gen {
-            return None;
-        }
-        slot.conn.as_ref()
     }
 
     pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {

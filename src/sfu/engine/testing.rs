@@ -70,6 +70,14 @@ fn settings(ice_tcp: bool) -> MediaSettings {
     }
 }
 
+/// A connection inside the core, to look at.
+fn conn(core: &Core, key: ConnKey) -> Option<&super::conn::Conn> {
+    core.conns
+        .get(key.slot as usize)
+        .filter(|s| s.gen == key.gen)
+        .and_then(|s| s.conn.as_ref())
+}
+
 /// Sends a command into the core and takes its reply (the core answers at once).
 fn call<T>(
     core: &mut Core,
@@ -393,7 +401,7 @@ impl MediaPortHarness {
 
     /// The connection's ICE ufrag (for seeds that reach it).
     pub fn ufrag(&self) -> &str {
-        self.core.conn(self.key).map_or("", |c| c.ufrag())
+        conn(&self.core, self.key).map_or("", |c| c.ufrag())
     }
 
     /// One datagram in, as the engine takes it. Returns whether it was routed to the
@@ -691,11 +699,11 @@ impl MediaSessionHarness {
 
     /// Datagrams the connection's SSRC gate kept from rtc.
     pub fn ssrcs_refused(&self) -> u64 {
-        self.core.conn(self.key).map_or(0, |c| c.ssrcs_refused())
+        conn(&self.core, self.key).map_or(0, |c| c.ssrcs_refused())
     }
 
     pub fn is_connected(&self) -> bool {
-        self.core.conn(self.key).is_some_and(|c| c.is_connected())
+        conn(&self.core, self.key).is_some_and(|c| c.is_connected())
     }
 
     /// RTP packets the connection accepted (decrypted and read) so far: forwarded (the
@@ -892,7 +900,7 @@ impl Sim {
         // Connect the publisher; its track is announced once media flows, so send a
         // keyframe's first packet until the member task is told.
         sim.run_until("the publisher connects", |s| {
-            s.publisher.connected && s.core.conn(pub_key).is_some_and(|c| c.is_connected())
+            s.publisher.connected && conn(&s.core, pub_key).is_some_and(|c| c.is_connected())
         })?;
         let mut seq = first_seq;
         let forwarder = loop {
@@ -963,9 +971,7 @@ impl Sim {
         sim.forwarder = forwarder;
         sim.run_until("the subscriber connects", |s| {
             s.subscriber.connected
-                && s.core
-                    .conn(sub_key)
-                    .is_some_and(|c| c.is_connected() && c.lean().is_some())
+                && conn(&s.core, sub_key).is_some_and(|c| c.is_connected() && c.lean().is_some())
         })?;
         // What setup produced is not what a test looks at.
         sim.sent_to_subscriber.clear();
