@@ -8,9 +8,10 @@
 //! ```text
 //! browser ──WS /ws (JSON, docs/protocol.md)──▶ http::ws ──▶ room::client::Client ──commands──▶ room actor
 //!    │                                                          │  (one per socket)            (one per session)
-//!    └── DTLS-SRTP, ONE UDP port (or ICE-TCP) ──▶ sfu engine thread: demux ─▶ publish conn ─▶ feed + track cache
-//!                                                  ─▶ DownTracks (packet-major) ─▶ own SRTP seal ─▶ sendmmsg ─▶ browser
-//!                                                   ▲ subscriber snapshot swapped by the room actor; negotiation via a bounded queue
+//!    └── DTLS-SRTP, ONE UDP port (or ICE-TCP) ──▶ sfu engine thread: shell (sockets, epoll, clock) ─▶ core.handle_input(now, …)
+//!                    core: demux ─▶ publish conn ─▶ feed + track cache ─▶ DownTracks (packet-major) ─▶ seal_and_queue
+//!                    ─▶ core.poll_transmit ─▶ shell: sendmmsg ─▶ browser
+//!                    ▲ subscriber snapshot swapped by the room actor; negotiation via a bounded queue
 //! ```
 //!
 //! | module | owns | must not |
@@ -25,7 +26,7 @@
 //! | [`protocol`] | signalling message types and parsing | do I/O |
 //! | [`http`] | axum router, `/ws` socket loop (size and rate limits), the admin REST API (`http::api`), per-address abuse limits and the client address behind trusted proxies (`http::guard`), `/link-check` (`http::link`), security headers on every response (`http::headers`), `/healthz`, `/metrics`, `/client-config.json`, `/ice-servers.json`, `/check/offer`, WHIP/WHEP over HTTP (`http::whip`, RFC 9725: status codes, CORS, `Location`), the web client compiled in by build.rs (`http::web`, one `course.html`), the HTTP→HTTPS redirect | decide anything about rooms |
 //! | [`room`] | the room actor per session (members, roles, lobby, hands, floor, co-host, automatic captions on/off, published tracks, who receives what, the roster each viewer may see), `permissions` (the pure rule book, and `receives`: which tracks a role gets), `client`, the per-socket protocol state machine that checks the join token and negotiates a member's two peer connections, and `equipment`, WHIP/WHEP sessions (hall encoders, players) driven through that same state machine without a socket | lock room state; await the media path or the database |
-//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (one thread owning every publish/subscribe connection as a sans-IO `rtc` connection on one UDP port per address plus ICE-TCP; demux, batched I/O, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and GOP joins, sender-report translation), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core — every publish/subscribe connection as a sans-IO `rtc` connection, demux, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and paced GOP joins, sender-report translation, time passed in — inside a small shell thread with the sockets: one UDP port per address plus ICE-TCP, batched I/O), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
 //! | [`tls`] | native HTTPS: PEM loading, the swappable certificate, reload on file change and SIGHUP, the TLS listener axum serves | know what is served |
 //! | [`turn`] | TURN REST API credentials (coturn `use-auth-secret`) and the browser's ICE server list | log the secret or credentials |
 //! | [`app`] | binding (HTTP or HTTPS, redirect), serving, graceful shutdown | hold logic of its own |
