@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attendance::Attendance;
 use crate::auth::TokenKey;
-use crate::config::Config;
+use crate::config::{Config, DbLocation};
 use crate::db::Db;
 use crate::http::{router, AppState};
 use crate::room::Rooms;
@@ -81,12 +81,14 @@ impl Server {
         };
         let sfu = Sfu::start(MediaSettings::from(&config.media))
             .context("cannot start the media engine (media.bind_ips, media.udp_port)")?;
-        let db = Db::open(&config.db.path).await.with_context(|| {
-            format!(
-                "cannot open the database {} (db.path)",
-                config.db.path.display()
-            )
-        })?;
+        let location = config.db.location()?;
+        let db = match &location {
+            DbLocation::Sqlite(path) => Db::connect(&location).await.with_context(|| {
+                format!("cannot open the database {} (db.path)", path.display())
+            })?,
+            // The error already names db.url and the server (without its password).
+            DbLocation::Postgres(_) => Db::connect(&location).await?,
+        };
         let tokens = TokenKey::new(&db.secret("join_token_key").await?);
         // Checked now, so a wrong zone stops start-up instead of the first export.
         crate::attendance::tz::Zone::load(&config.attendance.time_zone)

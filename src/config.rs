@@ -145,7 +145,108 @@ impl std::fmt::Debug for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
+    /// The SQLite file, when `url` is empty.
     pub path: PathBuf,
+    /// Empty: SQLite at `path`. `postgres://…` (or `postgresql://…`): the PostgreSQL database
+    /// several nodes share. `sqlite:FILE`: SQLite at FILE.
+    pub url: String,
+}
+
+/// Where the database is, from `db.url` / `db.path`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    Sqlite(PathBuf),
+    /// The full URL (it may hold a password: never print it; `redact_url` does).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbLocation::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
+            DbLocation::Postgres(u) => write!(f, "Postgres({})", redact_url(u)),
+        }
+    }
+}
+
+impl DbConfig {
+    /// The database this configuration names; a bad `db.url` is an error naming the key.
+    pub fn location(&self) -> Result<DbLocation, ConfigError> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Ok(DbLocation::Sqlite(self.path.clone()));
+        }
+        let bad = |message: String| ConfigError::BadValue {
+            key: "db.url".into(),
+            message,
+        };
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            // Host (or a socket folder in `?host=`) and database must be there; sqlx would
+            // otherwise fall back to environment variables, which config.rs alone reads.
+            let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit('@').next().unwrap_or("");
+            let database = tail.split('?').next().unwrap_or("");
+            if (host.is_empty() && !tail.contains("host=")) || database.is_empty() {
+                return Err(bad(format!(
+                    "{} must name a server and a database, like postgres://kursrelay@db.example:5432/kursrelay",
+                    redact_url(url)
+                )));
+            }
+            return Ok(DbLocation::Postgres(url.to_owned()));
+        }
+        if let Some(file) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if file.is_empty() || file.contains('?') {
+                return Err(bad(
+                    "a sqlite: URL needs a file name and no options, like sqlite:data/kursrelay.db"
+                        .into(),
+                ));
+            }
+            return Ok(DbLocation::Sqlite(PathBuf::from(file)));
+        }
+        Err(bad(format!(
+            "{} is not a database URL: use postgres://… for PostgreSQL, or leave it empty for SQLite at db.path",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL without its password (`postgres://user:***@host/db`), for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A password may also come as a query parameter.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +447,7 @@ impl Config {
                 "must be a path on this server, like \"/brand/logo.svg\"",
             ));
         }
+        self.db.location()?;
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
         }
