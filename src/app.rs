@@ -90,6 +90,13 @@ impl Server {
             DbLocation::Postgres(_) => Db::connect(&location).await?,
         };
         let tokens = TokenKey::new(&db.secret("join_token_key").await?);
+        // A node's first heartbeat before it listens: the others see it at once.
+        let cluster = crate::cluster::Node::new(db.clone(), &config.cluster);
+        if let Some(node) = &cluster {
+            node.tick(crate::attendance::now_ms())
+                .await
+                .context("cannot write this node's heartbeat (cluster.node_id, db.url)")?;
+        }
         // Checked now, so a wrong zone stops start-up instead of the first export.
         crate::attendance::tz::Zone::load(&config.attendance.time_zone)
             .context("attendance.time_zone")?;
@@ -110,6 +117,7 @@ impl Server {
             guard,
             shutdown: CancellationToken::new(),
             equipment: Default::default(),
+            cluster,
         };
         Ok(Server {
             listener,
@@ -155,6 +163,9 @@ impl Server {
             state.config.attendance.retention_check(),
             state.shutdown.clone(),
         );
+        if let Some(node) = &state.cluster {
+            node.spawn(state.shutdown.clone());
+        }
         let app = router(self.state);
         let shutdown = state.shutdown.clone();
         if let Some(redirect) = self.redirect {

@@ -45,6 +45,30 @@ pub struct Config {
     pub attendance: AttendanceConfig,
     pub abuse: AbuseConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This server as one node of several sharing a PostgreSQL store (issue 22). `node_id` empty:
+/// a single server, and nothing of this runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the region (letters, digits, `.`, `_`, `-`; ≤ 64).
+    pub node_id: String,
+    /// Where the other nodes reach this one (`http://10.1.2.3:8081`), written in its heartbeat.
+    pub internal_url: String,
+    /// How long a session's lease lasts without renewal: another node may take the session
+    /// over this long after the owner stopped renewing.
+    pub lease_ms: u64,
+    /// How often the node writes its heartbeat and renews its leases.
+    pub renew_interval_ms: u64,
+}
+
+impl ClusterConfig {
+    /// True when this server is one node of several.
+    pub fn enabled(&self) -> bool {
+        !self.node_id.is_empty()
+    }
 }
 
 /// Limits per client address against guessing and floods (`http::guard`).
@@ -421,6 +445,61 @@ impl Config {
     }
 
     /// Checks what the types alone cannot.
+    fn validate_cluster(&self, db: &DbLocation) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::BadValue {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let c = &self.cluster;
+        if !c.enabled() {
+            if !c.internal_url.is_empty() {
+                return Err(bad(
+                    "cluster.node_id",
+                    "is empty while cluster.internal_url is set: name this node, or leave both empty for a single server",
+                ));
+            }
+            return Ok(());
+        }
+        if c.node_id.len() > 64
+            || !c
+                .node_id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+        {
+            return Err(bad(
+                "cluster.node_id",
+                "must be 1–64 letters, digits, '.', '_' or '-', like \"molde-1\"",
+            ));
+        }
+        let host = c
+            .internal_url
+            .strip_prefix("http://")
+            .or_else(|| c.internal_url.strip_prefix("https://"))
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace) || h.contains('@')) {
+            return Err(bad(
+                "cluster.internal_url",
+                "must be the URL other nodes reach this one at, like \"http://10.1.2.3:8081\"",
+            ));
+        }
+        if matches!(db, DbLocation::Sqlite(_)) {
+            return Err(bad(
+                "cluster.node_id",
+                "is set, but several nodes need one shared PostgreSQL store: set db.url = \"postgres://…\"",
+            ));
+        }
+        if c.renew_interval_ms < 100 {
+            return Err(bad("cluster.renew_interval_ms", "must be at least 100"));
+        }
+        if c.lease_ms < 3 * c.renew_interval_ms {
+            return Err(bad(
+                "cluster.lease_ms",
+                "must be at least three renewal intervals (cluster.renew_interval_ms), so one late renewal does not lose a session",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, message: &str) -> ConfigError {
             ConfigError::BadValue {
@@ -447,7 +526,8 @@ impl Config {
                 "must be a path on this server, like \"/brand/logo.svg\"",
             ));
         }
-        self.db.location()?;
+        let db = self.db.location()?;
+        self.validate_cluster(&db)?;
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
         }

@@ -11,12 +11,13 @@ pub mod export;
 pub mod summary;
 pub mod tz;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::db::cluster::check_fence;
 use crate::db::{Db, DbError};
 use crate::protocol::Role;
 pub use summary::{Event, InviteInfo, Kind, LeftReason, SessionSummary};
@@ -104,9 +105,15 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         match commit(&db, &batch).await {
-            Ok(()) => {
+            Ok(refused) => {
+                for session in &refused {
+                    // The session id is pseudonymous; a stale owner must hear it loudly.
+                    tracing::warn!(session = %session, "attendance refused: this node no longer owns the session");
+                }
                 for msg in batch.drain(..) {
                     match msg {
+                        // Not written: dropping the ack tells the member task so.
+                        Msg::Event(r, Some(_)) if refused.contains(&r.session_id) => {}
                         Msg::Event(_, Some(ack)) | Msg::Flush(ack) => {
                             let _ = ack.send(());
                         }
@@ -123,10 +130,35 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
+/// Writes a batch in one transaction; returns the sessions whose events were refused because
+/// this node no longer holds their lease (`db::cluster::Fence`; none on a single node).
+async fn commit(db: &Db, batch: &[Msg]) -> Result<HashSet<String>, DbError> {
     let mut tx = db.pool.begin().await?;
+    let mut refused = HashSet::new();
+    let mut checked = HashSet::new();
+    for msg in batch {
+        let session = match msg {
+            Msg::Event(r, _) => &r.session_id,
+            Msg::Seen(s, _, _) => s,
+            Msg::Flush(_) => continue,
+        };
+        if !checked.insert(session.as_str()) {
+            continue;
+        }
+        if let Some(fence) = db.fence_of(session) {
+            match check_fence(&mut tx, session, &fence).await {
+                Ok(()) => {}
+                Err(DbError::Fenced { .. }) => {
+                    refused.insert(session.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     for msg in batch {
         match msg {
+            Msg::Event(r, _) if refused.contains(&r.session_id) => {}
+            Msg::Seen(session, _, _) if refused.contains(session) => {}
             Msg::Event(r, _) => {
                 let e = &r.event;
                 let (kind, reason, count) = kind_columns(e.kind);
@@ -152,7 +184,8 @@ async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
             Msg::Flush(_) => {}
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(refused)
 }
 
 async fn seen_one(

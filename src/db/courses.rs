@@ -381,7 +381,13 @@ impl Db {
         for s in earlier {
             q = q.bind(s);
         }
-        q.execute(&self.pool).await?;
+        // A node that claimed the session writes its state only while it still owns it.
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = self.fence_of(id) {
+            super::cluster::check_fence(&mut tx, id, &fence).await?;
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -2,16 +2,19 @@
 //! several nodes share), both through sqlx's `Any` driver, so every query is one text for
 //! both (`$1` placeholders, `ON CONFLICT`, no `INSERT OR …`). Opening it, migrations from
 //! migrations/ (compiled in; one set, turned into PostgreSQL's dialect by `dialect`), server
-//! secrets, the course/session/invite records (`courses`) and SQLite online backups
-//! (`backup`). Never touched by the media path; the room actor reads a session once when it
+//! secrets, the course/session/invite records (`courses`), node heartbeats and session leases
+//! with their epoch fences (`cluster`) and SQLite online backups (`backup`). Never touched by the media path; the room actor reads a session once when it
 //! starts.
 
 pub mod backup;
+pub mod cluster;
 pub mod courses;
 pub mod dialect;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -40,6 +43,9 @@ pub enum DbError {
     /// URL without its password.
     #[error("cannot connect to the PostgreSQL database {target} (db.url): {reason}")]
     Connect { target: String, reason: String },
+    /// A write for a session whose lease this node no longer holds with this epoch.
+    #[error("session {session_id} is no longer run by this node (its lease epoch {epoch} was taken over); the write was refused")]
+    Fenced { session_id: String, epoch: i64 },
 }
 
 /// Which database a `Db` is.
@@ -84,6 +90,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "participant_numbers",
         include_str!("../../migrations/0006_participant_numbers.sql"),
     ),
+    (
+        7,
+        "cluster",
+        include_str!("../../migrations/0007_cluster.sql"),
+    ),
 ];
 
 /// How long a start waits for a PostgreSQL connection before it gives up with an error.
@@ -97,6 +108,9 @@ const MIGRATION_LOCK: i64 = 0x6b75_7273_0001;
 pub struct Db {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// Sessions this process claimed, and the epoch its writes for them must carry
+    /// (`cluster::Fence`). Empty on a single node: nothing is checked.
+    fences: Arc<Mutex<HashMap<String, cluster::Fence>>>,
 }
 
 impl Db {
@@ -150,6 +164,7 @@ impl Db {
         let db = Db {
             pool,
             backend: Backend::Sqlite(path.to_owned()),
+            fences: Arc::default(),
         };
         db.migrate().await?;
         Ok(db)
@@ -180,6 +195,7 @@ impl Db {
         let db = Db {
             pool,
             backend: Backend::Postgres(target),
+            fences: Arc::default(),
         };
         db.migrate().await?;
         Ok(db)
