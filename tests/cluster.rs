@@ -161,13 +161,13 @@ async fn one_owner_a_takeover_with_a_higher_epoch_and_stale_writes_refused() {
 
     // Renewals stop (a node that hangs or dies): B takes over after the lease, epoch 2.
     renewals.cancel();
-    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await; // a renewal in flight finishes
+    let last_expiry = db_a.lease_of(&session).await.unwrap().unwrap().2;
     let (second, _) = claim_when_free(&b, &session, Duration::from_secs(10)).await;
-    let waited = stopped.elapsed();
     assert_eq!(second.epoch, 2);
     assert!(
-        waited >= Duration::from_millis(LEASE_MS - RENEW_MS - 100),
-        "taken over after {waited:?}, before the lease could expire"
+        attendance::now_ms() >= last_expiry,
+        "taken over before the owner's last lease ran out"
     );
     assert_eq!(
         db_b.lease_of(&session).await.unwrap(),
@@ -286,4 +286,54 @@ async fn two_servers_heartbeat_and_the_survivor_takes_the_session() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.shutdown().await;
+}
+
+/// The README's backup for PostgreSQL: `pg_dump --format=custom` while a node writes, then
+/// `pg_restore` into an empty database that a node opens with everything in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_and_pg_restore_keep_every_record() {
+    let url = common::pg::fresh_database().await;
+    let db = open(&url).await;
+    let key = db.secret("join_token_key").await.unwrap();
+    let session = new_session(&db).await;
+    let writer = Attendance::spawn(db.clone());
+    for who in ["kari", "per", "ola"] {
+        writer
+            .record(Record {
+                session_id: session.clone(),
+                event: joined(who),
+            })
+            .await
+            .unwrap();
+    }
+    let bin = common::pg::cluster().bin.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("kursrelay.dump");
+    let out = std::process::Command::new(bin.join("pg_dump"))
+        .args(["--format=custom", "--file"])
+        .arg(&dump)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = common::pg::fresh_database().await;
+    let out = std::process::Command::new(bin.join("pg_restore"))
+        .arg(format!("--dbname={restored}"))
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = open(&restored).await;
+    assert_eq!(copy.session(&session).await.unwrap().title, "Dag 1");
+    assert_eq!(attendance::events(&copy, &session).await.unwrap().len(), 3);
+    // The same join-token key, so links made before the backup still work after a restore.
+    assert_eq!(copy.secret("join_token_key").await.unwrap(), key);
 }
