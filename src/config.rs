@@ -166,7 +166,7 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
     /// The SQLite file, when `url` is empty.
@@ -174,6 +174,16 @@ pub struct DbConfig {
     /// Empty: SQLite at `path`. `postgres://…` (or `postgresql://…`): the PostgreSQL database
     /// several nodes share. `sqlite:FILE`: SQLite at FILE.
     pub url: String,
+}
+
+/// By hand, so a password in `url` never reaches a debug print.
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("path", &self.path)
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
 }
 
 /// Where the database is, from `db.url` / `db.path`.

@@ -106,6 +106,10 @@ fn cluster_settings_are_checked_naming_the_key() {
         format!("{pg}[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"http://10.0.0.1:8081\"\n");
     let config = Config::from_overlay(Some((&ok, "test"))).unwrap();
     assert!(config.cluster.enabled());
+    // A password in db.url never shows in a debug print of the configuration.
+    let secret = "[db]\nurl = \"postgres://kurs:hemmelig@db.example/k\"\n";
+    let config = Config::from_overlay(Some((secret, "test"))).unwrap();
+    assert!(!format!("{config:?}").contains("hemmelig"));
     // Absent: a single server, nothing changes.
     assert!(!Config::from_overlay(None).unwrap().cluster.enabled());
 }

@@ -13,7 +13,6 @@ pub mod dialect;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,10 +135,10 @@ impl Db {
                 source,
             })?;
         }
-        let url = format!("sqlite://{}", path.display());
         // One native connection first: it creates the file and switches it to WAL, which the
         // file keeps (setting it again on every pooled connection could wait on a lock).
-        let first = SqliteConnectOptions::from_str(&url)?
+        let first = SqliteConnectOptions::new()
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL: a commit survives a process crash (SIGKILL); only an OS crash
@@ -159,7 +158,13 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect(&format!("{url}?mode=rw"))
+            // The pool's URL made by sqlx from the path (percent-encoded; `mode=rw`).
+            .connect(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .to_url_lossy()
+                    .as_str(),
+            )
             .await?;
         let db = Db {
             pool,
