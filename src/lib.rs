@@ -18,8 +18,9 @@
 //! |---|---|---|
 //! | [`config`] | TOML schema, compiled-in default, overlay, validation; the only reader of env vars | know about rooms or media |
 //! | [`auth`] | join tokens (HS256 JWT: session, role, pseudonymous invite id, expiry — never a name) and join links | touch the database |
-//! | [`db`] | SQLite (sqlx, WAL), migrations from migrations/ (compiled in), secrets, courses/sessions/invites, online backups (`db::backup`, the crate's only `unsafe`) | be used by the media path |
+//! | [`db`] | the store: SQLite (sqlx, WAL; the default) or PostgreSQL (`db.url`) through sqlx `Any`, migrations from migrations/ (compiled in; `db::dialect` turns them into PostgreSQL's SQL), secrets, courses/sessions/invites, SQLite online backups (`db::backup`, the crate's only `unsafe`) | be used by the media path |
 //! | [`attendance`] | the writer task (commit, then acknowledge), crash recovery, retention, summaries (pure), CSV (for Norwegian spreadsheets, local time via `tz`) and JSON export | be awaited by the room actor or touched by the media path |
+//! | [`cluster`] | this server as one node of several (`cluster.node_id`): its heartbeat row, the leases of the sessions it claimed, renewed every second; a lost lease's writes refused by its epoch (`db::cluster`) | forward signalling or media (not built yet) |
 //! | [`cli`] | the admin subcommands (`course`, `session`, `invite`, `attendance`, `db backup`) on the database | run the server |
 //! | [`logging`] | tracing setup (libraries capped at `warn`; text, or JSON lines; colour only on a terminal); the writer that redacts IP addresses and byte dumps from every line | log names or media |
 //! | [`ids`] | `SessionId`, `MemberId`, `TrackId` newtypes | carry names |
@@ -39,6 +40,7 @@ pub mod app;
 pub mod attendance;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod http;
