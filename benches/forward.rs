@@ -1,14 +1,15 @@
-//! Micro-benchmarks of the engine's per-packet, per-subscriber work (keyframe check, admit,
-//! header write + SRTP seal in place into a reused buffer: AES-128-GCM as webrtc-rs and Firefox
-//! negotiate it, AES-128-CM + HMAC-SHA1-80 as Chromium does) for 1 and 100 subscribers,
-//! without a network. The send (`sendmmsg`) is not in here: the fan-out load generator
-//! measures the whole path.
+//! Micro-benchmarks of the engine's fan-out, through the engine core itself
+//! (`sfu::testing::Fanout`): track cache, keyframe check, admit, header write + SRTP seal in
+//! place into a pooled buffer, the transmit queue, the buffer given back — AES-128-GCM (what
+//! the server prefers and browsers get) and AES-128-CM + HMAC-SHA1-80 (a client without GCM)
+//! — for 1 and 100 subscribers, without a network. The send (`sendmmsg`) is not in here: the
+//! fan-out load generator measures the whole path.
 //!
 //! `cargo bench --bench forward`
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kursrelay::sfu::FanoutHarness;
+use kursrelay::sfu::testing::Fanout;
 use rtc::rtp;
 
 fn packet(seq: u16) -> rtp::Packet {
@@ -30,8 +31,8 @@ fn packet(seq: u16) -> rtp::Packet {
 
 fn forward(c: &mut Criterion) {
     for (name, make) in [
-        ("forward", FanoutHarness::new as fn(usize) -> FanoutHarness),
-        ("forward_aes_cm", FanoutHarness::new_aes_cm),
+        ("forward", Fanout::new as fn(usize) -> Fanout),
+        ("forward_aes_cm", Fanout::new_aes_cm),
     ] {
         let mut group = c.benchmark_group(name);
         for subscribers in [1usize, 100] {

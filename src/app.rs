@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attendance::Attendance;
 use crate::auth::TokenKey;
-use crate::config::Config;
+use crate::config::{Config, DbLocation};
 use crate::db::Db;
 use crate::http::{router, AppState};
 use crate::room::Rooms;
@@ -81,13 +81,22 @@ impl Server {
         };
         let sfu = Sfu::start(MediaSettings::from(&config.media))
             .context("cannot start the media engine (media.bind_ips, media.udp_port)")?;
-        let db = Db::open(&config.db.path).await.with_context(|| {
-            format!(
-                "cannot open the database {} (db.path)",
-                config.db.path.display()
-            )
-        })?;
+        let location = config.db.location()?;
+        let db = match &location {
+            DbLocation::Sqlite(path) => Db::connect(&location).await.with_context(|| {
+                format!("cannot open the database {} (db.path)", path.display())
+            })?,
+            // The error already names db.url and the server (without its password).
+            DbLocation::Postgres(_) => Db::connect(&location).await?,
+        };
         let tokens = TokenKey::new(&db.secret("join_token_key").await?);
+        // A node's first heartbeat before it listens: the others see it at once.
+        let cluster = crate::cluster::Node::new(db.clone(), &config.cluster);
+        if let Some(node) = &cluster {
+            node.tick(crate::attendance::now_ms())
+                .await
+                .context("cannot write this node's heartbeat (cluster.node_id, db.url)")?;
+        }
         // Checked now, so a wrong zone stops start-up instead of the first export.
         crate::attendance::tz::Zone::load(&config.attendance.time_zone)
             .context("attendance.time_zone")?;
@@ -108,6 +117,7 @@ impl Server {
             guard,
             shutdown: CancellationToken::new(),
             equipment: Default::default(),
+            cluster,
         };
         Ok(Server {
             listener,
@@ -153,6 +163,9 @@ impl Server {
             state.config.attendance.retention_check(),
             state.shutdown.clone(),
         );
+        if let Some(node) = &state.cluster {
+            node.spawn(state.shutdown.clone());
+        }
         let app = router(self.state);
         let shutdown = state.shutdown.clone();
         if let Some(redirect) = self.redirect {

@@ -128,10 +128,6 @@ impl Claims {
     }
 }
 
-/// The wall clock moved to the leaf `clock`; this name stays for `http::link` until it imports
-/// `crate::clock::unix_now` itself.
-pub use crate::clock::unix_now;
-
 impl Claims {
     /// What an invite's join link grants: the invite's session, role and openness, valid until
     /// `validity_hours` after the session ends. Takes the invite's fields, not the database's

@@ -1,11 +1,11 @@
 //! The admin commands of the `kursrelay` binary (`course …`, `session …`, `invite …`). They
-//! work on the database file directly, so they need no running server; a running server sees
+//! work on the database (the SQLite file, or the PostgreSQL server of `db.url`) directly, so they need no running server; a running server sees
 //! the changes at the next join. Output is plain text for people, one record per line.
 
 use clap::Subcommand;
 
 use crate::auth::{join_link, Claims, TokenKey};
-use crate::config::Config;
+use crate::config::{Config, DbLocation};
 use crate::db::{Db, NewInvite, NewSession, SessionState};
 use crate::protocol::Role;
 
@@ -137,17 +137,28 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// Runs one admin command and returns what to print.
 pub async fn run(config: &Config, cmd: AdminCommand) -> anyhow::Result<String> {
+    let location = config.db.location()?;
     if let AdminCommand::Db(DbCommand::Backup { file }) = &cmd {
+        let source = match &location {
+            DbLocation::Sqlite(path) => path.clone(),
+            DbLocation::Postgres(url) => anyhow::bail!(
+                "db.url is a PostgreSQL database ({}): back it up with PostgreSQL's own tools, \
+                 e.g. `pg_dump --format=custom --file={} '<db.url>'` (README, \"Backup\"); \
+                 `kursrelay db backup` copies SQLite files only",
+                crate::config::redact_url(url),
+                file.display()
+            ),
+        };
         // Before Db::open: a backup must not create (or migrate) the database it copies.
-        let (source, dest) = (config.db.path.clone(), file.clone());
-        tokio::task::spawn_blocking(move || crate::db::backup::backup(&source, &dest)).await??;
+        let (src, dest) = (source.clone(), file.clone());
+        tokio::task::spawn_blocking(move || crate::db::backup::backup(&src, &dest)).await??;
         return Ok(format!(
             "backed up {} to {}",
-            config.db.path.display(),
+            source.display(),
             file.display()
         ));
     }
-    let db = Db::open(&config.db.path).await?;
+    let db = Db::connect(&location).await?;
     let tokens = TokenKey::new(&db.secret("join_token_key").await?);
     let link = |invite: &crate::db::Invite, ends: i64| {
         let claims = Claims::for_invite(

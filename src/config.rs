@@ -45,6 +45,30 @@ pub struct Config {
     pub attendance: AttendanceConfig,
     pub abuse: AbuseConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This server as one node of several sharing a PostgreSQL store (issue 22). `node_id` empty:
+/// a single server, and nothing of this runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the region (letters, digits, `.`, `_`, `-`; ≤ 64).
+    pub node_id: String,
+    /// Where the other nodes reach this one (`http://10.1.2.3:8081`), written in its heartbeat.
+    pub internal_url: String,
+    /// How long a session's lease lasts without renewal: another node may take the session
+    /// over this long after the owner stopped renewing.
+    pub lease_ms: u64,
+    /// How often the node writes its heartbeat and renews its leases.
+    pub renew_interval_ms: u64,
+}
+
+impl ClusterConfig {
+    /// True when this server is one node of several.
+    pub fn enabled(&self) -> bool {
+        !self.node_id.is_empty()
+    }
 }
 
 /// Limits per client address against guessing and floods (`http::guard`).
@@ -142,10 +166,121 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
+    /// The SQLite file, when `url` is empty.
     pub path: PathBuf,
+    /// Empty: SQLite at `path`. `postgres://…` (or `postgresql://…`): the PostgreSQL database
+    /// several nodes share. `sqlite:FILE`: SQLite at FILE.
+    pub url: String,
+}
+
+/// By hand, so a password in `url` never reaches a debug print.
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("path", &self.path)
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// Where the database is, from `db.url` / `db.path`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    Sqlite(PathBuf),
+    /// The full URL (it may hold a password: never print it; `redact_url` does).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbLocation::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
+            DbLocation::Postgres(u) => write!(f, "Postgres({})", redact_url(u)),
+        }
+    }
+}
+
+impl DbConfig {
+    /// The database this configuration names; a bad `db.url` is an error naming the key.
+    pub fn location(&self) -> Result<DbLocation, ConfigError> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Ok(DbLocation::Sqlite(self.path.clone()));
+        }
+        let bad = |message: String| ConfigError::BadValue {
+            key: "db.url".into(),
+            message,
+        };
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            // Host (or a socket folder in `?host=`) and database must be there; sqlx would
+            // otherwise fall back to environment variables, which config.rs alone reads.
+            let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit('@').next().unwrap_or("");
+            let database = tail.split('?').next().unwrap_or("");
+            if (host.is_empty() && !tail.contains("host=")) || database.is_empty() {
+                return Err(bad(format!(
+                    "{} must name a server and a database, like postgres://kursrelay@db.example:5432/kursrelay",
+                    redact_url(url)
+                )));
+            }
+            return Ok(DbLocation::Postgres(url.to_owned()));
+        }
+        if let Some(file) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if file.is_empty() || file.contains('?') {
+                return Err(bad(
+                    "a sqlite: URL needs a file name and no options, like sqlite:data/kursrelay.db"
+                        .into(),
+                ));
+            }
+            return Ok(DbLocation::Sqlite(PathBuf::from(file)));
+        }
+        Err(bad(format!(
+            "{} is not a database URL: use postgres://… for PostgreSQL, or leave it empty for SQLite at db.path",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL without its password (`postgres://user:***@host/db`), for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A password may also come as a query parameter.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +455,61 @@ impl Config {
     }
 
     /// Checks what the types alone cannot.
+    fn validate_cluster(&self, db: &DbLocation) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::BadValue {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let c = &self.cluster;
+        if !c.enabled() {
+            if !c.internal_url.is_empty() {
+                return Err(bad(
+                    "cluster.node_id",
+                    "is empty while cluster.internal_url is set: name this node, or leave both empty for a single server",
+                ));
+            }
+            return Ok(());
+        }
+        if c.node_id.len() > 64
+            || !c
+                .node_id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+        {
+            return Err(bad(
+                "cluster.node_id",
+                "must be 1–64 letters, digits, '.', '_' or '-', like \"molde-1\"",
+            ));
+        }
+        let host = c
+            .internal_url
+            .strip_prefix("http://")
+            .or_else(|| c.internal_url.strip_prefix("https://"))
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace) || h.contains('@')) {
+            return Err(bad(
+                "cluster.internal_url",
+                "must be the URL other nodes reach this one at, like \"http://10.1.2.3:8081\"",
+            ));
+        }
+        if matches!(db, DbLocation::Sqlite(_)) {
+            return Err(bad(
+                "cluster.node_id",
+                "is set, but several nodes need one shared PostgreSQL store: set db.url = \"postgres://…\"",
+            ));
+        }
+        if c.renew_interval_ms < 100 {
+            return Err(bad("cluster.renew_interval_ms", "must be at least 100"));
+        }
+        if c.lease_ms < 3 * c.renew_interval_ms {
+            return Err(bad(
+                "cluster.lease_ms",
+                "must be at least three renewal intervals (cluster.renew_interval_ms), so one late renewal does not lose a session",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, message: &str) -> ConfigError {
             ConfigError::BadValue {
@@ -346,6 +536,8 @@ impl Config {
                 "must be a path on this server, like \"/brand/logo.svg\"",
             ));
         }
+        let db = self.db.location()?;
+        self.validate_cluster(&db)?;
         if self.media.bind_ips.is_empty() {
             return Err(bad("media.bind_ips", "needs at least one address"));
         }

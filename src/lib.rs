@@ -8,9 +8,10 @@
 //! ```text
 //! browser ──WS /ws (JSON, docs/protocol.md)──▶ http::ws ──▶ room::client::Client ──commands──▶ room actor
 //!    │                                                          │  (one per socket)            (one per session)
-//!    └── DTLS-SRTP, ONE UDP port (or ICE-TCP) ──▶ sfu engine thread: demux ─▶ publish conn ─▶ feed + track cache
-//!                                                  ─▶ DownTracks (packet-major) ─▶ own SRTP seal ─▶ sendmmsg ─▶ browser
-//!                                                   ▲ subscriber snapshot swapped by the room actor; negotiation via a bounded queue
+//!    └── DTLS-SRTP, ONE UDP port (or ICE-TCP) ──▶ sfu engine thread: shell (sockets, epoll, clock) ─▶ core.handle_input(now, …)
+//!                    core: demux ─▶ publish conn ─▶ feed + track cache ─▶ DownTracks (packet-major) ─▶ seal_and_queue
+//!                    ─▶ core.poll_transmit ─▶ shell: sendmmsg ─▶ browser
+//!                    ▲ subscriber snapshot swapped by the room actor; negotiation via a bounded queue
 //! ```
 //!
 //! | module | owns | must not |
@@ -21,11 +22,12 @@
 //! | [`protocol`] | signalling messages (docs/protocol.md) | do I/O |
 //! | [`tls`] | native HTTPS, certificate reload | know what is served |
 //! | [`auth`] | join tokens (HS256 JWT, never a name), join links | touch the database |
-//! | [`db`] | SQLite: migrations, secrets, courses, sessions, invites, backup (the only `unsafe`) | serve the media path |
+//! | [`db`] | the store: SQLite (default) or PostgreSQL (`db.url`) through sqlx `Any`; migrations (`db::dialect`), secrets, courses, sessions, invites, leases (`db::cluster`), SQLite backup (the only `unsafe`) | serve the media path |
 //! | [`logging`] | tracing setup; IP addresses redacted from every line | log names or media |
 //! | [`turn`] | TURN credentials, the browser's ICE servers | log the secret |
 //! | [`attendance`] | writer task, crash recovery, retention, summaries, CSV and JSON export | be awaited by a room |
-//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (one thread owning every publish/subscribe connection as a sans-IO `rtc` connection on one UDP port per address plus ICE-TCP; demux, batched I/O, deadline heap, packet-major fan-out, own SRTP seal, per-track packet cache for NACKs and GOP joins, sender-report translation), the member tasks' handles (`Publisher`, `Subscriber`), feeds and publications (`Forwarder`), down-tracks, keyframe requests, media metrics, the connectivity check's async test peer | block, lock or allocate per forwarded packet; be reached except through the engine's bounded command queue |
+//! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch | forward signalling or media (not built yet) |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core with time passed in — demux, fan-out, own SRTP seal, track cache for NACKs and paced GOP joins, sender reports — inside a small shell thread with the sockets), `Publisher`/`Subscriber` handles, `Forwarder`, keyframe requests, media metrics, the check's test peer | block, lock or allocate per forwarded packet |
 //! | [`room`] | the actor per session; `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
 //! | [`cli`] | admin subcommands on the database | run the server |
 //! | [`http`] | router, `/ws` loop (a join token checked once), admin API, abuse guard, WHIP/WHEP, web client | decide about rooms |
@@ -33,7 +35,7 @@
 //!
 //! Layers, in the table's order (a module uses only modules of earlier layers; tests/layers.rs
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
-//! → `attendance`, `sfu` → `room` → `cli`, `http` → `app`.
+//! → `attendance`, `cluster`, `sfu` → `room` → `cli`, `http` → `app`.
 //!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
@@ -44,6 +46,7 @@ pub mod attendance;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -642,3 +642,83 @@ async fn an_expired_link_that_was_withdrawn_says_withdrawn() {
         "{error}"
     );
 }
+
+/// `/link-check`'s `ok` reply is the one docs/api.md shows: `open` always there (`false`
+/// included), and the session's planned start and end in RFC 3339 UTC, so the page can say
+/// when the course begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_check_says_open_and_when() {
+    let server = TestServer::spawn().await;
+    let key = Some(ADMIN_KEY);
+    let (_, course) = call(
+        &server,
+        "POST",
+        "/api/courses",
+        key,
+        Some(json!({"title": "Stoffskiftekurs"})),
+    )
+    .await;
+    let cid = course["id"].as_str().unwrap();
+    let (starts, ends) = (utc_in(DAY), utc_in(DAY + 3 * HOUR));
+    let (status, session) = call(
+        &server,
+        "POST",
+        &format!("/api/courses/{cid}/sessions"),
+        key,
+        Some(json!({"title": "Dag 1", "starts_at": starts, "ends_at": ends, "host_site": "Molde"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let sid = session["id"].as_str().unwrap();
+    let mut replies = Vec::new();
+    for invite in [
+        json!({"role": "participant", "display_name": "Kari"}),
+        json!({"role": "participant", "open": true}),
+    ] {
+        let (status, invite) = call(
+            &server,
+            "POST",
+            &format!("/api/sessions/{sid}/invites"),
+            key,
+            Some(invite),
+        )
+        .await;
+        assert_eq!(status, 201, "{invite}");
+        let token = invite["link"]
+            .as_str()
+            .unwrap()
+            .split("#t=")
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        replies.push(
+            call(
+                &server,
+                "POST",
+                "/link-check",
+                None,
+                Some(json!({ "token": token })),
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        replies[0],
+        (
+            200,
+            json!({"state": "ok", "role": "participant", "open": false, "name": "Kari",
+                "course_title": "Stoffskiftekurs", "session_title": "Dag 1",
+                "starts_at": starts, "ends_at": ends})
+        )
+    );
+    assert_eq!(
+        replies[1],
+        (
+            200,
+            json!({"state": "ok", "role": "participant", "open": true,
+                "course_title": "Stoffskiftekurs", "session_title": "Dag 1",
+                "starts_at": starts, "ends_at": ends})
+        )
+    );
+    server.shutdown().await;
+}

@@ -346,7 +346,7 @@ async fn retention_deletes_exactly_the_sessions_past_it() {
             db.advance_session(&id, kursrelay::db::SessionState::Ended)
                 .await
                 .unwrap();
-            sqlx::query("UPDATE sessions SET ended_at = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET ended_at = $1 WHERE id = $2")
                 .bind((now - days * day) / 1000)
                 .bind(&id)
                 .execute(db.pool())

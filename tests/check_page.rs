@@ -52,6 +52,16 @@ async fn check_page_on_an_open_network_and_through_turn() {
     let code = r["code"].as_str().unwrap();
     assert!(code.starts_with("W1-U1-R1-T1-K1-B"), "{code}");
     assert!(code.ends_with("-L0"), "{code}");
+    // Read aloud to IT support: no decimal point in the code, nor in the Norwegian text.
+    assert!(!code.contains('.') && !code.contains(','), "{code}");
+    let speed = r["bandwidth"]["text"].as_str().unwrap_or_default();
+    assert!(
+        !speed
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0].is_ascii_digit() && w[1] == b'.' && w[2].is_ascii_digit()),
+        "{speed}"
+    );
     // The page shows what the results say, and the code.
     let shown = b
         .eval(&page, "document.querySelector('#code').textContent")

@@ -19,6 +19,22 @@ fn kursrelay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kursrelay"))
 }
 
+/// Only the PostgreSQL part of the harness (tests/common/pg.rs and tools.rs), not the media
+/// client: these tests drive the binary.
+#[allow(dead_code)]
+mod common {
+    pub mod pg;
+    pub mod tools;
+}
+
+/// The `[db]` section: SQLite in `dir`, or with `KURSRELAY_TEST_DB=postgres` a fresh
+/// PostgreSQL database.
+fn db_section(dir: &std::path::Path) -> String {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::pg::db_section(dir))
+}
+
 #[test]
 fn unknown_key_or_bad_value_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,9 +74,9 @@ fn serves_and_shuts_down_on_ctrl_c() {
     std::fs::write(
         &path,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nudp_port = 0\n[log]\nfilter = \"info\"\n[db]\npath = \"{}\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nudp_port = 0\n[log]\nfilter = \"info\"\n{}",
             env!("CARGO_MANIFEST_DIR"),
-            dir.path().join("k.db").display()
+            db_section(dir.path())
         ),
     )
     .unwrap();
@@ -120,11 +136,7 @@ fn serves_and_shuts_down_on_ctrl_c() {
 fn admin_commands_create_a_course_a_session_and_its_links() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("admin.toml");
-    std::fs::write(
-        &config,
-        format!("[db]\npath = \"{}\"\n", dir.path().join("k.db").display()),
-    )
-    .unwrap();
+    std::fs::write(&config, db_section(dir.path())).unwrap();
     let run = |args: &[&str]| {
         let out = kursrelay()
             .arg("--config")
@@ -247,11 +259,7 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
 fn attendance_csv_from_the_cli_in_norwegian_or_english() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!("[db]\npath = \"{}\"\n", dir.path().join("k.db").display()),
-    )
-    .unwrap();
+    std::fs::write(&config, db_section(dir.path())).unwrap();
     let run = |args: &[&str]| {
         let out = kursrelay()
             .arg("--config")
@@ -305,4 +313,106 @@ fn attendance_csv_from_the_cli_in_norwegian_or_english() {
     );
     let (code, _, err) = export(Some("de"));
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// Issue 22: a `db.url` that is not a database URL stops start-up (and every admin command)
+/// with a message naming `db.url`, never showing the password it may hold.
+#[test]
+fn a_bad_db_url_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("mysql://kurs:hemmelig@db.example/kurs", "postgres://"),
+        (
+            "postgres://kurs:hemmelig@db.example",
+            "must name a server and a database",
+        ),
+        ("postgres:///kurs", "must name a server and a database"),
+        ("sqlite:", "needs a file name"),
+        ("data/kursrelay.db", "is not a database URL"),
+    ];
+    for (i, (url, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, format!("[db]\nurl = \"{url}\"\n")).unwrap();
+        for args in [&[][..], &["course", "list"][..]] {
+            let out = kursrelay()
+                .arg("--config")
+                .arg(&path)
+                .args(args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{url} {args:?}: {stderr}");
+            assert!(stderr.contains("db.url"), "{url}: {stderr}");
+            assert!(stderr.contains(want), "{url}: {stderr}");
+            assert!(!stderr.contains("hemmelig"), "password shown: {stderr}");
+        }
+    }
+}
+
+/// A PostgreSQL server that is not there: start-up and the admin commands stop at once with
+/// an error naming `db.url` and the server (without its password).
+#[test]
+fn an_unreachable_postgres_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("down.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nudp_port = 0\n\
+             [db]\nurl = \"postgres://kurs:hemmelig@127.0.0.1:{port}/kursrelay\"\n"
+        ),
+    )
+    .unwrap();
+    for args in [&[][..], &["course", "list"][..]] {
+        let started = Instant::now();
+        let out = kursrelay()
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("db.url"), "{stderr}");
+        assert!(stderr.contains("cannot be reached"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("postgres://kurs:***@127.0.0.1:{port}/kursrelay")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("hemmelig"), "password shown: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{args:?}");
+    }
+}
+
+/// `kursrelay db backup` copies SQLite files only; on PostgreSQL it says to use pg_dump and
+/// writes nothing.
+#[test]
+fn db_backup_on_postgres_points_to_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pg.toml");
+    std::fs::write(
+        &path,
+        "[db]\nurl = \"postgres://kurs:hemmelig@db.example:5432/kursrelay\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("copy.dump");
+    let out = kursrelay()
+        .arg("--config")
+        .arg(&path)
+        .args(["db", "backup"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pg_dump"), "{stderr}");
+    assert!(stderr.contains("db.url"), "{stderr}");
+    assert!(!stderr.contains("hemmelig"), "{stderr}");
+    assert!(!file.exists());
 }

@@ -195,7 +195,13 @@ async fn links_sound_insecure_pages_and_a_server_that_is_away() {
             "(() => { const r = document.getElementById('sound-big').getBoundingClientRect(); return r.width * r.height / (innerWidth * innerHeight); })()",
         )
         .await;
-    assert!(r.as_f64().unwrap() > 0.25, "the sound button is small: {r}");
+    // Large, but a band across the picture, not a wall over it (issue 21; the band's place is
+    // measured in tests/client_screens.rs).
+    let share = r.as_f64().unwrap();
+    assert!(
+        (0.05..=0.2).contains(&share),
+        "the sound button is {share} of the screen"
+    );
     b.screenshot(&site, "ui-site-sound-blocked").await;
     let axe = b.axe(&site).await;
     assert!(axe.is_empty(), "axe with the sound button: {axe:?}");

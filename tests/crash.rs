@@ -74,15 +74,14 @@ fn token(invite: &Value) -> String {
 async fn sigkill_mid_session_loses_no_acknowledged_event() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("kursrelay.db");
+    let db_section = common::pg::db_section(dir.path()).await;
     let config = dir.path().join("crash.toml");
     std::fs::write(
         &config,
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}/web\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
-             [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n",
-            env!("CARGO_MANIFEST_DIR"),
-            db_path.display()
+             [auth]\nadmin_key = \"{KEY}\"\n{db_section}[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n",
+            env!("CARGO_MANIFEST_DIR")
         ),
     )
     .unwrap();
@@ -129,7 +128,7 @@ async fn sigkill_mid_session_loses_no_acknowledged_event() {
 
     // Restart: recovery runs before the server listens.
     let (child, addr) = start(&config);
-    let db = kursrelay::db::Db::open(&db_path).await.unwrap();
+    let db = common::pg::open_section(&db_section).await;
     let events = attendance::events(&db, &sid).await.unwrap();
     let of = |i: usize| -> Vec<&attendance::Event> {
         events
@@ -203,15 +202,14 @@ async fn sigkill_during_a_join_storm_loses_no_acknowledged_event() {
     const PEOPLE: usize = 160;
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("kursrelay.db");
+    let db_section = common::pg::db_section(dir.path()).await;
     let config = dir.path().join("storm.toml");
     std::fs::write(
         &config,
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
-             [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[abuse]\nwebsockets_per_address = 1000\n\
-             [attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n",
-            db_path.display()
+             [auth]\nadmin_key = \"{KEY}\"\n{db_section}[abuse]\nwebsockets_per_address = 1000\n\
+             [attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"warn\"\n"
         ),
     )
     .unwrap();
@@ -308,7 +306,7 @@ async fn sigkill_during_a_join_storm_loses_no_acknowledged_event() {
     );
 
     let (child, _addr) = start(&config);
-    let db = kursrelay::db::Db::open(&db_path).await.unwrap();
+    let db = common::pg::open_section(&db_section).await;
     let events = attendance::events(&db, &sid).await.unwrap();
     let (mut logged_joins, mut logged_leaves, mut recovered) = (0u32, 0u32, 0u32);
     for invite in &invites {
@@ -356,14 +354,13 @@ async fn sigterm_closes_every_open_interval_before_the_process_exits() {
     use std::sync::{Arc, Mutex};
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("kursrelay.db");
+    let db_section = common::pg::db_section(dir.path()).await;
     let config = dir.path().join("term.toml");
     std::fs::write(
         &config,
         format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
-             [auth]\nadmin_key = \"{KEY}\"\n[db]\npath = \"{}\"\n[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"info\"\n",
-            db_path.display()
+             [auth]\nadmin_key = \"{KEY}\"\n{db_section}[attendance]\nseen_interval_ms = 200\n[log]\nfilter = \"info\"\n"
         ),
     )
     .unwrap();
@@ -445,7 +442,7 @@ async fn sigterm_closes_every_open_interval_before_the_process_exits() {
     }
 
     // Every interval is closed, by the server itself, at the stop.
-    let db = kursrelay::db::Db::open(&db_path).await.unwrap();
+    let db = common::pg::open_section(&db_section).await;
     let events = attendance::events(&db, &sid).await.unwrap();
     let joins = events.iter().filter(|e| e.kind == Kind::Joined).count();
     let lefts: Vec<&attendance::Event> = events

@@ -73,3 +73,12 @@ export function wireCaptionSettings() {
     new ResizeObserver(() => { el.captions.scrollTop = el.captions.scrollHeight; }).observe(el.captions);
   }
 }
+
+/** After a language change: the "automatic" tags and the lines' titles in the new language. */
+export function rerenderCaptions() {
+  for (const tag of el.captions.querySelectorAll('.auto-tag')) tag.textContent = t('captions.automatic');
+  for (const p of el.captions.querySelectorAll('p[data-member-id]')) {
+    const m = state.members.get(p.dataset.memberId);
+    if (m) p.title = p.classList.contains('automatic') ? t('captions.automatic_title') : displayName(m);
+  }
+}

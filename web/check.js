@@ -7,7 +7,7 @@
 // the best connection that worked. The server end of each test connection is a short-lived
 // peer (POST /check/offer) that echoes pings and sends a burst on request; nothing is stored.
 import './check-i18n.js';
-import { t, initPicker, onLangChange } from './i18n.js';
+import { t, initPicker, onLangChange, getLang } from './i18n.js';
 
 const LINES = ['ws', 'udp', 'turn_udp', 'turn_tcp', 'devices', 'bandwidth'];
 const LETTER = { ws: 'W', udp: 'U', turn_udp: 'R', turn_tcp: 'T', devices: 'K', bandwidth: 'B' };
@@ -60,7 +60,8 @@ export function code() {
   const mark = { ok: '1', fail: '0', warn: '!', off: 'N' };
   const parts = LINES.filter((id) => id !== 'bandwidth').map((id) => LETTER[id] + (mark[results[id]?.state] ?? '?'));
   const bw = results.bandwidth;
-  if (bw && bw.mbps !== undefined) parts.push(`B${bw.mbps}`, `L${bw.loss}`);
+  // Whole Mbit/s: a code read aloud has no decimal point (nor a comma) to get wrong.
+  if (bw && bw.mbps !== undefined) parts.push(`B${Math.round(bw.mbps)}`, `L${bw.loss}`);
   else parts.push('BN');
   return parts.join('-');
 }
@@ -275,6 +276,11 @@ async function testDevices() {
   }
 }
 
+/** A number written as the page's language writes it ("5,3" in Norwegian), whenever shown. */
+function inPageLanguage(n) {
+  return { toString: () => n.toLocaleString(getLang() === 'en' ? 'en-GB' : 'nb-NO') };
+}
+
 async function testBandwidth(conn) {
   set('bandwidth', 'running');
   if (!conn) {
@@ -285,7 +291,7 @@ async function testBandwidth(conn) {
   const raw = await burst(conn);
   const mbps = raw >= 10 ? Math.round(raw) : Math.round(raw * 10) / 10;
   const state = raw >= GOOD_MBPS && loss <= 3 ? 'ok' : raw >= WEAK_MBPS && loss <= 10 ? 'warn' : 'fail';
-  set('bandwidth', state, `bandwidth.${state}`, { mbps: mbps.toLocaleString(), loss }, { mbps, loss });
+  set('bandwidth', state, `bandwidth.${state}`, { mbps: inPageLanguage(mbps), loss }, { mbps, loss });
 }
 
 async function runAll() {

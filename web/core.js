@@ -13,10 +13,10 @@ export const el = {
   kioskStatus: $('kiosk-status'),
   checking: $('checking'), problem: $('link-problem'), problemHeading: $('problem-heading'),
   problemText: $('problem-text'), problemHelp: $('problem-help'),
-  prejoin: $('prejoin'), prejoinHeading: $('prejoin-heading'), prejoinIntro: $('prejoin-intro'),
+  prejoin: $('prejoin'), prejoinHeading: $('prejoin-heading'), prejoinIntro: $('prejoin-intro'), schedule: $('schedule'),
   insecure: $('insecure'), joinAs: $('join-as'), nameField: $('name-field'), nameLabel: $('name-label'),
   nameHelp: $('name-help'), name: $('name'), join: $('join'), cameraTest: $('camera-test'),
-  lobby: $('lobby-screen'), lobbyLeave: $('lobby-leave'),
+  lobby: $('lobby-screen'), lobbyText: $('lobby-text'), lobbyLeave: $('lobby-leave'),
   stage: $('stage'), ended: $('ended'), endedText: $('ended-text'), rejoin: $('rejoin'), csvAfter: $('csv-after'),
   banner: $('banner'), bannerText: $('banner-text'), bannerAdmitAll: $('banner-admit-all'), bannerShow: $('banner-show'),
   view: $('view'), media: $('media'), mainSlot: $('main-slot'), interpSlot: $('interp-slot'), noMedia: $('no-media'),
@@ -29,11 +29,11 @@ export const el = {
   siteTone: $('site-tone'),
   side: $('side'),
   console: $('console'), sessionLine: $('session-line'), selfStatus: $('self-status'),
-  leaderActions: $('leader-actions'), lock: $('lock'), autoCaptions: $('auto-captions'), autoCaptionsState: $('auto-captions-state'), alertSound: $('alert-sound'), csv: $('csv'), end: $('end'),
+  leaderActions: $('leader-actions'), leaderMore: $('leader-more'), lock: $('lock'), autoCaptions: $('auto-captions'), autoCaptionsState: $('auto-captions-state'), alertSound: $('alert-sound'), csv: $('csv'), end: $('end'),
   lobbyBox: $('lobby-box'), admitAll: $('admit-all'), lobbyList: $('lobby'),
   handsBox: $('hands-box'), handsList: $('hands'), presentBox: $('present-box'), present: $('present'),
   captionWriter: $('caption-writer'), captionForm: $('caption-form'), captionText: $('caption-text'),
-  captionSettings: $('caption-settings'), contrast: $('contrast'),
+  captionSettings: $('caption-settings'), contrast: $('contrast'), interpSettings: $('interp-settings'),
   chatBox: $('chat-box'), chatLog: $('chat-log'), chatForm: $('chat-form'), chatText: $('chat-text'),
   rosterBox: $('roster-box'), membersHeading: $('members-heading'), members: $('members'),
   participantCount: $('participant-count'), rosterNote: $('roster-note'),
@@ -97,6 +97,10 @@ export const keys = {
 
 let statusMsg = null;
 let alertMsg = null;
+let announceMsg = null;
+
+/** The key of the status line's message now (null when empty). */
+export function statusKey() { return statusMsg ? statusMsg[0] : null; }
 
 export function setStatus(key, vars) {
   statusMsg = key ? [key, vars] : null;
@@ -120,12 +124,17 @@ const PROBLEM_BYES = new Set(['bye.connection_lost', 'bye.peer_failed', 'bye.ser
 export function rerenderMessages() {
   if (statusMsg) setStatus(...statusMsg);
   if (alertMsg) showAlert(...alertMsg);
+  // The screen reader's live region speaks the new language too (what it last said, in it).
+  if (announceMsg) el.announce.textContent = t(...announceMsg);
 }
 
+let announceTimer = null;
 export function announce(key, vars) {
+  announceMsg = [key, vars];
   // Cleared first so the same text twice is still read out.
   el.announce.textContent = '';
-  setTimeout(() => { el.announce.textContent = t(key, vars); }, 50);
+  clearTimeout(announceTimer);
+  announceTimer = setTimeout(() => { el.announce.textContent = t(key, vars); }, 50);
 }
 
 export function errorKey(err) {

@@ -3,7 +3,8 @@
 // the same way (so the leader sees what everyone sees), the fullscreen button, and blocked
 // autoplay (a "press for sound" button only when the browser refuses to play sound).
 import { t } from './i18n.js';
-import { el, state, displayName } from './core.js';
+import { el, state, displayName, stored, store } from './core.js';
+import { schedule } from './when.js';
 
 // The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
 const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
@@ -94,9 +95,44 @@ export function clearMedia({ keepLocal = false } = {}) {
   }
 }
 
+// ---- the sign-language interpreter's size, chosen by the viewer ----
+
+// small: beside the picture, a quarter of the width; equal: as large as the picture; large:
+// the interpreter large, the picture small. Kept per tab (sessionStorage), like the rest of
+// what this tab is. By default those who follow the course (participants at home) get the
+// interpreter as large as the picture; those who teach or interpret, whose screen is busy with
+// their own controls, get it small.
+const INTERP_KEY = 'kursrelay.interp';
+const INTERP_SIZES = ['small', 'equal', 'large'];
+const TEACHING = new Set(['leader', 'representative', 'interpreter']);
+
+function interpSize() {
+  const saved = stored(INTERP_KEY, sessionStorage);
+  if (INTERP_SIZES.includes(saved)) return saved;
+  return state.view && TEACHING.has(state.view.role) ? 'small' : 'equal';
+}
+
+export function wireInterpSettings() {
+  for (const b of document.querySelectorAll('.interp-size')) {
+    b.addEventListener('click', () => {
+      store(INTERP_KEY, b.dataset.interp, sessionStorage);
+      layout();
+    });
+  }
+}
+
+/**
+ * Whom the hall screen shows large instead of the lecture: whoever has the floor (a person at
+ * home or another room), never the room's own camera. The lecture stays, inset.
+ */
+function spotlight(cams) {
+  return cams.find((f) => !f.dataset.local && (state.members.get(f.dataset.memberId) || {}).floor) || null;
+}
+
 /** Places every tile: main (screen or first camera), inset, interpreter, others hidden. */
 export function layout() {
   const figs = [...el.media.querySelectorAll('figure[data-track-id]')];
+  const kiosk = document.body.classList.contains('kiosk');
   const role = (f) => (state.members.get(f.dataset.memberId) || {}).role
     || (f.dataset.local && state.client ? state.client.role : undefined);
   const interp = figs.filter((f) => f.dataset.source !== 'screen' && role(f) === 'interpreter');
@@ -105,7 +141,12 @@ export function layout() {
     .sort((a, b) => (RANK[role(a)] ?? 2) - (RANK[role(b)] ?? 2));
   let main = null;
   let inset = null;
-  if (screens.length) {
+  const featured = kiosk ? spotlight(cams) : null;
+  if (featured) {
+    // The hall sees the person who has the floor well; the lecture (screen or camera) inset.
+    main = featured;
+    inset = screens[screens.length - 1] || cams.find((f) => f !== featured) || null;
+  } else if (screens.length) {
     main = screens[screens.length - 1];
     inset = cams.find((f) => f.dataset.memberId === main.dataset.memberId) || cams[0] || null;
   } else {
@@ -120,6 +161,10 @@ export function layout() {
     }
     fig.dataset.pos = pos;
   };
+  for (const f of figs) {
+    if (f === featured) f.dataset.floor = 'true';
+    else delete f.dataset.floor;
+  }
   if (main) place(main, el.mainSlot, 'main');
   if (inset) place(inset, el.mainSlot, 'inset');
   if (interp[0]) place(interp[0], el.interpSlot, 'interp');
@@ -132,27 +177,36 @@ export function layout() {
   }
   el.interpSlot.hidden = !interp[0];
   el.media.classList.toggle('has-interp', Boolean(interp[0]));
+  // The viewer's choice of the interpreter's size (the hall screen has its own, fixed).
+  const size = interpSize();
+  if (interp[0] && !kiosk) el.media.dataset.interp = size;
+  else delete el.media.dataset.interp;
+  el.interpSettings.hidden = !interp[0] || kiosk;
+  for (const b of document.querySelectorAll('.interp-size')) b.setAttribute('aria-pressed', String(b.dataset.interp === size));
   el.media.classList.toggle('has-main', Boolean(main));
   el.noMedia.hidden = Boolean(main || interp[0]);
   // Fullscreen is offered only with a picture to show (it is not a kiosk control).
   if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
-  el.noMedia.textContent = t(noMediaKey());
+  el.noMedia.textContent = t(...noMedia());
   for (const f of figs) setFigCaption(f, role(f));
 }
 
-/** Why there is no picture, truthfully. */
-function noMediaKey() {
+/** Why there is no picture, truthfully: [key, vars]. Before the start, when that is. */
+function noMedia() {
   const leader = [...state.members.values()].find((m) => m.role === 'leader');
-  if (state.page === 'reconnecting') return 'stage.media_reconnecting';
-  if (leader) return 'stage.no_media_leader_here';
-  if (state.hadMedia) return 'stage.media_coming_back';
-  return 'stage.no_media';
+  if (state.page === 'reconnecting') return ['stage.media_reconnecting'];
+  if (leader) return ['stage.no_media_leader_here'];
+  if (state.hadMedia) return ['stage.media_coming_back'];
+  const s = schedule(state.link);
+  if (s) return [`stage.not_started_${s.phase}`, { when: s.when }];
+  return ['stage.no_media'];
 }
 
 function setFigCaption(fig, role) {
   const m = state.members.get(fig.dataset.memberId);
   let text;
   if (fig.dataset.local) text = t(fig.dataset.source === 'screen' ? 'source.your_screen' : 'source.your_camera');
+  else if (fig.dataset.floor) text = t('source.floor', { name: displayName(m) });
   else {
     const source = role === 'interpreter' ? t('source.interpreter')
       : role === 'encoder' ? t(`source.hall_${fig.dataset.source === 'microphone' ? 'microphone' : 'camera'}`)

@@ -15,9 +15,10 @@ import {
 } from './core.js';
 import {
   addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
-  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked,
+  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings,
 } from './media.js';
-import { addCaption, addChat, wireCaptionSettings } from './captions.js';
+import { schedule } from './when.js';
+import { addCaption, addChat, wireCaptionSettings, rerenderCaptions } from './captions.js';
 import leaderView from './views/leader.js';
 import representativeView from './views/representative.js';
 import interpreterView from './views/interpreter.js';
@@ -158,6 +159,7 @@ function showTitles(link) {
   el.sessionTitle.textContent = link.session_title || '';
   el.sessionTitle.hidden = !link.session_title;
   renderDocTitle();
+  renderSchedule();
 }
 
 let badge = 0;
@@ -227,6 +229,15 @@ function renderPrejoin() {
   el.nameHelp.textContent = t(link.name ? 'prejoin.name_help_invite'
     : link.open ? 'prejoin.name_help_open' : 'prejoin.name_help_role');
   el.insecure.textContent = t('prejoin.insecure');
+}
+
+/** When the course starts, where the person waits for it: before joining and in the lobby. */
+function renderSchedule() {
+  const s = schedule(state.link);
+  el.schedule.hidden = !s;
+  el.schedule.textContent = s ? t(`schedule.${s.phase}`, { when: s.when }) : '';
+  // The lobby promises nothing it cannot keep: before the start it says when that is.
+  el.lobbyText.textContent = s ? t('lobby.text_at', { when: s.when }) : t('lobby.text');
 }
 
 // ---- joining ----
@@ -640,6 +651,7 @@ function rerender() {
   devices.render();
   renderProblem();
   renderPrejoin();
+  renderSchedule();
   renderDocTitle();
   if (state.link && state.link.course_title) el.courseTitle.textContent = state.link.course_title;
   if (el.endedText.dataset.key) el.endedText.textContent = t(el.endedText.dataset.key);
@@ -648,6 +660,7 @@ function rerender() {
   controls();
   renderSelfStatus();
   if (state.view && state.view.rerender) state.view.rerender(api);
+  rerenderCaptions();
 }
 
 // ---- what the views may use ----
@@ -680,6 +693,14 @@ initPicker($('lang'));
 onLangChange(rerender);
 onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
 wireCaptionSettings();
+wireInterpSettings();
+// "Today at 10:00" becomes "the course has begun" by itself: the texts that name the start
+// are looked at again every half minute.
+setInterval(() => {
+  if (!state.link || !state.link.starts_at) return;
+  renderSchedule();
+  layout();
+}, 30000);
 onSoundBlocked((blocked) => {
   const kiosk = Boolean(state.view && state.view.kiosk);
   el.sound.hidden = !blocked || kiosk;

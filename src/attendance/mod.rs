@@ -1,5 +1,5 @@
 //! Attendance: the room actor hands events to a writer task (`Attendance`) that commits them to
-//! SQLite in small batches and acknowledges each only after its commit; crash recovery closes
+//! the database (SQLite or PostgreSQL) in small batches and acknowledges each only after its commit; crash recovery closes
 //! intervals left open; retention deletes old sessions' rows; `summary` turns a session's log
 //! into presence figures and `export` into CSV/JSON for registration staff; `tz` gives the
 //! export's local time (`attendance.time_zone`).
@@ -11,12 +11,13 @@ pub mod export;
 pub mod summary;
 pub mod tz;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::db::cluster::check_fence;
 use crate::db::{Db, DbError};
 use crate::protocol::Role;
 pub use summary::{Event, InviteInfo, Kind, LeftReason, SessionSummary};
@@ -104,9 +105,15 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         match commit(&db, &batch).await {
-            Ok(()) => {
+            Ok(refused) => {
+                for session in &refused {
+                    // The session id is pseudonymous; a stale owner must hear it loudly.
+                    tracing::warn!(session = %session, "attendance refused: this node no longer owns the session");
+                }
                 for msg in batch.drain(..) {
                     match msg {
+                        // Not written: dropping the ack tells the member task so.
+                        Msg::Event(r, Some(_)) if refused.contains(&r.session_id) => {}
                         Msg::Event(_, Some(ack)) | Msg::Flush(ack) => {
                             let _ = ack.send(());
                         }
@@ -123,14 +130,39 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
+/// Writes a batch in one transaction; returns the sessions whose events were refused because
+/// this node no longer holds their lease (`db::cluster::Fence`; none on a single node).
+async fn commit(db: &Db, batch: &[Msg]) -> Result<HashSet<String>, DbError> {
     let mut tx = db.pool.begin().await?;
+    let mut refused = HashSet::new();
+    let mut checked = HashSet::new();
+    for msg in batch {
+        let session = match msg {
+            Msg::Event(r, _) => &r.session_id,
+            Msg::Seen(s, _, _) => s,
+            Msg::Flush(_) => continue,
+        };
+        if !checked.insert(session.as_str()) {
+            continue;
+        }
+        if let Some(fence) = db.fence_of(session) {
+            match check_fence(&mut tx, session, &fence).await {
+                Ok(()) => {}
+                Err(DbError::Fenced { .. }) => {
+                    refused.insert(session.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     for msg in batch {
         match msg {
+            Msg::Event(r, _) if refused.contains(&r.session_id) => {}
+            Msg::Seen(session, _, _) if refused.contains(session) => {}
             Msg::Event(r, _) => {
                 let e = &r.event;
                 let (kind, reason, count) = kind_columns(e.kind);
-                sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, count, at_ms, by_recovery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, count, at_ms, by_recovery) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                     .bind(&r.session_id)
                     .bind(&e.subject)
                     .bind(&e.invite_id)
@@ -152,16 +184,17 @@ async fn commit(db: &Db, batch: &[Msg]) -> Result<(), sqlx::Error> {
             Msg::Flush(_) => {}
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(refused)
 }
 
 async fn seen_one(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     session: &str,
     subject: &str,
     at: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO attendance_seen (session_id, subject, last_seen_ms) VALUES (?, ?, ?) ON CONFLICT(session_id, subject) DO UPDATE SET last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)")
+    sqlx::query("INSERT INTO attendance_seen (session_id, subject, last_seen_ms) VALUES ($1, $2, $3) ON CONFLICT (session_id, subject) DO UPDATE SET last_seen_ms = excluded.last_seen_ms WHERE excluded.last_seen_ms > attendance_seen.last_seen_ms")
         .bind(session)
         .bind(subject)
         .bind(at)
@@ -184,7 +217,7 @@ fn kind_columns(kind: Kind) -> (&'static str, Option<&'static str>, Option<i64>)
 /// Every event of a session, oldest first.
 pub async fn events(db: &Db, session_id: &str) -> Result<Vec<Event>, DbError> {
     let rows =
-        sqlx::query("SELECT * FROM attendance_events WHERE session_id = ? ORDER BY at_ms, id")
+        sqlx::query("SELECT * FROM attendance_events WHERE session_id = $1 ORDER BY at_ms, id")
             .bind(session_id)
             .fetch_all(&db.pool)
             .await?;
@@ -264,7 +297,7 @@ pub async fn recover(db: &Db) -> Result<u64, DbError> {
     for r in &open {
         let joined: i64 = r.get("at_ms");
         let seen: Option<i64> = r.get("last_seen_ms");
-        sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, at_ms, by_recovery) VALUES (?, ?, ?, ?, 'left', 'recovered', ?, 1)")
+        sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, at_ms, by_recovery) VALUES ($1, $2, $3, $4, 'left', 'recovered', $5, 1)")
             .bind(r.get::<String, _>("session_id"))
             .bind(r.get::<String, _>("subject"))
             .bind(r.get::<String, _>("invite_id"))
@@ -288,7 +321,7 @@ pub async fn recover(db: &Db) -> Result<u64, DbError> {
 pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u64), DbError> {
     let cutoff_s = (now_ms - retention.as_millis() as i64) / 1000;
     let sessions: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM sessions WHERE state = 'ended' AND ended_at IS NOT NULL AND ended_at < ?
+        "SELECT id FROM sessions WHERE state = 'ended' AND ended_at IS NOT NULL AND ended_at < $1
          AND EXISTS (SELECT 1 FROM attendance_events e WHERE e.session_id = sessions.id)",
     )
     .bind(cutoff_s)
@@ -297,22 +330,22 @@ pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u6
     let mut events = 0;
     let mut tx = db.pool.begin().await?;
     for s in &sessions {
-        events += sqlx::query("DELETE FROM attendance_events WHERE session_id = ?")
+        events += sqlx::query("DELETE FROM attendance_events WHERE session_id = $1")
             .bind(s)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM attendance_seen WHERE session_id = ?")
+        sqlx::query("DELETE FROM attendance_seen WHERE session_id = $1")
             .bind(s)
             .execute(&mut *tx)
             .await?;
         // Who was removed, and participants' numbers, are pseudonymous, but they are about
         // people: they go with the rest.
-        sqlx::query("DELETE FROM removed_subjects WHERE session_id = ?")
+        sqlx::query("DELETE FROM removed_subjects WHERE session_id = $1")
             .bind(s)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM participant_numbers WHERE session_id = ?")
+        sqlx::query("DELETE FROM participant_numbers WHERE session_id = $1")
             .bind(s)
             .execute(&mut *tx)
             .await?;
@@ -357,7 +390,7 @@ pub async fn record_export(
     requested_by: &str,
     format: &str,
 ) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO attendance_exports (session_id, requested_by, format, at_ms) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO attendance_exports (session_id, requested_by, format, at_ms) VALUES ($1, $2, $3, $4)")
         .bind(session_id)
         .bind(requested_by)
         .bind(format)

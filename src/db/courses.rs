@@ -3,7 +3,7 @@
 //! with the data.
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Db, DbError};
@@ -153,7 +153,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<String, DbError> {
     Ok(v.to_owned())
 }
 
-fn course_from(row: &SqliteRow) -> Course {
+fn course_from(row: &AnyRow) -> Course {
     Course {
         id: row.get("id"),
         title: row.get("title"),
@@ -161,7 +161,7 @@ fn course_from(row: &SqliteRow) -> Course {
     }
 }
 
-fn session_from(row: &SqliteRow) -> Session {
+fn session_from(row: &AnyRow) -> Session {
     let ends: i64 = row.get("ends_at");
     Session {
         id: row.get("id"),
@@ -179,7 +179,7 @@ fn session_from(row: &SqliteRow) -> Session {
     }
 }
 
-fn invite_from(row: &SqliteRow) -> Invite {
+fn invite_from(row: &AnyRow) -> Invite {
     Invite {
         id: row.get("id"),
         session_id: row.get("session_id"),
@@ -196,7 +196,7 @@ impl Db {
     pub async fn create_course(&self, title: &str) -> Result<Course, DbError> {
         let title = check_text("title", title, 200)?;
         let id = new_id();
-        sqlx::query("INSERT INTO courses (id, title, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO courses (id, title, created_at) VALUES ($1, $2, $3)")
             .bind(&id)
             .bind(&title)
             .bind(unix_now() as i64)
@@ -206,7 +206,7 @@ impl Db {
     }
 
     pub async fn course(&self, id: &str) -> Result<Course, DbError> {
-        let row = sqlx::query("SELECT * FROM courses WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM courses WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -235,7 +235,7 @@ impl Db {
             return Err(DbError::Invalid("ends_at must be after starts_at".into()));
         }
         let id = new_id();
-        sqlx::query("INSERT INTO sessions (id, course_id, title, starts_at, ends_at, host_site, state, chat_enabled, roster, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?)")
+        sqlx::query("INSERT INTO sessions (id, course_id, title, starts_at, ends_at, host_site, state, chat_enabled, roster, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9)")
             .bind(&id)
             .bind(course_id)
             .bind(&title)
@@ -251,7 +251,7 @@ impl Db {
     }
 
     pub async fn session(&self, id: &str) -> Result<Session, DbError> {
-        let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -262,7 +262,7 @@ impl Db {
     pub async fn sessions(&self, course_id: Option<&str>) -> Result<Vec<Session>, DbError> {
         let rows = match course_id {
             Some(c) => {
-                sqlx::query("SELECT * FROM sessions WHERE course_id = ? ORDER BY starts_at, rowid")
+                sqlx::query("SELECT * FROM sessions WHERE course_id = $1 ORDER BY starts_at, rowid")
                     .bind(c)
                     .fetch_all(&self.pool)
                     .await?
@@ -285,42 +285,42 @@ impl Db {
         }
         let mut tx = self.pool.begin().await?;
         if let Some(t) = &patch.title {
-            sqlx::query("UPDATE sessions SET title = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET title = $1 WHERE id = $2")
                 .bind(check_text("title", t, 200)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(h) = &patch.host_site {
-            sqlx::query("UPDATE sessions SET host_site = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET host_site = $1 WHERE id = $2")
                 .bind(check_text("host_site", h, 200)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(s) = &patch.starts_at {
-            sqlx::query("UPDATE sessions SET starts_at = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET starts_at = $1 WHERE id = $2")
                 .bind(parse_time("starts_at", s)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(e) = &patch.ends_at {
-            sqlx::query("UPDATE sessions SET ends_at = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET ends_at = $1 WHERE id = $2")
                 .bind(parse_time("ends_at", e)?)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(c) = patch.chat_enabled {
-            sqlx::query("UPDATE sessions SET chat_enabled = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET chat_enabled = $1 WHERE id = $2")
                 .bind(c as i64)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(r) = patch.roster {
-            sqlx::query("UPDATE sessions SET roster = ? WHERE id = ?")
+            sqlx::query("UPDATE sessions SET roster = $1 WHERE id = $2")
                 .bind(r.as_str())
                 .bind(id)
                 .execute(&mut *tx)
@@ -336,7 +336,7 @@ impl Db {
             }
             let ended_at = (state == SessionState::Ended).then(|| unix_now() as i64);
             sqlx::query(
-                "UPDATE sessions SET state = ?, ended_at = COALESCE(ended_at, ?) WHERE id = ?",
+                "UPDATE sessions SET state = $1, ended_at = COALESCE(ended_at, $2) WHERE id = $3",
             )
             .bind(state.as_str())
             .bind(ended_at)
@@ -345,7 +345,7 @@ impl Db {
             .await?;
         }
         let (s, e): (i64, i64) =
-            sqlx::query_as("SELECT starts_at, ends_at FROM sessions WHERE id = ?")
+            sqlx::query_as("SELECT starts_at, ends_at FROM sessions WHERE id = $1")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -365,12 +365,13 @@ impl Db {
             .take_while(|s| **s != state.as_str())
             .copied()
             .collect();
-        let placeholders = vec!["?"; earlier.len()].join(",");
         if earlier.is_empty() {
             return Ok(());
         }
+        let placeholders: Vec<String> = (0..earlier.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
-            "UPDATE sessions SET state = ?, ended_at = CASE WHEN ? = 'ended' THEN ? ELSE ended_at END WHERE id = ? AND state IN ({placeholders})"
+            "UPDATE sessions SET state = $1, ended_at = CASE WHEN $2 = 'ended' THEN $3 ELSE ended_at END WHERE id = $4 AND state IN ({})",
+            placeholders.join(",")
         );
         let mut q = sqlx::query(&sql)
             .bind(state.as_str())
@@ -380,7 +381,13 @@ impl Db {
         for s in earlier {
             q = q.bind(s);
         }
-        q.execute(&self.pool).await?;
+        // A node that claimed the session writes its state only while it still owns it.
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = self.fence_of(id) {
+            super::cluster::check_fence(&mut tx, id, &fence).await?;
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -424,7 +431,7 @@ impl Db {
         let now = unix_now() as i64;
         for (n, name) in new.iter().zip(&names) {
             let id = new_id();
-            sqlx::query("INSERT INTO invites (id, session_id, role, display_name, relative_of, open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO invites (id, session_id, role, display_name, relative_of, open, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(&id)
                 .bind(session_id)
                 .bind(n.role.as_str())
@@ -484,7 +491,7 @@ impl Db {
     }
 
     pub async fn invite(&self, id: &str) -> Result<Invite, DbError> {
-        let row = sqlx::query("SELECT * FROM invites WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM invites WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -495,7 +502,7 @@ impl Db {
     pub async fn invites(&self, session_id: &str) -> Result<Vec<Invite>, DbError> {
         self.session(session_id).await?;
         let rows =
-            sqlx::query("SELECT * FROM invites WHERE session_id = ? ORDER BY created_at, rowid")
+            sqlx::query("SELECT * FROM invites WHERE session_id = $1 ORDER BY created_at, rowid")
                 .bind(session_id)
                 .fetch_all(&self.pool)
                 .await?;
@@ -504,7 +511,7 @@ impl Db {
 
     pub async fn revoke_invite(&self, id: &str) -> Result<Invite, DbError> {
         self.invite(id).await?;
-        sqlx::query("UPDATE invites SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE invites SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(unix_now() as i64)
             .bind(id)
             .execute(&self.pool)
@@ -516,7 +523,7 @@ impl Db {
     /// no longer lets it in.
     pub async fn remove_subject(&self, session_id: &str, subject: &str) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT OR IGNORE INTO removed_subjects (session_id, subject, removed_at) VALUES (?, ?, ?)",
+            "INSERT INTO removed_subjects (session_id, subject, removed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(session_id)
         .bind(subject)
@@ -535,33 +542,38 @@ impl Db {
     ) -> Result<u32, DbError> {
         let known = |pool| {
             sqlx::query_scalar::<_, i64>(
-                "SELECT number FROM participant_numbers WHERE session_id = ? AND subject = ?",
+                "SELECT number FROM participant_numbers WHERE session_id = $1 AND subject = $2",
             )
             .bind(session_id)
             .bind(subject)
             .fetch_optional(pool)
         };
-        if let Some(n) = known(&self.pool).await? {
-            return Ok(n as u32);
-        }
-        sqlx::query(
-            "INSERT OR IGNORE INTO participant_numbers (session_id, subject, number)
-             SELECT ?, ?, COALESCE(MAX(number), 0) + 1 FROM participant_numbers WHERE session_id = ?",
+        // On PostgreSQL two arrivals at once may compute the same next number; the second
+        // insert then does nothing and is tried again (SQLite serialises writers).
+        for _ in 0..8 {
+            if let Some(n) = known(&self.pool).await? {
+                return Ok(n as u32);
+            }
+            sqlx::query(
+            "INSERT INTO participant_numbers (session_id, subject, number)
+             SELECT $1, $2, COALESCE(MAX(number), 0) + 1 FROM participant_numbers WHERE session_id = $3
+             ON CONFLICT DO NOTHING",
         )
         .bind(session_id)
         .bind(subject)
         .bind(session_id)
         .execute(&self.pool)
         .await?;
-        let n = known(&self.pool)
+        }
+        known(&self.pool)
             .await?
-            .ok_or_else(|| DbError::NotFound("participant number"))?;
-        Ok(n as u32)
+            .map(|n| n as u32)
+            .ok_or(DbError::NotFound("participant number"))
     }
 
     pub async fn is_removed(&self, session_id: &str, subject: &str) -> Result<bool, DbError> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM removed_subjects WHERE session_id = ? AND subject = ?",
+            "SELECT removed_at FROM removed_subjects WHERE session_id = $1 AND subject = $2",
         )
         .bind(session_id)
         .bind(subject)

@@ -165,6 +165,7 @@ impl From<DbError> for ApiError {
         match e {
             DbError::NotFound(what) => ApiError::NotFound(what),
             DbError::Invalid(m) => ApiError::Invalid(m),
+            fenced @ DbError::Fenced { .. } => ApiError::Invalid(fenced.to_string()),
             other => {
                 tracing::error!(error = %other, "admin API request failed");
                 ApiError::Internal

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::guard::ClientAddr;
 use super::AppState;
-use crate::auth::unix_now;
+use crate::clock::unix_now;
 use crate::db::{DbError, SessionState};
 use crate::protocol::Role;
 
@@ -35,8 +35,10 @@ pub(super) struct CheckReply {
     state: LinkState,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    open: bool,
+    /// Whether this is an open link (one link for many, each waiting in the lobby). Always
+    /// there in an `ok` reply, `false` included (docs/api.md); absent in the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open: Option<bool>,
     /// The name on a personal invite (the link holder's own), for "you join as …".
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -44,6 +46,12 @@ pub(super) struct CheckReply {
     course_title: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session_title: Option<String>,
+    /// When the session is planned to start and end (RFC 3339, UTC): the page says when to
+    /// come back, in the reader's own time and language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ends_at: Option<String>,
 }
 
 impl CheckReply {
@@ -51,10 +59,12 @@ impl CheckReply {
         Json(CheckReply {
             state,
             role: None,
-            open: false,
+            open: None,
             name: None,
             course_title: None,
             session_title: None,
+            starts_at: None,
+            ends_at: None,
         })
     }
 }
@@ -109,9 +119,11 @@ pub(super) async fn check(
     Ok(Json(CheckReply {
         state: LinkState::Ok,
         role: Some(invite.role),
-        open: invite.open,
+        open: Some(invite.open),
         name: invite.display_name,
         course_title: Some(course.title),
         session_title: Some(session.title),
+        starts_at: Some(session.starts_at),
+        ends_at: Some(session.ends_at),
     }))
 }

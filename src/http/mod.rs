@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Running WHIP (encoder) and WHEP (player) sessions.
     pub equipment: crate::room::equipment::Equipment,
+    /// This server as a node of several (`cluster.node_id`); `None` on a single server.
+    pub cluster: Option<crate::cluster::Node>,
 }
 
 /// The whole HTTP surface, testable without a socket.

@@ -20,8 +20,8 @@ use arc_swap::ArcSwap;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
-use super::engine::ConnKey;
-use super::keyframe::{starts_keyframe, CodecFamily, KeyframeRequester};
+use super::conn_key::ConnKey;
+use super::keyframe::{CodecFamily, KeyframeRequester};
 use super::{Codec, TrackInfo};
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{MediaKind, Source};
@@ -230,7 +230,9 @@ static PUBLICATIONS: AtomicU64 = AtomicU64::new(1);
 static FEEDS: AtomicU64 = AtomicU64::new(1);
 
 impl Feed {
+    /// `now`: the engine's clock (the feed's arrival times count from it).
     pub(crate) fn new(
+        now: Instant,
         member: MemberId,
         kind: MediaKind,
         client_track_id: String,
@@ -249,7 +251,7 @@ impl Feed {
             parked_report_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             last_packet_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch: now,
         })
     }
 
@@ -406,100 +408,5 @@ impl Drop for Forwarder {
         {
             self.feed.downs.store(Arc::new(Vec::new()));
         }
-    }
-}
-
-/// Our part of the forwarding path without a network, for the micro-benchmarks in benches/ and
-/// the allocation test: `n` down-tracks; `forward` does for one packet what the engine does for
-/// each subscriber before the send — `admit` (sequence number, ROC, keyframe gate), then the
-/// header written and the payload sealed in place (AES-128-GCM, a fixed test key) into a
-/// reused buffer.
-#[doc(hidden)]
-pub struct FanoutHarness {
-    downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
-    sealer: super::engine::srtp::Sealer,
-    buf: bytes::BytesMut,
-    out: u64,
-}
-
-impl FanoutHarness {
-    /// Subscribers on AEAD_AES_128_GCM (webrtc-rs, Firefox).
-    pub fn new(subscribers: usize) -> FanoutHarness {
-        Self::with_profile(subscribers, super::engine::srtp::Profile::AeadAes128Gcm)
-    }
-
-    /// Subscribers on AES128_CM_HMAC_SHA1_80 (Chromium).
-    pub fn new_aes_cm(subscribers: usize) -> FanoutHarness {
-        Self::with_profile(
-            subscribers,
-            super::engine::srtp::Profile::Aes128CmHmacSha1_80,
-        )
-    }
-
-    fn with_profile(subscribers: usize, profile: super::engine::srtp::Profile) -> FanoutHarness {
-        let downs = (0..subscribers)
-            .map(|i| {
-                Arc::new(DownTrack {
-                    member: MemberId::new(),
-                    track: TrackId::new(),
-                    codec: CodecFamily::Vp8,
-                    ssrc: 1000 + i as u32,
-                    payload_type: 96,
-                    conn: ConnKey {
-                        slot: i as u32,
-                        gen: 1,
-                    },
-                    sender: RTCRtpSenderId::default(),
-                    keyframes: KeyframeRequester::default(),
-                    waiting_keyframe: AtomicBool::new(false),
-                    started: AtomicBool::new(false),
-                    last_out_seq: AtomicU16::new(0),
-                    seq_offset: AtomicU16::new(0),
-                    roc: AtomicU32::new(0),
-                    packets_sent: AtomicU32::new(0),
-                    octets_sent: AtomicU32::new(0),
-                    catchup: AtomicU32::new(0),
-                })
-            })
-            .collect();
-        FanoutHarness {
-            downs: Arc::new(ArcSwap::from_pointee(downs)),
-            sealer: super::engine::srtp::Sealer::new(
-                profile,
-                &[7; 16],
-                match profile {
-                    super::engine::srtp::Profile::AeadAes128Gcm => &[3; 12][..],
-                    super::engine::srtp::Profile::Aes128CmHmacSha1_80 => &[3; 14][..],
-                },
-            )
-            .expect("a 16-byte key and a salt of the profile's length"),
-            buf: bytes::BytesMut::with_capacity(1500),
-            out: 0,
-        }
-    }
-
-    /// Admits and seals `packet` for every down-track; returns how many packets were produced.
-    pub fn forward(&mut self, packet: &rtp::Packet) -> u64 {
-        let keyframe = starts_keyframe(CodecFamily::Vp8, &packet.payload);
-        let downs = self.downs.load();
-        let mut n = 0;
-        for d in downs.iter() {
-            if let Some((seq, roc)) = d.admit(packet.header.sequence_number, keyframe) {
-                if self.sealer.seal(
-                    &mut self.buf,
-                    packet.header.marker,
-                    d.payload_type,
-                    seq,
-                    packet.header.timestamp,
-                    d.ssrc,
-                    roc,
-                    &packet.payload,
-                ) {
-                    n += 1;
-                    self.out = self.out.wrapping_add(self.buf.len() as u64);
-                }
-            }
-        }
-        n
     }
 }

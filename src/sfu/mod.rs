@@ -1,8 +1,11 @@
 //! The media path: the only module that imports `webrtc::`/`rtc::`.
 //!
-//! - `engine`: the media engine — one thread owning every publish and subscribe connection
-//!   (sans-IO `rtc`) and the one media port: batched reads and sends, demultiplexing
-//!   (`engine::mux`), packet-major forwarding, timers, keyframe requests upstream.
+//! - `engine`: the media engine — a sans-IO core (`engine::core`: every publish and subscribe
+//!   connection as a sans-IO `rtc` connection, demultiplexing, packet-major forwarding, timers,
+//!   keyframe requests upstream; time passed in) inside a shell thread (`engine::shell`) that
+//!   owns the one media port: batched reads and sends. `engine::testing` drives the core in
+//!   simulated time for tests, benchmarks and fuzz targets.
+//! - `conn_key`: `ConnKey`, a connection's place in the engine (a leaf).
 //! - `publisher` / `subscriber`: a member's two connections as the member task sees them;
 //!   every call is a command to the engine, answered on a oneshot channel.
 //! - `forwarder`: feeds (tracks arriving on a publish connection) and their publications
@@ -17,6 +20,7 @@
 //! except `peer::media_setup`, which the test client shares.
 
 mod check;
+mod conn_key;
 mod engine;
 mod forwarder;
 pub mod keyframe;
@@ -30,8 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
-pub use engine::{MediaPortHarness, MediaSessionHarness};
-pub use forwarder::{DownTrack, FanoutHarness, Forwarder};
+pub use engine::testing;
+pub use forwarder::{DownTrack, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};
 pub use peer::media_setup;

@@ -345,6 +345,7 @@ impl Chromium {
         let (code, vk, text) = match key {
             "Tab" => ("Tab", 9, ""),
             "Enter" => ("Enter", 13, "\r"),
+            "Escape" => ("Escape", 27, ""),
             " " => ("Space", 32, " "),
             "k" => ("KeyK", 75, "k"),
             "h" => ("KeyH", 72, "h"),

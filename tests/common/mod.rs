@@ -5,6 +5,7 @@
 pub mod chromium;
 pub mod coturn;
 pub mod netsim;
+pub mod pg;
 pub mod pki;
 pub mod tools;
 
@@ -90,6 +91,8 @@ pub struct TestServer {
     /// Test label → session id (created on first use).
     sessions: Mutex<HashMap<String, String>>,
     pub dir: tempfile::TempDir,
+    /// The `[db]` section (SQLite in `dir`, or a PostgreSQL database: `pg::db_section`).
+    pub db_section: String,
 }
 
 /// The admin key every test server accepts.
@@ -104,11 +107,11 @@ impl TestServer {
     pub async fn spawn_with(overlay: &str) -> TestServer {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
+        let db_section = pg::db_section(dir.path()).await;
         let base = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n\
              [media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
-             [auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
-            dir.path().join("kursrelay.db").display()
+             [auth]\nadmin_key = \"{ADMIN_KEY}\"\n{db_section}",
         );
         let mut config = Config::from_overlay(Some((&base, "test base"))).expect("test config");
         if !overlay.is_empty() {
@@ -136,6 +139,7 @@ impl TestServer {
             task: Some(task),
             sessions: Mutex::new(HashMap::new()),
             dir,
+            db_section,
         }
     }
 
@@ -233,7 +237,6 @@ impl TestServer {
     /// Like `restart`, with the server away for `gap` in between (nothing listens then).
     pub async fn restart_after(mut self, gap: Duration) -> TestServer {
         let addr = self.addr;
-        let db = self.dir.path().join("kursrelay.db");
         let sessions = std::mem::take(&mut *self.sessions.lock().unwrap());
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -242,8 +245,8 @@ impl TestServer {
         tokio::time::sleep(gap).await;
         let overlay = format!(
             "[http]\nlisten = \"{addr}\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n\
-             ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n[db]\npath = \"{}\"\n",
-            db.display()
+             ice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n[auth]\nadmin_key = \"{ADMIN_KEY}\"\n{}",
+            self.db_section
         );
         let config = Config::from_overlay(Some((&overlay, "restart"))).expect("restart config");
         let server = Server::bind(config).await.expect("bind again");
@@ -257,6 +260,7 @@ impl TestServer {
             task: Some(task),
             sessions: Mutex::new(sessions),
             dir: std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")),
+            db_section: std::mem::take(&mut self.db_section),
         }
     }
 

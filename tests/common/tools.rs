@@ -82,3 +82,22 @@ pub fn nginx() -> PathBuf {
         "nginx-light",
     )
 }
+
+/// The folder of PostgreSQL's server programs (`initdb`, `postgres`, `pg_dump`): Debian's
+/// `postgresql` package puts them in /usr/lib/postgresql/<major>/bin, off the PATH.
+pub fn postgres_bin_dir() -> PathBuf {
+    let candidates: Vec<String> = (13..=20)
+        .rev()
+        .map(|v| format!("/usr/lib/postgresql/{v}/bin/initdb"))
+        .collect();
+    let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+    let initdb = require(
+        "PostgreSQL (KURSRELAY_TEST_DB=postgres)",
+        &refs,
+        "postgresql",
+    );
+    initdb
+        .parent()
+        .expect("initdb lives in a bin folder")
+        .to_owned()
+}

@@ -299,9 +299,9 @@ pub async fn rest(router: axum::Router, input: &[u8], admin_key: &str) {
 }
 
 thread_local! {
-    static MEDIA_PORT: std::cell::RefCell<Option<kursrelay::sfu::MediaPortHarness>> =
+    static MEDIA_PORT: std::cell::RefCell<Option<kursrelay::sfu::testing::MediaPortHarness>> =
         const { std::cell::RefCell::new(None) };
-    static MEDIA_SESSION: std::cell::RefCell<Option<kursrelay::sfu::MediaSessionHarness>> =
+    static MEDIA_SESSION: std::cell::RefCell<Option<kursrelay::sfu::testing::MediaSessionHarness>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -320,7 +320,7 @@ pub fn media_session(input: &[u8]) {
     MEDIA_SESSION.with(|cell| {
         let mut cell = cell.borrow_mut();
         let h = cell.get_or_insert_with(|| {
-            kursrelay::sfu::MediaSessionHarness::new().expect("an in-memory session")
+            kursrelay::sfu::testing::MediaSessionHarness::new().expect("an in-memory session")
         });
         if selector & 2 != 0 {
             h.feed_raw(body);
@@ -358,9 +358,9 @@ fn media_source(selector: u8) -> (std::net::SocketAddr, bool) {
     )
 }
 
-fn media_port() -> kursrelay::sfu::MediaPortHarness {
+fn media_port() -> kursrelay::sfu::testing::MediaPortHarness {
     let offer = String::from_utf8(corpus("sdp")[0].clone()).expect("utf-8 seed");
-    let mut port = kursrelay::sfu::MediaPortHarness::new(&offer).expect("harness");
+    let mut port = kursrelay::sfu::testing::MediaPortHarness::new(&offer).expect("harness");
     port.bind_checked(media_source(3).0);
     port
 }

@@ -1,7 +1,7 @@
 // A participant at home: watches, raises a hand, and only when given the floor is asked for
 // camera and microphone (never before). If the browser refuses them, the leader is told.
 import { t } from '../i18n.js';
-import { el, state, requireClient, showError, setStatus, announce, liveTrack } from '../core.js';
+import { el, state, requireClient, showError, setStatus, statusKey, announce, liveTrack } from '../core.js';
 import { KursrelayError } from '../client.js';
 
 // Set while we give the floor back ourselves (camera refused): that is no "taken back".
@@ -82,6 +82,11 @@ export function controls() {
   el.handPlace.hidden = !(state.hand && place);
   el.handPlace.textContent = place ? t('hand.place', { n: place }) : '';
   el.floorPublish.hidden = !(state.floor && !(liveTrack('audio') && liveTrack('video')));
+  // The line under the title says what the hand button does now, not what it did.
+  const watching = statusKey();
+  if (watching === 'status.joined_watch' || watching === 'status.joined_hand_up') {
+    setStatus(state.hand ? 'status.joined_hand_up' : 'status.joined_watch');
+  }
 }
 
 /** My place in the hand queue (the server tells each member its own). */

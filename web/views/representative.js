@@ -12,6 +12,7 @@ function render(roster) {
   const lobby = Array.isArray(roster.lobby) ? roster.lobby : [];
   el.console.hidden = false;
   el.leaderActions.hidden = true;
+  el.leaderMore.hidden = true;
   el.presentBox.hidden = true;
   el.lobbyBox.hidden = !cohost;
   el.admitAll.hidden = !cohost || lobby.length < 2;

@@ -44,20 +44,33 @@ export async function setHeadcount(api, n) {
   return reply;
 }
 
+/**
+ * Shows or hides the adviser's panel. Hidden, it is off the shared screen even if it held the
+ * keyboard focus: the focus goes back to the page (the course area), so the next key is the
+ * page's again and nothing invisible is focused.
+ */
 function openPanel(open) {
   el.adviser.classList.toggle('open', open);
   if (open) {
     const first = [...el.adviser.querySelectorAll('button, input')].find((e) => !e.hidden && !e.closest('[hidden]'));
-    if (first) first.focus();
+    if (first && !el.adviser.contains(document.activeElement)) first.focus();
+  } else if (el.adviser.contains(document.activeElement)) {
+    document.getElementById('main').focus();
   }
 }
 
 /** Keys for the adviser on the kiosk's keyboard (none while typing in a field). */
 function onKey(api, ev) {
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const key = ev.key.toLowerCase();
+  // Escape closes the panel from anywhere in it, the headcount field included.
+  if (key === 'escape' && el.adviser.classList.contains('open')) {
+    ev.preventDefault();
+    openPanel(false);
+    return;
+  }
   const typing = ev.target && ev.target.matches && ev.target.matches('input, textarea, select');
   if (typing) return;
-  const key = ev.key.toLowerCase();
   if (isSoundBlocked() && (key === 'enter' || key === ' ')) return; // the big sound button takes it
   const action = {
     k: () => openPanel(!el.adviser.classList.contains('open')),
@@ -88,6 +101,8 @@ export default {
     el.roomName.hidden = false;
     addEventListener('keydown', (ev) => onKey(api, ev));
     el.adviserClose.addEventListener('click', () => openPanel(false));
+    // Tab reaches the panel too: whatever gets the focus in it is shown.
+    el.adviser.addEventListener('focusin', () => { if (!el.adviser.classList.contains('open')) openPanel(true); });
     el.siteTone.addEventListener('click', () => api.devices.playTone());
     el.headcountForm.addEventListener('submit', (ev) => {
       ev.preventDefault();

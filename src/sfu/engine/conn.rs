@@ -47,13 +47,6 @@ const KEYFRAME_INTERCEPTOR_SLOT: usize = 14_000;
 /// rtc's own ICE timers for our ICE-lite connections: out of the way (see `silent_for`).
 const LITE_ICE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A connection's place in the engine (slot and generation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct ConnKey {
-    pub(crate) slot: u32,
-    pub(crate) gen: u32,
-}
-
 /// What a publish connection shares with its `Publisher` (the member task's side): which
 /// source each client track is, and every feed that arrived (for `republish`). Locked briefly
 /// when a track arrives and when the member task republishes — never per packet.
@@ -110,7 +103,7 @@ pub(crate) struct Conn {
     pc: RTCPeerConnection,
     ufrag: String,
     events: tokio::sync::mpsc::Sender<PeerEvent>,
-    connected: bool,
+    pub(super) connected: bool,
     failed_reported: bool,
     has_remote: bool,
     early_candidates: Vec<IceCandidate>,
@@ -124,10 +117,10 @@ pub(crate) struct Conn {
     deadline: Option<Instant>,
     /// Our own SRTP seal for forwarded packets, once DTLS gave us keys (GCM profile only),
     /// and which handshake they came from.
-    sealer: Option<super::srtp::Sealer>,
+    pub(super) sealer: Option<super::srtp::Sealer>,
     sealer_generation: u64,
     /// Where rtc sends this connection's DTLS and SRTP (the selected pair).
-    media_dest: Option<TransportContext>,
+    pub(super) media_dest: Option<TransportContext>,
     /// When the client was last heard (any datagram), or when its description arrived.
     last_heard: Instant,
     /// Our candidates (advertised addresses), also trickled once after the first description:
@@ -163,7 +156,10 @@ pub(crate) fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandid
 }
 
 impl Conn {
+    /// `now`: the engine's clock (rtc's timers and the liveness clock start from it).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        now: Instant,
         settings: &MediaSettings,
         advertised: &[(SocketAddr, SocketAddr)],
         target: Target,
@@ -228,7 +224,7 @@ impl Conn {
             .with_media_engine(media_engine)
             .with_setting_engine(setting_engine)
             .with_interceptor_registry(registry)
-            .build(Instant::now())
+            .build(now)
             .map_err(SfuError::webrtc)?;
         let mut trickle = Vec::with_capacity(advertised.len());
         let mut protocols = Vec::with_capacity(2);
@@ -273,7 +269,7 @@ impl Conn {
             sealer: None,
             sealer_generation: 0,
             media_dest: None,
-            last_heard: Instant::now(),
+            last_heard: now,
             trickle: Some(trickle),
             publish,
             incoming: Vec::new(),
@@ -397,7 +393,7 @@ impl Conn {
     }
 
     /// Turns rtc events into member-task events and feeds. True if a feed appeared.
-    pub(crate) fn poll_events(&mut self, metrics: &Metrics) -> bool {
+    pub(crate) fn poll_events(&mut self, now: Instant, metrics: &Metrics) -> bool {
         let mut new_feed = false;
         while let Some(event) = self.pc.poll_event() {
             match event {
@@ -428,7 +424,7 @@ impl Conn {
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     let started =
-                        self.start_feed(init.receiver_id, init.track_id, init.ssrc, metrics);
+                        self.start_feed(now, init.receiver_id, init.track_id, init.ssrc, metrics);
                     new_feed |= started;
                 }
                 RTCPeerConnectionEvent::OnTrack(
@@ -444,6 +440,7 @@ impl Conn {
 
     fn start_feed(
         &mut self,
+        now: Instant,
         receiver: RTCRtpReceiverId,
         track_id: String,
         ssrc: u32,
@@ -477,6 +474,7 @@ impl Conn {
             kind,
         );
         let feed = Feed::new(
+            now,
             self.member,
             kind,
             track_id.clone(),

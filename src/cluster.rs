@@ -1,0 +1,160 @@
+//! This server as one node of several on a shared PostgreSQL store (issue 22): its heartbeat
+//! row, and the leases of the sessions it owns — claimed through `Node::claim`, renewed on a
+//! timer, given up through `Node::release`. A lease lost to another node is dropped from the
+//! renewals but its fence stays registered with the `Db`, so whatever this node still tries to
+//! write for that session (attendance, session state) is refused by the epoch.
+//!
+//! Knows nothing of rooms or media; the database rules are in `db::cluster`. Not built yet:
+//! carrying a member's signalling to the owning node, and the media cascade
+//! (docs/ARCHITECTURE.md, "Several nodes").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::attendance::now_ms;
+use crate::config::ClusterConfig;
+use crate::db::cluster::{Claim, Lease, NodeRow};
+use crate::db::{Db, DbError};
+
+/// This node: its name, where others reach it, and the leases it holds. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    db: Db,
+    id: String,
+    internal_url: String,
+    lease_ms: i64,
+    renew_every: Duration,
+    held: Arc<Mutex<HashMap<String, Lease>>>,
+}
+
+impl Node {
+    /// The node `config` names, or `None` on a single server.
+    pub fn new(db: Db, config: &ClusterConfig) -> Option<Node> {
+        config.enabled().then(|| Node {
+            db,
+            id: config.node_id.clone(),
+            internal_url: config.internal_url.clone(),
+            lease_ms: config.lease_ms as i64,
+            renew_every: Duration::from_millis(config.renew_interval_ms),
+            held: Arc::default(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claims `session` for this node. `Claim::Owned`: this node runs it, and its writes for it
+    /// carry the new epoch from now on. `Claim::Elsewhere`: another node holds a live lease.
+    pub async fn claim(&self, session: &str) -> Result<Claim, DbError> {
+        let claim = self
+            .db
+            .claim_session(session, &self.id, now_ms(), self.lease_ms)
+            .await?;
+        if let Claim::Owned(lease) = &claim {
+            self.db.set_fence(session, lease.fence());
+            self.held
+                .lock()
+                .expect("leases lock is never poisoned")
+                .insert(session.to_owned(), lease.clone());
+            tracing::info!(session = %session, epoch = lease.epoch, "session lease claimed");
+        }
+        Ok(claim)
+    }
+
+    /// Gives `session` up (its room ended): the lease expires now, so any node may claim it,
+    /// with a higher epoch.
+    pub async fn release(&self, session: &str) -> Result<(), DbError> {
+        let lease = self
+            .held
+            .lock()
+            .expect("leases lock is never poisoned")
+            .remove(session);
+        if let Some(lease) = lease {
+            self.db.release_lease(&lease).await?;
+        }
+        Ok(())
+    }
+
+    /// The lease this node holds for `session`, if it does.
+    pub fn lease(&self, session: &str) -> Option<Lease> {
+        self.held
+            .lock()
+            .expect("leases lock is never poisoned")
+            .get(session)
+            .cloned()
+    }
+
+    /// Nodes whose heartbeat is recent (within one lease), this one included.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeRow>, DbError> {
+        self.db.live_nodes(now_ms(), self.lease_ms).await
+    }
+
+    /// One round at `now_ms`: the heartbeat, then every held lease renewed. Returns the
+    /// sessions whose lease was lost to another node.
+    pub async fn tick(&self, now_ms: i64) -> Result<Vec<String>, DbError> {
+        self.db
+            .heartbeat(&self.id, &self.internal_url, now_ms)
+            .await?;
+        // Copied out, so no lock is held across the awaits below.
+        let leases: Vec<Lease> = self
+            .held
+            .lock()
+            .expect("leases lock is never poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut lost = Vec::new();
+        for lease in leases {
+            let renewed = self.db.renew_lease(&lease, now_ms, self.lease_ms).await?;
+            let mut held = self.held.lock().expect("leases lock is never poisoned");
+            match renewed {
+                // Only if the entry is still this tenure (not released or re-claimed meanwhile).
+                Some(new) => {
+                    if held
+                        .get(&lease.session_id)
+                        .is_some_and(|h| h.epoch == lease.epoch)
+                    {
+                        held.insert(lease.session_id.clone(), new);
+                    }
+                }
+                None => {
+                    if held
+                        .get(&lease.session_id)
+                        .is_some_and(|h| h.epoch == lease.epoch)
+                    {
+                        held.remove(&lease.session_id);
+                        lost.push(lease.session_id.clone());
+                    }
+                }
+            }
+        }
+        for session in &lost {
+            tracing::warn!(session = %session, "session lease lost to another node; this node's writes for it are refused from now on");
+        }
+        Ok(lost)
+    }
+
+    /// Runs `tick` every `cluster.renew_interval_ms` until `stop`. A round that fails (the store
+    /// unreachable) is logged and tried again at the next one; leases then run out as they
+    /// should.
+    pub fn spawn(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(node.renew_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Err(e) = node.tick(now_ms()).await {
+                    tracing::warn!(error = %e, "cluster heartbeat failed; leases will expire if the store stays away");
+                }
+            }
+        })
+    }
+}

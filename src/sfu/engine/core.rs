@@ -1,0 +1,876 @@
+//! The engine's core, without I/O (str0m's `Rtc` is the model): every connection, the
+//! demultiplexer, the deadline heap, the track caches, fan-out, GOP catch-up, NACK re-sends,
+//! sender-report translation, keyframe requests upstream and liveness. It opens no socket,
+//! reads no clock and spawns nothing:
+//!
+//! - `handle_input(now, Input)`: a datagram (or ICE-TCP frame) that arrived, a command from a
+//!   member task, or `Timeout` (the periodic work, due at `poll_timeout()`);
+//! - `poll_transmit()`: datagrams to send, in order (the shell batches them into `sendmmsg`
+//!   and gives the buffers back with `recycle`);
+//! - `poll_event()`: what the shell must do besides sending (ICE-TCP bookkeeping);
+//! - `poll_timeout()`: when to call `handle_input(now, Input::Timeout)` next.
+//!
+//! Member tasks still get their `PeerEvent`s on their own bounded queues (`try_send`, never
+//! waiting): that is the engine's contract with them, not I/O of the engine's own. The shell
+//! around this (`shell.rs`) is the only part that touches sockets, epoll and the clock; the
+//! deterministic tests (tests/media_sim.rs) drive this core in simulated time instead.
+//!
+//! The core knows nothing about the other engines that may one day run beside it: everything
+//! it owns is keyed by its own `ConnKey`s and feed ids, so several cores can later run on
+//! several threads, each with its own shell.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::conn::{Conn, Feedback};
+use super::{cache, mux, srtp, Command};
+use crate::sfu::conn_key::ConnKey;
+use crate::sfu::forwarder::{DownTrack, Feed};
+use crate::sfu::metrics::Metrics;
+use crate::sfu::{MediaSettings, SfuError};
+
+/// Datagrams per second one remote address may send before the rest is dropped.
+pub(crate) const FLOOD_LIMIT_PER_SECOND: u32 = 8000;
+/// Cached GOP packets sent per newcomer per turn (a `Timeout`, at least every `TURN`): a
+/// whole keyframe (≈ 45–55 packets) fits, so the first picture is not delayed (at 24 the
+/// storm's join → first keyframe p95 went from 139 to 267 ms); the rest of the GOP is spread.
+pub(crate) const GOP_PACKETS_PER_TURN: usize = 64;
+/// The periodic work (GOP pacing, keyframe requests, timers) runs at least this often.
+pub(crate) const TURN: Duration = Duration::from_millis(20);
+/// How often connections are checked for a silent client.
+pub(crate) const LIVENESS_EVERY: Duration = Duration::from_millis(250);
+/// Send buffers kept for reuse. One input's output must fit for the path to allocate nothing:
+/// a packet fanned out to N subscribers queues N buffers before the shell sends them. Beyond
+/// this many (a feed with more than ≈ 1 000 subscribers on one engine) the extra buffers are
+/// allocated, sent and freed, and the path allocates once per extra datagram.
+pub(crate) const POOL: usize = 1024;
+
+/// One datagram or ICE-TCP frame that arrived on the media port.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Datagram<'a> {
+    /// The local address it arrived on (which socket, or which TCP listener).
+    pub(crate) local: SocketAddr,
+    pub(crate) from: SocketAddr,
+    pub(crate) proto: TransportProtocol,
+    pub(crate) data: &'a [u8],
+}
+
+/// What the core is given.
+pub(crate) enum Input<'a> {
+    Datagram(Datagram<'a>),
+    Command(Command),
+    /// Time passed: due connection timers, GOP pacing, keyframe requests, liveness.
+    Timeout,
+}
+
+/// One datagram (or ICE-TCP frame) to send.
+#[derive(Debug)]
+pub(crate) struct Transmit {
+    pub(crate) proto: TransportProtocol,
+    /// The local address to send from (which socket).
+    pub(crate) local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) data: BytesMut,
+}
+
+/// What the shell has to do besides sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A connection closed: close the ICE-TCP stream from this peer, if there is one.
+    ClosePeer(SocketAddr),
+    /// A liveness pass ran: close ICE-TCP streams that never passed a check (`judged`: the
+    /// engine kept up, so silence means something).
+    Liveness { judged: bool },
+}
+
+/// Connections live in slots; a key carries the slot's generation so a stale key (a closed
+/// connection's down-track) never reaches the connection that reused the slot.
+pub(super) struct Slot {
+    pub(super) gen: u32,
+    pub(super) conn: Option<Conn>,
+}
+
+/// Datagrams waiting for the shell, and the buffers it gave back. Kept apart from the
+/// connections so a connection can be serviced while output is queued.
+pub(crate) struct Outbox {
+    queue: VecDeque<Transmit>,
+    pub(crate) pool: Vec<BytesMut>,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            queue: VecDeque::with_capacity(POOL),
+            pool: Vec::with_capacity(POOL),
+        }
+    }
+
+    /// Queues what a connection produced.
+    fn push(&mut self, out: TaggedBytesMut) {
+        self.queue.push_back(Transmit {
+            proto: out.transport.transport_protocol,
+            local: out.transport.local_addr,
+            peer: out.transport.peer_addr,
+            data: out.message,
+        });
+    }
+
+    /// Seals one forwarded packet for one subscriber (its SSRC and payload type, the outgoing
+    /// sequence number and rollover counter `admit` gave it) with its connection's own SRTP
+    /// keys into a pooled buffer, and queues it. The one place where fan-out, GOP catch-up and
+    /// NACK re-sends put forwarded media on the wire. False if the sealer refused it (a
+    /// payload too large for a datagram).
+    #[allow(clippy::too_many_arguments)]
+    fn seal_and_queue(
+        &mut self,
+        sealer: &srtp::Sealer,
+        dest: TransportContext,
+        down: &DownTrack,
+        (seq, roc): (u16, u32),
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8],
+    ) -> bool {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        if !sealer.seal(
+            &mut buf,
+            marker,
+            down.payload_type,
+            seq,
+            timestamp,
+            down.ssrc,
+            roc,
+            payload,
+        ) {
+            self.recycle(buf);
+            return false;
+        }
+        self.queue.push_back(Transmit {
+            proto: dest.transport_protocol,
+            local: dest.local_addr,
+            peer: dest.peer_addr,
+            data: buf,
+        });
+        true
+    }
+
+    fn recycle(&mut self, mut buf: BytesMut) {
+        if self.pool.len() < self.pool.capacity() {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+}
+
+pub(crate) struct Core {
+    settings: MediaSettings,
+    metrics: Arc<Metrics>,
+    out: Outbox,
+    events: VecDeque<Event>,
+    advertised: Vec<(SocketAddr, SocketAddr)>,
+    pub(super) conns: Vec<Slot>,
+    free: Vec<u32>,
+    pub(super) demux: mux::Demux<ConnKey>,
+    flood: mux::FloodGuard,
+    /// (deadline, connection): stale entries (the connection's deadline moved) are skipped.
+    timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    /// Publish connections (their feeds are checked for keyframe requests every turn).
+    publishers: Vec<ConnKey>,
+    /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
+    forwards: Vec<(Arc<Feed>, rtc::rtp::Packet)>,
+    /// NACKs and sender reports taken from a connection, waiting for the engine (reused).
+    feedback: Feedback,
+    /// Newcomers being sent a cached GOP, paced (`pace_catchups`).
+    catchups: Vec<(Arc<Feed>, Arc<DownTrack>)>,
+    /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
+    caches: HashMap<u64, (Arc<Feed>, cache::TrackCache)>,
+    next_liveness: Instant,
+    /// The last periodic turn (`Timeout`).
+    last_turn: Instant,
+    /// The shell's last socket read stopped at its budget with datagrams left.
+    reads_pending: bool,
+    epoch: Instant,
+}
+
+impl Core {
+    /// `advertised`: each bound address and the address clients are told to use for it.
+    pub(crate) fn new(
+        settings: MediaSettings,
+        metrics: Arc<Metrics>,
+        advertised: Vec<(SocketAddr, SocketAddr)>,
+        now: Instant,
+    ) -> Core {
+        Core {
+            settings,
+            metrics,
+            out: Outbox::new(),
+            events: VecDeque::new(),
+            advertised,
+            conns: Vec::new(),
+            free: Vec::new(),
+            demux: mux::Demux::default(),
+            flood: mux::FloodGuard::new(FLOOD_LIMIT_PER_SECOND),
+            timers: BinaryHeap::new(),
+            publishers: Vec::new(),
+            forwards: Vec::with_capacity(64),
+            feedback: Feedback::default(),
+            catchups: Vec::new(),
+            caches: HashMap::new(),
+            next_liveness: now,
+            last_turn: now,
+            reads_pending: false,
+            epoch: now,
+        }
+    }
+
+    pub(crate) fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Datagram(d) => self.input(now, d),
+            Input::Command(cmd) => self.command(now, cmd),
+            Input::Timeout => self.turn(now),
+        }
+    }
+
+    /// The next datagram to send.
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.queue.pop_front()
+    }
+
+    /// Gives a sent datagram's buffer back for reuse.
+    pub(crate) fn recycle(&mut self, buf: BytesMut) {
+        self.out.recycle(buf);
+    }
+
+    /// The buffer pool, for the shell's send batches (which give their buffers back in bulk).
+    pub(crate) fn pool(&mut self) -> &mut Vec<BytesMut> {
+        &mut self.out.pool
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `Input::Timeout` is due: the earliest connection deadline, the next liveness pass,
+    /// and at least every `TURN` (GOP pacing, keyframe requests asked for from other threads).
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        let mut t = (self.last_turn + TURN).min(self.next_liveness);
+        if let Some(Reverse((deadline, _))) = self.timers.peek() {
+            t = t.min(*deadline);
+        }
+        t
+    }
+
+    /// Set by the shell: its last read left datagrams in a socket. Silence is not judged then
+    /// ("not heard" may just mean "not read yet").
+    pub(crate) fn set_reads_pending(&mut self, pending: bool) {
+        self.reads_pending = pending;
+    }
+
+    /// Whether a client address passed an ICE check (the shell keeps such TCP streams).
+    pub(crate) fn is_bound(&self, addr: &SocketAddr) -> bool {
+        self.demux.is_bound(addr)
+    }
+
+    /// Closes every connection (the engine is stopping).
+    pub(crate) fn close_all(&mut self) {
+        for key in self.live_keys() {
+            self.close(key);
+        }
+    }
+
+    /// One periodic turn.
+    fn turn(&mut self, now: Instant) {
+        self.last_turn = now;
+        self.timers_due(now);
+        self.pace_catchups();
+        self.keyframe_requests(now);
+        self.liveness(now);
+    }
+
+    pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        let slot = self.conns.get_mut(key.slot as usize)?;
+        if slot.gen != key.gen {
+            return None;
+        }
+        slot.conn.as_mut()
+    }
+
+    fn live_keys(&self) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| ConnKey {
+                slot: i as u32,
+                gen: s.gen,
+            })
+            .collect()
+    }
+
+    /// Whether a datagram from `from` at `now` is within that address's budget.
+    pub(super) fn flood_allows(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.flood.allow(from, now_ms)
+    }
+
+    /// One datagram (or ICE-TCP frame) in: flood budget, demultiplexing, the connection.
+    fn input(&mut self, now: Instant, d: Datagram<'_>) {
+        let Datagram {
+            local,
+            from,
+            proto,
+            data,
+        } = d;
+        if !self.flood_allows(now, from) {
+            self.metrics.count_drop(mux::Drop::Flood);
+            return;
+        }
+        let key = match self.demux.route(from, data) {
+            Ok(k) => k,
+            Err(why) => {
+                self.metrics.count_drop(why);
+                return;
+            }
+        };
+        let ok = match self.conn_mut(key) {
+            Some(c) => c.handle_datagram(now, local, from, data, proto),
+            None => false,
+        };
+        if !ok {
+            self.metrics.count_drop(mux::Drop::Rejected);
+        }
+        self.service(key, now);
+    }
+
+    /// Drains what one connection produced: datagrams (binding the addresses it answered),
+    /// events, and received media (forwarded at once); then files its next deadline.
+    fn service(&mut self, key: ConnKey, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if slot.gen != key.gen {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        // Output first: answering a check is what binds the check's address.
+        while let Some(out) = conn.poll_write() {
+            let to = out.transport.peer_addr;
+            if !self.demux.is_bound(&to) && conn.answers_check(to, &out.message) {
+                self.demux.bind(to, key);
+            }
+            self.out.push(out);
+        }
+        let mut forwards = std::mem::take(&mut self.forwards);
+        let mut feedback = std::mem::take(&mut self.feedback);
+        let became_publisher = conn.poll_events(now, &self.metrics);
+        conn.refresh_keys();
+        conn.poll_reads(now, &self.metrics, &mut forwards, &mut feedback);
+        let deadline = conn.next_deadline();
+        if became_publisher && !self.publishers.contains(&key) {
+            self.publishers.push(key);
+        }
+        if let Some(t) = deadline {
+            self.timers.push(Reverse((t, key)));
+        }
+        for (feed, packet) in forwards.drain(..) {
+            self.fan_out(&feed, packet, now);
+        }
+        self.forwards = forwards;
+        for (feed, seq) in feedback.nacks.drain(..) {
+            self.resend(key, feed, seq);
+        }
+        for (feed, ntp, rtp) in feedback.reports.drain(..) {
+            self.sender_reports(&feed, ntp, rtp, now);
+        }
+        self.feedback = feedback;
+    }
+
+    /// A subscriber lost `seq` of `feed`: the same bytes again from the track cache (sealed
+    /// with the same header, so the ciphertext repeats exactly — RFC 7714 nonce safety).
+    fn resend(&mut self, key: ConnKey, feed: u64, seq: u16) {
+        let Some((f, cache)) = self.caches.get(&feed) else {
+            return;
+        };
+        let downs = f.downs.load();
+        let Some(down) = downs.iter().find(|d| d.conn == key) else {
+            return;
+        };
+        let Some((original, roc)) = down.incoming_of(seq) else {
+            return;
+        };
+        let Some(c) = cache.get(original) else {
+            self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(Some(conn)) = self
+            .conns
+            .get(key.slot as usize)
+            .filter(|s| s.gen == key.gen)
+            .map(|s| s.conn.as_ref())
+        else {
+            return;
+        };
+        let Some((sealer, dest)) = conn.lean() else {
+            return;
+        };
+        if self.out.seal_and_queue(
+            sealer,
+            dest,
+            down,
+            (seq, roc),
+            c.marker,
+            c.timestamp,
+            &c.payload,
+        ) {
+            self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A publisher's sender report, translated for every subscriber of the feed: same NTP and
+    /// RTP time (timestamps are forwarded unchanged), the subscriber's own SSRC and counts.
+    fn sender_reports(&mut self, feed: &Arc<Feed>, ntp: u64, rtp: u32, now: Instant) {
+        let downs = feed.downs.load();
+        for down in downs.iter() {
+            let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
+                continue;
+            };
+            if slot.gen != down.conn.gen {
+                continue;
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if !conn.is_connected() || !down.has_started() {
+                continue;
+            }
+            let report = rtc::rtcp::sender_report::SenderReport {
+                ssrc: down.ssrc,
+                ntp_time: ntp,
+                rtp_time: rtp,
+                packet_count: down.packets_sent.load(Ordering::Relaxed),
+                octet_count: down.octets_sent.load(Ordering::Relaxed),
+                ..Default::default()
+            };
+            if conn.write_sender_report(now, down.sender, report) {
+                self.metrics.sender_reports.fetch_add(1, Ordering::Relaxed);
+            }
+            while let Some(out) = conn.poll_write() {
+                self.out.push(out);
+            }
+        }
+    }
+
+    /// Packet-major: this packet goes to every subscriber before the next packet is read.
+    pub(super) fn fan_out(&mut self, feed: &Arc<Feed>, packet: rtc::rtp::Packet, now: Instant) {
+        let downs = feed.downs.load();
+        let keyframe = crate::sfu::keyframe::starts_keyframe(feed.family, &packet.payload);
+        let seq_in = packet.header.sequence_number;
+        let (_, cache) = self
+            .caches
+            .entry(feed.id)
+            .or_insert_with(|| (feed.clone(), cache::TrackCache::new()));
+        cache.insert(
+            seq_in,
+            packet.header.timestamp,
+            packet.header.marker,
+            &packet.payload,
+            keyframe,
+        );
+        if feed.family != crate::sfu::keyframe::CodecFamily::Audio && !cache.has_gop() {
+            // Keep a GOP ready for the next newcomer (paced like every request).
+            feed.keyframes.request();
+        }
+        let (mut sent, mut sealed) = (0u64, 0u64);
+        for down in downs.iter() {
+            let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
+                continue;
+            };
+            if slot.gen != down.conn.gen {
+                continue;
+            }
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if !conn.is_connected() {
+                continue;
+            }
+            // A newcomer starts from the cached GOP (the last keyframe and everything since)
+            // instead of waiting for a keyframe request to come back. The GOP is paced out by
+            // `pace_catchups`; until it has caught up, live packets reach it from the cache.
+            if down.is_catching_up() {
+                continue;
+            }
+            if !keyframe && down.is_newcomer() && conn.lean().is_some() {
+                if let Some((start, _)) = self
+                    .caches
+                    .get(&feed.id)
+                    .and_then(|(_, c)| c.gop_until(seq_in.wrapping_sub(1)))
+                {
+                    down.start_catchup(start);
+                    self.catchups.push((feed.clone(), down.clone()));
+                    self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let Some((seq, roc)) = down.admit(seq_in, keyframe) else {
+                continue;
+            };
+            down.count(packet.payload.len());
+            if let Some((sealer, dest)) = conn.lean() {
+                // Our own seal with the connection's keys: no rtc round, no allocation.
+                if !self.out.seal_and_queue(
+                    sealer,
+                    dest,
+                    down,
+                    (seq, roc),
+                    packet.header.marker,
+                    packet.header.timestamp,
+                    &packet.payload,
+                ) {
+                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                sealed += 1;
+            } else {
+                if !conn.write_rtp(now, down.sender, down.packet(&packet, seq)) {
+                    down.lost();
+                    self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                while let Some(out) = conn.poll_write() {
+                    self.out.push(out);
+                }
+            }
+            sent += 1;
+        }
+        self.metrics
+            .packets_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .packets_forwarded
+            .fetch_add(sent, Ordering::Relaxed);
+        self.metrics
+            .packets_sealed
+            .fetch_add(sealed, Ordering::Relaxed);
+    }
+
+    /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn
+    /// each (a 50 KB keyframe to many newcomers at once would otherwise be one burst); when
+    /// one reaches the newest cached packet it goes on with the live stream.
+    fn pace_catchups(&mut self) {
+        if self.catchups.is_empty() {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.catchups);
+        let mut sent = 0u64;
+        list.retain(|(feed, down)| {
+            let live = feed.downs.load().iter().any(|d| Arc::ptr_eq(d, down));
+            let conn = self
+                .conns
+                .get(down.conn.slot as usize)
+                .filter(|s| s.gen == down.conn.gen)
+                .and_then(|s| s.conn.as_ref());
+            let (Some(conn), Some((_, cache)), true) = (conn, self.caches.get(&feed.id), live)
+            else {
+                down.end_catchup();
+                return false;
+            };
+            let Some((sealer, dest)) = conn.lean() else {
+                down.end_catchup();
+                return false;
+            };
+            for _ in 0..GOP_PACKETS_PER_TURN {
+                let Some(next) = down.catchup_next() else {
+                    return false;
+                };
+                let Some(c) = cache.get(next) else {
+                    if cache
+                        .latest()
+                        .is_some_and(|l| l.wrapping_sub(next) >= 0x8000)
+                    {
+                        // Caught up: the next packet is the live one.
+                        down.end_catchup();
+                    } else {
+                        // Pushed out of the cache before it was sent: start over at a keyframe.
+                        down.end_catchup();
+                        down.lost();
+                    }
+                    return false;
+                };
+                down.set_catchup_next(next.wrapping_add(1));
+                let Some((seq, roc)) = down.admit(next, true) else {
+                    continue;
+                };
+                down.count(c.payload.len());
+                if self.out.seal_and_queue(
+                    sealer,
+                    dest,
+                    down,
+                    (seq, roc),
+                    c.marker,
+                    c.timestamp,
+                    &c.payload,
+                ) {
+                    sent += 1;
+                }
+            }
+            true
+        });
+        // Newcomers added while this ran (none: fan-out does not run here) and the rest.
+        list.append(&mut self.catchups);
+        self.catchups = list;
+        self.metrics
+            .packets_forwarded
+            .fetch_add(sent, Ordering::Relaxed);
+        self.metrics
+            .packets_sealed
+            .fetch_add(sent, Ordering::Relaxed);
+    }
+
+    fn timers_due(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            due.push((t, key));
+        }
+        for (t, key) in due {
+            let fire = match self.conn_mut(key) {
+                Some(c) => c.timer_due(t, now),
+                None => false,
+            };
+            if fire {
+                self.service(key, now);
+            }
+        }
+        // Stale entries pile up when deadlines move often; rebuild now and then.
+        if self.timers.len() > 64 + 8 * self.conns.len() {
+            let mut fresh = BinaryHeap::with_capacity(self.conns.len());
+            for key in self.live_keys() {
+                if let Some(t) = self.conn_mut(key).and_then(|c| c.deadline()) {
+                    fresh.push(Reverse((t, key)));
+                }
+            }
+            self.timers = fresh;
+        }
+    }
+
+    /// Every LIVENESS_EVERY: connections whose client went silent for longer than the
+    /// configured ICE timeouts (disconnected + failed) are reported failed.
+    fn liveness(&mut self, now: Instant) {
+        if now < self.next_liveness {
+            return;
+        }
+        // Silence is only judged on an engine that keeps up: with datagrams still waiting in
+        // a socket, or after the thread itself was held up (a loaded machine), "not heard"
+        // may just mean "not read yet".
+        let stalled = now.saturating_duration_since(self.next_liveness) > LIVENESS_EVERY * 4;
+        self.next_liveness = now + LIVENESS_EVERY;
+        let (ufrags, bound) = self.demux.len();
+        let m = &self.metrics;
+        m.ufrags.store(ufrags as i64, Ordering::Relaxed);
+        m.bound_addresses.store(bound as i64, Ordering::Relaxed);
+        m.track_caches
+            .store(self.caches.len() as i64, Ordering::Relaxed);
+        let judged = !(self.reads_pending || stalled);
+        self.events.push_back(Event::Liveness { judged });
+        if !judged {
+            return;
+        }
+        self.caches.retain(|_, (feed, _)| !feed.is_ended());
+        let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
+        let mut connecting = Vec::new();
+        for (i, slot) in self.conns.iter_mut().enumerate() {
+            if let Some(c) = slot.conn.as_mut() {
+                c.check_silence(now, limit);
+                if c.is_connecting() {
+                    connecting.push(ConnKey {
+                        slot: i as u32,
+                        gen: slot.gen,
+                    });
+                }
+            }
+        }
+        // Belt and braces for handshakes: a connection still setting up (ICE, DTLS with its
+        // retransmissions) gets its timers run now and then even if a deadline was not filed.
+        for key in connecting {
+            if let Some(c) = self.conn_mut(key) {
+                c.run_timers(now);
+            }
+            self.service(key, now);
+        }
+    }
+
+    fn keyframe_requests(&mut self, now: Instant) {
+        let interval = self.settings.keyframe_request_interval;
+        let mut i = 0;
+        while i < self.publishers.len() {
+            let key = self.publishers[i];
+            let Some(conn) = self.conn_mut(key) else {
+                self.publishers.swap_remove(i);
+                continue;
+            };
+            let sent = conn.send_keyframe_requests(now, interval);
+            if sent > 0 {
+                self.metrics
+                    .keyframe_requests_sent
+                    .fetch_add(sent, Ordering::Relaxed);
+                self.service(key, now);
+            }
+            i += 1;
+        }
+    }
+
+    fn command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Open {
+                target,
+                member,
+                id,
+                events,
+                publish,
+                reply,
+            } => {
+                let result = Conn::new(
+                    now,
+                    &self.settings,
+                    &self.advertised,
+                    target,
+                    member,
+                    id,
+                    events,
+                    publish,
+                )
+                .map(|conn| {
+                    let slot = match self.free.pop() {
+                        Some(s) => s,
+                        None => {
+                            self.conns.push(Slot { gen: 0, conn: None });
+                            (self.conns.len() - 1) as u32
+                        }
+                    };
+                    let entry = &mut self.conns[slot as usize];
+                    entry.gen = entry.gen.wrapping_add(1);
+                    let key = ConnKey {
+                        slot,
+                        gen: entry.gen,
+                    };
+                    self.demux.add_ufrag(conn.ufrag().to_owned(), key);
+                    entry.conn = Some(conn);
+                    self.metrics.peer_connections.fetch_add(1, Ordering::SeqCst);
+                    key
+                });
+                let _ = reply.send(result);
+            }
+            Command::Offer { conn, sdp, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.apply_offer(now, sdp),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::AddTrack { conn, track, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.add_track(track),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+            }
+            Command::RemoveTrack {
+                conn,
+                sender,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.remove_track(sender),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+            }
+            Command::CreateOffer { conn, reply } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.create_offer(now),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Answer {
+                conn,
+                sdp,
+                senders,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.apply_answer(now, sdp, &senders),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::AnswerOffer {
+                conn,
+                sdp,
+                senders,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c
+                        .apply_offer(now, sdp)
+                        .map(|answer| (answer, c.payload_types(&senders))),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Candidate {
+                conn,
+                candidate,
+                reply,
+            } => {
+                let r = match self.conn_mut(conn) {
+                    Some(c) => c.add_remote_candidate(candidate),
+                    None => Err(SfuError::Closed),
+                };
+                let _ = reply.send(r);
+                self.service(conn, now);
+            }
+            Command::Close { conn } => self.close(conn),
+        }
+    }
+
+    fn close(&mut self, key: ConnKey) {
+        let Some(slot) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if slot.gen != key.gen {
+            return;
+        }
+        let Some(mut conn) = slot.conn.take() else {
+            return;
+        };
+        conn.close(&self.metrics);
+        // Whatever closing produced (DTLS close_notify) still goes out.
+        while let Some(out) = conn.poll_write() {
+            self.out.push(out);
+        }
+        for peer in self.demux.remove(key) {
+            self.events.push_back(Event::ClosePeer(peer));
+        }
+        self.publishers.retain(|k| *k != key);
+        self.free.push(key.slot);
+        self.metrics.peer_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}

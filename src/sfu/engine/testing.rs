@@ -1,0 +1,1250 @@
+//! Test entry points into the engine's core, for tests/, benches/ and the fuzz targets. Not
+//! part of the server: nothing in src/ uses this module.
+//!
+//! Everything here drives the real `Core` (`core.rs`) — its demultiplexer, connections,
+//! fan-out, pool and track caches — in simulated time: no socket, no thread, no sleep. What a
+//! harness adds is only what the shell would do (hand datagrams in, take them out) and, where
+//! a test needs one, a real webrtc-rs client (sans-IO `rtc`) on the other side, connected in
+//! memory.
+//!
+//! - `Fanout`: N subscribers whose connections are up with known SRTP keys (no handshake),
+//!   one feed; `forward` puts a packet through the core's own fan-out, seal, pool and
+//!   transmit queue (benches/forward.rs, tests/allocations.rs).
+//! - `MediaPortHarness`: one real ICE-LITE publish connection behind the core's flood guard
+//!   and demultiplexer (fuzz target `media`).
+//! - `MediaSessionHarness`: a webrtc-rs client publishing VP8 and Opus, connected through
+//!   the core (ICE, DTLS, SRTP for real), then fed fuzzed RTP/RTCP encrypted with the
+//!   client's own keys (fuzz target `media_session`).
+//! - `Sim`: a publishing client and a subscribing client, both real, connected through the
+//!   core, the subscription negotiated with the engine's own commands (tests/media_sim.rs).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::oneshot;
+
+use super::core::{Core, Datagram, Input};
+use super::{mux, srtp, Command, ConnKey, PublishShared};
+use crate::ids::{MemberId, TrackId};
+use crate::protocol::{MediaKind, Target};
+use crate::sfu::forwarder::{DownTrack, Feed};
+use crate::sfu::keyframe::{CodecFamily, KeyframeRequester};
+use crate::sfu::{Codec, ConnId, MediaSettings, Metrics, PeerEvent, SfuError};
+
+/// The media port's address in every harness.
+const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 50000);
+
+/// Simulated time per datagram fed by the fuzz harnesses: 4 000 datagrams per simulated
+/// second, half the flood budget, so the guard is in the path but never trips.
+const FUZZ_STEP: Duration = Duration::from_micros(250);
+
+fn settings(ice_tcp: bool) -> MediaSettings {
+    MediaSettings {
+        bind_ips: vec![LOCAL.ip()],
+        udp_port: 0,
+        public_ips: vec![],
+        ice_tcp,
+        udp_candidates: true,
+        ice_disconnected_timeout: Duration::from_secs(5),
+        ice_failed_timeout: Duration::from_secs(25),
+        keyframe_request_interval: Duration::from_secs(1),
+    }
+}
+
+/// A connection inside the core, to look at.
+fn conn(core: &Core, key: ConnKey) -> Option<&super::conn::Conn> {
+    core.conns
+        .get(key.slot as usize)
+        .filter(|s| s.gen == key.gen)
+        .and_then(|s| s.conn.as_ref())
+}
+
+/// Sends a command into the core and takes its reply (the core answers at once).
+fn call<T>(
+    core: &mut Core,
+    now: Instant,
+    build: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+) -> Result<T, SfuError> {
+    let (tx, mut rx) = oneshot::channel();
+    core.handle_input(now, Input::Command(build(tx)));
+    rx.try_recv().map_err(|_| SfuError::EngineStopped)?
+}
+
+fn open(
+    core: &mut Core,
+    now: Instant,
+    target: Target,
+    events: tokio::sync::mpsc::Sender<PeerEvent>,
+) -> Result<ConnKey, SfuError> {
+    let publish = (target == Target::Publish).then(|| Arc::new(PublishShared::default()));
+    call(core, now, |reply| Command::Open {
+        target,
+        member: MemberId::new(),
+        id: ConnId::next(),
+        events,
+        publish,
+        reply,
+    })
+}
+
+fn host(addr: SocketAddr) -> Result<rtc::peer_connection::transport::RTCIceCandidateInit, String> {
+    super::conn::host_candidate(addr, false).map_err(|e| e.to_string())
+}
+
+fn client_track(
+    kind: RtpCodecKind,
+    ssrc: u32,
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+) -> MediaStreamTrack {
+    let id = format!("{ssrc:x}");
+    MediaStreamTrack::new(
+        "client".into(),
+        id.clone(),
+        id,
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate,
+                channels,
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )
+}
+
+/// A webrtc-rs client (full ICE, default interceptors) at `addr`.
+fn client(now: Instant, addr: SocketAddr) -> Result<RTCPeerConnection, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().map_err(|x| e(&x))?;
+    let registry = register_default_interceptors(Registry::new(), &mut me).map_err(|x| e(&x))?;
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+                .build(),
+        )
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(|x| e(&x))?;
+    pc.add_local_candidate(host(addr)?).map_err(|x| e(&x))?;
+    Ok(pc)
+}
+
+/// The client's own outgoing SRTP context and, for GCM, its bare session key and salt.
+type ClientSrtp = (
+    rtc::srtp::context::Context,
+    Option<(ring::aead::LessSafeKey, [u8; 12])>,
+);
+
+/// The client's outgoing SRTP keys as a context (and, for GCM, the bare session key and salt).
+fn client_srtp(pc: &RTCPeerConnection) -> Result<ClientSrtp, String> {
+    let keys = pc
+        .srtp_keying_export()
+        .ok_or("the client has no SRTP keys after connecting")?;
+    use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile as P;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    let profile = match keys.profile {
+        P::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
+        P::Srtp_Aes128_Cm_Hmac_Sha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+        other => return Err(format!("unexpected SRTP profile {other:?}")),
+    };
+    let mut gcm = None;
+    if matches!(profile, ProtectionProfile::AeadAes128Gcm) {
+        let mk: [u8; 16] = keys.local_master_key[..]
+            .try_into()
+            .map_err(|_| "a GCM master key of 16 bytes")?;
+        let key = srtp::derive(&mk, &keys.local_master_salt, 0, 0);
+        let mut salt = [0u8; 12];
+        salt.copy_from_slice(&srtp::derive(&mk, &keys.local_master_salt, 2, 0)[..12]);
+        gcm = Some((
+            ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &key)
+                    .map_err(|_| "an AES-128-GCM key")?,
+            ),
+            salt,
+        ));
+    }
+    let ctx = rtc::srtp::context::Context::new(
+        &keys.local_master_key,
+        &keys.local_master_salt,
+        profile,
+        None,
+        None,
+        &rtc::crypto::providers::RingCrypto,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((ctx, gcm))
+}
+
+fn tagged(now: Instant, to: SocketAddr, from: SocketAddr, data: &[u8]) -> TaggedBytesMut {
+    TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: to,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        },
+        message: BytesMut::from(data),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out through the core.
+
+/// The core's fan-out for `n` subscribers of one VP8 feed, without a network or a handshake:
+/// each subscriber's connection is opened by the engine's own `Open` command and then given
+/// fixed SRTP keys and a destination, as a finished DTLS handshake would. `forward` is what
+/// the engine does with a packet read from a publisher: track cache, per subscriber admit,
+/// `seal_and_queue` into a pooled buffer, the transmit queue — then takes the datagrams out
+/// and gives the buffers back, as the shell does after `sendmmsg` (the syscall is not run).
+#[doc(hidden)]
+pub struct Fanout {
+    core: Core,
+    feed: Arc<Feed>,
+    now: Instant,
+    /// Bytes taken out so far (keeps the work observable).
+    pub bytes: u64,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+}
+
+impl Fanout {
+    /// Subscribers on AEAD_AES_128_GCM (what the server prefers; browsers get it).
+    pub fn new(subscribers: usize) -> Fanout {
+        Self::with_profile(subscribers, srtp::Profile::AeadAes128Gcm)
+    }
+
+    /// Subscribers on AES128_CM_HMAC_SHA1_80 (a client that offers no GCM).
+    pub fn new_aes_cm(subscribers: usize) -> Fanout {
+        Self::with_profile(subscribers, srtp::Profile::Aes128CmHmacSha1_80)
+    }
+
+    fn with_profile(subscribers: usize, profile: srtp::Profile) -> Fanout {
+        let now = Instant::now();
+        let mut core = Core::new(
+            settings(false),
+            Arc::new(Metrics::default()),
+            vec![(LOCAL, LOCAL)],
+            now,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * subscribers + 16);
+        let feed = Feed::new(
+            now,
+            MemberId::new(),
+            MediaKind::Video,
+            "camera".into(),
+            Codec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                fmtp: String::new(),
+            },
+        );
+        let salt: &[u8] = match profile {
+            srtp::Profile::AeadAes128Gcm => &[3; 12],
+            srtp::Profile::Aes128CmHmacSha1_80 => &[3; 14],
+        };
+        let mut downs = Vec::with_capacity(subscribers);
+        for i in 0..subscribers {
+            let key = open(&mut core, now, Target::Subscribe, tx.clone())
+                .expect("a subscribe connection");
+            let conn = core
+                .conn_mut(key)
+                .expect("the connection just opened is there");
+            conn.connected = true;
+            conn.sealer = Some(srtp::Sealer::new(profile, &[7; 16], salt).expect("a 16-byte key"));
+            conn.media_dest = Some(TransportContext {
+                local_addr: LOCAL,
+                peer_addr: SocketAddr::from(([127, 0, 0, 2], 10_000 + i as u16)),
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            });
+            downs.push(down_track(
+                key,
+                RTCRtpSenderId::default(),
+                1000 + i as u32,
+                96,
+                CodecFamily::Vp8,
+                feed.keyframes.clone(),
+                false,
+            ));
+        }
+        feed.downs.store(Arc::new(downs));
+        Fanout {
+            core,
+            feed,
+            now,
+            bytes: 0,
+            _events: rx,
+        }
+    }
+
+    /// One packet through the core's fan-out; returns how many datagrams it produced.
+    pub fn forward(&mut self, packet: &rtp::Packet) -> u64 {
+        self.core.fan_out(&self.feed, packet.clone(), self.now);
+        let mut n = 0;
+        while let Some(t) = self.core.poll_transmit() {
+            n += 1;
+            self.bytes = self.bytes.wrapping_add(t.data.len() as u64);
+            self.core.recycle(t.data);
+        }
+        n
+    }
+}
+
+/// A down-track as `Subscriber` builds it once the answer fixed the payload type.
+fn down_track(
+    conn: ConnKey,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    payload_type: u8,
+    codec: CodecFamily,
+    keyframes: KeyframeRequester,
+    waiting_keyframe: bool,
+) -> Arc<DownTrack> {
+    Arc::new(DownTrack {
+        member: MemberId::new(),
+        track: TrackId::new(),
+        codec,
+        ssrc,
+        payload_type,
+        conn,
+        sender,
+        keyframes,
+        waiting_keyframe: AtomicBool::new(waiting_keyframe),
+        started: AtomicBool::new(false),
+        last_out_seq: AtomicU16::new(0),
+        seq_offset: AtomicU16::new(0),
+        roc: AtomicU32::new(0),
+        packets_sent: AtomicU32::new(0),
+        octets_sent: AtomicU32::new(0),
+        catchup: AtomicU32::new(0),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The media port for the fuzz target `media`.
+
+/// The media port's input path as the core runs it — flood budget, classifier,
+/// demultiplexer, one real ICE-lite publish connection that has answered `offer_sdp` — in
+/// simulated time.
+#[doc(hidden)]
+pub struct MediaPortHarness {
+    core: Core,
+    key: ConnKey,
+    now: Instant,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+}
+
+impl MediaPortHarness {
+    pub fn new(offer_sdp: &str) -> Result<MediaPortHarness, SfuError> {
+        let now = Instant::now();
+        let mut core = Core::new(
+            settings(true),
+            Arc::new(Metrics::default()),
+            vec![(LOCAL, LOCAL)],
+            now,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let key = open(&mut core, now, Target::Publish, tx)?;
+        let sdp = offer_sdp.to_owned();
+        call(&mut core, now, |reply| Command::Offer {
+            conn: key,
+            sdp,
+            reply,
+        })?;
+        let mut h = MediaPortHarness {
+            core,
+            key,
+            now,
+            _events: rx,
+        };
+        h.drain();
+        Ok(h)
+    }
+
+    /// Binds `addr` to the connection as if its ICE check had passed, so datagrams from it
+    /// reach the connection's DTLS, SRTP and SRTCP handling (what an attacker on a client's
+    /// path, spoofing its address, could send).
+    pub fn bind_checked(&mut self, addr: SocketAddr) {
+        self.core.demux.bind(addr, self.key);
+    }
+
+    /// The connection's ICE ufrag (for seeds that reach it).
+    pub fn ufrag(&self) -> &str {
+        conn(&self.core, self.key).map_or("", |c| c.ufrag())
+    }
+
+    /// One datagram in, as the engine takes it. Returns whether it was routed to the
+    /// connection.
+    pub fn feed(&mut self, from: SocketAddr, data: &[u8], tcp: bool) -> bool {
+        self.now += FUZZ_STEP;
+        let routed = self.core.demux.route(from, data) == Ok(self.key);
+        let proto = if tcp {
+            TransportProtocol::TCP
+        } else {
+            TransportProtocol::UDP
+        };
+        let d = Datagram {
+            local: LOCAL,
+            from,
+            proto,
+            data,
+        };
+        self.core.handle_input(self.now, Input::Datagram(d));
+        if self.core.poll_timeout() <= self.now {
+            self.core.handle_input(self.now, Input::Timeout);
+        }
+        self.drain();
+        routed
+    }
+
+    fn drain(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            self.core.recycle(t.data);
+        }
+        while self.core.poll_event().is_some() {}
+    }
+
+    /// Whether `addr` became bound (only a check that passed MESSAGE-INTEGRITY may do that).
+    pub fn is_bound(&self, addr: &SocketAddr) -> bool {
+        self.core.is_bound(addr)
+    }
+
+    /// The flood budget, classifier and demultiplexer alone (cheap: the ≥ 1 M datagram part
+    /// of the smoke).
+    pub fn route_only(&mut self, from: SocketAddr, data: &[u8]) -> bool {
+        self.now += FUZZ_STEP;
+        if !self.core.flood_allows(self.now, from) {
+            return false;
+        }
+        mux::classify(data);
+        mux::binding_request_ufrag(data);
+        self.core.demux.route(from, data).is_ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An established publish session for the fuzz target `media_session`.
+
+/// The client's SSRCs (what the seeds use).
+pub const VIDEO_SSRC: u32 = 0x1111_1111;
+pub const AUDIO_SSRC: u32 = 0x2222_2222;
+
+/// An *established* publish connection for the fuzz target `media_session` (issue 14): a
+/// webrtc-rs client (publishing VP8 and Opus) connects in memory, in simulated time, to a real
+/// connection inside the core — ICE, DTLS and SRTP keys for real — and then fuzzed plaintext
+/// RTP and RTCP is encrypted with the client's own SRTP keys and fed to the core, so it passes
+/// authentication and reaches what a participant with a valid link can reach: rtc's RTP and
+/// RTCP parsing, its interceptors, and the core's handling of tracks, fan-out, NACKs,
+/// keyframe requests and sender reports.
+#[doc(hidden)]
+pub struct MediaSessionHarness {
+    core: Core,
+    key: ConnKey,
+    now: Instant,
+    client_addr: SocketAddr,
+    client: RTCPeerConnection,
+    /// The client's outgoing SRTP context: encrypts what the fuzzer writes.
+    srtp: rtc::srtp::context::Context,
+    /// The same keys as a bare AES-GCM session key and salt (for headers rtc-srtp cannot
+    /// encrypt).
+    gcm: Option<(ring::aead::LessSafeKey, [u8; 12])>,
+    metrics: Arc<Metrics>,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    /// Datagrams the server connection has sent (to the client), and the client to it.
+    pub sent_by_server: u64,
+    pub from_client: u64,
+}
+
+impl MediaSessionHarness {
+    /// Connects the client and the engine connection (ICE + DTLS, in memory, simulated
+    /// time); an error if they are not connected within 10 simulated seconds.
+    pub fn new() -> Result<MediaSessionHarness, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut now = Instant::now();
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core::new(settings(false), metrics.clone(), vec![(LOCAL, LOCAL)], now);
+        let client_addr = SocketAddr::from(([127, 0, 0, 9], 41000));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let key = open(&mut core, now, Target::Publish, tx).map_err(|x| e(&x))?;
+        let mut client = client(now, client_addr)?;
+        client
+            .add_track(client_track(
+                RtpCodecKind::Video,
+                VIDEO_SSRC,
+                "video/VP8",
+                90_000,
+                0,
+            ))
+            .map_err(|x| e(&x))?;
+        client
+            .add_track(client_track(
+                RtpCodecKind::Audio,
+                AUDIO_SSRC,
+                "audio/opus",
+                48_000,
+                2,
+            ))
+            .map_err(|x| e(&x))?;
+        let offer = client.create_offer(None).map_err(|x| e(&x))?;
+        client
+            .set_local_description(now, offer.clone())
+            .map_err(|x| e(&x))?;
+        let answer = call(&mut core, now, |reply| Command::Offer {
+            conn: key,
+            sdp: offer.sdp,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        client
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer).map_err(|x| e(&x))?,
+            )
+            .map_err(|x| e(&x))?;
+        client
+            .add_remote_candidate(host(LOCAL)?)
+            .map_err(|x| e(&x))?;
+        let mut h = MediaSessionHarness {
+            core,
+            key,
+            now,
+            client_addr,
+            client,
+            srtp: rtc::srtp::context::Context::new(
+                &[0; 16],
+                &[0; 12],
+                rtc::srtp::protection_profile::ProtectionProfile::AeadAes128Gcm,
+                None,
+                None,
+                &rtc::crypto::providers::RingCrypto,
+            )
+            .map_err(|x| e(&x))?,
+            gcm: None,
+            metrics,
+            _events: rx,
+            sent_by_server: 0,
+            from_client: 0,
+        };
+        let deadline = now + Duration::from_secs(10);
+        let mut client_up = false;
+        while !(client_up && h.is_connected()) {
+            now += Duration::from_millis(1);
+            h.now = now;
+            if now > deadline {
+                return Err(format!(
+                    "not connected in 10 s (client {client_up}, server {}; {} datagrams to the client, {} from it)",
+                    h.is_connected(),
+                    h.sent_by_server,
+                    h.from_client,
+                ));
+            }
+            if h.client.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = h.client.handle_timeout(now);
+            }
+            let mut out = Vec::new();
+            while let Some(d) = h.client.poll_write() {
+                h.from_client += 1;
+                if d.transport.peer_addr == LOCAL {
+                    out.push(d.message);
+                }
+            }
+            for d in out {
+                h.input(&d);
+            }
+            h.turn();
+            while let Some(ev) = h.client.poll_event() {
+                if matches!(
+                    ev,
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                        RTCPeerConnectionState::Connected
+                    )
+                ) {
+                    client_up = true;
+                }
+            }
+            while h.client.poll_read().is_some() {}
+        }
+        let (srtp, gcm) = client_srtp(&h.client)?;
+        h.srtp = srtp;
+        h.gcm = gcm;
+        Ok(h)
+    }
+
+    fn input(&mut self, data: &[u8]) {
+        let d = Datagram {
+            local: LOCAL,
+            from: self.client_addr,
+            proto: TransportProtocol::UDP,
+            data,
+        };
+        self.core.handle_input(self.now, Input::Datagram(d));
+        self.drain();
+    }
+
+    /// The core's periodic work if it is due.
+    fn turn(&mut self) {
+        if self.core.poll_timeout() <= self.now {
+            self.core.handle_input(self.now, Input::Timeout);
+        }
+        self.drain();
+    }
+
+    /// What the core sends goes to the client.
+    fn drain(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            self.sent_by_server += 1;
+            if t.peer == self.client_addr {
+                let _ = self
+                    .client
+                    .handle_read(tagged(self.now, self.client_addr, LOCAL, &t.data));
+            }
+            self.core.recycle(t.data);
+        }
+        while self.core.poll_event().is_some() {}
+    }
+
+    /// One datagram from the client's address, as the engine takes it; the server's answers
+    /// go to the client. False if it was not routed to the connection.
+    pub fn feed_raw(&mut self, data: &[u8]) -> bool {
+        self.now += FUZZ_STEP;
+        let routed = self.core.demux.route(self.client_addr, data) == Ok(self.key);
+        self.input(data);
+        self.turn();
+        routed
+    }
+
+    /// Plaintext RTP, encrypted with the client's keys (an error from the encryption, e.g. an
+    /// unparseable header, sends it as it is).
+    pub fn feed_rtp(&mut self, plain: &[u8]) -> bool {
+        // rtc-srtp 0.21.1's `encrypt_rtp` panics ("mid > len") when a header re-marshals to
+        // more bytes than it was parsed from (found by this target, RELIABILITY.md); that is
+        // the attacker's side here, so such input goes in as it is (and meets the server's
+        // decryption, which must cope with it).
+        use rtc::rtp::header::Header;
+        use rtc::shared::marshal::{MarshalSize, Unmarshal};
+        let mut rest = plain;
+        let Ok(header) = Header::unmarshal(&mut rest) else {
+            return self.feed_raw(plain);
+        };
+        let header_len = plain.len() - rest.len();
+        if header.marshal_size() != header_len {
+            // Sealed the way another SRTP stack would: the header exactly as written is the
+            // additional data. So the server's decryption meets a header that parses to a
+            // different length than it has, from a sender with valid keys.
+            let Some((key, salt)) = &self.gcm else {
+                return self.feed_raw(plain);
+            };
+            let mut iv = [0u8; 12];
+            iv[2..6].copy_from_slice(&header.ssrc.to_be_bytes());
+            iv[10..12].copy_from_slice(&header.sequence_number.to_be_bytes());
+            for (b, s) in iv.iter_mut().zip(salt) {
+                *b ^= s;
+            }
+            let mut out = plain.to_vec();
+            let (aad, body) = out.split_at_mut(header_len);
+            let Ok(tag) = key.seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(iv),
+                ring::aead::Aad::from(&aad[..]),
+                body,
+            ) else {
+                return self.feed_raw(plain);
+            };
+            out.extend_from_slice(tag.as_ref());
+            return self.feed_raw(&out);
+        }
+        match self.srtp.encrypt_rtp(plain) {
+            Ok(d) => self.feed_raw(&d),
+            Err(_) => self.feed_raw(plain),
+        }
+    }
+
+    /// Plaintext RTCP, encrypted with the client's keys.
+    pub fn feed_rtcp(&mut self, plain: &[u8]) -> bool {
+        match self.srtp.encrypt_rtcp(plain) {
+            Ok(d) => self.feed_raw(&d),
+            Err(_) => self.feed_raw(plain),
+        }
+    }
+
+    /// Datagrams the connection's SSRC gate kept from rtc.
+    pub fn ssrcs_refused(&self) -> u64 {
+        conn(&self.core, self.key).map_or(0, |c| c.ssrcs_refused())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        conn(&self.core, self.key).is_some_and(|c| c.is_connected())
+    }
+
+    /// RTP packets the connection accepted (decrypted and read) so far: forwarded (the
+    /// core's fan-out ran for them) or discarded on a parked feed.
+    pub fn packets_received(&self) -> u64 {
+        self.metrics.packets_received.load(Ordering::Relaxed)
+            + self.metrics.packets_discarded.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A publisher and a subscriber through the core, in simulated time.
+
+/// A webrtc-rs client on the other side of the core.
+struct Peer {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    connected: bool,
+}
+
+impl Peer {
+    fn new(now: Instant, addr: SocketAddr) -> Result<Peer, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut me = MediaEngine::default();
+        me.register_default_codecs().map_err(|x| e(&x))?;
+        // The engine's own last interceptor: it hands PLIs, NACKs and sender reports to the
+        // application, so a test can see what the server sent.
+        let registry = register_default_interceptors(Registry::new(), &mut me)
+            .map_err(|x| e(&x))?
+            .with(
+                rtc::interceptor::Slot::from(14_000),
+                crate::sfu::keyframe::KeyframeRequestInterceptor::default(),
+            );
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+                    .build(),
+            )
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|x| e(&x))?;
+        pc.add_local_candidate(host(addr)?).map_err(|x| e(&x))?;
+        Ok(Peer {
+            pc,
+            addr,
+            connected: false,
+        })
+    }
+}
+
+/// What the subscriber's client read (decrypted) from the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+/// A translated sender report as the subscriber's client read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportSeen {
+    pub ssrc: u32,
+    pub ntp_time: u64,
+    pub rtp_time: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
+}
+
+/// One publishing client (VP8) and one subscribing client, both real webrtc-rs connections,
+/// joined through the core in simulated time: ICE, DTLS, SRTP, the subscription negotiated
+/// with the engine's own commands (`Open`, `AddTrack`, `CreateOffer`, `Answer`), the
+/// down-track built as `Subscriber` builds it. The test is the network: it decides what
+/// arrives (`drop_to_subscriber`, `set_silent`) and when (`advance`).
+#[doc(hidden)]
+pub struct Sim {
+    core: Core,
+    now: Instant,
+    start: Instant,
+    metrics: Arc<Metrics>,
+    publisher: Peer,
+    subscriber: Peer,
+    video_sender: RTCRtpSenderId,
+    pub_events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    sub_events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    forwarder: crate::sfu::Forwarder,
+    down: Arc<DownTrack>,
+    silent: bool,
+    drop_seqs: Vec<u16>,
+    /// RTP datagrams the core sent to the subscriber: (time since start, sequence number).
+    sent_to_subscriber: Vec<(Duration, u16)>,
+    received: Vec<Received>,
+    reports: Vec<ReportSeen>,
+    /// Keyframe requests (PLI/FIR) the publisher's client read, with their time since start.
+    keyframe_requests: Vec<Duration>,
+    /// `Failed` events member tasks got: (publish or subscribe, time since start).
+    failed: Vec<(Target, Duration)>,
+    /// When a datagram from the publisher's and the subscriber's client last reached the core.
+    last_heard: [Duration; 2],
+}
+
+/// The VP8 payload type both sides use (webrtc-rs's default codec table).
+const VP8_PT: u8 = 96;
+
+impl Sim {
+    /// Both clients connected, the subscription negotiated; the down-track is not attached
+    /// yet (`attach`). The publisher's first packets (sent until its track is announced)
+    /// start at sequence number 0.
+    pub fn new() -> Result<Sim, String> {
+        Self::with_first_seq(0)
+    }
+
+    /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
+    /// starts near it: SRTP takes a jump of more than 2^15 for a step back).
+    pub fn with_first_seq(first_seq: u16) -> Result<Sim, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let now = Instant::now();
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core::new(settings(false), metrics.clone(), vec![(LOCAL, LOCAL)], now);
+
+        // The publisher.
+        let (tx, mut pub_events) = tokio::sync::mpsc::channel(64);
+        let pub_key = open(&mut core, now, Target::Publish, tx).map_err(|x| e(&x))?;
+        let mut publisher = Peer::new(now, SocketAddr::from(([127, 0, 0, 7], 41000)))?;
+        let video_sender = publisher
+            .pc
+            .add_track(client_track(
+                RtpCodecKind::Video,
+                VIDEO_SSRC,
+                "video/VP8",
+                90_000,
+                0,
+            ))
+            .map_err(|x| e(&x))?;
+        let offer = publisher.pc.create_offer(None).map_err(|x| e(&x))?;
+        publisher
+            .pc
+            .set_local_description(now, offer.clone())
+            .map_err(|x| e(&x))?;
+        let answer = call(&mut core, now, |reply| Command::Offer {
+            conn: pub_key,
+            sdp: offer.sdp,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        publisher
+            .pc
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer).map_err(|x| e(&x))?,
+            )
+            .map_err(|x| e(&x))?;
+        publisher
+            .pc
+            .add_remote_candidate(host(LOCAL)?)
+            .map_err(|x| e(&x))?;
+
+        // The subscriber's connection, before any track (as a member joins).
+        let (tx, sub_events) = tokio::sync::mpsc::channel(64);
+        let sub_key = open(&mut core, now, Target::Subscribe, tx).map_err(|x| e(&x))?;
+        let subscriber = Peer::new(now, SocketAddr::from(([127, 0, 0, 8], 42000)))?;
+
+        let placeholder = down_track(
+            sub_key,
+            RTCRtpSenderId::default(),
+            0,
+            0,
+            CodecFamily::Vp8,
+            KeyframeRequester::default(),
+            true,
+        );
+        let mut sim = Sim {
+            core,
+            now,
+            start: now,
+            metrics,
+            publisher,
+            subscriber,
+            video_sender,
+            pub_events: tokio::sync::mpsc::channel(1).1,
+            sub_events,
+            forwarder: Self::placeholder_forwarder(now),
+            down: placeholder,
+            silent: false,
+            drop_seqs: Vec::new(),
+            sent_to_subscriber: Vec::new(),
+            received: Vec::new(),
+            reports: Vec::new(),
+            keyframe_requests: Vec::new(),
+            failed: Vec::new(),
+            last_heard: [Duration::ZERO; 2],
+        };
+        // Connect the publisher; its track is announced once media flows, so send a
+        // keyframe's first packet until the member task is told.
+        sim.run_until("the publisher connects", |s| {
+            s.publisher.connected && conn(&s.core, pub_key).is_some_and(|c| c.is_connected())
+        })?;
+        let mut seq = first_seq;
+        let forwarder = loop {
+            sim.send_video(seq, 0, true, true);
+            seq = seq.wrapping_add(1);
+            sim.advance(Duration::from_millis(5));
+            if let Ok(PeerEvent::Published(_, f)) = pub_events.try_recv() {
+                break f;
+            }
+            if sim.now - sim.start > Duration::from_secs(10) {
+                return Err("the publisher's track was never announced".into());
+            }
+        };
+        sim.pub_events = pub_events;
+
+        // Subscribe: the engine's commands, as `Subscriber` sends them.
+        let info = forwarder.info().clone();
+        let ssrc = 0x5555_0001;
+        let spec = super::TrackSpec {
+            id: info.id,
+            member: info.member,
+            kind: info.kind,
+            codec: info.codec.clone(),
+            ssrc,
+            keyframes: info.keyframes.clone(),
+            feed: info.feed,
+        };
+        let now = sim.now;
+        let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
+            conn: sub_key,
+            track: spec,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let offer = call(&mut sim.core, now, |reply| Command::CreateOffer {
+            conn: sub_key,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let pc = &mut sim.subscriber.pc;
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer).map_err(|x| e(&x))?)
+            .map_err(|x| e(&x))?;
+        let answer = pc.create_answer(None).map_err(|x| e(&x))?;
+        pc.set_local_description(now, answer.clone())
+            .map_err(|x| e(&x))?;
+        let _ = pc.add_remote_candidate(host(LOCAL)?);
+        let chosen = call(&mut sim.core, now, |reply| Command::Answer {
+            conn: sub_key,
+            sdp: answer.sdp,
+            senders: vec![(sender, info.codec.clone())],
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let payload_type = chosen
+            .first()
+            .copied()
+            .flatten()
+            .ok_or("the subscriber refused VP8")?;
+        sim.down = down_track(
+            sub_key,
+            sender,
+            ssrc,
+            payload_type,
+            CodecFamily::Vp8,
+            info.keyframes.clone(),
+            true,
+        );
+        sim.forwarder = forwarder;
+        sim.run_until("the subscriber connects", |s| {
+            s.subscriber.connected
+                && conn(&s.core, sub_key).is_some_and(|c| c.is_connected() && c.lean().is_some())
+        })?;
+        // What setup produced is not what a test looks at.
+        sim.sent_to_subscriber.clear();
+        sim.received.clear();
+        sim.keyframe_requests.clear();
+        Ok(sim)
+    }
+
+    /// A forwarder that forwards nothing, until the real one is announced.
+    fn placeholder_forwarder(now: Instant) -> crate::sfu::Forwarder {
+        Feed::new(
+            now,
+            MemberId::new(),
+            MediaKind::Video,
+            String::new(),
+            Codec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                fmtp: String::new(),
+            },
+        )
+        .publish(crate::protocol::Source::Camera)
+        .expect("a fresh feed publishes")
+    }
+
+    fn run_until(&mut self, what: &str, done: impl Fn(&Sim) -> bool) -> Result<(), String> {
+        let limit = self.now + Duration::from_secs(10);
+        while !done(self) {
+            if self.now > limit {
+                return Err(format!("{what}: not within 10 simulated seconds"));
+            }
+            self.advance(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// The subscriber's down-track joins the publication (the room's `add_subscriber`).
+    pub fn attach(&mut self) {
+        self.forwarder.add_subscriber(self.down.clone());
+    }
+
+    /// The publisher's client sends one VP8 packet (a frame's first packet if `start`; a
+    /// keyframe's if also `keyframe`).
+    pub fn send_video(&mut self, seq: u16, timestamp: u32, start: bool, keyframe: bool) {
+        let mut payload = vec![0xa5u8; 900];
+        payload[0] = if start { 0x10 } else { 0x00 };
+        payload[1] = if keyframe { 0x00 } else { 0x01 };
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: true,
+                payload_type: VP8_PT,
+                sequence_number: seq,
+                timestamp,
+                ssrc: VIDEO_SSRC,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(payload),
+        };
+        if let Some(mut s) = self.publisher.pc.rtp_sender(self.video_sender) {
+            let _ = s.write_rtp(self.now, packet);
+        }
+        self.pump_clients();
+    }
+
+    /// Simulated time passes in 1 ms steps: the clients' timers, the network, the core's
+    /// periodic work when `poll_timeout` says so.
+    pub fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        while self.now < until {
+            self.now = (self.now + Duration::from_millis(1)).min(until);
+            if !self.silent {
+                for peer in [&mut self.publisher, &mut self.subscriber] {
+                    if peer.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                        let _ = peer.pc.handle_timeout(self.now);
+                    }
+                }
+            }
+            self.pump_clients();
+            if self.core.poll_timeout() <= self.now {
+                self.core.handle_input(self.now, Input::Timeout);
+                self.pump_core();
+            }
+        }
+    }
+
+    /// The clients' datagrams into the core (unless silent), and the core's answers back.
+    fn pump_clients(&mut self) {
+        if self.silent {
+            return;
+        }
+        let since = self.now - self.start;
+        let mut out = Vec::new();
+        for (i, peer) in [&mut self.publisher, &mut self.subscriber]
+            .into_iter()
+            .enumerate()
+        {
+            while let Some(d) = peer.pc.poll_write() {
+                if d.transport.peer_addr == LOCAL {
+                    out.push((peer.addr, d.message));
+                    self.last_heard[i] = since;
+                }
+            }
+        }
+        for (from, data) in out {
+            let d = Datagram {
+                local: LOCAL,
+                from,
+                proto: TransportProtocol::UDP,
+                data: &data,
+            };
+            self.core.handle_input(self.now, Input::Datagram(d));
+        }
+        self.pump_core();
+    }
+
+    /// The core's datagrams to the clients (through the test's network), and what the clients
+    /// make of them.
+    fn pump_core(&mut self) {
+        let since = self.now - self.start;
+        while let Some(t) = self.core.poll_transmit() {
+            let rtp_seq = rtp_seq(&t.data);
+            let mut deliver = !self.silent;
+            if t.peer == self.subscriber.addr {
+                if let Some(seq) = rtp_seq {
+                    self.sent_to_subscriber.push((since, seq));
+                    if let Some(i) = self.drop_seqs.iter().position(|s| *s == seq) {
+                        self.drop_seqs.swap_remove(i);
+                        deliver = false;
+                    }
+                }
+            }
+            if deliver {
+                for peer in [&mut self.publisher, &mut self.subscriber] {
+                    if peer.addr == t.peer {
+                        let _ = peer
+                            .pc
+                            .handle_read(tagged(self.now, peer.addr, LOCAL, &t.data));
+                    }
+                }
+            }
+            self.core.recycle(t.data);
+        }
+        while self.core.poll_event().is_some() {}
+        // What the clients answer goes into the core at the next step (1 ms later).
+        self.read_clients();
+        for (events, target) in [
+            (&mut self.pub_events, Target::Publish),
+            (&mut self.sub_events, Target::Subscribe),
+        ] {
+            while let Ok(ev) = events.try_recv() {
+                if let PeerEvent::Failed(..) = ev {
+                    self.failed.push((target, since));
+                }
+            }
+        }
+    }
+
+    fn read_clients(&mut self) {
+        use rtc::peer_connection::message::RTCMessage;
+        use rtc::rtcp::sender_report::SenderReport;
+        let since = self.now - self.start;
+        for (i, peer) in [&mut self.publisher, &mut self.subscriber]
+            .into_iter()
+            .enumerate()
+        {
+            while let Some(ev) = peer.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    peer.connected = s == RTCPeerConnectionState::Connected;
+                }
+            }
+            while let Some(msg) = peer.pc.poll_read() {
+                match msg.message {
+                    RTCMessage::RtpPacket(_, p) if i == 1 => self.received.push(Received {
+                        seq: p.header.sequence_number,
+                        timestamp: p.header.timestamp,
+                        ssrc: p.header.ssrc,
+                    }),
+                    RTCMessage::RtcpPacket(_, packets) => {
+                        if i == 0 && crate::sfu::keyframe::is_keyframe_request(&packets) {
+                            self.keyframe_requests.push(since);
+                        }
+                        for p in &packets {
+                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                if i == 1 {
+                                    self.reports.push(ReportSeen {
+                                        ssrc: sr.ssrc,
+                                        ntp_time: sr.ntp_time,
+                                        rtp_time: sr.rtp_time,
+                                        packet_count: sr.packet_count,
+                                        octet_count: sr.octet_count,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The next RTP datagram to the subscriber with this sequence number is lost.
+    pub fn drop_to_subscriber(&mut self, seq: u16) {
+        self.drop_seqs.push(seq);
+    }
+
+    /// Both clients fall silent (gone without a word): nothing from them reaches the core,
+    /// nothing reaches them, their timers stop.
+    pub fn set_silent(&mut self, silent: bool) {
+        self.silent = silent;
+    }
+
+    /// Time since the simulation started.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The subscriber's outgoing SSRC for the forwarded track.
+    pub fn down_ssrc(&self) -> u32 {
+        self.down.ssrc
+    }
+
+    /// The down-track's SRTP rollover counter, as the core keeps it.
+    pub fn down_roc(&self) -> u32 {
+        self.down.roc.load(Ordering::Relaxed)
+    }
+
+    /// Forwarded packets the down-track counted (what its sender reports carry).
+    pub fn down_packets_sent(&self) -> u32 {
+        self.down.packets_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn sent_to_subscriber(&self) -> &[(Duration, u16)] {
+        &self.sent_to_subscriber
+    }
+
+    pub fn received(&self) -> &[Received] {
+        &self.received
+    }
+
+    pub fn reports(&self) -> &[ReportSeen] {
+        &self.reports
+    }
+
+    pub fn keyframe_requests(&self) -> &[Duration] {
+        &self.keyframe_requests
+    }
+
+    pub fn failed(&self) -> &[(Target, Duration)] {
+        &self.failed
+    }
+
+    /// When the core last got a datagram from the publisher's (`Publish`) or the
+    /// subscriber's (`Subscribe`) client, since the start.
+    pub fn last_heard(&self, from: Target) -> Duration {
+        self.last_heard[usize::from(from == Target::Subscribe)]
+    }
+}
+
+/// The sequence number of an RTP (not RTCP) datagram: the SRTP header is in the clear.
+fn rtp_seq(d: &[u8]) -> Option<u16> {
+    if d.len() < 12 || !matches!(mux::classify(d), mux::Kind::Rtp) {
+        return None;
+    }
+    // RTCP packet types 192–223 sit where RTP has marker + payload type (RFC 5761).
+    if (192..=223).contains(&d[1]) {
+        return None;
+    }
+    Some(u16::from_be_bytes([d[2], d[3]]))
+}

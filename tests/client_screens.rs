@@ -1,0 +1,868 @@
+//! What people at home and in the hall see, in headless Chromium through the real server,
+//! measured as boxes on the screen (issue 21): a 120-character caption stays whole on a phone
+//! upright and on its side, in the page and in fullscreen (where the black space below the
+//! picture becomes caption lines); the viewer makes the sign-language interpreter as large as
+//! the slides, or larger, and the tab remembers it; the hall screen's "press for sound" is a
+//! band that leaves the interpreter in view, the adviser's panel hides by K, Esc and its button
+//! with the focus inside it, and someone given the floor becomes the hall's main picture with
+//! a label read from five metres; a session that starts tomorrow says when, in the reader's
+//! time and language, before joining, in the course and in the lobby; the leader's lock, list
+//! and end are in view on a laptop; at 200 % zoom the language and the help number stay.
+//! Screenshots go to target/screenshots/ (not committed).
+
+mod common;
+
+use std::time::Duration;
+
+use common::chromium::{Chromium, Page};
+use common::*;
+use kursrelay::protocol::Role;
+use serde_json::{json, Value};
+
+/// A caption of exactly 120 characters, as an interpreter writes them.
+const LONG: &str = "Husk å ta stoffskiftemedisinen om morgenen, en halv time før frokost. Ta den på samme måte hver dag, og spør oss gjerne.";
+
+async fn state_is(b: &mut Chromium, page: &Page, state: &str) {
+    b.wait_for(page, &format!("kursrelay.state() === '{state}'"), 20)
+        .await;
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Asserts that each selector's first element is shown, with its whole box inside the
+/// viewport, and that the page does not scroll sideways.
+async fn in_view(b: &mut Chromium, page: &Page, selectors: &[&str], what: &str) {
+    let js = format!(
+        "(() => {{ const bad = []; \
+         for (const sel of {sels}) {{ const e = document.querySelector(sel); \
+           if (!e || e.closest('[hidden]')) {{ bad.push(sel + ': not shown'); continue; }} \
+           const r = e.getBoundingClientRect(); \
+           if (r.width < 1 || r.height < 1) bad.push(sel + ': empty box'); \
+           else if (r.left < -1 || r.top < -1 || r.right > innerWidth + 1 || r.bottom > innerHeight + 1) \
+             bad.push(`${{sel}}: ${{Math.round(r.left)}},${{Math.round(r.top)}}–${{Math.round(r.right)}},${{Math.round(r.bottom)}} outside ${{innerWidth}}×${{innerHeight}}`); }} \
+         if (document.documentElement.scrollWidth > innerWidth + 1) bad.push('the page scrolls sideways'); \
+         return bad; }})()",
+        sels = serde_json::to_string(selectors).unwrap()
+    );
+    let bad = b.eval(page, &js).await;
+    assert_eq!(bad, json!([]), "{what}: {bad}");
+}
+
+/// The element's box: {x, y, w, h}.
+async fn rect(b: &mut Chromium, page: &Page, selector: &str) -> Value {
+    let js = format!(
+        "(() => {{ const e = document.querySelector({sel}); if (!e) return null; const r = e.getBoundingClientRect(); \
+         return {{x: r.x, y: r.y, w: r.width, h: r.height}}; }})()",
+        sel = serde_json::to_string(selector).unwrap()
+    );
+    let r = b.eval(page, &js).await;
+    assert!(!r.is_null(), "no {selector}");
+    r
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"))
+}
+
+/// The size of the picture a <video> paints (object-fit: contain), not of its box.
+async fn painted(b: &mut Chromium, page: &Page, selector: &str) -> (f64, f64) {
+    let js = format!(
+        "(() => {{ const v = document.querySelector({sel}); if (!v || !v.videoWidth) return null; \
+         const r = v.getBoundingClientRect(); const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight); \
+         return [v.videoWidth * s, v.videoHeight * s]; }})()",
+        sel = serde_json::to_string(selector).unwrap()
+    );
+    let v = b.wait_for(page, &js, 15).await;
+    (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
+}
+
+/// The newest caption: whole inside the caption box, the box on screen; and how many lines
+/// the box may show (its max-height over its line height).
+async fn newest_caption(b: &mut Chromium, page: &Page, what: &str) -> f64 {
+    let shown = b
+        .eval(
+            page,
+            "(() => { const c = document.getElementById('captions'); \
+             const p = [...c.querySelectorAll('p:not(#captions-empty)')].pop(); \
+             const pr = p.getBoundingClientRect(), cr = c.getBoundingClientRect(); \
+             const lh = parseFloat(getComputedStyle(c).lineHeight); \
+             return { chars: p.textContent.length, inside: pr.top >= cr.top - 1 && pr.bottom <= cr.bottom + 1, \
+                      onScreen: cr.top >= -1 && cr.left >= -1 && cr.bottom <= innerHeight + 1 && cr.right <= innerWidth + 1, \
+                      lines: pr.height / lh, capacity: parseFloat(getComputedStyle(c).maxHeight) / lh, \
+                      fontPx: parseFloat(getComputedStyle(c).fontSize) }; })()",
+        )
+        .await;
+    assert_eq!(shown["chars"], 120, "{what}: {shown}");
+    assert_eq!(shown["inside"], true, "{what}: the caption is cut: {shown}");
+    assert_eq!(
+        shown["onScreen"], true,
+        "{what}: the caption box is off screen: {shown}"
+    );
+    assert!(
+        f(&shown, "fontPx") >= 17.0,
+        "{what}: captions too small: {shown}"
+    );
+    f(&shown, "capacity")
+}
+
+async fn enter_fullscreen(b: &mut Chromium, page: &Page) {
+    b.wait_for(
+        page,
+        "(() => { const f = document.querySelector('#fullscreen'); return f && !f.hidden && f.offsetParent !== null; })()",
+        10,
+    )
+    .await;
+    for _ in 0..4 {
+        b.click(page, "#fullscreen").await;
+        if b.try_wait_for(
+            page,
+            "document.fullscreenElement && document.fullscreenElement.id === 'view'",
+            4,
+        )
+        .await
+        {
+            settle().await;
+            return;
+        }
+    }
+    panic!("the view never went fullscreen");
+}
+
+async fn leave_fullscreen(b: &mut Chromium, page: &Page) {
+    b.eval(
+        page,
+        "document.fullscreenElement ? document.exitFullscreen().then(() => true) : true",
+    )
+    .await;
+    b.wait_for(page, "!document.fullscreenElement", 10).await;
+}
+
+async fn no_violations(b: &mut Chromium, page: &Page, what: &str) {
+    let violations = b.axe(page).await;
+    assert!(
+        violations.is_empty(),
+        "axe-core found WCAG 2.1 A/AA violations on {what}: {}",
+        serde_json::to_string_pretty(&violations).unwrap()
+    );
+}
+
+async fn set_lang(b: &mut Chromium, page: &Page, lang: &str) {
+    b.eval(
+        page,
+        &format!("(() => {{ const s = document.getElementById('lang'); s.value = '{lang}'; s.dispatchEvent(new Event('change')); return true; }})()"),
+    )
+    .await;
+}
+
+async fn text_of(b: &mut Chromium, page: &Page, id: &str) -> String {
+    b.eval(
+        page,
+        &format!("document.getElementById('{id}').textContent"),
+    )
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+/// A page in Norway's time zone, as the people's own computers are.
+async fn open_in_oslo(b: &mut Chromium, url: &str) -> Page {
+    let p = b.open_blank().await;
+    b.call(
+        Some(p.session()),
+        "Emulation.setTimezoneOverride",
+        json!({"timezoneId": "Europe/Oslo"}),
+    )
+    .await;
+    b.navigate(&p, url).await;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captions_and_the_interpreter_at_home() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let leader_t = server
+        .token("home", Role::Leader, Some("Lise"), false)
+        .await;
+    let tolk_t = server
+        .token("home", Role::Interpreter, Some("Siri"), false)
+        .await;
+    let kari_t = server
+        .token("home", Role::Participant, Some("Kari"), false)
+        .await;
+    let mut b = Chromium::launch().await;
+    let leader = b.open(&format!("{base}/course.html#t={leader_t}")).await;
+    b.eval(&leader, "kursrelay.start({}).then(() => true)")
+        .await;
+    let tolk = b.open(&format!("{base}/course.html#t={tolk_t}")).await;
+    b.eval(&tolk, "kursrelay.start({}).then(() => true)").await;
+    let kari = b.open(&format!("{base}/course.html#t={kari_t}")).await;
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(
+        &kari,
+        "kursrelay.stats().then(s => s.videoTracks >= 2 && s.framesDecoded > 30)",
+        30,
+    )
+    .await;
+    b.wait_for(
+        &kari,
+        "!document.getElementById('interp-slot').hidden && (document.querySelector('#interp-slot video') || {}).videoWidth > 0",
+        15,
+    )
+    .await;
+
+    // The interpreter on a laptop: by default (an interpreter is there, nothing chosen) as
+    // large as the slides; "small" puts it beside them; "larger" makes it the largest; the
+    // choice survives a reload of the tab.
+    b.viewport(&kari, 1366, 768, false).await;
+    settle().await;
+    let stage_w = f(&rect(&mut b, &kari, "#media").await, "w");
+    let (interp_w, _) = painted(&mut b, &kari, "#interp-slot video").await;
+    assert!(
+        interp_w >= stage_w / 3.0,
+        "by default the interpreter is {interp_w} of a {stage_w} stage"
+    );
+    in_view(
+        &mut b,
+        &kari,
+        &[
+            "#interp-settings [data-interp=equal][aria-pressed=true]",
+            "#captions",
+            "#hand",
+        ],
+        "the interpreter's size control on a laptop",
+    )
+    .await;
+    b.screenshot(&kari, "screens-interp-equal-laptop").await;
+    b.click(&kari, ".interp-size[data-interp=small]").await;
+    settle().await;
+    let (small_w, _) = painted(&mut b, &kari, "#interp-slot video").await;
+    assert!(small_w < stage_w / 3.0, "small is {small_w} of {stage_w}");
+    b.click(&kari, ".interp-size[data-interp=equal]").await;
+    settle().await;
+    let (equal_w, _) = painted(&mut b, &kari, "#interp-slot video").await;
+    assert!(
+        equal_w >= stage_w / 3.0,
+        "asked to be as large as the slides, the interpreter is {equal_w} of {stage_w}"
+    );
+    b.click(&kari, ".interp-size[data-interp=large]").await;
+    settle().await;
+    let (large_w, large_h) = painted(&mut b, &kari, "#interp-slot video").await;
+    let (main_w, main_h) = painted(&mut b, &kari, "#main-slot figure[data-pos=main] video").await;
+    assert!(
+        large_w * large_h > main_w * main_h && large_w >= stage_w / 2.0,
+        "larger: interpreter {large_w}×{large_h}, slides {main_w}×{main_h}, stage {stage_w}"
+    );
+    b.screenshot(&kari, "screens-interp-large-laptop").await;
+    b.reload(&kari).await;
+    state_is(&mut b, &kari, "joined").await;
+    let remembered = b
+        .try_wait_for(
+            &kari,
+            "!document.getElementById('interp-slot').hidden && document.querySelector('.interp-size[data-interp=large]').getAttribute('aria-pressed') === 'true'",
+            20,
+        )
+        .await;
+    let why = b
+        .eval(
+            &kari,
+            "JSON.stringify({state: kursrelay.state(), interp: document.getElementById('interp-slot').hidden,              pressed: [...document.querySelectorAll('.interp-size')].map(b => b.getAttribute('aria-pressed')),              stored: sessionStorage.getItem('kursrelay.interp'), figs: document.querySelectorAll('figure').length})",
+        )
+        .await;
+    assert!(remembered, "the choice was not kept over a reload: {why}");
+    assert_eq!(
+        b.eval(&kari, "sessionStorage.getItem('kursrelay.interp')")
+            .await,
+        "large"
+    );
+    b.click(&kari, ".interp-size[data-interp=equal]").await;
+    b.viewport(&kari, 1920, 1080, false).await;
+    settle().await;
+    b.screenshot(&kari, "screens-interp-equal-1080p").await;
+
+    // A whole sentence of captions on a phone, upright and on its side, in the page and in
+    // fullscreen; upright fullscreen gives the space under the picture to more lines.
+    b.eval(
+        &tolk,
+        &format!(
+            "kursrelay.sendCaption({}).then(() => true)",
+            serde_json::to_string(LONG).unwrap()
+        ),
+    )
+    .await;
+    b.wait_for(
+        &kari,
+        &format!(
+            "kursrelay.captions().includes({})",
+            serde_json::to_string(LONG).unwrap()
+        ),
+        10,
+    )
+    .await;
+    for (w, h) in [(390, 844), (844, 390)] {
+        b.viewport(&kari, w, h, true).await;
+        settle().await;
+        b.screenshot(&kari, &format!("screens-caption-{w}x{h}"))
+            .await;
+        let normal = newest_caption(&mut b, &kari, &format!("{w}×{h}")).await;
+        in_view(
+            &mut b,
+            &kari,
+            &[
+                "#captions",
+                "#main-slot figure[data-pos=main] video",
+                "#interp-slot video",
+                "#hand",
+            ],
+            &format!("the participant at {w}×{h}"),
+        )
+        .await;
+        enter_fullscreen(&mut b, &kari).await;
+        b.screenshot(&kari, &format!("screens-caption-{w}x{h}-fullscreen"))
+            .await;
+        let full = newest_caption(&mut b, &kari, &format!("{w}×{h} fullscreen")).await;
+        in_view(
+            &mut b,
+            &kari,
+            &["#captions", "#main-slot figure[data-pos=main] video"],
+            &format!("fullscreen at {w}×{h}"),
+        )
+        .await;
+        if h > w {
+            assert!(
+                full >= normal + 3.0,
+                "upright fullscreen shows {full} caption lines, the page {normal}"
+            );
+            let used = b
+                .eval(
+                    &kari,
+                    "(() => { const c = document.getElementById('captions').getBoundingClientRect(); \
+                     return c.bottom / innerHeight; })()",
+                )
+                .await;
+            assert!(
+                used.as_f64().unwrap() > 0.6,
+                "upright fullscreen leaves the space under the picture black: {used}"
+            );
+        }
+        leave_fullscreen(&mut b, &kari).await;
+    }
+
+    // The status line says what the hand button does now; the screen reader's live region
+    // follows a change of language.
+    b.viewport(&kari, 1366, 768, false).await;
+    b.eval(&kari, "kursrelay.raiseHand().then(() => true)")
+        .await;
+    b.wait_for(
+        &kari,
+        "document.getElementById('status').textContent.includes('«Ta ned hånden»')",
+        10,
+    )
+    .await;
+    assert!(!text_of(&mut b, &kari, "status")
+        .await
+        .contains("Rekk opp hånden"));
+    b.wait_for(
+        &kari,
+        "document.getElementById('announce').textContent === 'Hånden din er oppe. Kurslederen ser det.'",
+        5,
+    )
+    .await;
+    set_lang(&mut b, &kari, "en").await;
+    assert_eq!(
+        text_of(&mut b, &kari, "announce").await,
+        "Your hand is raised. The course leader can see it."
+    );
+    assert!(text_of(&mut b, &kari, "status")
+        .await
+        .contains("“Lower your hand”"));
+    assert_eq!(
+        text_of(&mut b, &kari, "interp-heading").await,
+        "Sign-language interpreter"
+    );
+    b.eval(&kari, "kursrelay.lowerHand().then(() => true)")
+        .await;
+    b.wait_for(
+        &kari,
+        "document.getElementById('status').textContent.includes('“Raise your hand”')",
+        10,
+    )
+    .await;
+    set_lang(&mut b, &kari, "nb").await;
+    no_violations(
+        &mut b,
+        &kari,
+        "the participant with the interpreter's size control",
+    )
+    .await;
+    drop(b);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hall_screen() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let leader_t = server
+        .token("hall", Role::Leader, Some("Lise"), false)
+        .await;
+    let tolk_t = server
+        .token("hall", Role::Interpreter, Some("Siri"), false)
+        .await;
+    let rep_t = server
+        .token(
+            "hall",
+            Role::Representative,
+            Some("Rita Brukerrepresentant"),
+            false,
+        )
+        .await;
+    let kari_t = server
+        .token("hall", Role::Participant, Some("Kari"), false)
+        .await;
+    let site_t = server
+        .token("hall", Role::Site, Some("Volda sjukehus, møterom 2"), false)
+        .await;
+    // The browser's own autoplay rule: the hall screen must ask for one press for sound.
+    let mut b =
+        Chromium::launch_with(&["--autoplay-policy=document-user-activation-required".to_owned()])
+            .await;
+    let mut ids = Vec::new();
+    for t in [&leader_t, &tolk_t, &rep_t, &kari_t] {
+        let p = b.open(&format!("{base}/course.html#t={t}")).await;
+        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+        let id = b.eval(&p, "kursrelay.memberId()").await;
+        ids.push((p, id.as_str().unwrap().to_owned()));
+    }
+    let [(leader, leader_id), _, _, (kari, kari_id)] =
+        <[(Page, String); 4]>::try_from(ids).ok().unwrap();
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
+        .await;
+    state_is(&mut b, &site, "joined").await;
+    b.wait_for(
+        &site,
+        "!document.getElementById('sound-big').hidden && !document.getElementById('interp-slot').hidden \
+         && (document.querySelector('#interp-slot video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=main] video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=other] video') || {}).videoWidth > 0",
+        30,
+    )
+    .await;
+
+    // "Press here for sound": a band across the foot of the picture, large, covering at most a
+    // quarter of it; the interpreter's face (the upper part of its picture) stays in view.
+    for (w, h, size) in [(1920, 1080, "1080p"), (1366, 768, "laptop")] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        let media = rect(&mut b, &site, "#media").await;
+        let band = rect(&mut b, &site, "#sound-big").await;
+        let (mw, mh, bw, bh) = (f(&media, "w"), f(&media, "h"), f(&band, "w"), f(&band, "h"));
+        assert!(
+            bw >= 0.8 * mw && bh >= 64.0,
+            "{size}: the sound button is {bw}×{bh}"
+        );
+        assert!(
+            bw * bh <= 0.25 * mw * mh,
+            "{size}: the sound button covers {} of the picture",
+            bw * bh / (mw * mh)
+        );
+        let face_free = b
+            .eval(
+                &site,
+                "(() => { const r = document.getElementById('interp-slot').getBoundingClientRect(); \
+                 const e = document.elementFromPoint(r.x + r.width / 2, r.y + r.height * 0.35); \
+                 return Boolean(e && e.closest('#interp-slot')); })()",
+            )
+            .await;
+        assert_eq!(face_free, true, "{size}: the interpreter's face is covered");
+        b.screenshot(&site, &format!("screens-hall-sound-{size}"))
+            .await;
+    }
+    b.viewport(&site, 390, 844, true).await;
+    settle().await;
+    b.screenshot(&site, "screens-hall-sound-phone").await;
+    b.viewport(&site, 1920, 1080, false).await;
+    settle().await;
+
+    // The adviser's panel by keyboard alone: K shows it with the focus inside; K, Esc (also
+    // from the headcount field) and "Skjul styringen" hide it, and the focus is back on the page.
+    let closed = "(() => { const a = document.getElementById('adviser'); \
+        return !a.classList.contains('open') && !a.contains(document.activeElement) \
+          && document.activeElement === document.getElementById('main') \
+          && a.getBoundingClientRect().top >= innerHeight - 1; })()";
+    let opened = "document.getElementById('adviser').classList.contains('open') \
+        && document.getElementById('adviser').contains(document.activeElement)";
+    b.key(&site, "k").await;
+    b.wait_for(&site, opened, 5).await;
+    assert_eq!(
+        b.eval(&site, "document.getElementById('sound-big').hidden")
+            .await,
+        true
+    );
+    b.screenshot(&site, "screens-hall-adviser-open").await;
+    b.key(&site, "k").await;
+    b.wait_for(&site, closed, 5).await;
+    b.key(&site, "k").await;
+    b.wait_for(&site, opened, 5).await;
+    b.key(&site, "Escape").await;
+    b.wait_for(&site, closed, 5).await;
+    for (target, press) in [("adviser-close", "Enter"), ("headcount", "Escape")] {
+        b.key(&site, "k").await;
+        b.wait_for(&site, opened, 5).await;
+        let mut reached = false;
+        for _ in 0..20 {
+            if b.eval(&site, "document.activeElement.id").await == target {
+                reached = true;
+                break;
+            }
+            b.key(&site, "Tab").await;
+        }
+        assert!(reached, "Tab never reached #{target}");
+        b.key(&site, press).await;
+        b.wait_for(&site, closed, 5).await;
+    }
+    b.screenshot(&site, "screens-hall-adviser-closed").await;
+
+    // The representative's label is whole on the hall screen.
+    let rep_label = b
+        .eval(
+            &site,
+            "(() => { const c = document.querySelector('#main-slot figure[data-pos=other] figcaption'); \
+             return c.scrollWidth <= c.clientWidth + 1 && c.textContent.includes('Rita Brukerrepresentant'); })()",
+        )
+        .await;
+    assert_eq!(rep_label, true, "the representative's label is cut");
+
+    // Kari is given the floor: on the hall screen she becomes the main picture, large, with a
+    // label that reads "Har ordet: Kari" in letters for five metres; the lecture goes inset.
+    b.eval(
+        &leader,
+        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(&kari, "kursrelay.messages().includes('floor')", 10)
+        .await;
+    b.eval(&kari, "kursrelay.publishFloor().then(() => true)")
+        .await;
+    b.wait_for(
+        &site,
+        &format!("(document.querySelector('#main-slot figure[data-pos=main][data-floor][data-member-id=\"{kari_id}\"] video') || {{}}).videoWidth > 0"),
+        20,
+    )
+    .await;
+    for (w, h, size) in [(1920, 1080, "1080p"), (1366, 768, "laptop")] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        let (pw, ph) = painted(&mut b, &site, "#main-slot figure[data-floor] video").await;
+        let share = pw * ph / f64::from(w * h);
+        assert!(
+            share >= 0.15,
+            "{size}: the person with the floor is {pw}×{ph}, {share} of the screen"
+        );
+        let label = b
+            .eval(
+                &site,
+                "(() => { const c = document.querySelector('#main-slot figure[data-floor] figcaption'); const r = c.getBoundingClientRect(); \
+                 return { text: c.textContent, whole: c.scrollWidth <= c.clientWidth + 1 && r.right <= innerWidth && r.bottom <= innerHeight, \
+                          px: parseFloat(getComputedStyle(c).fontSize) }; })()",
+            )
+            .await;
+        assert_eq!(label["text"], "Har ordet: Kari", "{size}: {label}");
+        assert_eq!(label["whole"], true, "{size}: {label}");
+        assert!(f(&label, "px") >= 32.0, "{size}: {label}");
+        in_view(
+            &mut b,
+            &site,
+            &[
+                "#main-slot figure[data-pos=inset] video",
+                "#interp-slot video",
+                "#captions",
+            ],
+            &format!("the hall screen with the floor given at {size}"),
+        )
+        .await;
+        assert_eq!(
+            b.eval(
+                &site,
+                "document.querySelector('#main-slot figure[data-pos=inset]').dataset.memberId"
+            )
+            .await,
+            leader_id.as_str()
+        );
+        b.screenshot(&site, &format!("screens-hall-floor-{size}"))
+            .await;
+    }
+    no_violations(
+        &mut b,
+        &site,
+        "the hall screen with someone given the floor",
+    )
+    .await;
+    b.viewport(&site, 390, 844, true).await;
+    settle().await;
+    b.screenshot(&site, "screens-hall-floor-phone").await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.eval(
+        &leader,
+        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(
+        &site,
+        &format!("!document.querySelector('[data-floor]') && document.querySelector('#main-slot figure[data-pos=main]').dataset.memberId === '{leader_id}'"),
+        15,
+    )
+    .await;
+    drop(b);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_start_and_the_leaders_laptop() {
+    let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
+    let base = format!("http://{}", server.addr);
+    // A course day that starts tomorrow (26 hours from now).
+    let db = &server.state.db;
+    let course = db.create_course("Stoffskiftekurs").await.unwrap();
+    let starts = utc_in(26 * HOUR);
+    let session = db
+        .create_session(
+            &course.id,
+            &kursrelay::db::NewSession {
+                title: "Dag 2".into(),
+                starts_at: starts.clone(),
+                ends_at: utc_in(29 * HOUR),
+                host_site: "Molde".into(),
+                chat_enabled: false,
+                roster: kursrelay::protocol::RosterMode::Names,
+            },
+        )
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for (role, name, open) in [
+        (Role::Leader, Some("Lise"), false),
+        (Role::Participant, Some("Kari"), false),
+        (Role::Participant, None, true),
+    ] {
+        let invite = db
+            .create_invite(
+                &session.id,
+                &kursrelay::db::NewInvite {
+                    role,
+                    display_name: name.map(str::to_owned),
+                    relative_of: None,
+                    open,
+                },
+            )
+            .await
+            .unwrap();
+        // Valid for two days from now, whatever the date (no calendar day in a test).
+        let claims = kursrelay::auth::Claims::for_invite(
+            &invite.session_id,
+            &invite.id,
+            invite.role,
+            invite.open,
+            kursrelay::clock::unix_now() as i64 + 2 * 24 * 3600,
+            24,
+        );
+        let link = kursrelay::auth::join_link(&server.state.tokens, "http://x", &claims);
+        tokens.push(link.split("#t=").nth(1).unwrap().to_owned());
+    }
+    let mut b = Chromium::launch().await;
+    let kari = open_in_oslo(&mut b, &format!("{base}/course.html#t={}", tokens[1])).await;
+    state_is(&mut b, &kari, "prejoin").await;
+    let hm = b
+        .eval(
+            &kari,
+            &format!("new Intl.DateTimeFormat('nb-NO', {{timeZone: 'Europe/Oslo', hour: '2-digit', minute: '2-digit'}}).format(new Date('{starts}'))"),
+        )
+        .await;
+    let hm = hm.as_str().unwrap().to_owned();
+    let weekday = b
+        .eval(
+            &kari,
+            &format!("new Intl.DateTimeFormat('nb-NO', {{timeZone: 'Europe/Oslo', weekday: 'long'}}).format(new Date('{starts}'))"),
+        )
+        .await;
+    let weekday = weekday.as_str().unwrap().to_owned();
+    let said = text_of(&mut b, &kari, "schedule").await;
+    assert!(
+        said.starts_with("Kurset begynner i morgen, ") || said.starts_with("Kurset begynner "),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{weekday} "))
+            && said.contains(&format!("kl. {hm}"))
+            && said.contains("Kom tilbake"),
+        "before joining, the start is not told ({weekday} kl. {hm}): {said}"
+    );
+    for (w, h, phone, size) in [(390, 844, true, "phone"), (1366, 768, false, "laptop")] {
+        b.viewport(&kari, w, h, phone).await;
+        settle().await;
+        b.screenshot(&kari, &format!("screens-schedule-prejoin-{size}"))
+            .await;
+        in_view(
+            &mut b,
+            &kari,
+            &["#schedule", "#join"],
+            &format!("the schedule at {size}"),
+        )
+        .await;
+    }
+    no_violations(&mut b, &kari, "the pre-join page with the start time").await;
+    set_lang(&mut b, &kari, "en").await;
+    let said = text_of(&mut b, &kari, "schedule").await;
+    assert!(
+        said.starts_with("The course starts ") && said.contains(&format!("at {hm}")),
+        "{said}"
+    );
+    set_lang(&mut b, &kari, "nn").await;
+    let said = text_of(&mut b, &kari, "schedule").await;
+    assert!(
+        said.starts_with("Kurset byrjar ") && said.contains(&format!("kl. {hm}")),
+        "{said}"
+    );
+    set_lang(&mut b, &kari, "nb").await;
+
+    // In the course before anyone teaches: the picture area says when it starts.
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(
+        &kari,
+        &format!("document.getElementById('no-media').textContent.includes('kl. {hm}')"),
+        10,
+    )
+    .await;
+    assert!(text_of(&mut b, &kari, "no-media")
+        .await
+        .starts_with("Kurset begynner "));
+    b.screenshot(&kari, "screens-schedule-stage-laptop").await;
+
+    // The open link's lobby promises nothing it cannot keep: it says when.
+    let anna = open_in_oslo(&mut b, &format!("{base}/course.html#t={}", tokens[2])).await;
+    state_is(&mut b, &anna, "prejoin").await;
+    b.eval(&anna, "kursrelay.start({name: 'Anna'}).then(() => true)")
+        .await;
+    state_is(&mut b, &anna, "lobby").await;
+    let lobby = text_of(&mut b, &anna, "lobby-text").await;
+    assert!(
+        lobby.contains(&format!("kl. {hm}")) && !lobby.contains("om litt"),
+        "{lobby}"
+    );
+    b.screenshot(&anna, "screens-schedule-lobby").await;
+    no_violations(&mut b, &anna, "the lobby with the start time").await;
+
+    // The leader on a laptop: lock, the attendance list and the end in view with the panel at
+    // its top, and the lobby too.
+    let leader = open_in_oslo(&mut b, &format!("{base}/course.html#t={}", tokens[0])).await;
+    b.viewport(&leader, 1366, 768, false).await;
+    b.eval(&leader, "kursrelay.start({}).then(() => true)")
+        .await;
+    b.wait_for(
+        &leader,
+        "((kursrelay.roster() || {}).lobby || []).length === 1",
+        10,
+    )
+    .await;
+    b.eval(&leader, "document.getElementById('side').scrollTop = 0")
+        .await;
+    settle().await;
+    in_view(
+        &mut b,
+        &leader,
+        &[
+            "#lock",
+            "#csv",
+            "#end",
+            "#lobby [data-action=admit]",
+            "#captions",
+        ],
+        "the leader's buttons on a laptop",
+    )
+    .await;
+    b.screenshot(&leader, "screens-leader-laptop").await;
+    b.viewport(&leader, 1920, 1080, false).await;
+    settle().await;
+    b.screenshot(&leader, "screens-leader-1080p").await;
+
+    // A laptop at 200 % zoom (1366×768 shows 683×384 CSS pixels): the language picker and the
+    // help number stay, with the picture area, the captions and the hand.
+    b.call(
+        Some(kari.session()),
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 683, "height": 384, "deviceScaleFactor": 2, "mobile": false}),
+    )
+    .await;
+    settle().await;
+    b.wait_for(
+        &kari,
+        "document.querySelector('footer.help a.help-phone') !== null",
+        10,
+    )
+    .await;
+    in_view(
+        &mut b,
+        &kari,
+        &[
+            "#lang",
+            "footer.help a.help-phone",
+            "#media",
+            "#captions",
+            "#hand",
+        ],
+        "the course at 200 % zoom",
+    )
+    .await;
+    b.screenshot(&kari, "screens-zoom-200").await;
+
+    // Given the floor, the browser refuses the camera: the text names the button that is
+    // there (raise the hand again), not one that is gone.
+    b.viewport(&kari, 1366, 768, false).await;
+    b.eval(
+        &kari,
+        "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('refused', 'NotAllowedError')); true",
+    )
+    .await;
+    let kari_id = b.eval(&kari, "kursrelay.memberId()").await;
+    b.eval(
+        &leader,
+        &format!(
+            "kursrelay.grantFloor('{}').then(() => true)",
+            kari_id.as_str().unwrap()
+        ),
+    )
+    .await;
+    b.wait_for(
+        &kari,
+        "!document.getElementById('floor-publish').hidden",
+        10,
+    )
+    .await;
+    b.click(&kari, "[data-action='floor-publish']").await;
+    b.wait_for(
+        &kari,
+        "document.getElementById('alert').textContent.includes('Kurslederen har fått beskjed') && !document.getElementById('hand').hidden",
+        10,
+    )
+    .await;
+    let alert = text_of(&mut b, &kari, "alert").await;
+    let hand = text_of(&mut b, &kari, "hand").await;
+    assert!(
+        alert.contains(&format!("«{hand}»")) && !alert.contains("trykke igjen"),
+        "the alert ({alert}) does not name the button shown ({hand})"
+    );
+    in_view(
+        &mut b,
+        &kari,
+        &["#alert", "#hand"],
+        "after the camera was refused",
+    )
+    .await;
+    drop(b);
+    server.shutdown().await;
+}

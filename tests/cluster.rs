@@ -1,0 +1,343 @@
+//! Several nodes on one real PostgreSQL (issue 22, deliverable 2): heartbeats, one owner per
+//! session by a lease with an epoch, a takeover once renewals stop, and the stale owner's
+//! writes refused. Always on PostgreSQL (tests/common/pg.rs), whatever KURSRELAY_TEST_DB says.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kursrelay::attendance::{self, Attendance, Event, Kind, Record};
+use kursrelay::cluster::Node;
+use kursrelay::config::{ClusterConfig, Config};
+use kursrelay::db::cluster::Claim;
+use kursrelay::db::{Db, DbError, NewSession, SessionState};
+use kursrelay::protocol::Role;
+
+const LEASE_MS: u64 = 1500;
+const RENEW_MS: u64 = 300;
+
+fn node_config(id: &str) -> ClusterConfig {
+    ClusterConfig {
+        node_id: id.into(),
+        internal_url: format!("http://127.0.0.1:1/{id}"),
+        lease_ms: LEASE_MS,
+        renew_interval_ms: RENEW_MS,
+    }
+}
+
+async fn open(url: &str) -> Db {
+    common::pg::open_section(&format!("[db]\nurl = \"{url}\"\n")).await
+}
+
+async fn new_session(db: &Db) -> String {
+    let course = db.create_course("Regionkurs").await.unwrap();
+    db.create_session(
+        &course.id,
+        &NewSession {
+            title: "Dag 1".into(),
+            starts_at: utc_in(-3600),
+            ends_at: utc_in(3600),
+            host_site: "Molde".into(),
+            chat_enabled: false,
+            roster: Default::default(),
+        },
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+fn joined(subject: &str) -> Event {
+    Event {
+        subject: subject.into(),
+        invite_id: subject.into(),
+        role: Role::Participant,
+        kind: Kind::Joined,
+        at_ms: attendance::now_ms(),
+        by_recovery: false,
+    }
+}
+
+/// Claims on `node` until it owns `session` or `within` passes; the lease and how long it took.
+async fn claim_when_free(
+    node: &Node,
+    session: &str,
+    within: Duration,
+) -> (kursrelay::db::cluster::Lease, Duration) {
+    let started = Instant::now();
+    loop {
+        match node.claim(session).await.unwrap() {
+            Claim::Owned(lease) => return (lease, started.elapsed()),
+            Claim::Elsewhere { .. } => {
+                assert!(started.elapsed() < within, "never became free");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[test]
+fn cluster_settings_are_checked_naming_the_key() {
+    let pg = "[db]\nurl = \"postgres://k@db.example/k\"\n";
+    let cases = [
+        ("[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"http://10.0.0.1:8081\"\n", "cluster.node_id", "PostgreSQL"),
+        ("[cluster]\nnode_id = \"molde 1\"\ninternal_url = \"http://10.0.0.1:8081\"\n", "cluster.node_id", "letters"),
+        ("[cluster]\nnode_id = \"molde-1\"\n", "cluster.internal_url", "other nodes reach"),
+        ("[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"10.0.0.1:8081\"\n", "cluster.internal_url", "http://"),
+        ("[cluster]\ninternal_url = \"http://10.0.0.1:8081\"\n", "cluster.node_id", "is empty"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nlease_ms = 2000\nrenew_interval_ms = 1000\n", "cluster.lease_ms", "three"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nrenew_interval_ms = 10\n", "cluster.renew_interval_ms", "100"),
+    ];
+    for (i, (cluster, key, want)) in cases.iter().enumerate() {
+        // The first case is about SQLite; the others have PostgreSQL.
+        let text = if i == 0 {
+            cluster.to_string()
+        } else {
+            format!("{pg}{cluster}")
+        };
+        let err = Config::from_overlay(Some((&text, "test")))
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {text}"))
+            .to_string();
+        assert!(err.contains(key) && err.contains(want), "{text}: {err}");
+    }
+    let ok =
+        format!("{pg}[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"http://10.0.0.1:8081\"\n");
+    let config = Config::from_overlay(Some((&ok, "test"))).unwrap();
+    assert!(config.cluster.enabled());
+    // A password in db.url never shows in a debug print of the configuration.
+    let secret = "[db]\nurl = \"postgres://kurs:hemmelig@db.example/k\"\n";
+    let config = Config::from_overlay(Some((secret, "test"))).unwrap();
+    assert!(!format!("{config:?}").contains("hemmelig"));
+    // Absent: a single server, nothing changes.
+    assert!(!Config::from_overlay(None).unwrap().cluster.enabled());
+}
+
+/// Two nodes (two pools with their own fences, as two processes have): one claims, the other
+/// cannot while renewals run; once they stop, the other takes the session with a higher epoch
+/// and the first one's writes — attendance and session state — are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_owner_a_takeover_with_a_higher_epoch_and_stale_writes_refused() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let (db_a, db_b) = (open(&url).await, open(&url).await);
+    let a = Node::new(db_a.clone(), &node_config("molde-1")).unwrap();
+    let b = Node::new(db_b.clone(), &node_config("alesund-1")).unwrap();
+    let session = new_session(&db_a).await;
+
+    let Claim::Owned(first) = a.claim(&session).await.unwrap() else {
+        panic!("a free session is claimed");
+    };
+    assert_eq!(first.epoch, 1);
+    // Claiming again on the owner renews without a new epoch.
+    assert!(matches!(a.claim(&session).await.unwrap(), Claim::Owned(l) if l.epoch == 1));
+    assert_eq!(
+        b.claim(&session).await.unwrap(),
+        Claim::Elsewhere {
+            node_id: "molde-1".into(),
+            epoch: 1,
+            expires_ms: a.lease(&session).unwrap().expires_ms
+        }
+    );
+
+    // While A renews, B cannot take it, well past one lease.
+    let renewals = tokio_util::sync::CancellationToken::new();
+    a.spawn(renewals.clone());
+    let until = Instant::now() + Duration::from_millis(2 * LEASE_MS);
+    while Instant::now() < until {
+        assert!(matches!(
+            b.claim(&session).await.unwrap(),
+            Claim::Elsewhere { .. }
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A's writes count while it owns the session.
+    let writer_a = Attendance::spawn(db_a.clone());
+    let ack = writer_a.record(Record {
+        session_id: session.clone(),
+        event: joined("kari"),
+    });
+    ack.await.expect("the owner's event is committed");
+    db_a.advance_session(&session, SessionState::Live)
+        .await
+        .unwrap();
+
+    // Renewals stop (a node that hangs or dies): B takes over after the lease, epoch 2.
+    renewals.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await; // a renewal in flight finishes
+    let last_expiry = db_a.lease_of(&session).await.unwrap().unwrap().2;
+    let (second, _) = claim_when_free(&b, &session, Duration::from_secs(10)).await;
+    assert_eq!(second.epoch, 2);
+    assert!(
+        attendance::now_ms() >= last_expiry,
+        "taken over before the owner's last lease ran out"
+    );
+    assert_eq!(
+        db_b.lease_of(&session).await.unwrap(),
+        Some(("alesund-1".into(), 2, second.expires_ms))
+    );
+
+    // The stale owner: its attendance is not written (its member's task hears "not
+    // recorded"), its session state change is refused, and its next renewal finds it lost.
+    let stale = writer_a.record(Record {
+        session_id: session.clone(),
+        event: joined("per"),
+    });
+    assert!(
+        stale.await.is_err(),
+        "a stale owner's event was acknowledged"
+    );
+    let refused = db_a.advance_session(&session, SessionState::Ended).await;
+    assert!(
+        matches!(refused, Err(DbError::Fenced { epoch: 1, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        a.tick(attendance::now_ms()).await.unwrap(),
+        vec![session.clone()]
+    );
+    assert!(a.lease(&session).is_none());
+    // Nor can it claim the session back while B renews.
+    b.spawn(tokio_util::sync::CancellationToken::new());
+    assert!(matches!(
+        a.claim(&session).await.unwrap(),
+        Claim::Elsewhere { node_id, epoch: 2, .. } if node_id == "alesund-1"
+    ));
+
+    // The new owner writes.
+    let writer_b = Attendance::spawn(db_b.clone());
+    writer_b
+        .record(Record {
+            session_id: session.clone(),
+            event: joined("ola"),
+        })
+        .await
+        .expect("the new owner's event is committed");
+    let subjects: Vec<String> = attendance::events(&db_b, &session)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(subjects, ["kari", "ola"]);
+    assert_eq!(
+        db_b.session(&session).await.unwrap().state,
+        SessionState::Live
+    );
+}
+
+/// Two nodes claiming a free session at the same moment: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_claims_at_once_have_one_winner() {
+    let url = common::pg::fresh_database().await;
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(Node::new(open(&url).await, &node_config(&format!("node-{i}"))).unwrap());
+    }
+    for round in 0..10 {
+        let session = format!("s{round}");
+        let claims = futures_util::future::join_all(nodes.iter().map(|n| n.claim(&session))).await;
+        let winners = claims
+            .into_iter()
+            .filter(|c| matches!(c, Ok(Claim::Owned(_))))
+            .count();
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+/// Real servers: each node writes its heartbeat from start-up and every renewal interval; a
+/// node that stops drops out of the live nodes within one lease, and the other node can then
+/// take its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_heartbeat_and_the_survivor_takes_the_session() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let overlay = |id: &str| {
+        format!(
+            "[db]\nurl = \"{url}\"\n[cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://127.0.0.1:9/{id}\"\n\
+             lease_ms = {LEASE_MS}\nrenew_interval_ms = {RENEW_MS}\n"
+        )
+    };
+    let a = TestServer::spawn_with(&overlay("volda-1")).await;
+    let b = TestServer::spawn_with(&overlay("kristiansund-1")).await;
+    let node_a = a.state.cluster.clone().expect("a node");
+    let node_b = b.state.cluster.clone().expect("a node");
+    let ids = |rows: Vec<kursrelay::db::cluster::NodeRow>| {
+        rows.into_iter().map(|r| r.node_id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(node_b.live_nodes().await.unwrap()),
+        ["kristiansund-1", "volda-1"]
+    );
+    let session = a.session("region").await;
+    assert!(matches!(node_a.claim(&session).await.unwrap(), Claim::Owned(l) if l.epoch == 1));
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
+    assert!(matches!(
+        node_b.claim(&session).await.unwrap(),
+        Claim::Elsewhere { .. }
+    ));
+
+    a.shutdown().await;
+    let (lease, _) = claim_when_free(&node_b, &session, Duration::from_secs(10)).await;
+    assert_eq!(lease.epoch, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids(node_b.live_nodes().await.unwrap()) != ["kristiansund-1"] {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped node still looks alive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.shutdown().await;
+}
+
+/// The README's backup for PostgreSQL: `pg_dump --format=custom` while a node writes, then
+/// `pg_restore` into an empty database that a node opens with everything in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_and_pg_restore_keep_every_record() {
+    let url = common::pg::fresh_database().await;
+    let db = open(&url).await;
+    let key = db.secret("join_token_key").await.unwrap();
+    let session = new_session(&db).await;
+    let writer = Attendance::spawn(db.clone());
+    for who in ["kari", "per", "ola"] {
+        writer
+            .record(Record {
+                session_id: session.clone(),
+                event: joined(who),
+            })
+            .await
+            .unwrap();
+    }
+    let bin = common::pg::cluster().bin.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("kursrelay.dump");
+    let out = std::process::Command::new(bin.join("pg_dump"))
+        .args(["--format=custom", "--file"])
+        .arg(&dump)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = common::pg::fresh_database().await;
+    let out = std::process::Command::new(bin.join("pg_restore"))
+        .arg(format!("--dbname={restored}"))
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = open(&restored).await;
+    assert_eq!(copy.session(&session).await.unwrap().title, "Dag 1");
+    assert_eq!(attendance::events(&copy, &session).await.unwrap().len(), 3);
+    // The same join-token key, so links made before the backup still work after a restore.
+    assert_eq!(copy.secret("join_token_key").await.unwrap(), key);
+}
