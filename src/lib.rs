@@ -26,8 +26,8 @@
 //! | [`logging`] | tracing setup; IP addresses redacted from every line | log names or media |
 //! | [`turn`] | TURN credentials, the browser's ICE servers | log the secret |
 //! | [`attendance`] | writer task, crash recovery, retention, summaries, CSV and JSON export | be awaited by a room |
-//! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch | forward signalling or media (not built yet) |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core with time passed in — demux, fan-out, own SRTP seal, track cache for NACKs and paced GOP joins, sender reports — inside a small shell thread with the sockets), `Publisher`/`Subscriber` handles, `Forwarder`, keyframe requests, media metrics, the check's test peer | block, lock or allocate per forwarded packet |
+//! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch | forward signalling or media (not built yet) |
 //! | [`room`] | the actor per session; `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
 //! | [`cli`] | admin subcommands on the database | run the server |
 //! | [`http`] | router, `/ws` loop (a join token checked once), admin API, abuse guard, WHIP/WHEP, web client | decide about rooms |
@@ -35,7 +35,7 @@
 //!
 //! Layers, in the table's order (a module uses only modules of earlier layers; tests/layers.rs
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
-//! → `attendance`, `cluster`, `sfu` → `room` → `cli`, `http` → `app`.
+//! → `attendance`, `sfu` → `cluster`, `room` → `cli`, `http` → `app`.
 //!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
