@@ -255,6 +255,10 @@ struct Row {
     fps: f64,
     width: u64,
     height: u64,
+    /// From the join to the first decoded frame (NaN: none came), and the time after it in
+    /// which no new frame was decoded (250 ms samples).
+    first_frame_s: f64,
+    stalled_s: f64,
     freezes: f64,
     frozen_s: f64,
     concealed_pct: f64,
@@ -291,11 +295,13 @@ impl Row {
 
     fn markdown(&self) -> String {
         format!(
-            "| {} | {:.1} | {}×{} | {:.0} / {:.1} s | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} Mbit/s, {:.0} re-sent | {} of {} | {:.0} | {:.2} Mbit/s {}p {:.0} fps ({}) |",
+            "| {} | {:.1} | {}×{} | {:.1} s | {:.1} s | {:.0} / {:.1} s | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} Mbit/s, {:.0} re-sent | {} of {} | {:.0} | {:.2} Mbit/s {}p {:.0} fps ({}) |",
             self.line(),
             self.fps,
             self.width,
             self.height,
+            self.first_frame_s,
+            self.stalled_s,
             self.freezes,
             self.frozen_s,
             self.concealed_pct,
@@ -319,7 +325,7 @@ impl Row {
     }
 }
 
-const TABLE_HEAD: &str = "| line | fps decoded | size | freezes / frozen | audio concealed | packets lost | NACKs sent | PLIs sent | server → viewer (re-sends) | dropped by the line's queue | keyframe requests to the publisher | publisher sent |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+const TABLE_HEAD: &str = "| line | fps decoded | size | first picture after | no new picture for | freezes / frozen | audio concealed | packets lost | NACKs sent | PLIs sent | server → viewer (re-sends) | dropped by the line's queue | keyframe requests to the publisher | publisher sent |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The server's /metrics, unlabelled series only (names kept whatever the engine calls them).
 async fn scrape(server: &TestServer) -> HashMap<String, f64> {
@@ -369,6 +375,8 @@ impl std::fmt::Display for Note {
         f.write_str(&self.0)
     }
 }
+
+const SAMPLE: Duration = Duration::from_millis(250);
 
 struct Rig {
     server: TestServer,
@@ -475,8 +483,24 @@ impl Rig {
         let began = Instant::now();
         let viewer = self.tab(Role::Participant, &format!("Heime {kbps}")).await;
         let v0 = self.browser.peer_stats(&viewer).await;
-        let rest = Duration::from_secs(secs).saturating_sub(began.elapsed());
-        tokio::time::sleep(rest).await;
+        // Sampled every 250 ms: when the first picture came, and how long no new one came
+        // after it (at 0 frames a second `freezeCount` stays 0: it counts gaps between frames).
+        let (mut first_frame, mut stalled, mut frames) = (None, Duration::ZERO, 0u64);
+        let end = began + Duration::from_secs(secs);
+        let mut at = Instant::now();
+        while at < end {
+            tokio::time::sleep(SAMPLE.min(end - at)).await;
+            let now = Instant::now();
+            let decoded = self.browser.eval(&viewer, "kursrelay.stats()").await["framesDecoded"]
+                .as_u64()
+                .unwrap_or(0);
+            if decoded > 0 && first_frame.is_none() {
+                first_frame = Some(now - began);
+            } else if decoded == frames && first_frame.is_some() {
+                stalled += now - at;
+            }
+            (frames, at) = (decoded, now);
+        }
         let v1 = self.browser.peer_stats(&viewer).await;
         let p1 = self.browser.peer_stats(publisher).await;
         let m1 = scrape(&self.server).await;
@@ -490,6 +514,8 @@ impl Rig {
         let shaper = link.shaper(Dir::ToPeer);
         let row = Row {
             kbps,
+            first_frame_s: first_frame.map_or(f64::NAN, |d| d.as_secs_f64()),
+            stalled_s: stalled.as_secs_f64(),
             secs: elapsed,
             fps: dv("inbound-rtp", "video", "framesDecoded") / elapsed,
             width: max(&v1, "inbound-rtp", "video", "frameWidth") as u64,
