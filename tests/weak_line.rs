@@ -29,7 +29,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::chromium::{Chromium, Page};
-use common::netsim::{self, Dir, Link, Queue, Rate, Shaper, Verdict};
+use common::netsim::shaper::{Queue, Rate, Shaper, Verdict};
+use common::netsim::{self, Dir, Link};
 use common::*;
 use kursrelay::protocol::Role;
 use serde_json::Value;
@@ -295,12 +296,16 @@ impl Row {
 
     fn markdown(&self) -> String {
         format!(
-            "| {} | {:.1} | {}×{} | {:.1} s | {:.1} s | {:.0} / {:.1} s | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} Mbit/s, {:.0} re-sent | {} of {} | {:.0} | {:.2} Mbit/s {}p {:.0} fps ({}) |",
+            "| {} | {:.1} | {}×{} | {} | {:.1} s | {:.0} / {:.1} s | {:.1} % | {:.0} | {:.0} | {:.0} | {:.2} Mbit/s, {:.0} re-sent | {} of {} | {:.0} | {:.2} Mbit/s {}p {:.0} fps ({}) |",
             self.line(),
             self.fps,
             self.width,
             self.height,
-            self.first_frame_s,
+            if self.first_frame_s.is_nan() {
+                "never".to_owned()
+            } else {
+                format!("{:.1} s", self.first_frame_s)
+            },
             self.stalled_s,
             self.freezes,
             self.frozen_s,
