@@ -142,17 +142,14 @@ async fn main() -> anyhow::Result<()> {
             json,
             cap,
         } => {
-            let report = run_step(
-                &url,
-                &admin_key,
-                sfu_pid,
+            let step = Step {
                 subscribers,
                 seconds,
                 samples,
                 join_rate,
                 cap,
-            )
-            .await?;
+            };
+            let report = run_step(&url, &admin_key, sfu_pid, step).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -176,17 +173,14 @@ async fn main() -> anyhow::Result<()> {
                 let mut runs = Vec::new();
                 for _ in 0..repeats {
                     let sfu = Sfu::start(&sfu_bin, sfu_core)?;
-                    let r = run_step(
-                        &sfu.ws_url(),
-                        &sfu.admin_key,
-                        Some(sfu.pid()),
-                        n,
+                    let step = Step {
+                        subscribers: n,
                         seconds,
                         samples,
                         join_rate,
                         cap,
-                    )
-                    .await;
+                    };
+                    let r = run_step(&sfu.ws_url(), &sfu.admin_key, Some(sfu.pid()), step).await;
                     drop(sfu);
                     let r = r?;
                     eprintln!("{}", r.row());
@@ -639,16 +633,25 @@ async fn snapshot(
     })
 }
 
-async fn run_step(
-    url: &str,
-    key: &str,
-    pid: Option<u32>,
-    n: usize,
+/// What one step does: `subscribers` joined at `join_rate`, the first `samples` decrypting,
+/// measured for `seconds`; `cap` puts a share of the others on a weak line.
+#[derive(Clone, Copy)]
+struct Step {
+    subscribers: usize,
     seconds: u64,
     samples: usize,
     join_rate: f64,
     cap: CapArgs,
-) -> anyhow::Result<Report> {
+}
+
+async fn run_step(url: &str, key: &str, pid: Option<u32>, step: Step) -> anyhow::Result<Report> {
+    let Step {
+        subscribers: n,
+        seconds,
+        samples,
+        join_rate,
+        cap,
+    } = step;
     let epoch = Instant::now();
     let (leader, tokens) = setup(url, key, n).await?;
     let publisher = client::publish(url, &leader, epoch).await?;
