@@ -19,9 +19,14 @@ async fn load_generator_smoke_run_delivers_media() {
             "--url",
             &server.ws_url(),
             "--subscribers",
-            "3",
+            "4",
             "--samples",
             "1",
+            // One of the three counting subscribers behind a 300 kbit/s line.
+            "--capped",
+            "0.34",
+            "--cap-kbps",
+            "300",
             "--seconds",
             "2",
             "--json",
@@ -37,7 +42,13 @@ async fn load_generator_smoke_run_delivers_media() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
-    assert_eq!(report["subscribers"], 3);
+    assert_eq!(report["subscribers"], 4);
+    // The capped one is measured apart, and its line loses much of a 2 Mbit/s feed.
+    assert_eq!(report["capped"], 1, "{report}");
+    assert!(
+        report["capped_loss_pct"].as_f64().unwrap() > 10.0,
+        "a 300 kbit/s cap lost nothing: {report}"
+    );
     assert_eq!(report["subscribers_without_video"], 0, "{report}");
     assert!(
         report["packets_forwarded_per_s"].as_f64().unwrap() > 100.0,

@@ -27,6 +27,7 @@ use webrtc::peer_connection::{
 use webrtc::runtime::Runtime;
 
 use crate::net::{CountingRuntime, SharedCounters};
+use crate::shaper::Rate;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -130,6 +131,8 @@ pub struct Subscriber {
     /// Audio payload type from the offer, to tell audio from video streams.
     pub audio_pt: Arc<AtomicU64>,
     pub stop: CancellationToken,
+    /// Behind a bandwidth cap (`--capped`).
+    pub capped: bool,
 }
 
 impl Subscriber {
@@ -145,17 +148,20 @@ impl Subscriber {
     }
 }
 
-/// Joins `session` as a subscriber. `sample` subscribers decrypt and measure transit.
+/// Joins `session` as a subscriber. `sample` subscribers decrypt and measure transit; a
+/// counting subscriber with a `cap` receives through a bandwidth limit (see `net`).
 pub async fn subscribe(
     url: &str,
     token: &str,
     sample: bool,
+    cap: Option<Rate>,
     epoch: Instant,
 ) -> anyhow::Result<Subscriber> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let counters: SharedCounters = Arc::default();
     let transit = sample.then(|| Arc::new(Mutex::new(Vec::new())));
-    let runtime = CountingRuntime::shared((!sample).then(|| counters.clone()));
+    let cap = cap.filter(|_| !sample);
+    let runtime = CountingRuntime::capped((!sample).then(|| counters.clone()), cap);
     let stop = CancellationToken::new();
     let audio_pt = Arc::new(AtomicU64::new(111));
     let join_sent = Instant::now();
@@ -174,6 +180,7 @@ pub async fn subscribe(
         join_sent,
         audio_pt,
         stop,
+        capped: cap.is_some(),
     })
 }
 

@@ -7,6 +7,10 @@
 
 mod client;
 mod net;
+// The tests' token bucket (tests/common/netsim.rs uses it too); the generator uses part of it.
+#[allow(dead_code)]
+#[path = "../../tests/common/shaper.rs"]
+mod shaper;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +24,38 @@ use serde::Serialize;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// A share of the counting subscribers behind a bandwidth cap (benches/loadgen/README.md).
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct CapArgs {
+    /// Share of the counting subscribers (0–1, spread evenly) that receive through a cap.
+    #[arg(long, default_value_t = 0.0)]
+    capped: f64,
+    /// The cap, kbit/s, server → subscriber.
+    #[arg(long, default_value_t = 800)]
+    cap_kbps: u64,
+    /// Depth of the cap's drop-tail queue, ms.
+    #[arg(long, default_value_t = 200)]
+    cap_queue_ms: u64,
+}
+
+impl CapArgs {
+    const NONE: CapArgs = CapArgs {
+        capped: 0.0,
+        cap_kbps: 0,
+        cap_queue_ms: 0,
+    };
+
+    /// The cap of the `k`-th counting subscriber, if it has one: `capped` of them, evenly spread.
+    fn for_counting(&self, k: usize) -> Option<shaper::Rate> {
+        let share = self.capped.clamp(0.0, 1.0);
+        let capped = ((k + 1) as f64 * share).floor() > (k as f64 * share).floor();
+        (capped && self.cap_kbps > 0).then(|| shaper::Rate {
+            queue: shaper::Queue::Millis(self.cap_queue_ms),
+            ..shaper::Rate::kbps(self.cap_kbps)
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -49,6 +85,8 @@ enum Cmd {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cap: CapArgs,
     },
     /// Start the SFU per step and repetition, step N up until loss or CPU saturation.
     Sweep {
@@ -68,9 +106,12 @@ enum Cmd {
         samples: usize,
         #[arg(long, default_value_t = 50.0)]
         join_rate: f64,
-        /// Stop after the first step whose median loss exceeds this (percent).
+        /// Stop after the first step whose median loss exceeds this (percent; the subscribers
+        /// without a cap).
         #[arg(long, default_value_t = 0.5)]
         max_loss: f64,
+        #[command(flatten)]
+        cap: CapArgs,
     },
     /// Join → first keyframe: single joins, then a storm of joins while streaming.
     Storm {
@@ -99,17 +140,16 @@ async fn main() -> anyhow::Result<()> {
             sfu_pid,
             admin_key,
             json,
+            cap,
         } => {
-            let report = run_step(
-                &url,
-                &admin_key,
-                sfu_pid,
+            let step = Step {
                 subscribers,
                 seconds,
                 samples,
                 join_rate,
-            )
-            .await?;
+                cap,
+            };
+            let report = run_step(&url, &admin_key, sfu_pid, step).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -126,22 +166,21 @@ async fn main() -> anyhow::Result<()> {
             samples,
             join_rate,
             max_loss,
+            cap,
         } => {
             println!("{}", Report::header());
             for n in steps {
                 let mut runs = Vec::new();
                 for _ in 0..repeats {
                     let sfu = Sfu::start(&sfu_bin, sfu_core)?;
-                    let r = run_step(
-                        &sfu.ws_url(),
-                        &sfu.admin_key,
-                        Some(sfu.pid()),
-                        n,
+                    let step = Step {
+                        subscribers: n,
                         seconds,
                         samples,
                         join_rate,
-                    )
-                    .await;
+                        cap,
+                    };
+                    let r = run_step(&sfu.ws_url(), &sfu.admin_key, Some(sfu.pid()), step).await;
                     drop(sfu);
                     let r = r?;
                     eprintln!("{}", r.row());
@@ -432,16 +471,20 @@ struct Report {
     rcvbuf_errors: u64,
     sfu_drops: u64,
     valid: bool,
+    /// Counting subscribers behind a cap of `cap_kbps`, and their loss (not in `loss_pct`).
+    capped: usize,
+    cap_kbps: u64,
+    capped_loss_pct: f64,
 }
 
 impl Report {
     fn header() -> String {
-        "| N | fwd pkt/s | SFU CPU % | µs/pkt (min–max) | loss % (worst sub) | ooo | PLI/s | transit p50/p99/p99.9 ms | join→kf p50/p95 ms | RSS KB/sub | gen CPU % | rcvbuf err | SFU drops | valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
+        "| N | fwd pkt/s | SFU CPU % | µs/pkt (min–max) | loss % (worst sub) | ooo | PLI/s | transit p50/p99/p99.9 ms | join→kf p50/p95 ms | RSS KB/sub | gen CPU % | rcvbuf err | SFU drops | valid | capped (their loss %) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
     }
 
     fn row(&self) -> String {
         format!(
-            "| {} | {:.0} | {:.0} | {:.1} ({:.1}–{:.1}) | {:.3} ({:.2}) | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.0} / {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.1} ({:.1}–{:.1}) | {:.3} ({:.2}) | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.0} / {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
             self.subscribers,
             self.packets_forwarded_per_s,
             self.sfu_cpu_pct,
@@ -462,6 +505,14 @@ impl Report {
             self.rcvbuf_errors,
             self.sfu_drops,
             if self.valid { "yes" } else { "NO" },
+            if self.capped == 0 {
+                "–".to_owned()
+            } else {
+                format!(
+                    "{} at {} kbit/s ({:.1} %)",
+                    self.capped, self.cap_kbps, self.capped_loss_pct
+                )
+            },
         )
     }
 
@@ -496,16 +547,21 @@ impl Report {
             rcvbuf_errors: runs.iter().map(|r| r.rcvbuf_errors).max().unwrap_or(0),
             sfu_drops: med(|r| r.sfu_drops as f64) as u64,
             valid: runs.iter().all(|r| r.valid),
+            capped: runs[0].capped,
+            cap_kbps: runs[0].cap_kbps,
+            capped_loss_pct: med(|r| r.capped_loss_pct),
         }
     }
 }
 
-/// Joins `n` subscribers at `rate` per second; the first `samples` decrypt.
+/// Joins `n` subscribers at `rate` per second; the first `samples` decrypt; `cap` puts a share
+/// of the others behind a bandwidth cap.
 async fn join_many(
     url: &str,
     tokens: &[String],
     samples: usize,
     rate: f64,
+    cap: CapArgs,
     epoch: Instant,
 ) -> anyhow::Result<Vec<client::Subscriber>> {
     let gap = Duration::from_secs_f64(1.0 / rate);
@@ -513,7 +569,9 @@ async fn join_many(
     let start = tokio::time::Instant::now();
     for (i, token) in tokens.iter().enumerate() {
         tokio::time::sleep_until(start + gap * i as u32).await;
-        subs.push(client::subscribe(url, token, i < samples, epoch).await?);
+        let sample = i < samples;
+        let rate = (!sample).then(|| cap.for_counting(i - samples)).flatten();
+        subs.push(client::subscribe(url, token, sample, rate, epoch).await?);
     }
     Ok(subs)
 }
@@ -575,21 +633,31 @@ async fn snapshot(
     })
 }
 
-async fn run_step(
-    url: &str,
-    key: &str,
-    pid: Option<u32>,
-    n: usize,
+/// What one step does: `subscribers` joined at `join_rate`, the first `samples` decrypting,
+/// measured for `seconds`; `cap` puts a share of the others on a weak line.
+#[derive(Clone, Copy)]
+struct Step {
+    subscribers: usize,
     seconds: u64,
     samples: usize,
     join_rate: f64,
-) -> anyhow::Result<Report> {
+    cap: CapArgs,
+}
+
+async fn run_step(url: &str, key: &str, pid: Option<u32>, step: Step) -> anyhow::Result<Report> {
+    let Step {
+        subscribers: n,
+        seconds,
+        samples,
+        join_rate,
+        cap,
+    } = step;
     let epoch = Instant::now();
     let (leader, tokens) = setup(url, key, n).await?;
     let publisher = client::publish(url, &leader, epoch).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base = pid.and_then(rss_kb);
-    let subs = join_many(url, &tokens, samples.min(n), join_rate, epoch).await?;
+    let subs = join_many(url, &tokens, samples.min(n), join_rate, cap, epoch).await?;
     // Everyone should have video within a few seconds; then let queues settle.
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline
@@ -612,12 +680,20 @@ async fn run_step(
     let sfu_cpu = b.sfu_cpu - a.sfu_cpu;
     let gen_cpu = b.gen_cpu - a.gen_cpu;
     let (mut recv, mut exp, mut worst) = (0u64, 0u64, 0.0f64);
+    let (mut capped, mut capped_recv, mut capped_exp) = (0, 0u64, 0u64);
     let mut without_video = 0;
     for (i, s) in subs.iter().enumerate().skip(samples.min(n)) {
         let (r, e) = (
             b.subs[i].0 - a.subs[i].0,
             b.subs[i].1.saturating_sub(a.subs[i].1),
         );
+        if s.capped {
+            // Measured apart: their loss is the cap's doing, not the SFU's.
+            capped += 1;
+            capped_recv += r;
+            capped_exp += e;
+            continue;
+        }
         if s.join_to_keyframe().is_none() || e == 0 {
             without_video += 1;
             continue;
@@ -678,6 +754,13 @@ async fn run_step(
         sfu_drops: b.dropped - a.dropped,
         // The generator must not be the bottleneck, and the kernel must not have dropped.
         valid: gen_pct < 90.0 && rcvbuf == 0,
+        capped,
+        cap_kbps: cap.cap_kbps,
+        capped_loss_pct: if capped_exp > 0 {
+            100.0 * (1.0 - capped_recv as f64 / capped_exp as f64).max(0.0)
+        } else {
+            f64::NAN
+        },
     };
     for s in &subs {
         s.stop.cancel();
@@ -711,7 +794,7 @@ async fn storm(url: &str, key: &str, single: usize, joins: usize, rate: f64) -> 
     println!("| joins | N | without video | join→kf p50 ms | p95 ms | max ms |\n|---|---|---|---|---|---|");
     let mut singles = Vec::new();
     for i in 0..single {
-        singles.push(client::subscribe(url, &tokens[i], false, epoch).await?);
+        singles.push(client::subscribe(url, &tokens[i], false, None, epoch).await?);
         let deadline = Instant::now() + Duration::from_secs(5);
         while singles[i].join_to_keyframe().is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -719,7 +802,7 @@ async fn storm(url: &str, key: &str, single: usize, joins: usize, rate: f64) -> 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     summarise("single, one at a time", &singles);
-    let burst = join_many(url, &tokens[single..], 0, rate, epoch).await?;
+    let burst = join_many(url, &tokens[single..], 0, rate, CapArgs::NONE, epoch).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     summarise(&format!("storm at {rate}/s while streaming"), &burst);
     for s in singles.iter().chain(burst.iter()) {

@@ -2,6 +2,13 @@
 //! before the WebRTC stack would decrypt it. ICE, DTLS and RTCP pass through untouched, so the
 //! connection is real; only the per-packet decrypt is skipped. This is what lets one core of
 //! generator drive hundreds of subscribers.
+//!
+//! A counting subscriber can sit behind a bandwidth cap (`--capped`): every datagram it is sent
+//! goes through a token bucket with a drop-tail queue (`Shaper`, shared with the tests'
+//! `netsim`), one per subscriber across its sockets. What the queue drops is neither counted
+//! nor handed on (a loss, as on a weak home line); RTP that passes is counted at the time it
+//! leaves the queue. What passes and is not RTP (ICE, DTLS, RTCP) is handed on at once, not
+//! after its wait in the queue: an approximation that keeps the socket simple.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -11,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::shaper::{Rate, Shaper, Verdict};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     TokioRuntime, Transmit,
@@ -96,12 +104,20 @@ fn rtp_header(d: &[u8]) -> Option<(u8, u16, u32)> {
 #[derive(Debug)]
 pub struct CountingRuntime {
     counters: Option<SharedCounters>,
+    cap: Option<Arc<Mutex<Shaper>>>,
 }
 
 impl CountingRuntime {
     /// `None` counts nothing and only raises socket buffers (for decrypting sample peers).
     pub fn shared(counters: Option<SharedCounters>) -> Arc<dyn Runtime> {
-        Arc::new(CountingRuntime { counters })
+        Self::capped(counters, None)
+    }
+
+    /// Counting behind a bandwidth cap of `rate` (ignored without `counters`).
+    pub fn capped(counters: Option<SharedCounters>, rate: Option<Rate>) -> Arc<dyn Runtime> {
+        let now = tokio::time::Instant::now();
+        let cap = rate.map(|r| Arc::new(Mutex::new(Shaper::new(now, r))));
+        Arc::new(CountingRuntime { counters, cap })
     }
 }
 
@@ -117,6 +133,7 @@ impl Runtime for CountingRuntime {
             Some(c) => Arc::new(CountingSocket {
                 inner,
                 counters: c.clone(),
+                cap: self.cap.clone(),
             }),
             None => inner,
         })
@@ -157,6 +174,7 @@ impl Runtime for CountingRuntime {
 struct CountingSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     counters: SharedCounters,
+    cap: Option<Arc<Mutex<Shaper>>>,
 }
 
 impl AsyncUdpSocket for CountingSocket {
@@ -193,19 +211,35 @@ impl AsyncUdpSocket for CountingSocket {
             let mut kept = 0;
             {
                 let mut counters = self.counters.lock().expect("counters lock");
+                let mut cap = self.cap.as_ref().map(|c| c.lock().expect("cap lock"));
                 for i in 0..n {
                     let m = meta[i];
                     let stride = m.stride.max(1);
                     let data = &bufs[i][..m.len];
                     let mut all_rtp = true;
+                    let mut dropped = false;
                     for seg in data.chunks(stride) {
-                        match rtp_header(seg) {
-                            Some((pt, seq, ssrc)) => counters.on_rtp(now, pt, seq, ssrc),
-                            None => all_rtp = false,
+                        // Through the cap, if any: when this datagram leaves its queue.
+                        let at = match cap.as_mut() {
+                            None => Some(now),
+                            Some(c) => {
+                                match c.offer(tokio::time::Instant::from_std(now), seg.len()) {
+                                    Verdict::Leaves(at) => Some(at.into_std()),
+                                    Verdict::Dropped => None,
+                                }
+                            }
+                        };
+                        match (rtp_header(seg), at) {
+                            (Some((pt, seq, ssrc)), Some(at)) => counters.on_rtp(at, pt, seq, ssrc),
+                            (Some(_), None) => {}
+                            (None, at) => {
+                                all_rtp = false;
+                                dropped |= at.is_none();
+                            }
                         }
                     }
-                    if all_rtp {
-                        continue; // counted; the stack never sees it
+                    if all_rtp || dropped {
+                        continue; // counted (or lost on the capped line); the stack never sees it
                     }
                     // Keep this message (rarely mixed with RTP; the stack then drops the RTP).
                     if kept != i {

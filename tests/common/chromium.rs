@@ -25,6 +25,14 @@ const GUM_COUNTER: &str = "window.__gumCalls = 0; \
       const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices); \
       navigator.mediaDevices.getUserMedia = (c) => { window.__gumCalls += 1; return real(c); }; }";
 
+/// Keeps every RTCPeerConnection a page makes in `window.__pcs` (runs before the page's own
+/// scripts), so a test can read the getStats that `kursrelay.stats()` does not sum (audio
+/// concealment, frame sizes, the encoder's side).
+const PC_TRACKER: &str = "window.__pcs = []; \
+    if (window.RTCPeerConnection) { const Real = window.RTCPeerConnection; \
+      window.RTCPeerConnection = class extends Real { \
+        constructor(...a) { super(...a); window.__pcs.push(this); } }; }";
+
 pub struct Chromium {
     child: Child,
     ws: Ws,
@@ -201,6 +209,41 @@ impl Chromium {
         )
         .await;
         page
+    }
+
+    /// Opens `url` in a new tab whose peer connections `peer_stats` can read.
+    pub async fn open_tracked(&mut self, url: &str) -> Page {
+        let page = self.open_blank().await;
+        self.call(
+            Some(&page.session),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": PC_TRACKER}),
+        )
+        .await;
+        self.navigate(&page, url).await;
+        page
+    }
+
+    /// Every stats object of every open peer connection of a tab opened with `open_tracked`,
+    /// each with `pc` (the connection's index) added.
+    pub async fn peer_stats(&mut self, page: &Page) -> Vec<Value> {
+        let v = self
+            .eval(
+                page,
+                "Promise.all((window.__pcs || []).map(async (pc, i) => { \
+                   if (pc.connectionState === 'closed') return []; \
+                   const out = []; (await pc.getStats()).forEach((s) => out.push({ ...s, pc: i })); \
+                   return out; })).then((l) => l.flat())",
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Closes a tab.
+    pub async fn close_tab(&mut self, page: &Page) {
+        let _ = self
+            .try_call(Some(&page.session), "Page.close", json!({}))
+            .await;
     }
 
     /// Loads `url` in `page` and waits until the page's module has run.

@@ -17,6 +17,14 @@
 //! So "5 % loss, 100 ms delay" here means 5 % loss and 100 ms delay *in each direction* (RTT
 //! +200 ms), harsher than netem on one interface's egress. The server is untouched and sees
 //! only a lossy, late path: these tests stay valid whatever its media engine is.
+//!
+//! A link can also carry a bandwidth limit per direction (`Link::set_rate`): a token bucket
+//! in front of a drop-tail queue of a set depth (`Shaper`), the model of a home line (a 4G
+//! cell or DSL modem with its buffer). Datagrams leave the queue at the line's rate; one that
+//! would wait longer than the queue holds is dropped. The limit is the `Link`'s, so every flow
+//! that goes through one `Link` shares it (one home, several connections); give each flow a
+//! `Link` of its own for a limit per flow. Loss is applied first (the radio), then the queue,
+//! then the delay.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -35,6 +43,11 @@ use webrtc::runtime::{
     TokioRuntime, Transmit,
 };
 
+// The shaper itself is pure and shared with the load generator (benches/loadgen).
+#[path = "shaper.rs"]
+pub mod shaper;
+use shaper::{Rate, Shaper, Verdict};
+
 /// The impairment of one peer's link; change it at any time.
 #[derive(Debug, Default)]
 pub struct Link {
@@ -48,6 +61,20 @@ pub struct Link {
     pub received_dropped: AtomicU64,
     /// Besides random loss: these incoming RTP packets are lost (see `LossPlan`).
     pub plan: Mutex<Option<LossPlan>>,
+    /// Bytes of what `sent` and `received` count (before any drop).
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Bandwidth limits, peer → far end (`Dir::FromPeer`) and far end → peer (`Dir::ToPeer`).
+    shapers: [Mutex<Option<Shaper>>; 2],
+}
+
+/// A direction of a `Link`, seen from the impaired peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// What the peer sends (its upload).
+    FromPeer,
+    /// What the peer is sent (its download: the server → viewer direction).
+    ToPeer,
 }
 
 /// Loses chosen incoming RTP packets: the n-th ones (counting from 1) larger than `min_len`
@@ -107,6 +134,22 @@ impl Link {
         self.down.store(down, Ordering::Relaxed);
     }
 
+    /// Limits `dir` to `rate` from now on (None: unlimited). A shaper already there keeps its
+    /// queue and changes speed (a line that drops from 5 Mbit/s to 600 kbit/s mid-course).
+    pub fn set_rate(&self, dir: Dir, rate: Option<Rate>) {
+        let now = Instant::now();
+        let mut shaper = self.shapers[dir as usize].lock().unwrap();
+        match (shaper.as_mut(), rate) {
+            (Some(s), Some(r)) => s.set_rate(now, r),
+            (_, r) => *shaper = r.map(|r| Shaper::new(now, r)),
+        }
+    }
+
+    /// A copy of `dir`'s shaper (its counters: what passed, what the queue dropped).
+    pub fn shaper(&self, dir: Dir) -> Option<Shaper> {
+        self.shapers[dir as usize].lock().unwrap().clone()
+    }
+
     pub fn pass(&self) -> bool {
         if self.down.load(Ordering::Relaxed) {
             return false;
@@ -119,15 +162,54 @@ impl Link {
         Instant::now() + Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
     }
 
+    /// A datagram of `len` bytes going `dir`: counted, then lost, queued or passed. Returns
+    /// when to hand it on (None: dropped, and counted as such).
+    pub fn admit(&self, dir: Dir, len: usize) -> Option<Instant> {
+        let (count, bytes, dropped) = match dir {
+            Dir::FromPeer => (&self.sent, &self.sent_bytes, &self.sent_dropped),
+            Dir::ToPeer => (&self.received, &self.received_bytes, &self.received_dropped),
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+        let drop = || {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        if !self.pass() {
+            return drop();
+        }
+        let delay = Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
+        let now = Instant::now();
+        match self.shapers[dir as usize].lock().unwrap().as_mut() {
+            None => Some(now + delay),
+            Some(s) => match s.offer(now, len) {
+                Verdict::Leaves(at) => Some(at + delay),
+                Verdict::Dropped => drop(),
+            },
+        }
+    }
+
     pub fn summary(&self) -> String {
         let f = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
+        let mut out = format!(
             "link: sent {} (dropped {}), received {} (dropped {})",
             f(&self.sent),
             f(&self.sent_dropped),
             f(&self.received),
             f(&self.received_dropped)
-        )
+        );
+        for (dir, name) in [(Dir::FromPeer, "up"), (Dir::ToPeer, "down")] {
+            if let Some(s) = self.shaper(dir) {
+                out.push_str(&format!(
+                    "; {name} {} kbit/s: passed {} B, queue dropped {} of {}",
+                    s.rate().bits_per_sec / 1000,
+                    s.passed_bytes,
+                    s.dropped,
+                    s.passed + s.dropped
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -176,21 +258,24 @@ impl Runtime for ImpairedRuntime {
                     _ = rx_stop.cancelled() => return,
                     r = rx_udp.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
                 };
-                rx_link.received.fetch_add(1, Ordering::Relaxed);
                 let planned = rx_link
                     .plan
                     .lock()
                     .unwrap()
                     .as_mut()
                     .is_some_and(|p| p.drops(&buf[..n]));
-                if planned || !rx_link.pass() {
+                if planned {
+                    rx_link.received.fetch_add(1, Ordering::Relaxed);
+                    rx_link
+                        .received_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     rx_link.received_dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if line_tx
-                    .send((rx_link.due(), from, buf[..n].to_vec()))
-                    .is_err()
-                {
+                let Some(due) = rx_link.admit(Dir::ToPeer, n) else {
+                    continue;
+                };
+                if line_tx.send((due, from, buf[..n].to_vec())).is_err() {
                     return;
                 }
             }
@@ -271,13 +356,8 @@ impl AsyncUdpSocket for ImpairedSocket {
 
     fn poll_send(&self, _cx: &mut Context<'_>, t: &Transmit<'_>) -> Poll<io::Result<usize>> {
         // One datagram per transmit: `max_gso_segments` is 1.
-        self.link.sent.fetch_add(1, Ordering::Relaxed);
-        if self.link.pass() {
-            let _ = self
-                .out
-                .send((self.link.due(), t.destination, t.contents.to_vec()));
-        } else {
-            self.link.sent_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(due) = self.link.admit(Dir::FromPeer, t.contents.len()) {
+            let _ = self.out.send((due, t.destination, t.contents.to_vec()));
         }
         Poll::Ready(Ok(t.contents.len()))
     }
@@ -348,12 +428,9 @@ impl UdpRelay {
                         e.insert(f)
                     }
                 };
-                flow.link.sent.fetch_add(1, Ordering::Relaxed);
-                if !flow.link.pass() {
-                    flow.link.sent_dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                if let Some(due) = flow.link.admit(Dir::FromPeer, n) {
+                    let _ = flow.up.send((due, server, buf[..n].to_vec()));
                 }
-                let _ = flow.up.send((flow.link.due(), server, buf[..n].to_vec()));
             }
         });
         Ok(UdpRelay {
@@ -424,12 +501,10 @@ impl RelayFlow {
                     _ = stop.cancelled() => return,
                     r = back.recv_from(&mut buf) => match r { Ok((n, _)) => n, Err(_) => continue },
                 };
-                l.received.fetch_add(1, Ordering::Relaxed);
-                if !l.pass() {
-                    l.received_dropped.fetch_add(1, Ordering::Relaxed);
+                let Some(due) = l.admit(Dir::ToPeer, n) else {
                     continue;
-                }
-                if down.send((l.due(), client, buf[..n].to_vec())).is_err() {
+                };
+                if down.send((due, client, buf[..n].to_vec())).is_err() {
                     return;
                 }
             }
