@@ -434,9 +434,9 @@ async fn an_unpublished_track_stays_gone_while_its_sender_keeps_sending() {
 
 /// Issue 21, point 10: every SDP the server gives carries all its candidates and
 /// `a=end-of-candidates` (docs/protocol.md): renegotiated subscribe offers and publish answers
-/// as well as the first. Today only the first of each has `a=end-of-candidates`.
+/// as well as the first (rtc resets ICE gathering after every description; `Conn` marks it
+/// complete again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs src/sfu change: in sfu/engine/conn.rs, Conn::create_offer and Conn::apply_offer must mark gathering complete again (pc.add_local_candidate(RTCIceCandidateInit::default())) before create_offer/create_answer, because rtc's set_local_description resets ice_gathering_state to Gathering and then omits a=end-of-candidates"]
 async fn every_server_sdp_carries_all_candidates_and_end_of_candidates() {
     let server = TestServer::spawn().await;
     let leader = TestPeer::leader(&server, "eoc", "Kursleiar").await;

@@ -54,6 +54,8 @@ pub struct DownTrack {
 }
 
 const CATCHING_UP: u32 = 1 << 16;
+/// Set (without CATCHING_UP) when a newcomer was not given the cached GOP (too long).
+const GOP_SKIPPED: u32 = 1 << 17;
 
 impl DownTrack {
     pub(crate) fn is_catching_up(&self) -> bool {
@@ -73,6 +75,12 @@ impl DownTrack {
     pub(crate) fn set_catchup_next(&self, next: u16) {
         self.catchup
             .store(CATCHING_UP | u32::from(next), Ordering::Relaxed);
+    }
+
+    /// Marks that this newcomer waits for a fresh keyframe instead of the cached GOP; true
+    /// the first time (so it is counted once).
+    pub(crate) fn skip_gop(&self) -> bool {
+        self.catchup.fetch_or(GOP_SKIPPED, Ordering::Relaxed) & GOP_SKIPPED == 0
     }
 
     pub(crate) fn end_catchup(&self) {

@@ -107,6 +107,14 @@ fn h264_has_keyframe(p: &[u8]) -> bool {
     }
 }
 
+/// However many viewers ask (PLI or FIR), however often, and whatever else wants a keyframe
+/// (a newcomer waiting, a track with no GOP cached), a publisher is sent at most one PLI per
+/// published track per this interval: every want sets the track's one `KeyframeRequester`
+/// flag, and the engine sends the flag upstream at most once per
+/// `max(media.keyframe_request_interval_ms, this)` per track (issue 20: one weak viewer's
+/// PLIs made the hall camera encode keyframes 6–9 times as often).
+pub const MIN_KEYFRAME_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A cheap handle that asks the publisher of one track for a keyframe. Requests made while one
 /// is already wanted merge into it; the engine sends them upstream, paced per track.
 #[derive(Debug, Clone, Default)]

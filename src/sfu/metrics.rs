@@ -47,6 +47,16 @@ pub struct Metrics {
     pub dropped_unknown_ufrag: AtomicU64,
     pub dropped_rejected: AtomicU64,
     pub dropped_flood: AtomicU64,
+    /// NACKs not answered (`engine::resend`), by reason: the packet is older than the jitter
+    /// horizon, it was re-sent to the same viewer within the repeat window, or the viewer's
+    /// re-send budget (a quarter of what it is forwarded) is spent.
+    pub nacks_refused_too_old: AtomicU64,
+    pub nacks_refused_repeat: AtomicU64,
+    pub nacks_refused_budget: AtomicU64,
+    /// Newcomers not given a cached GOP because it was too long to replay (older than
+    /// `GOP_REPLAY_MAX_AGE` or longer than `GOP_REPLAY_MAX_PACKETS`): they start at a fresh
+    /// keyframe asked of the publisher instead.
+    pub gop_joins_skipped: AtomicU64,
 }
 
 impl Metrics {
@@ -152,6 +162,11 @@ impl Metrics {
                 "Subscribers started from the cached GOP",
             ),
             (
+                "kursrelay_gop_joins_skipped_total",
+                &self.gop_joins_skipped,
+                "Newcomers started at a fresh keyframe because the cached GOP was too long",
+            ),
+            (
                 "kursrelay_sender_reports_total",
                 &self.sender_reports,
                 "Sender reports translated for subscribers",
@@ -195,6 +210,22 @@ impl Metrics {
             ("unknown_ufrag", &self.dropped_unknown_ufrag),
             ("rejected", &self.dropped_rejected),
             ("flood", &self.dropped_flood),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{reason}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "kursrelay_nacks_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} NACKed packets not re-sent, by reason\n# TYPE {name} counter"
+        );
+        for (reason, value) in [
+            ("too_old", &self.nacks_refused_too_old),
+            ("repeat", &self.nacks_refused_repeat),
+            ("budget", &self.nacks_refused_budget),
         ] {
             let _ = writeln!(
                 out,

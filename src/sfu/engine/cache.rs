@@ -5,6 +5,8 @@
 //! trip. Holding a packet is a `Bytes` reference to the payload rtc already received: no copy,
 //! no allocation once the ring exists.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 /// Packets kept per track: ~8 s of a 2 Mbit/s camera (230 packets/s), ~40 s of audio.
@@ -16,6 +18,9 @@ pub(crate) struct Cached {
     pub(crate) timestamp: u32,
     pub(crate) marker: bool,
     pub(crate) payload: Bytes,
+    /// When it arrived from the publisher (a NACK for a packet older than the horizon is not
+    /// answered; a GOP older than the replay limit is not replayed to a newcomer).
+    pub(crate) arrived: Instant,
 }
 
 pub(crate) struct TrackCache {
@@ -47,6 +52,7 @@ impl TrackCache {
         marker: bool,
         payload: &Bytes,
         keyframe: bool,
+        arrived: Instant,
     ) {
         let slot = &mut self.ring[seq as usize % SLOTS];
         // The packet this slot held is gone now; if it began the GOP, the GOP is incomplete.
@@ -60,6 +66,7 @@ impl TrackCache {
             timestamp,
             marker,
             payload: payload.clone(),
+            arrived,
         });
         if self.latest.is_none_or(|l| newer(seq, l)) {
             self.latest = Some(seq);
@@ -86,6 +93,14 @@ impl TrackCache {
             .filter(|c| c.seq == seq)
     }
 
+    /// When the current GOP's keyframe arrived, and how many packets the GOP holds up to and
+    /// including `until` (what replaying it to a newcomer would cost).
+    pub(crate) fn gop_age(&self, until: u16) -> Option<(Instant, usize)> {
+        let start = self.gop_start?;
+        let first = self.get(start)?;
+        Some((first.arrived, until.wrapping_sub(start) as usize + 1))
+    }
+
     /// The current GOP up to and including `until`, if every packet of it is here.
     pub(crate) fn gop_until(&self, until: u16) -> Option<(u16, u16)> {
         let start = self.gop_start?;
@@ -106,12 +121,16 @@ impl TrackCache {
 mod tests {
     use super::*;
 
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
     #[test]
     fn answers_by_sequence_number_and_forgets_the_oldest() {
         let mut c = TrackCache::new();
         let p = Bytes::from_static(b"x");
         for seq in 0..(SLOTS as u16 + 10) {
-            c.insert(seq, 0, false, &p, false);
+            c.insert(seq, 0, false, &p, false, t0());
         }
         assert!(c.get(5).is_none(), "overwritten");
         assert_eq!(c.get(SLOTS as u16 + 5).unwrap().seq, SLOTS as u16 + 5);
@@ -122,17 +141,17 @@ mod tests {
         let mut c = TrackCache::new();
         let p = Bytes::from_static(b"x");
         for seq in 65530u16..=65535 {
-            c.insert(seq, 0, false, &p, seq == 65533);
+            c.insert(seq, 0, false, &p, seq == 65533, t0());
         }
         for seq in 0u16..4 {
-            c.insert(seq, 0, false, &p, false);
+            c.insert(seq, 0, false, &p, false, t0());
         }
         assert_eq!(c.gop_until(3), Some((65533, 3)));
         // A newer keyframe starts a new GOP.
-        c.insert(4, 0, false, &p, true);
+        c.insert(4, 0, false, &p, true, t0());
         assert_eq!(c.gop_until(4), Some((4, 4)));
         // Late (reordered) keyframe packets do not move it back.
-        c.insert(2, 0, false, &p, true);
+        c.insert(2, 0, false, &p, true, t0());
         assert_eq!(c.gop_until(4), Some((4, 4)));
     }
 
@@ -140,10 +159,10 @@ mod tests {
     fn a_gop_with_a_hole_is_not_offered() {
         let mut c = TrackCache::new();
         let p = Bytes::from_static(b"x");
-        c.insert(10, 0, false, &p, true);
-        c.insert(12, 0, false, &p, false);
+        c.insert(10, 0, false, &p, true, t0());
+        c.insert(12, 0, false, &p, false, t0());
         assert_eq!(c.gop_until(12), None);
-        c.insert(11, 0, false, &p, false);
+        c.insert(11, 0, false, &p, false, t0());
         assert_eq!(c.gop_until(12), Some((10, 12)));
     }
 
@@ -151,9 +170,9 @@ mod tests {
     fn a_gop_pushed_out_of_the_ring_is_forgotten() {
         let mut c = TrackCache::new();
         let p = Bytes::from_static(b"x");
-        c.insert(0, 0, false, &p, true);
+        c.insert(0, 0, false, &p, true, t0());
         for seq in 1..=(SLOTS as u16) {
-            c.insert(seq, 0, false, &p, false);
+            c.insert(seq, 0, false, &p, false, t0());
         }
         assert_eq!(c.gop_until(SLOTS as u16), None);
     }

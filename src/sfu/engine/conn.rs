@@ -676,6 +676,18 @@ impl Conn {
         }
     }
 
+    /// Our candidates are all known from the start (host candidates on the media port), so
+    /// gathering is always complete. rtc's `set_local_description` puts the gathering state
+    /// back to `Gathering` after every description, and rtc writes `a=end-of-candidates` only
+    /// in the `Complete` state: without this, only the first description of a connection
+    /// carried it (issue 21, point 10). Called after each `set_local_description`, before the
+    /// description is read back (`local_description` fills candidates in at that moment).
+    fn gathering_complete(&mut self) -> Result<(), SfuError> {
+        self.pc
+            .add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(SfuError::webrtc)
+    }
+
     fn rewrite_sdp(&self, sdp: String) -> String {
         if self.advertised.iter().all(|(b, a)| b == a) {
             return sdp;
@@ -718,6 +730,7 @@ impl Conn {
         self.pc
             .set_local_description(now, answer)
             .map_err(SfuError::webrtc)?;
+        self.gathering_complete()?;
         let local = self
             .pc
             .local_description()
@@ -771,6 +784,7 @@ impl Conn {
         self.pc
             .set_local_description(now, offer)
             .map_err(SfuError::webrtc)?;
+        self.gathering_complete()?;
         let local = self
             .pc
             .local_description()

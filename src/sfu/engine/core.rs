@@ -30,6 +30,7 @@ use bytes::BytesMut;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::conn::{Conn, Feedback};
+use super::resend::{Refusal, ResendGuard};
 use super::{cache, mux, srtp, Command};
 use crate::sfu::conn_key::ConnKey;
 use crate::sfu::forwarder::{DownTrack, Feed};
@@ -42,6 +43,15 @@ pub(crate) const FLOOD_LIMIT_PER_SECOND: u32 = 8000;
 /// whole keyframe (≈ 45–55 packets) fits, so the first picture is not delayed (at 24 the
 /// storm's join → first keyframe p95 went from 139 to 267 ms); the rest of the GOP is spread.
 pub(crate) const GOP_PACKETS_PER_TURN: usize = 64;
+/// A newcomer is replayed the cached GOP only if its keyframe arrived at most this long ago
+/// and it holds at most `GOP_REPLAY_MAX_PACKETS`; otherwise the engine asks the publisher for
+/// a fresh keyframe (paced, `keyframe_requests`) and starts the newcomer there. Chromium sends
+/// keyframes rarely (a cached GOP was ≈ 1 100 packets, ≈ 16 s of video): replaying that cost
+/// a newcomer 9–70 Mbit/s for seconds and froze its picture on any line short of that
+/// (issue 20). 2 s of a 1.7 Mbit/s camera is ≈ 400 packets: a short GOP is still cheaper than
+/// a keyframe round trip (≈ one RTT plus an encoded keyframe), a long one is not.
+pub(crate) const GOP_REPLAY_MAX_AGE: Duration = Duration::from_secs(2);
+pub(crate) const GOP_REPLAY_MAX_PACKETS: usize = 512;
 /// The periodic work (GOP pacing, keyframe requests, timers) runs at least this often.
 pub(crate) const TURN: Duration = Duration::from_millis(20);
 /// How often connections are checked for a silent client.
@@ -191,6 +201,9 @@ pub(crate) struct Core {
     catchups: Vec<(Arc<Feed>, Arc<DownTrack>)>,
     /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
     caches: HashMap<u64, (Arc<Feed>, cache::TrackCache)>,
+    /// Per down-track (viewer connection, feed) that NACKed: which NACKs are answered
+    /// (`resend.rs`). Made at the first NACK, dropped with the connection or the feed.
+    resends: HashMap<(ConnKey, u64), ResendGuard>,
     next_liveness: Instant,
     /// The last periodic turn (`Timeout`).
     last_turn: Instant,
@@ -223,6 +236,7 @@ impl Core {
             feedback: Feedback::default(),
             catchups: Vec::new(),
             caches: HashMap::new(),
+            resends: HashMap::new(),
             next_liveness: now,
             last_turn: now,
             reads_pending: false,
@@ -386,7 +400,7 @@ impl Core {
         }
         self.forwards = forwards;
         for (feed, seq) in feedback.nacks.drain(..) {
-            self.resend(key, feed, seq);
+            self.resend(key, feed, seq, now);
         }
         for (feed, ntp, rtp) in feedback.reports.drain(..) {
             self.sender_reports(&feed, ntp, rtp, now);
@@ -395,8 +409,10 @@ impl Core {
     }
 
     /// A subscriber lost `seq` of `feed`: the same bytes again from the track cache (sealed
-    /// with the same header, so the ciphertext repeats exactly — RFC 7714 nonce safety).
-    fn resend(&mut self, key: ConnKey, feed: u64, seq: u16) {
+    /// with the same header, so the ciphertext repeats exactly — RFC 7714 nonce safety),
+    /// unless the down-track's `ResendGuard` refuses it (too old, a repeat within the window,
+    /// or over the viewer's re-send budget).
+    fn resend(&mut self, key: ConnKey, feed: u64, seq: u16, now: Instant) {
         let Some((f, cache)) = self.caches.get(&feed) else {
             return;
         };
@@ -422,6 +438,23 @@ impl Core {
         let Some((sealer, dest)) = conn.lean() else {
             return;
         };
+        let octets = down.octets_sent.load(Ordering::Relaxed);
+        let guard = self
+            .resends
+            .entry((key, feed))
+            .or_insert_with(|| ResendGuard::new(octets));
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let age = now.saturating_duration_since(c.arrived);
+        if let Err(why) = guard.check(now_ms, seq, age, c.payload.len(), octets) {
+            let m = &self.metrics;
+            match why {
+                Refusal::TooOld => &m.nacks_refused_too_old,
+                Refusal::Repeat => &m.nacks_refused_repeat,
+                Refusal::Budget => &m.nacks_refused_budget,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self.out.seal_and_queue(
             sealer,
             dest,
@@ -484,6 +517,7 @@ impl Core {
             packet.header.marker,
             &packet.payload,
             keyframe,
+            now,
         );
         if feed.family != crate::sfu::keyframe::CodecFamily::Audio && !cache.has_gop() {
             // Keep a GOP ready for the next newcomer (paced like every request).
@@ -510,11 +544,21 @@ impl Core {
                 continue;
             }
             if !keyframe && down.is_newcomer() && conn.lean().is_some() {
-                if let Some((start, _)) = self
-                    .caches
-                    .get(&feed.id)
-                    .and_then(|(_, c)| c.gop_until(seq_in.wrapping_sub(1)))
-                {
+                let cache = self.caches.get(&feed.id).map(|(_, c)| c);
+                let until = seq_in.wrapping_sub(1);
+                // A long GOP is not replayed: the newcomer waits (`admit` asks the publisher
+                // for a keyframe, paced) and starts at the fresh keyframe.
+                let too_long = cache.and_then(|c| c.gop_age(until)).is_some_and(|(at, n)| {
+                    now.saturating_duration_since(at) > GOP_REPLAY_MAX_AGE
+                        || n > GOP_REPLAY_MAX_PACKETS
+                });
+                if too_long {
+                    if down.skip_gop() {
+                        self.metrics
+                            .gop_joins_skipped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if let Some((start, _)) = cache.and_then(|c| c.gop_until(until)) {
                     down.start_catchup(start);
                     self.catchups.push((feed.clone(), down.clone()));
                     self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
@@ -689,6 +733,13 @@ impl Core {
             return;
         }
         self.caches.retain(|_, (feed, _)| !feed.is_ended());
+        let (conns, caches) = (&self.conns, &self.caches);
+        self.resends.retain(|(key, feed), _| {
+            caches.contains_key(feed)
+                && conns
+                    .get(key.slot as usize)
+                    .is_some_and(|s| s.gen == key.gen && s.conn.is_some())
+        });
         let limit = self.settings.ice_disconnected_timeout + self.settings.ice_failed_timeout;
         let mut connecting = Vec::new();
         for (i, slot) in self.conns.iter_mut().enumerate() {
@@ -713,7 +764,12 @@ impl Core {
     }
 
     fn keyframe_requests(&mut self, now: Instant) {
-        let interval = self.settings.keyframe_request_interval;
+        // The guarantee (`keyframe::MIN_KEYFRAME_REQUEST_INTERVAL`): at most one request per
+        // published track per second, whatever the configuration says.
+        let interval = self
+            .settings
+            .keyframe_request_interval
+            .max(crate::sfu::keyframe::MIN_KEYFRAME_REQUEST_INTERVAL);
         let mut i = 0;
         while i < self.publishers.len() {
             let key = self.publishers[i];

@@ -27,6 +27,7 @@ mod conn;
 mod core;
 pub(crate) mod mux;
 mod net;
+mod resend;
 mod shell;
 pub(crate) mod srtp;
 mod tcp;

@@ -820,10 +820,21 @@ impl Sim {
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
     /// starts near it: SRTP takes a jump of more than 2^15 for a step back).
     pub fn with_first_seq(first_seq: u16) -> Result<Sim, String> {
+        Self::build(first_seq, settings(false))
+    }
+
+    /// As `new`, with `media.keyframe_request_interval` set to `interval`.
+    pub fn with_keyframe_request_interval(interval: Duration) -> Result<Sim, String> {
+        let mut s = settings(false);
+        s.keyframe_request_interval = interval;
+        Self::build(0, s)
+    }
+
+    fn build(first_seq: u16, settings: MediaSettings) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
-        let mut core = Core::new(settings(false), metrics.clone(), vec![(LOCAL, LOCAL)], now);
+        let mut core = Core::new(settings, metrics.clone(), vec![(LOCAL, LOCAL)], now);
 
         // The publisher.
         let (tx, mut pub_events) = tokio::sync::mpsc::channel(64);
@@ -1178,6 +1189,52 @@ impl Sim {
     /// The next RTP datagram to the subscriber with this sequence number is lost.
     pub fn drop_to_subscriber(&mut self, seq: u16) {
         self.drop_seqs.push(seq);
+    }
+
+    /// The subscriber's client sends one NACK (RFC 4585 generic NACK) for these outgoing
+    /// sequence numbers, as a viewer that lost them would.
+    pub fn nack(&mut self, seqs: &[u16]) {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+            nack_pairs_from_sequence_numbers, TransportLayerNack,
+        };
+        let nack = TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: self.down.ssrc,
+            nacks: nack_pairs_from_sequence_numbers(seqs),
+        };
+        self.subscriber_rtcp(Box::new(nack));
+    }
+
+    /// The subscriber's client asks for a keyframe (PLI).
+    pub fn pli(&mut self) {
+        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: self.down.ssrc,
+        };
+        self.subscriber_rtcp(Box::new(pli));
+    }
+
+    /// Another viewer of the same track asks for a keyframe (what its PLI does in the core:
+    /// the track's requester is marked).
+    pub fn other_viewer_wants_keyframe(&mut self) {
+        self.forwarder.info().keyframes.request();
+    }
+
+    fn subscriber_rtcp(&mut self, p: Box<dyn rtc::rtcp::Packet>) {
+        let now = self.now;
+        let pc = &mut self.subscriber.pc;
+        let first = pc.get_receivers().next();
+        if let Some(id) = first {
+            if let Some(mut rx) = pc.rtp_receiver(id) {
+                let _ = rx.write_rtcp(now, vec![p]);
+            }
+        }
+        self.pump_clients();
+    }
+
+    /// Media bytes (payloads) forwarded to the down-track so far, re-sends not counted.
+    pub fn down_octets_sent(&self) -> u32 {
+        self.down.octets_sent.load(Ordering::Relaxed)
     }
 
     /// Both clients fall silent (gone without a word): nothing from them reaches the core,
