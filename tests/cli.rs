@@ -15,6 +15,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// An RFC 3339 UTC time `secs` from now: sessions are created for tomorrow, never for a
+/// calendar day that stops lying ahead (issue 23).
+fn utc_in(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(secs))
+        .to_string()
+}
+
+const DAY: u64 = 24 * 3600;
+
 fn kursrelay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kursrelay"))
 }
@@ -162,9 +171,9 @@ fn admin_commands_create_a_course_a_session_and_its_links() {
         "--title",
         "Dag 1",
         "--starts",
-        "2026-12-01T09:00:00Z",
+        &utc_in(DAY),
         "--ends",
-        "2026-12-01T12:00:00Z",
+        &utc_in(DAY + 3 * 3600),
         "--host-site",
         "Kristiansund sjukehus",
     ]);
@@ -283,9 +292,9 @@ fn attendance_csv_from_the_cli_in_norwegian_or_english() {
         "--title",
         "Dag 1",
         "--starts",
-        "2026-11-24T09:00:00Z",
+        &utc_in(DAY),
         "--ends",
-        "2026-11-24T12:00:00Z",
+        &utc_in(DAY + 3 * 3600),
         "--host-site",
         "Molde",
     ]);

@@ -209,7 +209,8 @@ impl TestServer {
             &invite.id,
             invite.role,
             invite.open,
-            4_070_000_000,
+            // The link's session "ends" two days from now, whatever the date.
+            kursrelay::clock::unix_now() as i64 + 2 * DAY,
             24,
         );
         let link = kursrelay::auth::join_link(&self.state.tokens, "http://x", &claims);
