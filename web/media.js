@@ -5,6 +5,7 @@
 import { t } from './i18n.js';
 import { el, state, displayName, stored, store } from './core.js';
 import { schedule } from './when.js';
+import { update as adaptUpdate } from './adapt.js';
 
 // The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
 const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
@@ -71,7 +72,15 @@ function addTile(track, info, local) {
   video.muted = true; // sound comes from the <audio> elements
   video.playsInline = true;
   video.srcObject = new MediaStream([track]);
-  fig.append(video, document.createElement('figcaption'));
+  // Its size is known once frames arrive: the page's ask of the server may change then.
+  video.addEventListener('resize', adaptUpdate);
+  // A calm word over the picture when the server pauses it for a weak line (video_quality).
+  const note = document.createElement('p');
+  note.className = 'quality-note';
+  note.hidden = true;
+  fig.append(video, document.createElement('figcaption'), note);
+  const quality = !local && state.client && state.client.quality.get(info.track_id);
+  if (quality) fig.dataset.quality = quality;
   el.mainSlot.append(fig);
   play(video);
   if (!local) state.hadMedia = true;
@@ -189,6 +198,20 @@ export function layout() {
   if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
   el.noMedia.textContent = t(...noMedia());
   for (const f of figs) setFigCaption(f, role(f));
+  adaptUpdate();
+}
+
+/**
+ * What the server forwards of a video now (`video_quality`): "paused" shows a calm notice over
+ * that picture (the sound goes on), "reduced" a small word in its label, "full" neither.
+ */
+export function setQuality(trackId, quality) {
+  for (const fig of el.media.querySelectorAll('figure[data-track-id]')) {
+    if (fig.dataset.trackId !== trackId || fig.dataset.local) continue;
+    if (quality === 'paused' || quality === 'reduced') fig.dataset.quality = quality;
+    else delete fig.dataset.quality;
+  }
+  layout();
 }
 
 /** Why there is no picture, truthfully: [key, vars]. Before the start, when that is. */
@@ -213,9 +236,43 @@ function setFigCaption(fig, role) {
         : t(`source.${fig.dataset.source}`);
     text = m ? `${source} – ${displayName(m)}` : source;
   }
+  const quality = fig.dataset.quality;
+  const small = fig.dataset.pos === 'inset' || fig.dataset.pos === 'other';
   const cap = fig.querySelector('figcaption');
-  if (cap.textContent !== text) cap.textContent = text;
-  fig.querySelector('video').setAttribute('aria-label', text);
+  const hint = quality === 'reduced' ? t('quality.reduced') : '';
+  const kiosk = document.body.classList.contains('kiosk');
+  const drawn = `${kiosk}|${text}|${hint}`;
+  if (cap.dataset.drawn !== drawn) {
+    cap.dataset.drawn = drawn;
+    if (kiosk) {
+      // On the hall screen labels wrap, but only between words: each word is a box of its
+      // own that may hyphenate (the page's lang) or, too long for the tile, end in "…". The
+      // whole label stays in the text (screen readers) and in the title.
+      cap.replaceChildren(...text.split(/(\s+)/).filter(Boolean).map((part) => {
+        if (/^\s+$/.test(part)) return document.createTextNode(' ');
+        const w = document.createElement('span');
+        w.className = 'w';
+        w.textContent = part;
+        return w;
+      }));
+    } else cap.textContent = text;
+    if (hint) {
+      const h = document.createElement('span');
+      h.className = 'quality-hint';
+      h.textContent = hint;
+      cap.append(' ', h);
+    }
+    cap.title = text;
+  }
+  const note = fig.querySelector('.quality-note');
+  if (note) {
+    const noteText = quality === 'paused' ? t(small ? 'quality.paused_short' : 'quality.paused') : '';
+    note.hidden = !noteText;
+    if (note.textContent !== noteText) note.textContent = noteText;
+  }
+  const said = quality === 'paused' ? `${text} – ${t('quality.paused_short')}`
+    : quality === 'reduced' ? `${text} – ${hint}` : text;
+  fig.querySelector('video').setAttribute('aria-label', said);
 }
 
 // ---- fullscreen: the view (video and captions together) ----

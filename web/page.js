@@ -15,8 +15,9 @@ import {
 } from './core.js';
 import {
   addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
-  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings,
+  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings, setQuality,
 } from './media.js';
+import * as adapt from './adapt.js';
 import { schedule } from './when.js';
 import { addCaption, addChat, wireCaptionSettings, rerenderCaptions } from './captions.js';
 import leaderView from './views/leader.js';
@@ -281,6 +282,8 @@ async function doStart({ name } = {}) {
   state.client = c;
   const mine = (fn) => (...args) => { if (state.client === c) fn(...args); };
   c.onMessage = (msg) => { state.received.push(msg.type); };
+  c.onSent = (msg) => { state.sent.push(sentCopy(msg)); };
+  c.onVideoQuality = mine(onVideoQuality);
   c.onRoster = mine(onRoster);
   c.onAdmitted = mine((msg) => {
     announce('lobby.admitted');
@@ -391,9 +394,8 @@ async function admitted(c, joined, tested) {
   state.wasIn = 'joined';
   setState('joined');
   showAlert(null);
-  // The server says whether chat is on; the box shows only then.
-  el.chatBox.dataset.refused = joined.chat_enabled ? 'false' : 'true';
-  el.chatBox.hidden = !joined.chat_enabled;
+  // The server says whether chat is on; the box shows only then (and follows the roster).
+  setChat(Boolean(joined.chat_enabled), false);
   if (state.view.joined) state.view.joined(api, joined, again);
   controls();
   const sends = state.view.sends;
@@ -405,6 +407,7 @@ async function admitted(c, joined, tested) {
   }
   renderSelfStatus();
   controls();
+  adapt.joined();
   // Focus the (screen-reader) heading of the course view: the next Tab is its first button.
   if (!again && state.page === 'joined' && !el.stage.contains(document.activeElement)) focusHeading('stage-heading');
 }
@@ -523,12 +526,40 @@ function backToPrejoin() {
 
 function onRoster(roster) {
   state.roster = roster;
+  // The organisers may turn chat on or off during the course: every page follows at once.
+  if (typeof roster.chat_enabled === 'boolean') setChat(roster.chat_enabled, true);
   const list = Array.isArray(roster.members) ? roster.members : [];
   state.members = new Map(list.map((m) => [m.member_id, m]));
   renderMembers();
   layout();
   if (state.view.roster) state.view.roster(api, roster);
   controls();
+}
+
+/** Shows or hides the chat box; `say`: tell a screen reader when it changes. */
+function setChat(on, say) {
+  const was = el.chatBox.dataset.refused === 'false';
+  el.chatBox.dataset.refused = on ? 'false' : 'true';
+  el.chatBox.hidden = !on;
+  if (!on && el.chatBox.contains(document.activeElement)) focusHeading('stage-heading');
+  if (say && was !== on && !(state.view && state.view.kiosk)) announce(on ? 'chat.turned_on' : 'chat.turned_off');
+}
+
+/** The server forwards less (or nothing) of a video to us now, or all of it again. */
+function onVideoQuality(trackId, quality) {
+  const paused = () => Boolean(el.media.querySelector('figure[data-quality="paused"]:not([data-local])'));
+  const before = paused();
+  setQuality(trackId, quality);
+  const after = paused();
+  if (!before && after) announce('quality.paused');
+  else if (before && !after) announce('quality.back');
+}
+
+/** What the automated tests may read of a sent message: no token, no SDP, no candidates. */
+function sentCopy(msg) {
+  const copy = { ...msg };
+  for (const k of ['token', 'sdp', 'candidate']) if (k in copy) copy[k] = '…';
+  return copy;
 }
 
 function renderMembers() {
@@ -694,6 +725,7 @@ onLangChange(rerender);
 onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
 wireCaptionSettings();
 wireInterpSettings();
+adapt.wireSaveData();
 // "Today at 10:00" becomes "the course has begun" by itself: the texts that name the start
 // are looked at again every half minute.
 setInterval(() => {
@@ -796,6 +828,10 @@ window.kursrelay = {
   publishFloor: () => (state.view && state.view.publishFloor ? state.view.publishFloor(api) : Promise.reject(new Error('no floor here'))),
   roster: () => state.roster,
   messages: () => state.received.slice(),
+  // Messages this page sent (tokens, SDP and candidates left out), oldest first.
+  sent: () => state.sent.slice(),
+  // What the page asks the server for its video now ({max_height, save_data}).
+  videoPreference: () => adapt.preference(),
   captions: () => state.captionTexts.slice(),
   sendCaption,
   setHeadcount: (n) => (state.view && state.view.setHeadcount ? state.view.setHeadcount(api, n) : Promise.reject(new Error('not a site'))),

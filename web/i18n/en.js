@@ -298,4 +298,13 @@ export default {
   'interp.equal': 'As large as the picture',
   'interp.large': 'Larger than the picture',
   'source.floor': 'Has the floor: {name}',
+  'chat.turned_on': 'Chat is on. You can write messages now.',
+  'chat.turned_off': 'Chat is now off for this course.',
+  'data.heading': 'Picture quality',
+  'data.save': 'Save data',
+  'data.save_help': 'Shows the picture in lower quality and uses less data. The sound stays just as good.',
+  'quality.paused': 'Your connection is too weak for the picture right now. You still get the sound. The picture comes back by itself.',
+  'quality.paused_short': 'Picture paused (weak connection). You still get the sound.',
+  'quality.reduced': 'Lower picture quality (weak connection)',
+  'quality.back': 'The picture is back.',
 };

@@ -298,4 +298,13 @@ export default {
   'interp.equal': 'Like stor som bildet',
   'interp.large': 'Større enn bildet',
   'source.floor': 'Har ordet: {name}',
+  'chat.turned_on': 'Chat er slått på. Nå kan du skrive meldinger.',
+  'chat.turned_off': 'Chat er slått av for dette kurset nå.',
+  'data.heading': 'Bildekvalitet',
+  'data.save': 'Spar data',
+  'data.save_help': 'Viser bildet i lavere kvalitet og bruker mindre data. Lyden blir like god.',
+  'quality.paused': 'Linjen din er for svak for bilde akkurat nå. Du får lyden. Bildet kommer tilbake av seg selv.',
+  'quality.paused_short': 'Bildet står på pause (svak linje). Du får lyden.',
+  'quality.reduced': 'Lavere bildekvalitet (svak linje)',
+  'quality.back': 'Bildet er tilbake.',
 };

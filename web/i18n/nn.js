@@ -298,4 +298,13 @@ export default {
   'interp.equal': 'Like stor som biletet',
   'interp.large': 'Større enn biletet',
   'source.floor': 'Har ordet: {name}',
+  'chat.turned_on': 'Chat er slått på. No kan du skrive meldingar.',
+  'chat.turned_off': 'Chat er slått av for dette kurset no.',
+  'data.heading': 'Biletkvalitet',
+  'data.save': 'Spar data',
+  'data.save_help': 'Viser biletet i lågare kvalitet og brukar mindre data. Lyden blir like god.',
+  'quality.paused': 'Linja di er for svak for bilete akkurat no. Du får lyden. Biletet kjem tilbake av seg sjølv.',
+  'quality.paused_short': 'Biletet står på pause (svak linje). Du får lyden.',
+  'quality.reduced': 'Lågare biletkvalitet (svak linje)',
+  'quality.back': 'Biletet er tilbake.',
 };
