@@ -81,16 +81,31 @@ async fn in_view(b: &mut Chromium, page: &Page, selectors: &[&str], what: &str) 
     assert_eq!(bad, json!([]), "{what}: {bad}");
 }
 
-/// Whether the boxes of two elements overlap (both must exist and be shown).
-async fn overlap(b: &mut Chromium, page: &Page, a: &str, c: &str) -> bool {
+/// Which of `others` (those shown) the box of `sel` overlaps.
+async fn covers(b: &mut Chromium, page: &Page, sel: &str, others: &[&str]) -> Value {
     let js = format!(
-        "(() => {{ const a = document.querySelector({a}).getBoundingClientRect(), c = document.querySelector({c}).getBoundingClientRect(); \
-         return a.left < c.right - 1 && c.left < a.right - 1 && a.top < c.bottom - 1 && c.top < a.bottom - 1; }})()",
-        a = serde_json::to_string(a).unwrap(),
-        c = serde_json::to_string(c).unwrap()
+        "(() => {{ const a = document.querySelector({sel}).getBoundingClientRect(); \
+         return {others}.filter(o => {{ const e = document.querySelector(o); \
+           if (!e || e.hidden || e.closest('[hidden]') || e.offsetParent === null) return false; \
+           const c = e.getBoundingClientRect(); \
+           return a.left < c.right - 1 && c.left < a.right - 1 && a.top < c.bottom - 1 && c.top < a.bottom - 1; }}); }})()",
+        sel = serde_json::to_string(sel).unwrap(),
+        others = serde_json::to_string(others).unwrap()
     );
-    b.eval(page, &js).await == true
+    b.eval(page, &js).await
 }
+
+/// What a paused picture's notice must leave free: the captions, the sound band, the other
+/// pictures, the picture's own label, the fullscreen button.
+const LEAVE_FREE: [&str; 7] = [
+    "#captions-box",
+    "#sound-big",
+    "#main-slot figure[data-pos=inset]",
+    "#main-slot figure[data-pos=other]",
+    "#main-slot figure[data-pos=main] figcaption",
+    "#interp-slot",
+    "#fullscreen",
+];
 
 /// Presses Tab until the control with `data-action` = `action` has the focus.
 async fn tab_to(b: &mut Chromium, page: &Page, action: &str) {
@@ -375,11 +390,15 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     let kari_t = server
         .token("weak", Role::Participant, Some("Kari"), false)
         .await;
+    // With the interpreter beside the lecture, the hall's small pictures are narrow.
+    let tolk_t = server
+        .token("weak", Role::Interpreter, Some("Siri"), false)
+        .await;
     let site_t = server
         .token("weak", Role::Site, Some("Volda sjukehus, møterom 2"), false)
         .await;
     let mut b = Chromium::launch().await;
-    for t in [&leader_t, &rep_t] {
+    for t in [&leader_t, &rep_t, &tolk_t] {
         let p = b.open(&format!("{base}/course.html#t={t}")).await;
         b.eval(&p, "kursrelay.start({}).then(() => true)").await;
     }
@@ -390,7 +409,7 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
     b.wait_for(
         &kari,
-        "kursrelay.stats().then(s => s.videoTracks >= 2 && s.framesDecoded > 30 && s.audioPacketsReceived > 20)",
+        "kursrelay.stats().then(s => s.videoTracks >= 3 && s.framesDecoded > 30 && s.audioPacketsReceived > 20)",
         30,
     )
     .await;
@@ -437,14 +456,23 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
         "an error was shown"
     );
 
-    // A phone turned upright: one new preference for the smaller picture, a second after the
-    // resizing settles, not one per resize. (Sent only to a server that takes it: the page is
-    // told so here, as the server part will.)
+    // From a large window to a phone upright: one new preference for the smaller picture, a
+    // second after the resizing settles, not one per resize. (Sent only to a server that
+    // takes it: the page is told so here, as the server part will.)
+    b.viewport(&kari, 1920, 1080, false).await;
     b.eval(&kari, "kursrelay.client.unsupported.clear(), true")
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = preferences(&mut b, &kari).await.len();
-    for w in [1200, 1000, 800, 600] {
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let sent = preferences(&mut b, &kari).await;
+    let before = sent.len();
+    let big = sent[before - 1]["max_height"].as_u64().unwrap();
+    assert_eq!(
+        Value::from(big),
+        b.eval(&kari, "kursrelay.videoPreference().max_height")
+            .await,
+        "{sent:?}"
+    );
+    for w in [1600, 1300, 1000, 700] {
         b.viewport(&kari, w, 768, false).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -454,8 +482,8 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     assert_eq!(after.len(), before + 1, "{after:?}");
     let phone_h = after[before]["max_height"].as_u64().unwrap();
     assert!(
-        phone_h < h || h <= 360,
-        "a phone asks for less than a laptop: {phone_h} after {h}"
+        phone_h < big,
+        "a phone asks for less than a large window: {phone_h} after {big}"
     );
     assert_eq!(
         Value::from(phone_h),
@@ -585,23 +613,34 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     )
     .await;
     let note = "#main-slot figure[data-pos=main] .quality-note";
+    // "Spar data" is still on from above: the notice does not blame the line alone.
+    let saving_nb =
+        "Bildet står på pause mens «Spar data» er på, eller fordi linjen er svak. Du får lyden.";
+    b.wait_for(
+        &kari,
+        &format!(
+            "document.getElementById('announce').textContent === {0} && document.querySelector('{note}').textContent === {0}",
+            serde_json::to_string(saving_nb).unwrap()
+        ),
+        5,
+    )
+    .await;
+    // Turned off again (a click this time): the notice says it is the line.
+    b.click(&kari, "#save-data").await;
     let paused_nb = "Linjen din er for svak for bilde akkurat nå. Du får lyden. Bildet kommer tilbake av seg selv.";
     b.wait_for(
         &kari,
         &format!(
-            "document.getElementById('announce').textContent === {}",
+            "document.getElementById('save-data').getAttribute('aria-pressed') === 'false' && document.querySelector('{note}').textContent === {}",
             serde_json::to_string(paused_nb).unwrap()
         ),
         5,
     )
     .await;
     assert_eq!(
-        b.eval(
-            &kari,
-            &format!("document.querySelector('{note}').textContent")
-        )
-        .await,
-        paused_nb
+        b.eval(&kari, "sessionStorage.getItem('kursrelay.save_data')")
+            .await,
+        Value::Null
     );
     let q = b
         .eval(
@@ -624,9 +663,10 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
             &format!("paused at {size}"),
         )
         .await;
-        assert!(
-            !overlap(&mut b, &kari, note, "#captions-box").await,
-            "{size}: the notice covers the captions"
+        assert_eq!(
+            covers(&mut b, &kari, note, &LEAVE_FREE).await,
+            json!([]),
+            "{size}: the notice covers these"
         );
         let inside = b
             .eval(
@@ -730,7 +770,7 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
                inside: cr.left >= fr.left - 1 && cr.right <= fr.right + 1 && cr.top >= fr.top - 1 && cr.bottom <= fr.bottom + 1, \
                wordInside: lr.left >= cr.left - 1 && lr.right <= cr.right + 1, \
                oneLine: lr.height < parseFloat(cs.lineHeight) * 1.5, hyphens: cs.hyphens, lang: document.documentElement.lang, \
-               cut: long.scrollWidth > long.clientWidth + 1, noOverflow: c.scrollWidth <= c.clientWidth + 1, \
+               cut: long.scrollWidth > long.clientWidth + 1, lines: lr.height / parseFloat(cs.lineHeight), noOverflow: c.scrollWidth <= c.clientWidth + 1, \
                wrap: getComputedStyle(c).overflowWrap, wordBreak: getComputedStyle(c).wordBreak, w: fr.width }; })()",
         )
         .await;
@@ -748,10 +788,12 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
         (&json!("normal"), &json!("normal")),
         "{label}"
     );
-    // Not broken mid-word: either on one line (then ended with "…" when too long) or
-    // hyphenated by the browser in the page's language.
+    // Not broken mid-word: either on one line, ended with "…" inside the tile, or
+    // hyphenated by the browser in the page's language. (The word is the hard case: wider
+    // than the label can be, or hyphenated over lines.)
     assert!(
-        label["oneLine"] == true || (label["hyphens"] == "auto" && label["lang"] == "nb"),
+        (label["oneLine"] == true && label["cut"] == true)
+            || (label["hyphens"] == "auto" && label["lang"] == "nb" && label["oneLine"] == false),
         "{label}"
     );
     b.screenshot(&site, "adapt-hall-long-name-laptop").await;
@@ -777,9 +819,10 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
             &format!("hall paused at {size}"),
         )
         .await;
-        assert!(
-            !overlap(&mut b, &site, note, "#captions-box").await,
-            "{size}"
+        assert_eq!(
+            covers(&mut b, &site, note, &LEAVE_FREE).await,
+            json!([]),
+            "{size}: the notice covers these"
         );
         b.screenshot(&site, &format!("adapt-hall-paused-{size}"))
             .await;

@@ -86,12 +86,13 @@ function render() {
   el.saveData.setAttribute('aria-pressed', String(on));
 }
 
-/** The "save data" button in the viewer's settings (hidden on the hall screen). */
-export function wireSaveData() {
+/** The "save data" button in the viewer's settings; `changed` runs after each press. */
+export function wireSaveData(changed) {
   render();
   el.saveData.addEventListener('click', () => {
     store(SAVE_KEY, saveData() ? null : '1', sessionStorage);
     render();
+    changed();
     // A choice the viewer made goes out at once.
     clearTimeout(timer);
     send();

@@ -5,7 +5,7 @@
 import { t } from './i18n.js';
 import { el, state, displayName, stored, store } from './core.js';
 import { schedule } from './when.js';
-import { update as adaptUpdate } from './adapt.js';
+import { update as adaptUpdate, saveData } from './adapt.js';
 
 // The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
 const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
@@ -237,10 +237,12 @@ function setFigCaption(fig, role) {
     text = m ? `${source} – ${displayName(m)}` : source;
   }
   const quality = fig.dataset.quality;
+  const kiosk = document.body.classList.contains('kiosk');
   const small = fig.dataset.pos === 'inset' || fig.dataset.pos === 'other';
   const cap = fig.querySelector('figcaption');
-  const hint = quality === 'reduced' ? t('quality.reduced') : '';
-  const kiosk = document.body.classList.contains('kiosk');
+  // With "save data" on, the lower picture may be the viewer's own choice: say both.
+  const saving = saveData() && !kiosk;
+  const hint = quality === 'reduced' ? t(saving ? 'quality.reduced_saving' : 'quality.reduced') : '';
   const drawn = `${kiosk}|${text}|${hint}`;
   if (cap.dataset.drawn !== drawn) {
     cap.dataset.drawn = drawn;
@@ -266,7 +268,8 @@ function setFigCaption(fig, role) {
   }
   const note = fig.querySelector('.quality-note');
   if (note) {
-    const noteText = quality === 'paused' ? t(small ? 'quality.paused_short' : 'quality.paused') : '';
+    const noteText = quality !== 'paused' ? ''
+      : t(small ? 'quality.paused_short' : saving ? 'quality.paused_saving' : 'quality.paused');
     note.hidden = !noteText;
     if (note.textContent !== noteText) note.textContent = noteText;
   }

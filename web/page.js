@@ -551,7 +551,7 @@ function onVideoQuality(trackId, quality) {
   const before = paused();
   setQuality(trackId, quality);
   const after = paused();
-  if (!before && after) announce('quality.paused');
+  if (!before && after) announce(adapt.saveData() ? 'quality.paused_saving' : 'quality.paused');
   else if (before && !after) announce('quality.back');
 }
 
@@ -725,7 +725,7 @@ onLangChange(rerender);
 onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
 wireCaptionSettings();
 wireInterpSettings();
-adapt.wireSaveData();
+adapt.wireSaveData(layout);
 // "Today at 10:00" becomes "the course has begun" by itself: the texts that name the start
 // are looked at again every half minute.
 setInterval(() => {

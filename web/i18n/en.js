@@ -307,4 +307,6 @@ export default {
   'quality.paused_short': 'Picture paused (weak connection). You still get the sound.',
   'quality.reduced': 'Lower picture quality (weak connection)',
   'quality.back': 'The picture is back.',
+  'quality.reduced_saving': 'Lower picture quality (“Save data” is on)',
+  'quality.paused_saving': 'The picture is paused while “Save data” is on, or because your connection is weak. You still get the sound.',
 };

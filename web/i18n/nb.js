@@ -307,4 +307,6 @@ export default {
   'quality.paused_short': 'Bildet står på pause (svak linje). Du får lyden.',
   'quality.reduced': 'Lavere bildekvalitet (svak linje)',
   'quality.back': 'Bildet er tilbake.',
+  'quality.reduced_saving': 'Lavere bildekvalitet («Spar data» er på)',
+  'quality.paused_saving': 'Bildet står på pause mens «Spar data» er på, eller fordi linjen er svak. Du får lyden.',
 };

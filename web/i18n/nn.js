@@ -307,4 +307,6 @@ export default {
   'quality.paused_short': 'Biletet står på pause (svak linje). Du får lyden.',
   'quality.reduced': 'Lågare biletkvalitet (svak linje)',
   'quality.back': 'Biletet er tilbake.',
+  'quality.reduced_saving': 'Lågare biletkvalitet («Spar data» er på)',
+  'quality.paused_saving': 'Biletet står på pause medan «Spar data» er på, eller fordi linja er svak. Du får lyden.',
 };
