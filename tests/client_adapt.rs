@@ -733,6 +733,64 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     )
     .await;
 
+    // A small picture paused (the representative's, inset): a short word inside it, whole
+    // (on a phone, where the picture is a thumb's width, a pause sign); the full sentence in
+    // the video's label for screen readers.
+    let rep_id = b
+        .eval(
+            &kari,
+            "document.querySelector('#main-slot figure[data-pos=other]').dataset.trackId",
+        )
+        .await;
+    let rep_id = rep_id.as_str().unwrap().to_owned();
+    from_server(
+        &mut b,
+        &kari,
+        json!({"type": "video_quality", "track_id": rep_id, "state": "paused"}),
+    )
+    .await;
+    let small = "#main-slot figure[data-pos=other] .quality-note";
+    for (w, h, phone, size) in [(1366, 768, false, "laptop"), (390, 844, true, "phone")] {
+        b.viewport(&kari, w, h, phone).await;
+        settle().await;
+        let shown = b
+            .eval(
+                &kari,
+                &format!("(() => {{ const n = document.querySelector('{small}'), f = n.closest('figure'); \
+                 const a = n.getBoundingClientRect(), c = f.getBoundingClientRect(); \
+                 return {{ text: n.textContent, hidden: n.hidden, tiny: n.classList.contains('tiny'), whole: n.scrollHeight <= n.clientHeight + 1 && n.scrollWidth <= n.clientWidth + 1, \
+                   inside: a.left >= c.left - 1 && a.right <= c.right + 1 && a.top >= c.top - 1 && a.bottom <= c.bottom + 1, \
+                   label: f.querySelector('video').getAttribute('aria-label') }}; }})()"),
+            )
+            .await;
+        assert_eq!(shown["text"], "Bilde på pause", "{size}: {shown}");
+        assert_eq!(
+            shown["tiny"], true,
+            "{size}: a thumbnail has a pause sign: {shown}"
+        );
+        assert_eq!(
+            (&shown["hidden"], &shown["whole"], &shown["inside"]),
+            (&json!(false), &json!(true), &json!(true)),
+            "{size}: {shown}"
+        );
+        assert!(
+            shown["label"]
+                .as_str()
+                .unwrap()
+                .ends_with("Bildet står på pause (svak linje). Du får lyden."),
+            "{shown}"
+        );
+        b.screenshot(&kari, &format!("adapt-paused-small-{size}"))
+            .await;
+    }
+    from_server(
+        &mut b,
+        &kari,
+        json!({"type": "video_quality", "track_id": rep_id, "state": "full"}),
+    )
+    .await;
+    b.viewport(&kari, 1366, 768, false).await;
+
     // The hall screen: always the best picture (max_height null, no save data); the
     // representative's label, one long word in it, wraps only between words and stays inside
     // its tile at 1366×768, the whole name in its text and title.
@@ -809,21 +867,41 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
         json!({"type": "video_quality", "track_id": main_id, "state": "paused"}),
     )
     .await;
-    for (w, h, size) in [(1920, 1080, "1080p"), (1366, 768, "laptop")] {
-        b.viewport(&site, w, h, false).await;
+    // The "press for sound" band shown as a browser that refuses sound would show it.
+    b.eval(
+        &site,
+        "document.getElementById('sound-big').hidden = false, true",
+    )
+    .await;
+    for (w, h, phone, size) in [
+        (1920, 1080, false, "1080p"),
+        (1366, 768, false, "laptop"),
+        (390, 844, true, "phone"),
+    ] {
+        b.viewport(&site, w, h, phone).await;
         settle().await;
         in_view(
             &mut b,
             &site,
-            &[note, "#captions"],
+            &[note, "#captions", "#sound-big"],
             &format!("hall paused at {size}"),
         )
         .await;
+        // (A hall screen the size of a phone shows a small picture: its notice is short and
+        // may cover that picture's own label, never the captions or the band.)
+        let free: &[&str] = if phone { &LEAVE_FREE[..2] } else { &LEAVE_FREE };
         assert_eq!(
-            covers(&mut b, &site, note, &LEAVE_FREE).await,
+            covers(&mut b, &site, note, free).await,
             json!([]),
             "{size}: the notice covers these"
         );
+        let whole = b
+            .eval(
+                &site,
+                &format!("(() => {{ const n = document.querySelector('{note}'); return n.scrollHeight <= n.clientHeight + 1; }})()"),
+            )
+            .await;
+        assert_eq!(whole, true, "{size}: the hall's notice is cut");
         b.screenshot(&site, &format!("adapt-hall-paused-{size}"))
             .await;
     }

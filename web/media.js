@@ -79,6 +79,7 @@ function addTile(track, info, local) {
   note.className = 'quality-note';
   note.hidden = true;
   fig.append(video, document.createElement('figcaption'), note);
+  if (sizes) sizes.observe(fig);
   const quality = !local && state.client && state.client.quality.get(info.track_id);
   if (quality) fig.dataset.quality = quality;
   el.mainSlot.append(fig);
@@ -91,6 +92,7 @@ export function removeTrack(trackId) {
   for (const node of document.querySelectorAll('[data-track-id]')) {
     if (node.dataset.trackId !== trackId) continue;
     const media = node.matches('audio') ? node : node.querySelector('video');
+    if (sizes && !node.matches('audio')) sizes.unobserve(node);
     media.srcObject = null;
     node.remove();
   }
@@ -238,7 +240,6 @@ function setFigCaption(fig, role) {
   }
   const quality = fig.dataset.quality;
   const kiosk = document.body.classList.contains('kiosk');
-  const small = fig.dataset.pos === 'inset' || fig.dataset.pos === 'other';
   const cap = fig.querySelector('figcaption');
   // With "save data" on, the lower picture may be the viewer's own choice: say both.
   const saving = saveData() && !kiosk;
@@ -266,17 +267,42 @@ function setFigCaption(fig, role) {
     }
     cap.title = text;
   }
-  const note = fig.querySelector('.quality-note');
-  if (note) {
-    const noteText = quality !== 'paused' ? ''
-      : t(small ? 'quality.paused_short' : saving ? 'quality.paused_saving' : 'quality.paused');
-    note.hidden = !noteText;
-    if (note.textContent !== noteText) note.textContent = noteText;
-  }
-  const said = quality === 'paused' ? `${text} – ${t('quality.paused_short')}`
+  renderNote(fig);
+  const said = quality === 'paused' ? `${text} – ${t(saving ? 'quality.paused_saving' : 'quality.paused_label')}`
     : quality === 'reduced' ? `${text} – ${hint}` : text;
   fig.querySelector('video').setAttribute('aria-label', said);
 }
+
+/**
+ * The paused picture's notice, as large as its picture allows: the whole sentence, or "Picture
+ * paused" in a small picture, or a pause sign in a thumbnail (the video's label says it all).
+ */
+function renderNote(fig) {
+  const note = fig.querySelector('.quality-note');
+  if (!note) return;
+  const size = fig.dataset.size; // from the tile's own size (sizes below)
+  const saving = saveData() && !document.body.classList.contains('kiosk');
+  const text = fig.dataset.quality !== 'paused' ? ''
+    : t(size ? 'quality.paused_short' : saving ? 'quality.paused_saving' : 'quality.paused');
+  note.hidden = !text;
+  note.classList.toggle('small', Boolean(size));
+  note.classList.toggle('tiny', size === 'tiny');
+  if (note.textContent !== text) note.textContent = text;
+}
+
+// Each tile's size class, followed as it changes (window, layout, fullscreen): "small" below
+// 340×170 CSS pixels, "tiny" (a thumbnail) below 140 wide or 80 high.
+const sizes = window.ResizeObserver ? new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const { width, height } = e.contentRect;
+    if (!width || !height) continue;
+    const size = width < 140 || height < 80 ? 'tiny' : width < 340 || height < 170 ? 'small' : '';
+    if ((e.target.dataset.size || '') === size) continue;
+    if (size) e.target.dataset.size = size;
+    else delete e.target.dataset.size;
+    renderNote(e.target);
+  }
+}) : null;
 
 // ---- fullscreen: the view (video and captions together) ----
 

@@ -304,9 +304,10 @@ export default {
   'data.save': 'Save data',
   'data.save_help': 'Shows the picture in lower quality and uses less data. The sound stays just as good.',
   'quality.paused': 'Your connection is too weak for the picture right now. You still get the sound. The picture comes back by itself.',
-  'quality.paused_short': 'Picture paused (weak connection). You still get the sound.',
   'quality.reduced': 'Lower picture quality (weak connection)',
   'quality.back': 'The picture is back.',
   'quality.reduced_saving': 'Lower picture quality (“Save data” is on)',
   'quality.paused_saving': 'The picture is paused while “Save data” is on, or because your connection is weak. You still get the sound.',
+  'quality.paused_short': 'Picture paused',
+  'quality.paused_label': 'The picture is paused (weak connection). You still get the sound.',
 };

@@ -304,9 +304,10 @@ export default {
   'data.save': 'Spar data',
   'data.save_help': 'Viser bildet i lavere kvalitet og bruker mindre data. Lyden blir like god.',
   'quality.paused': 'Linjen din er for svak for bilde akkurat nå. Du får lyden. Bildet kommer tilbake av seg selv.',
-  'quality.paused_short': 'Bildet står på pause (svak linje). Du får lyden.',
   'quality.reduced': 'Lavere bildekvalitet (svak linje)',
   'quality.back': 'Bildet er tilbake.',
   'quality.reduced_saving': 'Lavere bildekvalitet («Spar data» er på)',
   'quality.paused_saving': 'Bildet står på pause mens «Spar data» er på, eller fordi linjen er svak. Du får lyden.',
+  'quality.paused_short': 'Bilde på pause',
+  'quality.paused_label': 'Bildet står på pause (svak linje). Du får lyden.',
 };

@@ -304,9 +304,10 @@ export default {
   'data.save': 'Spar data',
   'data.save_help': 'Viser biletet i lågare kvalitet og brukar mindre data. Lyden blir like god.',
   'quality.paused': 'Linja di er for svak for bilete akkurat no. Du får lyden. Biletet kjem tilbake av seg sjølv.',
-  'quality.paused_short': 'Biletet står på pause (svak linje). Du får lyden.',
   'quality.reduced': 'Lågare biletkvalitet (svak linje)',
   'quality.back': 'Biletet er tilbake.',
   'quality.reduced_saving': 'Lågare biletkvalitet («Spar data» er på)',
   'quality.paused_saving': 'Biletet står på pause medan «Spar data» er på, eller fordi linja er svak. Du får lyden.',
+  'quality.paused_short': 'Bilete på pause',
+  'quality.paused_label': 'Biletet står på pause (svak linje). Du får lyden.',
 };
