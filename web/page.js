@@ -555,10 +555,13 @@ function onVideoQuality(trackId, quality) {
   else if (before && !after) announce('quality.back');
 }
 
-/** What the automated tests may read of a sent message: no token, no SDP, no candidates. */
+/**
+ * What the automated tests may read of a sent message: its type and settings, never a token,
+ * an SDP, a candidate, a name or what someone wrote (chat, captions).
+ */
 function sentCopy(msg) {
   const copy = { ...msg };
-  for (const k of ['token', 'sdp', 'candidate']) if (k in copy) copy[k] = '…';
+  for (const k of ['token', 'sdp', 'candidate', 'name', 'text']) if (k in copy) copy[k] = '…';
   return copy;
 }
 
