@@ -867,6 +867,13 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
         json!({"type": "video_quality", "track_id": main_id, "state": "paused"}),
     )
     .await;
+    // Said to the room, not to one person.
+    b.wait_for(
+        &site,
+        &format!("document.querySelector('{note}').textContent === 'Linjen hit er for svak for bilde akkurat nå. Dere får lyden. Bildet kommer tilbake av seg selv.'"),
+        5,
+    )
+    .await;
     // The "press for sound" band shown as a browser that refuses sound would show it.
     b.eval(
         &site,

@@ -281,9 +281,11 @@ function renderNote(fig) {
   const note = fig.querySelector('.quality-note');
   if (!note) return;
   const size = fig.dataset.size; // from the tile's own size (sizes below)
-  const saving = saveData() && !document.body.classList.contains('kiosk');
+  const kiosk = document.body.classList.contains('kiosk');
+  const saving = saveData() && !kiosk;
+  // A hall screen speaks to a room ("the line here", "you all"), not to one person.
   const text = fig.dataset.quality !== 'paused' ? ''
-    : t(size ? 'quality.paused_short' : saving ? 'quality.paused_saving' : 'quality.paused');
+    : t(size ? 'quality.paused_short' : kiosk ? 'quality.paused_room' : saving ? 'quality.paused_saving' : 'quality.paused');
   note.hidden = !text;
   note.classList.toggle('small', Boolean(size));
   note.classList.toggle('tiny', size === 'tiny');

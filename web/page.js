@@ -551,7 +551,10 @@ function onVideoQuality(trackId, quality) {
   const before = paused();
   setQuality(trackId, quality);
   const after = paused();
-  if (!before && after) announce(adapt.saveData() ? 'quality.paused_saving' : 'quality.paused');
+  if (!before && after) {
+    const kiosk = Boolean(state.view && state.view.kiosk);
+    announce(kiosk ? 'quality.paused_room' : adapt.saveData() ? 'quality.paused_saving' : 'quality.paused');
+  }
   else if (before && !after) announce('quality.back');
 }
 

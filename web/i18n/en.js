@@ -310,4 +310,5 @@ export default {
   'quality.paused_saving': 'The picture is paused while “Save data” is on, or because your connection is weak. You still get the sound.',
   'quality.paused_short': 'Picture paused',
   'quality.paused_label': 'The picture is paused (weak connection). You still get the sound.',
+  'quality.paused_room': 'The connection here is too weak for the picture right now. You still get the sound. The picture comes back by itself.',
 };

@@ -310,4 +310,5 @@ export default {
   'quality.paused_saving': 'Bildet står på pause mens «Spar data» er på, eller fordi linjen er svak. Du får lyden.',
   'quality.paused_short': 'Bilde på pause',
   'quality.paused_label': 'Bildet står på pause (svak linje). Du får lyden.',
+  'quality.paused_room': 'Linjen hit er for svak for bilde akkurat nå. Dere får lyden. Bildet kommer tilbake av seg selv.',
 };

@@ -310,4 +310,5 @@ export default {
   'quality.paused_saving': 'Biletet står på pause medan «Spar data» er på, eller fordi linja er svak. Du får lyden.',
   'quality.paused_short': 'Bilete på pause',
   'quality.paused_label': 'Biletet står på pause (svak linje). Du får lyden.',
+  'quality.paused_room': 'Linja hit er for svak for bilete akkurat no. De får lyden. Biletet kjem tilbake av seg sjølv.',
 };
