@@ -537,6 +537,37 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     )
     .await;
     b.screenshot(&kari, "adapt-save-data-laptop").await;
+    for (w, h, phone, size) in [(390, 844, true, "phone"), (1920, 1080, false, "1080p")] {
+        b.viewport(&kari, w, h, phone).await;
+        settle().await;
+        b.eval(
+            &kari,
+            "document.getElementById('data-settings').scrollIntoView({block: 'center'}), true",
+        )
+        .await;
+        settle().await;
+        in_view(
+            &mut b,
+            &kari,
+            &["#save-data", "#save-data-help"],
+            &format!("save data at {size}"),
+        )
+        .await;
+        // Not hidden under anything either: a finger on its middle lands on it.
+        let hit = b
+            .eval(
+                &kari,
+                "(() => { const r = document.getElementById('save-data').getBoundingClientRect(); \
+                 const e = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2); \
+                 return Boolean(e && e.closest('#save-data')); })()",
+            )
+            .await;
+        assert_eq!(hit, true, "{size}: the save data button is covered");
+        b.screenshot(&kari, &format!("adapt-save-data-{size}"))
+            .await;
+    }
+    b.viewport(&kari, 1366, 768, false).await;
+    settle().await;
     no_violations(&mut b, &kari, "the participant with save data on").await;
     b.reload(&kari).await;
     state_is(&mut b, &kari, "joined").await;
