@@ -1,5 +1,5 @@
-// What this page asks of the server's per-viewer adaptation (docs/protocol.md,
-// `video_preference`): how tall, in device pixels, it shows its largest video, and whether
+// What this page asks of the server's per-viewer adaptation (`video_preference`, issue 20; the
+// server's half and its entry in docs/protocol.md come on their own branch): how tall, in device pixels, it shows its largest video, and whether
 // the viewer chose "save data". Sent after joining and again only when that height moves to
 // another step (a phone turned, a window made larger), a second after it settles, never on
 // every resize event. The hall screen always asks for the best (null). The "save data" choice
@@ -19,7 +19,7 @@ let observer = null;
 
 export function saveData() { return stored(SAVE_KEY, sessionStorage) === '1'; }
 
-/** The step that covers a picture h device pixels tall (the largest step above that). */
+/** The step that covers a picture h device pixels tall: the smallest at or above h (or the top). */
 export function step(h) {
   if (!(h > 0)) return null;
   return STEPS.find((s) => s >= h) || STEPS[STEPS.length - 1];

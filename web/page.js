@@ -398,6 +398,8 @@ async function admitted(c, joined, tested) {
   setChat(Boolean(joined.chat_enabled), false);
   if (state.view.joined) state.view.joined(api, joined, again);
   controls();
+  // What this page asks of the server's video goes out at once, before any camera is started.
+  adapt.joined();
   const sends = state.view.sends;
   if (sends.length) await sendMedia(c, tested, sends);
   else if (tested) for (const tr of tested.getTracks()) tr.stop();
@@ -407,7 +409,6 @@ async function admitted(c, joined, tested) {
   }
   renderSelfStatus();
   controls();
-  adapt.joined();
   // Focus the (screen-reader) heading of the course view: the next Tab is its first button.
   if (!again && state.page === 'joined' && !el.stage.contains(document.activeElement)) focusHeading('stage-heading');
 }
