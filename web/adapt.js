@@ -1,10 +1,11 @@
-// What this page asks of the server's per-viewer adaptation (`video_preference`, issue 20; the
-// server's half and its entry in docs/protocol.md come on their own branch): how tall, in device pixels, it shows its largest video, and whether
-// the viewer chose "save data". Sent after joining and again only when that height moves to
-// another step (a phone turned, a window made larger), a second after it settles, never on
-// every resize event. The hall screen always asks for the best (null). The "save data" choice
-// is kept for the tab (sessionStorage), like the other viewing choices. Nothing here touches
-// media; the server decides which layer each viewer gets.
+// What this page asks of the server's per-viewer adaptation (`video_preference`, issue 20;
+// the server's half and its entry in docs/protocol.md come on their own branch): how tall, in
+// device pixels, it shows its largest video, and whether the viewer chose "save data". Sent
+// after joining and again only when that height moves to another step (a phone turned, a
+// window made larger), a second after it settles, never on every resize event. The hall
+// screen always asks for the best (null). The "save data" choice is kept for the tab
+// (sessionStorage), like the other viewing choices. Nothing here touches media; the server
+// decides which layer each viewer gets.
 import { el, state, stored, store } from './core.js';
 
 const SAVE_KEY = 'kursrelay.save_data';
