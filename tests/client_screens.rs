@@ -866,3 +866,172 @@ async fn before_the_start_and_the_leaders_laptop() {
     drop(b);
     server.shutdown().await;
 }
+
+/// The representative's picture and name at home: the box of its video, the painted size and
+/// whether the label is whole (its text, not cut, not covered, inside the picture area).
+async fn representative(b: &mut Chromium, page: &Page, what: &str) -> (f64, f64) {
+    // The picture fills its box (object-fit: cover): the box is what is seen.
+    painted(b, page, "#main-slot figure[data-pos=other] video").await;
+    let r = rect(b, page, "#main-slot figure[data-pos=other] video").await;
+    let fit = b
+        .eval(
+            page,
+            "getComputedStyle(document.querySelector('#main-slot figure[data-pos=other] video')).objectFit",
+        )
+        .await;
+    assert_eq!(fit, "cover", "{what}");
+    let (w, h) = (f(&r, "w"), f(&r, "h"));
+    let label = b
+        .eval(
+            page,
+            "(() => { const c = document.querySelector('#main-slot figure[data-pos=other] figcaption'); \
+             const r = c.getBoundingClientRect(), m = document.getElementById('media').getBoundingClientRect(); \
+             const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2); \
+             return { text: c.textContent, shown: getComputedStyle(c).display !== 'none' && r.width > 0, \
+                      whole: c.scrollWidth <= c.clientWidth + 1 && c.scrollHeight <= c.clientHeight + 1, \
+                      inside: r.left >= m.left - 1 && r.right <= m.right + 1 && r.top >= m.top - 1 && r.bottom <= m.bottom + 1, \
+                      uncovered: Boolean(hit && c.contains(hit)), px: parseFloat(getComputedStyle(c).fontSize) }; })()",
+        )
+        .await;
+    assert_eq!(
+        label["text"], "Kamera – Kamilla Østby-Haraldsen",
+        "{what}: {label}"
+    );
+    for k in ["shown", "whole", "inside", "uncovered"] {
+        assert_eq!(
+            label[k], true,
+            "{what}: the representative's label is not {k}: {label}"
+        );
+    }
+    assert!(f(&label, "px") >= 16.0, "{what}: {label}");
+    (w, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_representative_and_the_side_panel_at_home() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let mut b = Chromium::launch().await;
+    for (role, name) in [
+        (Role::Leader, "Lise"),
+        (Role::Interpreter, "Siri"),
+        (Role::Representative, "Kamilla Østby-Haraldsen"),
+    ] {
+        let t = server.token("rep", role, Some(name), false).await;
+        let p = b.open(&format!("{base}/course.html#t={t}")).await;
+        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+    }
+    let kari_t = server
+        .token("rep", Role::Participant, Some("Kari"), false)
+        .await;
+    let kari = b.open_blank().await;
+    b.viewport(&kari, 1366, 768, false).await;
+    b.navigate(&kari, &format!("{base}/course.html#t={kari_t}"))
+        .await;
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(
+        &kari,
+        "!document.getElementById('interp-slot').hidden \
+         && (document.querySelector('#interp-slot video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=main] video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=other] video') || {}).videoWidth > 0",
+        30,
+    )
+    .await;
+
+    // A laptop with the interpreter as large as the slides (the default), and larger: the
+    // representative co-teaches, so the viewer sees who it is — a picture of at least
+    // 192×108 and the whole name — and neither the interpreter nor the slides shrink for it.
+    for size in ["equal", "large"] {
+        b.click(&kari, &format!(".interp-size[data-interp={size}]"))
+            .await;
+        settle().await;
+        let stage_w = f(&rect(&mut b, &kari, "#media").await, "w");
+        let (iw, _) = painted(&mut b, &kari, "#interp-slot video").await;
+        let (mw, _) = painted(&mut b, &kari, "#main-slot figure[data-pos=main] video").await;
+        let (rw, rh) = representative(&mut b, &kari, &format!("laptop, {size}")).await;
+        b.screenshot(&kari, &format!("screens-rep-{size}-laptop"))
+            .await;
+        assert!(
+            rw >= 192.0 && rh >= 108.0,
+            "laptop, {size}: the representative is {rw}×{rh}"
+        );
+        let (want_i, want_m) = if size == "equal" {
+            (1.0 / 3.0, 0.45)
+        } else {
+            (0.5, 0.2)
+        };
+        assert!(
+            iw >= stage_w * want_i && mw >= stage_w * want_m,
+            "laptop, {size}: interpreter {iw}, slides {mw} of a {stage_w} stage"
+        );
+        assert!(
+            rw < mw || size == "large",
+            "laptop, {size}: the representative ({rw}) is larger than the slides ({mw})"
+        );
+    }
+    b.click(&kari, ".interp-size[data-interp=equal]").await;
+
+    // A phone upright: the representative under the slides, at least 160×90, named whole.
+    b.viewport(&kari, 390, 844, true).await;
+    settle().await;
+    b.eval(
+        &kari,
+        "document.querySelector('#main-slot figure[data-pos=other]').scrollIntoView({block: 'nearest'}), true",
+    )
+    .await;
+    settle().await;
+    let (rw, rh) = representative(&mut b, &kari, "phone").await;
+    b.screenshot(&kari, "screens-rep-phone").await;
+    assert!(
+        rw >= 160.0 && rh >= 90.0,
+        "phone: the representative is {rw}×{rh}"
+    );
+
+    // The side panel on a phone: one scroll container (the course area), and every control in
+    // the panel can be scrolled whole into view, where a finger on its middle lands on it.
+    let scrollers = b
+        .eval(
+            &kari,
+            "(() => { const out = []; for (let e = document.getElementById('save-data'); e; e = e.parentElement) { \
+               const o = getComputedStyle(e).overflowY; \
+               if ((o === 'auto' || o === 'scroll') && e.scrollHeight > e.clientHeight + 1) out.push(e.id || e.tagName); } \
+             return out; })()",
+        )
+        .await;
+    assert_eq!(
+        scrollers.as_array().map(Vec::len),
+        Some(1),
+        "the side panel scrolls inside another scroll area: {scrollers}"
+    );
+    let bad = b
+        .eval(
+            &kari,
+            "(async () => { const bad = []; \
+               const controls = [...document.querySelectorAll('#side button, #side input, #side select, #side textarea, #side [tabindex]')] \
+                 .filter((c) => !c.closest('[hidden]') && c.getClientRects().length); \
+               for (const c of controls) { c.scrollIntoView({block: 'nearest'}); \
+                 await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))); \
+                 const r = c.getBoundingClientRect(); \
+                 const hit = document.elementFromPoint(r.x + r.width / 2, r.y + Math.min(r.height / 2, 20)); \
+                 const name = c.id || c.className || c.tagName; \
+                 if (r.top < -1 || r.bottom > innerHeight + 1 || r.left < -1 || r.right > innerWidth + 1) \
+                   bad.push(`${name}: ${Math.round(r.top)}–${Math.round(r.bottom)} outside ${innerHeight}`); \
+                 else if (!hit || !(c === hit || c.contains(hit))) bad.push(`${name}: covered by ${hit && (hit.id || hit.className || hit.tagName)}`); } \
+               return bad.length ? bad : controls.length; })()",
+        )
+        .await;
+    assert!(
+        bad.as_u64().is_some_and(|n| n >= 5),
+        "controls in the side panel on a phone: {bad}"
+    );
+    b.screenshot(&kari, "screens-side-phone").await;
+    no_violations(
+        &mut b,
+        &kari,
+        "the participant with the representative on a phone",
+    )
+    .await;
+    drop(b);
+    server.shutdown().await;
+}

@@ -186,6 +186,7 @@ export function layout() {
     place(f, el.mainSlot, others === 0 ? 'other' : 'extra');
     others += 1;
   }
+  el.media.classList.toggle('has-other', others > 0);
   el.interpSlot.hidden = !interp[0];
   el.media.classList.toggle('has-interp', Boolean(interp[0]));
   // The viewer's choice of the interpreter's size (the hall screen has its own, fixed).
@@ -199,9 +200,32 @@ export function layout() {
   // Fullscreen is offered only with a picture to show (it is not a kiosk control).
   if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
   el.noMedia.textContent = t(...noMedia());
+  otherRow();
   for (const f of figs) setFigCaption(f, role(f));
   adaptUpdate();
 }
+
+// The co-teacher's picture (the user representative's, `other`) is a small inset over the
+// lecture when the lecture fills the picture area. At home, when the lecture leaves black
+// space under it (beside an interpreter) or on an upright phone, it gets a row of its own
+// under the lecture instead (data-other="row"): a picture large enough to see who it is and
+// the name beside it, whole. Neither the lecture nor the interpreter gets smaller for it.
+const ROW_ROOM = 130; // CSS pixels under a 16:9 lecture that the row needs
+const upright = window.matchMedia('(max-width: 760px) and (orientation: portrait)');
+
+function otherRow() {
+  const kiosk = document.body.classList.contains('kiosk');
+  const slot = el.mainSlot;
+  // The slot's own size does not depend on the row on a wide screen (the picture area sets
+  // it), so measuring it cannot flip the choice back and forth.
+  const spare = slot.clientHeight - (slot.clientWidth * 9) / 16;
+  const row = !kiosk && el.media.classList.contains('has-other') && (upright.matches || spare >= ROW_ROOM);
+  if (row) el.media.dataset.other = 'row';
+  else delete el.media.dataset.other;
+}
+
+if (window.ResizeObserver) new ResizeObserver(otherRow).observe(el.media);
+upright.addEventListener('change', otherRow);
 
 /**
  * What the server forwards of a video now (`video_quality`): "paused" shows a calm notice over
