@@ -1035,3 +1035,130 @@ async fn the_representative_and_the_side_panel_at_home() {
     drop(b);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_name_and_the_empty_captions_in_the_hall() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let db = &server.state.db;
+    let course = db.create_course("Stoffskiftekurs").await.unwrap();
+    // One word longer than a laptop's hall screen is wide at the header's size, and a room
+    // named as one compound word.
+    let title =
+        "Oppfølgingssamlingforstoffskiftepasientaroggpårørandeimøreogromsdalhaustensemesteretmedlæringsdag";
+    let room = "Kristiansundsjukehuslæringsogmeistringssenteretsundervisningsrom";
+    let session = db
+        .create_session(
+            &course.id,
+            &kursrelay::db::NewSession {
+                title: title.into(),
+                starts_at: "2026-01-01T09:00:00Z".into(),
+                ends_at: utc_in(2 * DAY),
+                host_site: "Molde".into(),
+                chat_enabled: false,
+                roster: kursrelay::protocol::RosterMode::Names,
+            },
+        )
+        .await
+        .unwrap();
+    let invite = db
+        .create_invite(
+            &session.id,
+            &kursrelay::db::NewInvite {
+                role: Role::Site,
+                display_name: Some(room.to_owned()),
+                relative_of: None,
+                open: false,
+            },
+        )
+        .await
+        .unwrap();
+    let claims = kursrelay::auth::Claims::for_invite(
+        &invite.session_id,
+        &invite.id,
+        invite.role,
+        invite.open,
+        kursrelay::clock::unix_now() as i64 + 2 * 24 * 3600,
+        24,
+    );
+    let link = kursrelay::auth::join_link(&server.state.tokens, "http://x", &claims);
+    let token = link.split("#t=").nth(1).unwrap().to_owned();
+    let mut b = Chromium::launch().await;
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={token}"))
+        .await;
+    state_is(&mut b, &site, "joined").await;
+    b.wait_for(
+        &site,
+        &format!(
+            "document.getElementById('room-name').textContent === {}",
+            serde_json::to_string(room).unwrap()
+        ),
+        10,
+    )
+    .await;
+    for (w, h, size) in [(1366, 768, "laptop"), (1920, 1080, "1080p")] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        // The header and each name in it stay on the screen, whole (nothing cut or hidden
+        // to the right); the full names are in the text and the title.
+        in_view(
+            &mut b,
+            &site,
+            &[
+                "header.top",
+                "#course-title",
+                "#session-title",
+                "#room-name",
+                "#kiosk-status",
+            ],
+            &format!("the hall header at {size}"),
+        )
+        .await;
+        let names = b
+            .eval(
+                &site,
+                "['course-title', 'session-title', 'room-name'].map((id) => { const e = document.getElementById(id); \
+                 return { id, text: e.textContent, title: e.title, whole: e.scrollWidth <= e.clientWidth + 1 && e.scrollHeight <= e.clientHeight + 1 }; })",
+            )
+            .await;
+        for n in names.as_array().unwrap() {
+            assert_eq!(n["whole"], true, "{size}: {n}");
+        }
+        assert_eq!(names[1]["text"], title);
+        assert_eq!(names[1]["title"], title);
+        assert_eq!(names[2]["text"], room);
+        assert_eq!(names[2]["title"], room);
+        // The picture still has most of the screen.
+        let media = rect(&mut b, &site, "#media").await;
+        assert!(
+            f(&media, "h") >= 0.5 * f64::from(h),
+            "{size}: the header leaves the picture {media}"
+        );
+
+        // The empty caption band's hint reads from the back of a hall (at least 32 px), a
+        // step below the captions themselves, and whole inside its band.
+        let hint = b
+            .eval(
+                &site,
+                "(() => { const p = document.getElementById('captions-empty'), c = document.getElementById('captions'); \
+                 const pr = p.getBoundingClientRect(), cr = c.getBoundingClientRect(); \
+                 return { px: parseFloat(getComputedStyle(p).fontSize), captions: parseFloat(getComputedStyle(c).fontSize), \
+                          inside: pr.top >= cr.top - 1 && pr.bottom <= cr.bottom + 1 && pr.right <= cr.right + 1, \
+                          scrolls: c.scrollHeight > c.clientHeight + 1 }; })()",
+            )
+            .await;
+        assert!(
+            f(&hint, "px") >= 32.0 && f(&hint, "px") < f(&hint, "captions"),
+            "{size}: {hint}"
+        );
+        assert_eq!(hint["inside"], true, "{size}: {hint}");
+        assert_eq!(hint["scrolls"], false, "{size}: {hint}");
+        b.screenshot(&site, &format!("screens-hall-long-name-{size}"))
+            .await;
+    }
+    no_violations(&mut b, &site, "the hall screen with long names").await;
+    drop(b);
+    server.shutdown().await;
+}

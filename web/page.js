@@ -157,7 +157,9 @@ function renderProblem() {
 function showTitles(link) {
   el.courseTitle.textContent = link.course_title || t('course.title');
   el.courseTitle.removeAttribute('data-i18n');
+  el.courseTitle.title = link.course_title || '';
   el.sessionTitle.textContent = link.session_title || '';
+  el.sessionTitle.title = link.session_title || '';
   el.sessionTitle.hidden = !link.session_title;
   renderDocTitle();
   renderSchedule();
