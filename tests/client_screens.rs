@@ -480,6 +480,20 @@ async fn the_hall_screen() {
             )
             .await;
         assert_eq!(face_free, true, "{size}: the interpreter's face is covered");
+        // The lecture's and the interpreter's labels read from the back of the hall.
+        let label_px = b
+            .eval(
+                &site,
+                "['#main-slot figure[data-pos=main] figcaption', '#interp-slot figcaption'] \
+                 .map((s) => parseFloat(getComputedStyle(document.querySelector(s)).fontSize))",
+            )
+            .await;
+        for px in label_px.as_array().unwrap() {
+            assert!(
+                px.as_f64().unwrap() >= 32.0,
+                "{size}: labels of {label_px} px in the hall"
+            );
+        }
         b.screenshot(&site, &format!("screens-hall-sound-{size}"))
             .await;
     }
@@ -983,6 +997,14 @@ async fn the_representative_and_the_side_panel_at_home() {
     settle().await;
     let (rw, rh) = representative(&mut b, &kari, "phone").await;
     b.screenshot(&kari, "screens-rep-phone").await;
+    // Short of room in the header, the session's name gives way before the course's.
+    let course_whole = "(() => { const e = document.getElementById('course-title'); \
+        return e.textContent === 'Testkurs rep' && e.scrollWidth <= e.clientWidth + 1; })()";
+    assert_eq!(
+        b.eval(&kari, course_whole).await,
+        true,
+        "the course's name is cut on a phone"
+    );
     assert!(
         rw >= 160.0 && rh >= 90.0,
         "phone: the representative is {rw}×{rh}"
@@ -1032,6 +1054,14 @@ async fn the_representative_and_the_side_panel_at_home() {
         "the participant with the representative on a phone",
     )
     .await;
+    b.viewport(&kari, 844, 390, true).await;
+    settle().await;
+    assert_eq!(
+        b.eval(&kari, course_whole).await,
+        true,
+        "the course's name is cut on a phone on its side"
+    );
+    b.screenshot(&kari, "screens-rep-phone-side").await;
     drop(b);
     server.shutdown().await;
 }
