@@ -764,9 +764,9 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     )
     .await;
 
-    // A small picture paused (the representative's, inset): a short word inside it, whole
-    // (on a phone, where the picture is a thumb's width, a pause sign); the full sentence in
-    // the video's label for screen readers.
+    // A small picture paused (the representative's, in its row under the lecture beside the
+    // interpreter, and on a phone): a short word on the picture, whole, not over the name
+    // beside it; the full sentence in the video's label for screen readers.
     let rep_id = b
         .eval(
             &kari,
@@ -781,23 +781,30 @@ async fn a_weak_line_at_home_and_the_hall_labels() {
     )
     .await;
     let small = "#main-slot figure[data-pos=other] .quality-note";
-    for (w, h, phone, size) in [(1366, 768, false, "laptop"), (390, 844, true, "phone")] {
+    for (w, h, phone, size) in [
+        (1366, 768, false, "laptop"),
+        (390, 844, true, "phone"),
+        (844, 390, true, "phone-side"),
+    ] {
         b.viewport(&kari, w, h, phone).await;
         settle().await;
         let shown = b
             .eval(
                 &kari,
                 &format!("(() => {{ const n = document.querySelector('{small}'), f = n.closest('figure'); \
-                 const a = n.getBoundingClientRect(), c = f.getBoundingClientRect(); \
+                 const a = n.getBoundingClientRect(), c = f.querySelector('video').getBoundingClientRect(); \
                  return {{ text: n.textContent, hidden: n.hidden, tiny: n.classList.contains('tiny'), whole: n.scrollHeight <= n.clientHeight + 1 && n.scrollWidth <= n.clientWidth + 1, \
                    inside: a.left >= c.left - 1 && a.right <= c.right + 1 && a.top >= c.top - 1 && a.bottom <= c.bottom + 1, \
                    label: f.querySelector('video').getAttribute('aria-label') }}; }})()"),
             )
             .await;
         assert_eq!(shown["text"], "Bilde på pause", "{size}: {shown}");
+        // On a phone on its side the representative is a thumbnail over the lecture: a
+        // pause sign there.
         assert_eq!(
-            shown["tiny"], true,
-            "{size}: a thumbnail has a pause sign: {shown}"
+            shown["tiny"],
+            size == "phone-side",
+            "{size}: words in the representative's row, a sign in a thumbnail: {shown}"
         );
         assert_eq!(
             (&shown["hidden"], &shown["whole"], &shown["inside"]),

@@ -79,7 +79,7 @@ function addTile(track, info, local) {
   note.className = 'quality-note';
   note.hidden = true;
   fig.append(video, document.createElement('figcaption'), note);
-  if (sizes) sizes.observe(fig);
+  if (sizes) sizes.observe(video);
   const quality = !local && state.client && state.client.quality.get(info.track_id);
   if (quality) fig.dataset.quality = quality;
   el.mainSlot.append(fig);
@@ -92,7 +92,7 @@ export function removeTrack(trackId) {
   for (const node of document.querySelectorAll('[data-track-id]')) {
     if (node.dataset.trackId !== trackId) continue;
     const media = node.matches('audio') ? node : node.querySelector('video');
-    if (sizes && !node.matches('audio')) sizes.unobserve(node);
+    if (sizes && !node.matches('audio')) sizes.unobserve(media);
     media.srcObject = null;
     node.remove();
   }
@@ -316,17 +316,19 @@ function renderNote(fig) {
   if (note.textContent !== text) note.textContent = text;
 }
 
-// Each tile's size class, followed as it changes (window, layout, fullscreen): "small" below
-// 340×170 CSS pixels, "tiny" (a thumbnail) below 140 wide or 80 high.
+// Each tile's size class, from its picture's box (a tile in the representative's row also
+// holds the name beside the picture), followed as it changes (window, layout, fullscreen):
+// "small" below 340×170 CSS pixels, "tiny" (a thumbnail) below 140 wide or 80 high.
 const sizes = window.ResizeObserver ? new ResizeObserver((entries) => {
   for (const e of entries) {
+    const fig = e.target.closest('figure');
     const { width, height } = e.contentRect;
-    if (!width || !height) continue;
+    if (!fig || !width || !height) continue;
     const size = width < 140 || height < 80 ? 'tiny' : width < 340 || height < 170 ? 'small' : '';
-    if ((e.target.dataset.size || '') === size) continue;
-    if (size) e.target.dataset.size = size;
-    else delete e.target.dataset.size;
-    renderNote(e.target);
+    if ((fig.dataset.size || '') === size) continue;
+    if (size) fig.dataset.size = size;
+    else delete fig.dataset.size;
+    renderNote(fig);
   }
 }) : null;
 
