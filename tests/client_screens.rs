@@ -926,6 +926,7 @@ async fn the_representative_and_the_side_panel_at_home() {
     let server = TestServer::spawn().await;
     let base = format!("http://{}", server.addr);
     let mut b = Chromium::launch().await;
+    let mut pages = Vec::new();
     for (role, name) in [
         (Role::Leader, "Lise"),
         (Role::Interpreter, "Siri"),
@@ -934,6 +935,7 @@ async fn the_representative_and_the_side_panel_at_home() {
         let t = server.token("rep", role, Some(name), false).await;
         let p = b.open(&format!("{base}/course.html#t={t}")).await;
         b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+        pages.push(p);
     }
     let kari_t = server
         .token("rep", Role::Participant, Some("Kari"), false)
@@ -999,7 +1001,11 @@ async fn the_representative_and_the_side_panel_at_home() {
     b.screenshot(&kari, "screens-rep-phone").await;
     // Short of room in the header, the session's name gives way before the course's.
     let course_whole = "(() => { const e = document.getElementById('course-title'); \
-        return e.textContent === 'Testkurs rep' && e.scrollWidth <= e.clientWidth + 1; })()";
+        const r = document.createRange(); r.selectNodeContents(e); const text = r.getBoundingClientRect().width; \
+        const box = e.getBoundingClientRect(), area = e.parentElement.getBoundingClientRect(); \
+        /* Even a fraction of a pixel too narrow shows '…': the text's own width, strictly. */ \
+        return e.textContent === 'Testkurs rep' && text <= box.width + 0.01 && box.right <= area.right + 1 \
+          || `${e.textContent}: text ${text}, box ${box.width}, right ${box.right} of ${area.right}`; })()";
     assert_eq!(
         b.eval(&kari, course_whole).await,
         true,
@@ -1062,6 +1068,27 @@ async fn the_representative_and_the_side_panel_at_home() {
         "the course's name is cut on a phone on its side"
     );
     b.screenshot(&kari, "screens-rep-phone-side").await;
+
+    // Without an interpreter, upright: the fullscreen button keeps clear of the name.
+    b.close_tab(&pages[1]).await;
+    b.viewport(&kari, 390, 844, true).await;
+    b.wait_for(&kari, "document.getElementById('interp-slot').hidden", 15)
+        .await;
+    settle().await;
+    representative(&mut b, &kari, "phone without an interpreter").await;
+    let clear = b
+        .eval(
+            &kari,
+            "(() => { const a = document.getElementById('fullscreen').getBoundingClientRect(); \
+             const c = document.querySelector('#main-slot figure[data-pos=other] figcaption').getBoundingClientRect(); \
+             return a.right <= c.left || a.left >= c.right || a.bottom <= c.top || a.top >= c.bottom; })()",
+        )
+        .await;
+    b.screenshot(&kari, "screens-rep-phone-no-interp").await;
+    assert_eq!(
+        clear, true,
+        "the fullscreen button covers the representative's name"
+    );
     drop(b);
     server.shutdown().await;
 }
