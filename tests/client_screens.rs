@@ -8,6 +8,11 @@
 //! a label read from five metres; a session that starts tomorrow says when, in the reader's
 //! time and language, before joining, in the course and in the lobby; the leader's lock, list
 //! and end are in view on a laptop; at 200 % zoom the language and the help number stay.
+//! The representative at home is large enough to recognise, named whole, beside an
+//! interpreter on a laptop and on a phone, without the slides or the interpreter shrinking; a
+//! phone has one scroll area and every control in its side panel can be brought into view; a
+//! name of one long word stays inside the hall's header, whose labels and empty-caption hint
+//! read from the back of the room.
 //! Screenshots go to target/screenshots/ (not committed).
 
 mod common;
