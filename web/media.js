@@ -74,6 +74,7 @@ function addTile(track, info, local) {
   video.srcObject = new MediaStream([track]);
   // Its size is known once frames arrive: the page's ask of the server may change then.
   video.addEventListener('resize', adaptUpdate);
+  video.addEventListener('resize', otherRow);
   // A calm word over the picture when the server pauses it for a weak line (video_quality).
   const note = document.createElement('p');
   note.className = 'quality-note';
@@ -210,18 +211,24 @@ export function layout() {
 // space under it (beside an interpreter) or on an upright phone, it gets a row of its own
 // under the lecture instead (data-other="row"): a picture large enough to see who it is and
 // the name beside it, whole. Neither the lecture nor the interpreter gets smaller for it.
-const ROW_ROOM = 130; // CSS pixels under a 16:9 lecture that the row needs
+// CSS pixels under the lecture that the row needs: a 160×90 picture, its border and the gap.
+const ROW_ROOM = 104;
 const upright = window.matchMedia('(max-width: 760px) and (orientation: portrait)');
 
 function otherRow() {
   const kiosk = document.body.classList.contains('kiosk');
   const slot = el.mainSlot;
   // The slot's own size does not depend on the row on a wide screen (the picture area sets
-  // it), so measuring it cannot flip the choice back and forth.
-  const spare = slot.clientHeight - (slot.clientWidth * 9) / 16;
+  // it), so measuring it cannot flip the choice back and forth. The lecture's own shape
+  // counts (a 4:3 camera leaves less room under it than 16:9 slides).
+  const v = slot.querySelector('figure[data-pos="main"] video');
+  const shape = v && v.videoWidth && v.videoHeight ? v.videoHeight / v.videoWidth : 9 / 16;
+  const spare = slot.clientHeight - slot.clientWidth * shape;
   const row = !kiosk && el.media.classList.contains('has-other') && (upright.matches || spare >= ROW_ROOM);
   if (row) el.media.dataset.other = 'row';
   else delete el.media.dataset.other;
+  // The row's picture is no taller than that room (app.css), so the lecture keeps its size.
+  el.media.style.setProperty('--row-room', `${Math.max(0, Math.floor(spare))}px`);
 }
 
 if (window.ResizeObserver) new ResizeObserver(otherRow).observe(el.media);
