@@ -8,6 +8,11 @@
 //! a label read from five metres; a session that starts tomorrow says when, in the reader's
 //! time and language, before joining, in the course and in the lobby; the leader's lock, list
 //! and end are in view on a laptop; at 200 % zoom the language and the help number stay.
+//! The representative at home is large enough to recognise, named whole, beside an
+//! interpreter on a laptop and on a phone, without the slides or the interpreter shrinking; a
+//! phone has one scroll area and every control in its side panel can be brought into view; a
+//! name of one long word stays inside the hall's header, whose labels and empty-caption hint
+//! read from the back of the room.
 //! Screenshots go to target/screenshots/ (not committed).
 
 mod common;
@@ -480,6 +485,20 @@ async fn the_hall_screen() {
             )
             .await;
         assert_eq!(face_free, true, "{size}: the interpreter's face is covered");
+        // The lecture's and the interpreter's labels read from the back of the hall.
+        let label_px = b
+            .eval(
+                &site,
+                "['#main-slot figure[data-pos=main] figcaption', '#interp-slot figcaption'] \
+                 .map((s) => parseFloat(getComputedStyle(document.querySelector(s)).fontSize))",
+            )
+            .await;
+        for px in label_px.as_array().unwrap() {
+            assert!(
+                px.as_f64().unwrap() >= 32.0,
+                "{size}: labels of {label_px} px in the hall"
+            );
+        }
         b.screenshot(&site, &format!("screens-hall-sound-{size}"))
             .await;
     }
@@ -863,6 +882,345 @@ async fn before_the_start_and_the_leaders_laptop() {
         "after the camera was refused",
     )
     .await;
+    drop(b);
+    server.shutdown().await;
+}
+
+/// The representative's picture and name at home: the box of its video, the painted size and
+/// whether the label is whole (its text, not cut, not covered, inside the picture area).
+async fn representative(b: &mut Chromium, page: &Page, what: &str) -> (f64, f64) {
+    // The picture fills its box (object-fit: cover): the box is what is seen.
+    painted(b, page, "#main-slot figure[data-pos=other] video").await;
+    let r = rect(b, page, "#main-slot figure[data-pos=other] video").await;
+    let fit = b
+        .eval(
+            page,
+            "getComputedStyle(document.querySelector('#main-slot figure[data-pos=other] video')).objectFit",
+        )
+        .await;
+    assert_eq!(fit, "cover", "{what}");
+    let (w, h) = (f(&r, "w"), f(&r, "h"));
+    let label = b
+        .eval(
+            page,
+            "(() => { const c = document.querySelector('#main-slot figure[data-pos=other] figcaption'); \
+             const r = c.getBoundingClientRect(), m = document.getElementById('media').getBoundingClientRect(); \
+             const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2); \
+             return { text: c.textContent, shown: getComputedStyle(c).display !== 'none' && r.width > 0, \
+                      whole: c.scrollWidth <= c.clientWidth + 1 && c.scrollHeight <= c.clientHeight + 1, \
+                      inside: r.left >= m.left - 1 && r.right <= m.right + 1 && r.top >= m.top - 1 && r.bottom <= m.bottom + 1, \
+                      uncovered: Boolean(hit && c.contains(hit)), px: parseFloat(getComputedStyle(c).fontSize) }; })()",
+        )
+        .await;
+    assert_eq!(
+        label["text"], "Kamera – Kamilla Østby-Haraldsen",
+        "{what}: {label}"
+    );
+    for k in ["shown", "whole", "inside", "uncovered"] {
+        assert_eq!(
+            label[k], true,
+            "{what}: the representative's label is not {k}: {label}"
+        );
+    }
+    assert!(f(&label, "px") >= 16.0, "{what}: {label}");
+    (w, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_representative_and_the_side_panel_at_home() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let mut b = Chromium::launch().await;
+    let mut pages = Vec::new();
+    for (role, name) in [
+        (Role::Leader, "Lise"),
+        (Role::Interpreter, "Siri"),
+        (Role::Representative, "Kamilla Østby-Haraldsen"),
+    ] {
+        let t = server.token("rep", role, Some(name), false).await;
+        let p = b.open(&format!("{base}/course.html#t={t}")).await;
+        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+        pages.push(p);
+    }
+    let kari_t = server
+        .token("rep", Role::Participant, Some("Kari"), false)
+        .await;
+    let kari = b.open_blank().await;
+    b.viewport(&kari, 1366, 768, false).await;
+    b.navigate(&kari, &format!("{base}/course.html#t={kari_t}"))
+        .await;
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    b.wait_for(
+        &kari,
+        "!document.getElementById('interp-slot').hidden \
+         && (document.querySelector('#interp-slot video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=main] video') || {}).videoWidth > 0 \
+         && (document.querySelector('#main-slot figure[data-pos=other] video') || {}).videoWidth > 0",
+        30,
+    )
+    .await;
+
+    // A laptop with the interpreter as large as the slides (the default), and larger: the
+    // representative co-teaches, so the viewer sees who it is — a picture of at least
+    // 192×108 and the whole name — and neither the interpreter nor the slides shrink for it.
+    for size in ["equal", "large"] {
+        b.click(&kari, &format!(".interp-size[data-interp={size}]"))
+            .await;
+        settle().await;
+        let stage_w = f(&rect(&mut b, &kari, "#media").await, "w");
+        let (iw, _) = painted(&mut b, &kari, "#interp-slot video").await;
+        let (mw, _) = painted(&mut b, &kari, "#main-slot figure[data-pos=main] video").await;
+        let (rw, rh) = representative(&mut b, &kari, &format!("laptop, {size}")).await;
+        b.screenshot(&kari, &format!("screens-rep-{size}-laptop"))
+            .await;
+        assert!(
+            rw >= 192.0 && rh >= 108.0,
+            "laptop, {size}: the representative is {rw}×{rh}"
+        );
+        let (want_i, want_m) = if size == "equal" {
+            (1.0 / 3.0, 0.45)
+        } else {
+            (0.5, 0.2)
+        };
+        assert!(
+            iw >= stage_w * want_i && mw >= stage_w * want_m,
+            "laptop, {size}: interpreter {iw}, slides {mw} of a {stage_w} stage"
+        );
+        assert!(
+            rw < mw || size == "large",
+            "laptop, {size}: the representative ({rw}) is larger than the slides ({mw})"
+        );
+    }
+    b.click(&kari, ".interp-size[data-interp=equal]").await;
+
+    // A phone upright: the representative under the slides, at least 160×90, named whole.
+    b.viewport(&kari, 390, 844, true).await;
+    settle().await;
+    b.eval(
+        &kari,
+        "document.querySelector('#main-slot figure[data-pos=other]').scrollIntoView({block: 'nearest'}), true",
+    )
+    .await;
+    settle().await;
+    let (rw, rh) = representative(&mut b, &kari, "phone").await;
+    b.screenshot(&kari, "screens-rep-phone").await;
+    // Short of room in the header, the session's name gives way before the course's.
+    let course_whole = "(() => { const e = document.getElementById('course-title'); \
+        const r = document.createRange(); r.selectNodeContents(e); const text = r.getBoundingClientRect().width; \
+        const box = e.getBoundingClientRect(), area = e.parentElement.getBoundingClientRect(); \
+        /* Even a fraction of a pixel too narrow shows '…': the text's own width, strictly. */ \
+        return e.textContent === 'Testkurs rep' && text <= box.width + 0.01 && box.right <= area.right + 1 \
+          || `${e.textContent}: text ${text}, box ${box.width}, right ${box.right} of ${area.right}`; })()";
+    assert_eq!(
+        b.eval(&kari, course_whole).await,
+        true,
+        "the course's name is cut on a phone"
+    );
+    assert!(
+        rw >= 160.0 && rh >= 90.0,
+        "phone: the representative is {rw}×{rh}"
+    );
+
+    // The side panel on a phone: one scroll container (the course area), and every control in
+    // the panel can be scrolled whole into view, where a finger on its middle lands on it.
+    let scrollers = b
+        .eval(
+            &kari,
+            "(() => { const out = []; for (let e = document.getElementById('save-data'); e; e = e.parentElement) { \
+               const o = getComputedStyle(e).overflowY; \
+               if ((o === 'auto' || o === 'scroll') && e.scrollHeight > e.clientHeight + 1) out.push(e.id || e.tagName); } \
+             return out; })()",
+        )
+        .await;
+    assert_eq!(
+        scrollers.as_array().map(Vec::len),
+        Some(1),
+        "the side panel scrolls inside another scroll area: {scrollers}"
+    );
+    let bad = b
+        .eval(
+            &kari,
+            "(async () => { const bad = []; \
+               const controls = [...document.querySelectorAll('#side button, #side input, #side select, #side textarea, #side [tabindex]')] \
+                 .filter((c) => !c.closest('[hidden]') && c.getClientRects().length); \
+               for (const c of controls) { c.scrollIntoView({block: 'nearest'}); \
+                 await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))); \
+                 const r = c.getBoundingClientRect(); \
+                 const hit = document.elementFromPoint(r.x + r.width / 2, r.y + Math.min(r.height / 2, 20)); \
+                 const name = c.id || c.className || c.tagName; \
+                 if (r.top < -1 || r.bottom > innerHeight + 1 || r.left < -1 || r.right > innerWidth + 1) \
+                   bad.push(`${name}: ${Math.round(r.top)}–${Math.round(r.bottom)} outside ${innerHeight}`); \
+                 else if (!hit || !(c === hit || c.contains(hit))) bad.push(`${name}: covered by ${hit && (hit.id || hit.className || hit.tagName)}`); } \
+               return bad.length ? bad : controls.length; })()",
+        )
+        .await;
+    assert!(
+        bad.as_u64().is_some_and(|n| n >= 5),
+        "controls in the side panel on a phone: {bad}"
+    );
+    b.screenshot(&kari, "screens-side-phone").await;
+    no_violations(
+        &mut b,
+        &kari,
+        "the participant with the representative on a phone",
+    )
+    .await;
+    b.viewport(&kari, 844, 390, true).await;
+    settle().await;
+    assert_eq!(
+        b.eval(&kari, course_whole).await,
+        true,
+        "the course's name is cut on a phone on its side"
+    );
+    b.screenshot(&kari, "screens-rep-phone-side").await;
+
+    // Without an interpreter, upright: the fullscreen button keeps clear of the name.
+    b.close_tab(&pages[1]).await;
+    b.viewport(&kari, 390, 844, true).await;
+    b.wait_for(&kari, "document.getElementById('interp-slot').hidden", 15)
+        .await;
+    settle().await;
+    representative(&mut b, &kari, "phone without an interpreter").await;
+    let clear = b
+        .eval(
+            &kari,
+            "(() => { const a = document.getElementById('fullscreen').getBoundingClientRect(); \
+             const c = document.querySelector('#main-slot figure[data-pos=other] figcaption').getBoundingClientRect(); \
+             return a.right <= c.left || a.left >= c.right || a.bottom <= c.top || a.top >= c.bottom; })()",
+        )
+        .await;
+    b.screenshot(&kari, "screens-rep-phone-no-interp").await;
+    assert_eq!(
+        clear, true,
+        "the fullscreen button covers the representative's name"
+    );
+    drop(b);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_name_and_the_empty_captions_in_the_hall() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let db = &server.state.db;
+    let course = db.create_course("Stoffskiftekurs").await.unwrap();
+    // One word longer than a laptop's hall screen is wide at the header's size, and a room
+    // named as one compound word.
+    let title =
+        "Oppfølgingssamlingforstoffskiftepasientaroggpårørandeimøreogromsdalhaustensemesteretmedlæringsdag";
+    let room = "Kristiansundsjukehuslæringsogmeistringssenteretsundervisningsrom";
+    let session = db
+        .create_session(
+            &course.id,
+            &kursrelay::db::NewSession {
+                title: title.into(),
+                starts_at: "2026-01-01T09:00:00Z".into(),
+                ends_at: utc_in(2 * DAY),
+                host_site: "Molde".into(),
+                chat_enabled: false,
+                roster: kursrelay::protocol::RosterMode::Names,
+            },
+        )
+        .await
+        .unwrap();
+    let invite = db
+        .create_invite(
+            &session.id,
+            &kursrelay::db::NewInvite {
+                role: Role::Site,
+                display_name: Some(room.to_owned()),
+                relative_of: None,
+                open: false,
+            },
+        )
+        .await
+        .unwrap();
+    let claims = kursrelay::auth::Claims::for_invite(
+        &invite.session_id,
+        &invite.id,
+        invite.role,
+        invite.open,
+        kursrelay::clock::unix_now() as i64 + 2 * 24 * 3600,
+        24,
+    );
+    let link = kursrelay::auth::join_link(&server.state.tokens, "http://x", &claims);
+    let token = link.split("#t=").nth(1).unwrap().to_owned();
+    let mut b = Chromium::launch().await;
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={token}"))
+        .await;
+    state_is(&mut b, &site, "joined").await;
+    b.wait_for(
+        &site,
+        &format!(
+            "document.getElementById('room-name').textContent === {}",
+            serde_json::to_string(room).unwrap()
+        ),
+        10,
+    )
+    .await;
+    for (w, h, size) in [(1366, 768, "laptop"), (1920, 1080, "1080p")] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        // The header and each name in it stay on the screen, whole (nothing cut or hidden
+        // to the right); the full names are in the text and the title.
+        in_view(
+            &mut b,
+            &site,
+            &[
+                "header.top",
+                "#course-title",
+                "#session-title",
+                "#room-name",
+                "#kiosk-status",
+            ],
+            &format!("the hall header at {size}"),
+        )
+        .await;
+        let names = b
+            .eval(
+                &site,
+                "['course-title', 'session-title', 'room-name'].map((id) => { const e = document.getElementById(id); \
+                 return { id, text: e.textContent, title: e.title, whole: e.scrollWidth <= e.clientWidth + 1 && e.scrollHeight <= e.clientHeight + 1 }; })",
+            )
+            .await;
+        for n in names.as_array().unwrap() {
+            assert_eq!(n["whole"], true, "{size}: {n}");
+        }
+        assert_eq!(names[1]["text"], title);
+        assert_eq!(names[1]["title"], title);
+        assert_eq!(names[2]["text"], room);
+        assert_eq!(names[2]["title"], room);
+        // The picture still has most of the screen.
+        let media = rect(&mut b, &site, "#media").await;
+        assert!(
+            f(&media, "h") >= 0.5 * f64::from(h),
+            "{size}: the header leaves the picture {media}"
+        );
+
+        // The empty caption band's hint reads from the back of a hall (at least 32 px), a
+        // step below the captions themselves, and whole inside its band.
+        let hint = b
+            .eval(
+                &site,
+                "(() => { const p = document.getElementById('captions-empty'), c = document.getElementById('captions'); \
+                 const pr = p.getBoundingClientRect(), cr = c.getBoundingClientRect(); \
+                 return { px: parseFloat(getComputedStyle(p).fontSize), captions: parseFloat(getComputedStyle(c).fontSize), \
+                          inside: pr.top >= cr.top - 1 && pr.bottom <= cr.bottom + 1 && pr.right <= cr.right + 1, \
+                          scrolls: c.scrollHeight > c.clientHeight + 1 }; })()",
+            )
+            .await;
+        assert!(
+            f(&hint, "px") >= 32.0 && f(&hint, "px") < f(&hint, "captions"),
+            "{size}: {hint}"
+        );
+        assert_eq!(hint["inside"], true, "{size}: {hint}");
+        assert_eq!(hint["scrolls"], false, "{size}: {hint}");
+        b.screenshot(&site, &format!("screens-hall-long-name-{size}"))
+            .await;
+    }
+    no_violations(&mut b, &site, "the hall screen with long names").await;
     drop(b);
     server.shutdown().await;
 }

@@ -7,6 +7,16 @@
 const PROTOCOL_VERSION = 1;
 const REPLY_TIMEOUT_MS = 15000;
 const LEAVE_CLOSE_MS = 2000;
+// A camera's simulcast layers, lowest first (the order Chromium expects): about 320×180,
+// 640×360 and 1280×720 from a 720p camera. The server forwards one of them to each viewer.
+const SIMULCAST_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', maxBitrate: 1700000 },
+];
+// Messages only newer servers know; an older one answers `unknown_type`, which is no error
+// for the person (the page simply goes on without it).
+const OPTIONAL = ['video_preference'];
 
 export class KursrelayError extends Error {
   constructor(code, message, request) {
@@ -64,6 +74,15 @@ export class KursrelayClient {
     this.onError = (err) => console.error(err);
     this.onClose = () => {};
     this.onPublishClosed = () => {}; // (reason) the server ended the publish connection
+    this.onVideoQuality = () => {}; // (track_id, state) what the server forwards of a video now
+    this.onSent = () => {}; // every message sent, after it went out (for the automated tests)
+
+    // From `joined`: publish cameras in three simulcast layers (the server picks one per viewer).
+    this.simulcast = false;
+    // Message types the server answered `unknown_type` to (an older server): not sent again.
+    this.unsupported = new Set();
+    // track_id -> 'full' | 'reduced' | 'paused', as the server last said (video_quality).
+    this.quality = new Map();
 
     this._ws = null;
     this._welcomed = false;
@@ -131,6 +150,16 @@ export class KursrelayClient {
   /** A site's headcount (0–1000). */
   setHeadcount(count) { return this.control('set_headcount', { count }); }
 
+  /**
+   * Tells the server how large this page shows video (device pixels; null: always the best)
+   * and whether the viewer asked to save data. No reply is awaited. A server that does not
+   * know the message answers `unknown_type` once; it is then not sent again (false).
+   */
+  videoPreference(maxHeight, saveData) {
+    if (this.unsupported.has('video_preference')) return false;
+    return this._send({ type: 'video_preference', max_height: maxHeight, save_data: Boolean(saveData) });
+  }
+
   /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */
   publish(tracks) {
     return this._publishStep(async () => {
@@ -188,9 +217,12 @@ export class KursrelayClient {
   /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently
    * shown, plus where each connection's media goes (the server's address, port and protocol
    * of the selected candidate pair: the connectivity tests read it). `video` is how received
-   * video fares (loss, repair requests, freezes); `sent` the publish side's video. */
+   * video fares (loss, repair requests, freezes); `sent` the publish side's video. `inbound`
+   * has one entry per received track (by track_id): for video its frame rate, size, freezes
+   * and frames decoded, for audio its concealment, plus `quality`, what the server last said
+   * it forwards of that video (video_quality: full, reduced or paused). */
   async stats() {
-    const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [] };
+    const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [], inbound: [] };
     const video = { packetsLost: 0, nackCount: 0, pliCount: 0, framesDropped: 0, keyFramesDecoded: 0, freezeCount: 0, totalFreezesDuration: 0, jitterBufferDelay: 0, jitterBufferEmittedCount: 0 };
     const sent = { framesEncoded: 0, packetsSent: 0, retransmittedPacketsSent: 0, nackCount: 0, pliCount: 0 };
     out.video = video;
@@ -213,15 +245,34 @@ export class KursrelayClient {
     const pc = this._conn.subscribe.pc;
     if (!pc) return out;
     const report = await pc.getStats();
+    const byTrack = new Map([...this._remote].map(([trackId, { track }]) => [track.id, trackId]));
+    const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
     report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       const kind = s.kind || s.mediaType;
+      const trackId = byTrack.get(s.trackIdentifier) || null;
       if (kind === 'video') {
         out.framesDecoded += s.framesDecoded || 0;
         out.videoPacketsReceived += s.packetsReceived || 0;
         add(video, s);
+        // A video not shown now (no track_id) is left out: its numbers say nothing of today.
+        if (trackId) {
+          out.inbound.push({
+            track_id: trackId, kind,
+            framesPerSecond: num(s.framesPerSecond), frameWidth: num(s.frameWidth), frameHeight: num(s.frameHeight),
+            freezeCount: num(s.freezeCount), totalFreezesDuration: num(s.totalFreezesDuration),
+            framesDecoded: num(s.framesDecoded), quality: this.quality.get(trackId) || 'full',
+          });
+        }
       } else if (kind === 'audio') {
         out.audioPacketsReceived += s.packetsReceived || 0;
+        if (trackId) {
+          out.inbound.push({
+            track_id: trackId, kind,
+            concealedSamples: num(s.concealedSamples), totalSamplesReceived: num(s.totalSamplesReceived),
+            concealmentEvents: num(s.concealmentEvents),
+          });
+        }
       }
     });
     return out;
@@ -232,6 +283,11 @@ export class KursrelayClient {
   _send(msg) {
     if (!this._ws || this._ws.readyState !== WebSocket.OPEN) return false;
     this._ws.send(JSON.stringify(msg));
+    try {
+      this.onSent(msg);
+    } catch (err) {
+      console.error(err);
+    }
     return true;
   }
 
@@ -292,6 +348,7 @@ export class KursrelayClient {
           this.role = msg.role;
           this.name = msg.name;
           this.session = msg.session || this.session;
+          this.simulcast = msg.simulcast === true;
         }
         const waiter = this._takeWaiter((w) => w.replyTypes.includes(msg.type)
           && (msg.type !== 'ok' || w.request === msg.request));
@@ -336,11 +393,26 @@ export class KursrelayClient {
       case 'ice_candidate':
         this._onRemoteCandidate(msg.target, msg.candidate);
         break;
+      case 'video_quality':
+        if (typeof msg.track_id !== 'string' || !['full', 'reduced', 'paused'].includes(msg.state)) break;
+        if (msg.state === 'full') this.quality.delete(msg.track_id);
+        else this.quality.set(msg.track_id, msg.state);
+        this.onVideoQuality(msg.track_id, msg.state);
+        break;
       case 'bye':
         this._byeReason = msg.reason || 'left';
         break;
       case 'error': {
         const err = new KursrelayError(msg.code, msg.message, msg.request);
+        // An older server does not know an optional message (it names the type in its text;
+        // the reply has no `request` then): remember not to send it again, tell nobody.
+        const optional = OPTIONAL.find((type) => msg.request === type
+          || (msg.code === 'unknown_type' && !msg.request && String(msg.message || '').includes(`"${type}"`)));
+        if (optional) {
+          this.unsupported.add(optional);
+          console.info(`kursrelay: this server does not take ${optional}`);
+          break;
+        }
         const waiter = msg.request && this._takeWaiter((w) => w.request === msg.request);
         if (waiter) waiter.reject(err);
         else this.onError(err);
@@ -370,6 +442,7 @@ export class KursrelayClient {
       this._conn[target] = newConnection();
     }
     this._remote.clear();
+    this.quality.clear();
   }
 
   // ---- peer connections and ICE ----
@@ -433,14 +506,24 @@ export class KursrelayClient {
     this._pubStream.addTrack(track);
     // A transceiver whose track was taken off (floor taken back, screen share stopped) is used
     // again, so m-lines do not pile up with every turn at the floor.
+    // A camera goes out in three layers when the server takes simulcast; a screen share
+    // stays one layer (slides are read at full resolution), as does everything when it does
+    // not. The number of layers of a transceiver cannot change later, so only one with the
+    // same number is used again.
+    const layers = track.kind === 'video' && (source || 'camera') === 'camera' && this.simulcast
+      ? SIMULCAST_LAYERS : null;
+    const count = layers ? layers.length : 1;
     const free = pc.getTransceivers().find((t) => !t.stopped && !t.sender.track
-      && t.receiver.track && t.receiver.track.kind === track.kind);
+      && t.receiver.track && t.receiver.track.kind === track.kind
+      && (track.kind !== 'video' || (t.sender.getParameters().encodings || [1]).length === count));
     if (free) {
       await free.sender.replaceTrack(track);
       free.sender.setStreams(this._pubStream);
       free.direction = 'sendonly';
     } else {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [this._pubStream] });
+      const init = { direction: 'sendonly', streams: [this._pubStream] };
+      if (layers) init.sendEncodings = layers.map((l) => ({ ...l }));
+      pc.addTransceiver(track, init);
     }
     this._pubSources.set(track, source || (track.kind === 'video' ? 'camera' : 'microphone'));
   }
@@ -491,6 +574,7 @@ export class KursrelayClient {
     for (const trackId of [...this._remote.keys()]) {
       if (!listed.has(trackId)) {
         this._remote.delete(trackId);
+        this.quality.delete(trackId);
         this.onTrackGone(trackId);
       }
     }

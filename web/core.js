@@ -34,6 +34,7 @@ export const el = {
   handsBox: $('hands-box'), handsList: $('hands'), presentBox: $('present-box'), present: $('present'),
   captionWriter: $('caption-writer'), captionForm: $('caption-form'), captionText: $('caption-text'),
   captionSettings: $('caption-settings'), contrast: $('contrast'), interpSettings: $('interp-settings'),
+  dataSettings: $('data-settings'), saveData: $('save-data'),
   chatBox: $('chat-box'), chatLog: $('chat-log'), chatForm: $('chat-form'), chatText: $('chat-text'),
   rosterBox: $('roster-box'), membersHeading: $('members-heading'), members: $('members'),
   participantCount: $('participant-count'), rosterNote: $('roster-note'),
@@ -57,6 +58,7 @@ export const state = {
   wasIn: false, // was in the course (or lobby) before a reconnect started
   hadMedia: false, // has seen someone's picture since the page opened
   received: [], // every server message type, in order (for the automated tests)
+  sent: [], // every message sent, tokens and SDP left out (for the automated tests)
   captionTexts: [],
 };
 

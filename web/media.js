@@ -5,6 +5,7 @@
 import { t } from './i18n.js';
 import { el, state, displayName, stored, store } from './core.js';
 import { schedule } from './when.js';
+import { update as adaptUpdate, saveData } from './adapt.js';
 
 // The hall encoder (WHIP) is the lecture feed: ranked like the leader's camera.
 const RANK = { encoder: 0, leader: 0, representative: 1, site: 3, participant: 3 };
@@ -71,7 +72,17 @@ function addTile(track, info, local) {
   video.muted = true; // sound comes from the <audio> elements
   video.playsInline = true;
   video.srcObject = new MediaStream([track]);
-  fig.append(video, document.createElement('figcaption'));
+  // Its size is known once frames arrive: the page's ask of the server may change then.
+  video.addEventListener('resize', adaptUpdate);
+  video.addEventListener('resize', otherRow);
+  // A calm word over the picture when the server pauses it for a weak line (video_quality).
+  const note = document.createElement('p');
+  note.className = 'quality-note';
+  note.hidden = true;
+  fig.append(video, document.createElement('figcaption'), note);
+  if (sizes) sizes.observe(video);
+  const quality = !local && state.client && state.client.quality.get(info.track_id);
+  if (quality) fig.dataset.quality = quality;
   el.mainSlot.append(fig);
   play(video);
   if (!local) state.hadMedia = true;
@@ -82,6 +93,7 @@ export function removeTrack(trackId) {
   for (const node of document.querySelectorAll('[data-track-id]')) {
     if (node.dataset.trackId !== trackId) continue;
     const media = node.matches('audio') ? node : node.querySelector('video');
+    if (sizes && !node.matches('audio')) sizes.unobserve(media);
     media.srcObject = null;
     node.remove();
   }
@@ -175,6 +187,7 @@ export function layout() {
     place(f, el.mainSlot, others === 0 ? 'other' : 'extra');
     others += 1;
   }
+  el.media.classList.toggle('has-other', others > 0);
   el.interpSlot.hidden = !interp[0];
   el.media.classList.toggle('has-interp', Boolean(interp[0]));
   // The viewer's choice of the interpreter's size (the hall screen has its own, fixed).
@@ -188,7 +201,50 @@ export function layout() {
   // Fullscreen is offered only with a picture to show (it is not a kiosk control).
   if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
   el.noMedia.textContent = t(...noMedia());
+  otherRow();
   for (const f of figs) setFigCaption(f, role(f));
+  adaptUpdate();
+}
+
+// The co-teacher's picture (the user representative's, `other`) is a small inset over the
+// lecture when the lecture fills the picture area. At home, when the lecture leaves black
+// space under it (beside an interpreter) or on an upright phone, it gets a row of its own
+// under the lecture instead (data-other="row"): a picture large enough to see who it is and
+// the name beside it, whole. Neither the lecture nor the interpreter gets smaller for it.
+// CSS pixels under the lecture that the row needs: a 160×90 picture, its border and the gap.
+const ROW_ROOM = 104;
+const upright = window.matchMedia('(max-width: 760px) and (orientation: portrait)');
+
+function otherRow() {
+  const kiosk = document.body.classList.contains('kiosk');
+  const slot = el.mainSlot;
+  // The slot's own size does not depend on the row on a wide screen (the picture area sets
+  // it), so measuring it cannot flip the choice back and forth. The lecture's own shape
+  // counts (a 4:3 camera leaves less room under it than 16:9 slides).
+  const v = slot.querySelector('figure[data-pos="main"] video');
+  const shape = v && v.videoWidth && v.videoHeight ? v.videoHeight / v.videoWidth : 9 / 16;
+  const spare = slot.clientHeight - slot.clientWidth * shape;
+  const row = !kiosk && el.media.classList.contains('has-other') && (upright.matches || spare >= ROW_ROOM);
+  if (row) el.media.dataset.other = 'row';
+  else delete el.media.dataset.other;
+  // The row's picture is no taller than that room (app.css), so the lecture keeps its size.
+  el.media.style.setProperty('--row-room', `${Math.max(0, Math.floor(spare))}px`);
+}
+
+if (window.ResizeObserver) new ResizeObserver(otherRow).observe(el.media);
+upright.addEventListener('change', otherRow);
+
+/**
+ * What the server forwards of a video now (`video_quality`): "paused" shows a calm notice over
+ * that picture (the sound goes on), "reduced" a small word in its label, "full" neither.
+ */
+export function setQuality(trackId, quality) {
+  for (const fig of el.media.querySelectorAll('figure[data-track-id]')) {
+    if (fig.dataset.trackId !== trackId || fig.dataset.local) continue;
+    if (quality === 'paused' || quality === 'reduced') fig.dataset.quality = quality;
+    else delete fig.dataset.quality;
+  }
+  layout();
 }
 
 /** Why there is no picture, truthfully: [key, vars]. Before the start, when that is. */
@@ -213,10 +269,75 @@ function setFigCaption(fig, role) {
         : t(`source.${fig.dataset.source}`);
     text = m ? `${source} – ${displayName(m)}` : source;
   }
+  const quality = fig.dataset.quality;
+  const kiosk = document.body.classList.contains('kiosk');
   const cap = fig.querySelector('figcaption');
-  if (cap.textContent !== text) cap.textContent = text;
-  fig.querySelector('video').setAttribute('aria-label', text);
+  // With "save data" on, the lower picture may be the viewer's own choice: say both.
+  const saving = saveData() && !kiosk;
+  const hint = quality === 'reduced' ? t(saving ? 'quality.reduced_saving' : 'quality.reduced') : '';
+  const drawn = `${kiosk}|${text}|${hint}`;
+  if (cap.dataset.drawn !== drawn) {
+    cap.dataset.drawn = drawn;
+    if (kiosk) {
+      // On the hall screen labels wrap, but only between words: each word is a box of its
+      // own that may hyphenate (the page's lang) or, too long for the tile, end in "…". The
+      // whole label stays in the text (screen readers) and in the title.
+      cap.replaceChildren(...text.split(/(\s+)/).filter(Boolean).map((part) => {
+        if (/^\s+$/.test(part)) return document.createTextNode(' ');
+        const w = document.createElement('span');
+        w.className = 'w';
+        w.textContent = part;
+        return w;
+      }));
+    } else cap.textContent = text;
+    if (hint) {
+      const h = document.createElement('span');
+      h.className = 'quality-hint';
+      h.textContent = hint;
+      cap.append(' ', h);
+    }
+    cap.title = text;
+  }
+  renderNote(fig);
+  const said = quality === 'paused' ? `${text} – ${t(saving ? 'quality.paused_saving' : 'quality.paused_label')}`
+    : quality === 'reduced' ? `${text} – ${hint}` : text;
+  fig.querySelector('video').setAttribute('aria-label', said);
 }
+
+/**
+ * The paused picture's notice, as large as its picture allows: the whole sentence, or "Picture
+ * paused" in a small picture, or a pause sign in a thumbnail (the video's label says it all).
+ */
+function renderNote(fig) {
+  const note = fig.querySelector('.quality-note');
+  if (!note) return;
+  const size = fig.dataset.size; // from the tile's own size (sizes below)
+  const kiosk = document.body.classList.contains('kiosk');
+  const saving = saveData() && !kiosk;
+  // A hall screen speaks to a room ("the line here", "you all"), not to one person.
+  const text = fig.dataset.quality !== 'paused' ? ''
+    : t(size ? 'quality.paused_short' : kiosk ? 'quality.paused_room' : saving ? 'quality.paused_saving' : 'quality.paused');
+  note.hidden = !text;
+  note.classList.toggle('small', Boolean(size));
+  note.classList.toggle('tiny', size === 'tiny');
+  if (note.textContent !== text) note.textContent = text;
+}
+
+// Each tile's size class, from its picture's box (a tile in the representative's row also
+// holds the name beside the picture), followed as it changes (window, layout, fullscreen):
+// "small" below 340×170 CSS pixels, "tiny" (a thumbnail) below 140 wide or 80 high.
+const sizes = window.ResizeObserver ? new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const fig = e.target.closest('figure');
+    const { width, height } = e.contentRect;
+    if (!fig || !width || !height) continue;
+    const size = width < 140 || height < 80 ? 'tiny' : width < 340 || height < 170 ? 'small' : '';
+    if ((fig.dataset.size || '') === size) continue;
+    if (size) fig.dataset.size = size;
+    else delete fig.dataset.size;
+    renderNote(fig);
+  }
+}) : null;
 
 // ---- fullscreen: the view (video and captions together) ----
 

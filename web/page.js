@@ -15,8 +15,9 @@ import {
 } from './core.js';
 import {
   addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
-  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings,
+  toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings, setQuality,
 } from './media.js';
+import * as adapt from './adapt.js';
 import { schedule } from './when.js';
 import { addCaption, addChat, wireCaptionSettings, rerenderCaptions } from './captions.js';
 import leaderView from './views/leader.js';
@@ -156,7 +157,9 @@ function renderProblem() {
 function showTitles(link) {
   el.courseTitle.textContent = link.course_title || t('course.title');
   el.courseTitle.removeAttribute('data-i18n');
+  el.courseTitle.title = link.course_title || '';
   el.sessionTitle.textContent = link.session_title || '';
+  el.sessionTitle.title = link.session_title || '';
   el.sessionTitle.hidden = !link.session_title;
   renderDocTitle();
   renderSchedule();
@@ -281,6 +284,8 @@ async function doStart({ name } = {}) {
   state.client = c;
   const mine = (fn) => (...args) => { if (state.client === c) fn(...args); };
   c.onMessage = (msg) => { state.received.push(msg.type); };
+  c.onSent = (msg) => { state.sent.push(sentCopy(msg)); };
+  c.onVideoQuality = mine(onVideoQuality);
   c.onRoster = mine(onRoster);
   c.onAdmitted = mine((msg) => {
     announce('lobby.admitted');
@@ -391,11 +396,12 @@ async function admitted(c, joined, tested) {
   state.wasIn = 'joined';
   setState('joined');
   showAlert(null);
-  // The server says whether chat is on; the box shows only then.
-  el.chatBox.dataset.refused = joined.chat_enabled ? 'false' : 'true';
-  el.chatBox.hidden = !joined.chat_enabled;
+  // The server says whether chat is on; the box shows only then (and follows the roster).
+  setChat(Boolean(joined.chat_enabled), false);
   if (state.view.joined) state.view.joined(api, joined, again);
   controls();
+  // What this page asks of the server's video goes out at once, before any camera is started.
+  adapt.joined();
   const sends = state.view.sends;
   if (sends.length) await sendMedia(c, tested, sends);
   else if (tested) for (const tr of tested.getTracks()) tr.stop();
@@ -523,12 +529,46 @@ function backToPrejoin() {
 
 function onRoster(roster) {
   state.roster = roster;
+  // The organisers may turn chat on or off during the course: every page follows at once.
+  if (typeof roster.chat_enabled === 'boolean') setChat(roster.chat_enabled, true);
   const list = Array.isArray(roster.members) ? roster.members : [];
   state.members = new Map(list.map((m) => [m.member_id, m]));
   renderMembers();
   layout();
   if (state.view.roster) state.view.roster(api, roster);
   controls();
+}
+
+/** Shows or hides the chat box; `say`: tell a screen reader when it changes. */
+function setChat(on, say) {
+  const was = el.chatBox.dataset.refused === 'false';
+  el.chatBox.dataset.refused = on ? 'false' : 'true';
+  el.chatBox.hidden = !on;
+  if (!on && el.chatBox.contains(document.activeElement)) focusHeading('stage-heading');
+  if (say && was !== on && !(state.view && state.view.kiosk)) announce(on ? 'chat.turned_on' : 'chat.turned_off');
+}
+
+/** The server forwards less (or nothing) of a video to us now, or all of it again. */
+function onVideoQuality(trackId, quality) {
+  const paused = () => Boolean(el.media.querySelector('figure[data-quality="paused"]:not([data-local])'));
+  const before = paused();
+  setQuality(trackId, quality);
+  const after = paused();
+  if (!before && after) {
+    const kiosk = Boolean(state.view && state.view.kiosk);
+    announce(kiosk ? 'quality.paused_room' : adapt.saveData() ? 'quality.paused_saving' : 'quality.paused');
+  }
+  else if (before && !after) announce('quality.back');
+}
+
+/**
+ * What the automated tests may read of a sent message: its type and settings, never a token,
+ * an SDP, a candidate, a name or what someone wrote (chat, captions).
+ */
+function sentCopy(msg) {
+  const copy = { ...msg };
+  for (const k of ['token', 'sdp', 'candidate', 'name', 'text']) if (k in copy) copy[k] = '…';
+  return copy;
 }
 
 function renderMembers() {
@@ -694,6 +734,7 @@ onLangChange(rerender);
 onConfig(() => { renderProblem(); if (state.view && state.view.rerender) state.view.rerender(api); });
 wireCaptionSettings();
 wireInterpSettings();
+adapt.wireSaveData(layout);
 // "Today at 10:00" becomes "the course has begun" by itself: the texts that name the start
 // are looked at again every half minute.
 setInterval(() => {
@@ -796,6 +837,10 @@ window.kursrelay = {
   publishFloor: () => (state.view && state.view.publishFloor ? state.view.publishFloor(api) : Promise.reject(new Error('no floor here'))),
   roster: () => state.roster,
   messages: () => state.received.slice(),
+  // Messages this page sent (tokens, SDP and candidates left out), oldest first.
+  sent: () => state.sent.slice(),
+  // What the page asks the server for its video now ({max_height, save_data}).
+  videoPreference: () => adapt.preference(),
   captions: () => state.captionTexts.slice(),
   sendCaption,
   setHeadcount: (n) => (state.view && state.view.setHeadcount ? state.view.setHeadcount(api, n) : Promise.reject(new Error('not a site'))),

@@ -112,6 +112,7 @@ export default {
   page() { setStatusLine(); },
   joined(api, joined) {
     el.roomName.textContent = joined.name || '';
+    el.roomName.title = joined.name || '';
     api.setStatus(null);
     const saved = stored(keys.headcount(state.token));
     lastHeadcount = saved !== null && saved !== '' ? Number(saved) : lastHeadcount;
