@@ -462,3 +462,141 @@ fn keyframe_requests_reach_the_publisher_at_most_once_a_second_per_track() {
         );
     }
 }
+
+/// A publisher sending three simulcast layers (`Sim::simulcast`: rids q/h/f, each its own
+/// SSRC, sequence numbers, timestamps and VP8 picture ids), answering each PLI of a layer with
+/// a keyframe of that layer, as a browser's encoder does.
+struct Simulcast {
+    seq: [u16; 3],
+    ts: [u32; 3],
+    pid: [u16; 3],
+    key_next: [bool; 3],
+    plis_seen: [usize; 3],
+}
+
+impl Simulcast {
+    fn new() -> Simulcast {
+        Simulcast {
+            seq: [100, 7_100, 14_100],
+            ts: [10_000, 510_000, 1_010_000],
+            pid: [100, 5_100, 10_100],
+            key_next: [true; 3],
+            plis_seen: [0; 3],
+        }
+    }
+
+    /// One frame on every layer (lowest first: 2, 3 and 4 packets, a keyframe 2 more), then
+    /// a frame's time passes.
+    fn frame(&mut self, sim: &mut Sim) {
+        for l in 0..3u8 {
+            let i = usize::from(l);
+            let plis = sim.plis_for_layer(l).len();
+            if plis > self.plis_seen[i] {
+                self.plis_seen[i] = plis;
+                self.key_next[i] = true;
+            }
+            let key = std::mem::take(&mut self.key_next[i]);
+            let n = 2 + u16::from(l) + if key { 2 } else { 0 };
+            for k in 0..n {
+                sim.send_layer(l, self.seq[i], self.ts[i], self.pid[i], k == 0, key);
+                self.seq[i] = self.seq[i].wrapping_add(1);
+            }
+            self.ts[i] = self.ts[i].wrapping_add(TICKS_PER_FRAME);
+            self.pid[i] = (self.pid[i] + 1) & 0x7fff;
+        }
+        sim.advance(FRAME);
+    }
+
+    fn run(&mut self, sim: &mut Sim, frames: usize) {
+        for _ in 0..frames {
+            self.frame(sim);
+        }
+    }
+}
+
+/// Issue 20, step 1: a publisher's three simulcast layers arrive as one track; the viewer
+/// gets ONE stream (one SSRC) and is moved high → low → high. Each switch happens at a
+/// keyframe of the target layer (asked for with a PLI on that layer only), and the viewer
+/// sees one continuous, decodable stream: sequence numbers without a gap, timestamps rising,
+/// VP8 picture id and TL0PICIDX going up by one a frame across both switches.
+#[test]
+fn simulcast_layers_switch_only_at_keyframes_into_one_continuous_stream() {
+    let mut sim = Sim::simulcast().expect("a simulcast publisher connects through the core");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 30);
+    assert_eq!(
+        sim.down_layer(),
+        Some(2),
+        "a viewer starts on the top layer"
+    );
+    let high_until = sim.received().len();
+    assert!(high_until > 0, "nothing reached the viewer");
+
+    sim.set_target_layer(0);
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.down_layer(), Some(0), "not moved down within 2 s");
+    let low_until = sim.received().len();
+    sim.set_target_layer(2);
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.down_layer(), Some(2), "not moved back up within 2 s");
+
+    let got = sim.received();
+    let ssrc = sim.down_ssrc();
+    // The layers in the order the viewer got them: 2, then 0, then 2 — each run starting at
+    // a keyframe of its layer.
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.ssrc, ssrc, "one outgoing SSRC: {r:?}");
+        let layer = r.layer.expect("a tagged simulcast packet");
+        if runs.last().map(|(l, _)| *l) != Some(layer) {
+            assert!(
+                r.keyframe,
+                "switched to layer {layer} at a non-keyframe: {r:?}"
+            );
+            runs.push((layer, i));
+        }
+    }
+    let order: Vec<u8> = runs.iter().map(|(l, _)| *l).collect();
+    assert_eq!(order, vec![2, 0, 2], "layers as received");
+    assert!(runs[1].1 >= high_until && runs[2].1 >= low_until);
+    // Continuous: no gap, timestamps rise from frame to frame, picture ids count frames.
+    for w in got.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(b.seq, a.seq.wrapping_add(1), "a gap: {a:?} → {b:?}");
+        assert!(
+            b.timestamp.wrapping_sub(a.timestamp) < 0x8000_0000,
+            "timestamp went back: {a:?} → {b:?}"
+        );
+        if b.timestamp != a.timestamp {
+            let (pa, pb) = (a.picture_id.unwrap(), b.picture_id.unwrap());
+            assert_eq!(pb, (pa + 1) & 0x7fff, "picture id: {a:?} → {b:?}");
+            assert_eq!(
+                b.tl0.unwrap(),
+                a.tl0.unwrap().wrapping_add(1),
+                "{a:?} → {b:?}"
+            );
+        } else {
+            assert_eq!(a.picture_id, b.picture_id, "one frame, one picture id");
+        }
+    }
+    let m = sim.metrics();
+    assert_eq!(
+        m.layer_switches.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // The publisher was asked for keyframes per layer, at most once a second per layer, and
+    // never for the middle layer nobody wanted.
+    assert!(
+        sim.plis_for_layer(1).is_empty(),
+        "{:?}",
+        sim.plis_for_layer(1)
+    );
+    for l in [0, 2] {
+        let plis = sim.plis_for_layer(l);
+        assert!(!plis.is_empty() || l == 2);
+        for w in plis.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(1), "layer {l}: {plis:?}");
+        }
+    }
+}

@@ -57,6 +57,10 @@ pub struct Metrics {
     /// `GOP_REPLAY_MAX_AGE` or longer than `GOP_REPLAY_MAX_PACKETS`): they start at a fresh
     /// keyframe asked of the publisher instead.
     pub gop_joins_skipped: AtomicU64,
+    /// Simulcast: a viewer's video moved to another layer (at a keyframe of it).
+    pub layer_switches: AtomicU64,
+    /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
+    pub video_pauses: AtomicU64,
 }
 
 impl Metrics {
@@ -165,6 +169,16 @@ impl Metrics {
                 "kursrelay_gop_joins_skipped_total",
                 &self.gop_joins_skipped,
                 "Newcomers started at a fresh keyframe because the cached GOP was too long",
+            ),
+            (
+                "kursrelay_layer_switches_total",
+                &self.layer_switches,
+                "Simulcast layer switches of a viewer's video (each at a keyframe)",
+            ),
+            (
+                "kursrelay_video_pauses_total",
+                &self.video_pauses,
+                "Times a viewer's video was paused (audio goes on)",
             ),
             (
                 "kursrelay_sender_reports_total",

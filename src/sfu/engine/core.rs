@@ -33,7 +33,8 @@ use super::conn::{Conn, Feedback};
 use super::resend::{Refusal, ResendGuard};
 use super::{cache, mux, srtp, Command};
 use crate::sfu::conn_key::ConnKey;
-use crate::sfu::forwarder::{DownTrack, Feed};
+use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER};
+use crate::sfu::keyframe::{CodecFamily, MAX_LAYERS};
 use crate::sfu::metrics::Metrics;
 use crate::sfu::{MediaSettings, SfuError};
 
@@ -61,6 +62,9 @@ pub(crate) const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// this many (a feed with more than ≈ 1 000 subscribers on one engine) the extra buffers are
 /// allocated, sent and freed, and the path allocates once per extra datagram.
 pub(crate) const POOL: usize = 1024;
+
+/// A feed's packet caches, one per simulcast layer (a single-layer feed uses the first).
+type LayerCaches = [Option<cache::TrackCache>; MAX_LAYERS];
 
 /// One datagram or ICE-TCP frame that arrived on the media port.
 #[derive(Debug, Clone, Copy)]
@@ -133,31 +137,31 @@ impl Outbox {
     }
 
     /// Seals one forwarded packet for one subscriber (its SSRC and payload type, the outgoing
-    /// sequence number and rollover counter `admit` gave it) with its connection's own SRTP
+    /// sequence number, rollover counter, timestamp and VP8 ids `admit` gave it) with its connection's own SRTP
     /// keys into a pooled buffer, and queues it. The one place where fan-out, GOP catch-up and
     /// NACK re-sends put forwarded media on the wire. False if the sealer refused it (a
     /// payload too large for a datagram).
-    #[allow(clippy::too_many_arguments)]
     fn seal_and_queue(
         &mut self,
         sealer: &srtp::Sealer,
         dest: TransportContext,
         down: &DownTrack,
-        (seq, roc): (u16, u32),
+        out: &Outgoing,
         marker: bool,
-        timestamp: u32,
         payload: &[u8],
     ) -> bool {
         let mut buf = self.pool.pop().unwrap_or_default();
+        let rewrite = out.rewrite;
         if !sealer.seal(
             &mut buf,
             marker,
             down.payload_type,
-            seq,
-            timestamp,
+            out.seq,
+            out.timestamp,
             down.ssrc,
-            roc,
+            out.roc,
             payload,
+            |p| rewrite.apply(p),
         ) {
             self.recycle(buf);
             return false;
@@ -194,13 +198,15 @@ pub(crate) struct Core {
     /// Publish connections (their feeds are checked for keyframe requests every turn).
     publishers: Vec<ConnKey>,
     /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
-    forwards: Vec<(Arc<Feed>, rtc::rtp::Packet)>,
+    /// (feed, simulcast layer, packet).
+    forwards: Vec<(Arc<Feed>, u8, rtc::rtp::Packet)>,
     /// NACKs and sender reports taken from a connection, waiting for the engine (reused).
     feedback: Feedback,
     /// Newcomers being sent a cached GOP, paced (`pace_catchups`).
-    catchups: Vec<(Arc<Feed>, Arc<DownTrack>)>,
-    /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
-    caches: HashMap<u64, (Arc<Feed>, cache::TrackCache)>,
+    catchups: Vec<(Arc<Feed>, u8, Arc<DownTrack>)>,
+    /// Per forwarded feed: a packet cache per layer (NACKs, GOP joins), made at the layer's
+    /// first packet, dropped when the feed ends.
+    caches: HashMap<u64, (Arc<Feed>, LayerCaches)>,
     /// Per down-track (viewer connection, feed) that NACKed: which NACKs are answered
     /// (`resend.rs`). Made at the first NACK, dropped with the connection or the feed.
     resends: HashMap<(ConnKey, u64), ResendGuard>,
@@ -303,7 +309,7 @@ impl Core {
     fn turn(&mut self, now: Instant) {
         self.last_turn = now;
         self.timers_due(now);
-        self.pace_catchups();
+        self.pace_catchups(now);
         self.keyframe_requests(now);
         self.liveness(now);
     }
@@ -395,15 +401,18 @@ impl Core {
         if let Some(t) = deadline {
             self.timers.push(Reverse((t, key)));
         }
-        for (feed, packet) in forwards.drain(..) {
-            self.fan_out(&feed, packet, now);
+        for (feed, layer, packet) in forwards.drain(..) {
+            self.fan_out(&feed, layer, packet, now);
         }
         self.forwards = forwards;
         for (feed, seq) in feedback.nacks.drain(..) {
             self.resend(key, feed, seq, now);
         }
-        for (feed, ntp, rtp) in feedback.reports.drain(..) {
-            self.sender_reports(&feed, ntp, rtp, now);
+        for feed in feedback.plis.drain(..) {
+            self.viewer_wants_keyframe(key, feed);
+        }
+        for (feed, layer, ntp, rtp) in feedback.reports.drain(..) {
+            self.sender_reports(&feed, layer, ntp, rtp, now);
         }
         self.feedback = feedback;
     }
@@ -413,17 +422,21 @@ impl Core {
     /// unless the down-track's `ResendGuard` refuses it (too old, a repeat within the window,
     /// or over the viewer's re-send budget).
     fn resend(&mut self, key: ConnKey, feed: u64, seq: u16, now: Instant) {
-        let Some((f, cache)) = self.caches.get(&feed) else {
+        let Some((f, caches)) = self.caches.get(&feed) else {
             return;
         };
         let downs = f.downs.load();
         let Some(down) = downs.iter().find(|d| d.conn == key) else {
             return;
         };
-        let Some((original, roc)) = down.incoming_of(seq) else {
+        let Some((layer, original, roc)) = down.incoming_of(seq) else {
             return;
         };
-        let Some(c) = cache.get(original) else {
+        let Some(c) = caches
+            .get(usize::from(layer))
+            .and_then(Option::as_ref)
+            .and_then(|cache| cache.get(original))
+        else {
             self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -455,22 +468,44 @@ impl Core {
             .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.out.seal_and_queue(
-            sealer,
-            dest,
-            down,
-            (seq, roc),
-            c.marker,
-            c.timestamp,
-            &c.payload,
-        ) {
+        let (timestamp, rewrite) = down.resent(c.timestamp, &c.payload);
+        let out = Outgoing {
+            seq,
+            roc,
+            timestamp,
+            rewrite,
+        };
+        if self
+            .out
+            .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload)
+        {
             self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A publisher's sender report, translated for every subscriber of the feed: same NTP and
-    /// RTP time (timestamps are forwarded unchanged), the subscriber's own SSRC and counts.
-    fn sender_reports(&mut self, feed: &Arc<Feed>, ntp: u64, rtp: u32, now: Instant) {
+    /// A viewer on connection `key` asked for a keyframe of `feed`: the publisher is asked for
+    /// one of the layer that viewer is sent (paced per layer), not of every layer.
+    fn viewer_wants_keyframe(&mut self, key: ConnKey, feed: u64) {
+        let Some((f, _)) = self.caches.get(&feed) else {
+            return;
+        };
+        let layer = f
+            .downs
+            .load()
+            .iter()
+            .find(|d| d.conn == key)
+            .map(|d| d.layer())
+            .filter(|l| *l != NO_LAYER);
+        match layer {
+            Some(l) => f.keyframes.request_layer(l),
+            None => f.keyframes.request(),
+        }
+    }
+
+    /// A publisher's sender report of one layer, translated for every subscriber sent that
+    /// layer: same NTP time, the RTP time in the subscriber's timestamps (unchanged until its
+    /// first layer switch), the subscriber's own SSRC and counts.
+    fn sender_reports(&mut self, feed: &Arc<Feed>, layer: u8, ntp: u64, rtp: u32, now: Instant) {
         let downs = feed.downs.load();
         for down in downs.iter() {
             let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
@@ -485,10 +520,14 @@ impl Core {
             if !conn.is_connected() || !down.has_started() {
                 continue;
             }
+            // Only the layer this viewer is sent, in its timestamps.
+            let Some(rtp_time) = down.report_time(layer, rtp) else {
+                continue;
+            };
             let report = rtc::rtcp::sender_report::SenderReport {
                 ssrc: down.ssrc,
                 ntp_time: ntp,
-                rtp_time: rtp,
+                rtp_time,
                 packet_count: down.packets_sent.load(Ordering::Relaxed),
                 octet_count: down.octets_sent.load(Ordering::Relaxed),
                 ..Default::default()
@@ -502,15 +541,25 @@ impl Core {
         }
     }
 
-    /// Packet-major: this packet goes to every subscriber before the next packet is read.
-    pub(super) fn fan_out(&mut self, feed: &Arc<Feed>, packet: rtc::rtp::Packet, now: Instant) {
+    /// Packet-major: this packet (of simulcast `layer`, 0 for a single-layer feed) goes to
+    /// every subscriber before the next packet is read.
+    pub(super) fn fan_out(
+        &mut self,
+        feed: &Arc<Feed>,
+        layer: u8,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let layer = layer.min(MAX_LAYERS as u8 - 1);
         let downs = feed.downs.load();
         let keyframe = crate::sfu::keyframe::starts_keyframe(feed.family, &packet.payload);
         let seq_in = packet.header.sequence_number;
-        let (_, cache) = self
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let (_, caches) = self
             .caches
             .entry(feed.id)
-            .or_insert_with(|| (feed.clone(), cache::TrackCache::new()));
+            .or_insert_with(|| (feed.clone(), Default::default()));
+        let cache = caches[usize::from(layer)].get_or_insert_with(cache::TrackCache::new);
         cache.insert(
             seq_in,
             packet.header.timestamp,
@@ -519,9 +568,10 @@ impl Core {
             keyframe,
             now,
         );
-        if feed.family != crate::sfu::keyframe::CodecFamily::Audio && !cache.has_gop() {
+        let video = feed.family != CodecFamily::Audio;
+        if video && !cache.has_gop() {
             // Keep a GOP ready for the next newcomer (paced like every request).
-            feed.keyframes.request();
+            feed.keyframes.request_layer(layer);
         }
         let (mut sent, mut sealed) = (0u64, 0u64);
         for down in downs.iter() {
@@ -537,6 +587,31 @@ impl Core {
             if !conn.is_connected() {
                 continue;
             }
+            if video {
+                // One layer per viewer: the one its allocator wants, switched to at a
+                // keyframe of it (asked for, paced per layer); the current one until then.
+                let Some(want) = feed.best_layer(down.target_layer()) else {
+                    if down.pause() {
+                        self.metrics.video_pauses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                };
+                let current = down.layer();
+                if layer != current {
+                    if layer != want {
+                        continue;
+                    }
+                    if current == NO_LAYER {
+                        down.start_layer(layer);
+                    } else if keyframe {
+                        down.start_layer(layer);
+                        self.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        feed.keyframes.request_layer(layer);
+                        continue;
+                    }
+                }
+            }
             // A newcomer starts from the cached GOP (the last keyframe and everything since)
             // instead of waiting for a keyframe request to come back. The GOP is paced out by
             // `pace_catchups`; until it has caught up, live packets reach it from the cache.
@@ -544,7 +619,10 @@ impl Core {
                 continue;
             }
             if !keyframe && down.is_newcomer() && conn.lean().is_some() {
-                let cache = self.caches.get(&feed.id).map(|(_, c)| c);
+                let cache = self
+                    .caches
+                    .get(&feed.id)
+                    .and_then(|(_, c)| c[usize::from(layer)].as_ref());
                 let until = seq_in.wrapping_sub(1);
                 // A long GOP is not replayed: the newcomer waits (`admit` asks the publisher
                 // for a keyframe, paced) and starts at the fresh keyframe.
@@ -560,12 +638,19 @@ impl Core {
                     }
                 } else if let Some((start, _)) = cache.and_then(|c| c.gop_until(until)) {
                     down.start_catchup(start);
-                    self.catchups.push((feed.clone(), down.clone()));
+                    self.catchups.push((feed.clone(), layer, down.clone()));
                     self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }
-            let Some((seq, roc)) = down.admit(seq_in, keyframe) else {
+            let Some(out) = down.admit(Incoming {
+                seq: seq_in,
+                timestamp: packet.header.timestamp,
+                keyframe,
+                layer,
+                payload: &packet.payload,
+                now_ms,
+            }) else {
                 continue;
             };
             down.count(packet.payload.len());
@@ -575,9 +660,8 @@ impl Core {
                     sealer,
                     dest,
                     down,
-                    (seq, roc),
+                    &out,
                     packet.header.marker,
-                    packet.header.timestamp,
                     &packet.payload,
                 ) {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -585,7 +669,7 @@ impl Core {
                 }
                 sealed += 1;
             } else {
-                if !conn.write_rtp(now, down.sender, down.packet(&packet, seq)) {
+                if !conn.write_rtp(now, down.sender, down.packet(&packet, &out)) {
                     down.lost();
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -610,20 +694,25 @@ impl Core {
     /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn
     /// each (a 50 KB keyframe to many newcomers at once would otherwise be one burst); when
     /// one reaches the newest cached packet it goes on with the live stream.
-    fn pace_catchups(&mut self) {
+    fn pace_catchups(&mut self, now: Instant) {
         if self.catchups.is_empty() {
             return;
         }
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut list = std::mem::take(&mut self.catchups);
         let mut sent = 0u64;
-        list.retain(|(feed, down)| {
+        list.retain(|(feed, layer, down)| {
             let live = feed.downs.load().iter().any(|d| Arc::ptr_eq(d, down));
             let conn = self
                 .conns
                 .get(down.conn.slot as usize)
                 .filter(|s| s.gen == down.conn.gen)
                 .and_then(|s| s.conn.as_ref());
-            let (Some(conn), Some((_, cache)), true) = (conn, self.caches.get(&feed.id), live)
+            let cache = self
+                .caches
+                .get(&feed.id)
+                .and_then(|(_, c)| c[usize::from(*layer)].as_ref());
+            let (Some(conn), Some(cache), true) = (conn, cache, live && down.layer() == *layer)
             else {
                 down.end_catchup();
                 return false;
@@ -651,19 +740,21 @@ impl Core {
                     return false;
                 };
                 down.set_catchup_next(next.wrapping_add(1));
-                let Some((seq, roc)) = down.admit(next, true) else {
+                let Some(out) = down.admit(Incoming {
+                    seq: next,
+                    timestamp: c.timestamp,
+                    keyframe: true,
+                    layer: *layer,
+                    payload: &c.payload,
+                    now_ms,
+                }) else {
                     continue;
                 };
                 down.count(c.payload.len());
-                if self.out.seal_and_queue(
-                    sealer,
-                    dest,
-                    down,
-                    (seq, roc),
-                    c.marker,
-                    c.timestamp,
-                    &c.payload,
-                ) {
+                if self
+                    .out
+                    .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload)
+                {
                     sent += 1;
                 }
             }

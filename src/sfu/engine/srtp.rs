@@ -102,7 +102,8 @@ impl Sealer {
         }
     }
 
-    /// Writes the SRTP packet for (header fields, payload) into `out` (cleared first).
+    /// Writes the SRTP packet for (header fields, payload) into `out` (cleared first); `patch`
+    /// may change the payload copy before it is sealed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn seal(
         &self,
@@ -114,6 +115,7 @@ impl Sealer {
         ssrc: u32,
         roc: u32,
         payload: &[u8],
+        patch: impl FnOnce(&mut [u8]),
     ) -> bool {
         out.clear();
         out.reserve(HEADER_LEN + payload.len() + TAG_LEN);
@@ -122,6 +124,8 @@ impl Sealer {
         out.extend_from_slice(&timestamp.to_be_bytes());
         out.extend_from_slice(&ssrc.to_be_bytes());
         out.extend_from_slice(payload);
+        // The payload copy may be rewritten before sealing (VP8 ids after a layer switch).
+        patch(&mut out[HEADER_LEN..]);
         match self {
             Sealer::Gcm { key, salt } => {
                 let mut iv = [0u8; 12];
@@ -219,12 +223,32 @@ mod tests {
     fn seals_header_payload_and_tag() {
         let s = Sealer::new(Profile::AeadAes128Gcm, &[1u8; 16], &[2u8; 12]).unwrap();
         let mut out = BytesMut::new();
-        assert!(s.seal(&mut out, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
+        assert!(s.seal(
+            &mut out,
+            true,
+            96,
+            7,
+            9000,
+            0xdead_beef,
+            0,
+            b"hello",
+            |_| {}
+        ));
         assert_eq!(out.len(), HEADER_LEN + 5 + TAG_LEN);
         assert_eq!(&out[..4], &[0x80, 0x80 | 96, 0, 7]);
         assert_ne!(&out[HEADER_LEN..HEADER_LEN + 5], b"hello");
         let mut again = BytesMut::new();
-        assert!(s.seal(&mut again, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
+        assert!(s.seal(
+            &mut again,
+            true,
+            96,
+            7,
+            9000,
+            0xdead_beef,
+            0,
+            b"hello",
+            |_| {}
+        ));
         assert_eq!(out, again, "a retransmission is byte-identical");
         assert!(Sealer::new(Profile::AeadAes128Gcm, &[1u8; 32], &[2u8; 12]).is_none());
         assert!(Sealer::new(Profile::Aes128CmHmacSha1_80, &[1u8; 16], &[2u8; 12]).is_none());
@@ -262,7 +286,8 @@ mod tests {
                     9000 + i as u32,
                     0x1234_5678,
                     roc,
-                    &payload
+                    &payload,
+                    |_| {}
                 ));
                 let plain = rx
                     .decrypt_rtp(&out)
@@ -271,7 +296,17 @@ mod tests {
                 assert_eq!(&plain[..4], &out[..4]);
             }
             // A tampered packet is refused (the tag covers header and payload).
-            assert!(ours.seal(&mut out, false, 96, 2, 9005, 0x1234_5678, 1, &payload));
+            assert!(ours.seal(
+                &mut out,
+                false,
+                96,
+                2,
+                9005,
+                0x1234_5678,
+                1,
+                &payload,
+                |_| {}
+            ));
             out[20] ^= 1;
             assert!(
                 rx.decrypt_rtp(&out).is_err(),

@@ -19,7 +19,7 @@
 //!   core, the subscription negotiated with the engine's own commands (tests/media_sim.rs).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -230,6 +230,7 @@ fn tagged(now: Instant, to: SocketAddr, from: SocketAddr, data: &[u8]) -> Tagged
 #[doc(hidden)]
 pub struct Fanout {
     core: Core,
+    metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     now: Instant,
     /// Bytes taken out so far (keeps the work observable).
@@ -248,14 +249,34 @@ impl Fanout {
         Self::with_profile(subscribers, srtp::Profile::Aes128CmHmacSha1_80)
     }
 
+    /// As `new`, the feed a simulcast track with three layers; subscriber `i` wants layer
+    /// `i % 3` (`retarget` moves them), so packets of every layer are forwarded.
+    pub fn simulcast(subscribers: usize) -> Fanout {
+        let f = Self::with_profile(subscribers, srtp::Profile::AeadAes128Gcm);
+        for layer in 0..crate::sfu::keyframe::MAX_LAYERS as u8 {
+            f.feed.add_layer(layer);
+        }
+        f.retarget(0);
+        f
+    }
+
+    /// Subscriber `i` now wants layer `(i + shift) % 3`: it switches at that layer's next
+    /// keyframe.
+    pub fn retarget(&self, shift: usize) {
+        for (i, d) in self.feed.downs.load().iter().enumerate() {
+            d.set_target_layer(((i + shift) % crate::sfu::keyframe::MAX_LAYERS) as u8);
+        }
+    }
+
+    /// Layer switches so far.
+    pub fn layer_switches(&self) -> u64 {
+        self.metrics.layer_switches.load(Ordering::Relaxed)
+    }
+
     fn with_profile(subscribers: usize, profile: srtp::Profile) -> Fanout {
         let now = Instant::now();
-        let mut core = Core::new(
-            settings(false),
-            Arc::new(Metrics::default()),
-            vec![(LOCAL, LOCAL)],
-            now,
-        );
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core::new(settings(false), metrics.clone(), vec![(LOCAL, LOCAL)], now);
         let (tx, rx) = tokio::sync::mpsc::channel(4 * subscribers + 16);
         let feed = Feed::new(
             now,
@@ -301,6 +322,7 @@ impl Fanout {
         feed.downs.store(Arc::new(downs));
         Fanout {
             core,
+            metrics,
             feed,
             now,
             bytes: 0,
@@ -310,7 +332,14 @@ impl Fanout {
 
     /// One packet through the core's fan-out; returns how many datagrams it produced.
     pub fn forward(&mut self, packet: &rtp::Packet) -> u64 {
-        self.core.fan_out(&self.feed, packet.clone(), self.now);
+        self.forward_layer(0, packet)
+    }
+
+    /// One packet of simulcast `layer` through the core's fan-out; returns how many datagrams
+    /// it produced.
+    pub fn forward_layer(&mut self, layer: u8, packet: &rtp::Packet) -> u64 {
+        self.core
+            .fan_out(&self.feed, layer, packet.clone(), self.now);
         let mut n = 0;
         while let Some(t) = self.core.poll_transmit() {
             n += 1;
@@ -331,24 +360,19 @@ fn down_track(
     keyframes: KeyframeRequester,
     waiting_keyframe: bool,
 ) -> Arc<DownTrack> {
-    Arc::new(DownTrack {
-        member: MemberId::new(),
-        track: TrackId::new(),
+    let down = DownTrack::new(
+        MemberId::new(),
+        TrackId::new(),
         codec,
         ssrc,
         payload_type,
         conn,
         sender,
         keyframes,
-        waiting_keyframe: AtomicBool::new(waiting_keyframe),
-        started: AtomicBool::new(false),
-        last_out_seq: AtomicU16::new(0),
-        seq_offset: AtomicU16::new(0),
-        roc: AtomicU32::new(0),
-        packets_sent: AtomicU32::new(0),
-        octets_sent: AtomicU32::new(0),
-        catchup: AtomicU32::new(0),
-    })
+    );
+    down.waiting_keyframe
+        .store(waiting_keyframe, Ordering::Relaxed);
+    Arc::new(down)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -762,7 +786,24 @@ pub struct Received {
     pub seq: u16,
     pub timestamp: u32,
     pub ssrc: u32,
+    pub marker: bool,
+    /// The VP8 picture id, if the payload carries one (`send_layer` packets do).
+    pub picture_id: Option<u16>,
+    /// The VP8 TL0PICIDX, if the payload carries one.
+    pub tl0: Option<u8>,
+    /// The first packet of a keyframe.
+    pub keyframe: bool,
+    /// The simulcast layer the publisher sent it on (`send_layer` writes it into the
+    /// payload), None for `send_video` packets.
+    pub layer: Option<u8>,
 }
+
+/// The simulcast layers `Sim::simulcast` publishes: rid and SSRC, lowest first.
+pub const SIMULCAST_LAYERS: [(&str, u32); 3] =
+    [("q", 0x2222_0001), ("h", 0x2222_0002), ("f", 0x2222_0003)];
+/// Where `send_layer` writes the layer into its VP8 payload: after the 5-byte payload
+/// descriptor (15-bit picture id, TL0PICIDX) and the frame header's first bytes.
+const LAYER_TAG_AT: usize = 7;
 
 /// A translated sender report as the subscriber's client read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -800,6 +841,10 @@ pub struct Sim {
     reports: Vec<ReportSeen>,
     /// Keyframe requests (PLI/FIR) the publisher's client read, with their time since start.
     keyframe_requests: Vec<Duration>,
+    /// PLIs the publisher's client read: (time since start, media SSRC).
+    plis: Vec<(Duration, u32)>,
+    /// Simulcast: the header extension ids for mid and rid, and the video's mid.
+    simulcast: Option<(u8, u8, String)>,
     /// `Failed` events member tasks got: (publish or subscribe, time since start).
     failed: Vec<(Target, Duration)>,
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
@@ -817,6 +862,13 @@ impl Sim {
         Self::with_first_seq(0)
     }
 
+    /// As `new`, the publisher's video offered as three simulcast layers by rid
+    /// (`SIMULCAST_LAYERS`, as Chromium's `sendEncodings` does); its packets carry the mid and
+    /// rid header extensions (`send_layer`). The subscriber's down-track targets the top layer.
+    pub fn simulcast() -> Result<Sim, String> {
+        Self::build_with(0, settings(false), true)
+    }
+
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
     /// starts near it: SRTP takes a jump of more than 2^15 for a step back).
     pub fn with_first_seq(first_seq: u16) -> Result<Sim, String> {
@@ -831,6 +883,10 @@ impl Sim {
     }
 
     fn build(first_seq: u16, settings: MediaSettings) -> Result<Sim, String> {
+        Self::build_with(first_seq, settings, false)
+    }
+
+    fn build_with(first_seq: u16, settings: MediaSettings, simulcast: bool) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
@@ -840,21 +896,57 @@ impl Sim {
         let (tx, mut pub_events) = tokio::sync::mpsc::channel(64);
         let pub_key = open(&mut core, now, Target::Publish, tx).map_err(|x| e(&x))?;
         let mut publisher = Peer::new(now, SocketAddr::from(([127, 0, 0, 7], 41000)))?;
-        let video_sender = publisher
-            .pc
-            .add_track(client_track(
+        let track = if simulcast {
+            let codings = SIMULCAST_LAYERS
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).into(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    codec: RTCRtpCodec {
+                        mime_type: "video/VP8".into(),
+                        clock_rate: 90_000,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            MediaStreamTrack::new(
+                "client".into(),
+                "simulcast".into(),
+                "simulcast".into(),
                 RtpCodecKind::Video,
-                VIDEO_SSRC,
-                "video/VP8",
-                90_000,
-                0,
-            ))
-            .map_err(|x| e(&x))?;
+                codings,
+            )
+        } else {
+            client_track(RtpCodecKind::Video, VIDEO_SSRC, "video/VP8", 90_000, 0)
+        };
+        let video_sender = publisher.pc.add_track(track).map_err(|x| e(&x))?;
         let offer = publisher.pc.create_offer(None).map_err(|x| e(&x))?;
         publisher
             .pc
             .set_local_description(now, offer.clone())
             .map_err(|x| e(&x))?;
+        let simulcast = if simulcast {
+            let ext = |uri: &str| {
+                offer.sdp.lines().find_map(|l| {
+                    let rest = l.strip_prefix("a=extmap:")?;
+                    let (id, u) = rest.split_once(' ')?;
+                    (u.trim() == uri).then(|| id.split('/').next()?.parse::<u8>().ok())?
+                })
+            };
+            let mid = crate::sfu::first_mid(&offer.sdp).ok_or("no mid in the offer")?;
+            Some((
+                ext("urn:ietf:params:rtp-hdrext:sdes:mid").ok_or("no mid extension offered")?,
+                ext("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+                    .ok_or("no rid extension offered")?,
+                mid,
+            ))
+        } else {
+            None
+        };
         let answer = call(&mut core, now, |reply| Command::Offer {
             conn: pub_key,
             sdp: offer.sdp,
@@ -905,6 +997,8 @@ impl Sim {
             received: Vec::new(),
             reports: Vec::new(),
             keyframe_requests: Vec::new(),
+            plis: Vec::new(),
+            simulcast,
             failed: Vec::new(),
             last_heard: [Duration::ZERO; 2],
         };
@@ -915,7 +1009,13 @@ impl Sim {
         })?;
         let mut seq = first_seq;
         let forwarder = loop {
-            sim.send_video(seq, 0, true, true);
+            if sim.simulcast.is_some() {
+                for layer in 0..SIMULCAST_LAYERS.len() as u8 {
+                    sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                }
+            } else {
+                sim.send_video(seq, 0, true, true);
+            }
             seq = seq.wrapping_add(1);
             sim.advance(Duration::from_millis(5));
             if let Ok(PeerEvent::Published(_, f)) = pub_events.try_recv() {
@@ -988,6 +1088,7 @@ impl Sim {
         sim.sent_to_subscriber.clear();
         sim.received.clear();
         sim.keyframe_requests.clear();
+        sim.plis.clear();
         Ok(sim)
     }
 
@@ -1047,6 +1148,79 @@ impl Sim {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
+    }
+
+    /// The publisher's client sends one VP8 packet on simulcast `layer` (`Sim::simulcast`):
+    /// that layer's SSRC, the mid and rid header extensions, a payload descriptor with the
+    /// 15-bit `picture_id` and TL0PICIDX (its low byte), and the layer written into the
+    /// payload so the test can tell what the subscriber was sent.
+    pub fn send_layer(
+        &mut self,
+        layer: u8,
+        seq: u16,
+        timestamp: u32,
+        picture_id: u16,
+        start: bool,
+        keyframe: bool,
+    ) {
+        let Some((mid_id, rid_id, mid)) = self.simulcast.clone() else {
+            return;
+        };
+        let (rid, ssrc) = SIMULCAST_LAYERS[usize::from(layer)];
+        let mut payload = vec![0x5au8; 300 * (usize::from(layer) + 1)];
+        // X, S (frame start), partition 0; I and L; 15-bit picture id; TL0PICIDX.
+        payload[0] = 0x80 | if start { 0x10 } else { 0x00 };
+        payload[1] = 0xc0;
+        payload[2] = 0x80 | (picture_id >> 8) as u8 & 0x7f;
+        payload[3] = picture_id as u8;
+        payload[4] = picture_id as u8;
+        payload[5] = if keyframe { 0x00 } else { 0x01 };
+        payload[LAYER_TAG_AT] = layer;
+        let mut header = rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: VP8_PT,
+            sequence_number: seq,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        };
+        let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
+        let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        let packet = rtp::Packet {
+            header,
+            payload: bytes::Bytes::from(payload),
+        };
+        if let Some(mut s) = self.publisher.pc.rtp_sender(self.video_sender) {
+            let _ = s.write_rtp(self.now, packet);
+        }
+        self.pump_clients();
+    }
+
+    /// The layer the subscriber's allocator wants (0 = lowest; `u8::MAX`: the best there is).
+    pub fn set_target_layer(&mut self, layer: u8) {
+        self.down
+            .set_target_layer(layer.min(crate::sfu::forwarder::TOP_LAYER));
+    }
+
+    /// Pauses the subscriber's video (its allocator found no layer fits).
+    pub fn pause_video(&mut self) {
+        self.down.set_target_layer(crate::sfu::forwarder::PAUSED);
+    }
+
+    /// The layer the subscriber is forwarded now (None: none).
+    pub fn down_layer(&self) -> Option<u8> {
+        Some(self.down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
+    }
+
+    /// PLIs the publisher's client read for simulcast `layer`, with their time since start.
+    pub fn plis_for_layer(&self, layer: u8) -> Vec<Duration> {
+        let ssrc = SIMULCAST_LAYERS[usize::from(layer)].1;
+        self.plis
+            .iter()
+            .filter(|(_, s)| *s == ssrc)
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     /// Simulated time passes in 1 ms steps: the clients' timers, the network, the core's
@@ -1157,14 +1331,34 @@ impl Sim {
             }
             while let Some(msg) = peer.pc.poll_read() {
                 match msg.message {
-                    RTCMessage::RtpPacket(_, p) if i == 1 => self.received.push(Received {
-                        seq: p.header.sequence_number,
-                        timestamp: p.header.timestamp,
-                        ssrc: p.header.ssrc,
-                    }),
+                    RTCMessage::RtpPacket(_, p) if i == 1 => {
+                        let ids = crate::sfu::keyframe::vp8_ids(&p.payload);
+                        let tagged = ids.is_some() && p.payload.len() > LAYER_TAG_AT;
+                        self.received.push(Received {
+                            seq: p.header.sequence_number,
+                            timestamp: p.header.timestamp,
+                            ssrc: p.header.ssrc,
+                            marker: p.header.marker,
+                            picture_id: ids.and_then(|i| i.picture_id).map(|(_, v, _)| v),
+                            tl0: ids.and_then(|i| i.tl0).map(|(_, v)| v),
+                            keyframe: crate::sfu::keyframe::starts_keyframe(
+                                CodecFamily::Vp8,
+                                &p.payload,
+                            ),
+                            layer: tagged.then(|| p.payload[LAYER_TAG_AT]),
+                        })
+                    }
                     RTCMessage::RtcpPacket(_, packets) => {
                         if i == 0 && crate::sfu::keyframe::is_keyframe_request(&packets) {
                             self.keyframe_requests.push(since);
+                        }
+                        if i == 0 {
+                            use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication as Pli;
+                            for p in &packets {
+                                if let Some(pli) = p.as_any().downcast_ref::<Pli>() {
+                                    self.plis.push((since, pli.media_ssrc));
+                                }
+                            }
                         }
                         for p in &packets {
                             if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
