@@ -515,7 +515,8 @@ impl Simulcast {
 }
 
 /// Issue 20, step 1: a publisher's three simulcast layers arrive as one track; the viewer
-/// gets ONE stream (one SSRC) and is moved high → low → high. Each switch happens at a
+/// gets ONE stream (one SSRC) and is moved high → low → high (by its own "save data"
+/// preference, so the line plays no part). Each switch happens at a
 /// keyframe of the target layer (asked for with a PLI on that layer only), and the viewer
 /// sees one continuous, decodable stream: sequence numbers without a gap, timestamps rising,
 /// VP8 picture id and TL0PICIDX going up by one a frame across both switches.
@@ -533,11 +534,12 @@ fn simulcast_layers_switch_only_at_keyframes_into_one_continuous_stream() {
     let high_until = sim.received().len();
     assert!(high_until > 0, "nothing reached the viewer");
 
-    sim.set_target_layer(0);
+    // The viewer asks to save data (lowest layer only), then no longer.
+    sim.set_video_preference(None, true);
     pub_.run(&mut sim, 60);
     assert_eq!(sim.down_layer(), Some(0), "not moved down within 2 s");
     let low_until = sim.received().len();
-    sim.set_target_layer(2);
+    sim.set_video_preference(None, false);
     pub_.run(&mut sim, 60);
     assert_eq!(sim.down_layer(), Some(2), "not moved back up within 2 s");
 
@@ -599,4 +601,77 @@ fn simulcast_layers_switch_only_at_keyframes_into_one_continuous_stream() {
             assert!(w[1] - w[0] >= Duration::from_secs(1), "layer {l}: {plis:?}");
         }
     }
+}
+
+/// Issue 20, step 2: a viewer whose line drops to 300 kbit/s (a bottleneck with a 200 ms
+/// drop-tail queue in front of it, as a weak home line) is moved from the top layer (≈ 0.9
+/// Mbit/s here) to the lowest (≈ 0.15 Mbit/s) within a few seconds by its own transport-cc
+/// feedback, stays there while the line stays weak — apart from a rare, backed-off try of the
+/// next layer, which is how the estimate is probed — and climbs back to the top once the line
+/// recovers, one step at a time. The viewer is told `full` → `reduced` → `full`, nothing else.
+#[test]
+fn a_viewer_on_a_weak_line_moves_down_and_back_up_without_thrash() {
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 90);
+    assert_eq!(sim.down_layer(), Some(2));
+    let (estimate, twcc) = sim.estimate().expect("a viewer estimate");
+    assert!(
+        twcc,
+        "transport-cc feedback drives the estimate ({estimate} bit/s)"
+    );
+
+    sim.set_subscriber_line(Some((300_000, Duration::from_millis(200))));
+    let weak = sim.elapsed();
+    let mut down_after = None;
+    let (mut frames_low, mut frames_after_down, mut tries) = (0, 0, 0);
+    let mut last = sim.down_layer();
+    for _ in 0..(20 * 30) {
+        pub_.frame(&mut sim);
+        let layer = sim.down_layer();
+        if down_after.is_none() && layer == Some(0) {
+            down_after = Some(sim.elapsed() - weak);
+        }
+        if down_after.is_some() {
+            frames_after_down += 1;
+            frames_low += u32::from(layer == Some(0));
+            if last == Some(0) && layer != Some(0) {
+                tries += 1;
+            }
+        }
+        last = layer;
+    }
+    let (estimate, _) = sim.estimate().unwrap();
+    eprintln!(
+        "weak line: down after {down_after:?}, {frames_low} of {frames_after_down} frames on \
+         the lowest layer since, {tries} tries up, estimate {estimate:.0} bit/s, {} datagrams \
+         dropped by the line",
+        sim.line_drops()
+    );
+    let down_after = down_after.expect("never moved to the lowest layer");
+    assert!(down_after <= Duration::from_secs(5), "{down_after:?}");
+    assert!(
+        frames_low * 10 >= frames_after_down * 8,
+        "{frames_low} of {frames_after_down} frames on the lowest layer"
+    );
+    assert!(tries <= 2, "{tries} tries up in {:?}", sim.elapsed() - weak);
+
+    sim.set_subscriber_line(None);
+    let restored = sim.elapsed();
+    let mut up_after = None;
+    for _ in 0..(60 * 30) {
+        pub_.frame(&mut sim);
+        if sim.down_layer() == Some(2) {
+            up_after = Some(sim.elapsed() - restored);
+            break;
+        }
+    }
+    let qualities = sim.qualities();
+    eprintln!("restored: top layer after {up_after:?}; told {qualities:?}");
+    let up_after = up_after.expect("never back on the top layer");
+    assert!(up_after <= Duration::from_secs(45), "{up_after:?}");
+    use kursrelay::sfu::VideoQuality::{Full, Reduced};
+    let told: Vec<_> = qualities.iter().map(|(_, q)| *q).collect();
+    assert_eq!(told, vec![Full, Reduced, Full], "{qualities:?}");
 }

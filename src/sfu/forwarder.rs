@@ -21,7 +21,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
 use super::conn_key::ConnKey;
-use super::keyframe::{CodecFamily, KeyframeRequester};
+use super::keyframe::{CodecFamily, KeyframeRequester, MAX_LAYERS};
 use super::{Codec, TrackInfo};
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{MediaKind, Source};
@@ -135,7 +135,15 @@ pub struct DownTrack {
     tl0_offset: AtomicU8,
     last_pid: AtomicU16,
     last_tl0: AtomicU8,
+    /// Video: the transport-wide sequence number each recent outgoing packet carried
+    /// ((outgoing seq << 16) | transport-wide seq, by outgoing seq modulo the ring), so a
+    /// NACK re-send carries the same one and stays byte-identical.
+    twcc_sent: Option<Box<[AtomicU32]>>,
 }
+
+/// Outgoing packets whose transport-wide number a video down-track remembers (≈ 1 s of a
+/// 2 Mbit/s layer; older ones are not re-sent anyway, `resend::NACK_HORIZON`). 4 bytes each.
+const TWCC_SENT: usize = 512;
 
 const CATCHING_UP: u32 = 1 << 16;
 /// Set (without CATCHING_UP) when a newcomer was not given the cached GOP (too long).
@@ -183,7 +191,23 @@ impl DownTrack {
             tl0_offset: AtomicU8::new(0),
             last_pid: AtomicU16::new(0),
             last_tl0: AtomicU8::new(0),
+            twcc_sent: (codec != CodecFamily::Audio)
+                .then(|| (0..TWCC_SENT).map(|_| AtomicU32::new(0)).collect()),
         }
+    }
+
+    /// Remembers the transport-wide number outgoing packet `seq` was sent with.
+    pub(crate) fn remember_twcc(&self, seq: u16, twcc: u16) {
+        if let Some(ring) = &self.twcc_sent {
+            ring[usize::from(seq) % TWCC_SENT]
+                .store((u32::from(seq) << 16) | u32::from(twcc), Ordering::Relaxed);
+        }
+    }
+
+    /// The transport-wide number outgoing packet `seq` was sent with, if remembered.
+    pub(crate) fn twcc_of(&self, seq: u16) -> Option<u16> {
+        let v = self.twcc_sent.as_ref()?[usize::from(seq) % TWCC_SENT].load(Ordering::Relaxed);
+        ((v >> 16) as u16 == seq).then_some(v as u16)
     }
 
     pub(crate) fn is_catching_up(&self) -> bool {
@@ -476,6 +500,13 @@ pub(crate) struct Feed {
     pub(crate) keyframes: KeyframeRequester,
     /// Simulcast layers seen so far, one bit per layer (bit 0 only for a single-layer track).
     layers: AtomicU8,
+    /// Per layer: payload bytes arrived, the count at the last measurement, the measured rate
+    /// (bits/s, smoothed; 0 = not arriving) and the picture height of its last keyframe.
+    /// Written by the engine thread only.
+    layer_octets: [AtomicU64; MAX_LAYERS],
+    layer_octets_seen: [AtomicU64; MAX_LAYERS],
+    layer_bps: [AtomicU32; MAX_LAYERS],
+    layer_height: [AtomicU16; MAX_LAYERS],
     member: MemberId,
     /// The current publication's subscribers; empty while parked.
     pub(crate) downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
@@ -514,6 +545,10 @@ impl Feed {
             codec,
             keyframes: KeyframeRequester::default(),
             layers: AtomicU8::new(0),
+            layer_octets: Default::default(),
+            layer_octets_seen: Default::default(),
+            layer_bps: Default::default(),
+            layer_height: Default::default(),
             member,
             downs: Arc::new(ArcSwap::from_pointee(Vec::new())),
             publication: AtomicU64::new(0),
@@ -535,6 +570,41 @@ impl Feed {
     /// A simulcast layer (or the one layer, 0) of this track is arriving.
     pub(crate) fn add_layer(&self, layer: u8) {
         self.layers.fetch_or(1 << layer, Ordering::Relaxed);
+    }
+
+    /// A packet of `layer` arrived (`payload_len` bytes; `keyframe`: its first packet).
+    pub(crate) fn count_layer(&self, layer: u8, payload: &[u8], keyframe: bool) {
+        let l = usize::from(layer);
+        self.layer_octets[l].fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if keyframe && self.family == CodecFamily::Vp8 {
+            if let Some((_, h)) = super::keyframe::vp8_keyframe_size(payload) {
+                self.layer_height[l].store(h, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Measures each layer's rate over the `secs` since the last measurement.
+    pub(crate) fn measure(&self, secs: f64) {
+        for l in 0..MAX_LAYERS {
+            let now = self.layer_octets[l].load(Ordering::Relaxed);
+            let before = self.layer_octets_seen[l].swap(now, Ordering::Relaxed);
+            let bps = (now.wrapping_sub(before) as f64 * 8.0 / secs.max(0.001)) as u32;
+            let old = self.layer_bps[l].load(Ordering::Relaxed);
+            let smoothed = if bps == 0 || old == 0 {
+                bps
+            } else {
+                ((u64::from(old) * 2 + u64::from(bps)) / 3) as u32
+            };
+            self.layer_bps[l].store(smoothed, Ordering::Relaxed);
+        }
+    }
+
+    /// Each layer's measured rate and picture height, for the allocator.
+    pub(crate) fn layer_info(&self) -> [crate::sfu::allocator::LayerInfo; MAX_LAYERS] {
+        std::array::from_fn(|l| crate::sfu::allocator::LayerInfo {
+            bps: self.layer_bps[l].load(Ordering::Relaxed),
+            height: self.layer_height[l].load(Ordering::Relaxed),
+        })
     }
 
     /// The layers that arrive, one bit each.

@@ -77,6 +77,34 @@ fn vp8_keyframe_start(p: &[u8]) -> bool {
     matches!(p.get(i), Some(&b) if b & 0x01 == 0)
 }
 
+/// The width and height a VP8 keyframe's first packet announces (RFC 6386 9.1: after the
+/// payload descriptor, a 3-byte frame tag, the start code 9d 01 2a, then 14-bit width and
+/// height).
+pub(crate) fn vp8_keyframe_size(p: &[u8]) -> Option<(u16, u16)> {
+    let first = *p.first()?;
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let ext = *p.get(i)?;
+        i += 1;
+        if ext & 0x80 != 0 {
+            i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            i += 1;
+        }
+        if ext & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    let f = p.get(i..i + 10)?;
+    if f[0] & 0x01 != 0 || f[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([f[6], f[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([f[8], f[9]]) & 0x3fff;
+    Some((w, h))
+}
+
 /// RFC 9628 (VP9 payload): B (start of frame) set and P (inter-predicted) clear.
 fn vp9_keyframe_start(p: &[u8]) -> bool {
     matches!(p.first(), Some(&b) if b & 0x08 != 0 && b & 0x40 == 0)
@@ -201,9 +229,10 @@ pub(crate) fn vp8_ids(p: &[u8]) -> Option<Vp8Ids> {
 }
 
 /// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI, FIR,
-/// NACK and sender reports for delivery to the application (the engine turns them into
-/// keyframe requests, re-sends from the track cache, translated sender reports) and drops the
-/// rest, which the other interceptors have already acted on.
+/// NACK, sender reports and congestion feedback for delivery to the application (the engine
+/// turns them into keyframe requests, re-sends from the track cache, translated sender
+/// reports, a viewer's estimate) and drops the rest, which the other interceptors have
+/// already acted on.
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
@@ -219,7 +248,16 @@ pub fn is_for_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || any.is::<FullIntraRequest>()
             || any.is::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
             || any.is::<rtc::rtcp::sender_report::SenderReport>()
+            || is_congestion_feedback(any)
     })
+}
+
+/// Transport-cc feedback, receiver reports and REMB: a viewer's estimate (`allocator.rs`).
+fn is_congestion_feedback(any: &dyn std::any::Any) -> bool {
+    use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+    any.is::<rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()
+        || any.is::<rtc::rtcp::receiver_report::ReceiverReport>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
 }
 
 /// True if any packet in the batch asks for a keyframe.
@@ -330,6 +368,18 @@ mod tests {
             })
         );
         assert_eq!(vp8_ids(&[0x90, 0x80]), None, "truncated");
+    }
+
+    #[test]
+    fn vp8_keyframe_sizes() {
+        let key = [
+            0x10, 0x50, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_keyframe_size(&key), Some((640, 360)));
+        let mut delta = key;
+        delta[1] = 0x51;
+        assert_eq!(vp8_keyframe_size(&delta), None);
+        assert_eq!(vp8_keyframe_size(&key[..8]), None);
     }
 
     #[test]

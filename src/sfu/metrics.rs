@@ -61,6 +61,12 @@ pub struct Metrics {
     pub layer_switches: AtomicU64,
     /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
     pub video_pauses: AtomicU64,
+    /// Viewers with at least one video paused now.
+    pub video_paused_viewers: AtomicI64,
+    /// Viewers with an estimate (connected subscribe connections), and the sum of their
+    /// estimates in bits per second (the mean is sum / count).
+    pub viewers_estimated: AtomicI64,
+    pub viewer_estimate_sum_bps: AtomicI64,
 }
 
 impl Metrics {
@@ -115,6 +121,21 @@ impl Metrics {
                 "kursrelay_track_caches",
                 &self.track_caches,
                 "Per-track packet caches (NACK answers, GOP joins)",
+            ),
+            (
+                "kursrelay_video_paused_viewers",
+                &self.video_paused_viewers,
+                "Viewers with a video paused because their line does not carry its lowest layer",
+            ),
+            (
+                "kursrelay_viewers_estimated",
+                &self.viewers_estimated,
+                "Viewers with a bandwidth estimate",
+            ),
+            (
+                "kursrelay_viewer_estimate_sum_bps",
+                &self.viewer_estimate_sum_bps,
+                "Sum of the viewers' bandwidth estimates, bits per second (mean = sum / viewers_estimated)",
             ),
         ];
         for (name, value, help) in gauges {

@@ -19,6 +19,7 @@
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
 //! except `peer::media_setup`, which the test client shares.
 
+pub(crate) mod allocator;
 mod check;
 mod conn_key;
 mod engine;
@@ -33,6 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use allocator::VideoQuality;
 pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};
@@ -88,6 +90,9 @@ pub struct MediaSettings {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub keyframe_request_interval: Duration,
+    /// Accept simulcast publishing (`media.simulcast`); when off, an offer with simulcast is
+    /// refused with a clear error.
+    pub simulcast: bool,
 }
 
 impl From<&MediaConfig> for MediaSettings {
@@ -101,6 +106,7 @@ impl From<&MediaConfig> for MediaSettings {
             ice_disconnected_timeout: c.ice_disconnected_timeout(),
             ice_failed_timeout: c.ice_failed_timeout(),
             keyframe_request_interval: c.keyframe_request_interval(),
+            simulcast: c.simulcast,
         }
     }
 }
@@ -152,6 +158,9 @@ pub enum PeerEvent {
     /// A track of this publish connection that is not forwarded (floor taken back, muted,
     /// refused) still receives media; sent about once a second while that lasts.
     ParkedMedia(ConnId),
+    /// Subscribe connection: what the viewer gets of a video changed (its line, its own
+    /// preference): tell it (`video_quality`).
+    VideoQuality(ConnId, TrackId, VideoQuality),
 }
 
 pub(crate) struct SfuInner {
@@ -182,6 +191,11 @@ impl Sfu {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// Whether publishers may send simulcast (`media.simulcast`).
+    pub fn simulcast(&self) -> bool {
+        self.inner.settings.simulcast
     }
 
     /// The media sockets' local addresses: one port, one socket per bound address.

@@ -255,6 +255,22 @@ impl Subscriber {
             .await
     }
 
+    /// The viewer's own wishes for its video (`video_preference`): the largest height it
+    /// renders at (device pixels) caps the layer; `save_data` asks for the lowest only.
+    pub fn set_video_preference(
+        &self,
+        max_height: Option<u32>,
+        save_data: bool,
+    ) -> Result<(), SfuError> {
+        self.engine.send(Command::VideoPreference {
+            conn: self.key,
+            preference: super::allocator::Preference {
+                max_height,
+                save_data,
+            },
+        })
+    }
+
     pub async fn close(mut self) {
         self.closed = true;
         self.engine.close(self.key);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
+use rtc::interceptor::PacketReport;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -36,6 +37,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{IceCandidate, MediaKind, Source, Target};
+use crate::sfu::allocator::{Allocator, Estimate, TwccSend};
 use crate::sfu::forwarder::Feed;
 use crate::sfu::keyframe::{
     is_keyframe_request, KeyframeRequestInterceptor, KeyframeRequester, MAX_LAYERS,
@@ -120,9 +122,7 @@ fn without_simulcast_rtx(sdp: String) -> String {
     let mut rest = sdp.as_str();
     while !rest.is_empty() {
         // One section: up to the next "m=" line.
-        let end = rest[1..]
-            .find("\nm=")
-            .map_or(rest.len(), |i| i + 2);
+        let end = rest[1..].find("\nm=").map_or(rest.len(), |i| i + 2);
         let (section, tail) = rest.split_at(end);
         rest = tail;
         if !(section.starts_with("m=video") && section.contains("a=simulcast:")) {
@@ -215,6 +215,47 @@ pub(crate) struct Conn {
     /// Subscribe side: our track id (as a string) → its publisher's keyframe requester and
     /// the feed it forwards.
     tracks: HashMap<String, (KeyframeRequester, u64)>,
+    /// Subscribe side: transport-cc, once the client accepted the header extension.
+    pub(super) twcc: Option<TwccSend>,
+    /// Subscribe side: the viewer's estimate and layer choices.
+    pub(super) viewer: Option<Box<Viewer>>,
+    /// When the connection was made (its estimate's clock counts from here).
+    epoch: Instant,
+    /// Whether simulcast offers are accepted (`media.simulcast`).
+    simulcast: bool,
+}
+
+/// What the engine keeps per viewer (subscribe connection) for its estimate and allocation.
+#[derive(Default)]
+pub(crate) struct Viewer {
+    pub(crate) estimate: Estimate,
+    pub(crate) allocator: Allocator,
+    /// Bytes sent: audio, video (fan-out and GOP catch-up), re-sends; and the same counts at
+    /// the last allocation pass.
+    pub(crate) sent: [u64; 3],
+    pub(crate) sent_seen: [u64; 3],
+    /// Whether any of its videos is paused now (for the gauge).
+    pub(crate) paused: bool,
+    /// Reused by `poll_reads` for transport-cc reports.
+    reports: Vec<PacketReport>,
+}
+
+/// Which of `Viewer::sent` a packet counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Audio = 0,
+    Video = 1,
+    Resent = 2,
+}
+
+/// The transport-wide-cc header extension's id in a description, if it has one.
+fn twcc_extension_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, uri) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+        (uri.split_whitespace().next()? == rtc::sdp::extmap::TRANSPORT_CC_URI)
+            .then(|| id.split('/').next()?.parse::<u8>().ok())?
+            .filter(|id| (1..=14).contains(id))
+    })
 }
 
 pub(crate) fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
@@ -272,6 +313,27 @@ impl Conn {
                         },
                         RtpCodecKind::Video,
                     );
+                }
+                // Transport-cc: the engine stamps the transport-wide sequence number itself
+                // (`seal_and_queue`) and reads the viewer's feedback for its estimate
+                // (`allocator.rs`); rtc's own TWCC interceptors stay out of the way.
+                for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                    media_engine.register_feedback(
+                        rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                            typ: "transport-cc".to_owned(),
+                            parameter: String::new(),
+                        },
+                        kind,
+                    );
+                    media_engine
+                        .register_header_extension(
+                            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                            },
+                            kind,
+                            None,
+                        )
+                        .map_err(SfuError::webrtc)?;
                 }
                 configure_rtcp_reports(Registry::new())
             }
@@ -358,6 +420,10 @@ impl Conn {
             publish,
             incoming: Vec::new(),
             tracks: HashMap::new(),
+            twcc: None,
+            viewer: (target == Target::Subscribe).then(Box::default),
+            epoch: now,
+            simulcast: settings.simulcast,
         })
     }
 
@@ -474,6 +540,66 @@ impl Conn {
     /// Our seal and where to send, when forwarded packets can bypass rtc.
     pub(crate) fn lean(&self) -> Option<(&super::srtp::Sealer, TransportContext)> {
         Some((self.sealer.as_ref()?, self.media_dest?))
+    }
+
+    /// As `lean`, for a new packet of `size` bytes leaving at `now`: also its transport-wide
+    /// sequence number (extension id, number) when transport-cc is on, and it is counted as
+    /// `what` for the viewer's estimate.
+    pub(crate) fn lean_stamped(
+        &mut self,
+        now: Instant,
+        size: usize,
+        what: Sent,
+    ) -> Option<(&super::srtp::Sealer, TransportContext, Option<(u8, u16)>)> {
+        let dest = self.media_dest?;
+        let sealer = self.sealer.as_ref()?;
+        let twcc = self.twcc.as_mut().map(|t| (t.ext_id, t.stamp(now, size)));
+        if let Some(v) = self.viewer.as_mut() {
+            v.sent[what as usize] += size as u64;
+        }
+        Some((sealer, dest, twcc))
+    }
+
+    /// Tells the member task what the viewer now gets of a video.
+    pub(crate) fn tell_quality(&self, track: TrackId, quality: crate::sfu::VideoQuality) {
+        let _ = self
+            .events
+            .try_send(PeerEvent::VideoQuality(self.id, track, quality));
+    }
+
+    /// `now` in ms of this connection's clock (its estimate's).
+    pub(crate) fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The transport-cc extension id, when it is on.
+    pub(crate) fn twcc_ext(&self) -> Option<u8> {
+        self.twcc.as_ref().map(|t| t.ext_id)
+    }
+
+    /// A re-send of `size` bytes went out.
+    pub(crate) fn count_resent(&mut self, size: usize) {
+        if let Some(v) = self.viewer.as_mut() {
+            v.sent[Sent::Resent as usize] += size as u64;
+        }
+    }
+
+    /// Subscribe side: the feeds this connection sends (for the allocation pass).
+    pub(crate) fn sent_feeds(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tracks.values().map(|(_, feed)| *feed)
+    }
+
+    /// Turns transport-cc on once the client accepted the extension in `sdp` (and keeps the
+    /// numbering when a renegotiation keeps the id).
+    fn negotiate_twcc(&mut self, now: Instant, sdp: &str) {
+        if self.target != Target::Subscribe {
+            return;
+        }
+        match twcc_extension_id(sdp) {
+            Some(id) if self.twcc.as_ref().is_some_and(|t| t.ext_id == id) => {}
+            Some(id) => self.twcc = Some(TwccSend::new(id, now)),
+            None => self.twcc = None,
+        }
     }
 
     /// Turns rtc events into member-task events and feeds. True if a feed appeared.
@@ -680,6 +806,9 @@ impl Conn {
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    if self.target == Target::Subscribe {
+                        self.congestion_feedback(now, &packets);
+                    }
                     if let Some((_, feed)) = self.tracks.get(&track_id) {
                         if is_keyframe_request(&packets) {
                             metrics
@@ -713,6 +842,36 @@ impl Conn {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A viewer's transport-cc feedback, receiver reports and REMB: its estimate.
+    fn congestion_feedback(&mut self, now: Instant, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate as Remb;
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        let now_ms = self.ms(now);
+        let Some(viewer) = self.viewer.as_mut() else {
+            return;
+        };
+        for p in packets {
+            let any = p.as_any();
+            if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                if let Some(twcc) = &self.twcc {
+                    let acks = rtc::interceptor::convert_twcc(cc);
+                    let mut reports = std::mem::take(&mut viewer.reports);
+                    reports.clear();
+                    twcc.reports(now, &acks, &mut reports);
+                    viewer.estimate.on_twcc(now, now_ms, &reports);
+                    viewer.reports = reports;
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for block in &rr.reports {
+                    viewer.estimate.on_loss(block.fraction_lost);
+                }
+            } else if let Some(remb) = any.downcast_ref::<Remb>() {
+                viewer.estimate.on_remb(now_ms, f64::from(remb.bitrate));
             }
         }
     }
@@ -851,8 +1010,15 @@ impl Conn {
     }
 
     pub(crate) fn apply_offer(&mut self, now: Instant, sdp: String) -> Result<String, SfuError> {
+        if !self.simulcast && sdp.contains("a=simulcast:") {
+            return Err(SfuError::BadSdp(
+                "this server does not accept simulcast (media.simulcast is off); send one layer"
+                    .into(),
+            ));
+        }
         self.ssrcs.declare_from_sdp(&sdp);
         let sdp = without_simulcast_rtx(sdp);
+        self.negotiate_twcc(now, &sdp);
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
@@ -940,6 +1106,7 @@ impl Conn {
         senders: &[(RTCRtpSenderId, Codec)],
     ) -> Result<Vec<Option<u8>>, SfuError> {
         self.ssrcs.declare_from_sdp(&sdp);
+        self.negotiate_twcc(now, &sdp);
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
@@ -1058,7 +1225,10 @@ mod tests {
         assert_eq!(sections.len(), 4, "{out}");
         assert!(sections[1].contains("opus"));
         let sim = sections[2];
-        assert!(sim.starts_with("video 9 UDP/TLS/RTP/SAVPF 96 98\r\n"), "{sim}");
+        assert!(
+            sim.starts_with("video 9 UDP/TLS/RTP/SAVPF 96 98\r\n"),
+            "{sim}"
+        );
         assert!(!sim.contains("rtx") && !sim.contains("apt=") && !sim.contains(":97"));
         assert!(sim.contains("a=rtcp-fb:96 nack") && sim.contains("a=simulcast:send q;h;f"));
         // Not simulcast: untouched.

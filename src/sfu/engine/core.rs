@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::conn::{Conn, Feedback};
+use super::conn::{Conn, Feedback, Sent};
 use super::resend::{Refusal, ResendGuard};
 use super::{cache, mux, srtp, Command};
+use crate::sfu::allocator;
 use crate::sfu::conn_key::ConnKey;
-use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER};
+use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER, PAUSED};
 use crate::sfu::keyframe::{CodecFamily, MAX_LAYERS};
 use crate::sfu::metrics::Metrics;
 use crate::sfu::{MediaSettings, SfuError};
@@ -53,6 +54,13 @@ pub(crate) const GOP_PACKETS_PER_TURN: usize = 64;
 /// a keyframe round trip (≈ one RTT plus an encoded keyframe), a long one is not.
 pub(crate) const GOP_REPLAY_MAX_AGE: Duration = Duration::from_secs(2);
 pub(crate) const GOP_REPLAY_MAX_PACKETS: usize = 512;
+/// Bytes on the wire besides the payload: IP + UDP (28), RTP header with the transport-wide
+/// sequence number (20), SRTP tag (16).
+const WIRE_OVERHEAD: usize = 64;
+/// How often each viewer's layers are chosen again (`allocate`).
+pub(crate) const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
+/// How often the layers' rates are measured.
+pub(crate) const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// The periodic work (GOP pacing, keyframe requests, timers) runs at least this often.
 pub(crate) const TURN: Duration = Duration::from_millis(20);
 /// How often connections are checked for a silent client.
@@ -62,6 +70,15 @@ pub(crate) const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// this many (a feed with more than ≈ 1 000 subscribers on one engine) the extra buffers are
 /// allocated, sent and freed, and the path allocates once per extra datagram.
 pub(crate) const POOL: usize = 1024;
+
+/// What `allocate` reuses from pass to pass: one viewer's videos, their down-tracks, the
+/// decisions.
+#[derive(Default)]
+struct Scratch {
+    videos: Vec<(crate::ids::TrackId, [allocator::LayerInfo; MAX_LAYERS])>,
+    downs: Vec<Arc<DownTrack>>,
+    decisions: Vec<allocator::Decision>,
+}
 
 /// A feed's packet caches, one per simulcast layer (a single-layer feed uses the first).
 type LayerCaches = [Option<cache::TrackCache>; MAX_LAYERS];
@@ -137,10 +154,12 @@ impl Outbox {
     }
 
     /// Seals one forwarded packet for one subscriber (its SSRC and payload type, the outgoing
-    /// sequence number, rollover counter, timestamp and VP8 ids `admit` gave it) with its connection's own SRTP
+    /// sequence number, rollover counter, timestamp and VP8 ids `admit` gave it; the
+    /// transport-wide sequence number when the connection has transport-cc) with its connection's own SRTP
     /// keys into a pooled buffer, and queues it. The one place where fan-out, GOP catch-up and
     /// NACK re-sends put forwarded media on the wire. False if the sealer refused it (a
     /// payload too large for a datagram).
+    #[allow(clippy::too_many_arguments)]
     fn seal_and_queue(
         &mut self,
         sealer: &srtp::Sealer,
@@ -149,22 +168,25 @@ impl Outbox {
         out: &Outgoing,
         marker: bool,
         payload: &[u8],
+        twcc: Option<(u8, u16)>,
     ) -> bool {
         let mut buf = self.pool.pop().unwrap_or_default();
         let rewrite = out.rewrite;
-        if !sealer.seal(
-            &mut buf,
+        let header = srtp::Header {
             marker,
-            down.payload_type,
-            out.seq,
-            out.timestamp,
-            down.ssrc,
-            out.roc,
-            payload,
-            |p| rewrite.apply(p),
-        ) {
+            payload_type: down.payload_type,
+            seq: out.seq,
+            timestamp: out.timestamp,
+            ssrc: down.ssrc,
+            roc: out.roc,
+            twcc,
+        };
+        if !sealer.seal(&mut buf, &header, payload, |p| rewrite.apply(p)) {
             self.recycle(buf);
             return false;
+        }
+        if let Some((_, n)) = twcc {
+            down.remember_twcc(out.seq, n);
         }
         self.queue.push_back(Transmit {
             proto: dest.transport_protocol,
@@ -211,6 +233,11 @@ pub(crate) struct Core {
     /// (`resend.rs`). Made at the first NACK, dropped with the connection or the feed.
     resends: HashMap<(ConnKey, u64), ResendGuard>,
     next_liveness: Instant,
+    /// When viewers' layers are chosen next, and when layer rates were last measured.
+    next_allocation: Instant,
+    last_measure: Instant,
+    /// Reused by `allocate`.
+    scratch: Scratch,
     /// The last periodic turn (`Timeout`).
     last_turn: Instant,
     /// The shell's last socket read stopped at its budget with datagrams left.
@@ -244,6 +271,9 @@ impl Core {
             caches: HashMap::new(),
             resends: HashMap::new(),
             next_liveness: now,
+            next_allocation: now + ALLOCATE_EVERY,
+            last_measure: now,
+            scratch: Scratch::default(),
             last_turn: now,
             reads_pending: false,
             epoch: now,
@@ -311,7 +341,100 @@ impl Core {
         self.timers_due(now);
         self.pace_catchups(now);
         self.keyframe_requests(now);
+        self.allocate(now);
         self.liveness(now);
+    }
+
+    /// Every ALLOCATE_EVERY: each viewer's estimate takes in its receiver reports, and its
+    /// allocator chooses a layer (or a pause) for each of its videos from what the estimate
+    /// leaves after audio and re-sends. Changes the viewer should hear of become
+    /// `PeerEvent::VideoQuality`. Not per packet: a few small vectors per pass.
+    fn allocate(&mut self, now: Instant) {
+        if now < self.next_allocation {
+            return;
+        }
+        let since = now.saturating_duration_since(self.next_allocation - ALLOCATE_EVERY);
+        self.next_allocation = now + ALLOCATE_EVERY;
+        if now.saturating_duration_since(self.last_measure) >= MEASURE_EVERY {
+            let secs = now
+                .saturating_duration_since(self.last_measure)
+                .as_secs_f64();
+            self.last_measure = now;
+            for (feed, _) in self.caches.values() {
+                feed.measure(secs);
+            }
+        }
+        let secs = since.as_secs_f64().max(0.001);
+        let Scratch {
+            videos,
+            downs,
+            decisions,
+        } = &mut self.scratch;
+        let (mut paused_viewers, mut estimate_sum, mut viewers) = (0i64, 0f64, 0i64);
+        for (i, slot) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if conn.viewer.is_none() || !conn.is_connected() {
+                continue;
+            }
+            let key = ConnKey {
+                slot: i as u32,
+                gen: slot.gen,
+            };
+            videos.clear();
+            downs.clear();
+            for feed in conn.sent_feeds() {
+                let Some((f, _)) = self.caches.get(&feed) else {
+                    continue;
+                };
+                if f.family == CodecFamily::Audio {
+                    continue;
+                }
+                if let Some(d) = f.downs.load().iter().find(|d| d.conn == key) {
+                    videos.push((d.track, f.layer_info()));
+                    downs.push(d.clone());
+                }
+            }
+            let now_ms = conn.ms(now);
+            let Some(viewer) = conn.viewer.as_mut() else {
+                continue;
+            };
+            let mut rate = [0f64; 3];
+            for (k, r) in rate.iter_mut().enumerate() {
+                *r = (viewer.sent[k] - viewer.sent_seen[k]) as f64 * 8.0 / secs;
+            }
+            viewer.sent_seen = viewer.sent;
+            viewer.estimate.pass(now_ms, rate.iter().sum());
+            let estimate = viewer.estimate.bps(now_ms);
+            let budget = estimate * allocator::HEADROOM
+                - rate[Sent::Audio as usize]
+                - rate[Sent::Resent as usize];
+            decisions.clear();
+            viewer
+                .allocator
+                .allocate(now_ms, budget, videos, PAUSED, decisions);
+            let mut paused = false;
+            for (d, down) in decisions.iter().zip(downs.iter()) {
+                down.set_target_layer(d.target);
+                paused |= d.target == PAUSED;
+                if let Some(q) = d.tell {
+                    conn.tell_quality(down.track, q);
+                }
+            }
+            if let Some(viewer) = conn.viewer.as_mut() {
+                viewer.paused = paused;
+            }
+            paused_viewers += i64::from(paused);
+            estimate_sum += estimate;
+            viewers += 1;
+        }
+        let m = &self.metrics;
+        m.video_paused_viewers
+            .store(paused_viewers, Ordering::Relaxed);
+        m.viewers_estimated.store(viewers, Ordering::Relaxed);
+        m.viewer_estimate_sum_bps
+            .store(estimate_sum as i64, Ordering::Relaxed);
     }
 
     pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
@@ -442,11 +565,23 @@ impl Core {
         };
         let Some(Some(conn)) = self
             .conns
-            .get(key.slot as usize)
+            .get_mut(key.slot as usize)
             .filter(|s| s.gen == key.gen)
-            .map(|s| s.conn.as_ref())
+            .map(|s| s.conn.as_mut())
         else {
             return;
+        };
+        // With transport-cc the re-send carries the number the original did (the same bytes
+        // under the same SRTP nonce); one no longer remembered is not re-sent.
+        let twcc = match conn.twcc_ext() {
+            Some(id) => match down.twcc_of(seq) {
+                Some(n) => Some((id, n)),
+                None => {
+                    self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            None => None,
         };
         let Some((sealer, dest)) = conn.lean() else {
             return;
@@ -477,8 +612,9 @@ impl Core {
         };
         if self
             .out
-            .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload)
+            .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
         {
+            conn.count_resent(c.payload.len() + WIRE_OVERHEAD);
             self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -569,6 +705,7 @@ impl Core {
             now,
         );
         let video = feed.family != CodecFamily::Audio;
+        feed.count_layer(layer, &packet.payload, keyframe);
         if video && !cache.has_gop() {
             // Keep a GOP ready for the next newcomer (paced like every request).
             feed.keyframes.request_layer(layer);
@@ -654,7 +791,10 @@ impl Core {
                 continue;
             };
             down.count(packet.payload.len());
-            if let Some((sealer, dest)) = conn.lean() {
+            let what = if video { Sent::Video } else { Sent::Audio };
+            if let Some((sealer, dest, twcc)) =
+                conn.lean_stamped(now, packet.payload.len() + WIRE_OVERHEAD, what)
+            {
                 // Our own seal with the connection's keys: no rtc round, no allocation.
                 if !self.out.seal_and_queue(
                     sealer,
@@ -663,6 +803,7 @@ impl Core {
                     &out,
                     packet.header.marker,
                     &packet.payload,
+                    twcc,
                 ) {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -705,9 +846,9 @@ impl Core {
             let live = feed.downs.load().iter().any(|d| Arc::ptr_eq(d, down));
             let conn = self
                 .conns
-                .get(down.conn.slot as usize)
+                .get_mut(down.conn.slot as usize)
                 .filter(|s| s.gen == down.conn.gen)
-                .and_then(|s| s.conn.as_ref());
+                .and_then(|s| s.conn.as_mut());
             let cache = self
                 .caches
                 .get(&feed.id)
@@ -717,10 +858,10 @@ impl Core {
                 down.end_catchup();
                 return false;
             };
-            let Some((sealer, dest)) = conn.lean() else {
+            if conn.lean().is_none() {
                 down.end_catchup();
                 return false;
-            };
+            }
             for _ in 0..GOP_PACKETS_PER_TURN {
                 let Some(next) = down.catchup_next() else {
                     return false;
@@ -751,9 +892,14 @@ impl Core {
                     continue;
                 };
                 down.count(c.payload.len());
+                let Some((sealer, dest, twcc)) =
+                    conn.lean_stamped(now, c.payload.len() + WIRE_OVERHEAD, Sent::Video)
+                else {
+                    continue;
+                };
                 if self
                     .out
-                    .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload)
+                    .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
                 {
                     sent += 1;
                 }
@@ -993,6 +1139,12 @@ impl Core {
                 };
                 let _ = reply.send(r);
                 self.service(conn, now);
+            }
+            Command::VideoPreference { conn, preference } => {
+                if let Some(v) = self.conn_mut(conn).and_then(|c| c.viewer.as_mut()) {
+                    v.allocator.set_preference(preference);
+                }
+                // Applied at the next pass (within ALLOCATE_EVERY).
             }
             Command::Close { conn } => self.close(conn),
         }

@@ -67,6 +67,7 @@ fn settings(ice_tcp: bool) -> MediaSettings {
         ice_disconnected_timeout: Duration::from_secs(5),
         ice_failed_timeout: Duration::from_secs(25),
         keyframe_request_interval: Duration::from_secs(1),
+        simulcast: true,
     }
 }
 
@@ -835,6 +836,10 @@ pub struct Sim {
     down: Arc<DownTrack>,
     silent: bool,
     drop_seqs: Vec<u16>,
+    /// A bottleneck in front of the subscriber, if any (`set_subscriber_line`).
+    line: Option<Line>,
+    /// `video_quality` changes the subscriber's member task was told: (time, track, quality).
+    qualities: Vec<(Duration, TrackId, crate::sfu::VideoQuality)>,
     /// RTP datagrams the core sent to the subscriber: (time since start, sequence number).
     sent_to_subscriber: Vec<(Duration, u16)>,
     received: Vec<Received>,
@@ -849,6 +854,18 @@ pub struct Sim {
     failed: Vec<(Target, Duration)>,
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
     last_heard: [Duration; 2],
+}
+
+/// A bottleneck link: it sends `bps`, queues what it cannot send yet, and drops what would
+/// wait longer than `queue` (drop-tail), like a home line's modem.
+struct Line {
+    bps: u64,
+    queue: Duration,
+    /// When the link is free again.
+    free_at: Instant,
+    /// Datagrams on their way: (arrival, bytes).
+    in_flight: std::collections::VecDeque<(Instant, Vec<u8>)>,
+    dropped: u64,
 }
 
 /// The VP8 payload type both sides use (webrtc-rs's default codec table).
@@ -992,6 +1009,8 @@ impl Sim {
             forwarder: Self::placeholder_forwarder(now),
             down: placeholder,
             silent: false,
+            line: None,
+            qualities: Vec::new(),
             drop_seqs: Vec::new(),
             sent_to_subscriber: Vec::new(),
             received: Vec::new(),
@@ -1197,17 +1216,6 @@ impl Sim {
         self.pump_clients();
     }
 
-    /// The layer the subscriber's allocator wants (0 = lowest; `u8::MAX`: the best there is).
-    pub fn set_target_layer(&mut self, layer: u8) {
-        self.down
-            .set_target_layer(layer.min(crate::sfu::forwarder::TOP_LAYER));
-    }
-
-    /// Pauses the subscriber's video (its allocator found no layer fits).
-    pub fn pause_video(&mut self) {
-        self.down.set_target_layer(crate::sfu::forwarder::PAUSED);
-    }
-
     /// The layer the subscriber is forwarded now (None: none).
     pub fn down_layer(&self) -> Option<u8> {
         Some(self.down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
@@ -1223,6 +1231,71 @@ impl Sim {
             .collect()
     }
 
+    /// Puts a bottleneck of `bps` bits per second with a drop-tail queue of `queue` in front
+    /// of the subscriber (the server → viewer direction only); `None` takes it away (what is
+    /// in flight still arrives).
+    pub fn set_subscriber_line(&mut self, line: Option<(u64, Duration)>) {
+        match (line, self.line.as_mut()) {
+            (Some((bps, queue)), Some(l)) => {
+                l.bps = bps;
+                l.queue = queue;
+            }
+            (Some((bps, queue)), None) => {
+                self.line = Some(Line {
+                    bps,
+                    queue,
+                    free_at: self.now,
+                    in_flight: Default::default(),
+                    dropped: 0,
+                })
+            }
+            (None, Some(l)) => l.bps = u64::MAX,
+            (None, None) => {}
+        }
+    }
+
+    /// Datagrams the subscriber's line dropped (its queue was full).
+    pub fn line_drops(&self) -> u64 {
+        self.line.as_ref().map_or(0, |l| l.dropped)
+    }
+
+    /// `video_quality` changes the subscriber was told, with their time since start.
+    pub fn qualities(&self) -> Vec<(Duration, crate::sfu::VideoQuality)> {
+        self.qualities.iter().map(|(t, _, q)| (*t, *q)).collect()
+    }
+
+    /// The subscriber's target layer, as its allocator set it (`u8::MAX`: paused).
+    pub fn target_layer(&self) -> u8 {
+        match self.down.target_layer() {
+            crate::sfu::forwarder::PAUSED => u8::MAX,
+            l => l,
+        }
+    }
+
+    /// The subscriber's bandwidth estimate (bits per second) and whether transport-cc
+    /// feedback drives it.
+    pub fn estimate(&self) -> Option<(f64, bool)> {
+        let c = conn(&self.core, self.down.conn)?;
+        let v = c.viewer.as_ref()?;
+        let ms = c.ms(self.now);
+        Some((v.estimate.bps(ms), v.estimate.has_twcc(ms)))
+    }
+
+    /// The viewer's own preference (`video_preference`), as its member task passes it on.
+    pub fn set_video_preference(&mut self, max_height: Option<u32>, save_data: bool) {
+        let now = self.now;
+        self.core.handle_input(
+            now,
+            Input::Command(Command::VideoPreference {
+                conn: self.down.conn,
+                preference: crate::sfu::allocator::Preference {
+                    max_height,
+                    save_data,
+                },
+            }),
+        );
+    }
+
     /// Simulated time passes in 1 ms steps: the clients' timers, the network, the core's
     /// periodic work when `poll_timeout` says so.
     pub fn advance(&mut self, d: Duration) {
@@ -1236,12 +1309,36 @@ impl Sim {
                     }
                 }
             }
+            self.deliver_line();
             self.pump_clients();
             if self.core.poll_timeout() <= self.now {
                 self.core.handle_input(self.now, Input::Timeout);
                 self.pump_core();
             }
         }
+    }
+
+    /// What the subscriber's line delivers by now.
+    fn deliver_line(&mut self) {
+        let Some(line) = self.line.as_mut() else {
+            return;
+        };
+        while line
+            .in_flight
+            .front()
+            .is_some_and(|(at, _)| *at <= self.now)
+        {
+            let (_, data) = line.in_flight.pop_front().expect("just looked");
+            if !self.silent {
+                let _ = self.subscriber.pc.handle_read(tagged(
+                    self.now,
+                    self.subscriber.addr,
+                    LOCAL,
+                    &data,
+                ));
+            }
+        }
+        self.read_clients();
     }
 
     /// The clients' datagrams into the core (unless silent), and the core's answers back.
@@ -1290,6 +1387,21 @@ impl Sim {
                     }
                 }
             }
+            if deliver && t.peer == self.subscriber.addr {
+                if let Some(line) = self.line.as_mut() {
+                    // Through the bottleneck: queued behind what is on its way, or dropped.
+                    deliver = false;
+                    let start = line.free_at.max(self.now);
+                    if start.saturating_duration_since(self.now) > line.queue {
+                        line.dropped += 1;
+                    } else {
+                        let bits = (t.data.len() as u64 + 28) * 8;
+                        let secs = bits as f64 / line.bps as f64;
+                        line.free_at = start + Duration::from_secs_f64(secs);
+                        line.in_flight.push_back((line.free_at, t.data.to_vec()));
+                    }
+                }
+            }
             if deliver {
                 for peer in [&mut self.publisher, &mut self.subscriber] {
                     if peer.addr == t.peer {
@@ -1309,8 +1421,10 @@ impl Sim {
             (&mut self.sub_events, Target::Subscribe),
         ] {
             while let Ok(ev) = events.try_recv() {
-                if let PeerEvent::Failed(..) = ev {
-                    self.failed.push((target, since));
+                match ev {
+                    PeerEvent::Failed(..) => self.failed.push((target, since)),
+                    PeerEvent::VideoQuality(_, track, q) => self.qualities.push((since, track, q)),
+                    _ => {}
                 }
             }
         }
