@@ -463,7 +463,7 @@ fn keyframe_requests_reach_the_publisher_at_most_once_a_second_per_track() {
     }
 }
 
-/// A publisher sending three simulcast layers (`Sim::simulcast`: rids q/h/f, each its own
+/// A publisher sending three simulcast layers and a microphone (`Sim::simulcast`: rids q/h/f, each its own
 /// SSRC, sequence numbers, timestamps and VP8 picture ids), answering each PLI of a layer with
 /// a keyframe of that layer, as a browser's encoder does.
 struct Simulcast {
@@ -504,6 +504,7 @@ impl Simulcast {
             self.ts[i] = self.ts[i].wrapping_add(TICKS_PER_FRAME);
             self.pid[i] = (self.pid[i] + 1) & 0x7fff;
         }
+        sim.send_audio();
         sim.advance(FRAME);
     }
 
@@ -674,4 +675,134 @@ fn a_viewer_on_a_weak_line_moves_down_and_back_up_without_thrash() {
     use kursrelay::sfu::VideoQuality::{Full, Reduced};
     let told: Vec<_> = qualities.iter().map(|(_, q)| *q).collect();
     assert_eq!(told, vec![Full, Reduced, Full], "{qualities:?}");
+}
+
+/// Issue 20, step 2: on a line that does not carry even the lowest layer (100 kbit/s), the
+/// viewer's video is paused and it is told so; the sound goes on (audio is never thinned for
+/// video) — only a resume try, backed off (4 s, 8 s, 16 s …) and given up at once when it does
+/// not fit, costs it a moment on the line; once the line recovers the picture comes back by
+/// itself.
+#[test]
+fn below_the_lowest_layer_video_pauses_and_the_sound_goes_on() {
+    use kursrelay::sfu::VideoQuality::Paused;
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 60);
+    assert!(!sim.audio_received().is_empty(), "no sound before the test");
+    sim.set_subscriber_line(Some((100_000, Duration::from_millis(200))));
+    let weak = sim.elapsed();
+    let mut paused_at = None;
+    let (mut frames_paused, mut frames_after) = (0u32, 0u32);
+    for _ in 0..(30 * 30) {
+        pub_.frame(&mut sim);
+        if paused_at.is_none() && sim.down_layer().is_none() {
+            paused_at = Some(sim.elapsed());
+        }
+        if paused_at.is_some() {
+            frames_after += 1;
+            frames_paused += u32::from(sim.down_layer().is_none());
+        }
+    }
+    let paused_at = paused_at.expect("video was never paused");
+    // Since the pause: the sound (one packet a frame) arrives, with at most a short gap.
+    let sound: Vec<Duration> = sim
+        .audio_received()
+        .iter()
+        .copied()
+        .filter(|t| *t >= paused_at)
+        .collect();
+    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "paused {:?} after the line dropped; since then {} of {frames_after} frames paused, \
+         {} of {frames_after} audio packets arrived, longest gap {gap:?}",
+        paused_at - weak,
+        frames_paused,
+        sound.len()
+    );
+    assert!(paused_at - weak <= Duration::from_secs(8), "{paused_at:?}");
+    assert!(sim.qualities().iter().any(|(_, q)| *q == Paused));
+    assert!(frames_paused * 10 >= frames_after * 8, "video kept trying");
+    // Measured 85 % and a 1.9 s gap (2026-12-07): each resume try floods this line for a
+    // moment. Padding probes instead of trying the layer itself would spare the sound
+    // (docs/ARCHITECTURE.md, "Known limits").
+    assert!(
+        sound.len() as u32 * 100 >= frames_after * 80,
+        "{} audio packets for {frames_after} frames",
+        sound.len()
+    );
+    assert!(
+        gap <= Duration::from_millis(2500),
+        "a {gap:?} gap in the sound"
+    );
+
+    sim.set_subscriber_line(None);
+    let restored = sim.elapsed();
+    let mut back = None;
+    for _ in 0..(40 * 30) {
+        pub_.frame(&mut sim);
+        if sim.down_layer().is_some() {
+            back = Some(sim.elapsed() - restored);
+            break;
+        }
+    }
+    eprintln!(
+        "picture back {back:?} after the line recovered; told {:?}",
+        sim.qualities()
+    );
+    assert!(
+        back.is_some_and(|b| b <= Duration::from_secs(35)),
+        "{back:?}"
+    );
+}
+
+/// Issue 20, step 2: one viewer behind a congested line changes nothing for another viewer
+/// of the same camera — it stays on the top layer with every packet in order — and the
+/// publisher is asked for keyframes at most once a second per layer, however the congested
+/// viewer's layer moves.
+#[test]
+fn one_congested_viewer_changes_nothing_for_another() {
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    let other = sim.add_viewer().expect("a second viewer");
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.other_layer(other), Some(2));
+    let start = sim.elapsed();
+    let seen_before = sim.other_received(other).len();
+    sim.set_subscriber_line(Some((250_000, Duration::from_millis(200))));
+    for _ in 0..(20 * 30) {
+        pub_.frame(&mut sim);
+        assert_eq!(sim.other_layer(other), Some(2), "at {:?}", sim.elapsed());
+    }
+    assert!(
+        sim.down_layer() != Some(2),
+        "the congested viewer stayed on the top layer"
+    );
+    let got = &sim.other_received(other)[seen_before..];
+    assert!(got.len() >= 20 * 30 * 4, "{} packets in 20 s", got.len());
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "{:?} → {:?}",
+            w[0],
+            w[1]
+        );
+        assert_eq!(w[1].layer, Some(2));
+    }
+    for layer in 0..3 {
+        let plis: Vec<Duration> = sim
+            .plis_for_layer(layer)
+            .into_iter()
+            .filter(|t| *t >= start)
+            .collect();
+        for w in plis.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(1),
+                "layer {layer}: {plis:?}"
+            );
+        }
+        assert!(plis.len() <= 20, "layer {layer}: {plis:?}");
+    }
 }

@@ -354,9 +354,12 @@ impl Allocator {
             } else if c.short_since.is_none() {
                 c.short_since = Some(now_ms);
             }
+            // A try up that does not fit at once is given up at once (it costs the line, and
+            // the sound with it); a layer that had been fine gets PAUSE_AFTER.
+            let failed_try = c.went_up && now_ms.saturating_sub(c.changed_at) < FAILED_TRY;
             let pause_now = c
                 .short_since
-                .is_some_and(|t| now_ms.saturating_sub(t) >= PAUSE_AFTER);
+                .is_some_and(|t| failed_try || now_ms.saturating_sub(t) >= PAUSE_AFTER);
             let lowest = allowed[0];
             let new = if c.target == u8::MAX {
                 // A new video: the best that fits now (the lowest while it is unclear).
@@ -507,14 +510,14 @@ mod tests {
         assert_eq!((d.target, d.tell), (2, Some(VideoQuality::Full)));
         assert_eq!(run(&mut a, 15_500, 3_000_000.0, t).tell, None, "told once");
         // One layer at a time on the estimate alone; a preference change goes straight there.
-        let d = run(&mut a, 16_000, 100_000.0, t);
+        let d = run(&mut a, 16_000, 200_000.0, t);
         assert_eq!((d.target, d.tell), (0, Some(VideoQuality::Reduced)));
         assert_eq!(run(&mut a, 24_000, 5_000_000.0, t).target, 1);
         a.set_preference(Preference {
             max_height: Some(720),
             save_data: false,
         });
-        assert_eq!(run(&mut a, 24_500, 100_000.0, t).target, 0);
+        assert_eq!(run(&mut a, 24_500, 200_000.0, t).target, 0);
         a.set_preference(Preference::default());
         assert_eq!(run(&mut a, 25_000, 5_000_000.0, t).target, 2);
     }

@@ -799,6 +799,23 @@ pub struct Received {
     pub layer: Option<u8>,
 }
 
+impl Received {
+    fn of(p: &rtp::Packet) -> Received {
+        let ids = crate::sfu::keyframe::vp8_ids(&p.payload);
+        let tagged = ids.is_some() && p.payload.len() > LAYER_TAG_AT;
+        Received {
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            ssrc: p.header.ssrc,
+            marker: p.header.marker,
+            picture_id: ids.and_then(|i| i.picture_id).map(|(_, v, _)| v),
+            tl0: ids.and_then(|i| i.tl0).map(|(_, v)| v),
+            keyframe: crate::sfu::keyframe::starts_keyframe(CodecFamily::Vp8, &p.payload),
+            layer: tagged.then(|| p.payload[LAYER_TAG_AT]),
+        }
+    }
+}
+
 /// The simulcast layers `Sim::simulcast` publishes: rid and SSRC, lowest first.
 pub const SIMULCAST_LAYERS: [(&str, u32); 3] =
     [("q", 0x2222_0001), ("h", 0x2222_0002), ("f", 0x2222_0003)];
@@ -840,6 +857,10 @@ pub struct Sim {
     line: Option<Line>,
     /// `video_quality` changes the subscriber's member task was told: (time, track, quality).
     qualities: Vec<(Duration, TrackId, crate::sfu::VideoQuality)>,
+    /// `Sim::simulcast`: the publisher's microphone and the subscriber's end of it.
+    audio: Option<Audio>,
+    /// More viewers of the video (`add_viewer`), each on its own connection.
+    others: Vec<Other>,
     /// RTP datagrams the core sent to the subscriber: (time since start, sequence number).
     sent_to_subscriber: Vec<(Duration, u16)>,
     received: Vec<Received>,
@@ -855,6 +876,28 @@ pub struct Sim {
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
     last_heard: [Duration; 2],
 }
+
+/// The publisher's Opus track and the subscriber's down-track of it.
+struct Audio {
+    sender: RTCRtpSenderId,
+    forwarder: Option<crate::sfu::Forwarder>,
+    down: Option<Arc<DownTrack>>,
+    seq: u16,
+    timestamp: u32,
+    /// When an audio packet reached the subscriber's client (time since start).
+    received: Vec<Duration>,
+}
+
+/// Another viewer of the video (`add_viewer`).
+struct Other {
+    peer: Peer,
+    down: Arc<DownTrack>,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    received: Vec<Received>,
+}
+
+/// Opus payload type (webrtc-rs's default codec table).
+const OPUS_PT: u8 = 111;
 
 /// A bottleneck link: it sends `bps`, queues what it cannot send yet, and drops what would
 /// wait longer than `queue` (drop-tail), like a home line's modem.
@@ -881,7 +924,8 @@ impl Sim {
 
     /// As `new`, the publisher's video offered as three simulcast layers by rid
     /// (`SIMULCAST_LAYERS`, as Chromium's `sendEncodings` does); its packets carry the mid and
-    /// rid header extensions (`send_layer`). The subscriber's down-track targets the top layer.
+    /// rid header extensions (`send_layer`). The publisher also sends Opus (`send_audio`),
+    /// which the subscriber receives too (`audio_received`).
     pub fn simulcast() -> Result<Sim, String> {
         Self::build_with(0, settings(false), true)
     }
@@ -941,6 +985,22 @@ impl Sim {
             client_track(RtpCodecKind::Video, VIDEO_SSRC, "video/VP8", 90_000, 0)
         };
         let video_sender = publisher.pc.add_track(track).map_err(|x| e(&x))?;
+        let audio_sender = if simulcast {
+            Some(
+                publisher
+                    .pc
+                    .add_track(client_track(
+                        RtpCodecKind::Audio,
+                        AUDIO_SSRC,
+                        "audio/opus",
+                        48_000,
+                        2,
+                    ))
+                    .map_err(|x| e(&x))?,
+            )
+        } else {
+            None
+        };
         let offer = publisher.pc.create_offer(None).map_err(|x| e(&x))?;
         publisher
             .pc
@@ -1011,6 +1071,8 @@ impl Sim {
             silent: false,
             line: None,
             qualities: Vec::new(),
+            audio: None,
+            others: Vec::new(),
             drop_seqs: Vec::new(),
             sent_to_subscriber: Vec::new(),
             received: Vec::new(),
@@ -1027,18 +1089,39 @@ impl Sim {
             s.publisher.connected && conn(&s.core, pub_key).is_some_and(|c| c.is_connected())
         })?;
         let mut seq = first_seq;
+        if let Some(sender) = audio_sender {
+            sim.audio = Some(Audio {
+                sender,
+                forwarder: None,
+                down: None,
+                seq: 0,
+                timestamp: 0,
+                received: Vec::new(),
+            });
+        }
+        let mut video_forwarder = None;
         let forwarder = loop {
             if sim.simulcast.is_some() {
                 for layer in 0..SIMULCAST_LAYERS.len() as u8 {
                     sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
                 }
+                sim.send_audio();
             } else {
                 sim.send_video(seq, 0, true, true);
             }
             seq = seq.wrapping_add(1);
             sim.advance(Duration::from_millis(5));
-            if let Ok(PeerEvent::Published(_, f)) = pub_events.try_recv() {
-                break f;
+            while let Ok(ev) = pub_events.try_recv() {
+                if let PeerEvent::Published(_, f) = ev {
+                    match (f.info().kind, sim.audio.as_mut()) {
+                        (MediaKind::Audio, Some(a)) => a.forwarder = Some(f),
+                        _ => video_forwarder = Some(f),
+                    }
+                }
+            }
+            let audio_ready = sim.audio.as_ref().is_none_or(|a| a.forwarder.is_some());
+            if audio_ready && video_forwarder.is_some() {
+                break video_forwarder.take().expect("just checked");
             }
             if sim.now - sim.start > Duration::from_secs(10) {
                 return Err("the publisher's track was never announced".into());
@@ -1065,6 +1148,30 @@ impl Sim {
             reply,
         })
         .map_err(|x| e(&x))?;
+        let mut senders = vec![(sender, info.codec.clone())];
+        let audio_info = sim
+            .audio
+            .as_ref()
+            .and_then(|a| a.forwarder.as_ref())
+            .map(|f| f.info().clone());
+        if let Some(ai) = &audio_info {
+            let spec = super::TrackSpec {
+                id: ai.id,
+                member: ai.member,
+                kind: ai.kind,
+                codec: ai.codec.clone(),
+                ssrc: 0x5555_0002,
+                keyframes: ai.keyframes.clone(),
+                feed: ai.feed,
+            };
+            let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
+                conn: sub_key,
+                track: spec,
+                reply,
+            })
+            .map_err(|x| e(&x))?;
+            senders.push((sender, ai.codec.clone()));
+        }
         let offer = call(&mut sim.core, now, |reply| Command::CreateOffer {
             conn: sub_key,
             reply,
@@ -1080,10 +1187,26 @@ impl Sim {
         let chosen = call(&mut sim.core, now, |reply| Command::Answer {
             conn: sub_key,
             sdp: answer.sdp,
-            senders: vec![(sender, info.codec.clone())],
+            senders: senders.clone(),
             reply,
         })
         .map_err(|x| e(&x))?;
+        if let (Some(ai), Some(a)) = (&audio_info, sim.audio.as_mut()) {
+            let pt = chosen
+                .get(1)
+                .copied()
+                .flatten()
+                .ok_or("the subscriber refused Opus")?;
+            a.down = Some(down_track(
+                sub_key,
+                senders[1].0,
+                0x5555_0002,
+                pt,
+                CodecFamily::Audio,
+                ai.keyframes.clone(),
+                false,
+            ));
+        }
         let payload_type = chosen
             .first()
             .copied()
@@ -1143,6 +1266,124 @@ impl Sim {
     /// The subscriber's down-track joins the publication (the room's `add_subscriber`).
     pub fn attach(&mut self) {
         self.forwarder.add_subscriber(self.down.clone());
+        if let Some(a) = &self.audio {
+            if let (Some(f), Some(d)) = (&a.forwarder, &a.down) {
+                f.add_subscriber(d.clone());
+            }
+        }
+    }
+
+    /// The publisher's client sends one Opus packet (20 ms of sound; `Sim::simulcast`).
+    pub fn send_audio(&mut self) {
+        let Some(a) = self.audio.as_mut() else {
+            return;
+        };
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: OPUS_PT,
+                sequence_number: a.seq,
+                timestamp: a.timestamp,
+                ssrc: AUDIO_SSRC,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0xfcu8; 80]),
+        };
+        a.seq = a.seq.wrapping_add(1);
+        a.timestamp = a.timestamp.wrapping_add(960);
+        let sender = a.sender;
+        if let Some(mut s) = self.publisher.pc.rtp_sender(sender) {
+            let _ = s.write_rtp(self.now, packet);
+        }
+        self.pump_clients();
+    }
+
+    /// When the subscriber's client read an audio packet, since the start.
+    pub fn audio_received(&self) -> &[Duration] {
+        self.audio.as_ref().map_or(&[], |a| &a.received)
+    }
+
+    /// Another viewer of the video joins on its own subscribe connection (negotiated and
+    /// connected, attached at once); returns its index for `other_received`.
+    pub fn add_viewer(&mut self) -> Result<usize, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let n = self.others.len();
+        let now = self.now;
+        let (tx, events) = tokio::sync::mpsc::channel(64);
+        let key = open(&mut self.core, now, Target::Subscribe, tx).map_err(|x| e(&x))?;
+        let mut peer = Peer::new(now, SocketAddr::from(([127, 0, 0, 20 + n as u8], 43000)))?;
+        let info = self.forwarder.info().clone();
+        let ssrc = 0x6666_0001 + n as u32;
+        let spec = super::TrackSpec {
+            id: info.id,
+            member: info.member,
+            kind: info.kind,
+            codec: info.codec.clone(),
+            ssrc,
+            keyframes: info.keyframes.clone(),
+            feed: info.feed,
+        };
+        let sender = call(&mut self.core, now, |reply| Command::AddTrack {
+            conn: key,
+            track: spec,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let offer = call(&mut self.core, now, |reply| Command::CreateOffer {
+            conn: key,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let pc = &mut peer.pc;
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer).map_err(|x| e(&x))?)
+            .map_err(|x| e(&x))?;
+        let answer = pc.create_answer(None).map_err(|x| e(&x))?;
+        pc.set_local_description(now, answer.clone())
+            .map_err(|x| e(&x))?;
+        let _ = pc.add_remote_candidate(host(LOCAL)?);
+        let chosen = call(&mut self.core, now, |reply| Command::Answer {
+            conn: key,
+            sdp: answer.sdp,
+            senders: vec![(sender, info.codec.clone())],
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let pt = chosen
+            .first()
+            .copied()
+            .flatten()
+            .ok_or("the viewer refused VP8")?;
+        let down = down_track(
+            key,
+            sender,
+            ssrc,
+            pt,
+            CodecFamily::Vp8,
+            info.keyframes.clone(),
+            true,
+        );
+        self.others.push(Other {
+            peer,
+            down: down.clone(),
+            _events: events,
+            received: Vec::new(),
+        });
+        self.run_until("the other viewer connects", |s| {
+            s.others[n].peer.connected
+                && conn(&s.core, key).is_some_and(|c| c.is_connected() && c.lean().is_some())
+        })?;
+        self.forwarder.add_subscriber(down);
+        Ok(n)
+    }
+
+    /// What another viewer (`add_viewer`) read.
+    pub fn other_received(&self, n: usize) -> &[Received] {
+        &self.others[n].received
+    }
+
+    /// The layer another viewer is forwarded now.
+    pub fn other_layer(&self, n: usize) -> Option<u8> {
+        Some(self.others[n].down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
     }
 
     /// The publisher's client sends one VP8 packet (a frame's first packet if `start`; a
@@ -1303,7 +1544,11 @@ impl Sim {
         while self.now < until {
             self.now = (self.now + Duration::from_millis(1)).min(until);
             if !self.silent {
-                for peer in [&mut self.publisher, &mut self.subscriber] {
+                let others = self.others.iter_mut().map(|o| &mut o.peer);
+                for peer in [&mut self.publisher, &mut self.subscriber]
+                    .into_iter()
+                    .chain(others)
+                {
                     if peer.pc.poll_timeout().is_some_and(|t| t <= self.now) {
                         let _ = peer.pc.handle_timeout(self.now);
                     }
@@ -1350,12 +1595,15 @@ impl Sim {
         let mut out = Vec::new();
         for (i, peer) in [&mut self.publisher, &mut self.subscriber]
             .into_iter()
+            .chain(self.others.iter_mut().map(|o| &mut o.peer))
             .enumerate()
         {
             while let Some(d) = peer.pc.poll_write() {
                 if d.transport.peer_addr == LOCAL {
                     out.push((peer.addr, d.message));
-                    self.last_heard[i] = since;
+                    if i < 2 {
+                        self.last_heard[i] = since;
+                    }
                 }
             }
         }
@@ -1403,7 +1651,11 @@ impl Sim {
                 }
             }
             if deliver {
-                for peer in [&mut self.publisher, &mut self.subscriber] {
+                let others = self.others.iter_mut().map(|o| &mut o.peer);
+                for peer in [&mut self.publisher, &mut self.subscriber]
+                    .into_iter()
+                    .chain(others)
+                {
                     if peer.addr == t.peer {
                         let _ = peer
                             .pc
@@ -1434,6 +1686,23 @@ impl Sim {
         use rtc::peer_connection::message::RTCMessage;
         use rtc::rtcp::sender_report::SenderReport;
         let since = self.now - self.start;
+        let audio_ssrc = self
+            .audio
+            .as_ref()
+            .and_then(|a| a.down.as_ref())
+            .map(|d| d.ssrc);
+        for o in &mut self.others {
+            while let Some(ev) = o.peer.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    o.peer.connected = s == RTCPeerConnectionState::Connected;
+                }
+            }
+            while let Some(msg) = o.peer.pc.poll_read() {
+                if let RTCMessage::RtpPacket(_, p) = msg.message {
+                    o.received.push(Received::of(&p));
+                }
+            }
+        }
         for (i, peer) in [&mut self.publisher, &mut self.subscriber]
             .into_iter()
             .enumerate()
@@ -1446,21 +1715,13 @@ impl Sim {
             while let Some(msg) = peer.pc.poll_read() {
                 match msg.message {
                     RTCMessage::RtpPacket(_, p) if i == 1 => {
-                        let ids = crate::sfu::keyframe::vp8_ids(&p.payload);
-                        let tagged = ids.is_some() && p.payload.len() > LAYER_TAG_AT;
-                        self.received.push(Received {
-                            seq: p.header.sequence_number,
-                            timestamp: p.header.timestamp,
-                            ssrc: p.header.ssrc,
-                            marker: p.header.marker,
-                            picture_id: ids.and_then(|i| i.picture_id).map(|(_, v, _)| v),
-                            tl0: ids.and_then(|i| i.tl0).map(|(_, v)| v),
-                            keyframe: crate::sfu::keyframe::starts_keyframe(
-                                CodecFamily::Vp8,
-                                &p.payload,
-                            ),
-                            layer: tagged.then(|| p.payload[LAYER_TAG_AT]),
-                        })
+                        if Some(p.header.ssrc) == audio_ssrc {
+                            if let Some(a) = self.audio.as_mut() {
+                                a.received.push(since);
+                            }
+                        } else {
+                            self.received.push(Received::of(&p));
+                        }
                     }
                     RTCMessage::RtcpPacket(_, packets) => {
                         if i == 0 && crate::sfu::keyframe::is_keyframe_request(&packets) {
