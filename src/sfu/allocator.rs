@@ -385,7 +385,7 @@ impl Allocator {
                         .copied()
                         .filter(|n| current.is_none_or(|l| *n > l));
                     let up = if c.jump {
-                        ups.filter(|n| rate(*n) <= left * UP_MARGIN).next_back()
+                        ups.rfind(|n| rate(*n) <= left * UP_MARGIN)
                     } else {
                         ups.next().filter(|n| rate(*n) <= left * UP_MARGIN)
                     };

@@ -9,8 +9,11 @@
 //! The engine reads a feed's subscriber list as an immutable snapshot (`ArcSwap`, replaced
 //! only by the room actor through its `Forwarder`), so it never takes a lock per packet. A
 //! `DownTrack` is one subscriber's end of a publication: which engine connection and sender,
-//! and how to rewrite the header for it. `DownTrack::rewrite` builds the outgoing packet with
-//! the payload shared (`Bytes`) and empty extension/CSRC vectors: no heap allocation.
+//! and how to rewrite the header for it. A simulcast feed has up to three layers; each
+//! down-track forwards one of them and switches at keyframes, keeping its outgoing stream
+//! continuous (sequence numbers, timestamps, VP8 picture ids). `DownTrack::packet` builds
+//! the outgoing packet for rtc's sender with the payload shared (`Bytes`) and empty
+//! extension/CSRC vectors: no heap allocation.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

@@ -10,7 +10,11 @@
 //!   every call is a command to the engine, answered on a oneshot channel.
 //! - `forwarder`: feeds (tracks arriving on a publish connection) and their publications
 //!   (`Forwarder`, held by the room), down-tracks and the per-subscriber header rewrite.
-//! - `keyframe`: keyframe detection, the PLI/FIR interceptor, the request handle.
+//! - `keyframe`: keyframe detection, VP8 picture ids and sizes, the PLI/FIR interceptor, the
+//!   request handle (one want per simulcast layer).
+//! - `allocator`: per viewer, the bandwidth estimate (transport-cc into rtc's GCC, else
+//!   receiver-report loss; REMB caps it) and the choice of layer for each video (hysteresis,
+//!   pause when nothing fits); pure, fed by the engine core.
 //! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
 //! - `peer` and `check`: the async `webrtc` connection the connectivity check still uses, and
 //!   `media_setup` for the test client and the load generator.

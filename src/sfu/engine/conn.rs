@@ -240,6 +240,10 @@ pub(crate) struct Viewer {
     reports: Vec<PacketReport>,
 }
 
+/// What `lean_stamped` gives: the seal, where to send, the transport-wide sequence number
+/// (extension id, number) when transport-cc is on.
+pub(crate) type Stamped<'a> = (&'a super::srtp::Sealer, TransportContext, Option<(u8, u16)>);
+
 /// Which of `Viewer::sent` a packet counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sent {
@@ -550,7 +554,7 @@ impl Conn {
         now: Instant,
         size: usize,
         what: Sent,
-    ) -> Option<(&super::srtp::Sealer, TransportContext, Option<(u8, u16)>)> {
+    ) -> Option<Stamped<'_>> {
         let dest = self.media_dest?;
         let sealer = self.sealer.as_ref()?;
         let twcc = self.twcc.as_mut().map(|t| (t.ext_id, t.stamp(now, size)));

@@ -75,6 +75,7 @@ pub(crate) const POOL: usize = 1024;
 /// decisions.
 #[derive(Default)]
 struct Scratch {
+    feeds: Vec<u64>,
     videos: Vec<(crate::ids::TrackId, [allocator::LayerInfo; MAX_LAYERS])>,
     downs: Vec<Arc<DownTrack>>,
     decisions: Vec<allocator::Decision>,
@@ -366,6 +367,7 @@ impl Core {
         }
         let secs = since.as_secs_f64().max(0.001);
         let Scratch {
+            feeds,
             videos,
             downs,
             decisions,
@@ -384,7 +386,12 @@ impl Core {
             };
             videos.clear();
             downs.clear();
-            for feed in conn.sent_feeds() {
+            feeds.clear();
+            feeds.extend(conn.sent_feeds());
+            // Oldest publication first: its place in the budget does not depend on a map's
+            // order.
+            feeds.sort_unstable();
+            for &feed in feeds.iter() {
                 let Some((f, _)) = self.caches.get(&feed) else {
                     continue;
                 };
