@@ -22,11 +22,15 @@ use rtc::interceptor::{Acknowledgement, BandwidthEstimator, Gcc, PacketReport};
 
 use crate::ids::TrackId;
 
-/// Where a viewer's estimate starts: enough for the top layer of one camera, so a viewer on a
-/// good line starts on it; a weak line's first feedback brings it down within a second or two.
-pub(crate) const INITIAL_BPS: f64 = 2_500_000.0;
+/// Where a viewer's estimate starts: enough for a camera's middle layer (≈ 500 kbit/s), not
+/// its top one (≈ 1.7 Mbit/s), so a newcomer on a weak home line does not begin by flooding it
+/// (at 2.5 Mbit/s the weak-line runner's viewers lost more sound, BENCHMARKS.md); a good line
+/// reaches the top layer within ≈ 15 s (GCC's growth, then one step up).
+pub(crate) const INITIAL_BPS: f64 = 1_200_000.0;
 const MIN_BPS: f64 = 50_000.0;
 const MAX_BPS: f64 = 50_000_000.0;
+/// Loss above this right after a step up means the step did not fit.
+const LOSSY: f64 = 0.05;
 /// Without transport-cc feedback for this long, the receiver reports decide.
 const TWCC_STALE: u64 = 2_000;
 /// A REMB caps the estimate for this long.
@@ -52,8 +56,10 @@ pub(crate) struct Estimate {
     /// When transport-cc feedback last arrived (ms of the engine's clock).
     twcc_at: Option<u64>,
     loss_bps: f64,
-    /// The worst fraction lost (of 256) in the receiver reports since the last pass.
+    /// The worst fraction lost (of 256) in the receiver reports since the last pass, and in
+    /// the last pass that had any.
     pending_loss: Option<u8>,
+    last_loss: f64,
     remb: Option<(f64, u64)>,
 }
 
@@ -64,6 +70,7 @@ impl Default for Estimate {
             twcc_at: None,
             loss_bps: INITIAL_BPS,
             pending_loss: None,
+            last_loss: 0.0,
             remb: None,
         }
     }
@@ -108,6 +115,7 @@ impl Estimate {
             return;
         };
         let loss = f64::from(fraction) / 256.0;
+        self.last_loss = loss;
         if loss > 0.10 {
             self.loss_bps = self
                 .loss_bps
@@ -116,6 +124,17 @@ impl Estimate {
             self.loss_bps *= 1.08;
         }
         self.loss_bps = self.loss_bps.clamp(MIN_BPS, MAX_BPS);
+    }
+
+    /// Whether the viewer's line loses more than `LOSSY` of what it is sent (transport-cc's
+    /// smoothed loss, else the last receiver reports).
+    pub(crate) fn lossy(&self, now_ms: u64) -> bool {
+        let loss = if self.has_twcc(now_ms) {
+            self.gcc.stats().packet_loss.unwrap_or(0.0)
+        } else {
+            self.last_loss
+        };
+        loss > LOSSY
     }
 
     /// Whether transport-cc feedback drives the estimate now.
@@ -272,6 +291,8 @@ struct Choice {
     short_since: Option<u64>,
     /// The viewer changed its preference: the next pass may go up more than one layer.
     jump: bool,
+    /// The target before the last change (where a failed try goes back to).
+    from: Target,
 }
 
 /// One viewer's layer choices.
@@ -310,6 +331,7 @@ impl Allocator {
         budget: f64,
         videos: &[(TrackId, [LayerInfo; 3])],
         paused: Target,
+        lossy: bool,
         out: &mut Vec<Decision>,
     ) {
         self.choices
@@ -328,6 +350,7 @@ impl Allocator {
                         hold: UP_HOLD,
                         short_since: None,
                         jump: false,
+                        from: u8::MAX,
                     });
                     self.choices.len() - 1
                 }
@@ -364,6 +387,10 @@ impl Allocator {
             let new = if c.target == u8::MAX {
                 // A new video: the best that fits now (the lowest while it is unclear).
                 fitting.unwrap_or(lowest)
+            } else if failed_try && lossy && c.from != u8::MAX {
+                // The line loses packets since the last step up: back to where it came from
+                // (a pause, if it was a resume), before the estimate has caught up.
+                c.from
             } else {
                 let current = (c.target != paused).then_some(c.target);
                 let current_fits = current.is_some_and(|l| rate(l) <= left && allowed.contains(&l));
@@ -390,7 +417,7 @@ impl Allocator {
                         ups.next().filter(|n| rate(*n) <= left * UP_MARGIN)
                     };
                     match up {
-                        Some(n) if held => n,
+                        Some(n) if held && !lossy => n,
                         _ => current.unwrap_or(paused),
                     }
                 }
@@ -405,6 +432,7 @@ impl Allocator {
                 } else if !up {
                     c.hold = UP_HOLD;
                 }
+                c.from = c.target;
                 c.target = new;
                 c.changed_at = now_ms;
                 c.went_up = up;
@@ -476,7 +504,7 @@ mod tests {
 
     fn run(a: &mut Allocator, now: u64, budget: f64, t: TrackId) -> Decision {
         let mut out = Vec::new();
-        a.allocate(now, budget, &[(t, layers())], PAUSED, &mut out);
+        a.allocate(now, budget, &[(t, layers())], PAUSED, false, &mut out);
         out[0]
     }
 
@@ -567,6 +595,25 @@ mod tests {
     }
 
     #[test]
+    fn a_try_up_that_loses_packets_goes_back_at_once() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        let pass = |a: &mut Allocator, now: u64, budget: f64, lossy: bool| {
+            let mut out = Vec::new();
+            a.allocate(now, budget, &[(t, layers())], PAUSED, lossy, &mut out);
+            out[0].target
+        };
+        assert_eq!(pass(&mut a, 0, 600_000.0, false), 1);
+        assert_eq!(pass(&mut a, 8000, 3_000_000.0, false), 2);
+        // The estimate still says 3 Mbit/s, but the line loses packets.
+        assert_eq!(pass(&mut a, 8500, 3_000_000.0, true), 1);
+        // A settled layer is not given up for loss alone (the estimate decides), and no step
+        // up is tried while the line loses packets.
+        assert_eq!(pass(&mut a, 30_000, 3_000_000.0, true), 1);
+        assert_eq!(pass(&mut a, 30_500, 3_000_000.0, false), 2);
+    }
+
+    #[test]
     fn videos_share_the_budget_in_order() {
         let (t1, t2) = (TrackId::new(), TrackId::new());
         let mut a = Allocator::default();
@@ -576,6 +623,7 @@ mod tests {
             2_000_000.0,
             &[(t1, layers()), (t2, layers())],
             PAUSED,
+            false,
             &mut out,
         );
         assert_eq!(out[0].target, 2);

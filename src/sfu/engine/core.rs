@@ -418,9 +418,10 @@ impl Core {
                 - rate[Sent::Audio as usize]
                 - rate[Sent::Resent as usize];
             decisions.clear();
+            let lossy = viewer.estimate.lossy(now_ms);
             viewer
                 .allocator
-                .allocate(now_ms, budget, videos, PAUSED, decisions);
+                .allocate(now_ms, budget, videos, PAUSED, lossy, decisions);
             let mut paused = false;
             for (d, down) in decisions.iter().zip(downs.iter()) {
                 down.set_target_layer(d.target);
