@@ -398,6 +398,13 @@ impl Core {
                 if f.family == CodecFamily::Audio {
                     continue;
                 }
+                // A single-layer video is forwarded as before, whatever the estimate: there
+                // is nothing to choose, and an estimate that never saw it fit (a viewer
+                // without transport-cc on a lossy path: receiver reports do not let it grow)
+                // must not take the only picture away.
+                if f.layers().count_ones() < 2 {
+                    continue;
+                }
                 if let Some(d) = f.downs.load().iter().find(|d| d.conn == key) {
                     videos.push((d.track, f.layer_info()));
                     downs.push(d.clone());
