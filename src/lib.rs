@@ -26,7 +26,7 @@
 //! | [`logging`] | tracing setup; IP addresses redacted from every line | log names or media |
 //! | [`turn`] | TURN credentials, the browser's ICE servers | log the secret |
 //! | [`attendance`] | writer task, crash recovery, retention, summaries, CSV and JSON export | be awaited by a room |
-//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core with time passed in — demux, fan-out, own SRTP seal, track cache for NACKs and paced GOP joins, sender reports — inside a small shell thread with the sockets), `Publisher`/`Subscriber` handles, `Forwarder`, keyframe requests, media metrics, the check's test peer | block, lock or allocate per forwarded packet |
+//! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core with time passed in — demux, fan-out, own SRTP seal, track cache for NACKs and paced GOP joins, sender reports, simulcast layers and per-viewer layer switching — inside a small shell thread with the sockets), `sfu::allocator` (a viewer's bandwidth estimate from transport-cc / receiver reports / REMB, and its layer choice), `Publisher`/`Subscriber` handles, `Forwarder`, keyframe requests, media metrics, the check's test peer | block, lock or allocate per forwarded packet |
 //! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch | forward signalling or media (not built yet) |
 //! | [`room`] | the actor per session; `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
 //! | [`cli`] | admin subcommands on the database | run the server |

@@ -200,6 +200,15 @@ pub enum ClientMessage {
     SetAutoCaptions {
         on: bool,
     },
+    /// The viewer's own wishes for the video it receives: the largest height it renders any
+    /// video at, in device pixels (caps the simulcast layer; null: no cap), and "save data"
+    /// (the lowest layer only). Applies to every video it receives, now and later.
+    VideoPreference {
+        #[serde(default)]
+        max_height: Option<u32>,
+        #[serde(default)]
+        save_data: bool,
+    },
     Leave,
 }
 
@@ -230,6 +239,7 @@ impl ClientMessage {
         "chat",
         "caption",
         "set_auto_captions",
+        "video_preference",
         "leave",
     ];
 
@@ -259,9 +269,22 @@ impl ClientMessage {
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::Caption { .. } => "caption",
             ClientMessage::SetAutoCaptions { .. } => "set_auto_captions",
+            ClientMessage::VideoPreference { .. } => "video_preference",
             ClientMessage::Leave => "leave",
         }
     }
+}
+
+/// What a viewer gets of one video (`video_quality`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoQualityState {
+    /// The best layer the viewer asked for.
+    Full,
+    /// A lower layer: its line does not carry more.
+    Reduced,
+    /// No picture: its line does not carry even the lowest layer. The sound goes on.
+    Paused,
 }
 
 /// Why a member given the floor sends nothing.
@@ -419,6 +442,9 @@ pub enum ServerMessage {
         /// For open links: a token to rejoin without waiting in the lobby again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejoin_token: Option<String>,
+        /// Whether this server accepts simulcast publishing (`media.simulcast`): publish
+        /// cameras and screens as three layers (rids `q`, `h`, `f`, lowest first) when true.
+        simulcast: bool,
     },
     /// Waiting for the course leader to let you in.
     Lobby {
@@ -458,6 +484,12 @@ pub enum ServerMessage {
     },
     PublishAnswer {
         sdp: String,
+    },
+    /// What this viewer gets of a video changed (its line, or its own `video_preference`):
+    /// sent on a change only, not per packet.
+    VideoQuality {
+        track_id: String,
+        state: VideoQualityState,
     },
     Unpublished {
         track_id: String,

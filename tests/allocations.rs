@@ -37,6 +37,77 @@ fn forwarding_allocates_nothing_per_packet() {
     // allocates on another thread and would be counted.)
     allocates_nothing(Fanout::new(100), 160);
     allocates_nothing(Fanout::new_aes_cm(100), 2);
+    simulcast_allocates_nothing(Fanout::simulcast(99), 40);
+}
+
+/// Simulcast: three layers, each viewer forwarded one of them, VP8 picture ids rewritten, and
+/// every viewer moved to another layer each round (at that layer's next keyframe).
+fn simulcast_allocates_nothing(mut harness: Fanout, rounds: usize) {
+    // Per layer: 48 packets, 8 frames of 6, a keyframe every 4 frames; 15-bit picture ids.
+    let layers: Vec<Vec<rtp::Packet>> = (0..3u16)
+        .map(|layer| {
+            (0..48u16)
+                .map(|i| {
+                    let frame = i / 6;
+                    let start = i % 6 == 0;
+                    let pid = 1000 * layer + frame;
+                    let mut payload = vec![0u8; 1000];
+                    payload[0] = 0x80 | if start { 0x10 } else { 0 };
+                    payload[1] = 0xc0;
+                    payload[2] = 0x80 | (pid >> 8) as u8;
+                    payload[3] = pid as u8;
+                    payload[4] = frame as u8;
+                    payload[5] = u8::from(frame % 4 != 0);
+                    rtp::Packet {
+                        header: rtp::header::Header {
+                            version: 2,
+                            payload_type: 96,
+                            sequence_number: 10_000 * layer + i,
+                            timestamp: 3000 * u32::from(frame) + 100_000 * u32::from(layer),
+                            ssrc: 7 + u32::from(layer),
+                            ..Default::default()
+                        },
+                        payload: Bytes::from(payload),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let send = |harness: &mut Fanout| {
+        let mut n = 0;
+        for i in 0..48 {
+            for layer in &layers {
+                n += harness.forward_layer(layer[0].header.ssrc as u8 - 7, &layer[i]);
+            }
+        }
+        n
+    };
+    // Warm-up: every layer's cache, the pool and the queue reach their size.
+    send(&mut harness);
+    harness.retarget(1);
+    send(&mut harness);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let switches_before = harness.layer_switches();
+    let mut forwarded = 0;
+    for round in 0..rounds {
+        harness.retarget(round + 2);
+        forwarded += send(&mut harness);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    let switches = harness.layer_switches() - switches_before;
+    println!("simulcast: {allocations} allocations for {forwarded} forwarded packets, {switches} switches");
+    assert!(
+        switches >= rounds as u64 * 99,
+        "only {switches} layer switches"
+    );
+    assert!(
+        forwarded as usize >= rounds * 99 * 30,
+        "only {forwarded} forwarded"
+    );
+    assert_eq!(
+        allocations, 0,
+        "{allocations} heap allocations for {forwarded} forwarded simulcast packets"
+    );
 }
 
 fn allocates_nothing(mut harness: Fanout, rounds: usize) {

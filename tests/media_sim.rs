@@ -462,3 +462,356 @@ fn keyframe_requests_reach_the_publisher_at_most_once_a_second_per_track() {
         );
     }
 }
+
+/// A publisher sending three simulcast layers and a microphone (`Sim::simulcast`: rids q/h/f, each its own
+/// SSRC, sequence numbers, timestamps and VP8 picture ids), answering each PLI of a layer with
+/// a keyframe of that layer, as a browser's encoder does.
+struct Simulcast {
+    seq: [u16; 3],
+    ts: [u32; 3],
+    pid: [u16; 3],
+    key_next: [bool; 3],
+    plis_seen: [usize; 3],
+}
+
+impl Simulcast {
+    fn new() -> Simulcast {
+        Simulcast {
+            seq: [100, 7_100, 14_100],
+            ts: [10_000, 510_000, 1_010_000],
+            pid: [100, 5_100, 10_100],
+            key_next: [true; 3],
+            plis_seen: [0; 3],
+        }
+    }
+
+    /// One frame on every layer (lowest first: 2, 3 and 4 packets, a keyframe 2 more), then
+    /// a frame's time passes.
+    fn frame(&mut self, sim: &mut Sim) {
+        for l in 0..3u8 {
+            let i = usize::from(l);
+            let plis = sim.plis_for_layer(l).len();
+            if plis > self.plis_seen[i] {
+                self.plis_seen[i] = plis;
+                self.key_next[i] = true;
+            }
+            let key = std::mem::take(&mut self.key_next[i]);
+            let n = 2 + u16::from(l) + if key { 2 } else { 0 };
+            for k in 0..n {
+                sim.send_layer(l, self.seq[i], self.ts[i], self.pid[i], k == 0, key);
+                self.seq[i] = self.seq[i].wrapping_add(1);
+            }
+            self.ts[i] = self.ts[i].wrapping_add(TICKS_PER_FRAME);
+            self.pid[i] = (self.pid[i] + 1) & 0x7fff;
+        }
+        sim.send_audio();
+        sim.advance(FRAME);
+    }
+
+    fn run(&mut self, sim: &mut Sim, frames: usize) {
+        for _ in 0..frames {
+            self.frame(sim);
+        }
+    }
+}
+
+/// Issue 20, step 1: a publisher's three simulcast layers arrive as one track; the viewer
+/// gets ONE stream (one SSRC) and is moved high → low → high (by its own "save data"
+/// preference, so the line plays no part). Each switch happens at a
+/// keyframe of the target layer (asked for with a PLI on that layer only), and the viewer
+/// sees one continuous, decodable stream: sequence numbers without a gap, timestamps rising,
+/// VP8 picture id and TL0PICIDX going up by one a frame across both switches.
+#[test]
+fn simulcast_layers_switch_only_at_keyframes_into_one_continuous_stream() {
+    let mut sim = Sim::simulcast().expect("a simulcast publisher connects through the core");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 30);
+    assert_eq!(
+        sim.down_layer(),
+        Some(2),
+        "a viewer starts on the top layer"
+    );
+    let high_until = sim.received().len();
+    assert!(high_until > 0, "nothing reached the viewer");
+
+    // The viewer asks to save data (lowest layer only), then no longer.
+    sim.set_video_preference(None, true);
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.down_layer(), Some(0), "not moved down within 2 s");
+    let low_until = sim.received().len();
+    sim.set_video_preference(None, false);
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.down_layer(), Some(2), "not moved back up within 2 s");
+
+    let got = sim.received();
+    let ssrc = sim.down_ssrc();
+    // The layers in the order the viewer got them: 2, then 0, then 2 — each run starting at
+    // a keyframe of its layer.
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.ssrc, ssrc, "one outgoing SSRC: {r:?}");
+        let layer = r.layer.expect("a tagged simulcast packet");
+        if runs.last().map(|(l, _)| *l) != Some(layer) {
+            assert!(
+                r.keyframe,
+                "switched to layer {layer} at a non-keyframe: {r:?}"
+            );
+            runs.push((layer, i));
+        }
+    }
+    let order: Vec<u8> = runs.iter().map(|(l, _)| *l).collect();
+    assert_eq!(order, vec![2, 0, 2], "layers as received");
+    assert!(runs[1].1 >= high_until && runs[2].1 >= low_until);
+    // Continuous: no gap, timestamps rise from frame to frame, picture ids count frames.
+    for w in got.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(b.seq, a.seq.wrapping_add(1), "a gap: {a:?} → {b:?}");
+        assert!(
+            b.timestamp.wrapping_sub(a.timestamp) < 0x8000_0000,
+            "timestamp went back: {a:?} → {b:?}"
+        );
+        if b.timestamp != a.timestamp {
+            let (pa, pb) = (a.picture_id.unwrap(), b.picture_id.unwrap());
+            assert_eq!(pb, (pa + 1) & 0x7fff, "picture id: {a:?} → {b:?}");
+            assert_eq!(
+                b.tl0.unwrap(),
+                a.tl0.unwrap().wrapping_add(1),
+                "{a:?} → {b:?}"
+            );
+        } else {
+            assert_eq!(a.picture_id, b.picture_id, "one frame, one picture id");
+        }
+    }
+    let m = sim.metrics();
+    assert_eq!(
+        m.layer_switches.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // The publisher was asked for keyframes per layer, at most once a second per layer, and
+    // never for the middle layer nobody wanted.
+    assert!(
+        sim.plis_for_layer(1).is_empty(),
+        "{:?}",
+        sim.plis_for_layer(1)
+    );
+    for l in [0, 2] {
+        let plis = sim.plis_for_layer(l);
+        assert!(!plis.is_empty() || l == 2);
+        for w in plis.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(1), "layer {l}: {plis:?}");
+        }
+    }
+}
+
+/// Issue 20, step 2: a viewer whose line drops to 300 kbit/s (a bottleneck with a 200 ms
+/// drop-tail queue in front of it, as a weak home line) is moved from the top layer (≈ 0.9
+/// Mbit/s here) to the lowest (≈ 0.15 Mbit/s) within a few seconds by its own transport-cc
+/// feedback, stays there while the line stays weak — apart from a rare, backed-off try of the
+/// next layer, which is how the estimate is probed — and climbs back to the top once the line
+/// recovers, one step at a time. The viewer is told of changes only (`full` → `reduced` →
+/// `full`, at most one short pause between).
+#[test]
+fn a_viewer_on_a_weak_line_moves_down_and_back_up_without_thrash() {
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 90);
+    assert_eq!(sim.down_layer(), Some(2));
+    let (estimate, twcc) = sim.estimate().expect("a viewer estimate");
+    assert!(
+        twcc,
+        "transport-cc feedback drives the estimate ({estimate} bit/s)"
+    );
+
+    sim.set_subscriber_line(Some((300_000, Duration::from_millis(200))));
+    let weak = sim.elapsed();
+    let mut down_after = None;
+    let (mut frames_low, mut frames_after_down, mut tries) = (0, 0, 0);
+    let mut last = sim.down_layer();
+    for _ in 0..(20 * 30) {
+        pub_.frame(&mut sim);
+        let layer = sim.down_layer();
+        if down_after.is_none() && layer == Some(0) {
+            down_after = Some(sim.elapsed() - weak);
+        }
+        if down_after.is_some() {
+            frames_after_down += 1;
+            frames_low += u32::from(layer == Some(0));
+            if last == Some(0) && layer != Some(0) {
+                tries += 1;
+            }
+        }
+        last = layer;
+    }
+    let (estimate, _) = sim.estimate().unwrap();
+    eprintln!(
+        "weak line: down after {down_after:?}, {frames_low} of {frames_after_down} frames on \
+         the lowest layer since, {tries} tries up, estimate {estimate:.0} bit/s, {} datagrams \
+         dropped by the line",
+        sim.line_drops()
+    );
+    let down_after = down_after.expect("never moved to the lowest layer");
+    assert!(down_after <= Duration::from_secs(5), "{down_after:?}");
+    // Measured 408 of 545 (2026-12-07): the rest are the two tries of the middle layer, each
+    // taken back when the line lost packets (the estimate alone grows while the line is not
+    // used, docs/ARCHITECTURE.md "Known limits").
+    assert!(
+        frames_low * 10 >= frames_after_down * 7,
+        "{frames_low} of {frames_after_down} frames on the lowest layer"
+    );
+    assert!(tries <= 2, "{tries} tries up in {:?}", sim.elapsed() - weak);
+
+    sim.set_subscriber_line(None);
+    let restored = sim.elapsed();
+    let mut up_after = None;
+    for _ in 0..(60 * 30) {
+        pub_.frame(&mut sim);
+        if sim.down_layer() == Some(2) {
+            up_after = Some(sim.elapsed() - restored);
+            break;
+        }
+    }
+    let qualities = sim.qualities();
+    eprintln!("restored: top layer after {up_after:?}; told {qualities:?}");
+    let up_after = up_after.expect("never back on the top layer");
+    assert!(up_after <= Duration::from_secs(45), "{up_after:?}");
+    use kursrelay::sfu::VideoQuality::{Full, Reduced};
+    let told: Vec<_> = qualities.iter().map(|(_, q)| *q).collect();
+    // Told on changes only: full, reduced, and full again at the end. In between, while the
+    // estimate settles below the line, a short pause may be told once (measured: one, 4 s,
+    // 2026-12-07, with the 1.2 Mbit/s initial estimate).
+    assert_eq!(told[..2], [Full, Reduced], "{qualities:?}");
+    assert_eq!(told.last(), Some(&Full), "{qualities:?}");
+    assert!(told.len() <= 5, "{qualities:?}");
+}
+
+/// Issue 20, step 2: on a line that does not carry even the lowest layer (100 kbit/s), the
+/// viewer's video is paused and it is told so; the sound goes on (audio is never thinned for
+/// video) — only a resume try, backed off (4 s, 8 s, 16 s …) and given up at once when it does
+/// not fit, costs it a moment on the line; once the line recovers the picture comes back by
+/// itself.
+#[test]
+fn below_the_lowest_layer_video_pauses_and_the_sound_goes_on() {
+    use kursrelay::sfu::VideoQuality::Paused;
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 60);
+    assert!(!sim.audio_received().is_empty(), "no sound before the test");
+    sim.set_subscriber_line(Some((100_000, Duration::from_millis(200))));
+    let weak = sim.elapsed();
+    let mut paused_at = None;
+    let (mut frames_paused, mut frames_after) = (0u32, 0u32);
+    for _ in 0..(30 * 30) {
+        pub_.frame(&mut sim);
+        if paused_at.is_none() && sim.down_layer().is_none() {
+            paused_at = Some(sim.elapsed());
+        }
+        if paused_at.is_some() {
+            frames_after += 1;
+            frames_paused += u32::from(sim.down_layer().is_none());
+        }
+    }
+    let paused_at = paused_at.expect("video was never paused");
+    // Since the pause: the sound (one packet a frame) arrives, with at most a short gap.
+    let sound: Vec<Duration> = sim
+        .audio_received()
+        .iter()
+        .copied()
+        .filter(|t| *t >= paused_at)
+        .collect();
+    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "paused {:?} after the line dropped; since then {} of {frames_after} frames paused, \
+         {} of {frames_after} audio packets arrived, longest gap {gap:?}",
+        paused_at - weak,
+        frames_paused,
+        sound.len()
+    );
+    assert!(paused_at - weak <= Duration::from_secs(8), "{paused_at:?}");
+    assert!(sim.qualities().iter().any(|(_, q)| *q == Paused));
+    assert!(frames_paused * 10 >= frames_after * 8, "video kept trying");
+    // Measured 97 % and a 0.4 s gap (2026-12-07): each resume try floods this line for a
+    // moment before it is taken back. Padding probes instead of trying the layer itself would
+    // spare the sound (docs/ARCHITECTURE.md, "Known limits").
+    assert!(
+        sound.len() as u32 * 100 >= frames_after * 80,
+        "{} audio packets for {frames_after} frames",
+        sound.len()
+    );
+    assert!(
+        gap <= Duration::from_millis(2500),
+        "a {gap:?} gap in the sound"
+    );
+
+    sim.set_subscriber_line(None);
+    let restored = sim.elapsed();
+    let mut back = None;
+    for _ in 0..(40 * 30) {
+        pub_.frame(&mut sim);
+        if sim.down_layer().is_some() {
+            back = Some(sim.elapsed() - restored);
+            break;
+        }
+    }
+    eprintln!(
+        "picture back {back:?} after the line recovered; told {:?}",
+        sim.qualities()
+    );
+    assert!(
+        back.is_some_and(|b| b <= Duration::from_secs(35)),
+        "{back:?}"
+    );
+}
+
+/// Issue 20, step 2: one viewer behind a congested line changes nothing for another viewer
+/// of the same camera — it stays on the top layer with every packet in order — and the
+/// publisher is asked for keyframes at most once a second per layer, however the congested
+/// viewer's layer moves.
+#[test]
+fn one_congested_viewer_changes_nothing_for_another() {
+    let mut sim = Sim::simulcast().expect("connected");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    let other = sim.add_viewer().expect("a second viewer");
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.other_layer(other), Some(2));
+    let start = sim.elapsed();
+    let seen_before = sim.other_received(other).len();
+    sim.set_subscriber_line(Some((250_000, Duration::from_millis(200))));
+    for _ in 0..(20 * 30) {
+        pub_.frame(&mut sim);
+        assert_eq!(sim.other_layer(other), Some(2), "at {:?}", sim.elapsed());
+    }
+    assert!(
+        sim.down_layer() != Some(2),
+        "the congested viewer stayed on the top layer"
+    );
+    let got = &sim.other_received(other)[seen_before..];
+    assert!(got.len() >= 20 * 30 * 4, "{} packets in 20 s", got.len());
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "{:?} → {:?}",
+            w[0],
+            w[1]
+        );
+        assert_eq!(w[1].layer, Some(2));
+    }
+    for layer in 0..3 {
+        let plis: Vec<Duration> = sim
+            .plis_for_layer(layer)
+            .into_iter()
+            .filter(|t| *t >= start)
+            .collect();
+        for w in plis.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(1),
+                "layer {layer}: {plis:?}"
+            );
+        }
+        assert!(plis.len() <= 20, "layer {layer}: {plis:?}");
+    }
+}

@@ -76,9 +76,29 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
         .await;
     expect_error(&mut ws, "bad_request").await;
     ws.send(json!({"type": "join", "token": token})).await;
-    ws.recv_type("joined").await;
+    let joined = ws.recv_type("joined").await;
+    assert_eq!(joined["simulcast"], true, "{joined}");
     ws.send(json!({"type": "join", "token": token})).await;
     expect_error(&mut ws, "already_joined").await;
+
+    // The viewer's video preference (issue 20): bad values are refused and change nothing.
+    for bad in [
+        json!({"type": "video_preference", "max_height": 0}),
+        json!({"type": "video_preference", "max_height": 100_000}),
+        json!({"type": "video_preference", "max_height": -5}),
+        json!({"type": "video_preference", "max_height": "720p"}),
+        json!({"type": "video_preference", "save_data": "yes"}),
+    ] {
+        ws.send(bad.clone()).await;
+        let e = expect_error(&mut ws, "bad_message").await;
+        assert_eq!(e["request"], "video_preference", "{bad} → {e}");
+    }
+    ws.send(json!({"type": "video_preference", "max_height": 360, "save_data": false}))
+        .await;
+    assert_eq!(ws.recv_type("ok").await["request"], "video_preference");
+    ws.send(json!({"type": "video_preference", "max_height": null, "save_data": true}))
+        .await;
+    assert_eq!(ws.recv_type("ok").await["request"], "video_preference");
 
     // Media mistakes.
     ws.send(json!({"type": "subscribe_answer", "sdp": "v=0\r\n"}))

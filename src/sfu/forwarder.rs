@@ -9,10 +9,13 @@
 //! The engine reads a feed's subscriber list as an immutable snapshot (`ArcSwap`, replaced
 //! only by the room actor through its `Forwarder`), so it never takes a lock per packet. A
 //! `DownTrack` is one subscriber's end of a publication: which engine connection and sender,
-//! and how to rewrite the header for it. `DownTrack::rewrite` builds the outgoing packet with
-//! the payload shared (`Bytes`) and empty extension/CSRC vectors: no heap allocation.
+//! and how to rewrite the header for it. A simulcast feed has up to three layers; each
+//! down-track forwards one of them and switches at keyframes, keeping its outgoing stream
+//! continuous (sequence numbers, timestamps, VP8 picture ids). `DownTrack::packet` builds
+//! the outgoing packet for rtc's sender with the payload shared (`Bytes`) and empty
+//! extension/CSRC vectors: no heap allocation.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +24,81 @@ use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
 use super::conn_key::ConnKey;
-use super::keyframe::{CodecFamily, KeyframeRequester};
+use super::keyframe::{CodecFamily, KeyframeRequester, MAX_LAYERS};
 use super::{Codec, TrackInfo};
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{MediaKind, Source};
 
+/// No layer (a down-track that has not started, or whose video is paused).
+pub(crate) const NO_LAYER: u8 = 0xff;
+/// A target that pauses a down-track's video (its audio is a separate down-track).
+pub(crate) const PAUSED: u8 = 0xfe;
+/// The default target: the best layer the publisher sends.
+pub(crate) const TOP_LAYER: u8 = (super::keyframe::MAX_LAYERS - 1) as u8;
+/// Video RTP clocks are 90 kHz: ticks per millisecond, for the timestamp gap at a switch.
+const VIDEO_TICKS_PER_MS: u64 = 90;
+
+/// One packet as `DownTrack::admit` sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct Incoming<'a> {
+    pub(crate) seq: u16,
+    pub(crate) timestamp: u32,
+    pub(crate) keyframe: bool,
+    /// Which simulcast layer it came on (0 for a single-layer track).
+    pub(crate) layer: u8,
+    pub(crate) payload: &'a [u8],
+    /// The engine's clock, ms since its epoch.
+    pub(crate) now_ms: u64,
+}
+
+/// How one forwarded packet goes out to one subscriber: the outgoing sequence number, SRTP
+/// rollover counter and timestamp, and the VP8 ids to write into the payload (already
+/// translated; `None` where the payload is sent as it came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outgoing {
+    pub(crate) seq: u16,
+    pub(crate) roc: u32,
+    pub(crate) timestamp: u32,
+    pub(crate) rewrite: Rewrite,
+}
+
+/// VP8 ids to write into a payload copy: (offset, value, 15 bits wide) and (offset, value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rewrite {
+    pub(crate) picture_id: Option<(usize, u16, bool)>,
+    pub(crate) tl0: Option<(usize, u8)>,
+}
+
+impl Rewrite {
+    /// Writes the ids into `payload` (the copy in the send buffer).
+    pub(crate) fn apply(&self, payload: &mut [u8]) {
+        if let Some((at, v, wide)) = self.picture_id {
+            if wide {
+                if let Some(b) = payload.get_mut(at..at + 2) {
+                    b[0] = 0x80 | (v >> 8) as u8 & 0x7f;
+                    b[1] = v as u8;
+                }
+            } else if let Some(b) = payload.get_mut(at) {
+                *b = v as u8 & 0x7f;
+            }
+        }
+        if let Some((at, v)) = self.tl0 {
+            if let Some(b) = payload.get_mut(at) {
+                *b = v;
+            }
+        }
+    }
+}
+
 /// One published track as one subscriber receives it: where it goes (engine connection and
 /// its sender), and how to rewrite the header for that connection.
+///
+/// Simulcast: the subscriber gets one outgoing stream (one SSRC) whichever layer it is sent.
+/// `target_layer` is what its allocator wants, `layer` what it is forwarded now; a switch
+/// happens at a keyframe of the target layer and starts a new *segment*: sequence numbers,
+/// timestamps and VP8 picture id / TL0PICIDX go on from where the last segment ended. A NACK
+/// is answered only for packets of the current segment (the switch keyframe made the older
+/// ones useless), so a re-send carries the same rewrite and is byte-identical.
 pub struct DownTrack {
     pub(crate) member: MemberId,
     pub(crate) track: TrackId,
@@ -51,13 +122,97 @@ pub struct DownTrack {
     pub(crate) octets_sent: AtomicU32,
     /// While a newcomer is sent the cached GOP: CATCHING_UP | the next sequence number to send.
     pub(crate) catchup: AtomicU32,
+    /// The layer the allocator wants (`TOP_LAYER`, a lower one, or `PAUSED`).
+    pub(crate) target_layer: AtomicU8,
+    /// The layer forwarded now (`NO_LAYER` before the start and while paused).
+    pub(crate) layer: AtomicU8,
+    /// The current segment: its layer and first outgoing sequence number.
+    seg_layer: AtomicU8,
+    seg_start: AtomicU16,
+    /// Outgoing timestamp = incoming − ts_offset (0 until the first switch).
+    ts_offset: AtomicU32,
+    last_out_ts: AtomicU32,
+    last_out_ms: AtomicU64,
+    /// VP8: outgoing picture id = incoming − pid_offset, TL0PICIDX likewise.
+    pid_offset: AtomicU16,
+    tl0_offset: AtomicU8,
+    last_pid: AtomicU16,
+    last_tl0: AtomicU8,
+    /// Video: the transport-wide sequence number each recent outgoing packet carried
+    /// ((outgoing seq << 16) | transport-wide seq, by outgoing seq modulo the ring), so a
+    /// NACK re-send carries the same one and stays byte-identical.
+    twcc_sent: Option<Box<[AtomicU32]>>,
 }
+
+/// Outgoing packets whose transport-wide number a video down-track remembers (≈ 1 s of a
+/// 2 Mbit/s layer; older ones are not re-sent anyway, `resend::NACK_HORIZON`). 4 bytes each.
+const TWCC_SENT: usize = 512;
 
 const CATCHING_UP: u32 = 1 << 16;
 /// Set (without CATCHING_UP) when a newcomer was not given the cached GOP (too long).
 const GOP_SKIPPED: u32 = 1 << 17;
 
 impl DownTrack {
+    /// A subscriber's end of a publication once the answer fixed its payload type. Video
+    /// starts at a keyframe of the best layer, or it would show garbage until one comes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        member: MemberId,
+        track: TrackId,
+        codec: CodecFamily,
+        ssrc: u32,
+        payload_type: u8,
+        conn: ConnKey,
+        sender: RTCRtpSenderId,
+        keyframes: KeyframeRequester,
+    ) -> DownTrack {
+        DownTrack {
+            member,
+            track,
+            codec,
+            ssrc,
+            payload_type,
+            conn,
+            sender,
+            keyframes,
+            waiting_keyframe: AtomicBool::new(codec != CodecFamily::Audio),
+            started: AtomicBool::new(false),
+            last_out_seq: AtomicU16::new(0),
+            seq_offset: AtomicU16::new(0),
+            roc: AtomicU32::new(0),
+            packets_sent: AtomicU32::new(0),
+            octets_sent: AtomicU32::new(0),
+            catchup: AtomicU32::new(0),
+            target_layer: AtomicU8::new(TOP_LAYER),
+            layer: AtomicU8::new(NO_LAYER),
+            seg_layer: AtomicU8::new(NO_LAYER),
+            seg_start: AtomicU16::new(0),
+            ts_offset: AtomicU32::new(0),
+            last_out_ts: AtomicU32::new(0),
+            last_out_ms: AtomicU64::new(0),
+            pid_offset: AtomicU16::new(0),
+            tl0_offset: AtomicU8::new(0),
+            last_pid: AtomicU16::new(0),
+            last_tl0: AtomicU8::new(0),
+            twcc_sent: (codec != CodecFamily::Audio)
+                .then(|| (0..TWCC_SENT).map(|_| AtomicU32::new(0)).collect()),
+        }
+    }
+
+    /// Remembers the transport-wide number outgoing packet `seq` was sent with.
+    pub(crate) fn remember_twcc(&self, seq: u16, twcc: u16) {
+        if let Some(ring) = &self.twcc_sent {
+            ring[usize::from(seq) % TWCC_SENT]
+                .store((u32::from(seq) << 16) | u32::from(twcc), Ordering::Relaxed);
+        }
+    }
+
+    /// The transport-wide number outgoing packet `seq` was sent with, if remembered.
+    pub(crate) fn twcc_of(&self, seq: u16) -> Option<u16> {
+        let v = self.twcc_sent.as_ref()?[usize::from(seq) % TWCC_SENT].load(Ordering::Relaxed);
+        ((v >> 16) as u16 == seq).then_some(v as u16)
+    }
+
     pub(crate) fn is_catching_up(&self) -> bool {
         self.catchup.load(Ordering::Relaxed) & CATCHING_UP != 0
     }
@@ -95,28 +250,99 @@ impl DownTrack {
         self.track
     }
 
-    /// Whether this subscriber gets the packet with sequence number `seq_in`, and if so under
-    /// which outgoing sequence number and SRTP rollover counter. None while it waits for a
-    /// keyframe to start from (a newcomer, or after a loss that broke the picture).
-    pub(crate) fn admit(&self, seq_in: u16, keyframe: bool) -> Option<(u16, u32)> {
+    /// The layer the allocator wants for this subscriber.
+    pub(crate) fn target_layer(&self) -> u8 {
+        self.target_layer.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_target_layer(&self, layer: u8) {
+        self.target_layer.store(layer, Ordering::Relaxed);
+    }
+
+    /// The layer forwarded now (`NO_LAYER`: none).
+    pub(crate) fn layer(&self) -> u8 {
+        self.layer.load(Ordering::Relaxed)
+    }
+
+    /// Takes `layer` from its next keyframe on (the first layer of a newcomer, or the one
+    /// after a pause): until then nothing of it is sent.
+    pub(crate) fn start_layer(&self, layer: u8) {
+        self.layer.store(layer, Ordering::Relaxed);
+        self.waiting_keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops forwarding video (paused): resumes at a keyframe with `start_layer`.
+    pub(crate) fn pause(&self) -> bool {
+        if self.layer.swap(NO_LAYER, Ordering::Relaxed) == NO_LAYER {
+            return false;
+        }
+        self.waiting_keyframe.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether this subscriber gets the packet, and if so how (see `Outgoing`). None while it
+    /// waits for a keyframe to start from (a newcomer, a switch, or after a loss that broke
+    /// the picture).
+    pub(crate) fn admit(&self, p: Incoming<'_>) -> Option<Outgoing> {
         let video = self.codec != CodecFamily::Audio;
+        let started = self.started.load(Ordering::Relaxed);
+        let mut new_segment = !started;
         if video && self.waiting_keyframe.load(Ordering::Relaxed) {
-            if !keyframe {
-                // Paced to one PLI per interval by the engine; this only marks the want.
-                self.keyframes.request();
+            if !p.keyframe {
+                // Paced to one PLI per interval and layer by the engine; this only marks it.
+                self.keyframes.request_layer(p.layer);
                 return None;
             }
             self.waiting_keyframe.store(false, Ordering::Relaxed);
-            if self.started.load(Ordering::Relaxed) {
-                // Resume right after the last packet this subscriber got: no gap it would NACK.
-                let last = self.last_out_seq.load(Ordering::Relaxed);
-                self.seq_offset
-                    .store(seq_in.wrapping_sub(last.wrapping_add(1)), Ordering::Relaxed);
-            }
+            new_segment = true;
         }
-        let seq = seq_in.wrapping_sub(self.seq_offset.load(Ordering::Relaxed));
+        let vp8 = if self.codec == CodecFamily::Vp8 {
+            super::keyframe::vp8_ids(p.payload)
+        } else {
+            None
+        };
+        if new_segment {
+            let last = self.last_out_seq.load(Ordering::Relaxed);
+            if started {
+                // Resume right after the last packet this subscriber got: no gap it would NACK.
+                self.seq_offset
+                    .store(p.seq.wrapping_sub(last.wrapping_add(1)), Ordering::Relaxed);
+                if self.seg_layer.load(Ordering::Relaxed) != p.layer {
+                    // Another layer: another timestamp base and picture-id space. Go on from
+                    // the last ones sent, the timestamp by the time that passed.
+                    let gap_ms = p
+                        .now_ms
+                        .saturating_sub(self.last_out_ms.load(Ordering::Relaxed));
+                    let gap = (gap_ms * VIDEO_TICKS_PER_MS).clamp(1, u64::from(u32::MAX / 2));
+                    let want_ts = self
+                        .last_out_ts
+                        .load(Ordering::Relaxed)
+                        .wrapping_add(gap as u32);
+                    self.ts_offset
+                        .store(p.timestamp.wrapping_sub(want_ts), Ordering::Relaxed);
+                    if let Some(ids) = vp8 {
+                        if let Some((_, pid, _)) = ids.picture_id {
+                            let want = self.last_pid.load(Ordering::Relaxed).wrapping_add(1);
+                            self.pid_offset
+                                .store(pid.wrapping_sub(want), Ordering::Relaxed);
+                        }
+                        if let Some((_, tl0)) = ids.tl0 {
+                            let want = self.last_tl0.load(Ordering::Relaxed).wrapping_add(1);
+                            self.tl0_offset
+                                .store(tl0.wrapping_sub(want), Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            self.seg_layer.store(p.layer, Ordering::Relaxed);
+            self.seg_start.store(
+                p.seq.wrapping_sub(self.seq_offset.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        let seq = p.seq.wrapping_sub(self.seq_offset.load(Ordering::Relaxed));
         let mut roc = self.roc.load(Ordering::Relaxed);
-        if self.started.load(Ordering::Relaxed) {
+        if started {
             let last = self.last_out_seq.load(Ordering::Relaxed);
             // Outgoing numbers are contiguous, so a smaller one far below is a wrap.
             if seq < last && last - seq > 0x8000 {
@@ -126,7 +352,60 @@ impl DownTrack {
         }
         self.started.store(true, Ordering::Relaxed);
         self.last_out_seq.store(seq, Ordering::Relaxed);
-        Some((seq, roc))
+        let out = Outgoing {
+            seq,
+            roc,
+            timestamp: p
+                .timestamp
+                .wrapping_sub(self.ts_offset.load(Ordering::Relaxed)),
+            rewrite: self.rewrite(vp8),
+        };
+        self.last_out_ts.store(out.timestamp, Ordering::Relaxed);
+        self.last_out_ms.store(p.now_ms, Ordering::Relaxed);
+        if let Some((_, v, _)) = out.rewrite.picture_id {
+            self.last_pid.store(v, Ordering::Relaxed);
+        }
+        if let Some((_, v)) = out.rewrite.tl0 {
+            self.last_tl0.store(v, Ordering::Relaxed);
+        }
+        Some(out)
+    }
+
+    /// The VP8 ids as this subscriber gets them (the current segment's offsets).
+    fn rewrite(&self, vp8: Option<super::keyframe::Vp8Ids>) -> Rewrite {
+        let Some(ids) = vp8 else {
+            return Rewrite::default();
+        };
+        let pid_offset = self.pid_offset.load(Ordering::Relaxed);
+        let tl0_offset = self.tl0_offset.load(Ordering::Relaxed);
+        Rewrite {
+            picture_id: ids.picture_id.map(|(at, v, wide)| {
+                let mask = if wide { 0x7fff } else { 0x7f };
+                (at, v.wrapping_sub(pid_offset) & mask, wide)
+            }),
+            tl0: ids.tl0.map(|(at, v)| (at, v.wrapping_sub(tl0_offset))),
+        }
+    }
+
+    /// A cached packet of the current segment as it was sent (for a NACK re-send): the same
+    /// timestamp and VP8 ids, so the re-sent bytes are the original ones.
+    pub(crate) fn resent(&self, timestamp: u32, payload: &[u8]) -> (u32, Rewrite) {
+        let vp8 = if self.codec == CodecFamily::Vp8 {
+            super::keyframe::vp8_ids(payload)
+        } else {
+            None
+        };
+        (
+            timestamp.wrapping_sub(self.ts_offset.load(Ordering::Relaxed)),
+            self.rewrite(vp8),
+        )
+    }
+
+    /// The RTP time of a sender report of `layer` in this subscriber's timestamps, if this
+    /// subscriber is sent that layer.
+    pub(crate) fn report_time(&self, layer: u8, rtp_time: u32) -> Option<u32> {
+        (self.seg_layer.load(Ordering::Relaxed) == layer)
+            .then(|| rtp_time.wrapping_sub(self.ts_offset.load(Ordering::Relaxed)))
     }
 
     /// Counts a packet sent (for this stream's sender reports).
@@ -137,8 +416,9 @@ impl DownTrack {
     }
 
     /// The packet as this subscriber gets it, for rtc's sender (when we cannot seal it
-    /// ourselves): payload shared, no extensions, no allocation.
-    pub(crate) fn packet(&self, packet: &rtp::Packet, seq: u16) -> rtp::Packet {
+    /// ourselves): payload shared, no extensions, no allocation. (Before the keys are known;
+    /// the VP8 ids are not rewritten on this path, which only carries a stream's start.)
+    pub(crate) fn packet(&self, packet: &rtp::Packet, out: &Outgoing) -> rtp::Packet {
         rtp::Packet {
             header: rtp::header::Header {
                 version: 2,
@@ -148,8 +428,8 @@ impl DownTrack {
                 extension: false,
                 marker: packet.header.marker,
                 payload_type: self.payload_type,
-                sequence_number: seq,
-                timestamp: packet.header.timestamp,
+                sequence_number: out.seq,
+                timestamp: out.timestamp,
                 ssrc: self.ssrc,
                 csrc: Vec::new(),
                 extension_profile: 0,
@@ -172,9 +452,9 @@ impl DownTrack {
             && !self.started.load(Ordering::Relaxed)
     }
 
-    /// The outgoing packet `seq` was sent with, and its rollover counter, if it was sent
-    /// under the current numbering (for answering a NACK).
-    pub(crate) fn incoming_of(&self, seq: u16) -> Option<(u16, u32)> {
+    /// For answering a NACK: the layer and incoming sequence number of the outgoing packet
+    /// `seq`, and its rollover counter, if it was sent in the current segment.
+    pub(crate) fn incoming_of(&self, seq: u16) -> Option<(u8, u16, u32)> {
         if !self.started.load(Ordering::Relaxed) {
             return None;
         }
@@ -183,9 +463,14 @@ impl DownTrack {
         if behind >= 0x8000 {
             return None; // not sent yet
         }
+        let seg_start = self.seg_start.load(Ordering::Relaxed);
+        if seq.wrapping_sub(seg_start) >= 0x8000 {
+            return None; // before the current segment (another layer, or before a restart)
+        }
         let roc = self.roc.load(Ordering::Relaxed);
         let roc = if seq > last { roc.wrapping_sub(1) } else { roc };
         Some((
+            self.seg_layer.load(Ordering::Relaxed),
             seq.wrapping_add(self.seq_offset.load(Ordering::Relaxed)),
             roc,
         ))
@@ -216,6 +501,15 @@ pub(crate) struct Feed {
     client_track_id: String,
     codec: Codec,
     pub(crate) keyframes: KeyframeRequester,
+    /// Simulcast layers seen so far, one bit per layer (bit 0 only for a single-layer track).
+    layers: AtomicU8,
+    /// Per layer: payload bytes arrived, the count at the last measurement, the measured rate
+    /// (bits/s, smoothed; 0 = not arriving) and the picture height of its last keyframe.
+    /// Written by the engine thread only.
+    layer_octets: [AtomicU64; MAX_LAYERS],
+    layer_octets_seen: [AtomicU64; MAX_LAYERS],
+    layer_bps: [AtomicU32; MAX_LAYERS],
+    layer_height: [AtomicU16; MAX_LAYERS],
     member: MemberId,
     /// The current publication's subscribers; empty while parked.
     pub(crate) downs: Arc<ArcSwap<Vec<Arc<DownTrack>>>>,
@@ -253,6 +547,11 @@ impl Feed {
             client_track_id,
             codec,
             keyframes: KeyframeRequester::default(),
+            layers: AtomicU8::new(0),
+            layer_octets: Default::default(),
+            layer_octets_seen: Default::default(),
+            layer_bps: Default::default(),
+            layer_height: Default::default(),
             member,
             downs: Arc::new(ArcSwap::from_pointee(Vec::new())),
             publication: AtomicU64::new(0),
@@ -269,6 +568,71 @@ impl Feed {
 
     pub(crate) fn kind(&self) -> MediaKind {
         self.kind
+    }
+
+    /// A simulcast layer (or the one layer, 0) of this track is arriving.
+    pub(crate) fn add_layer(&self, layer: u8) {
+        self.layers.fetch_or(1 << layer, Ordering::Relaxed);
+    }
+
+    /// A packet of `layer` arrived (`payload_len` bytes; `keyframe`: its first packet).
+    pub(crate) fn count_layer(&self, layer: u8, payload: &[u8], keyframe: bool) {
+        let l = usize::from(layer);
+        self.layer_octets[l].fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if keyframe && self.family == CodecFamily::Vp8 {
+            if let Some((_, h)) = super::keyframe::vp8_keyframe_size(payload) {
+                self.layer_height[l].store(h, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Measures each layer's rate over the `secs` since the last measurement.
+    pub(crate) fn measure(&self, secs: f64) {
+        for l in 0..MAX_LAYERS {
+            let now = self.layer_octets[l].load(Ordering::Relaxed);
+            let before = self.layer_octets_seen[l].swap(now, Ordering::Relaxed);
+            let bps = (now.wrapping_sub(before) as f64 * 8.0 / secs.max(0.001)) as u32;
+            let old = self.layer_bps[l].load(Ordering::Relaxed);
+            let smoothed = if bps == 0 || old == 0 {
+                bps
+            } else {
+                ((u64::from(old) * 2 + u64::from(bps)) / 3) as u32
+            };
+            self.layer_bps[l].store(smoothed, Ordering::Relaxed);
+        }
+    }
+
+    /// Each layer's measured rate and picture height, for the allocator.
+    pub(crate) fn layer_info(&self) -> [crate::sfu::allocator::LayerInfo; MAX_LAYERS] {
+        std::array::from_fn(|l| crate::sfu::allocator::LayerInfo {
+            bps: self.layer_bps[l].load(Ordering::Relaxed),
+            height: self.layer_height[l].load(Ordering::Relaxed),
+        })
+    }
+
+    /// The layers that arrive, one bit each.
+    pub(crate) fn layers(&self) -> u8 {
+        self.layers.load(Ordering::Relaxed)
+    }
+
+    /// The best layer at or below `target` that this track has, else its lowest one; None
+    /// for `PAUSED`.
+    pub(crate) fn best_layer(&self, target: u8) -> Option<u8> {
+        if target == PAUSED {
+            return None;
+        }
+        // A feed nobody told of its layers has one: 0.
+        let present = self.layers().max(1);
+        let at_most = if target >= 7 {
+            present
+        } else {
+            present & ((2u8 << target) - 1)
+        };
+        if at_most != 0 {
+            Some(7 - at_most.leading_zeros() as u8)
+        } else {
+            Some(present.trailing_zeros() as u8)
+        }
     }
 
     pub(crate) fn is_ended(&self) -> bool {

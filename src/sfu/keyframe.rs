@@ -3,7 +3,7 @@
 //! Pure functions and small types; the engine (`engine/`) paces and sends the requests.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,6 +77,34 @@ fn vp8_keyframe_start(p: &[u8]) -> bool {
     matches!(p.get(i), Some(&b) if b & 0x01 == 0)
 }
 
+/// The width and height a VP8 keyframe's first packet announces (RFC 6386 9.1: after the
+/// payload descriptor, a 3-byte frame tag, the start code 9d 01 2a, then 14-bit width and
+/// height).
+pub(crate) fn vp8_keyframe_size(p: &[u8]) -> Option<(u16, u16)> {
+    let first = *p.first()?;
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let ext = *p.get(i)?;
+        i += 1;
+        if ext & 0x80 != 0 {
+            i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            i += 1;
+        }
+        if ext & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    let f = p.get(i..i + 10)?;
+    if f[0] & 0x01 != 0 || f[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([f[6], f[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([f[8], f[9]]) & 0x3fff;
+    Some((w, h))
+}
+
 /// RFC 9628 (VP9 payload): B (start of frame) set and P (inter-predicted) clear.
 fn vp9_keyframe_start(p: &[u8]) -> bool {
     matches!(p.first(), Some(&b) if b & 0x08 != 0 && b & 0x40 == 0)
@@ -115,32 +143,96 @@ fn h264_has_keyframe(p: &[u8]) -> bool {
 /// PLIs made the hall camera encode keyframes 6–9 times as often).
 pub const MIN_KEYFRAME_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A cheap handle that asks the publisher of one track for a keyframe. Requests made while one
-/// is already wanted merge into it; the engine sends them upstream, paced per track.
+/// Simulcast layers a published track may have (rids such as `q`/`h`/`f`; index 0 is the
+/// lowest). A single-layer track uses layer 0 only.
+pub const MAX_LAYERS: usize = 3;
+const ALL_LAYERS: u8 = (1 << MAX_LAYERS) - 1;
+
+/// A cheap handle that asks the publisher of one track for a keyframe, per simulcast layer.
+/// Requests made while one is already wanted merge into it; the engine sends them upstream,
+/// paced per layer.
 #[derive(Debug, Clone, Default)]
 pub struct KeyframeRequester {
-    wanted: Arc<AtomicBool>,
+    /// One bit per layer.
+    wanted: Arc<AtomicU8>,
 }
 
 impl KeyframeRequester {
+    /// Asks for a keyframe on every layer the track has (one, unless it is simulcast).
     pub fn request(&self) {
-        self.wanted.store(true, Ordering::Relaxed);
+        self.wanted.fetch_or(ALL_LAYERS, Ordering::Relaxed);
+    }
+
+    /// Asks for a keyframe on one simulcast layer.
+    pub(crate) fn request_layer(&self, layer: u8) {
+        if usize::from(layer) < MAX_LAYERS {
+            self.wanted.fetch_or(1 << layer, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_wanted(&self) -> bool {
-        self.wanted.load(Ordering::Relaxed)
+        self.wanted.load(Ordering::Relaxed) != 0
     }
 
-    /// Clears the want; the engine calls this when it sends the request.
-    pub(crate) fn take(&self) -> bool {
-        self.wanted.swap(false, Ordering::Relaxed)
+    pub(crate) fn is_wanted_layer(&self, layer: u8) -> bool {
+        self.wanted.load(Ordering::Relaxed) & (1 << layer) != 0
+    }
+
+    /// Clears one layer's want; the engine calls this when it sends the request.
+    pub(crate) fn take_layer(&self, layer: u8) -> bool {
+        let bit = 1 << layer;
+        self.wanted.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+
+    /// Clears the wants of layers the track does not have (`present`: one bit per layer).
+    pub(crate) fn forget_absent(&self, present: u8) {
+        self.wanted.fetch_and(present, Ordering::Relaxed);
     }
 }
 
+/// Where a VP8 payload descriptor (RFC 7741) carries its picture id and TL0PICIDX, so a
+/// down-track can rewrite them when it switches between simulcast layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Vp8Ids {
+    /// Offset of the picture id in the payload, its value, and whether it is 15 bits wide.
+    pub(crate) picture_id: Option<(usize, u16, bool)>,
+    /// Offset and value of TL0PICIDX.
+    pub(crate) tl0: Option<(usize, u8)>,
+}
+
+/// The picture id and TL0PICIDX of a VP8 payload, if it carries either.
+pub(crate) fn vp8_ids(p: &[u8]) -> Option<Vp8Ids> {
+    let first = *p.first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let ext = *p.get(1)?;
+    let mut i = 2;
+    let mut picture_id = None;
+    if ext & 0x80 != 0 {
+        let b = *p.get(i)?;
+        if b & 0x80 != 0 {
+            let lo = *p.get(i + 1)?;
+            picture_id = Some((i, (u16::from(b & 0x7f) << 8) | u16::from(lo), true));
+            i += 2;
+        } else {
+            picture_id = Some((i, u16::from(b), false));
+            i += 1;
+        }
+    }
+    let tl0 = if ext & 0x40 != 0 {
+        Some((i, *p.get(i)?))
+    } else {
+        None
+    };
+    (picture_id.is_some() || tl0.is_some()).then_some(Vp8Ids { picture_id, tl0 })
+}
+
 /// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI, FIR,
-/// NACK and sender reports for delivery to the application (the engine turns them into
-/// keyframe requests, re-sends from the track cache, translated sender reports) and drops the
-/// rest, which the other interceptors have already acted on.
+/// NACK, sender reports and congestion feedback for delivery to the application (the engine
+/// turns them into keyframe requests, re-sends from the track cache, translated sender
+/// reports, a viewer's estimate) and drops the rest, which the other interceptors have
+/// already acted on.
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
@@ -156,7 +248,16 @@ pub fn is_for_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || any.is::<FullIntraRequest>()
             || any.is::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
             || any.is::<rtc::rtcp::sender_report::SenderReport>()
+            || is_congestion_feedback(any)
     })
+}
+
+/// Transport-cc feedback, receiver reports and REMB: a viewer's estimate (`allocator.rs`).
+fn is_congestion_feedback(any: &dyn std::any::Any) -> bool {
+    use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+    any.is::<rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()
+        || any.is::<rtc::rtcp::receiver_report::ReceiverReport>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
 }
 
 /// True if any packet in the batch asks for a keyframe.
@@ -247,6 +348,49 @@ mod tests {
         for (payload, want) in cases {
             assert_eq!(starts_keyframe(H264, payload), *want, "{payload:02x?}");
         }
+    }
+
+    #[test]
+    fn vp8_picture_ids() {
+        assert_eq!(vp8_ids(&[0x10, 0x00]), None);
+        assert_eq!(
+            vp8_ids(&[0x90, 0xc0, 0x85, 0x05, 0x07, 0x00]),
+            Some(Vp8Ids {
+                picture_id: Some((2, 0x0505, true)),
+                tl0: Some((4, 7)),
+            })
+        );
+        assert_eq!(
+            vp8_ids(&[0x90, 0x80, 0x05, 0x00]),
+            Some(Vp8Ids {
+                picture_id: Some((2, 5, false)),
+                tl0: None,
+            })
+        );
+        assert_eq!(vp8_ids(&[0x90, 0x80]), None, "truncated");
+    }
+
+    #[test]
+    fn vp8_keyframe_sizes() {
+        let key = [
+            0x10, 0x50, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_keyframe_size(&key), Some((640, 360)));
+        let mut delta = key;
+        delta[1] = 0x51;
+        assert_eq!(vp8_keyframe_size(&delta), None);
+        assert_eq!(vp8_keyframe_size(&key[..8]), None);
+    }
+
+    #[test]
+    fn keyframe_wants_per_layer() {
+        let k = KeyframeRequester::default();
+        k.request_layer(2);
+        assert!(k.is_wanted_layer(2) && !k.is_wanted_layer(0));
+        assert!(k.take_layer(2) && !k.take_layer(2) && !k.is_wanted());
+        k.request();
+        k.forget_absent(0b001);
+        assert!(k.is_wanted_layer(0) && !k.is_wanted_layer(1));
     }
 
     #[test]

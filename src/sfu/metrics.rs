@@ -57,6 +57,16 @@ pub struct Metrics {
     /// `GOP_REPLAY_MAX_AGE` or longer than `GOP_REPLAY_MAX_PACKETS`): they start at a fresh
     /// keyframe asked of the publisher instead.
     pub gop_joins_skipped: AtomicU64,
+    /// Simulcast: a viewer's video moved to another layer (at a keyframe of it).
+    pub layer_switches: AtomicU64,
+    /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
+    pub video_pauses: AtomicU64,
+    /// Viewers with at least one video paused now.
+    pub video_paused_viewers: AtomicI64,
+    /// Viewers with an estimate (connected subscribe connections), and the sum of their
+    /// estimates in bits per second (the mean is sum / count).
+    pub viewers_estimated: AtomicI64,
+    pub viewer_estimate_sum_bps: AtomicI64,
 }
 
 impl Metrics {
@@ -112,6 +122,21 @@ impl Metrics {
                 &self.track_caches,
                 "Per-track packet caches (NACK answers, GOP joins)",
             ),
+            (
+                "kursrelay_video_paused_viewers",
+                &self.video_paused_viewers,
+                "Viewers with a video paused because their line does not carry its lowest layer",
+            ),
+            (
+                "kursrelay_viewers_estimated",
+                &self.viewers_estimated,
+                "Viewers with a bandwidth estimate",
+            ),
+            (
+                "kursrelay_viewer_estimate_sum_bps",
+                &self.viewer_estimate_sum_bps,
+                "Sum of the viewers' bandwidth estimates, bits per second (mean = sum / viewers_estimated)",
+            ),
         ];
         for (name, value, help) in gauges {
             let _ = writeln!(
@@ -165,6 +190,16 @@ impl Metrics {
                 "kursrelay_gop_joins_skipped_total",
                 &self.gop_joins_skipped,
                 "Newcomers started at a fresh keyframe because the cached GOP was too long",
+            ),
+            (
+                "kursrelay_layer_switches_total",
+                &self.layer_switches,
+                "Simulcast layer switches of a viewer's video (each at a keyframe)",
+            ),
+            (
+                "kursrelay_video_pauses_total",
+                &self.video_pauses,
+                "Times a viewer's video was paused (audio goes on)",
             ),
             (
                 "kursrelay_sender_reports_total",

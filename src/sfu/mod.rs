@@ -10,7 +10,11 @@
 //!   every call is a command to the engine, answered on a oneshot channel.
 //! - `forwarder`: feeds (tracks arriving on a publish connection) and their publications
 //!   (`Forwarder`, held by the room), down-tracks and the per-subscriber header rewrite.
-//! - `keyframe`: keyframe detection, the PLI/FIR interceptor, the request handle.
+//! - `keyframe`: keyframe detection, VP8 picture ids and sizes, the PLI/FIR interceptor, the
+//!   request handle (one want per simulcast layer).
+//! - `allocator`: per viewer, the bandwidth estimate (transport-cc into rtc's GCC, else
+//!   receiver-report loss; REMB caps it) and the choice of layer for each video (hysteresis,
+//!   pause when nothing fits); pure, fed by the engine core.
 //! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
 //! - `peer` and `check`: the async `webrtc` connection the connectivity check still uses, and
 //!   `media_setup` for the test client and the load generator.
@@ -19,6 +23,7 @@
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
 //! except `peer::media_setup`, which the test client shares.
 
+pub(crate) mod allocator;
 mod check;
 mod conn_key;
 mod engine;
@@ -33,6 +38,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use allocator::VideoQuality;
 pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};
@@ -88,6 +94,9 @@ pub struct MediaSettings {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub keyframe_request_interval: Duration,
+    /// Accept simulcast publishing (`media.simulcast`); when off, an offer with simulcast is
+    /// refused with a clear error.
+    pub simulcast: bool,
 }
 
 impl From<&MediaConfig> for MediaSettings {
@@ -101,6 +110,7 @@ impl From<&MediaConfig> for MediaSettings {
             ice_disconnected_timeout: c.ice_disconnected_timeout(),
             ice_failed_timeout: c.ice_failed_timeout(),
             keyframe_request_interval: c.keyframe_request_interval(),
+            simulcast: c.simulcast,
         }
     }
 }
@@ -152,6 +162,9 @@ pub enum PeerEvent {
     /// A track of this publish connection that is not forwarded (floor taken back, muted,
     /// refused) still receives media; sent about once a second while that lasts.
     ParkedMedia(ConnId),
+    /// Subscribe connection: what the viewer gets of a video changed (its line, its own
+    /// preference): tell it (`video_quality`).
+    VideoQuality(ConnId, TrackId, VideoQuality),
 }
 
 pub(crate) struct SfuInner {
@@ -182,6 +195,11 @@ impl Sfu {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// Whether publishers may send simulcast (`media.simulcast`).
+    pub fn simulcast(&self) -> bool {
+        self.inner.settings.simulcast
     }
 
     /// The media sockets' local addresses: one port, one socket per bound address.

@@ -4,7 +4,6 @@
 //! attaches to the track's forwarder.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32};
 use std::sync::Arc;
 
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -225,25 +224,16 @@ impl Subscriber {
                 continue;
             };
             let codec = CodecFamily::from_mime(&entry.info.codec.mime_type);
-            let down = Arc::new(DownTrack {
-                member: self.member,
-                track: entry.info.id,
+            let down = Arc::new(DownTrack::new(
+                self.member,
+                entry.info.id,
                 codec,
-                ssrc: entry.ssrc,
+                entry.ssrc,
                 payload_type,
-                conn: self.key,
-                sender: entry.sender,
-                keyframes: entry.info.keyframes.clone(),
-                // A newcomer starts at a keyframe, or it would show garbage until one comes.
-                waiting_keyframe: AtomicBool::new(codec != CodecFamily::Audio),
-                started: AtomicBool::new(false),
-                last_out_seq: AtomicU16::new(0),
-                seq_offset: AtomicU16::new(0),
-                roc: AtomicU32::new(0),
-                packets_sent: AtomicU32::new(0),
-                octets_sent: AtomicU32::new(0),
-                catchup: AtomicU32::new(0),
-            });
+                self.key,
+                entry.sender,
+                entry.info.keyframes.clone(),
+            ));
             entry.down = Some(down.clone());
             ready.push(down);
         }
@@ -263,6 +253,22 @@ impl Subscriber {
                 reply,
             })
             .await
+    }
+
+    /// The viewer's own wishes for its video (`video_preference`): the largest height it
+    /// renders at (device pixels) caps the layer; `save_data` asks for the lowest only.
+    pub fn set_video_preference(
+        &self,
+        max_height: Option<u32>,
+        save_data: bool,
+    ) -> Result<(), SfuError> {
+        self.engine.send(Command::VideoPreference {
+            conn: self.key,
+            preference: super::allocator::Preference {
+                max_height,
+                save_data,
+            },
+        })
     }
 
     pub async fn close(mut self) {

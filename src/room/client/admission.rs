@@ -209,6 +209,7 @@ impl Client {
             last_refusal_notice: None,
             unpublished: HashSet::new(),
             playing: Vec::new(),
+            video_preference: None,
         }));
         match outcome {
             JoinOutcome::Admitted {
@@ -249,6 +250,7 @@ impl Client {
             name: joined.name.clone(),
             chat_enabled,
             rejoin_token,
+            simulcast: self.ctx.sfu.simulcast(),
         };
         self.outbox.push(msg);
         for track in &tracks {

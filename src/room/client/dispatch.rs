@@ -14,6 +14,9 @@ use crate::protocol::{
 };
 use crate::room::{Control, Done};
 
+/// The largest `max_height` a `video_preference` may give (a 16K screen).
+const MAX_VIDEO_HEIGHT: u32 = 8640;
+
 impl Client {
     /// Handles one parsed client message; an error is answered to the client (and ends the
     /// connection only for a protocol version this server does not speak).
@@ -140,6 +143,31 @@ impl Client {
             ClientMessage::Caption { text, partial } => {
                 self.control("caption", Control::Caption(text, partial))
                     .await
+            }
+            ClientMessage::VideoPreference {
+                max_height,
+                save_data,
+            } => {
+                if max_height.is_some_and(|h| h == 0 || h > MAX_VIDEO_HEIGHT) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadMessage,
+                        format!(
+                            "Bad \"video_preference\" message: max_height must be null or 1 to \
+                             {MAX_VIDEO_HEIGHT} (the largest height you show video at, in device \
+                             pixels)."
+                        ),
+                    ));
+                }
+                let joined = self.joined()?;
+                joined.video_preference = Some((max_height, save_data));
+                if let Some(s) = joined.subscriber.as_ref() {
+                    s.set_video_preference(max_height, save_data)
+                        .map_err(internal)?;
+                }
+                self.outbox.push(ServerMessage::Ok {
+                    request: "video_preference".to_owned(),
+                });
+                Ok(Flow::Continue)
             }
             ClientMessage::SetAutoCaptions { on } => {
                 self.control("set_auto_captions", Control::SetAutoCaptions(on))

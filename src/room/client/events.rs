@@ -164,6 +164,19 @@ impl Client {
                     self.refusal_notice();
                 }
             }
+            PeerEvent::VideoQuality(conn, track, quality) if subscribe_id == Some(conn) => {
+                use crate::protocol::VideoQualityState as S;
+                use crate::sfu::VideoQuality as Q;
+                let state = match quality {
+                    Q::Full => S::Full,
+                    Q::Reduced => S::Reduced,
+                    Q::Paused => S::Paused,
+                };
+                self.outbox.push(ServerMessage::VideoQuality {
+                    track_id: track.to_string(),
+                    state,
+                });
+            }
             // From a replaced connection: dropping a forwarder parks its (closing) feed.
             _ => {}
         }

@@ -251,6 +251,11 @@ impl Client {
                 .subscriber(joined.member, joined.peer_events_tx.clone())
                 .await
                 .map_err(internal)?;
+            if let Some((max_height, save_data)) = joined.video_preference {
+                subscriber
+                    .set_video_preference(max_height, save_data)
+                    .map_err(internal)?;
+            }
             joined.subscriber = Some(subscriber);
         }
         let subscriber = joined.subscriber.as_mut().expect("subscriber was just set");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
+use rtc::interceptor::PacketReport;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -36,8 +37,11 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{IceCandidate, MediaKind, Source, Target};
+use crate::sfu::allocator::{Allocator, Estimate, TwccSend};
 use crate::sfu::forwarder::Feed;
-use crate::sfu::keyframe::{is_keyframe_request, KeyframeRequestInterceptor, KeyframeRequester};
+use crate::sfu::keyframe::{
+    is_keyframe_request, KeyframeRequestInterceptor, KeyframeRequester, MAX_LAYERS,
+};
 use crate::sfu::metrics::Metrics;
 use crate::sfu::{Codec, ConnId, MediaSettings, PeerEvent, SfuError};
 
@@ -83,17 +87,97 @@ pub(crate) struct TrackSpec {
 pub(crate) struct Feedback {
     /// (feed, outgoing sequence number) a subscriber lost.
     pub(crate) nacks: Vec<(u64, u16)>,
-    /// A publisher's sender report for one of its feeds: (feed, NTP time, RTP time).
-    pub(crate) reports: Vec<(Arc<Feed>, u64, u32)>,
+    /// Feeds a subscriber asked a keyframe of (PLI/FIR): the engine asks for the layer that
+    /// subscriber is sent.
+    pub(crate) plis: Vec<u64>,
+    /// A publisher's sender report for one layer of its feeds: (feed, layer, NTP, RTP time).
+    pub(crate) reports: Vec<(Arc<Feed>, u8, u64, u32)>,
 }
 
 /// A track arriving on a publish connection.
 struct Incoming {
     track_id: String,
     receiver: RTCRtpReceiverId,
-    ssrc: u32,
+    /// Its layers: one, or up to `MAX_LAYERS` for simulcast (made when a layer opens).
+    layers: Vec<Layer>,
     feed: Arc<Feed>,
+}
+
+/// One RTP stream of an incoming track: a simulcast layer (by rid), or the track itself.
+struct Layer {
+    ssrc: u32,
+    index: u8,
     last_keyframe_request: Option<Instant>,
+}
+
+/// The offer without RTX on its simulcast video sections, so the answer does not negotiate
+/// it there: rtc cannot map a layer's retransmissions yet (their `repaired-rtp-stream-id` is
+/// not handled upstream, webrtc-rs/rtc#12), and without RTX a browser re-sends lost packets
+/// on the layer's own SSRC, which rtc does map. Other sections are left as they are.
+fn without_simulcast_rtx(sdp: String) -> String {
+    if !sdp.contains("a=simulcast:") {
+        return sdp;
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut rest = sdp.as_str();
+    while !rest.is_empty() {
+        // One section: up to the next "m=" line.
+        let end = rest[1..].find("\nm=").map_or(rest.len(), |i| i + 2);
+        let (section, tail) = rest.split_at(end);
+        rest = tail;
+        if !(section.starts_with("m=video") && section.contains("a=simulcast:")) {
+            out.push_str(section);
+            continue;
+        }
+        let rtx: Vec<&str> = section
+            .lines()
+            .filter_map(|l| {
+                let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+                codec.to_ascii_lowercase().starts_with("rtx/").then_some(pt)
+            })
+            .collect();
+        let names_rtx = |l: &str| {
+            ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|p| {
+                l.strip_prefix(p)
+                    .and_then(|r| r.split([' ', ':']).next())
+                    .is_some_and(|pt| rtx.contains(&pt))
+            }) || l.starts_with("a=ssrc-group:FID")
+        };
+        for line in section.split_inclusive('\n') {
+            let l = line.trim_end();
+            if l.starts_with("m=video") {
+                let kept: Vec<&str> = l
+                    .split(' ')
+                    .enumerate()
+                    .filter(|(i, f)| *i < 3 || !rtx.contains(f))
+                    .map(|(_, f)| f)
+                    .collect();
+                out.push_str(&kept.join(" "));
+                out.push_str(&line[l.len()..]);
+            } else if !names_rtx(l) {
+                out.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+/// Which layer (0 = lowest) a rid names, given every rid the publisher offered for the
+/// track: `q`/`h`/`f` (what Chromium's examples and most SFUs use), `l`/`m`/`h`, or `0`/`1`/`2`;
+/// other names count in the order the offer lists them, lowest first.
+fn layer_of(rid: &str, rids: &[&str]) -> u8 {
+    let quarter_half_full = rids.contains(&"f") || rids.contains(&"q");
+    let known = match rid {
+        "q" | "l" | "low" | "0" => Some(0),
+        "h" if quarter_half_full => Some(1),
+        "m" | "mid" | "1" => Some(1),
+        "f" | "h" | "high" | "2" => Some(2),
+        _ => None,
+    };
+    known
+        .or_else(|| rids.iter().position(|r| *r == rid).map(|i| i as u8))
+        .unwrap_or(0)
+        .min(MAX_LAYERS as u8 - 1)
 }
 
 pub(crate) struct Conn {
@@ -131,6 +215,51 @@ pub(crate) struct Conn {
     /// Subscribe side: our track id (as a string) → its publisher's keyframe requester and
     /// the feed it forwards.
     tracks: HashMap<String, (KeyframeRequester, u64)>,
+    /// Subscribe side: transport-cc, once the client accepted the header extension.
+    pub(super) twcc: Option<TwccSend>,
+    /// Subscribe side: the viewer's estimate and layer choices.
+    pub(super) viewer: Option<Box<Viewer>>,
+    /// When the connection was made (its estimate's clock counts from here).
+    epoch: Instant,
+    /// Whether simulcast offers are accepted (`media.simulcast`).
+    simulcast: bool,
+}
+
+/// What the engine keeps per viewer (subscribe connection) for its estimate and allocation.
+#[derive(Default)]
+pub(crate) struct Viewer {
+    pub(crate) estimate: Estimate,
+    pub(crate) allocator: Allocator,
+    /// Bytes sent: audio, video (fan-out and GOP catch-up), re-sends; and the same counts at
+    /// the last allocation pass.
+    pub(crate) sent: [u64; 3],
+    pub(crate) sent_seen: [u64; 3],
+    /// Whether any of its videos is paused now (for the gauge).
+    pub(crate) paused: bool,
+    /// Reused by `poll_reads` for transport-cc reports.
+    reports: Vec<PacketReport>,
+}
+
+/// What `lean_stamped` gives: the seal, where to send, the transport-wide sequence number
+/// (extension id, number) when transport-cc is on.
+pub(crate) type Stamped<'a> = (&'a super::srtp::Sealer, TransportContext, Option<(u8, u16)>);
+
+/// Which of `Viewer::sent` a packet counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Audio = 0,
+    Video = 1,
+    Resent = 2,
+}
+
+/// The transport-wide-cc header extension's id in a description, if it has one.
+fn twcc_extension_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, uri) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+        (uri.split_whitespace().next()? == rtc::sdp::extmap::TRANSPORT_CC_URI)
+            .then(|| id.split('/').next()?.parse::<u8>().ok())?
+            .filter(|id| (1..=14).contains(id))
+    })
 }
 
 pub(crate) fn host_candidate(addr: SocketAddr, tcp: bool) -> Result<RTCIceCandidateInit, SfuError> {
@@ -188,6 +317,27 @@ impl Conn {
                         },
                         RtpCodecKind::Video,
                     );
+                }
+                // Transport-cc: the engine stamps the transport-wide sequence number itself
+                // (`seal_and_queue`) and reads the viewer's feedback for its estimate
+                // (`allocator.rs`); rtc's own TWCC interceptors stay out of the way.
+                for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                    media_engine.register_feedback(
+                        rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                            typ: "transport-cc".to_owned(),
+                            parameter: String::new(),
+                        },
+                        kind,
+                    );
+                    media_engine
+                        .register_header_extension(
+                            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                            },
+                            kind,
+                            None,
+                        )
+                        .map_err(SfuError::webrtc)?;
                 }
                 configure_rtcp_reports(Registry::new())
             }
@@ -274,6 +424,10 @@ impl Conn {
             publish,
             incoming: Vec::new(),
             tracks: HashMap::new(),
+            twcc: None,
+            viewer: (target == Target::Subscribe).then(Box::default),
+            epoch: now,
+            simulcast: settings.simulcast,
         })
     }
 
@@ -392,6 +546,66 @@ impl Conn {
         Some((self.sealer.as_ref()?, self.media_dest?))
     }
 
+    /// As `lean`, for a new packet of `size` bytes leaving at `now`: also its transport-wide
+    /// sequence number (extension id, number) when transport-cc is on, and it is counted as
+    /// `what` for the viewer's estimate.
+    pub(crate) fn lean_stamped(
+        &mut self,
+        now: Instant,
+        size: usize,
+        what: Sent,
+    ) -> Option<Stamped<'_>> {
+        let dest = self.media_dest?;
+        let sealer = self.sealer.as_ref()?;
+        let twcc = self.twcc.as_mut().map(|t| (t.ext_id, t.stamp(now, size)));
+        if let Some(v) = self.viewer.as_mut() {
+            v.sent[what as usize] += size as u64;
+        }
+        Some((sealer, dest, twcc))
+    }
+
+    /// Tells the member task what the viewer now gets of a video.
+    pub(crate) fn tell_quality(&self, track: TrackId, quality: crate::sfu::VideoQuality) {
+        let _ = self
+            .events
+            .try_send(PeerEvent::VideoQuality(self.id, track, quality));
+    }
+
+    /// `now` in ms of this connection's clock (its estimate's).
+    pub(crate) fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The transport-cc extension id, when it is on.
+    pub(crate) fn twcc_ext(&self) -> Option<u8> {
+        self.twcc.as_ref().map(|t| t.ext_id)
+    }
+
+    /// A re-send of `size` bytes went out.
+    pub(crate) fn count_resent(&mut self, size: usize) {
+        if let Some(v) = self.viewer.as_mut() {
+            v.sent[Sent::Resent as usize] += size as u64;
+        }
+    }
+
+    /// Subscribe side: the feeds this connection sends (for the allocation pass).
+    pub(crate) fn sent_feeds(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tracks.values().map(|(_, feed)| *feed)
+    }
+
+    /// Turns transport-cc on once the client accepted the extension in `sdp` (and keeps the
+    /// numbering when a renegotiation keeps the id).
+    fn negotiate_twcc(&mut self, now: Instant, sdp: &str) {
+        if self.target != Target::Subscribe {
+            return;
+        }
+        match twcc_extension_id(sdp) {
+            Some(id) if self.twcc.as_ref().is_some_and(|t| t.ext_id == id) => {}
+            Some(id) => self.twcc = Some(TwccSend::new(id, now)),
+            None => self.twcc = None,
+        }
+    }
+
     /// Turns rtc events into member-task events and feeds. True if a feed appeared.
     pub(crate) fn poll_events(&mut self, now: Instant, metrics: &Metrics) -> bool {
         let mut new_feed = false;
@@ -423,8 +637,14 @@ impl Conn {
                     }
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    let started =
-                        self.start_feed(now, init.receiver_id, init.track_id, init.ssrc, metrics);
+                    let started = self.start_feed(
+                        now,
+                        init.receiver_id,
+                        init.track_id,
+                        init.ssrc,
+                        init.rid.as_deref(),
+                        metrics,
+                    );
                     new_feed |= started;
                 }
                 RTCPeerConnectionEvent::OnTrack(
@@ -444,19 +664,46 @@ impl Conn {
         receiver: RTCRtpReceiverId,
         track_id: String,
         ssrc: u32,
+        rid: Option<&str>,
         metrics: &Metrics,
     ) -> bool {
         let Some(publish) = self.publish.clone() else {
             tracing::debug!("ignoring a track on a receive-only connection");
             return false;
         };
-        if self.incoming.iter().any(|i| i.track_id == track_id) {
-            return false;
-        }
         let Some(rx) = self.pc.rtp_receiver(receiver) else {
             return false;
         };
         let track = rx.track();
+        // Simulcast: each layer opens on its own (rtc learns its SSRC from the mid and rid
+        // header extensions of its first packet); all of them are one feed.
+        let index = rid.map_or(0, |rid| {
+            let rids: Vec<&str> = track
+                .codings()
+                .iter()
+                .map(|c| c.rtp_coding_parameters.rid.as_str())
+                .filter(|r| !r.is_empty())
+                .collect();
+            layer_of(rid, &rids)
+        });
+        if let Some(inc) = self.incoming.iter_mut().find(|i| i.track_id == track_id) {
+            if rid.is_some()
+                && inc.layers.len() < MAX_LAYERS
+                && !inc
+                    .layers
+                    .iter()
+                    .any(|l| l.index == index || l.ssrc == ssrc)
+            {
+                inc.layers.push(Layer {
+                    ssrc,
+                    index,
+                    last_keyframe_request: None,
+                });
+                inc.feed.add_layer(index);
+                tracing::debug!(layer = index, "simulcast layer arrived");
+            }
+            return false;
+        }
         let kind = match track.kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
             _ => MediaKind::Video,
@@ -491,12 +738,18 @@ impl Conn {
             .lock()
             .expect("feeds lock is never poisoned")
             .push(feed.clone());
+        feed.add_layer(index);
+        let mut layers = Vec::with_capacity(if rid.is_some() { MAX_LAYERS } else { 1 });
+        layers.push(Layer {
+            ssrc,
+            index,
+            last_keyframe_request: None,
+        });
         self.incoming.push(Incoming {
             track_id,
             receiver,
-            ssrc,
+            layers,
             feed: feed.clone(),
-            last_keyframe_request: None,
         });
         if let Some(forwarder) = feed.publish(source) {
             let info = forwarder.info();
@@ -523,7 +776,7 @@ impl Conn {
         &mut self,
         now: Instant,
         metrics: &Metrics,
-        forwards: &mut Vec<(Arc<Feed>, rtp::Packet)>,
+        forwards: &mut Vec<(Arc<Feed>, u8, rtp::Packet)>,
         feedback: &mut Feedback,
     ) {
         use rtc::rtcp::sender_report::SenderReport;
@@ -535,9 +788,18 @@ impl Conn {
                         metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
+                    let ssrc = packet.header.ssrc;
+                    let layer = match inc.layers.iter().find(|l| l.ssrc == ssrc) {
+                        Some(l) => l.index,
+                        None if inc.layers.len() == 1 => inc.layers[0].index,
+                        None => {
+                            metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
                     match inc.feed.arrived(now) {
                         super::super::forwarder::Arrival::Forward => {
-                            forwards.push((inc.feed.clone(), packet));
+                            forwards.push((inc.feed.clone(), layer, packet));
                         }
                         super::super::forwarder::Arrival::Discard { report } => {
                             metrics.packets_discarded.fetch_add(1, Ordering::Relaxed);
@@ -548,12 +810,15 @@ impl Conn {
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
-                    if let Some((keyframes, feed)) = self.tracks.get(&track_id) {
+                    if self.target == Target::Subscribe {
+                        self.congestion_feedback(now, &packets);
+                    }
+                    if let Some((_, feed)) = self.tracks.get(&track_id) {
                         if is_keyframe_request(&packets) {
                             metrics
                                 .keyframe_requests_received
                                 .fetch_add(1, Ordering::Relaxed);
-                            keyframes.request();
+                            feedback.plis.push(*feed);
                         }
                         for p in &packets {
                             if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
@@ -568,9 +833,10 @@ impl Conn {
                     {
                         for p in &packets {
                             if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
-                                if sr.ssrc == inc.ssrc {
+                                if let Some(l) = inc.layers.iter().find(|l| l.ssrc == sr.ssrc) {
                                     feedback.reports.push((
                                         inc.feed.clone(),
+                                        l.index,
                                         sr.ntp_time,
                                         sr.rtp_time,
                                     ));
@@ -580,6 +846,36 @@ impl Conn {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A viewer's transport-cc feedback, receiver reports and REMB: its estimate.
+    fn congestion_feedback(&mut self, now: Instant, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate as Remb;
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        let now_ms = self.ms(now);
+        let Some(viewer) = self.viewer.as_mut() else {
+            return;
+        };
+        for p in packets {
+            let any = p.as_any();
+            if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                if let Some(twcc) = &self.twcc {
+                    let acks = rtc::interceptor::convert_twcc(cc);
+                    let mut reports = std::mem::take(&mut viewer.reports);
+                    reports.clear();
+                    twcc.reports(now, &acks, &mut reports);
+                    viewer.estimate.on_twcc(now, now_ms, &reports);
+                    viewer.reports = reports;
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for block in &rr.reports {
+                    viewer.estimate.on_loss(block.fraction_lost);
+                }
+            } else if let Some(remb) = any.downcast_ref::<Remb>() {
+                viewer.estimate.on_remb(now_ms, f64::from(remb.bitrate));
             }
         }
     }
@@ -633,29 +929,34 @@ impl Conn {
         }
     }
 
-    /// Sends a PLI for each video feed whose subscribers asked, at most once per `interval`
-    /// per feed. Returns how many went out.
+    /// Sends a PLI for each layer of each video feed that someone asked a keyframe of, at
+    /// most once per `interval` per layer. Returns how many went out.
     pub(crate) fn send_keyframe_requests(&mut self, now: Instant, interval: Duration) -> u64 {
         let mut sent = 0;
         for inc in &mut self.incoming {
-            if inc.feed.kind() != MediaKind::Video || !inc.feed.keyframes.is_wanted() {
+            let keyframes = &inc.feed.keyframes;
+            if inc.feed.kind() != MediaKind::Video || !keyframes.is_wanted() {
                 continue;
             }
-            if inc
-                .last_keyframe_request
-                .is_some_and(|t| now.saturating_duration_since(t) < interval)
-            {
-                continue;
-            }
-            inc.feed.keyframes.take();
-            inc.last_keyframe_request = Some(now);
-            if let Some(mut rx) = self.pc.rtp_receiver(inc.receiver) {
-                let pli = PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc: inc.ssrc,
-                };
-                if rx.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
-                    sent += 1;
+            keyframes.forget_absent(inc.feed.layers());
+            for layer in &mut inc.layers {
+                if !keyframes.is_wanted_layer(layer.index)
+                    || layer
+                        .last_keyframe_request
+                        .is_some_and(|t| now.saturating_duration_since(t) < interval)
+                {
+                    continue;
+                }
+                keyframes.take_layer(layer.index);
+                layer.last_keyframe_request = Some(now);
+                if let Some(mut rx) = self.pc.rtp_receiver(inc.receiver) {
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: layer.ssrc,
+                    };
+                    if rx.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                        sent += 1;
+                    }
                 }
             }
         }
@@ -713,7 +1014,15 @@ impl Conn {
     }
 
     pub(crate) fn apply_offer(&mut self, now: Instant, sdp: String) -> Result<String, SfuError> {
+        if !self.simulcast && sdp.contains("a=simulcast:") {
+            return Err(SfuError::BadSdp(
+                "this server does not accept simulcast (media.simulcast is off); send one layer"
+                    .into(),
+            ));
+        }
         self.ssrcs.declare_from_sdp(&sdp);
+        let sdp = without_simulcast_rtx(sdp);
+        self.negotiate_twcc(now, &sdp);
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
@@ -801,6 +1110,7 @@ impl Conn {
         senders: &[(RTCRtpSenderId, Codec)],
     ) -> Result<Vec<Option<u8>>, SfuError> {
         self.ssrcs.declare_from_sdp(&sdp);
+        self.negotiate_twcc(now, &sdp);
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         self.pc
@@ -879,5 +1189,55 @@ impl Conn {
         if !self.failed_reported {
             self.failed_reported = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rids_name_layers() {
+        let cases: &[(&str, &[&str], u8)] = &[
+            ("q", &["q", "h", "f"], 0),
+            ("h", &["q", "h", "f"], 1),
+            ("f", &["f", "h", "q"], 2),
+            ("l", &["l", "m", "h"], 0),
+            ("m", &["l", "m", "h"], 1),
+            ("h", &["l", "m", "h"], 2),
+            ("1", &["0", "1", "2"], 1),
+            ("b", &["a", "b", "c"], 1),
+            ("x", &["a", "b", "c", "d", "x"], 2),
+        ];
+        for (rid, rids, want) in cases {
+            assert_eq!(layer_of(rid, rids), *want, "{rid} in {rids:?}");
+        }
+    }
+
+    #[test]
+    fn rtx_is_taken_out_of_simulcast_video_only() {
+        let sdp = "v=0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97 98\r\na=rtpmap:96 VP8/90000\r\n\
+            a=rtcp-fb:96 nack\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+            a=rtcp-fb:97 nack\r\na=rtpmap:98 H264/90000\r\na=rid:q send\r\n\
+            a=simulcast:send q;h;f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 VP8/90000\r\n\
+            a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=ssrc-group:FID 1 2\r\n";
+        let out = without_simulcast_rtx(sdp.to_owned());
+        let sections: Vec<&str> = out.split("m=").collect();
+        assert_eq!(sections.len(), 4, "{out}");
+        assert!(sections[1].contains("opus"));
+        let sim = sections[2];
+        assert!(
+            sim.starts_with("video 9 UDP/TLS/RTP/SAVPF 96 98\r\n"),
+            "{sim}"
+        );
+        assert!(!sim.contains("rtx") && !sim.contains("apt=") && !sim.contains(":97"));
+        assert!(sim.contains("a=rtcp-fb:96 nack") && sim.contains("a=simulcast:send q;h;f"));
+        // Not simulcast: untouched.
+        assert!(sections[3].contains("rtx/90000") && sections[3].contains("FID 1 2"));
+        let plain = "v=0\r\nm=video 9 X 96 97\r\na=rtpmap:97 rtx/90000\r\n";
+        assert_eq!(without_simulcast_rtx(plain.to_owned()), plain);
     }
 }

@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::conn::{Conn, Feedback};
+use super::conn::{Conn, Feedback, Sent};
 use super::resend::{Refusal, ResendGuard};
 use super::{cache, mux, srtp, Command};
+use crate::sfu::allocator;
 use crate::sfu::conn_key::ConnKey;
-use crate::sfu::forwarder::{DownTrack, Feed};
+use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER, PAUSED};
+use crate::sfu::keyframe::{CodecFamily, MAX_LAYERS};
 use crate::sfu::metrics::Metrics;
 use crate::sfu::{MediaSettings, SfuError};
 
@@ -52,6 +54,13 @@ pub(crate) const GOP_PACKETS_PER_TURN: usize = 64;
 /// a keyframe round trip (≈ one RTT plus an encoded keyframe), a long one is not.
 pub(crate) const GOP_REPLAY_MAX_AGE: Duration = Duration::from_secs(2);
 pub(crate) const GOP_REPLAY_MAX_PACKETS: usize = 512;
+/// Bytes on the wire besides the payload: IP + UDP (28), RTP header with the transport-wide
+/// sequence number (20), SRTP tag (16).
+const WIRE_OVERHEAD: usize = 64;
+/// How often each viewer's layers are chosen again (`allocate`).
+pub(crate) const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
+/// How often the layers' rates are measured.
+pub(crate) const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// The periodic work (GOP pacing, keyframe requests, timers) runs at least this often.
 pub(crate) const TURN: Duration = Duration::from_millis(20);
 /// How often connections are checked for a silent client.
@@ -61,6 +70,19 @@ pub(crate) const LIVENESS_EVERY: Duration = Duration::from_millis(250);
 /// this many (a feed with more than ≈ 1 000 subscribers on one engine) the extra buffers are
 /// allocated, sent and freed, and the path allocates once per extra datagram.
 pub(crate) const POOL: usize = 1024;
+
+/// What `allocate` reuses from pass to pass: one viewer's videos, their down-tracks, the
+/// decisions.
+#[derive(Default)]
+struct Scratch {
+    feeds: Vec<u64>,
+    videos: Vec<(crate::ids::TrackId, [allocator::LayerInfo; MAX_LAYERS])>,
+    downs: Vec<Arc<DownTrack>>,
+    decisions: Vec<allocator::Decision>,
+}
+
+/// A feed's packet caches, one per simulcast layer (a single-layer feed uses the first).
+type LayerCaches = [Option<cache::TrackCache>; MAX_LAYERS];
 
 /// One datagram or ICE-TCP frame that arrived on the media port.
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +155,8 @@ impl Outbox {
     }
 
     /// Seals one forwarded packet for one subscriber (its SSRC and payload type, the outgoing
-    /// sequence number and rollover counter `admit` gave it) with its connection's own SRTP
+    /// sequence number, rollover counter, timestamp and VP8 ids `admit` gave it; the
+    /// transport-wide sequence number when the connection has transport-cc) with its connection's own SRTP
     /// keys into a pooled buffer, and queues it. The one place where fan-out, GOP catch-up and
     /// NACK re-sends put forwarded media on the wire. False if the sealer refused it (a
     /// payload too large for a datagram).
@@ -143,24 +166,28 @@ impl Outbox {
         sealer: &srtp::Sealer,
         dest: TransportContext,
         down: &DownTrack,
-        (seq, roc): (u16, u32),
+        out: &Outgoing,
         marker: bool,
-        timestamp: u32,
         payload: &[u8],
+        twcc: Option<(u8, u16)>,
     ) -> bool {
         let mut buf = self.pool.pop().unwrap_or_default();
-        if !sealer.seal(
-            &mut buf,
+        let rewrite = out.rewrite;
+        let header = srtp::Header {
             marker,
-            down.payload_type,
-            seq,
-            timestamp,
-            down.ssrc,
-            roc,
-            payload,
-        ) {
+            payload_type: down.payload_type,
+            seq: out.seq,
+            timestamp: out.timestamp,
+            ssrc: down.ssrc,
+            roc: out.roc,
+            twcc,
+        };
+        if !sealer.seal(&mut buf, &header, payload, |p| rewrite.apply(p)) {
             self.recycle(buf);
             return false;
+        }
+        if let Some((_, n)) = twcc {
+            down.remember_twcc(out.seq, n);
         }
         self.queue.push_back(Transmit {
             proto: dest.transport_protocol,
@@ -194,17 +221,24 @@ pub(crate) struct Core {
     /// Publish connections (their feeds are checked for keyframe requests every turn).
     publishers: Vec<ConnKey>,
     /// Media taken from a publish connection, waiting for its fan-out (reused, no allocation).
-    forwards: Vec<(Arc<Feed>, rtc::rtp::Packet)>,
+    /// (feed, simulcast layer, packet).
+    forwards: Vec<(Arc<Feed>, u8, rtc::rtp::Packet)>,
     /// NACKs and sender reports taken from a connection, waiting for the engine (reused).
     feedback: Feedback,
     /// Newcomers being sent a cached GOP, paced (`pace_catchups`).
-    catchups: Vec<(Arc<Feed>, Arc<DownTrack>)>,
-    /// Per forwarded feed: its packet cache (NACKs, GOP joins), dropped when the feed ends.
-    caches: HashMap<u64, (Arc<Feed>, cache::TrackCache)>,
+    catchups: Vec<(Arc<Feed>, u8, Arc<DownTrack>)>,
+    /// Per forwarded feed: a packet cache per layer (NACKs, GOP joins), made at the layer's
+    /// first packet, dropped when the feed ends.
+    caches: HashMap<u64, (Arc<Feed>, LayerCaches)>,
     /// Per down-track (viewer connection, feed) that NACKed: which NACKs are answered
     /// (`resend.rs`). Made at the first NACK, dropped with the connection or the feed.
     resends: HashMap<(ConnKey, u64), ResendGuard>,
     next_liveness: Instant,
+    /// When viewers' layers are chosen next, and when layer rates were last measured.
+    next_allocation: Instant,
+    last_measure: Instant,
+    /// Reused by `allocate`.
+    scratch: Scratch,
     /// The last periodic turn (`Timeout`).
     last_turn: Instant,
     /// The shell's last socket read stopped at its budget with datagrams left.
@@ -238,6 +272,9 @@ impl Core {
             caches: HashMap::new(),
             resends: HashMap::new(),
             next_liveness: now,
+            next_allocation: now + ALLOCATE_EVERY,
+            last_measure: now,
+            scratch: Scratch::default(),
             last_turn: now,
             reads_pending: false,
             epoch: now,
@@ -303,9 +340,116 @@ impl Core {
     fn turn(&mut self, now: Instant) {
         self.last_turn = now;
         self.timers_due(now);
-        self.pace_catchups();
+        self.pace_catchups(now);
         self.keyframe_requests(now);
+        self.allocate(now);
         self.liveness(now);
+    }
+
+    /// Every ALLOCATE_EVERY: each viewer's estimate takes in its receiver reports, and its
+    /// allocator chooses a layer (or a pause) for each of its videos from what the estimate
+    /// leaves after audio and re-sends. Changes the viewer should hear of become
+    /// `PeerEvent::VideoQuality`. Not per packet: a few small vectors per pass.
+    fn allocate(&mut self, now: Instant) {
+        if now < self.next_allocation {
+            return;
+        }
+        let since = now.saturating_duration_since(self.next_allocation - ALLOCATE_EVERY);
+        self.next_allocation = now + ALLOCATE_EVERY;
+        if now.saturating_duration_since(self.last_measure) >= MEASURE_EVERY {
+            let secs = now
+                .saturating_duration_since(self.last_measure)
+                .as_secs_f64();
+            self.last_measure = now;
+            for (feed, _) in self.caches.values() {
+                feed.measure(secs);
+            }
+        }
+        let secs = since.as_secs_f64().max(0.001);
+        let Scratch {
+            feeds,
+            videos,
+            downs,
+            decisions,
+        } = &mut self.scratch;
+        let (mut paused_viewers, mut estimate_sum, mut viewers) = (0i64, 0f64, 0i64);
+        for (i, slot) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if conn.viewer.is_none() || !conn.is_connected() {
+                continue;
+            }
+            let key = ConnKey {
+                slot: i as u32,
+                gen: slot.gen,
+            };
+            videos.clear();
+            downs.clear();
+            feeds.clear();
+            feeds.extend(conn.sent_feeds());
+            // Oldest publication first: its place in the budget does not depend on a map's
+            // order.
+            feeds.sort_unstable();
+            for &feed in feeds.iter() {
+                let Some((f, _)) = self.caches.get(&feed) else {
+                    continue;
+                };
+                if f.family == CodecFamily::Audio {
+                    continue;
+                }
+                // A single-layer video is forwarded as before, whatever the estimate: there
+                // is nothing to choose, and an estimate that never saw it fit (a viewer
+                // without transport-cc on a lossy path: receiver reports do not let it grow)
+                // must not take the only picture away.
+                if f.layers().count_ones() < 2 {
+                    continue;
+                }
+                if let Some(d) = f.downs.load().iter().find(|d| d.conn == key) {
+                    videos.push((d.track, f.layer_info()));
+                    downs.push(d.clone());
+                }
+            }
+            let now_ms = conn.ms(now);
+            let Some(viewer) = conn.viewer.as_mut() else {
+                continue;
+            };
+            let mut rate = [0f64; 3];
+            for (k, r) in rate.iter_mut().enumerate() {
+                *r = (viewer.sent[k] - viewer.sent_seen[k]) as f64 * 8.0 / secs;
+            }
+            viewer.sent_seen = viewer.sent;
+            viewer.estimate.pass(now_ms, rate.iter().sum());
+            let estimate = viewer.estimate.bps(now_ms);
+            let budget = estimate * allocator::HEADROOM
+                - rate[Sent::Audio as usize]
+                - rate[Sent::Resent as usize];
+            decisions.clear();
+            let lossy = viewer.estimate.lossy(now_ms);
+            viewer
+                .allocator
+                .allocate(now_ms, budget, videos, PAUSED, lossy, decisions);
+            let mut paused = false;
+            for (d, down) in decisions.iter().zip(downs.iter()) {
+                down.set_target_layer(d.target);
+                paused |= d.target == PAUSED;
+                if let Some(q) = d.tell {
+                    conn.tell_quality(down.track, q);
+                }
+            }
+            if let Some(viewer) = conn.viewer.as_mut() {
+                viewer.paused = paused;
+            }
+            paused_viewers += i64::from(paused);
+            estimate_sum += estimate;
+            viewers += 1;
+        }
+        let m = &self.metrics;
+        m.video_paused_viewers
+            .store(paused_viewers, Ordering::Relaxed);
+        m.viewers_estimated.store(viewers, Ordering::Relaxed);
+        m.viewer_estimate_sum_bps
+            .store(estimate_sum as i64, Ordering::Relaxed);
     }
 
     pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
@@ -395,15 +539,18 @@ impl Core {
         if let Some(t) = deadline {
             self.timers.push(Reverse((t, key)));
         }
-        for (feed, packet) in forwards.drain(..) {
-            self.fan_out(&feed, packet, now);
+        for (feed, layer, packet) in forwards.drain(..) {
+            self.fan_out(&feed, layer, packet, now);
         }
         self.forwards = forwards;
         for (feed, seq) in feedback.nacks.drain(..) {
             self.resend(key, feed, seq, now);
         }
-        for (feed, ntp, rtp) in feedback.reports.drain(..) {
-            self.sender_reports(&feed, ntp, rtp, now);
+        for feed in feedback.plis.drain(..) {
+            self.viewer_wants_keyframe(key, feed);
+        }
+        for (feed, layer, ntp, rtp) in feedback.reports.drain(..) {
+            self.sender_reports(&feed, layer, ntp, rtp, now);
         }
         self.feedback = feedback;
     }
@@ -413,27 +560,43 @@ impl Core {
     /// unless the down-track's `ResendGuard` refuses it (too old, a repeat within the window,
     /// or over the viewer's re-send budget).
     fn resend(&mut self, key: ConnKey, feed: u64, seq: u16, now: Instant) {
-        let Some((f, cache)) = self.caches.get(&feed) else {
+        let Some((f, caches)) = self.caches.get(&feed) else {
             return;
         };
         let downs = f.downs.load();
         let Some(down) = downs.iter().find(|d| d.conn == key) else {
             return;
         };
-        let Some((original, roc)) = down.incoming_of(seq) else {
+        let Some((layer, original, roc)) = down.incoming_of(seq) else {
             return;
         };
-        let Some(c) = cache.get(original) else {
+        let Some(c) = caches
+            .get(usize::from(layer))
+            .and_then(Option::as_ref)
+            .and_then(|cache| cache.get(original))
+        else {
             self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let Some(Some(conn)) = self
             .conns
-            .get(key.slot as usize)
+            .get_mut(key.slot as usize)
             .filter(|s| s.gen == key.gen)
-            .map(|s| s.conn.as_ref())
+            .map(|s| s.conn.as_mut())
         else {
             return;
+        };
+        // With transport-cc the re-send carries the number the original did (the same bytes
+        // under the same SRTP nonce); one no longer remembered is not re-sent.
+        let twcc = match conn.twcc_ext() {
+            Some(id) => match down.twcc_of(seq) {
+                Some(n) => Some((id, n)),
+                None => {
+                    self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            None => None,
         };
         let Some((sealer, dest)) = conn.lean() else {
             return;
@@ -455,22 +618,45 @@ impl Core {
             .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.out.seal_and_queue(
-            sealer,
-            dest,
-            down,
-            (seq, roc),
-            c.marker,
-            c.timestamp,
-            &c.payload,
-        ) {
+        let (timestamp, rewrite) = down.resent(c.timestamp, &c.payload);
+        let out = Outgoing {
+            seq,
+            roc,
+            timestamp,
+            rewrite,
+        };
+        if self
+            .out
+            .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
+        {
+            conn.count_resent(c.payload.len() + WIRE_OVERHEAD);
             self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A publisher's sender report, translated for every subscriber of the feed: same NTP and
-    /// RTP time (timestamps are forwarded unchanged), the subscriber's own SSRC and counts.
-    fn sender_reports(&mut self, feed: &Arc<Feed>, ntp: u64, rtp: u32, now: Instant) {
+    /// A viewer on connection `key` asked for a keyframe of `feed`: the publisher is asked for
+    /// one of the layer that viewer is sent (paced per layer), not of every layer.
+    fn viewer_wants_keyframe(&mut self, key: ConnKey, feed: u64) {
+        let Some((f, _)) = self.caches.get(&feed) else {
+            return;
+        };
+        let layer = f
+            .downs
+            .load()
+            .iter()
+            .find(|d| d.conn == key)
+            .map(|d| d.layer())
+            .filter(|l| *l != NO_LAYER);
+        match layer {
+            Some(l) => f.keyframes.request_layer(l),
+            None => f.keyframes.request(),
+        }
+    }
+
+    /// A publisher's sender report of one layer, translated for every subscriber sent that
+    /// layer: same NTP time, the RTP time in the subscriber's timestamps (unchanged until its
+    /// first layer switch), the subscriber's own SSRC and counts.
+    fn sender_reports(&mut self, feed: &Arc<Feed>, layer: u8, ntp: u64, rtp: u32, now: Instant) {
         let downs = feed.downs.load();
         for down in downs.iter() {
             let Some(slot) = self.conns.get_mut(down.conn.slot as usize) else {
@@ -485,10 +671,14 @@ impl Core {
             if !conn.is_connected() || !down.has_started() {
                 continue;
             }
+            // Only the layer this viewer is sent, in its timestamps.
+            let Some(rtp_time) = down.report_time(layer, rtp) else {
+                continue;
+            };
             let report = rtc::rtcp::sender_report::SenderReport {
                 ssrc: down.ssrc,
                 ntp_time: ntp,
-                rtp_time: rtp,
+                rtp_time,
                 packet_count: down.packets_sent.load(Ordering::Relaxed),
                 octet_count: down.octets_sent.load(Ordering::Relaxed),
                 ..Default::default()
@@ -502,15 +692,25 @@ impl Core {
         }
     }
 
-    /// Packet-major: this packet goes to every subscriber before the next packet is read.
-    pub(super) fn fan_out(&mut self, feed: &Arc<Feed>, packet: rtc::rtp::Packet, now: Instant) {
+    /// Packet-major: this packet (of simulcast `layer`, 0 for a single-layer feed) goes to
+    /// every subscriber before the next packet is read.
+    pub(super) fn fan_out(
+        &mut self,
+        feed: &Arc<Feed>,
+        layer: u8,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let layer = layer.min(MAX_LAYERS as u8 - 1);
         let downs = feed.downs.load();
         let keyframe = crate::sfu::keyframe::starts_keyframe(feed.family, &packet.payload);
         let seq_in = packet.header.sequence_number;
-        let (_, cache) = self
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let (_, caches) = self
             .caches
             .entry(feed.id)
-            .or_insert_with(|| (feed.clone(), cache::TrackCache::new()));
+            .or_insert_with(|| (feed.clone(), Default::default()));
+        let cache = caches[usize::from(layer)].get_or_insert_with(cache::TrackCache::new);
         cache.insert(
             seq_in,
             packet.header.timestamp,
@@ -519,9 +719,11 @@ impl Core {
             keyframe,
             now,
         );
-        if feed.family != crate::sfu::keyframe::CodecFamily::Audio && !cache.has_gop() {
+        let video = feed.family != CodecFamily::Audio;
+        feed.count_layer(layer, &packet.payload, keyframe);
+        if video && !cache.has_gop() {
             // Keep a GOP ready for the next newcomer (paced like every request).
-            feed.keyframes.request();
+            feed.keyframes.request_layer(layer);
         }
         let (mut sent, mut sealed) = (0u64, 0u64);
         for down in downs.iter() {
@@ -537,6 +739,31 @@ impl Core {
             if !conn.is_connected() {
                 continue;
             }
+            if video {
+                // One layer per viewer: the one its allocator wants, switched to at a
+                // keyframe of it (asked for, paced per layer); the current one until then.
+                let Some(want) = feed.best_layer(down.target_layer()) else {
+                    if down.pause() {
+                        self.metrics.video_pauses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                };
+                let current = down.layer();
+                if layer != current {
+                    if layer != want {
+                        continue;
+                    }
+                    if current == NO_LAYER {
+                        down.start_layer(layer);
+                    } else if keyframe {
+                        down.start_layer(layer);
+                        self.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        feed.keyframes.request_layer(layer);
+                        continue;
+                    }
+                }
+            }
             // A newcomer starts from the cached GOP (the last keyframe and everything since)
             // instead of waiting for a keyframe request to come back. The GOP is paced out by
             // `pace_catchups`; until it has caught up, live packets reach it from the cache.
@@ -544,7 +771,10 @@ impl Core {
                 continue;
             }
             if !keyframe && down.is_newcomer() && conn.lean().is_some() {
-                let cache = self.caches.get(&feed.id).map(|(_, c)| c);
+                let cache = self
+                    .caches
+                    .get(&feed.id)
+                    .and_then(|(_, c)| c[usize::from(layer)].as_ref());
                 let until = seq_in.wrapping_sub(1);
                 // A long GOP is not replayed: the newcomer waits (`admit` asks the publisher
                 // for a keyframe, paced) and starts at the fresh keyframe.
@@ -560,32 +790,42 @@ impl Core {
                     }
                 } else if let Some((start, _)) = cache.and_then(|c| c.gop_until(until)) {
                     down.start_catchup(start);
-                    self.catchups.push((feed.clone(), down.clone()));
+                    self.catchups.push((feed.clone(), layer, down.clone()));
                     self.metrics.gop_joins.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }
-            let Some((seq, roc)) = down.admit(seq_in, keyframe) else {
+            let Some(out) = down.admit(Incoming {
+                seq: seq_in,
+                timestamp: packet.header.timestamp,
+                keyframe,
+                layer,
+                payload: &packet.payload,
+                now_ms,
+            }) else {
                 continue;
             };
             down.count(packet.payload.len());
-            if let Some((sealer, dest)) = conn.lean() {
+            let what = if video { Sent::Video } else { Sent::Audio };
+            if let Some((sealer, dest, twcc)) =
+                conn.lean_stamped(now, packet.payload.len() + WIRE_OVERHEAD, what)
+            {
                 // Our own seal with the connection's keys: no rtc round, no allocation.
                 if !self.out.seal_and_queue(
                     sealer,
                     dest,
                     down,
-                    (seq, roc),
+                    &out,
                     packet.header.marker,
-                    packet.header.timestamp,
                     &packet.payload,
+                    twcc,
                 ) {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 sealed += 1;
             } else {
-                if !conn.write_rtp(now, down.sender, down.packet(&packet, seq)) {
+                if !conn.write_rtp(now, down.sender, down.packet(&packet, &out)) {
                     down.lost();
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -610,28 +850,33 @@ impl Core {
     /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn
     /// each (a 50 KB keyframe to many newcomers at once would otherwise be one burst); when
     /// one reaches the newest cached packet it goes on with the live stream.
-    fn pace_catchups(&mut self) {
+    fn pace_catchups(&mut self, now: Instant) {
         if self.catchups.is_empty() {
             return;
         }
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut list = std::mem::take(&mut self.catchups);
         let mut sent = 0u64;
-        list.retain(|(feed, down)| {
+        list.retain(|(feed, layer, down)| {
             let live = feed.downs.load().iter().any(|d| Arc::ptr_eq(d, down));
             let conn = self
                 .conns
-                .get(down.conn.slot as usize)
+                .get_mut(down.conn.slot as usize)
                 .filter(|s| s.gen == down.conn.gen)
-                .and_then(|s| s.conn.as_ref());
-            let (Some(conn), Some((_, cache)), true) = (conn, self.caches.get(&feed.id), live)
+                .and_then(|s| s.conn.as_mut());
+            let cache = self
+                .caches
+                .get(&feed.id)
+                .and_then(|(_, c)| c[usize::from(*layer)].as_ref());
+            let (Some(conn), Some(cache), true) = (conn, cache, live && down.layer() == *layer)
             else {
                 down.end_catchup();
                 return false;
             };
-            let Some((sealer, dest)) = conn.lean() else {
+            if conn.lean().is_none() {
                 down.end_catchup();
                 return false;
-            };
+            }
             for _ in 0..GOP_PACKETS_PER_TURN {
                 let Some(next) = down.catchup_next() else {
                     return false;
@@ -651,19 +896,26 @@ impl Core {
                     return false;
                 };
                 down.set_catchup_next(next.wrapping_add(1));
-                let Some((seq, roc)) = down.admit(next, true) else {
+                let Some(out) = down.admit(Incoming {
+                    seq: next,
+                    timestamp: c.timestamp,
+                    keyframe: true,
+                    layer: *layer,
+                    payload: &c.payload,
+                    now_ms,
+                }) else {
                     continue;
                 };
                 down.count(c.payload.len());
-                if self.out.seal_and_queue(
-                    sealer,
-                    dest,
-                    down,
-                    (seq, roc),
-                    c.marker,
-                    c.timestamp,
-                    &c.payload,
-                ) {
+                let Some((sealer, dest, twcc)) =
+                    conn.lean_stamped(now, c.payload.len() + WIRE_OVERHEAD, Sent::Video)
+                else {
+                    continue;
+                };
+                if self
+                    .out
+                    .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
+                {
                     sent += 1;
                 }
             }
@@ -902,6 +1154,12 @@ impl Core {
                 };
                 let _ = reply.send(r);
                 self.service(conn, now);
+            }
+            Command::VideoPreference { conn, preference } => {
+                if let Some(v) = self.conn_mut(conn).and_then(|c| c.viewer.as_mut()) {
+                    v.allocator.set_preference(preference);
+                }
+                // Applied at the next pass (within ALLOCATE_EVERY).
             }
             Command::Close { conn } => self.close(conn),
         }

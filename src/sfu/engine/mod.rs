@@ -109,6 +109,11 @@ pub(crate) enum Command {
         candidate: IceCandidate,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    /// Subscribe connection: the viewer's own size cap and "save data" (`video_preference`).
+    VideoPreference {
+        conn: ConnKey,
+        preference: crate::sfu::allocator::Preference,
+    },
     Close {
         conn: ConnKey,
     },

@@ -28,6 +28,22 @@ const LABEL_SRTP_SALT: u8 = 0x02;
 pub(crate) const TAG_LEN: usize = 16;
 const HMAC_TAG_LEN: usize = 10;
 pub(crate) const HEADER_LEN: usize = 12;
+/// The transport-wide sequence number as a header extension (RFC 8285 one-byte form).
+pub(crate) const TWCC_EXTENSION_LEN: usize = 8;
+
+/// The RTP header of one sealed packet.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Header {
+    pub(crate) marker: bool,
+    pub(crate) payload_type: u8,
+    pub(crate) seq: u16,
+    pub(crate) timestamp: u32,
+    pub(crate) ssrc: u32,
+    /// SRTP rollover counter.
+    pub(crate) roc: u32,
+    /// Transport-cc: the negotiated extension id and this packet's transport-wide number.
+    pub(crate) twcc: Option<(u8, u16)>,
+}
 
 /// Which SRTP profile a connection negotiated, as far as the engine seals it itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,26 +118,46 @@ impl Sealer {
         }
     }
 
-    /// Writes the SRTP packet for (header fields, payload) into `out` (cleared first).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the SRTP packet for (header fields, payload) into `out` (cleared first); `patch`
+    /// may change the payload copy before it is sealed.
     pub(crate) fn seal(
         &self,
         out: &mut BytesMut,
-        marker: bool,
-        payload_type: u8,
-        seq: u16,
-        timestamp: u32,
-        ssrc: u32,
-        roc: u32,
+        h: &Header,
         payload: &[u8],
+        patch: impl FnOnce(&mut [u8]),
     ) -> bool {
+        let Header {
+            marker,
+            payload_type,
+            seq,
+            timestamp,
+            ssrc,
+            roc,
+            twcc,
+        } = *h;
+        let header_len = HEADER_LEN
+            + if twcc.is_some() {
+                TWCC_EXTENSION_LEN
+            } else {
+                0
+            };
         out.clear();
-        out.reserve(HEADER_LEN + payload.len() + TAG_LEN);
-        out.extend_from_slice(&[0x80, (u8::from(marker) << 7) | (payload_type & 0x7f)]);
+        out.reserve(header_len + payload.len() + TAG_LEN);
+        let x = if twcc.is_some() { 0x10 } else { 0 };
+        out.extend_from_slice(&[0x80 | x, (u8::from(marker) << 7) | (payload_type & 0x7f)]);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&timestamp.to_be_bytes());
         out.extend_from_slice(&ssrc.to_be_bytes());
+        if let Some((id, n)) = twcc {
+            // RFC 8285 one-byte header: one 2-byte element (transport-wide sequence number),
+            // padded to a word.
+            let [hi, lo] = n.to_be_bytes();
+            out.extend_from_slice(&[0xbe, 0xde, 0, 1, (id << 4) | 1, hi, lo, 0]);
+        }
         out.extend_from_slice(payload);
+        // The payload copy may be rewritten before sealing (VP8 ids after a layer switch).
+        patch(&mut out[header_len..]);
         match self {
             Sealer::Gcm { key, salt } => {
                 let mut iv = [0u8; 12];
@@ -131,7 +167,7 @@ impl Sealer {
                 for (b, s) in iv.iter_mut().zip(salt) {
                     *b ^= s;
                 }
-                let (header, body) = out.split_at_mut(HEADER_LEN);
+                let (header, body) = out.split_at_mut(header_len);
                 let Ok(tag) = key.seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(iv),
                     Aad::from(&header[..]),
@@ -159,7 +195,7 @@ impl Sealer {
                     aes.clone(),
                     &iv.into(),
                 ));
-                ctr.apply_keystream(&mut out[HEADER_LEN..]);
+                ctr.apply_keystream(&mut out[header_len..]);
                 let mut mac = auth.clone();
                 mac.update(out);
                 mac.update(&roc.to_be_bytes());
@@ -219,12 +255,20 @@ mod tests {
     fn seals_header_payload_and_tag() {
         let s = Sealer::new(Profile::AeadAes128Gcm, &[1u8; 16], &[2u8; 12]).unwrap();
         let mut out = BytesMut::new();
-        assert!(s.seal(&mut out, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
+        let h = Header {
+            marker: true,
+            payload_type: 96,
+            seq: 7,
+            timestamp: 9000,
+            ssrc: 0xdead_beef,
+            ..Default::default()
+        };
+        assert!(s.seal(&mut out, &h, b"hello", |_| {}));
         assert_eq!(out.len(), HEADER_LEN + 5 + TAG_LEN);
         assert_eq!(&out[..4], &[0x80, 0x80 | 96, 0, 7]);
         assert_ne!(&out[HEADER_LEN..HEADER_LEN + 5], b"hello");
         let mut again = BytesMut::new();
-        assert!(s.seal(&mut again, true, 96, 7, 9000, 0xdead_beef, 0, b"hello"));
+        assert!(s.seal(&mut again, &h, b"hello", |_| {}));
         assert_eq!(out, again, "a retransmission is byte-identical");
         assert!(Sealer::new(Profile::AeadAes128Gcm, &[1u8; 32], &[2u8; 12]).is_none());
         assert!(Sealer::new(Profile::Aes128CmHmacSha1_80, &[1u8; 16], &[2u8; 12]).is_none());
@@ -252,26 +296,44 @@ mod tests {
             let mut out = BytesMut::new();
             let payload: Vec<u8> = (0..1100u32).map(|i| (i * 7) as u8).collect();
             // 65533, 65534, 65535, then 0, 1 with the ROC one up.
+            // Every other packet with a transport-wide sequence number extension.
             for (i, seq) in [65533u16, 65534, 65535, 0, 1].into_iter().enumerate() {
-                let roc = u32::from(i >= 3);
-                assert!(ours.seal(
-                    &mut out,
-                    i == 2,
-                    96,
+                let twcc = (i % 2 == 1).then_some((5, 300 + i as u16));
+                let h = Header {
+                    marker: i == 2,
+                    payload_type: 96,
                     seq,
-                    9000 + i as u32,
-                    0x1234_5678,
-                    roc,
-                    &payload
-                ));
+                    timestamp: 9000 + i as u32,
+                    ssrc: 0x1234_5678,
+                    roc: u32::from(i >= 3),
+                    twcc,
+                };
+                assert!(ours.seal(&mut out, &h, &payload, |_| {}));
                 let plain = rx
                     .decrypt_rtp(&out)
                     .unwrap_or_else(|e| panic!("{profile:?} seq {seq}: {e}"));
-                assert_eq!(&plain[HEADER_LEN..], &payload[..], "{profile:?} seq {seq}");
+                let parsed = {
+                    use rtc::shared::marshal::Unmarshal;
+                    rtc::rtp::Packet::unmarshal(&mut &plain[..]).expect("an RTP packet")
+                };
+                assert_eq!(&parsed.payload[..], &payload[..], "{profile:?} seq {seq}");
+                assert_eq!(
+                    parsed.header.get_extension(5).map(|b| b.to_vec()),
+                    twcc.map(|(_, n)| n.to_be_bytes().to_vec()),
+                    "{profile:?} seq {seq}"
+                );
                 assert_eq!(&plain[..4], &out[..4]);
             }
             // A tampered packet is refused (the tag covers header and payload).
-            assert!(ours.seal(&mut out, false, 96, 2, 9005, 0x1234_5678, 1, &payload));
+            let h = Header {
+                payload_type: 96,
+                seq: 2,
+                timestamp: 9005,
+                ssrc: 0x1234_5678,
+                roc: 1,
+                ..Default::default()
+            };
+            assert!(ours.seal(&mut out, &h, &payload, |_| {}));
             out[20] ^= 1;
             assert!(
                 rx.decrypt_rtp(&out).is_err(),

@@ -19,7 +19,7 @@
 //!   core, the subscription negotiated with the engine's own commands (tests/media_sim.rs).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,7 @@ fn settings(ice_tcp: bool) -> MediaSettings {
         ice_disconnected_timeout: Duration::from_secs(5),
         ice_failed_timeout: Duration::from_secs(25),
         keyframe_request_interval: Duration::from_secs(1),
+        simulcast: true,
     }
 }
 
@@ -230,6 +231,7 @@ fn tagged(now: Instant, to: SocketAddr, from: SocketAddr, data: &[u8]) -> Tagged
 #[doc(hidden)]
 pub struct Fanout {
     core: Core,
+    metrics: Arc<Metrics>,
     feed: Arc<Feed>,
     now: Instant,
     /// Bytes taken out so far (keeps the work observable).
@@ -248,14 +250,34 @@ impl Fanout {
         Self::with_profile(subscribers, srtp::Profile::Aes128CmHmacSha1_80)
     }
 
+    /// As `new`, the feed a simulcast track with three layers; subscriber `i` wants layer
+    /// `i % 3` (`retarget` moves them), so packets of every layer are forwarded.
+    pub fn simulcast(subscribers: usize) -> Fanout {
+        let f = Self::with_profile(subscribers, srtp::Profile::AeadAes128Gcm);
+        for layer in 0..crate::sfu::keyframe::MAX_LAYERS as u8 {
+            f.feed.add_layer(layer);
+        }
+        f.retarget(0);
+        f
+    }
+
+    /// Subscriber `i` now wants layer `(i + shift) % 3`: it switches at that layer's next
+    /// keyframe.
+    pub fn retarget(&self, shift: usize) {
+        for (i, d) in self.feed.downs.load().iter().enumerate() {
+            d.set_target_layer(((i + shift) % crate::sfu::keyframe::MAX_LAYERS) as u8);
+        }
+    }
+
+    /// Layer switches so far.
+    pub fn layer_switches(&self) -> u64 {
+        self.metrics.layer_switches.load(Ordering::Relaxed)
+    }
+
     fn with_profile(subscribers: usize, profile: srtp::Profile) -> Fanout {
         let now = Instant::now();
-        let mut core = Core::new(
-            settings(false),
-            Arc::new(Metrics::default()),
-            vec![(LOCAL, LOCAL)],
-            now,
-        );
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core::new(settings(false), metrics.clone(), vec![(LOCAL, LOCAL)], now);
         let (tx, rx) = tokio::sync::mpsc::channel(4 * subscribers + 16);
         let feed = Feed::new(
             now,
@@ -301,6 +323,7 @@ impl Fanout {
         feed.downs.store(Arc::new(downs));
         Fanout {
             core,
+            metrics,
             feed,
             now,
             bytes: 0,
@@ -310,7 +333,14 @@ impl Fanout {
 
     /// One packet through the core's fan-out; returns how many datagrams it produced.
     pub fn forward(&mut self, packet: &rtp::Packet) -> u64 {
-        self.core.fan_out(&self.feed, packet.clone(), self.now);
+        self.forward_layer(0, packet)
+    }
+
+    /// One packet of simulcast `layer` through the core's fan-out; returns how many datagrams
+    /// it produced.
+    pub fn forward_layer(&mut self, layer: u8, packet: &rtp::Packet) -> u64 {
+        self.core
+            .fan_out(&self.feed, layer, packet.clone(), self.now);
         let mut n = 0;
         while let Some(t) = self.core.poll_transmit() {
             n += 1;
@@ -331,24 +361,19 @@ fn down_track(
     keyframes: KeyframeRequester,
     waiting_keyframe: bool,
 ) -> Arc<DownTrack> {
-    Arc::new(DownTrack {
-        member: MemberId::new(),
-        track: TrackId::new(),
+    let down = DownTrack::new(
+        MemberId::new(),
+        TrackId::new(),
         codec,
         ssrc,
         payload_type,
         conn,
         sender,
         keyframes,
-        waiting_keyframe: AtomicBool::new(waiting_keyframe),
-        started: AtomicBool::new(false),
-        last_out_seq: AtomicU16::new(0),
-        seq_offset: AtomicU16::new(0),
-        roc: AtomicU32::new(0),
-        packets_sent: AtomicU32::new(0),
-        octets_sent: AtomicU32::new(0),
-        catchup: AtomicU32::new(0),
-    })
+    );
+    down.waiting_keyframe
+        .store(waiting_keyframe, Ordering::Relaxed);
+    Arc::new(down)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -762,7 +787,41 @@ pub struct Received {
     pub seq: u16,
     pub timestamp: u32,
     pub ssrc: u32,
+    pub marker: bool,
+    /// The VP8 picture id, if the payload carries one (`send_layer` packets do).
+    pub picture_id: Option<u16>,
+    /// The VP8 TL0PICIDX, if the payload carries one.
+    pub tl0: Option<u8>,
+    /// The first packet of a keyframe.
+    pub keyframe: bool,
+    /// The simulcast layer the publisher sent it on (`send_layer` writes it into the
+    /// payload), None for `send_video` packets.
+    pub layer: Option<u8>,
 }
+
+impl Received {
+    fn of(p: &rtp::Packet) -> Received {
+        let ids = crate::sfu::keyframe::vp8_ids(&p.payload);
+        let tagged = ids.is_some() && p.payload.len() > LAYER_TAG_AT;
+        Received {
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            ssrc: p.header.ssrc,
+            marker: p.header.marker,
+            picture_id: ids.and_then(|i| i.picture_id).map(|(_, v, _)| v),
+            tl0: ids.and_then(|i| i.tl0).map(|(_, v)| v),
+            keyframe: crate::sfu::keyframe::starts_keyframe(CodecFamily::Vp8, &p.payload),
+            layer: tagged.then(|| p.payload[LAYER_TAG_AT]),
+        }
+    }
+}
+
+/// The simulcast layers `Sim::simulcast` publishes: rid and SSRC, lowest first.
+pub const SIMULCAST_LAYERS: [(&str, u32); 3] =
+    [("q", 0x2222_0001), ("h", 0x2222_0002), ("f", 0x2222_0003)];
+/// Where `send_layer` writes the layer into its VP8 payload: after the 5-byte payload
+/// descriptor (15-bit picture id, TL0PICIDX) and the frame header's first bytes.
+const LAYER_TAG_AT: usize = 7;
 
 /// A translated sender report as the subscriber's client read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -794,16 +853,62 @@ pub struct Sim {
     down: Arc<DownTrack>,
     silent: bool,
     drop_seqs: Vec<u16>,
+    /// A bottleneck in front of the subscriber, if any (`set_subscriber_line`).
+    line: Option<Line>,
+    /// `video_quality` changes the subscriber's member task was told: (time, track, quality).
+    qualities: Vec<(Duration, TrackId, crate::sfu::VideoQuality)>,
+    /// `Sim::simulcast`: the publisher's microphone and the subscriber's end of it.
+    audio: Option<Audio>,
+    /// More viewers of the video (`add_viewer`), each on its own connection.
+    others: Vec<Other>,
     /// RTP datagrams the core sent to the subscriber: (time since start, sequence number).
     sent_to_subscriber: Vec<(Duration, u16)>,
     received: Vec<Received>,
     reports: Vec<ReportSeen>,
     /// Keyframe requests (PLI/FIR) the publisher's client read, with their time since start.
     keyframe_requests: Vec<Duration>,
+    /// PLIs the publisher's client read: (time since start, media SSRC).
+    plis: Vec<(Duration, u32)>,
+    /// Simulcast: the header extension ids for mid and rid, and the video's mid.
+    simulcast: Option<(u8, u8, String)>,
     /// `Failed` events member tasks got: (publish or subscribe, time since start).
     failed: Vec<(Target, Duration)>,
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
     last_heard: [Duration; 2],
+}
+
+/// The publisher's Opus track and the subscriber's down-track of it.
+struct Audio {
+    sender: RTCRtpSenderId,
+    forwarder: Option<crate::sfu::Forwarder>,
+    down: Option<Arc<DownTrack>>,
+    seq: u16,
+    timestamp: u32,
+    /// When an audio packet reached the subscriber's client (time since start).
+    received: Vec<Duration>,
+}
+
+/// Another viewer of the video (`add_viewer`).
+struct Other {
+    peer: Peer,
+    down: Arc<DownTrack>,
+    _events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    received: Vec<Received>,
+}
+
+/// Opus payload type (webrtc-rs's default codec table).
+const OPUS_PT: u8 = 111;
+
+/// A bottleneck link: it sends `bps`, queues what it cannot send yet, and drops what would
+/// wait longer than `queue` (drop-tail), like a home line's modem.
+struct Line {
+    bps: u64,
+    queue: Duration,
+    /// When the link is free again.
+    free_at: Instant,
+    /// Datagrams on their way: (arrival, bytes).
+    in_flight: std::collections::VecDeque<(Instant, Vec<u8>)>,
+    dropped: u64,
 }
 
 /// The VP8 payload type both sides use (webrtc-rs's default codec table).
@@ -815,6 +920,14 @@ impl Sim {
     /// start at sequence number 0.
     pub fn new() -> Result<Sim, String> {
         Self::with_first_seq(0)
+    }
+
+    /// As `new`, the publisher's video offered as three simulcast layers by rid
+    /// (`SIMULCAST_LAYERS`, as Chromium's `sendEncodings` does); its packets carry the mid and
+    /// rid header extensions (`send_layer`). The publisher also sends Opus (`send_audio`),
+    /// which the subscriber receives too (`audio_received`).
+    pub fn simulcast() -> Result<Sim, String> {
+        Self::build_with(0, settings(false), true)
     }
 
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
@@ -831,6 +944,10 @@ impl Sim {
     }
 
     fn build(first_seq: u16, settings: MediaSettings) -> Result<Sim, String> {
+        Self::build_with(first_seq, settings, false)
+    }
+
+    fn build_with(first_seq: u16, settings: MediaSettings, simulcast: bool) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
@@ -840,21 +957,73 @@ impl Sim {
         let (tx, mut pub_events) = tokio::sync::mpsc::channel(64);
         let pub_key = open(&mut core, now, Target::Publish, tx).map_err(|x| e(&x))?;
         let mut publisher = Peer::new(now, SocketAddr::from(([127, 0, 0, 7], 41000)))?;
-        let video_sender = publisher
-            .pc
-            .add_track(client_track(
+        let track = if simulcast {
+            let codings = SIMULCAST_LAYERS
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).into(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    codec: RTCRtpCodec {
+                        mime_type: "video/VP8".into(),
+                        clock_rate: 90_000,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            MediaStreamTrack::new(
+                "client".into(),
+                "simulcast".into(),
+                "simulcast".into(),
                 RtpCodecKind::Video,
-                VIDEO_SSRC,
-                "video/VP8",
-                90_000,
-                0,
-            ))
-            .map_err(|x| e(&x))?;
+                codings,
+            )
+        } else {
+            client_track(RtpCodecKind::Video, VIDEO_SSRC, "video/VP8", 90_000, 0)
+        };
+        let video_sender = publisher.pc.add_track(track).map_err(|x| e(&x))?;
+        let audio_sender = if simulcast {
+            Some(
+                publisher
+                    .pc
+                    .add_track(client_track(
+                        RtpCodecKind::Audio,
+                        AUDIO_SSRC,
+                        "audio/opus",
+                        48_000,
+                        2,
+                    ))
+                    .map_err(|x| e(&x))?,
+            )
+        } else {
+            None
+        };
         let offer = publisher.pc.create_offer(None).map_err(|x| e(&x))?;
         publisher
             .pc
             .set_local_description(now, offer.clone())
             .map_err(|x| e(&x))?;
+        let simulcast = if simulcast {
+            let ext = |uri: &str| {
+                offer.sdp.lines().find_map(|l| {
+                    let rest = l.strip_prefix("a=extmap:")?;
+                    let (id, u) = rest.split_once(' ')?;
+                    (u.trim() == uri).then(|| id.split('/').next()?.parse::<u8>().ok())?
+                })
+            };
+            let mid = crate::sfu::first_mid(&offer.sdp).ok_or("no mid in the offer")?;
+            Some((
+                ext("urn:ietf:params:rtp-hdrext:sdes:mid").ok_or("no mid extension offered")?,
+                ext("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+                    .ok_or("no rid extension offered")?,
+                mid,
+            ))
+        } else {
+            None
+        };
         let answer = call(&mut core, now, |reply| Command::Offer {
             conn: pub_key,
             sdp: offer.sdp,
@@ -900,11 +1069,17 @@ impl Sim {
             forwarder: Self::placeholder_forwarder(now),
             down: placeholder,
             silent: false,
+            line: None,
+            qualities: Vec::new(),
+            audio: None,
+            others: Vec::new(),
             drop_seqs: Vec::new(),
             sent_to_subscriber: Vec::new(),
             received: Vec::new(),
             reports: Vec::new(),
             keyframe_requests: Vec::new(),
+            plis: Vec::new(),
+            simulcast,
             failed: Vec::new(),
             last_heard: [Duration::ZERO; 2],
         };
@@ -914,12 +1089,39 @@ impl Sim {
             s.publisher.connected && conn(&s.core, pub_key).is_some_and(|c| c.is_connected())
         })?;
         let mut seq = first_seq;
+        if let Some(sender) = audio_sender {
+            sim.audio = Some(Audio {
+                sender,
+                forwarder: None,
+                down: None,
+                seq: 0,
+                timestamp: 0,
+                received: Vec::new(),
+            });
+        }
+        let mut video_forwarder = None;
         let forwarder = loop {
-            sim.send_video(seq, 0, true, true);
+            if sim.simulcast.is_some() {
+                for layer in 0..SIMULCAST_LAYERS.len() as u8 {
+                    sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                }
+                sim.send_audio();
+            } else {
+                sim.send_video(seq, 0, true, true);
+            }
             seq = seq.wrapping_add(1);
             sim.advance(Duration::from_millis(5));
-            if let Ok(PeerEvent::Published(_, f)) = pub_events.try_recv() {
-                break f;
+            while let Ok(ev) = pub_events.try_recv() {
+                if let PeerEvent::Published(_, f) = ev {
+                    match (f.info().kind, sim.audio.as_mut()) {
+                        (MediaKind::Audio, Some(a)) => a.forwarder = Some(f),
+                        _ => video_forwarder = Some(f),
+                    }
+                }
+            }
+            let audio_ready = sim.audio.as_ref().is_none_or(|a| a.forwarder.is_some());
+            if audio_ready && video_forwarder.is_some() {
+                break video_forwarder.take().expect("just checked");
             }
             if sim.now - sim.start > Duration::from_secs(10) {
                 return Err("the publisher's track was never announced".into());
@@ -946,6 +1148,30 @@ impl Sim {
             reply,
         })
         .map_err(|x| e(&x))?;
+        let mut senders = vec![(sender, info.codec.clone())];
+        let audio_info = sim
+            .audio
+            .as_ref()
+            .and_then(|a| a.forwarder.as_ref())
+            .map(|f| f.info().clone());
+        if let Some(ai) = &audio_info {
+            let spec = super::TrackSpec {
+                id: ai.id,
+                member: ai.member,
+                kind: ai.kind,
+                codec: ai.codec.clone(),
+                ssrc: 0x5555_0002,
+                keyframes: ai.keyframes.clone(),
+                feed: ai.feed,
+            };
+            let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
+                conn: sub_key,
+                track: spec,
+                reply,
+            })
+            .map_err(|x| e(&x))?;
+            senders.push((sender, ai.codec.clone()));
+        }
         let offer = call(&mut sim.core, now, |reply| Command::CreateOffer {
             conn: sub_key,
             reply,
@@ -961,10 +1187,26 @@ impl Sim {
         let chosen = call(&mut sim.core, now, |reply| Command::Answer {
             conn: sub_key,
             sdp: answer.sdp,
-            senders: vec![(sender, info.codec.clone())],
+            senders: senders.clone(),
             reply,
         })
         .map_err(|x| e(&x))?;
+        if let (Some(ai), Some(a)) = (&audio_info, sim.audio.as_mut()) {
+            let pt = chosen
+                .get(1)
+                .copied()
+                .flatten()
+                .ok_or("the subscriber refused Opus")?;
+            a.down = Some(down_track(
+                sub_key,
+                senders[1].0,
+                0x5555_0002,
+                pt,
+                CodecFamily::Audio,
+                ai.keyframes.clone(),
+                false,
+            ));
+        }
         let payload_type = chosen
             .first()
             .copied()
@@ -988,6 +1230,7 @@ impl Sim {
         sim.sent_to_subscriber.clear();
         sim.received.clear();
         sim.keyframe_requests.clear();
+        sim.plis.clear();
         Ok(sim)
     }
 
@@ -1023,6 +1266,124 @@ impl Sim {
     /// The subscriber's down-track joins the publication (the room's `add_subscriber`).
     pub fn attach(&mut self) {
         self.forwarder.add_subscriber(self.down.clone());
+        if let Some(a) = &self.audio {
+            if let (Some(f), Some(d)) = (&a.forwarder, &a.down) {
+                f.add_subscriber(d.clone());
+            }
+        }
+    }
+
+    /// The publisher's client sends one Opus packet (20 ms of sound; `Sim::simulcast`).
+    pub fn send_audio(&mut self) {
+        let Some(a) = self.audio.as_mut() else {
+            return;
+        };
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: OPUS_PT,
+                sequence_number: a.seq,
+                timestamp: a.timestamp,
+                ssrc: AUDIO_SSRC,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0xfcu8; 80]),
+        };
+        a.seq = a.seq.wrapping_add(1);
+        a.timestamp = a.timestamp.wrapping_add(960);
+        let sender = a.sender;
+        if let Some(mut s) = self.publisher.pc.rtp_sender(sender) {
+            let _ = s.write_rtp(self.now, packet);
+        }
+        self.pump_clients();
+    }
+
+    /// When the subscriber's client read an audio packet, since the start.
+    pub fn audio_received(&self) -> &[Duration] {
+        self.audio.as_ref().map_or(&[], |a| &a.received)
+    }
+
+    /// Another viewer of the video joins on its own subscribe connection (negotiated and
+    /// connected, attached at once); returns its index for `other_received`.
+    pub fn add_viewer(&mut self) -> Result<usize, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let n = self.others.len();
+        let now = self.now;
+        let (tx, events) = tokio::sync::mpsc::channel(64);
+        let key = open(&mut self.core, now, Target::Subscribe, tx).map_err(|x| e(&x))?;
+        let mut peer = Peer::new(now, SocketAddr::from(([127, 0, 0, 20 + n as u8], 43000)))?;
+        let info = self.forwarder.info().clone();
+        let ssrc = 0x6666_0001 + n as u32;
+        let spec = super::TrackSpec {
+            id: info.id,
+            member: info.member,
+            kind: info.kind,
+            codec: info.codec.clone(),
+            ssrc,
+            keyframes: info.keyframes.clone(),
+            feed: info.feed,
+        };
+        let sender = call(&mut self.core, now, |reply| Command::AddTrack {
+            conn: key,
+            track: spec,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let offer = call(&mut self.core, now, |reply| Command::CreateOffer {
+            conn: key,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let pc = &mut peer.pc;
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer).map_err(|x| e(&x))?)
+            .map_err(|x| e(&x))?;
+        let answer = pc.create_answer(None).map_err(|x| e(&x))?;
+        pc.set_local_description(now, answer.clone())
+            .map_err(|x| e(&x))?;
+        let _ = pc.add_remote_candidate(host(LOCAL)?);
+        let chosen = call(&mut self.core, now, |reply| Command::Answer {
+            conn: key,
+            sdp: answer.sdp,
+            senders: vec![(sender, info.codec.clone())],
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let pt = chosen
+            .first()
+            .copied()
+            .flatten()
+            .ok_or("the viewer refused VP8")?;
+        let down = down_track(
+            key,
+            sender,
+            ssrc,
+            pt,
+            CodecFamily::Vp8,
+            info.keyframes.clone(),
+            true,
+        );
+        self.others.push(Other {
+            peer,
+            down: down.clone(),
+            _events: events,
+            received: Vec::new(),
+        });
+        self.run_until("the other viewer connects", |s| {
+            s.others[n].peer.connected
+                && conn(&s.core, key).is_some_and(|c| c.is_connected() && c.lean().is_some())
+        })?;
+        self.forwarder.add_subscriber(down);
+        Ok(n)
+    }
+
+    /// What another viewer (`add_viewer`) read.
+    pub fn other_received(&self, n: usize) -> &[Received] {
+        &self.others[n].received
+    }
+
+    /// The layer another viewer is forwarded now.
+    pub fn other_layer(&self, n: usize) -> Option<u8> {
+        Some(self.others[n].down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
     }
 
     /// The publisher's client sends one VP8 packet (a frame's first packet if `start`; a
@@ -1049,6 +1410,133 @@ impl Sim {
         self.pump_clients();
     }
 
+    /// The publisher's client sends one VP8 packet on simulcast `layer` (`Sim::simulcast`):
+    /// that layer's SSRC, the mid and rid header extensions, a payload descriptor with the
+    /// 15-bit `picture_id` and TL0PICIDX (its low byte), and the layer written into the
+    /// payload so the test can tell what the subscriber was sent.
+    pub fn send_layer(
+        &mut self,
+        layer: u8,
+        seq: u16,
+        timestamp: u32,
+        picture_id: u16,
+        start: bool,
+        keyframe: bool,
+    ) {
+        let Some((mid_id, rid_id, mid)) = self.simulcast.clone() else {
+            return;
+        };
+        let (rid, ssrc) = SIMULCAST_LAYERS[usize::from(layer)];
+        let mut payload = vec![0x5au8; 300 * (usize::from(layer) + 1)];
+        // X, S (frame start), partition 0; I and L; 15-bit picture id; TL0PICIDX.
+        payload[0] = 0x80 | if start { 0x10 } else { 0x00 };
+        payload[1] = 0xc0;
+        payload[2] = 0x80 | (picture_id >> 8) as u8 & 0x7f;
+        payload[3] = picture_id as u8;
+        payload[4] = picture_id as u8;
+        payload[5] = if keyframe { 0x00 } else { 0x01 };
+        payload[LAYER_TAG_AT] = layer;
+        let mut header = rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: VP8_PT,
+            sequence_number: seq,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        };
+        let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
+        let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        let packet = rtp::Packet {
+            header,
+            payload: bytes::Bytes::from(payload),
+        };
+        if let Some(mut s) = self.publisher.pc.rtp_sender(self.video_sender) {
+            let _ = s.write_rtp(self.now, packet);
+        }
+        self.pump_clients();
+    }
+
+    /// The layer the subscriber is forwarded now (None: none).
+    pub fn down_layer(&self) -> Option<u8> {
+        Some(self.down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
+    }
+
+    /// PLIs the publisher's client read for simulcast `layer`, with their time since start.
+    pub fn plis_for_layer(&self, layer: u8) -> Vec<Duration> {
+        let ssrc = SIMULCAST_LAYERS[usize::from(layer)].1;
+        self.plis
+            .iter()
+            .filter(|(_, s)| *s == ssrc)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Puts a bottleneck of `bps` bits per second with a drop-tail queue of `queue` in front
+    /// of the subscriber (the server → viewer direction only); `None` takes it away (what is
+    /// in flight still arrives).
+    pub fn set_subscriber_line(&mut self, line: Option<(u64, Duration)>) {
+        match (line, self.line.as_mut()) {
+            (Some((bps, queue)), Some(l)) => {
+                l.bps = bps;
+                l.queue = queue;
+            }
+            (Some((bps, queue)), None) => {
+                self.line = Some(Line {
+                    bps,
+                    queue,
+                    free_at: self.now,
+                    in_flight: Default::default(),
+                    dropped: 0,
+                })
+            }
+            (None, Some(l)) => l.bps = u64::MAX,
+            (None, None) => {}
+        }
+    }
+
+    /// Datagrams the subscriber's line dropped (its queue was full).
+    pub fn line_drops(&self) -> u64 {
+        self.line.as_ref().map_or(0, |l| l.dropped)
+    }
+
+    /// `video_quality` changes the subscriber was told, with their time since start.
+    pub fn qualities(&self) -> Vec<(Duration, crate::sfu::VideoQuality)> {
+        self.qualities.iter().map(|(t, _, q)| (*t, *q)).collect()
+    }
+
+    /// The subscriber's target layer, as its allocator set it (`u8::MAX`: paused).
+    pub fn target_layer(&self) -> u8 {
+        match self.down.target_layer() {
+            crate::sfu::forwarder::PAUSED => u8::MAX,
+            l => l,
+        }
+    }
+
+    /// The subscriber's bandwidth estimate (bits per second) and whether transport-cc
+    /// feedback drives it.
+    pub fn estimate(&self) -> Option<(f64, bool)> {
+        let c = conn(&self.core, self.down.conn)?;
+        let v = c.viewer.as_ref()?;
+        let ms = c.ms(self.now);
+        Some((v.estimate.bps(ms), v.estimate.has_twcc(ms)))
+    }
+
+    /// The viewer's own preference (`video_preference`), as its member task passes it on.
+    pub fn set_video_preference(&mut self, max_height: Option<u32>, save_data: bool) {
+        let now = self.now;
+        self.core.handle_input(
+            now,
+            Input::Command(Command::VideoPreference {
+                conn: self.down.conn,
+                preference: crate::sfu::allocator::Preference {
+                    max_height,
+                    save_data,
+                },
+            }),
+        );
+    }
+
     /// Simulated time passes in 1 ms steps: the clients' timers, the network, the core's
     /// periodic work when `poll_timeout` says so.
     pub fn advance(&mut self, d: Duration) {
@@ -1056,18 +1544,46 @@ impl Sim {
         while self.now < until {
             self.now = (self.now + Duration::from_millis(1)).min(until);
             if !self.silent {
-                for peer in [&mut self.publisher, &mut self.subscriber] {
+                let others = self.others.iter_mut().map(|o| &mut o.peer);
+                for peer in [&mut self.publisher, &mut self.subscriber]
+                    .into_iter()
+                    .chain(others)
+                {
                     if peer.pc.poll_timeout().is_some_and(|t| t <= self.now) {
                         let _ = peer.pc.handle_timeout(self.now);
                     }
                 }
             }
+            self.deliver_line();
             self.pump_clients();
             if self.core.poll_timeout() <= self.now {
                 self.core.handle_input(self.now, Input::Timeout);
                 self.pump_core();
             }
         }
+    }
+
+    /// What the subscriber's line delivers by now.
+    fn deliver_line(&mut self) {
+        let Some(line) = self.line.as_mut() else {
+            return;
+        };
+        while line
+            .in_flight
+            .front()
+            .is_some_and(|(at, _)| *at <= self.now)
+        {
+            let (_, data) = line.in_flight.pop_front().expect("just looked");
+            if !self.silent {
+                let _ = self.subscriber.pc.handle_read(tagged(
+                    self.now,
+                    self.subscriber.addr,
+                    LOCAL,
+                    &data,
+                ));
+            }
+        }
+        self.read_clients();
     }
 
     /// The clients' datagrams into the core (unless silent), and the core's answers back.
@@ -1079,12 +1595,15 @@ impl Sim {
         let mut out = Vec::new();
         for (i, peer) in [&mut self.publisher, &mut self.subscriber]
             .into_iter()
+            .chain(self.others.iter_mut().map(|o| &mut o.peer))
             .enumerate()
         {
             while let Some(d) = peer.pc.poll_write() {
                 if d.transport.peer_addr == LOCAL {
                     out.push((peer.addr, d.message));
-                    self.last_heard[i] = since;
+                    if i < 2 {
+                        self.last_heard[i] = since;
+                    }
                 }
             }
         }
@@ -1116,8 +1635,27 @@ impl Sim {
                     }
                 }
             }
+            if deliver && t.peer == self.subscriber.addr {
+                if let Some(line) = self.line.as_mut() {
+                    // Through the bottleneck: queued behind what is on its way, or dropped.
+                    deliver = false;
+                    let start = line.free_at.max(self.now);
+                    if start.saturating_duration_since(self.now) > line.queue {
+                        line.dropped += 1;
+                    } else {
+                        let bits = (t.data.len() as u64 + 28) * 8;
+                        let secs = bits as f64 / line.bps as f64;
+                        line.free_at = start + Duration::from_secs_f64(secs);
+                        line.in_flight.push_back((line.free_at, t.data.to_vec()));
+                    }
+                }
+            }
             if deliver {
-                for peer in [&mut self.publisher, &mut self.subscriber] {
+                let others = self.others.iter_mut().map(|o| &mut o.peer);
+                for peer in [&mut self.publisher, &mut self.subscriber]
+                    .into_iter()
+                    .chain(others)
+                {
                     if peer.addr == t.peer {
                         let _ = peer
                             .pc
@@ -1135,8 +1673,10 @@ impl Sim {
             (&mut self.sub_events, Target::Subscribe),
         ] {
             while let Ok(ev) = events.try_recv() {
-                if let PeerEvent::Failed(..) = ev {
-                    self.failed.push((target, since));
+                match ev {
+                    PeerEvent::Failed(..) => self.failed.push((target, since)),
+                    PeerEvent::VideoQuality(_, track, q) => self.qualities.push((since, track, q)),
+                    _ => {}
                 }
             }
         }
@@ -1146,6 +1686,23 @@ impl Sim {
         use rtc::peer_connection::message::RTCMessage;
         use rtc::rtcp::sender_report::SenderReport;
         let since = self.now - self.start;
+        let audio_ssrc = self
+            .audio
+            .as_ref()
+            .and_then(|a| a.down.as_ref())
+            .map(|d| d.ssrc);
+        for o in &mut self.others {
+            while let Some(ev) = o.peer.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    o.peer.connected = s == RTCPeerConnectionState::Connected;
+                }
+            }
+            while let Some(msg) = o.peer.pc.poll_read() {
+                if let RTCMessage::RtpPacket(_, p) = msg.message {
+                    o.received.push(Received::of(&p));
+                }
+            }
+        }
         for (i, peer) in [&mut self.publisher, &mut self.subscriber]
             .into_iter()
             .enumerate()
@@ -1157,14 +1714,26 @@ impl Sim {
             }
             while let Some(msg) = peer.pc.poll_read() {
                 match msg.message {
-                    RTCMessage::RtpPacket(_, p) if i == 1 => self.received.push(Received {
-                        seq: p.header.sequence_number,
-                        timestamp: p.header.timestamp,
-                        ssrc: p.header.ssrc,
-                    }),
+                    RTCMessage::RtpPacket(_, p) if i == 1 => {
+                        if Some(p.header.ssrc) == audio_ssrc {
+                            if let Some(a) = self.audio.as_mut() {
+                                a.received.push(since);
+                            }
+                        } else {
+                            self.received.push(Received::of(&p));
+                        }
+                    }
                     RTCMessage::RtcpPacket(_, packets) => {
                         if i == 0 && crate::sfu::keyframe::is_keyframe_request(&packets) {
                             self.keyframe_requests.push(since);
+                        }
+                        if i == 0 {
+                            use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication as Pli;
+                            for p in &packets {
+                                if let Some(pli) = p.as_any().downcast_ref::<Pli>() {
+                                    self.plis.push((since, pli.media_ssrc));
+                                }
+                            }
                         }
                         for p in &packets {
                             if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {

@@ -1,0 +1,676 @@
+//! Per viewer (one subscribe connection): how much its line carries, and which simulcast layer
+//! of each video it gets (issue 20, step 2). Pure: time, feedback and the layers' measured
+//! rates come in; a target layer per video and the changes the viewer is told about go out.
+//! The engine core (`engine/core.rs`) feeds it and applies the targets to the down-tracks.
+//!
+//! - `Estimate`: transport-cc feedback drives rtc's GCC (`rtc::interceptor::Gcc`, delay and
+//!   loss); without transport-cc for a while, receiver reports' fraction lost drive a loss
+//!   controller of the same shape (down to what was sent × (1 − loss/2) above 10 % loss, up 8 %
+//!   a report below 2 %); a REMB, when the viewer sends one, caps either.
+//! - `TwccSend`: the transport-wide sequence numbers stamped on what the engine sends this
+//!   viewer, and when each left (a fixed ring: no allocation per packet).
+//! - `Allocator`: video gets what the estimate leaves after audio and re-sends (audio is never
+//!   thinned), track by track; a layer goes down at once when it no longer fits and up one step
+//!   at a time, only when the next layer fits with a margin and after a hold that doubles each
+//!   time an up-switch fails soon after (that "trying the next layer" is the probe); when even
+//!   the lowest layer does not fit the video is paused, and resumed at the lowest layer the
+//!   same way once it fits.
+
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Acknowledgement, BandwidthEstimator, Gcc, PacketReport};
+
+use crate::ids::TrackId;
+
+/// Where a viewer's estimate starts: enough for a camera's middle layer (≈ 500 kbit/s), not
+/// its top one (≈ 1.7 Mbit/s), so a newcomer on a weak home line does not begin by flooding it
+/// (at 2.5 Mbit/s the weak-line runner's viewers lost more sound, BENCHMARKS.md); a good line
+/// reaches the top layer within ≈ 15 s (GCC's growth, then one step up).
+pub(crate) const INITIAL_BPS: f64 = 1_200_000.0;
+const MIN_BPS: f64 = 50_000.0;
+const MAX_BPS: f64 = 50_000_000.0;
+/// Loss above this right after a step up means the step did not fit.
+const LOSSY: f64 = 0.05;
+/// Without transport-cc feedback for this long, the receiver reports decide.
+const TWCC_STALE: u64 = 2_000;
+/// A REMB caps the estimate for this long.
+const REMB_STALE: u64 = 5_000;
+/// A layer up is taken only if it fits in this share of what is left (the current layer is
+/// kept as long as it fits in all of it: a band against going up and down).
+const UP_MARGIN: f64 = 0.75;
+/// Video is paused only when even the lowest layer has not fitted for this long (a dip of
+/// the estimate while it settles is not a reason to take the picture away).
+const PAUSE_AFTER: u64 = 2_000;
+/// Time on a layer before trying the next one up; doubled (up to the max) each time a try
+/// fails within `FAILED_TRY`.
+const UP_HOLD: u64 = 4_000;
+const UP_HOLD_MAX: u64 = 32_000;
+const FAILED_TRY: u64 = 8_000;
+
+/// Share of the estimate the allocator hands out (queues, RTCP, headers).
+pub(crate) const HEADROOM: f64 = 0.9;
+
+/// One viewer's bandwidth estimate.
+pub(crate) struct Estimate {
+    gcc: Gcc,
+    /// When transport-cc feedback last arrived (ms of the engine's clock).
+    twcc_at: Option<u64>,
+    loss_bps: f64,
+    /// The worst fraction lost (of 256) in the receiver reports since the last pass, and in
+    /// the last pass that had any.
+    pending_loss: Option<u8>,
+    last_loss: f64,
+    remb: Option<(f64, u64)>,
+}
+
+impl Default for Estimate {
+    fn default() -> Self {
+        Estimate {
+            gcc: Gcc::new(INITIAL_BPS, MIN_BPS, MAX_BPS),
+            twcc_at: None,
+            loss_bps: INITIAL_BPS,
+            pending_loss: None,
+            last_loss: 0.0,
+            remb: None,
+        }
+    }
+}
+
+impl Estimate {
+    pub(crate) fn on_twcc(&mut self, now: Instant, now_ms: u64, reports: &[PacketReport]) {
+        if reports.is_empty() {
+            return;
+        }
+        if self.twcc_at.is_some() && !self.has_twcc(now_ms) {
+            // Feedback again after a silence (video was paused): what GCC knew is old; start
+            // it from the estimate that decided to send again.
+            self.gcc = Gcc::new(self.loss_bps, MIN_BPS, MAX_BPS);
+        }
+        self.gcc.on_reports(now, reports);
+        self.twcc_at = Some(now_ms);
+    }
+
+    /// A receiver report block: fraction lost, of 256.
+    pub(crate) fn on_loss(&mut self, fraction: u8) {
+        self.pending_loss = Some(self.pending_loss.map_or(fraction, |f| f.max(fraction)));
+    }
+
+    pub(crate) fn on_remb(&mut self, now_ms: u64, bps: f64) {
+        if bps.is_finite() && bps > 0.0 {
+            self.remb = Some((bps, now_ms));
+        }
+    }
+
+    /// Applies the receiver reports since the last pass, `sent_bps` being what the viewer was
+    /// sent meanwhile. While transport-cc drives the estimate, the receiver-report estimate
+    /// follows it, so a fallback (transport-cc feedback stops, e.g. while video is paused)
+    /// starts from the last known value instead of an old one.
+    pub(crate) fn pass(&mut self, now_ms: u64, sent_bps: f64) {
+        if self.has_twcc(now_ms) {
+            self.loss_bps = self.gcc.target_bitrate();
+            self.pending_loss = None;
+            return;
+        }
+        let Some(fraction) = self.pending_loss.take() else {
+            return;
+        };
+        let loss = f64::from(fraction) / 256.0;
+        self.last_loss = loss;
+        if loss > 0.10 {
+            self.loss_bps = self
+                .loss_bps
+                .min(sent_bps.max(MIN_BPS) * (1.0 - 0.5 * loss));
+        } else if loss < 0.02 {
+            self.loss_bps *= 1.08;
+        }
+        self.loss_bps = self.loss_bps.clamp(MIN_BPS, MAX_BPS);
+    }
+
+    /// Whether the viewer's line loses more than `LOSSY` of what it is sent (transport-cc's
+    /// smoothed loss, else the last receiver reports).
+    pub(crate) fn lossy(&self, now_ms: u64) -> bool {
+        let loss = if self.has_twcc(now_ms) {
+            self.gcc.stats().packet_loss.unwrap_or(0.0)
+        } else {
+            self.last_loss
+        };
+        loss > LOSSY
+    }
+
+    /// Whether transport-cc feedback drives the estimate now.
+    pub(crate) fn has_twcc(&self, now_ms: u64) -> bool {
+        self.twcc_at
+            .is_some_and(|t| now_ms.saturating_sub(t) <= TWCC_STALE)
+    }
+
+    /// The estimate, bits per second.
+    pub(crate) fn bps(&self, now_ms: u64) -> f64 {
+        let base = if self.has_twcc(now_ms) {
+            self.gcc.target_bitrate()
+        } else {
+            self.loss_bps
+        };
+        match self.remb {
+            Some((remb, at)) if now_ms.saturating_sub(at) <= REMB_STALE => base.min(remb),
+            _ => base,
+        }
+    }
+}
+
+/// Packets remembered for transport-cc feedback: about 3 s of a 2 Mbit/s camera plus audio.
+/// 8 bytes each.
+const TWCC_HISTORY: usize = 1024;
+
+/// The transport-wide sequence numbers of one viewer's connection.
+pub(crate) struct TwccSend {
+    /// The negotiated header extension id.
+    pub(crate) ext_id: u8,
+    next: u16,
+    /// Packets stamped so far (ids for `PacketReport`, which wants them monotonic).
+    stamped: u64,
+    epoch: Instant,
+    /// By sequence number modulo the ring: (departure in µs since `epoch`, wrapping; size;
+    /// sequence number).
+    ring: Box<[(u32, u16, u16)]>,
+}
+
+impl TwccSend {
+    pub(crate) fn new(ext_id: u8, now: Instant) -> TwccSend {
+        TwccSend {
+            ext_id,
+            next: 0,
+            stamped: 0,
+            epoch: now,
+            ring: vec![(0, 0, 0); TWCC_HISTORY].into_boxed_slice(),
+        }
+    }
+
+    fn micros(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_micros() as u32
+    }
+
+    /// The next sequence number, for a packet of `size` bytes leaving at `now`.
+    pub(crate) fn stamp(&mut self, now: Instant, size: usize) -> u16 {
+        let seq = self.next;
+        self.next = seq.wrapping_add(1);
+        self.stamped += 1;
+        self.ring[usize::from(seq) % TWCC_HISTORY] = (
+            self.micros(now),
+            size.min(usize::from(u16::MAX)) as u16,
+            seq,
+        );
+        seq
+    }
+
+    /// The packets a feedback acknowledges, as the estimator wants them (those still in the
+    /// ring).
+    pub(crate) fn reports(
+        &self,
+        now: Instant,
+        acks: &[Acknowledgement],
+        out: &mut Vec<PacketReport>,
+    ) {
+        let now_us = self.micros(now);
+        for a in acks {
+            let (at_us, size, seq) = self.ring[usize::from(a.sequence_number) % TWCC_HISTORY];
+            if seq != a.sequence_number || size == 0 {
+                continue;
+            }
+            let behind = self.next.wrapping_sub(seq);
+            if behind == 0 || usize::from(behind) > TWCC_HISTORY {
+                continue;
+            }
+            let age = Duration::from_micros(u64::from(now_us.wrapping_sub(at_us)));
+            out.push(PacketReport {
+                ssrc: 0,
+                id: self.stamped - u64::from(behind),
+                rtp_sequence_number: 0,
+                is_twcc: true,
+                twcc_sequence_number: seq,
+                size: usize::from(size),
+                arrived: a.arrived,
+                departure: now.checked_sub(age).unwrap_or(now),
+                arrival: a.arrival,
+                ecn: a.ecn,
+            });
+        }
+    }
+}
+
+/// What a viewer is told about one of its videos (`video_quality`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoQuality {
+    /// The best layer the viewer asked for (its size cap, "save data").
+    Full,
+    /// A lower layer: the line does not carry more.
+    Reduced,
+    /// No video: even the lowest layer does not fit. Audio goes on.
+    Paused,
+}
+
+impl VideoQuality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoQuality::Full => "full",
+            VideoQuality::Reduced => "reduced",
+            VideoQuality::Paused => "paused",
+        }
+    }
+}
+
+/// One simulcast layer of a video as the allocator sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LayerInfo {
+    /// Measured rate, bits per second (0: not arriving).
+    pub(crate) bps: u32,
+    /// Picture height from its last keyframe (0: not known).
+    pub(crate) height: u16,
+}
+
+/// The viewer's own wishes (`video_preference`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Preference {
+    /// The largest height it renders video at, in device pixels.
+    pub(crate) max_height: Option<u32>,
+    /// The lowest layer only.
+    pub(crate) save_data: bool,
+}
+
+/// A target for one video: a layer index or `PAUSED` (`forwarder::PAUSED`).
+pub(crate) type Target = u8;
+
+struct Choice {
+    track: TrackId,
+    target: Target,
+    quality: Option<VideoQuality>,
+    /// When the target last changed, and whether that was a step up.
+    changed_at: u64,
+    went_up: bool,
+    hold: u64,
+    /// Since when even the lowest layer has not fitted.
+    short_since: Option<u64>,
+    /// The viewer changed its preference: the next pass may go up more than one layer.
+    jump: bool,
+    /// The target before the last change (where a failed try goes back to).
+    from: Target,
+}
+
+/// One viewer's layer choices.
+#[derive(Default)]
+pub(crate) struct Allocator {
+    choices: Vec<Choice>,
+    preference: Preference,
+}
+
+/// What a pass decided for one video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub(crate) target: Target,
+    /// Set when what the viewer gets changed in a way it is told about.
+    pub(crate) tell: Option<VideoQuality>,
+}
+
+impl Allocator {
+    /// The viewer's own wishes; they apply at the next pass, without waiting out a hold.
+    pub(crate) fn set_preference(&mut self, preference: Preference) {
+        if preference != self.preference {
+            self.preference = preference;
+            for c in &mut self.choices {
+                c.hold = UP_HOLD;
+                c.jump = true;
+            }
+        }
+    }
+
+    /// One pass over the viewer's videos, in priority order: `layers[i]` is video i's layers
+    /// (index = layer), `budget` what the estimate leaves for video. `paused` is the target
+    /// that pauses a video. Decisions come out in the same order.
+    pub(crate) fn allocate(
+        &mut self,
+        now_ms: u64,
+        budget: f64,
+        videos: &[(TrackId, [LayerInfo; 3])],
+        paused: Target,
+        lossy: bool,
+        out: &mut Vec<Decision>,
+    ) {
+        self.choices
+            .retain(|c| videos.iter().any(|(t, _)| *t == c.track));
+        let mut left = budget.max(0.0);
+        for (track, layers) in videos {
+            let i = match self.choices.iter().position(|c| c.track == *track) {
+                Some(i) => i,
+                None => {
+                    self.choices.push(Choice {
+                        track: *track,
+                        target: u8::MAX,
+                        quality: None,
+                        changed_at: now_ms,
+                        went_up: false,
+                        hold: UP_HOLD,
+                        short_since: None,
+                        jump: false,
+                        from: u8::MAX,
+                    });
+                    self.choices.len() - 1
+                }
+            };
+            let allowed = allowed_layers(layers, self.preference);
+            let c = &mut self.choices[i];
+            let Some(&best) = allowed.last() else {
+                // Nothing arrives yet: leave the track as it is.
+                out.push(Decision {
+                    target: if c.target == u8::MAX { 2 } else { c.target },
+                    tell: None,
+                });
+                continue;
+            };
+            let rate = |l: u8| f64::from(layers[usize::from(l)].bps);
+            let fits: Vec<u8> = allowed
+                .iter()
+                .copied()
+                .filter(|l| rate(*l) <= left)
+                .collect();
+            let fitting = fits.last().copied();
+            if fitting.is_some() {
+                c.short_since = None;
+            } else if c.short_since.is_none() {
+                c.short_since = Some(now_ms);
+            }
+            // A try up that does not fit at once is given up at once (it costs the line, and
+            // the sound with it); a layer that had been fine gets PAUSE_AFTER.
+            let failed_try = c.went_up && now_ms.saturating_sub(c.changed_at) < FAILED_TRY;
+            let pause_now = c
+                .short_since
+                .is_some_and(|t| failed_try || now_ms.saturating_sub(t) >= PAUSE_AFTER);
+            let lowest = allowed[0];
+            let new = if c.target == u8::MAX {
+                // A new video: the best that fits now (the lowest while it is unclear).
+                fitting.unwrap_or(lowest)
+            } else if failed_try && lossy && c.from != u8::MAX {
+                // The line loses packets since the last step up: back to where it came from
+                // (a pause, if it was a resume), before the estimate has caught up.
+                c.from
+            } else {
+                let current = (c.target != paused).then_some(c.target);
+                let current_fits = current.is_some_and(|l| rate(l) <= left && allowed.contains(&l));
+                if current.is_some() && !current_fits {
+                    // Down at once to the best that fits; below the lowest, pause once that
+                    // has lasted.
+                    match fitting {
+                        Some(l) => l,
+                        None if pause_now => paused,
+                        None => lowest,
+                    }
+                } else {
+                    // Up after the hold, one layer at a time (the estimate may have grown only
+                    // because the line was not used: each step up tests it), if it fits with
+                    // a margin. Right after a preference change: straight to the best fit.
+                    let held = c.jump || now_ms.saturating_sub(c.changed_at) >= c.hold;
+                    let mut ups = allowed
+                        .iter()
+                        .copied()
+                        .filter(|n| current.is_none_or(|l| *n > l));
+                    let up = if c.jump {
+                        ups.rfind(|n| rate(*n) <= left * UP_MARGIN)
+                    } else {
+                        ups.next().filter(|n| rate(*n) <= left * UP_MARGIN)
+                    };
+                    match up {
+                        Some(n) if held && !lossy => n,
+                        _ => current.unwrap_or(paused),
+                    }
+                }
+            };
+            if new != c.target {
+                let was_up = c.went_up;
+                let up =
+                    c.target == u8::MAX || c.target == paused || (new != paused && new > c.target);
+                if !up && was_up && now_ms.saturating_sub(c.changed_at) < FAILED_TRY {
+                    // The last step up did not hold: wait longer before the next try.
+                    c.hold = (c.hold * 2).min(UP_HOLD_MAX);
+                } else if !up {
+                    c.hold = UP_HOLD;
+                }
+                c.from = c.target;
+                c.target = new;
+                c.changed_at = now_ms;
+                c.went_up = up;
+            }
+            if c.target != paused {
+                left -= rate(c.target);
+            }
+            let quality = if c.target == paused {
+                VideoQuality::Paused
+            } else if c.target >= best {
+                VideoQuality::Full
+            } else {
+                VideoQuality::Reduced
+            };
+            c.jump = false;
+            let tell = (c.quality != Some(quality)).then_some(quality);
+            c.quality = Some(quality);
+            out.push(Decision {
+                target: c.target,
+                tell,
+            });
+        }
+    }
+}
+
+/// The layers a viewer may get, lowest first: those arriving, at most its size cap (the
+/// smallest layer at or above the height it renders, so the picture is never upscaled), only
+/// the lowest with "save data".
+fn allowed_layers(layers: &[LayerInfo; 3], pref: Preference) -> Vec<u8> {
+    let mut present: Vec<u8> = (0..3u8)
+        .filter(|l| layers[usize::from(*l)].bps > 0)
+        .collect();
+    if pref.save_data {
+        present.truncate(1);
+    }
+    if let Some(max) = pref.max_height {
+        let enough = present
+            .iter()
+            .position(|l| u32::from(layers[usize::from(*l)].height) >= max);
+        if let Some(i) = enough {
+            present.truncate(i + 1);
+        }
+    }
+    present
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAUSED: u8 = 0xfe;
+
+    fn layers() -> [LayerInfo; 3] {
+        [
+            LayerInfo {
+                bps: 150_000,
+                height: 180,
+            },
+            LayerInfo {
+                bps: 500_000,
+                height: 360,
+            },
+            LayerInfo {
+                bps: 1_700_000,
+                height: 720,
+            },
+        ]
+    }
+
+    fn run(a: &mut Allocator, now: u64, budget: f64, t: TrackId) -> Decision {
+        let mut out = Vec::new();
+        a.allocate(now, budget, &[(t, layers())], PAUSED, false, &mut out);
+        out[0]
+    }
+
+    #[test]
+    fn goes_down_at_once_and_up_one_step_after_the_hold() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        let d = run(&mut a, 0, 2_000_000.0, t);
+        assert_eq!((d.target, d.tell), (2, Some(VideoQuality::Full)));
+        let d = run(&mut a, 500, 600_000.0, t);
+        assert_eq!((d.target, d.tell), (1, Some(VideoQuality::Reduced)));
+        // Below the lowest layer: it stays on it for a while, then video is paused.
+        let d = run(&mut a, 1000, 100_000.0, t);
+        assert_eq!((d.target, d.tell), (0, None));
+        assert_eq!(run(&mut a, 2500, 100_000.0, t).target, 0);
+        let d = run(&mut a, 3000, 100_000.0, t);
+        assert_eq!((d.target, d.tell), (PAUSED, Some(VideoQuality::Paused)));
+        // Recovering: back only after the hold, to what fits with a margin (a layer fits in
+        // 0.75 of the budget to be taken, and is kept while it fits in all of it).
+        assert_eq!(run(&mut a, 4000, 3_000_000.0, t).target, PAUSED);
+        let d = run(&mut a, 7000, 300_000.0, t);
+        assert_eq!((d.target, d.tell), (0, Some(VideoQuality::Reduced)));
+        assert_eq!(run(&mut a, 8000, 3_000_000.0, t).target, 0, "held");
+        assert_eq!(run(&mut a, 11_000, 1_000_000.0, t).target, 1);
+        assert_eq!(
+            run(&mut a, 14_000, 600_000.0, t).target,
+            1,
+            "kept while it fits"
+        );
+        let d = run(&mut a, 15_000, 3_000_000.0, t);
+        assert_eq!((d.target, d.tell), (2, Some(VideoQuality::Full)));
+        assert_eq!(run(&mut a, 15_500, 3_000_000.0, t).tell, None, "told once");
+        // One layer at a time on the estimate alone; a preference change goes straight there.
+        let d = run(&mut a, 16_000, 200_000.0, t);
+        assert_eq!((d.target, d.tell), (0, Some(VideoQuality::Reduced)));
+        assert_eq!(run(&mut a, 24_000, 5_000_000.0, t).target, 1);
+        a.set_preference(Preference {
+            max_height: Some(720),
+            save_data: false,
+        });
+        assert_eq!(run(&mut a, 24_500, 200_000.0, t).target, 0);
+        a.set_preference(Preference::default());
+        assert_eq!(run(&mut a, 25_000, 5_000_000.0, t).target, 2);
+    }
+
+    #[test]
+    fn a_failed_step_up_doubles_the_hold() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        run(&mut a, 0, 600_000.0, t); // layer 1
+        assert_eq!(run(&mut a, 4000, 2_300_000.0, t).target, 2);
+        assert_eq!(run(&mut a, 5000, 1_000_000.0, t).target, 1, "did not hold");
+        // 8 s now before the next try.
+        assert_eq!(run(&mut a, 12_000, 2_300_000.0, t).target, 1);
+        assert_eq!(run(&mut a, 13_000, 2_300_000.0, t).target, 2);
+    }
+
+    #[test]
+    fn the_viewer_caps_its_own_layer() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        a.set_preference(Preference {
+            max_height: Some(300),
+            save_data: false,
+        });
+        let d = run(&mut a, 0, 5_000_000.0, t);
+        assert_eq!((d.target, d.tell), (1, Some(VideoQuality::Full)));
+        a.set_preference(Preference {
+            max_height: None,
+            save_data: true,
+        });
+        let d = run(&mut a, 500, 5_000_000.0, t);
+        assert_eq!((d.target, d.tell), (0, None), "still the best it asked for");
+    }
+
+    #[test]
+    fn a_preference_change_applies_at_once() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        assert_eq!(run(&mut a, 0, 3_000_000.0, t).target, 2);
+        a.set_preference(Preference {
+            max_height: None,
+            save_data: true,
+        });
+        assert_eq!(run(&mut a, 500, 3_000_000.0, t).target, 0);
+        a.set_preference(Preference::default());
+        assert_eq!(run(&mut a, 1000, 3_000_000.0, t).target, 2);
+    }
+
+    #[test]
+    fn a_try_up_that_loses_packets_goes_back_at_once() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        let pass = |a: &mut Allocator, now: u64, budget: f64, lossy: bool| {
+            let mut out = Vec::new();
+            a.allocate(now, budget, &[(t, layers())], PAUSED, lossy, &mut out);
+            out[0].target
+        };
+        assert_eq!(pass(&mut a, 0, 600_000.0, false), 1);
+        assert_eq!(pass(&mut a, 8000, 3_000_000.0, false), 2);
+        // The estimate still says 3 Mbit/s, but the line loses packets.
+        assert_eq!(pass(&mut a, 8500, 3_000_000.0, true), 1);
+        // A settled layer is not given up for loss alone (the estimate decides), and no step
+        // up is tried while the line loses packets.
+        assert_eq!(pass(&mut a, 30_000, 3_000_000.0, true), 1);
+        assert_eq!(pass(&mut a, 30_500, 3_000_000.0, false), 2);
+    }
+
+    #[test]
+    fn videos_share_the_budget_in_order() {
+        let (t1, t2) = (TrackId::new(), TrackId::new());
+        let mut a = Allocator::default();
+        let mut out = Vec::new();
+        a.allocate(
+            0,
+            2_000_000.0,
+            &[(t1, layers()), (t2, layers())],
+            PAUSED,
+            false,
+            &mut out,
+        );
+        assert_eq!(out[0].target, 2);
+        assert_eq!(out[1].target, 0, "what the first left");
+    }
+
+    #[test]
+    fn receiver_report_loss_lowers_the_estimate_and_none_raises_it() {
+        let mut e = Estimate::default();
+        e.on_loss(77); // 30 %
+        e.pass(0, 1_000_000.0);
+        assert!((e.bps(0) - 850_000.0).abs() < 1_000.0, "{}", e.bps(0));
+        e.on_loss(0);
+        e.pass(0, 800_000.0);
+        assert!((e.bps(0) - 918_000.0).abs() < 1_000.0, "{}", e.bps(0));
+        e.on_remb(0, 300_000.0);
+        assert_eq!(e.bps(1000), 300_000.0);
+        assert_eq!(e.bps(10_000), e.loss_bps, "an old REMB no longer caps");
+    }
+
+    #[test]
+    fn twcc_history_gives_departures_of_acknowledged_packets() {
+        let t0 = Instant::now();
+        let mut h = TwccSend::new(3, t0);
+        let a = h.stamp(t0, 1000);
+        let b = h.stamp(t0 + Duration::from_millis(5), 1200);
+        let acks = [
+            Acknowledgement {
+                sequence_number: a,
+                arrived: true,
+                arrival: Some(Duration::from_millis(40)),
+                ecn: Default::default(),
+            },
+            Acknowledgement {
+                sequence_number: b,
+                arrived: false,
+                arrival: None,
+                ecn: Default::default(),
+            },
+        ];
+        let mut out = Vec::new();
+        h.reports(t0 + Duration::from_millis(50), &acks, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].departure, t0);
+        assert_eq!(out[1].departure, t0 + Duration::from_millis(5));
+        assert_eq!((out[0].id, out[1].id), (0, 1));
+        assert_eq!(out[1].size, 1200);
+        assert!(!out[1].arrived);
+    }
+}
