@@ -4,9 +4,11 @@
 //! renewals but its fence stays registered with the `Db`, so whatever this node still tries to
 //! write for that session (attendance, session state) is refused by the epoch.
 //!
-//! Knows nothing of rooms or media; the database rules are in `db::cluster`. Not built yet:
-//! carrying a member's signalling to the owning node, and the media cascade
-//! (docs/ARCHITECTURE.md, "Several nodes").
+//! Rooms claim their session through `Node::take` when they start (which also closes what a
+//! dead previous owner left open in the attendance record) and give it up when they end;
+//! `Node::owner_elsewhere` tells the signalling door (`http::forward`) which other node to
+//! carry a member's signalling to. Knows nothing of rooms or media; the database rules are in
+//! `db::cluster`. Not built yet: the media cascade (docs/ARCHITECTURE.md, "Several nodes").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +16,19 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::attendance::now_ms;
+use crate::attendance::{self, now_ms};
 use crate::config::ClusterConfig;
 use crate::db::cluster::{Claim, Lease, NodeRow};
 use crate::db::{Db, DbError};
+
+/// Another node that holds a live lease on a session: where to carry its members' signalling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node_id: String,
+    pub internal_url: String,
+    /// When its lease runs out unless it renews it (ms since the epoch).
+    pub expires_ms: i64,
+}
 
 /// This node: its name, where others reach it, and the leases it holds. Cheap to clone.
 #[derive(Clone)]
@@ -25,6 +36,7 @@ pub struct Node {
     db: Db,
     id: String,
     internal_url: String,
+    secret: Arc<str>,
     lease_ms: i64,
     renew_every: Duration,
     held: Arc<Mutex<HashMap<String, Lease>>>,
@@ -37,6 +49,7 @@ impl Node {
             db,
             id: config.node_id.clone(),
             internal_url: config.internal_url.clone(),
+            secret: config.secret.as_str().into(),
             lease_ms: config.lease_ms as i64,
             renew_every: Duration::from_millis(config.renew_interval_ms),
             held: Arc::default(),
@@ -45,6 +58,60 @@ impl Node {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The region's shared node secret (`cluster.secret`).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn lease_length(&self) -> Duration {
+        Duration::from_millis(self.lease_ms as u64)
+    }
+
+    /// The other node that holds a live lease on `session`, if one does. `None`: nobody, an
+    /// expired lease, or this node: the session may run here.
+    pub async fn owner_elsewhere(&self, session: &str) -> Result<Option<Owner>, DbError> {
+        let Some((node_id, _, expires_ms)) = self.db.lease_of(session).await? else {
+            return Ok(None);
+        };
+        if node_id == self.id || expires_ms <= now_ms() {
+            return Ok(None);
+        }
+        let Some(internal_url) = self.db.node_url(&node_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Owner {
+            node_id,
+            internal_url,
+            expires_ms,
+        }))
+    }
+
+    /// Takes `session` for a room about to start on this node: claims its lease and, holding
+    /// it, closes the attendance intervals a previous tenure left open (a node that died, or
+    /// this node before a crash) at that tenure's last renewal. No room of the session runs
+    /// anywhere at that moment, so every open interval is a dead one. `Claim::Elsewhere`:
+    /// another node runs it.
+    pub async fn take(&self, session: &str) -> Result<Claim, DbError> {
+        let before = self.db.lease_of(session).await?;
+        let claim = self.claim(session).await?;
+        if let Claim::Owned(lease) = &claim {
+            // The last renewal of the previous tenure: its expiry minus one lease (a released
+            // lease has expiry 0 and left nothing open; then the last-seen times count).
+            let end_ms = before
+                .filter(|(_, _, expires)| *expires > 0)
+                .map(|(_, _, expires)| expires - self.lease_ms);
+            if let Err(e) =
+                attendance::recover_session(&self.db, session, &lease.fence(), end_ms).await
+            {
+                // The room still starts; the intervals stay open until the next takeover or
+                // the summary's end-of-session rule closes them.
+                tracing::error!(session = %session, error = %e, "could not close the previous node's open attendance intervals");
+            }
+        }
+        Ok(claim)
     }
 
     /// Claims `session` for this node. `Claim::Owned`: this node runs it, and its writes for it

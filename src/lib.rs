@@ -35,7 +35,7 @@
 //!
 //! Layers, in the table's order (a module uses only modules of earlier layers; tests/layers.rs
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
-//! → `attendance`, `sfu` → `cluster`, `room` → `cli`, `http` → `app`.
+//! → `attendance`, `sfu` → `cluster` → `room` → `cli`, `http` → `app`.
 //!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with

@@ -13,9 +13,12 @@ use kursrelay::config::{ClusterConfig, Config};
 use kursrelay::db::cluster::Claim;
 use kursrelay::db::{Db, DbError, NewSession, SessionState};
 use kursrelay::protocol::Role;
+use serde_json::json;
 
 const LEASE_MS: u64 = 1500;
 const RENEW_MS: u64 = 300;
+/// The region's node secret in these tests.
+const SECRET: &str = "region-node-secret-0123456789abcdef";
 
 fn node_config(id: &str) -> ClusterConfig {
     ClusterConfig {
@@ -23,6 +26,7 @@ fn node_config(id: &str) -> ClusterConfig {
         internal_url: format!("http://127.0.0.1:1/{id}"),
         lease_ms: LEASE_MS,
         renew_interval_ms: RENEW_MS,
+        secret: SECRET.into(),
     }
 }
 
@@ -86,8 +90,13 @@ fn cluster_settings_are_checked_naming_the_key() {
         ("[cluster]\nnode_id = \"molde-1\"\n", "cluster.internal_url", "other nodes reach"),
         ("[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"10.0.0.1:8081\"\n", "cluster.internal_url", "http://"),
         ("[cluster]\ninternal_url = \"http://10.0.0.1:8081\"\n", "cluster.node_id", "is empty"),
-        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nlease_ms = 2000\nrenew_interval_ms = 1000\n", "cluster.lease_ms", "three"),
-        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nrenew_interval_ms = 10\n", "cluster.renew_interval_ms", "100"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nlease_ms = 2000\nrenew_interval_ms = 1000\nsecret = \"region-node-secret-0123456789abcdef\"\n", "cluster.lease_ms", "three"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nrenew_interval_ms = 10\nsecret = \"region-node-secret-0123456789abcdef\"\n", "cluster.renew_interval_ms", "100"),
+        // The node secret: required with a node, long, and not without one.
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\n", "cluster.secret", "at least 32"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"http://h:1\"\nsecret = \"short\"\n", "cluster.secret", "at least 32"),
+        ("[cluster]\nsecret = \"region-node-secret-0123456789abcdef\"\n", "cluster.secret", "node_id is empty"),
+        ("[cluster]\nnode_id = \"m\"\ninternal_url = \"https://h:1\"\nsecret = \"region-node-secret-0123456789abcdef\"\n", "cluster.internal_url", "plain http://"),
     ];
     for (i, (cluster, key, want)) in cases.iter().enumerate() {
         // The first case is about SQLite; the others have PostgreSQL.
@@ -102,10 +111,13 @@ fn cluster_settings_are_checked_naming_the_key() {
             .to_string();
         assert!(err.contains(key) && err.contains(want), "{text}: {err}");
     }
-    let ok =
-        format!("{pg}[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"http://10.0.0.1:8081\"\n");
+    let ok = format!(
+        "{pg}[cluster]\nnode_id = \"molde-1\"\ninternal_url = \"http://10.0.0.1:8081\"\nsecret = \"{SECRET}\"\n"
+    );
     let config = Config::from_overlay(Some((&ok, "test"))).unwrap();
     assert!(config.cluster.enabled());
+    // Nor the node secret.
+    assert!(!format!("{config:?}").contains(SECRET));
     // A password in db.url never shows in a debug print of the configuration.
     let secret = "[db]\nurl = \"postgres://kurs:hemmelig@db.example/k\"\n";
     let config = Config::from_overlay(Some((secret, "test"))).unwrap();
@@ -256,7 +268,7 @@ async fn two_servers_heartbeat_and_the_survivor_takes_the_session() {
     let overlay = |id: &str| {
         format!(
             "[db]\nurl = \"{url}\"\n[cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://127.0.0.1:9/{id}\"\n\
-             lease_ms = {LEASE_MS}\nrenew_interval_ms = {RENEW_MS}\n"
+             lease_ms = {LEASE_MS}\nrenew_interval_ms = {RENEW_MS}\nsecret = \"{SECRET}\"\n"
         )
     };
     let a = TestServer::spawn_with(&overlay("volda-1")).await;
@@ -340,4 +352,267 @@ async fn pg_dump_and_pg_restore_keep_every_record() {
     assert_eq!(attendance::events(&copy, &session).await.unwrap().len(), 3);
     // The same join-token key, so links made before the backup still work after a restore.
     assert_eq!(copy.secret("join_token_key").await.unwrap(), key);
+}
+
+/// A loopback port nothing listens on right now (a node must know its own address before it
+/// starts: it writes it in its heartbeat row).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node's config overlay: its own HTTP port (also its internal URL), the shared store, short
+/// leases.
+fn node_overlay(url: &str, id: &str, port: u16) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[db]\nurl = \"{url}\"\n\
+         [cluster]\nnode_id = \"{id}\"\ninternal_url = \"http://127.0.0.1:{port}\"\n\
+         lease_ms = {LEASE_MS}\nrenew_interval_ms = {RENEW_MS}\nsecret = \"{SECRET}\"\n\
+         [attendance]\nseen_interval_ms = 200\n"
+    )
+}
+
+fn types(peer: &TestPeer) -> Vec<String> {
+    peer.inbox()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The member ids a roster message lists.
+fn roster_ids(roster: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    roster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["member_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The latest roster `peer` got, once it lists `n` members.
+async fn roster_of(peer: &TestPeer, n: usize) -> serde_json::Value {
+    assert!(
+        wait_until(TIMEOUT, || peer
+            .inbox()
+            .iter()
+            .rev()
+            .find(|m| m["type"] == "roster")
+            .is_some_and(|r| roster_ids(r).len() == n))
+        .await,
+        "no roster of {n}: {:#?}",
+        peer.inbox()
+    );
+    peer.inbox()
+        .into_iter()
+        .rev()
+        .find(|m| m["type"] == "roster")
+        .unwrap()
+}
+
+/// Deliverable 2, "any node accepts any join link": the session runs on node A (its leader
+/// joined there); Kari's link is opened on node B. B carries her signalling to A: she gets the
+/// same messages in the same order as Per, who joined on A, sees the same roster, receives the
+/// leader's media from A, and when the leader on A gives her the floor, her camera reaches
+/// Per. Only A runs a room; the lease stays A's, epoch 1; her attendance is written by A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_through_another_node_is_carried_to_the_owner() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let session = a.session("region").await;
+    let leader_token = a
+        .token("region", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let (per_invite, per_token) = a
+        .token_with("region", Role::Participant, Some("Per"), false, None)
+        .await;
+    let (kari_invite, kari_token) = a
+        .token_with("region", Role::Participant, Some("Kari"), false, None)
+        .await;
+
+    let leader = TestPeer::connect(&a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let sent = leader.publish(PublishSpec::default()).await;
+    let per = TestPeer::connect(&a, &per_token, None).await;
+    per.wait_msg(|m| m["type"] == "joined").await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+
+    // The same opening as on the owner itself: one welcome, then joined.
+    assert_eq!(types(&kari)[..2], types(&per)[..2], "{:#?}", kari.inbox());
+    assert_eq!(types(&kari).iter().filter(|t| *t == "welcome").count(), 1);
+    assert_eq!(
+        kursrelay::http::forward::FORWARDED_OPEN.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // One room, on A; the lease is A's.
+    assert_eq!((a.state.rooms.count(), b.state.rooms.count()), (1, 0));
+    let lease = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert_eq!((lease.0.as_str(), lease.1), ("molde-1", 1));
+
+    // The same roster on both sides.
+    let everyone: std::collections::BTreeSet<String> =
+        [&leader.member_id, &per.member_id, &kari.member_id]
+            .into_iter()
+            .cloned()
+            .collect();
+    assert_eq!(roster_ids(&roster_of(&kari, 3).await), everyone);
+    assert_eq!(roster_ids(&roster_of(&per, 3).await), everyone);
+
+    // The leader's media from A.
+    let cam = kari.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > 20).await);
+    check_delivery(&kari, &cam, &sent[0]);
+
+    // The floor, decided by the leader on A.
+    kari.send(json!({"type": "raise_hand"})).await;
+    leader
+        .wait_msg(|m| {
+            m["type"] == "roster"
+                && m["hands"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|x| x == kari.member_id.as_str()))
+        })
+        .await;
+    leader
+        .send(json!({"type": "grant_floor", "member_id": kari.member_id}))
+        .await;
+    kari.wait_msg(|m| m["type"] == "floor" && m["granted"] == true)
+        .await;
+    let kari_sent = kari.publish(PublishSpec::default()).await;
+    let kari_cam = per.wait_offered(&kari.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || per.received_count(&kari_cam) > 20).await);
+    check_delivery(&per, &kari_cam, &kari_sent[0]);
+
+    // She leaves through B; A's room records it, acknowledged by her bye.
+    kari.leave().await;
+    kari.wait_msg(|m| m["type"] == "bye").await;
+    let events = attendance::events(&b.state.db, &session).await.unwrap();
+    let kinds = |invite: &str| -> Vec<Kind> {
+        events
+            .iter()
+            .filter(|e| e.invite_id == invite)
+            .map(|e| e.kind)
+            .filter(|k| matches!(k, Kind::Joined | Kind::Left(_)))
+            .collect()
+    };
+    assert_eq!(
+        kinds(&kari_invite),
+        [
+            Kind::Joined,
+            Kind::Left(kursrelay::attendance::LeftReason::Left)
+        ]
+    );
+    assert_eq!(kinds(&per_invite), [Kind::Joined]);
+    assert!(
+        wait_until(TIMEOUT, || kursrelay::http::forward::FORWARDED_OPEN
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0)
+        .await
+    );
+    for p in [leader, per] {
+        p.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The node-to-node door: without the region's secret, or with a wrong one, `/cluster/ws` is
+/// refused with 401 and a body naming `cluster.secret`, and nothing changes (no room, no
+/// lease). With it, it speaks the signalling protocol. A single server has no such door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_door_refuses_a_missing_or_wrong_secret() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let session = a.session("door").await;
+    let token = a
+        .token("door", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let refused_before =
+        kursrelay::http::forward::REFUSED_TOTAL.load(std::sync::atomic::Ordering::SeqCst);
+    let wrong = format!("Bearer {}", SECRET.replace('0', "1"));
+    let short = format!("Bearer {}", &SECRET[..SECRET.len() - 1]);
+    for auth in [
+        None,
+        Some(wrong.as_str()),
+        Some(short.as_str()),
+        Some("Bearer "),
+    ] {
+        let mut headers = upgrade.to_vec();
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
+        }
+        let reply = http_request(a.addr, "GET", "/cluster/ws", &headers, b"").await;
+        assert_eq!(reply.status, 401, "{auth:?}: {reply:?}");
+        assert!(reply.body.contains("cluster.secret"), "{}", reply.body);
+        assert!(!reply.body.contains(SECRET));
+    }
+    assert_eq!(
+        kursrelay::http::forward::REFUSED_TOTAL.load(std::sync::atomic::Ordering::SeqCst)
+            - refused_before,
+        4
+    );
+    // A join through the refused door never happened: no room, no lease.
+    assert_eq!(a.state.rooms.count(), 0);
+    assert_eq!(a.state.db.lease_of(&session).await.unwrap(), None);
+
+    // With the secret: the protocol, as on /ws.
+    let mut request = format!("ws://{}/cluster/ws", a.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {SECRET}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::text(
+            json!({"type": "hello", "version": 1}).to_string(),
+        ))
+        .await
+        .unwrap();
+        ws.send(Message::text(
+            json!({"type": "join", "token": token}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                seen.push(v["type"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(seen, ["welcome", "joined"]);
+    }
+    assert_eq!(
+        a.state
+            .db
+            .lease_of(&session)
+            .await
+            .unwrap()
+            .map(|l| (l.0, l.1)),
+        Some(("molde-1".to_owned(), 1))
+    );
+    drop(ws);
+    a.shutdown().await;
+
+    // A single server: no node door at all.
+    let single = TestServer::spawn().await;
+    let reply = http_request(single.addr, "GET", "/cluster/ws", &upgrade, b"").await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    single.shutdown().await;
 }

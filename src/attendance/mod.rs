@@ -316,6 +316,55 @@ pub async fn recover(db: &Db) -> Result<u64, DbError> {
     Ok(open.len() as u64)
 }
 
+/// Closes the intervals of one session that a dead owner left open, for the node that just
+/// took the session over (issue 22): a `left` event with reason `recovered`, at `end_ms` (the
+/// dead owner's last lease renewal, which it wrote in the same round as its heartbeat) when
+/// known, else at the subject's last-seen time, never before the join. Written inside one
+/// transaction under `fence`, the new owner's, so a node that lost the session meanwhile
+/// cannot do it. Returns how many.
+pub async fn recover_session(
+    db: &Db,
+    session_id: &str,
+    fence: &crate::db::cluster::Fence,
+    end_ms: Option<i64>,
+) -> Result<u64, DbError> {
+    let mut tx = db.pool.begin().await?;
+    check_fence(&mut tx, session_id, fence).await?;
+    let open = sqlx::query(
+        "SELECT e.subject, e.invite_id, e.role, e.at_ms, s.last_seen_ms FROM attendance_events e
+         LEFT JOIN attendance_seen s ON s.session_id = e.session_id AND s.subject = e.subject
+         WHERE e.session_id = $1 AND e.kind IN ('joined', 'left') AND e.id = (
+             SELECT id FROM attendance_events x WHERE x.session_id = e.session_id AND x.subject = e.subject
+             AND x.kind IN ('joined', 'left') ORDER BY at_ms DESC, id DESC LIMIT 1)
+         AND e.kind = 'joined'",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in &open {
+        let joined: i64 = r.get("at_ms");
+        let seen: Option<i64> = r.get("last_seen_ms");
+        let at = end_ms.or(seen).unwrap_or(joined).max(joined);
+        sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, at_ms, by_recovery) VALUES ($1, $2, $3, $4, 'left', 'recovered', $5, 1)")
+            .bind(session_id)
+            .bind(r.get::<String, _>("subject"))
+            .bind(r.get::<String, _>("invite_id"))
+            .bind(r.get::<String, _>("role"))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !open.is_empty() {
+        tracing::warn!(
+            session = %session_id,
+            intervals = open.len(),
+            "closed attendance intervals the session's previous node left open"
+        );
+    }
+    Ok(open.len() as u64)
+}
+
 /// Deletes the attendance of sessions that ended more than `retention` ago. Returns
 /// (sessions, events) deleted. Logs counts only.
 pub async fn purge(db: &Db, now_ms: i64, retention: Duration) -> Result<(u64, u64), DbError> {

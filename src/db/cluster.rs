@@ -202,6 +202,16 @@ impl Db {
         Ok(())
     }
 
+    /// The internal URL a node wrote in its heartbeat row, if it ever beat.
+    pub async fn node_url(&self, node_id: &str) -> Result<Option<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT internal_url FROM cluster_nodes WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The lease row of a session, if it was ever claimed: (node, epoch, expires).
     pub async fn lease_of(&self, session_id: &str) -> Result<Option<(String, i64, i64)>, DbError> {
         Ok(sqlx::query_as(

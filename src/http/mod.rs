@@ -9,6 +9,7 @@
 
 pub mod api;
 mod check;
+pub mod forward;
 pub mod guard;
 mod headers;
 pub mod link;
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     let web_root = state.config.http.web_root.clone();
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
+        .route(forward::PATH, get(forward::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
@@ -156,5 +158,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         load(&g.auth_refused),
         state.guard.tracked(),
     ));
+    if state.cluster.is_some() {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!(
+            "# HELP kursrelay_cluster_forwarded_open Members this node carries to the node that owns their session
+# TYPE kursrelay_cluster_forwarded_open gauge
+kursrelay_cluster_forwarded_open {}
+\
+             # HELP kursrelay_cluster_refused_total Node-to-node connections refused for a missing or wrong cluster.secret
+# TYPE kursrelay_cluster_refused_total counter
+kursrelay_cluster_refused_total {}
+",
+            load(&forward::FORWARDED_OPEN),
+            load(&forward::REFUSED_TOTAL),
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
