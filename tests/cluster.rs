@@ -616,3 +616,179 @@ async fn the_node_door_refuses_a_missing_or_wrong_secret() {
     assert_eq!(reply.status, 404, "{reply:?}");
     single.shutdown().await;
 }
+
+/// A node in its own process, to be killed with SIGKILL; killed when dropped.
+struct NodeProcess(std::process::Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary with `config` and waits until it listens.
+fn start_node(config: &std::path::Path) -> NodeProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kursrelay"))
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let node = NodeProcess(child);
+    let mut line = String::new();
+    let mut listening = false;
+    while out.read_line(&mut line).unwrap() > 0 {
+        if line.contains("kursrelay listening on http://") {
+            listening = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(listening, "the node never said it listens");
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    node
+}
+
+/// Deliverable 4, a node's loss survived: the session runs on node A (a real process); Kari
+/// is carried to it from node B. A gets SIGKILL. Kari's socket is closed by B (1001); the
+/// leader and Kari reconnect through B, which waits out A's lease, takes the session with
+/// epoch 2, closes the intervals A left open at A's last renewal, and runs it: the leader's
+/// media reaches Kari again. Every acknowledged join and leave is in the record, and once
+/// everyone has left every interval is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_the_session_continues_on_another_node() {
+    use kursrelay::attendance::LeftReason;
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let session = b.session("failover").await;
+    let (leader_invite, leader_token) = b
+        .token_with("failover", Role::Leader, Some("Kursleiar"), false, None)
+        .await;
+    let (kari_invite, kari_token) = b
+        .token_with("failover", Role::Participant, Some("Kari"), false, None)
+        .await;
+    let (per_invite, per_token) = b
+        .token_with("failover", Role::Participant, Some("Per"), false, None)
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("molde-1.toml");
+    let port_a = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\nice_disconnected_timeout_ms = 1000\nice_failed_timeout_ms = 2000\n\
+             [auth]\nadmin_key = \"{ADMIN_KEY}\"\n[log]\nfilter = \"warn\"\n{}",
+            node_overlay(&url, "molde-1", port_a)
+        ),
+    )
+    .unwrap();
+    let node_a = start_node(&config);
+    let ws_a = format!("ws://127.0.0.1:{port_a}/ws");
+
+    let leader = TestPeer::connect_url(&ws_a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    leader.publish(PublishSpec::default()).await;
+    let per = TestPeer::connect_url(&ws_a, &per_token, None).await;
+    per.wait_msg(|m| m["type"] == "joined").await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let cam = kari.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > 20).await);
+    per.leave().await;
+    per.wait_msg(|m| m["type"] == "bye").await;
+    assert_eq!(
+        b.state
+            .db
+            .lease_of(&session)
+            .await
+            .unwrap()
+            .map(|l| (l.0, l.1)),
+        Some(("molde-1".to_owned(), 1))
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await; // a few renewals and last-seen notes
+
+    let killed_at = attendance::now_ms();
+    let killed = Instant::now();
+    drop(node_a); // SIGKILL
+    assert!(
+        wait_until(TIMEOUT, || kari.socket_closed()).await,
+        "B kept Kari's socket open after the owner died"
+    );
+    for p in [leader, kari, per] {
+        p.close().await;
+    }
+
+    // Everyone comes back through B.
+    let leader = TestPeer::connect_url(&b.ws_url(), &leader_token, None).await;
+    let back = leader
+        .wait_msg(|m| m["type"] == "joined" || m["type"] == "error")
+        .await;
+    assert_eq!(back["type"], "joined", "{back}");
+    let rejoined_ms = killed.elapsed().as_millis();
+    let (owner, epoch, _) = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert_eq!((owner.as_str(), epoch), ("volda-1", 2));
+    assert!(
+        attendance::now_ms() >= killed_at + LEASE_MS as i64 - RENEW_MS as i64 - 100,
+        "taken over before the dead owner's lease ran out"
+    );
+    let sent = leader.publish(PublishSpec::default()).await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let cam = kari.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > 20).await);
+    check_delivery(&kari, &cam, &sent[0]);
+    let media_ms = killed.elapsed().as_millis();
+    eprintln!(
+        "owner killed: rejoined through the other node after {rejoined_ms} ms, media back after {media_ms} ms (lease {LEASE_MS} ms)"
+    );
+    assert_eq!(b.state.rooms.count(), 1);
+
+    for p in [&leader, &kari] {
+        p.leave().await;
+        p.wait_msg(|m| m["type"] == "bye").await;
+    }
+    let events = attendance::events(&b.state.db, &session).await.unwrap();
+    let of = |invite: &str| -> Vec<&Event> {
+        events
+            .iter()
+            .filter(|e| e.invite_id == invite && matches!(e.kind, Kind::Joined | Kind::Left(_)))
+            .collect()
+    };
+    for invite in [&leader_invite, &kari_invite] {
+        let mine = of(invite);
+        let kinds: Vec<Kind> = mine.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Joined,
+                Kind::Left(LeftReason::Recovered),
+                Kind::Joined,
+                Kind::Left(LeftReason::Left)
+            ],
+            "{mine:?}"
+        );
+        // Closed by the new owner at the dead owner's last renewal: after the join, before
+        // the kill, at most a renewal interval (and scheduling) before it.
+        let closed = mine[1];
+        assert!(closed.by_recovery);
+        assert!(
+            closed.at_ms >= mine[0].at_ms && closed.at_ms <= killed_at,
+            "{mine:?}"
+        );
+        assert!(
+            killed_at - closed.at_ms < 1_000,
+            "closed {} ms before the kill",
+            killed_at - closed.at_ms
+        );
+    }
+    let per_kinds: Vec<Kind> = of(&per_invite).iter().map(|e| e.kind).collect();
+    assert_eq!(per_kinds, [Kind::Joined, Kind::Left(LeftReason::Left)]);
+    leader.close().await;
+    kari.close().await;
+    b.shutdown().await;
+}
