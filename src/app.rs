@@ -170,6 +170,7 @@ impl Server {
         );
         if let Some(node) = &state.cluster {
             node.spawn(state.shutdown.clone());
+            state.rooms.spawn_lease_follower(state.shutdown.clone());
         }
         let app = router(self.state);
         let shutdown = state.shutdown.clone();

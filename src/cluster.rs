@@ -40,6 +40,8 @@ pub struct Node {
     lease_ms: i64,
     renew_every: Duration,
     held: Arc<Mutex<HashMap<String, Lease>>>,
+    /// Sessions whose lease this node lost (`lost_sessions`).
+    lost: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Node {
@@ -53,6 +55,7 @@ impl Node {
             lease_ms: config.lease_ms as i64,
             renew_every: Duration::from_millis(config.renew_interval_ms),
             held: Arc::default(),
+            lost: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -146,6 +149,22 @@ impl Node {
         Ok(())
     }
 
+    /// Tells of each session whose lease this node loses to another node from now on.
+    pub fn lost_sessions(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.lost.subscribe()
+    }
+
+    /// Sessions whose lease ran out without being given up or renewed (their owner died or
+    /// was cut off) and that this node does not hold: candidates for `take` and `release`.
+    pub async fn orphans(&self) -> Result<Vec<String>, DbError> {
+        let expired = self.db.expired_leases(now_ms()).await?;
+        let held = self.held.lock().expect("leases lock is never poisoned");
+        Ok(expired
+            .into_iter()
+            .filter(|s| !held.contains_key(s))
+            .collect())
+    }
+
     /// The lease this node holds for `session`, if it does.
     pub fn lease(&self, session: &str) -> Option<Lease> {
         self.held
@@ -201,6 +220,8 @@ impl Node {
         }
         for session in &lost {
             tracing::warn!(session = %session, "session lease lost to another node; this node's writes for it are refused from now on");
+            // Nobody listening (no rooms follow the leases) is fine.
+            let _ = self.lost.send(session.clone());
         }
         Ok(lost)
     }

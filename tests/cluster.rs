@@ -792,3 +792,83 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
     kari.close().await;
     b.shutdown().await;
 }
+
+/// A node that loses its session's lease while it still runs the room (cut off from the store
+/// long enough for another node to take the session): its members are told to reconnect
+/// (`bye` `server_shutdown`, which brings them to the new owner) and its room closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_lease_was_taken_sends_its_members_on() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let session = a.session("taken").await;
+    let token = a
+        .token("taken", Role::Participant, Some("Kari"), false)
+        .await;
+    let kari = TestPeer::connect(&a, &token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    assert_eq!(a.state.rooms.count(), 1);
+    // As a takeover looks from A: the lease row names another node and a higher epoch.
+    let db = open(&url).await;
+    sqlx::query("UPDATE session_leases SET node_id = 'alesund-1', epoch = epoch + 1, expires_ms = $2 WHERE session_id = $1")
+        .bind(&session)
+        .bind(attendance::now_ms() + 60_000)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let bye = kari.wait_msg(|m| m["type"] == "bye").await;
+    assert_eq!(bye["reason"], "server_shutdown", "{bye}");
+    assert!(wait_until(TIMEOUT, || a.state.rooms.count() == 0).await);
+    kari.close().await;
+    a.shutdown().await;
+}
+
+/// A session whose owner died and whose members never came back: a live node notices the
+/// lease ran out, takes it (epoch 2), closes the dead owner's open intervals at its last
+/// renewal, and gives it up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_session_nobody_returns_to_is_closed_by_another_node() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let db_dead = open(&url).await;
+    let dead = Node::new(db_dead.clone(), &node_config("kristiansund-1")).unwrap();
+    let session = new_session(&db_dead).await;
+    let Claim::Owned(lease) = dead.claim(&session).await.unwrap() else {
+        panic!("a free session is claimed");
+    };
+    let writer = Attendance::spawn(db_dead.clone());
+    writer
+        .record(Record {
+            session_id: session.clone(),
+            event: joined("kari"),
+        })
+        .await
+        .expect("committed");
+    // It dies now: no more renewals. A live node comes up.
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let mut closed = None;
+    let deadline = Instant::now() + Duration::from_millis(4 * LEASE_MS);
+    while closed.is_none() && Instant::now() < deadline {
+        closed = attendance::events(&b.state.db, &session)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| matches!(e.kind, Kind::Left(_)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = closed.expect("the dead node's interval was never closed");
+    assert_eq!(
+        closed.kind,
+        Kind::Left(kursrelay::attendance::LeftReason::Recovered)
+    );
+    assert!(closed.by_recovery);
+    // At the dead tenure's last renewal (its claim, here), but never before the join.
+    let joined_at = attendance::events(&b.state.db, &session).await.unwrap()[0].at_ms;
+    assert_eq!(
+        closed.at_ms,
+        (lease.expires_ms - LEASE_MS as i64).max(joined_at)
+    );
+    let (owner, epoch, expires) = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert_eq!((owner.as_str(), epoch, expires), ("volda-1", 2, 0));
+    b.shutdown().await;
+}

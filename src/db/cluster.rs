@@ -202,6 +202,16 @@ impl Db {
         Ok(())
     }
 
+    /// Sessions whose lease expired without being given up (a release sets the expiry to 0).
+    pub async fn expired_leases(&self, now_ms: i64) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT session_id FROM session_leases WHERE expires_ms > 0 AND expires_ms <= $1 ORDER BY session_id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The internal URL a node wrote in its heartbeat row, if it ever beat.
     pub async fn node_url(&self, node_id: &str) -> Result<Option<String>, DbError> {
         Ok(

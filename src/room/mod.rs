@@ -217,6 +217,10 @@ enum Command {
     },
     /// Ended from outside (the admin API): everyone is told and the room closes.
     End,
+    /// Several nodes: this node lost the session's lease (another node runs it now). Everyone
+    /// is told to reconnect (`bye` `server_shutdown`), which brings them to the new owner; the
+    /// room closes without recording anything (its writes would be refused).
+    Moved,
     /// The admin API changed the session's settings.
     Settings(SessionSettings),
     /// The session's main feed for a WHEP player (`member`), attached with `attach`.
@@ -355,6 +359,67 @@ impl Rooms {
     pub fn with_node(mut self, node: Option<Node>) -> Rooms {
         self.node = node;
         self
+    }
+
+    /// Several nodes: follows this node's leases until `stop`. A room whose lease was lost
+    /// sends its members on (`Command::Moved`); every lease period, sessions whose owner
+    /// stopped renewing and that nobody took since (a dead node whose members did not come
+    /// back) are taken and given up at once, which closes their open attendance intervals.
+    /// Nothing on a single server.
+    pub fn spawn_lease_follower(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        let rooms = self.clone();
+        let mut lost = node.lost_sessions();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(node.lease_length());
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    session = lost.recv() => match session {
+                        Ok(session) => {
+                            if let Some(session) = SessionId::parse(&session) {
+                                if let Some(handle) = rooms.running(&session) {
+                                    let _ = handle.send(Command::Moved).await;
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = sweep.tick() => rooms.sweep_orphans(&node).await,
+                }
+            }
+        });
+    }
+
+    /// Takes and gives up every session whose lease expired without anyone taking it over
+    /// (`Node::take` closes the dead tenure's open intervals).
+    async fn sweep_orphans(&self, node: &Node) {
+        let orphans = match node.orphans().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for sessions a dead node left");
+                return;
+            }
+        };
+        for session in orphans {
+            let Some(session) = SessionId::parse(&session) else {
+                continue;
+            };
+            let _starting = self.starting.lock().await;
+            if self.is_live(&session) {
+                continue;
+            }
+            self.attendance.flush().await;
+            if let Ok(Claim::Owned(_)) = node.take(session.as_str()).await {
+                if let Err(e) = node.release(session.as_str()).await {
+                    tracing::warn!(session = %session, error = %e, "could not give a swept session's lease up; it expires by itself");
+                }
+            }
+        }
     }
 
     /// Whether a room of `session` is running here and takes commands.
@@ -606,7 +671,7 @@ impl Room {
                     continue;
                 }
             };
-            let end = matches!(cmd, Command::End);
+            let end = matches!(cmd, Command::End | Command::Moved);
             self.handle(cmd);
             if end || self.members.is_empty() {
                 // Leave the registry first so new joins start a fresh room, then refuse what
@@ -739,6 +804,7 @@ impl Room {
                 }
             }
             Command::End => self.end(),
+            Command::Moved => self.moved(),
             Command::Settings(settings) => {
                 if settings != self.settings {
                     tracing::info!(
@@ -1075,6 +1141,17 @@ impl Room {
                 self.record(*m, Kind::Left(LeftReason::SessionEnded));
             }
             self.send_to(*m, RoomEvent::Bye(ByeReason::SessionEnded));
+        }
+        self.tracks.clear();
+        self.members.clear();
+        self.hands.clear();
+    }
+
+    fn moved(&mut self) {
+        tracing::warn!("session lease lost to another node; members are sent there");
+        let all: Vec<MemberId> = self.members.iter().map(|m| m.info.member_id).collect();
+        for m in &all {
+            self.send_to(*m, RoomEvent::Bye(ByeReason::ServerShutdown));
         }
         self.tracks.clear();
         self.members.clear();
