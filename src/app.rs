@@ -123,6 +123,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             equipment: Default::default(),
             cluster,
+            carried: Default::default(),
         };
         Ok(Server {
             listener,

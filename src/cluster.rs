@@ -154,10 +154,12 @@ impl Node {
         self.lost.subscribe()
     }
 
-    /// Sessions whose lease ran out without being given up or renewed (their owner died or
-    /// was cut off) and that this node does not hold: candidates for `take` and `release`.
+    /// Sessions whose lease ran out at least one lease ago without being given up or renewed
+    /// (their owner died or was cut off), and that this node does not hold: candidates for
+    /// `take` and `release`. The extra lease leaves the members' reconnects time to take the
+    /// session themselves, with the next epoch.
     pub async fn orphans(&self) -> Result<Vec<String>, DbError> {
-        let expired = self.db.expired_leases(now_ms()).await?;
+        let expired = self.db.expired_leases(now_ms() - self.lease_ms).await?;
         let held = self.held.lock().expect("leases lock is never poisoned");
         Ok(expired
             .into_iter()

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing::Instrument;
 
+use super::guard::WsPermit;
 use super::AppState;
 use crate::cluster::Owner;
 use crate::protocol::{ErrorCode, ServerMessage};
@@ -32,10 +33,14 @@ pub const PATH: &str = "/cluster/ws";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a door tries to reach a session's owner before it gives up on this join.
 const ATTEMPTS: usize = 3;
-/// Members this node carries to other nodes right now (`/metrics`).
-pub static FORWARDED_OPEN: AtomicU64 = AtomicU64::new(0);
-/// Forwarded connections other nodes were refused here for a missing or wrong secret.
-pub static REFUSED_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// What `/metrics` tells of the node-to-node signalling.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Members this node carries to other nodes right now.
+    pub carried_open: AtomicU64,
+    /// Node connections refused here for a missing or wrong secret.
+    pub refused: AtomicU64,
+}
 
 /// `/cluster/ws`: another node carries a member's signalling here. 404 on a single server;
 /// 401 without the right `Authorization: Bearer <cluster.secret>`, before anything else.
@@ -56,7 +61,7 @@ pub(super) async fn upgrade(State(state): State<AppState>, request: Request) -> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !same_secret(given.as_bytes(), node.secret().as_bytes()) {
-        REFUSED_TOTAL.fetch_add(1, Ordering::Relaxed);
+        state.carried.refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("refused a node-to-node connection: cluster.secret missing or wrong");
         return (
             StatusCode::UNAUTHORIZED,
@@ -134,6 +139,7 @@ pub(super) enum Carried {
 pub(super) async fn carry(
     socket: &mut WebSocket,
     state: &AppState,
+    permit: &mut WsPermit,
     session: &str,
     hello: &str,
     join: &str,
@@ -153,7 +159,7 @@ pub(super) async fn carry(
         };
         if let Some(upstream) = connect(state, &owner).await {
             let span = tracing::info_span!("forwarded", owner = %owner.node_id);
-            relay(socket, state, upstream, hello, join)
+            relay(socket, state, permit, upstream, hello, join)
                 .instrument(span)
                 .await;
             return Carried::Done;
@@ -189,13 +195,15 @@ async fn send_server(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
 async fn relay(
     socket: &mut WebSocket,
     state: &AppState,
+    permit: &mut WsPermit,
     mut upstream: Upstream,
     hello: &str,
     join: &str,
 ) {
-    FORWARDED_OPEN.fetch_add(1, Ordering::Relaxed);
-    let _open = scopeguard(|| {
-        FORWARDED_OPEN.fetch_sub(1, Ordering::Relaxed);
+    let counts = state.carried.clone();
+    counts.carried_open.fetch_add(1, Ordering::Relaxed);
+    let _open = scopeguard(move || {
+        counts.carried_open.fetch_sub(1, Ordering::Relaxed);
     });
     if upstream
         .send(tungstenite::Message::text(hello))
@@ -262,6 +270,13 @@ async fn relay(
                         && serde_json::from_str::<serde_json::Value>(text.as_str()).is_ok_and(|v| v["type"] == "welcome")
                     {
                         continue;
+                    }
+                    // Let in by the owner: as on /ws, the socket no longer counts against
+                    // the member's address (hospital NAT).
+                    if text.as_str().contains("\"joined\"")
+                        && serde_json::from_str::<serde_json::Value>(text.as_str()).is_ok_and(|v| v["type"] == "joined")
+                    {
+                        permit.admitted();
                     }
                     if socket.send(Message::Text(text.as_str().into())).await.is_err() {
                         let _ = upstream.close(None).await;

@@ -54,6 +54,8 @@ pub struct AppState {
     pub equipment: crate::room::equipment::Equipment,
     /// This server as a node of several (`cluster.node_id`); `None` on a single server.
     pub cluster: Option<crate::cluster::Node>,
+    /// Members carried to other nodes, node connections refused (`forward`).
+    pub carried: Arc<forward::Counts>,
 }
 
 /// The whole HTTP surface, testable without a socket.
@@ -169,8 +171,8 @@ kursrelay_cluster_forwarded_open {}
 # TYPE kursrelay_cluster_refused_total counter
 kursrelay_cluster_refused_total {}
 ",
-            load(&forward::FORWARDED_OPEN),
-            load(&forward::REFUSED_TOTAL),
+            load(&state.carried.carried_open),
+            load(&state.carried.refused),
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

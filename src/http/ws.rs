@@ -242,7 +242,7 @@ async fn run(
                                         if let (Door::Public, Some(hello), Some(session), false, true) =
                                             (door, hello.as_deref(), session, joined_here, state.cluster.is_some())
                                         {
-                                            match super::forward::carry(&mut socket, &state, &session, hello, text.as_str()).await {
+                                            match super::forward::carry(&mut socket, &state, &mut permit, &session, hello, text.as_str()).await {
                                                 super::forward::Carried::Done => {
                                                     client.shutdown().await;
                                                     return;
