@@ -1067,3 +1067,92 @@ async fn the_region_proxy_brings_every_member_to_a_live_node() {
     }
     stays.shutdown().await;
 }
+
+/// The admin API called on node B for a session running on node A: A's room follows at once
+/// (a withdrawn invite's holder goes, a settings change reaches the members, the end ends it),
+/// as it does for a call on A itself. A notice without the secret is refused and does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_on_another_node_reaches_the_running_room() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let session = a.session("notice").await;
+    let leader_token = a
+        .token("notice", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let (kari_invite, kari_token) = a
+        .token_with("notice", Role::Participant, Some("Kari"), false, None)
+        .await;
+    let per_token = a
+        .token("notice", Role::Participant, Some("Per"), false)
+        .await;
+    let leader = TestPeer::connect(&a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let kari = TestPeer::connect(&a, &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let per = TestPeer::connect_url(&b.ws_url(), &per_token, None).await;
+    per.wait_msg(|m| m["type"] == "joined").await;
+    let admin = format!("Bearer {ADMIN_KEY}");
+    let auth = [("Authorization", admin.as_str())];
+
+    // Without the secret: refused, nothing happens.
+    let refused = http_request(
+        a.addr,
+        "POST",
+        &format!("/cluster/notice/{session}"),
+        &[("Content-Type", "application/json")],
+        br#"{"notice":"end"}"#,
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(refused.body.contains("cluster.secret"));
+    assert_eq!(a.state.rooms.count(), 1);
+
+    // Chat turned on through B: the members on A get a roster saying so.
+    let patch = http_request(
+        b.addr,
+        "PATCH",
+        &format!("/api/sessions/{session}"),
+        &[auth[0], ("Content-Type", "application/json")],
+        br#"{"chat_enabled": true}"#,
+    )
+    .await;
+    assert_eq!(patch.status, 200, "{patch:?}");
+    kari.wait_msg(|m| m["type"] == "roster" && m["chat_enabled"] == true)
+        .await;
+
+    // Kari's invite withdrawn through B: she goes at once.
+    let revoke = http_request(
+        b.addr,
+        "POST",
+        &format!("/api/invites/{kari_invite}/revoke"),
+        &auth,
+        b"",
+    )
+    .await;
+    assert_eq!(revoke.status, 200, "{revoke:?}");
+    let bye = kari.wait_msg(|m| m["type"] == "bye").await;
+    assert_eq!(bye["reason"], "revoked", "{bye}");
+
+    // Ended through B: everyone on A, and Per carried from B, hears it.
+    let end = http_request(
+        b.addr,
+        "POST",
+        &format!("/api/sessions/{session}/end"),
+        &auth,
+        b"",
+    )
+    .await;
+    assert_eq!(end.status, 200, "{end:?}");
+    for p in [&leader, &per] {
+        let bye = p.wait_msg(|m| m["type"] == "bye").await;
+        assert_eq!(bye["reason"], "session_ended", "{bye}");
+    }
+    assert!(wait_until(TIMEOUT, || a.state.rooms.count() == 0).await);
+    for p in [leader, kari, per] {
+        p.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -22,10 +22,12 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing::Instrument;
 
-use super::guard::WsPermit;
+use super::guard::{same_secret, WsPermit};
 use super::AppState;
 use crate::cluster::Owner;
+use crate::ids::SessionId;
 use crate::protocol::{ErrorCode, ServerMessage};
+use crate::room::SessionSettings;
 
 /// The owner's endpoint for forwarded members.
 pub const PATH: &str = "/cluster/ws";
@@ -45,29 +47,18 @@ pub struct Counts {
 /// `/cluster/ws`: another node carries a member's signalling here. 404 on a single server;
 /// 401 without the right `Authorization: Bearer <cluster.secret>`, before anything else.
 pub(super) async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
-    let Some(node) = &state.cluster else {
+    if state.cluster.is_none() {
         return (
             StatusCode::NOT_FOUND,
             "This server is not a node of several.\n",
         )
             .into_response();
-    };
+    }
     // The secret before anything else about the request, the upgrade included.
     let (mut parts, _body) = request.into_parts();
-    let given = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same_secret(given.as_bytes(), node.secret().as_bytes()) {
-        state.carried.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("refused a node-to-node connection: cluster.secret missing or wrong");
-        return (
-            StatusCode::UNAUTHORIZED,
-            "The node-to-node connection needs this region's cluster.secret; it was missing or wrong.\n",
-        )
-            .into_response();
+    let given = bearer(&parts.headers);
+    if let Err(refused) = check_secret(&state, given) {
+        return refused;
     }
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => ws,
@@ -81,16 +72,153 @@ pub(super) async fn upgrade(State(state): State<AppState>, request: Request) -> 
     super::ws::upgrade_forwarded(ws, state, permit)
 }
 
-/// Equal bytes, in a time that depends only on the lengths.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    if expected.is_empty() || given.len() != expected.len() {
-        return false;
+/// `Err` with the 401 to send unless `given` is this region's `cluster.secret` (compared in
+/// constant time: `guard::same_secret`).
+#[allow(clippy::result_large_err)]
+fn check_secret(state: &AppState, given: &str) -> Result<(), Response> {
+    let real = state.cluster.as_ref().map(|n| n.secret()).unwrap_or("");
+    if !real.is_empty() && same_secret(given, real) {
+        return Ok(());
     }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    state.carried.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("refused a node-to-node request: cluster.secret missing or wrong");
+    Err((
+        StatusCode::UNAUTHORIZED,
+        "The node-to-node connection needs this region's cluster.secret; it was missing or wrong.\n",
+    )
+        .into_response())
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+/// What the admin API, called on one node, tells the room of a session running on another.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "notice")]
+pub enum RoomNotice {
+    /// The session was ended.
+    End,
+    /// An invite was withdrawn: whoever holds it goes.
+    Revoke { invite_id: String },
+    /// The session's settings changed in the store: the room reads them again.
+    Settings,
+}
+
+/// The owner's path for room notices.
+pub const NOTICE_PATH: &str = "/cluster/notice/{session}";
+
+/// Several nodes: tells the room of `session` about `notice` if another node runs it (the
+/// admin API changed the store here; the owner's room must follow at once, as a room on this
+/// node does). Best effort: a failure is logged, and the room learns the store's state at its
+/// next start.
+pub async fn tell_owner(state: &AppState, session: &str, notice: RoomNotice) {
+    let Some(node) = &state.cluster else {
+        return;
+    };
+    let owner = match node.owner_elsewhere(session).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the session's lease; its room elsewhere is not told");
+            return;
+        }
+    };
+    let body = serde_json::to_string(&notice).expect("a notice serialises");
+    let path = NOTICE_PATH.replace("{session}", session);
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        post_internal(&owner.internal_url, &path, node.secret(), &body),
+    )
+    .await
+    {
+        Ok(Ok(204)) => {}
+        Ok(Ok(status)) => {
+            tracing::warn!(owner = %owner.node_id, status, "the session's owner refused a room notice")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(owner = %owner.node_id, error = %e, "cannot tell the session's owner")
+        }
+        Err(_) => {
+            tracing::warn!(owner = %owner.node_id, "the session's owner did not answer a room notice in time")
+        }
+    }
+}
+
+/// One HTTP/1.1 POST to another node (plain HTTP on the internal network); its status code.
+async fn post_internal(
+    internal_url: &str,
+    path: &str,
+    secret: &str,
+    body: &str,
+) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = internal_url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .unwrap_or(internal_url);
+    let (host, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let request = format!(
+        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = vec![0u8; 64];
+    let n = stream.read(&mut head).await?;
+    let status = std::str::from_utf8(&head[..n])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status in the owner's answer"))?;
+    Ok(status)
+}
+
+/// `POST /cluster/notice/{session}` (another node's admin API changed the store): the room
+/// running here follows, as after a call to this node's own API. 204; 401 without the secret.
+pub(super) async fn notice(
+    State(state): State<AppState>,
+    axum::extract::Path(session): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if state.cluster.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if let Err(refused) = check_secret(&state, bearer(&headers)) {
+        return refused;
+    }
+    let (Some(sid), Ok(notice)) = (
+        SessionId::parse(&session),
+        serde_json::from_slice::<RoomNotice>(&body),
+    ) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    match notice {
+        RoomNotice::End => state.rooms.end(&sid).await,
+        RoomNotice::Revoke { invite_id } => state.rooms.revoke(&sid, &invite_id).await,
+        RoomNotice::Settings => match state.db.session(&session).await {
+            Ok(s) => {
+                state
+                    .rooms
+                    .set_settings(&sid, SessionSettings::of(&s))
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the session for a settings notice");
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+        },
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// The owner's `/cluster/ws` address from its `internal_url` (`http://h:p[/prefix]`).
@@ -349,11 +477,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcdeF", b"0123456789abcdef"));
-        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"));
-        assert!(!same_secret(b"", b""));
+    fn notices_read_back() {
+        for n in [
+            RoomNotice::End,
+            RoomNotice::Revoke {
+                invite_id: "i1".into(),
+            },
+            RoomNotice::Settings,
+        ] {
+            let text = serde_json::to_string(&n).unwrap();
+            assert_eq!(serde_json::from_str::<RoomNotice>(&text).unwrap(), n);
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route(forward::PATH, get(forward::upgrade))
+        .route(forward::NOTICE_PATH, post(forward::notice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
