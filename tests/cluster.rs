@@ -1030,15 +1030,17 @@ async fn the_region_proxy_brings_every_member_to_a_live_node() {
     for p in &peers {
         assert_eq!(roster_ids(&roster_of(p, 4).await).len(), 4);
     }
-    let node_door = http_request(
-        format!("127.0.0.1:{front}").parse().unwrap(),
-        "GET",
-        "/cluster/ws",
-        &[("Authorization", &format!("Bearer {SECRET}"))],
-        b"",
-    )
-    .await;
-    assert_eq!(node_door.status, 404);
+    for path in ["/cluster/ws", "/cluster/notice/x"] {
+        let node_door = http_request(
+            format!("127.0.0.1:{front}").parse().unwrap(),
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {SECRET}"))],
+            b"",
+        )
+        .await;
+        assert_eq!(node_door.status, 404, "{path}");
+    }
 
     // The node running the session stops (an update, a reboot): everyone reconnects through
     // the proxy and lands on the other node, which takes the session.
