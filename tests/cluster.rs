@@ -1158,3 +1158,50 @@ async fn the_admin_api_on_another_node_reaches_the_running_room() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A carried member who says nothing is kept alive on both legs: the door pings the member,
+/// and the owner's pings to the door are answered, so neither idle timeout (1 s here) closes
+/// a quiet member's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_carried_member_stays() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let quick = "[signalling]\nping_interval_ms = 200\nidle_timeout_ms = 1000\n";
+    let a = TestServer::spawn_with(&format!(
+        "{}{quick}",
+        node_overlay(&url, "molde-1", free_port())
+    ))
+    .await;
+    let b = TestServer::spawn_with(&format!(
+        "{}{quick}",
+        node_overlay(&url, "volda-1", free_port())
+    ))
+    .await;
+    let leader_token = a
+        .token("quiet", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let kari_token = a
+        .token("quiet", Role::Participant, Some("Kari"), false)
+        .await;
+    let leader = TestPeer::connect(&a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!kari.socket_closed(), "{:#?}", kari.inbox());
+    assert!(!kari.inbox().iter().any(|m| m["type"] == "bye"));
+    kari.send(json!({"type": "raise_hand"})).await;
+    leader
+        .wait_msg(|m| {
+            m["type"] == "roster"
+                && m["hands"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|x| x == kari.member_id.as_str()))
+        })
+        .await;
+    for p in [leader, kari] {
+        p.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
