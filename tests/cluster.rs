@@ -1,6 +1,10 @@
-//! Several nodes on one real PostgreSQL (issue 22, deliverable 2): heartbeats, one owner per
-//! session by a lease with an epoch, a takeover once renewals stop, and the stale owner's
-//! writes refused. Always on PostgreSQL (tests/common/pg.rs), whatever KURSRELAY_TEST_DB says.
+//! Several nodes on one real PostgreSQL (issue 22): heartbeats, one owner per session by a
+//! lease with an epoch, a takeover once renewals stop, and the stale owner's writes refused;
+//! rooms that run only under their lease; a member carried from the node it reached to the
+//! node running the session (real servers, real webrtc-rs peers), the node door's secret, the
+//! admin API on any node; a node killed with SIGKILL and its session going on elsewhere with
+//! its attendance whole; deploy/nginx-region.conf in front of two nodes. Always on
+//! PostgreSQL (tests/common/pg.rs), whatever KURSRELAY_TEST_DB says.
 
 mod common;
 
