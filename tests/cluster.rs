@@ -669,11 +669,13 @@ fn start_node(config: &std::path::Path) -> NodeProcess {
 }
 
 /// Deliverable 4, a node's loss survived: the session runs on node A (a real process); Kari
-/// is carried to it from node B. A gets SIGKILL. Kari's socket is closed by B (1001); the
-/// leader and Kari reconnect through B, which waits out A's lease, takes the session with
-/// epoch 2, closes the intervals A left open at A's last renewal, and runs it: the leader's
-/// media reaches Kari again. Every acknowledged join and leave is in the record, and once
-/// everyone has left every interval is closed.
+/// and Ola (an open link, let in from the lobby) are carried to it from node B. A gets
+/// SIGKILL. Kari's socket is closed by B (1001); the leader and Kari reconnect through B,
+/// which waits out A's lease, takes the session with epoch 2, closes the intervals A left open
+/// at A's last renewal, and runs it: the leader's media reaches Kari again. Ola comes back
+/// with his rejoin token straight in, without the lobby. Every acknowledged join and leave is
+/// in the record, each person under one subject, and once everyone has left every interval
+/// is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_the_session_continues_on_another_node() {
     use kursrelay::attendance::LeftReason;
@@ -689,6 +691,10 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
         .await;
     let (per_invite, per_token) = b
         .token_with("failover", Role::Participant, Some("Per"), false, None)
+        .await;
+    // Someone by the session's open link, let in from the lobby.
+    let (ola_invite, open_link) = b
+        .token_with("failover", Role::Participant, None, true, None)
         .await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -715,6 +721,13 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
     kari.wait_msg(|m| m["type"] == "joined").await;
     let cam = kari.wait_offered(&leader.member_id, "camera").await;
     assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > 20).await);
+    let ola = TestPeer::connect_url(&b.ws_url(), &open_link, Some("Ola")).await;
+    ola.wait_msg(|m| m["type"] == "lobby").await;
+    leader
+        .send(json!({"type": "admit", "member_id": ola.member_id}))
+        .await;
+    let admitted = ola.wait_msg(|m| m["type"] == "joined").await;
+    let rejoin = admitted["rejoin_token"].as_str().unwrap().to_owned();
     per.leave().await;
     per.wait_msg(|m| m["type"] == "bye").await;
     assert_eq!(
@@ -735,7 +748,7 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
         wait_until(TIMEOUT, || kari.socket_closed()).await,
         "B kept Kari's socket open after the owner died"
     );
-    for p in [leader, kari, per] {
+    for p in [leader, kari, per, ola] {
         p.close().await;
     }
 
@@ -763,8 +776,11 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
         "owner killed: rejoined through the other node after {rejoined_ms} ms, media back after {media_ms} ms (lease {LEASE_MS} ms)"
     );
     assert_eq!(b.state.rooms.count(), 1);
+    // Ola comes back with the token the page kept: straight in, no second lobby wait.
+    let ola = TestPeer::connect_url(&b.ws_url(), &rejoin, None).await;
+    assert_eq!(ola.inbox()[1]["type"], "joined", "{:#?}", ola.inbox());
 
-    for p in [&leader, &kari] {
+    for p in [&leader, &kari, &ola] {
         p.leave().await;
         p.wait_msg(|m| m["type"] == "bye").await;
     }
@@ -775,8 +791,13 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
             .filter(|e| e.invite_id == invite && matches!(e.kind, Kind::Joined | Kind::Left(_)))
             .collect()
     };
-    for invite in [&leader_invite, &kari_invite] {
+    for invite in [&leader_invite, &kari_invite, &ola_invite] {
         let mine = of(invite);
+        // The same person before and after: one subject.
+        assert!(
+            mine.iter().all(|e| e.subject == mine[0].subject),
+            "{mine:?}"
+        );
         let kinds: Vec<Kind> = mine.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
@@ -804,8 +825,9 @@ async fn the_owner_killed_the_session_continues_on_another_node() {
     }
     let per_kinds: Vec<Kind> = of(&per_invite).iter().map(|e| e.kind).collect();
     assert_eq!(per_kinds, [Kind::Joined, Kind::Left(LeftReason::Left)]);
-    leader.close().await;
-    kari.close().await;
+    for p in [leader, kari, ola] {
+        p.close().await;
+    }
     b.shutdown().await;
 }
 

@@ -363,9 +363,9 @@ impl Rooms {
 
     /// Several nodes: follows this node's leases until `stop`. A room whose lease was lost
     /// sends its members on (`Command::Moved`); every lease period, sessions whose owner
-    /// stopped renewing a lease ago and that nobody took since (a dead node whose members did not come
-    /// back) are taken and given up at once, which closes their open attendance intervals.
-    /// Nothing on a single server.
+    /// stopped renewing a lease ago and that nobody took since (a dead node whose members did
+    /// not come back) are taken and given up at once, which closes their open attendance
+    /// intervals. Nothing on a single server.
     pub fn spawn_lease_follower(&self, stop: tokio_util::sync::CancellationToken) {
         let Some(node) = self.node.clone() else {
             return;
