@@ -1231,3 +1231,53 @@ async fn a_quiet_carried_member_stays() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The first two members of a session arrive at the same moment at two different nodes: one
+/// node wins the session's lease, and the other member is carried there, whichever node lost
+/// the race (never an `internal` error). Eight sessions, each started from both sides at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_first_joins_on_two_nodes_meet_in_one_room() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    const SESSIONS: usize = 8;
+    let mut pairs = Vec::new();
+    for i in 0..SESSIONS {
+        let label = format!("race-{i}");
+        let first = a
+            .token(&label, Role::Leader, Some("Kursleiar"), false)
+            .await;
+        let second = a
+            .token(&label, Role::Participant, Some("Kari"), false)
+            .await;
+        pairs.push((first, second));
+    }
+    let (a_ws, b_ws) = (a.ws_url(), b.ws_url());
+    let joins = pairs.iter().map(|(first, second)| {
+        let (a_ws, b_ws) = (a_ws.clone(), b_ws.clone());
+        async move {
+            futures_util::join!(
+                TestPeer::connect_url(&a_ws, first, None),
+                TestPeer::connect_url(&b_ws, second, None)
+            )
+        }
+    });
+    let peers = futures_util::future::join_all(joins).await;
+    for (x, y) in &peers {
+        for p in [x, y] {
+            let reply = p
+                .wait_msg(|m| m["type"] == "joined" || m["type"] == "error")
+                .await;
+            assert_eq!(reply["type"], "joined", "{reply}");
+        }
+        assert_eq!(roster_ids(&roster_of(x, 2).await).len(), 2);
+    }
+    assert_eq!(a.state.rooms.count() + b.state.rooms.count(), SESSIONS);
+    for (x, y) in peers {
+        x.close().await;
+        y.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -131,6 +131,15 @@ async fn guard_join(
     Some(Flow::Close)
 }
 
+/// Whether the join just tried here was refused with `internal` (what `Rooms::join` gives when
+/// another node won the session's lease first); the caller then looks at the lease again.
+fn lost_the_session(client: &Client) -> bool {
+    matches!(
+        client.outbox.last(),
+        Some(ServerMessage::Error { code: ErrorCode::Internal, request: Some(r), .. }) if r == "join"
+    )
+}
+
 /// Token bucket: `rate` messages per second sustained, `burst` at once.
 struct RateLimit {
     tokens: f64,
@@ -254,7 +263,29 @@ async fn run(
                                                 }
                                                 super::forward::Carried::Here => {
                                                     joined_here = true;
-                                                    client.join(token, name.as_deref()).await
+                                                    let flow = client.join(token, name.as_deref()).await;
+                                                    // Another node started the session between the
+                                                    // look at its lease and this node's claim: the
+                                                    // member goes there instead of hearing `internal`.
+                                                    if lost_the_session(&client) {
+                                                        let refusal = client.outbox.pop();
+                                                        match super::forward::carry(&mut socket, &state, &mut permit, &session, hello, text.as_str()).await {
+                                                            super::forward::Carried::Done => {
+                                                                client.shutdown().await;
+                                                                return;
+                                                            }
+                                                            super::forward::Carried::Unreachable => {
+                                                                close_code = Some(CLOSE_NORMAL);
+                                                                Flow::Close
+                                                            }
+                                                            super::forward::Carried::Here => {
+                                                                client.outbox.extend(refusal);
+                                                                flow
+                                                            }
+                                                        }
+                                                    } else {
+                                                        flow
+                                                    }
                                                 }
                                             }
                                         } else {
