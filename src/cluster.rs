@@ -11,6 +11,7 @@
 //! `db::cluster`. Not built yet: the media cascade (docs/ARCHITECTURE.md, "Several nodes").
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub struct Node {
     held: Arc<Mutex<HashMap<String, Lease>>>,
     /// Sessions whose lease this node lost (`lost_sessions`).
     lost: tokio::sync::broadcast::Sender<String>,
+    /// Since when (ms since the epoch) every round of heartbeat and renewals has reached the
+    /// store; 0 while the last round failed (the store unreachable). See `judges_leases`.
+    store_ok_since: Arc<AtomicI64>,
 }
 
 impl Node {
@@ -56,6 +60,7 @@ impl Node {
             renew_every: Duration::from_millis(config.renew_interval_ms),
             held: Arc::default(),
             lost: tokio::sync::broadcast::channel(64).0,
+            store_ok_since: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -73,23 +78,45 @@ impl Node {
         Duration::from_millis(self.lease_ms as u64)
     }
 
-    /// The other node that holds a live lease on `session`, if one does. `None`: nobody, an
-    /// expired lease, or this node: the session may run here.
+    /// The other node that holds `session`, if one does: a live lease, or an expired one
+    /// whose owner is still alive (its heartbeat within one lease: it was cut off from the
+    /// store and renews as soon as it can), or any other node's lease while this node cannot
+    /// judge yet (`judges_leases`). `None`: nobody, a dead owner's expired lease, or this
+    /// node: the session may run here.
     pub async fn owner_elsewhere(&self, session: &str) -> Result<Option<Owner>, DbError> {
         let Some((node_id, _, expires_ms)) = self.db.lease_of(session).await? else {
             return Ok(None);
         };
-        if node_id == self.id || expires_ms <= now_ms() {
+        if node_id == self.id {
             return Ok(None);
         }
-        let Some(internal_url) = self.db.node_url(&node_id).await? else {
+        let now = now_ms();
+        let Some((internal_url, heartbeat_ms)) = self.db.node_row(&node_id).await? else {
             return Ok(None);
         };
+        let owner_alive = heartbeat_ms > now - self.lease_ms;
+        if expires_ms <= now && !owner_alive && self.judges_leases(now) {
+            return Ok(None);
+        }
         Ok(Some(Owner {
             node_id,
             internal_url,
             expires_ms,
         }))
+    }
+
+    /// Whether this node may judge other nodes' expired leases (take them over, sweep them):
+    /// only once its own rounds have reached the store for a whole lease. Just after the
+    /// store came back, every lease and heartbeat looks stale; the owners that were cut off
+    /// with it are given one lease to renew before anyone counts them dead.
+    pub fn judges_leases(&self, now_ms: i64) -> bool {
+        let since = self.store_ok_since.load(Ordering::SeqCst);
+        since > 0 && now_ms - since >= self.lease_ms
+    }
+
+    /// Whether the last round of heartbeat and renewals reached the store.
+    pub fn store_reachable(&self) -> bool {
+        self.store_ok_since.load(Ordering::SeqCst) > 0
     }
 
     /// Takes `session` for a room about to start on this node: claims its lease and, holding
@@ -155,11 +182,20 @@ impl Node {
     }
 
     /// Sessions whose lease ran out at least one lease ago without being given up or renewed
-    /// (their owner died or was cut off), and that this node does not hold: candidates for
-    /// `take` and `release`. The extra lease leaves the members' reconnects time to take the
-    /// session themselves, with the next epoch.
+    /// and whose owner's heartbeat stopped as long ago (it died, or is cut off from the store
+    /// — then its writes are fenced once another node takes the session), and that this node
+    /// does not hold: candidates for `take` and `release`. The extra lease leaves the members'
+    /// reconnects time to take the session themselves, with the next epoch. None while this
+    /// node cannot judge (`judges_leases`).
     pub async fn orphans(&self) -> Result<Vec<String>, DbError> {
-        let expired = self.db.expired_leases(now_ms() - self.lease_ms).await?;
+        let now = now_ms();
+        if !self.judges_leases(now) {
+            return Ok(Vec::new());
+        }
+        let expired = self
+            .db
+            .orphaned_leases(now - self.lease_ms, now - self.lease_ms)
+            .await?;
         let held = self.held.lock().expect("leases lock is never poisoned");
         Ok(expired
             .into_iter()
@@ -228,23 +264,62 @@ impl Node {
         Ok(lost)
     }
 
-    /// Runs `tick` every `cluster.renew_interval_ms` until `stop`. A round that fails (the store
-    /// unreachable) is logged and tried again at the next one; leases then run out as they
-    /// should.
+    /// Runs `tick` every `cluster.renew_interval_ms` until `stop`.
+    ///
+    /// The store unreachable (docs/ARCHITECTURE.md, "The store unreachable"): a round that
+    /// fails or gets no answer within one renewal period is logged and tried again at the
+    /// next one, with a fresh time. The leases held stay held — the rooms keep their media and
+    /// members, nothing is handed to nobody — and are renewed with the same epoch as soon as
+    /// the store answers, unless another node took one meanwhile (then its room sends its
+    /// members there, as for any lost lease).
     pub fn spawn(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let node = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(node.renew_every);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = every.tick() => {}
                 }
-                if let Err(e) = node.tick(now_ms()).await {
-                    tracing::warn!(error = %e, "cluster heartbeat failed; leases will expire if the store stays away");
+                let began = now_ms();
+                let round =
+                    tokio::time::timeout(node.renew_every.max(ROUND_AT_LEAST), node.tick(began))
+                        .await;
+                match round {
+                    Ok(Ok(_)) => {
+                        if failing {
+                            tracing::warn!("the store answers again; leases renewed");
+                            failing = false;
+                        }
+                        let _ = node.store_ok_since.compare_exchange(
+                            0,
+                            began,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
+                    }
+                    Ok(Err(e)) => {
+                        node.store_ok_since.store(0, Ordering::SeqCst);
+                        if !failing {
+                            tracing::error!(error = %e, "the store cannot be reached; running sessions go on, new joins are refused until it answers");
+                            failing = true;
+                        }
+                    }
+                    Err(_) => {
+                        node.store_ok_since.store(0, Ordering::SeqCst);
+                        if !failing {
+                            tracing::error!("the store does not answer; running sessions go on, new joins are refused until it answers");
+                            failing = true;
+                        }
+                    }
                 }
             }
         })
     }
 }
+
+/// The least time a round of heartbeat and renewals is given before it counts as failed (a
+/// very short renewal period must not make a busy store look unreachable).
+const ROUND_AT_LEAST: Duration = Duration::from_millis(500);

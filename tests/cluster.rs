@@ -1281,3 +1281,174 @@ async fn two_first_joins_on_two_nodes_meet_in_one_room() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// How long the store stays unreachable in `the_store_unreachable_running_sessions_go_on`: the
+/// issue's 30 s. That is twenty leases, and longer than every timeout on the way (the pool's
+/// 10 s connect wait, the join's 5 s attendance wait, a lease round's), so whatever would give
+/// up during an outage has given up long before the store comes back.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Deliverable 4, "if the store is unreachable": two nodes on a PostgreSQL of the test's own,
+/// whose every process is stopped (SIGSTOP) for `OUTAGE` — a store that answers nothing, as
+/// behind a cut network, the harder case than a refused connection, which fails at once.
+/// The leader publishes on A; Kari watches through B (carried), Per on A. During the outage
+/// Kari's received count keeps rising, nobody is sent away, the roster stays; Per leaves (his
+/// `left` waits in A's writer); a join through B and one on A are refused with the store
+/// message, at once. After: the lease is still A's with epoch 1 and renewed (nobody took the
+/// session, B runs no room), Ola's join through B works, and Per's `left` is committed: every
+/// join and leave acknowledged is in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_unreachable_running_sessions_go_on() {
+    init_tracing();
+    let pg = common::pg::own_cluster("outage");
+    let url = pg.fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let session = a.session("region").await;
+    let leader_token = a
+        .token("region", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let mut invites = Vec::new();
+    let mut tokens = Vec::new();
+    for name in ["Kari", "Per", "Ola", "Lise"] {
+        let (invite, token) = a
+            .token_with("region", Role::Participant, Some(name), false, None)
+            .await;
+        invites.push(invite);
+        tokens.push(token);
+    }
+
+    let leader = TestPeer::connect(&a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let sent = leader.publish(PublishSpec::default()).await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &tokens[0], None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let per = TestPeer::connect(&a, &tokens[1], None).await;
+    per.wait_msg(|m| m["type"] == "joined").await;
+    let cam = kari.wait_offered(&leader.member_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > 20).await);
+    roster_of(&leader, 3).await;
+
+    pg.freeze(true);
+    let frozen = Instant::now();
+    // Both nodes notice within a round or two.
+    tokio::time::sleep(Duration::from_millis(3 * RENEW_MS + 600)).await;
+
+    // Per leaves during the outage: his `bye` comes (the room lets him go), the record waits.
+    per.leave().await;
+    per.wait_msg(|m| m["type"] == "bye").await;
+
+    // New joins are refused clearly, through another node and on the owner itself.
+    let store_refusal = |peer: &TestPeer| {
+        peer.inbox().into_iter().find(|m| {
+            m["type"] == "error"
+                && m["request"] == "join"
+                && m["message"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("cannot be reached"))
+        })
+    };
+    let asked = Instant::now();
+    let ola = TestPeer::connect_url(&b.ws_url(), &tokens[2], None).await;
+    let ola_refused_in = asked.elapsed();
+    assert!(store_refusal(&ola).is_some(), "{:#?}", ola.inbox());
+    let asked = Instant::now();
+    let lise = TestPeer::connect(&a, &tokens[3], None).await;
+    let lise_refused_in = asked.elapsed();
+    assert!(store_refusal(&lise).is_some(), "{:#?}", lise.inbox());
+    eprintln!("joins refused during the outage after {ola_refused_in:?} (through B) and {lise_refused_in:?} (on A)");
+    assert!(ola_refused_in < Duration::from_secs(3) && lise_refused_in < Duration::from_secs(3));
+    ola.close().await;
+    lise.close().await;
+
+    // Media keeps flowing to Kari for the whole outage: her count rises in every fifth of it.
+    let mut counts = vec![kari.received_count(&cam)];
+    while frozen.elapsed() < OUTAGE {
+        let step = (OUTAGE / 5).min(OUTAGE.saturating_sub(frozen.elapsed()));
+        tokio::time::sleep(step).await;
+        counts.push(kari.received_count(&cam));
+    }
+    pg.freeze(false);
+    eprintln!(
+        "store unreachable for {:?}; Kari's received packets along the way: {counts:?}",
+        frozen.elapsed()
+    );
+    assert!(
+        counts.windows(2).all(|w| w[1] > w[0]),
+        "media stopped during the outage: {counts:?}"
+    );
+    check_delivery(&kari, &cam, &sent[0]);
+    // Nobody was sent away: no bye for the leader or Kari, and the leader's roster still
+    // lists the two who stayed.
+    for peer in [&leader, &kari] {
+        assert!(
+            !types(peer).iter().any(|t| t == "bye"),
+            "{:#?}",
+            peer.inbox()
+        );
+    }
+    assert_eq!(
+        roster_ids(&roster_of(&leader, 2).await),
+        [&leader.member_id, &kari.member_id]
+            .into_iter()
+            .cloned()
+            .collect()
+    );
+
+    // The store is back: A renews its lease with the same epoch; nobody took the session.
+    let back = Instant::now();
+    let mut renewed = false;
+    while back.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some((node, epoch, expires))) = b.state.db.lease_of(&session).await {
+            assert_eq!((node.as_str(), epoch), ("molde-1", 1));
+            if expires > attendance::now_ms() {
+                renewed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "A did not renew its lease after the outage");
+    eprintln!(
+        "lease renewed {:?} after the store came back",
+        back.elapsed()
+    );
+    // Past the point where B judges leases again: still A's, epoch 1, and B runs nothing.
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
+    let lease = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert_eq!((lease.0.as_str(), lease.1), ("molde-1", 1));
+    assert_eq!((a.state.rooms.count(), b.state.rooms.count()), (1, 0));
+
+    // A join through B works again (carried to A), and media still reaches Kari.
+    let ola = TestPeer::connect_url(&b.ws_url(), &tokens[2], None).await;
+    ola.wait_msg(|m| m["type"] == "joined").await;
+    let before = kari.received_count(&cam);
+    assert!(wait_until(TIMEOUT, || kari.received_count(&cam) > before + 20).await);
+
+    // Every acknowledged join and Per's leave from the outage are in the record.
+    let events = attendance::events(&b.state.db, &session).await.unwrap();
+    let kinds = |invite: &str| -> Vec<Kind> {
+        events
+            .iter()
+            .filter(|e| e.invite_id == invite)
+            .map(|e| e.kind)
+            .filter(|k| matches!(k, Kind::Joined | Kind::Left(_)))
+            .collect()
+    };
+    assert_eq!(kinds(&invites[0]), [Kind::Joined]);
+    assert_eq!(
+        kinds(&invites[1]),
+        [
+            Kind::Joined,
+            Kind::Left(kursrelay::attendance::LeftReason::Left)
+        ]
+    );
+    assert_eq!(kinds(&invites[2]), [Kind::Joined]);
+    assert_eq!(kinds(&invites[3]), []);
+    for p in [leader, kari, ola] {
+        p.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    pg.stop();
+}

@@ -104,7 +104,21 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        match commit(&db, &batch).await {
+        // The store unreachable: the batch is kept and tried again until it commits, so what
+        // was recorded while it was away is written when it is back; the acks wait for that.
+        // Events queue behind it meanwhile (up to `QUEUE`).
+        let mut wait = RETRY_FIRST;
+        let result = loop {
+            match commit(&db, &batch).await {
+                Err(e) if unreachable(&e) => {
+                    tracing::warn!(error = %e, events = batch.len(), retry_ms = wait.as_millis() as u64, "attendance store unreachable; the events are kept and written when it answers");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_AT_MOST);
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(refused) => {
                 for session in &refused {
                     // The session id is pseudonymous; a stale owner must hear it loudly.
@@ -127,6 +141,29 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                 batch.clear();
             }
         }
+    }
+}
+
+/// First pause before a batch is tried again on an unreachable store; doubled up to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_AT_MOST: Duration = Duration::from_secs(4);
+
+/// Whether `e` says the store could not be reached (worth trying the batch again), rather than
+/// that it refused the batch. A connection lost during the commit itself may in rare cases
+/// have committed it; the retry then writes its events twice (docs/ARCHITECTURE.md).
+fn unreachable(e: &DbError) -> bool {
+    match e {
+        DbError::Sqlx(sqlx::Error::Io(_))
+        | DbError::Sqlx(sqlx::Error::PoolTimedOut)
+        | DbError::Sqlx(sqlx::Error::PoolClosed)
+        | DbError::Sqlx(sqlx::Error::Tls(_))
+        | DbError::Sqlx(sqlx::Error::Protocol(_))
+        | DbError::Sqlx(sqlx::Error::WorkerCrashed) => true,
+        // PostgreSQL's connection exceptions (08…) and shutdowns (57P…).
+        DbError::Sqlx(sqlx::Error::Database(d)) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::guard::{same_secret, WsPermit};
 use super::AppState;
 use crate::cluster::Owner;
+use crate::db::DbError;
 use crate::ids::SessionId;
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::room::SessionSettings;
@@ -259,7 +260,20 @@ pub(super) enum Carried {
     Here,
     /// The owner could not be reached; the member was told and the socket is to be closed.
     Unreachable,
+    /// The store does not answer: the member was told the join cannot be taken now (the socket
+    /// stays open; the member may try again).
+    StoreAway,
 }
+
+/// How long the door waits for the store to say who runs a session before it refuses the
+/// join as "the store is unreachable".
+const STORE_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// The `join` refusal while the store is unreachable. `internal` until the protocol has a
+/// code of its own for it (docs/protocol.md).
+pub(super) const STORE_AWAY_MESSAGE: &str =
+    "The course register cannot be reached just now, so nobody can join. \
+Those already in the course carry on. Try again in a minute.";
 
 /// Carries the member to the node that owns `session`, if another does. `hello` and `join`
 /// are the member's own frames, replayed in order. An owner that cannot be reached is tried
@@ -276,13 +290,30 @@ pub(super) async fn carry(
         return Carried::Here;
     };
     for _ in 0..ATTEMPTS {
-        let owner = match node.owner_elsewhere(session).await {
+        // A store that does not answer refuses the join at once, clearly: nothing of it could
+        // be recorded, and a room must not start (or be taken over) without its lease.
+        let looked = if node.store_reachable() {
+            tokio::time::timeout(STORE_ANSWER_WITHIN, node.owner_elsewhere(session))
+                .await
+                .unwrap_or_else(|_| Err(DbError::Invalid("no answer".into())))
+        } else {
+            Err(DbError::Invalid("the last lease round failed".into()))
+        };
+        let owner = match looked {
             Ok(Some(owner)) => owner,
             Ok(None) => return Carried::Here,
             Err(e) => {
-                // The store is away: a join here fails clearly on its own reads.
-                tracing::warn!(error = %e, "cannot read the session's lease");
-                return Carried::Here;
+                tracing::warn!(error = %e, "cannot read the session's lease; the join is refused");
+                let _ = send_server(
+                    socket,
+                    &ServerMessage::Error {
+                        code: ErrorCode::Internal,
+                        message: STORE_AWAY_MESSAGE.into(),
+                        request: Some("join".into()),
+                    },
+                )
+                .await;
+                return Carried::StoreAway;
             }
         };
         if let Some(upstream) = connect(state, &owner).await {

@@ -261,6 +261,9 @@ async fn run(
                                                     joined_here = true;
                                                     Flow::Close
                                                 }
+                                                // Refused (the store is unreachable); the
+                                                // member may try again on this socket.
+                                                super::forward::Carried::StoreAway => Flow::Continue,
                                                 super::forward::Carried::Here => {
                                                     joined_here = true;
                                                     let flow = client.join(token, name.as_deref()).await;
@@ -278,6 +281,7 @@ async fn run(
                                                                 close_code = Some(CLOSE_NORMAL);
                                                                 Flow::Close
                                                             }
+                                                            super::forward::Carried::StoreAway => Flow::Continue,
                                                             super::forward::Carried::Here => {
                                                                 client.outbox.extend(refusal);
                                                                 flow

@@ -29,6 +29,8 @@ pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
     pub bin: PathBuf,
+    /// The postmaster's process id.
+    pub pid: u32,
 }
 
 impl Cluster {
@@ -42,28 +44,81 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(start)
+    CLUSTER.get_or_init(|| start(&std::process::id().to_string()))
 }
 
-/// A new, empty database on the cluster; its URL.
+/// A cluster of one test's own, besides the shared one: for a test that stops its server
+/// (`Cluster::freeze`), which must not stop the other tests' store. `tag` names its folder.
+pub fn own_cluster(tag: &str) -> Cluster {
+    start(&format!("{}-{tag}", std::process::id()))
+}
+
+/// A new, empty database on the shared cluster; its URL.
 pub async fn fresh_database() -> String {
-    let cluster = cluster();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    // Just after start the server may still say "starting up" for a moment.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut admin = loop {
-        match sqlx::PgConnection::connect(&cluster.url("postgres")).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("connect to the test PostgreSQL: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    cluster().fresh_database().await
+}
+
+impl Cluster {
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) every process of this cluster: the postmaster
+    /// and all its children (the connections' backends among them). Stopped, the store is
+    /// there but answers nothing, as behind a cut network: connections neither fail nor answer.
+    pub fn freeze(&self, stopped: bool) {
+        let signal = if stopped {
+            libc::SIGSTOP
+        } else {
+            libc::SIGCONT
+        };
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .unwrap_or_default();
+        let mut pids: Vec<i32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        // The postmaster first when stopping (no new children after), last when resuming.
+        if stopped {
+            pids.insert(0, self.pid as i32);
+        } else {
+            pids.push(self.pid as i32);
         }
-    };
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create a test database");
-    admin.close().await.ok();
-    cluster.url(&name)
+        for pid in pids {
+            // SAFETY: kill(2) with a pid read from /proc; no memory is touched.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
+    /// Stops this cluster's server (fast shutdown), for a cluster of a test's own.
+    pub fn stop(&self) {
+        self.freeze(false);
+        // SAFETY: kill(2) on the postmaster's pid; no memory is touched.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGINT);
+        }
+    }
+
+    /// A new, empty database on this cluster; its URL.
+    pub async fn fresh_database(&self) -> String {
+        let cluster = self;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        // Just after start the server may still say "starting up" for a moment.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut admin = loop {
+            match sqlx::PgConnection::connect(&cluster.url("postgres")).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("connect to the test PostgreSQL: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        admin.close().await.ok();
+        cluster.url(&name)
+    }
 }
 
 /// The `[db]` section of a test server's config: SQLite in `dir`, or (with
@@ -108,18 +163,19 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn start() -> Cluster {
+fn start(name: &str) -> Cluster {
     let bin = super::tools::postgres_bin_dir();
     let (uid, gid) = uid_gid("postgres");
     std::fs::create_dir_all(ROOT).expect("create the test PostgreSQL root");
     // Clusters left by test binaries that are gone.
     for entry in std::fs::read_dir(ROOT).expect("read the root").flatten() {
-        let owner = entry.file_name().to_string_lossy().parse::<u32>().ok();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if owner.is_some_and(|pid| !alive(pid)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    let dir = PathBuf::from(ROOT).join(std::process::id().to_string());
+    let dir = PathBuf::from(ROOT).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the cluster folder");
     chown(ROOT, Some(0), Some(0)).ok();
@@ -202,13 +258,18 @@ fn start() -> Cluster {
                 std::thread::park();
             }
         });
-        rx.recv().expect("postgres thread").expect("start postgres");
+        let pid = rx.recv().expect("postgres thread").expect("start postgres");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && dir.join(format!(".s.PGSQL.{port}")).exists()
             {
-                return Cluster { port, dir, bin };
+                return Cluster {
+                    port,
+                    dir,
+                    bin,
+                    pid,
+                };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
