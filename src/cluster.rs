@@ -44,7 +44,8 @@ pub struct Node {
     /// Sessions whose lease this node lost (`lost_sessions`).
     lost: tokio::sync::broadcast::Sender<String>,
     /// Since when (ms since the epoch) every round of heartbeat and renewals has reached the
-    /// store; 0 while the last round failed (the store unreachable). See `judges_leases`.
+    /// store; 0 before the first and after a failed one (the store unreachable). See
+    /// `judges_leases`.
     store_ok_since: Arc<AtomicI64>,
 }
 
@@ -78,11 +79,12 @@ impl Node {
         Duration::from_millis(self.lease_ms as u64)
     }
 
-    /// The other node that holds `session`, if one does: a live lease, or an expired one
+    /// The other node that holds `session`, if one does: a live lease, or an expired (not given
+    /// up) one
     /// whose owner is still alive (its heartbeat within one lease: it was cut off from the
     /// store and renews as soon as it can), or any other node's lease while this node cannot
-    /// judge yet (`judges_leases`). `None`: nobody, a dead owner's expired lease, or this
-    /// node: the session may run here.
+    /// judge yet (`judges_leases`). `None`: nobody, a lease given up, a dead owner's expired
+    /// lease, or this node: the session may run here.
     pub async fn owner_elsewhere(&self, session: &str) -> Result<Option<Owner>, DbError> {
         let Some((node_id, _, expires_ms)) = self.db.lease_of(session).await? else {
             return Ok(None);
@@ -94,8 +96,10 @@ impl Node {
         let Some((internal_url, heartbeat_ms)) = self.db.node_row(&node_id).await? else {
             return Ok(None);
         };
+        // A lease given up (expiry 0) is free at once: its owner let it go.
+        let released = expires_ms == 0;
         let owner_alive = heartbeat_ms > now - self.lease_ms;
-        if expires_ms <= now && !owner_alive && self.judges_leases(now) {
+        if released || (expires_ms <= now && !owner_alive && self.judges_leases(now)) {
             return Ok(None);
         }
         Ok(Some(Owner {
@@ -112,11 +116,6 @@ impl Node {
     pub fn judges_leases(&self, now_ms: i64) -> bool {
         let since = self.store_ok_since.load(Ordering::SeqCst);
         since > 0 && now_ms - since >= self.lease_ms
-    }
-
-    /// Whether the last round of heartbeat and renewals reached the store.
-    pub fn store_reachable(&self) -> bool {
-        self.store_ok_since.load(Ordering::SeqCst) > 0
     }
 
     /// Takes `session` for a room about to start on this node: claims its lease and, holding
@@ -256,6 +255,10 @@ impl Node {
                 }
             }
         }
+        // Reached the store: counted from the first of an unbroken run of rounds.
+        let _ = self
+            .store_ok_since
+            .compare_exchange(0, now_ms, Ordering::SeqCst, Ordering::SeqCst);
         for session in &lost {
             tracing::warn!(session = %session, "session lease lost to another node; this node's writes for it are refused from now on");
             // Nobody listening (no rooms follow the leases) is fine.
@@ -277,6 +280,7 @@ impl Node {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(node.renew_every);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Only to log the change once each way.
             let mut failing = false;
             loop {
                 tokio::select! {
@@ -293,12 +297,6 @@ impl Node {
                             tracing::warn!("the store answers again; leases renewed");
                             failing = false;
                         }
-                        let _ = node.store_ok_since.compare_exchange(
-                            0,
-                            began,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        );
                     }
                     Ok(Err(e)) => {
                         node.store_ok_since.store(0, Ordering::SeqCst);

@@ -292,13 +292,9 @@ pub(super) async fn carry(
     for _ in 0..ATTEMPTS {
         // A store that does not answer refuses the join at once, clearly: nothing of it could
         // be recorded, and a room must not start (or be taken over) without its lease.
-        let looked = if node.store_reachable() {
-            tokio::time::timeout(STORE_ANSWER_WITHIN, node.owner_elsewhere(session))
-                .await
-                .unwrap_or_else(|_| Err(DbError::Invalid("no answer".into())))
-        } else {
-            Err(DbError::Invalid("the last lease round failed".into()))
-        };
+        let looked = tokio::time::timeout(STORE_ANSWER_WITHIN, node.owner_elsewhere(session))
+            .await
+            .unwrap_or_else(|_| Err(DbError::Invalid("no answer".into())));
         let owner = match looked {
             Ok(Some(owner)) => owner,
             Ok(None) => return Carried::Here,
