@@ -1294,7 +1294,7 @@ const OUTAGE: Duration = Duration::from_secs(30);
 /// The leader publishes on A; Kari watches through B (carried), Per on A. During the outage
 /// Kari's received count keeps rising, nobody is sent away, the roster stays; Per leaves (his
 /// `left` waits in A's writer); a join through B and one on A are refused with the store
-/// message, at once. After: the lease is still A's with epoch 1 and renewed (nobody took the
+/// message, within the door's 2 s wait for the store. After: the lease is still A's with epoch 1 and renewed (nobody took the
 /// session, B runs no room), Ola's join through B works, and Per's `left` is committed: every
 /// join and leave acknowledged is in the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1451,4 +1451,157 @@ async fn the_store_unreachable_running_sessions_go_on() {
     a.shutdown().await;
     b.shutdown().await;
     pg.stop();
+}
+
+/// Deliverable 5 with three nodes: A (a real process, killed with SIGKILL), B and C on one
+/// PostgreSQL, each with its own HTTP and media ports. The leader publishes on A; Kari joins
+/// through B and Nils through C, both carried to A, and both decode the leader's media. A is
+/// killed: everyone reconnects through the node they use (the leader through C), B or C takes
+/// the session with a higher epoch no sooner than A's lease allowed, and both viewers decode
+/// the leader again. A write with A's old epoch is then refused by the store: its lease
+/// renewal, a session state change and an attendance event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_the_owner_killed_both_viewers_decode_again() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let c = TestServer::spawn_with(&node_overlay(&url, "kristiansund-1", free_port())).await;
+    let session = b.session("three").await;
+    let leader_token = b
+        .token("three", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let kari_token = b
+        .token("three", Role::Participant, Some("Kari"), false)
+        .await;
+    let nils_token = b
+        .token("three", Role::Participant, Some("Nils"), false)
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("molde-1.toml");
+    let port_a = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n[log]\nfilter = \"warn\"\n{}",
+            node_overlay(&url, "molde-1", port_a)
+        ),
+    )
+    .unwrap();
+    let node_a = start_node(&config);
+    let ws_a = format!("ws://127.0.0.1:{port_a}/ws");
+
+    let leader = TestPeer::connect_url(&ws_a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    let sent = leader.publish(PublishSpec::default()).await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let nils = TestPeer::connect_url(&c.ws_url(), &nils_token, None).await;
+    nils.wait_msg(|m| m["type"] == "joined").await;
+    for viewer in [&kari, &nils] {
+        let cam = viewer.wait_offered(&leader.member_id, "camera").await;
+        assert!(wait_until(TIMEOUT, || viewer.received_count(&cam) > 20).await);
+        check_delivery(viewer, &cam, &sent[0]);
+    }
+    // One room, on A; B and C carry.
+    assert_eq!((b.state.rooms.count(), c.state.rooms.count()), (0, 0));
+    let (owner, old_epoch, _) = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert_eq!((owner.as_str(), old_epoch), ("molde-1", 1));
+    let nodes: Vec<String> = b
+        .state
+        .cluster
+        .as_ref()
+        .unwrap()
+        .live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(nodes, ["kristiansund-1", "molde-1", "volda-1"]);
+
+    let killed_at = attendance::now_ms();
+    let killed = Instant::now();
+    drop(node_a); // SIGKILL
+    assert!(
+        wait_until(TIMEOUT, || kari.socket_closed() && nils.socket_closed()).await,
+        "B or C kept a carried socket open after the owner died"
+    );
+    for p in [leader, kari, nils] {
+        p.close().await;
+    }
+
+    // Everyone comes back through the node they use; the leader through C.
+    let leader = TestPeer::connect_url(&c.ws_url(), &leader_token, None).await;
+    let back = leader
+        .wait_msg(|m| m["type"] == "joined" || m["type"] == "error")
+        .await;
+    assert_eq!(back["type"], "joined", "{back}");
+    let sent = leader.publish(PublishSpec::default()).await;
+    let kari = TestPeer::connect_url(&b.ws_url(), &kari_token, None).await;
+    kari.wait_msg(|m| m["type"] == "joined").await;
+    let nils = TestPeer::connect_url(&c.ws_url(), &nils_token, None).await;
+    nils.wait_msg(|m| m["type"] == "joined").await;
+    for viewer in [&kari, &nils] {
+        let cam = viewer.wait_offered(&leader.member_id, "camera").await;
+        assert!(wait_until(TIMEOUT, || viewer.received_count(&cam) > 20).await);
+        check_delivery(viewer, &cam, &sent[0]);
+    }
+    let media_ms = killed.elapsed().as_millis();
+    let (owner, epoch, _) = b.state.db.lease_of(&session).await.unwrap().unwrap();
+    assert!(epoch > old_epoch, "the epoch did not rise: {epoch}");
+    assert!(owner == "volda-1" || owner == "kristiansund-1", "{owner}");
+    assert!(
+        attendance::now_ms() >= killed_at + LEASE_MS as i64 - RENEW_MS as i64 - 100,
+        "taken over before the dead owner's lease ran out"
+    );
+    assert_eq!(b.state.rooms.count() + c.state.rooms.count(), 1);
+    eprintln!(
+        "three nodes, owner killed: {owner} runs the session with epoch {epoch}; both viewers decode again after {media_ms} ms (lease {LEASE_MS} ms)"
+    );
+
+    // A write with A's old epoch, straight through the store API, is refused.
+    let stale = open(&url).await;
+    let old = kursrelay::db::cluster::Lease {
+        session_id: session.clone(),
+        node_id: "molde-1".into(),
+        epoch: old_epoch,
+        expires_ms: killed_at,
+    };
+    assert_eq!(
+        stale
+            .renew_lease(&old, attendance::now_ms(), LEASE_MS as i64)
+            .await
+            .unwrap(),
+        None
+    );
+    stale.set_fence(&session, old.fence());
+    let refused = stale.advance_session(&session, SessionState::Ended).await;
+    assert!(
+        matches!(refused, Err(DbError::Fenced { epoch: 1, .. })),
+        "{refused:?}"
+    );
+    let record = Attendance::spawn(stale.clone()).record(Record {
+        session_id: session.clone(),
+        event: joined("stale"),
+    });
+    assert!(
+        record.await.is_err(),
+        "a stale epoch's event was acknowledged"
+    );
+    assert_eq!(
+        b.state.db.session(&session).await.unwrap().state,
+        SessionState::Live
+    );
+    assert!(!attendance::events(&b.state.db, &session)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.subject == "stale"));
+
+    for p in [leader, kari, nils] {
+        p.close().await;
+    }
+    b.shutdown().await;
+    c.shutdown().await;
 }
