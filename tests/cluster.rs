@@ -3,7 +3,9 @@
 //! rooms that run only under their lease; a member carried from the node it reached to the
 //! node running the session (real servers, real webrtc-rs peers), the node door's secret, the
 //! admin API on any node; a node killed with SIGKILL and its session going on elsewhere with
-//! its attendance whole; deploy/nginx-region.conf in front of two nodes. Always on
+//! its attendance whole; three nodes and the owner killed, its old epoch refused by the store;
+//! the store stopped for 30 s under running sessions; deploy/nginx-region.conf in front of two
+//! nodes. Always on
 //! PostgreSQL (tests/common/pg.rs), whatever KURSRELAY_TEST_DB says.
 
 mod common;
