@@ -245,6 +245,67 @@ async fn one_owner_a_takeover_with_a_higher_epoch_and_stale_writes_refused() {
     );
 }
 
+/// The store-outage rule, with times passed in (no sleeping): an expired lease whose owner
+/// still beats is not free — the door carries to the owner and the sweep leaves it — nor is
+/// any expired lease for a node whose own rounds reached the store less than a lease ago (just
+/// after the store came back, when every lease looks stale). A lease whose owner stopped
+/// beating a lease ago is free to a node that judges; a lease given up is free at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_whose_owner_still_beats_is_not_taken() {
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let db = open(&url).await;
+    let session = new_session(&db).await;
+    let now = attendance::now_ms();
+    let lease = LEASE_MS as i64;
+    // A's lease ran out two leases ago (it could not renew), but A beats now.
+    db.claim_session(&session, "molde-1", now - 3 * lease, lease)
+        .await
+        .unwrap();
+    db.heartbeat("molde-1", "http://127.0.0.1:1/molde-1", now)
+        .await
+        .unwrap();
+    // B has reached the store for more than a lease: it judges.
+    let b = Node::new(open(&url).await, &node_config("volda-1")).unwrap();
+    b.tick(now - 2 * lease).await.unwrap();
+    assert!(b.judges_leases(now));
+    let owner = b.owner_elsewhere(&session).await.unwrap();
+    assert_eq!(owner.map(|o| o.node_id).as_deref(), Some("molde-1"));
+    assert_eq!(b.orphans().await.unwrap(), Vec::<String>::new());
+
+    // C's store just came back: it does not judge yet, even once A's heartbeat is old.
+    db.heartbeat("molde-1", "http://127.0.0.1:1/molde-1", now - 3 * lease)
+        .await
+        .unwrap();
+    let c = Node::new(open(&url).await, &node_config("kristiansund-1")).unwrap();
+    c.tick(attendance::now_ms()).await.unwrap();
+    assert!(!c.judges_leases(attendance::now_ms()));
+    assert!(c.owner_elsewhere(&session).await.unwrap().is_some());
+    assert_eq!(c.orphans().await.unwrap(), Vec::<String>::new());
+
+    // A stopped beating a lease ago: free to B, for the door and the sweep.
+    assert_eq!(b.owner_elsewhere(&session).await.unwrap(), None);
+    assert_eq!(b.orphans().await.unwrap(), vec![session.clone()]);
+
+    // A lease given up is free at once, whatever the owner's heartbeat and C's judgement.
+    let Claim::Owned(mine) = db
+        .claim_session(&session, "molde-1", attendance::now_ms(), lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the expired lease is claimed back");
+    };
+    db.heartbeat(
+        "molde-1",
+        "http://127.0.0.1:1/molde-1",
+        attendance::now_ms(),
+    )
+    .await
+    .unwrap();
+    db.release_lease(&mine).await.unwrap();
+    assert_eq!(c.owner_elsewhere(&session).await.unwrap(), None);
+}
+
 /// Two nodes claiming a free session at the same moment: exactly one wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claims_at_once_have_one_winner() {
