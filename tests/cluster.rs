@@ -306,6 +306,53 @@ async fn an_expired_lease_whose_owner_still_beats_is_not_taken() {
     assert_eq!(c.owner_elsewhere(&session).await.unwrap(), None);
 }
 
+/// The attendance writer and a stopped PostgreSQL (fast shutdown: the connections are cut and
+/// new ones refused, the other way a store goes away): an event recorded meanwhile is not
+/// acknowledged while the server is down, and is committed and acknowledged once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_recorded_while_the_store_is_stopped_is_written_when_it_is_back() {
+    init_tracing();
+    let mut pg = common::pg::own_cluster("stopped");
+    let url = pg.fresh_database().await;
+    let db = open(&url).await;
+    let session = new_session(&db).await;
+    let writer = Attendance::spawn(db.clone());
+    writer
+        .record(Record {
+            session_id: session.clone(),
+            event: joined("kari"),
+        })
+        .await
+        .expect("committed while the store is up");
+
+    pg.stop();
+    let mut ack = writer.record(Record {
+        session_id: session.clone(),
+        event: joined("per"),
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        matches!(
+            ack.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "acknowledged (or given up) while the store was stopped"
+    );
+    pg.restart();
+    tokio::time::timeout(TIMEOUT, ack)
+        .await
+        .expect("acknowledged once the store is back")
+        .expect("committed, not dropped");
+    let subjects: Vec<String> = attendance::events(&db, &session)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(subjects, ["kari", "per"]);
+    pg.stop();
+}
+
 /// Two nodes claiming a free session at the same moment: exactly one wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claims_at_once_have_one_winner() {

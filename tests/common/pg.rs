@@ -97,6 +97,29 @@ impl Cluster {
         }
     }
 
+    /// Starts this cluster's server again after `stop`, on the same port and data.
+    pub fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The old server must be gone before a new one takes the data folder.
+        while alive(self.pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the test PostgreSQL did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (uid, gid) = uid_gid("postgres");
+        let data = self.dir.join("data");
+        self.pid = spawn_server(&self.bin, &data, &self.dir, self.port, uid, gid);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the test PostgreSQL did not start again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A new, empty database on this cluster; its URL.
     pub async fn fresh_database(&self) -> String {
         let cluster = self;
@@ -208,57 +231,7 @@ fn start(name: &str) -> Cluster {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("port").port()
         };
-        let (bin2, data2, dir2) = (bin.clone(), data.clone(), dir.clone());
-        // The server is the child of a thread that never ends, so PR_SET_PDEATHSIG fires only
-        // when the whole test binary is gone (it is tied to the spawning thread).
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(bin2.join("postgres"));
-            cmd.args(["-D", data2.to_str().expect("utf-8 path")])
-                .args(["-k", dir2.to_str().expect("utf-8 path")])
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                // Throw-away data: no fsync. Enough connections for many servers per test.
-                .args([
-                    "-F",
-                    "-c",
-                    "max_connections=300",
-                    "-c",
-                    "shared_buffers=32MB",
-                ])
-                .current_dir(&dir2)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(
-                    std::fs::File::create(dir2.join("postgres.log"))
-                        .map(Stdio::from)
-                        .unwrap_or(Stdio::null()),
-                )
-                .uid(uid)
-                .gid(gid);
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            match cmd.spawn() {
-                Ok(mut child) => {
-                    let _ = tx.send(Ok(child.id()));
-                    let _ = child.wait();
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-            // Keep the thread (the server's parent) alive until the process ends.
-            loop {
-                std::thread::park();
-            }
-        });
-        let pid = rx.recv().expect("postgres thread").expect("start postgres");
+        let pid = spawn_server(&bin, &data, &dir, port, uid, gid);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -279,4 +252,60 @@ fn start(name: &str) -> Cluster {
         );
     }
     panic!("the test PostgreSQL would not start");
+}
+
+/// Starts `postgres` on `data` and `port` from a thread that lives as long as the process;
+/// its process id.
+fn spawn_server(bin: &Path, data: &Path, dir: &Path, port: u16, uid: u32, gid: u32) -> u32 {
+    let (bin2, data2, dir2) = (bin.to_owned(), data.to_owned(), dir.to_owned());
+    // The server is the child of a thread that never ends, so PR_SET_PDEATHSIG fires only
+    // when the whole test binary is gone (it is tied to the spawning thread).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(bin2.join("postgres"));
+        cmd.args(["-D", data2.to_str().expect("utf-8 path")])
+            .args(["-k", dir2.to_str().expect("utf-8 path")])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            // Throw-away data: no fsync. Enough connections for many servers per test.
+            .args([
+                "-F",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=32MB",
+            ])
+            .current_dir(&dir2)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir2.join("postgres.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .uid(uid)
+            .gid(gid);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(child.id()));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+        // Keep the thread (the server's parent) alive until the process ends.
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("postgres thread").expect("start postgres")
 }
