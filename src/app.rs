@@ -101,10 +101,15 @@ impl Server {
         crate::attendance::tz::Zone::load(&config.attendance.time_zone)
             .context("attendance.time_zone")?;
         warn_if_plain_http(&config.http.public_url);
-        // Before any room exists: close what a crash left open.
-        crate::attendance::recover(&db).await?;
+        // Before any room exists: close what a crash left open. Not with several nodes: the
+        // other nodes' sessions are running; there each session's open intervals are closed
+        // by the node that next takes its lease (`cluster::Node::take`).
+        if cluster.is_none() {
+            crate::attendance::recover(&db).await?;
+        }
         let attendance = Attendance::spawn(db.clone());
-        let rooms = Rooms::new(attendance.clone(), config.attendance.seen_interval());
+        let rooms = Rooms::new(attendance.clone(), config.attendance.seen_interval())
+            .with_node(cluster.clone());
         let guard =
             crate::http::guard::Guard::new(config.abuse.clone(), &config.http.trusted_proxies);
         let state = AppState {
@@ -118,6 +123,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             equipment: Default::default(),
             cluster,
+            carried: Default::default(),
         };
         Ok(Server {
             listener,
@@ -165,6 +171,7 @@ impl Server {
         );
         if let Some(node) = &state.cluster {
             node.spawn(state.shutdown.clone());
+            state.rooms.spawn_lease_follower(state.shutdown.clone());
         }
         let app = router(self.state);
         let shutdown = state.shutdown.clone();

@@ -16,6 +16,10 @@ const LOG_ENV: &str = "KURSRELAY_LOG";
 const ADMIN_KEY_ENV: &str = "KURSRELAY_ADMIN_KEY";
 /// Environment variable that overrides `turn.secret`.
 const TURN_SECRET_ENV: &str = "KURSRELAY_TURN_SECRET";
+/// Environment variable that overrides `cluster.secret`.
+const CLUSTER_SECRET_ENV: &str = "KURSRELAY_CLUSTER_SECRET";
+/// The shortest `cluster.secret` accepted.
+const MIN_CLUSTER_SECRET: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,7 +54,7 @@ pub struct Config {
 
 /// This server as one node of several sharing a PostgreSQL store (issue 22). `node_id` empty:
 /// a single server, and nothing of this runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's name, unique in the region (letters, digits, `.`, `_`, `-`; ≤ 64).
@@ -62,6 +66,28 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     /// How often the node writes its heartbeat and renews its leases.
     pub renew_interval_ms: u64,
+    /// Shared by every node of the region: a node accepts another's forwarded signalling
+    /// (`/cluster/ws`) only with it. 32+ characters.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("internal_url", &self.internal_url)
+            .field("lease_ms", &self.lease_ms)
+            .field("renew_interval_ms", &self.renew_interval_ms)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    "(none)"
+                } else {
+                    "(set)"
+                },
+            )
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -441,6 +467,9 @@ impl Config {
         if let Ok(secret) = std::env::var(TURN_SECRET_ENV) {
             config.turn.secret = secret;
         }
+        if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
+            config.cluster.secret = secret;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -470,6 +499,12 @@ impl Config {
         };
         let c = &self.cluster;
         if !c.enabled() {
+            if !c.secret.is_empty() {
+                return Err(bad(
+                    "cluster.secret",
+                    "is set but cluster.node_id is empty: name this node, or remove the secret for a single server",
+                ));
+            }
             if !c.internal_url.is_empty() {
                 return Err(bad(
                     "cluster.node_id",
@@ -489,10 +524,17 @@ impl Config {
                 "must be 1–64 letters, digits, '.', '_' or '-', like \"molde-1\"",
             ));
         }
+        if c.internal_url.starts_with("https://") {
+            // The node-to-node signalling client speaks plain WebSocket (no TLS stack of its
+            // own); the region's nodes talk over their internal network (README).
+            return Err(bad(
+                "cluster.internal_url",
+                "must be a plain http:// URL on the nodes' internal network (https between nodes is not built), like \"http://10.1.2.3:8081\"",
+            ));
+        }
         let host = c
             .internal_url
             .strip_prefix("http://")
-            .or_else(|| c.internal_url.strip_prefix("https://"))
             .map(|rest| rest.split('/').next().unwrap_or(""));
         if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace) || h.contains('@')) {
             return Err(bad(
@@ -504,6 +546,12 @@ impl Config {
             return Err(bad(
                 "cluster.node_id",
                 "is set, but several nodes need one shared PostgreSQL store: set db.url = \"postgres://…\"",
+            ));
+        }
+        if c.secret.chars().count() < MIN_CLUSTER_SECRET {
+            return Err(bad(
+                "cluster.secret",
+                "must be the region's shared node secret, at least 32 characters (the same on every node; or KURSRELAY_CLUSTER_SECRET), e.g. from `openssl rand -hex 32`",
             ));
         }
         if c.renew_interval_ms < 100 {

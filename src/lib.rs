@@ -27,15 +27,15 @@
 //! | [`turn`] | TURN credentials, the browser's ICE servers | log the secret |
 //! | [`attendance`] | writer task, crash recovery, retention, summaries, CSV and JSON export | be awaited by a room |
 //! | [`sfu`] | everything that imports `webrtc`/`rtc`: the media engine (`sfu::engine`: a sans-IO core with time passed in — demux, fan-out, own SRTP seal, track cache for NACKs and paced GOP joins, sender reports, simulcast layers and per-viewer layer switching — inside a small shell thread with the sockets), `sfu::allocator` (a viewer's bandwidth estimate from transport-cc / receiver reports / REMB, and its layer choice), `Publisher`/`Subscriber` handles, `Forwarder`, keyframe requests, media metrics, the check's test peer | block, lock or allocate per forwarded packet |
-//! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch | forward signalling or media (not built yet) |
-//! | [`room`] | the actor per session; `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
+//! | [`cluster`] | this server as one node of several: heartbeat, session leases with an epoch, taking a session over (closing a dead owner's open intervals), which node owns a session | know rooms, signalling or media |
+//! | [`room`] | the actor per session (started only under its session's lease on several nodes); `client`: one member's protocol state machine; `permissions`: the rule book; `equipment`: WHIP/WHEP members | lock; await media or the database |
 //! | [`cli`] | admin subcommands on the database | run the server |
-//! | [`http`] | router, `/ws` loop (a join token checked once), admin API, abuse guard, WHIP/WHEP, web client | decide about rooms |
+//! | [`http`] | router, `/ws` loop (a join token checked once), carrying a member to the node that owns the session and `/cluster/ws` for carried members (`forward`), admin API, abuse guard, WHIP/WHEP, web client | decide about rooms |
 //! | [`app`] | binding, serving, graceful shutdown | hold logic of its own |
 //!
 //! Layers, in the table's order (a module uses only modules of earlier layers; tests/layers.rs
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
-//! → `attendance`, `sfu` → `cluster`, `room` → `cli`, `http` → `app`.
+//! → `attendance`, `sfu` → `cluster` → `room` → `cli`, `http` → `app`.
 //!
 //! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
 //! automatic captioner — a client that joins with a `captioner` token, decodes Opus with

@@ -104,7 +104,21 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        match commit(&db, &batch).await {
+        // The store unreachable: the batch is kept and tried again until it commits, so what
+        // was recorded while it was away is written when it is back; the acks wait for that.
+        // Events queue behind it meanwhile (up to `QUEUE`).
+        let mut wait = RETRY_FIRST;
+        let result = loop {
+            match commit(&db, &batch).await {
+                Err(e) if unreachable(&e) => {
+                    tracing::warn!(error = %e, events = batch.len(), retry_ms = wait.as_millis() as u64, "attendance store unreachable; the events are kept and written when it answers");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_AT_MOST);
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(refused) => {
                 for session in &refused {
                     // The session id is pseudonymous; a stale owner must hear it loudly.
@@ -127,6 +141,29 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                 batch.clear();
             }
         }
+    }
+}
+
+/// First pause before a batch is tried again on an unreachable store; doubled up to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_AT_MOST: Duration = Duration::from_secs(4);
+
+/// Whether `e` says the store could not be reached (worth trying the batch again), rather than
+/// that it refused the batch. A connection lost during the commit itself may in rare cases
+/// have committed it; the retry then writes its events twice (docs/ARCHITECTURE.md).
+fn unreachable(e: &DbError) -> bool {
+    match e {
+        DbError::Sqlx(sqlx::Error::Io(_))
+        | DbError::Sqlx(sqlx::Error::PoolTimedOut)
+        | DbError::Sqlx(sqlx::Error::PoolClosed)
+        | DbError::Sqlx(sqlx::Error::Tls(_))
+        | DbError::Sqlx(sqlx::Error::Protocol(_))
+        | DbError::Sqlx(sqlx::Error::WorkerCrashed) => true,
+        // PostgreSQL's connection exceptions (08…) and shutdowns (57P…).
+        DbError::Sqlx(sqlx::Error::Database(d)) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -311,6 +348,55 @@ pub async fn recover(db: &Db) -> Result<u64, DbError> {
         tracing::warn!(
             intervals = open.len(),
             "closed attendance intervals left open by a crash"
+        );
+    }
+    Ok(open.len() as u64)
+}
+
+/// Closes the intervals of one session that a dead owner left open, for the node that just
+/// took the session over (issue 22): a `left` event with reason `recovered`, at `end_ms` (the
+/// dead owner's last lease renewal, which it wrote in the same round as its heartbeat) when
+/// known, else at the subject's last-seen time, never before the join. Written inside one
+/// transaction under `fence`, the new owner's, so a node that lost the session meanwhile
+/// cannot do it. Returns how many.
+pub async fn recover_session(
+    db: &Db,
+    session_id: &str,
+    fence: &crate::db::cluster::Fence,
+    end_ms: Option<i64>,
+) -> Result<u64, DbError> {
+    let mut tx = db.pool.begin().await?;
+    check_fence(&mut tx, session_id, fence).await?;
+    let open = sqlx::query(
+        "SELECT e.subject, e.invite_id, e.role, e.at_ms, s.last_seen_ms FROM attendance_events e
+         LEFT JOIN attendance_seen s ON s.session_id = e.session_id AND s.subject = e.subject
+         WHERE e.session_id = $1 AND e.kind IN ('joined', 'left') AND e.id = (
+             SELECT id FROM attendance_events x WHERE x.session_id = e.session_id AND x.subject = e.subject
+             AND x.kind IN ('joined', 'left') ORDER BY at_ms DESC, id DESC LIMIT 1)
+         AND e.kind = 'joined'",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in &open {
+        let joined: i64 = r.get("at_ms");
+        let seen: Option<i64> = r.get("last_seen_ms");
+        let at = end_ms.or(seen).unwrap_or(joined).max(joined);
+        sqlx::query("INSERT INTO attendance_events (session_id, subject, invite_id, role, kind, reason, at_ms, by_recovery) VALUES ($1, $2, $3, $4, 'left', 'recovered', $5, 1)")
+            .bind(session_id)
+            .bind(r.get::<String, _>("subject"))
+            .bind(r.get::<String, _>("invite_id"))
+            .bind(r.get::<String, _>("role"))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !open.is_empty() {
+        tracing::warn!(
+            session = %session_id,
+            intervals = open.len(),
+            "closed attendance intervals the session's previous node left open"
         );
     }
     Ok(open.len() as u64)

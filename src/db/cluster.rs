@@ -202,6 +202,35 @@ impl Db {
         Ok(())
     }
 
+    /// Sessions whose lease expired by `expired_by_ms` without being given up (a release sets
+    /// the expiry to 0) and whose owner's last heartbeat is older than `owner_beat_before_ms`
+    /// (an owner that still beats is alive and renews its leases when it can).
+    pub async fn orphaned_leases(
+        &self,
+        expired_by_ms: i64,
+        owner_beat_before_ms: i64,
+    ) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT l.session_id FROM session_leases l LEFT JOIN cluster_nodes n ON n.node_id = l.node_id
+             WHERE l.expires_ms > 0 AND l.expires_ms <= $1 AND (n.heartbeat_ms IS NULL OR n.heartbeat_ms < $2)
+             ORDER BY l.session_id",
+        )
+        .bind(expired_by_ms)
+        .bind(owner_beat_before_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A node's internal URL and last heartbeat (ms), if it ever beat.
+    pub async fn node_row(&self, node_id: &str) -> Result<Option<(String, i64)>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT internal_url, heartbeat_ms FROM cluster_nodes WHERE node_id = $1",
+        )
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// The lease row of a session, if it was ever claimed: (node, epoch, expires).
     pub async fn lease_of(&self, session_id: &str) -> Result<Option<(String, i64, i64)>, DbError> {
         Ok(sqlx::query_as(

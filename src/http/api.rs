@@ -392,6 +392,7 @@ async fn update_session(
                 .set_settings(&sid, SessionSettings::of(&session))
                 .await;
         }
+        super::forward::tell_owner(&s, &id, super::forward::RoomNotice::Settings).await;
     }
     Ok(Json(session))
 }
@@ -411,6 +412,8 @@ async fn end_room(s: &AppState, id: &str) {
     if let Some(sid) = SessionId::parse(id) {
         s.rooms.end(&sid).await;
     }
+    // Several nodes: the room may run on another node.
+    super::forward::tell_owner(s, id, super::forward::RoomNotice::End).await;
 }
 
 /// An invite with its join link.
@@ -494,6 +497,14 @@ async fn revoke_invite(
     if let Some(session) = SessionId::parse(&invite.session_id) {
         s.rooms.revoke(&session, &invite.id).await;
     }
+    super::forward::tell_owner(
+        &s,
+        &invite.session_id,
+        super::forward::RoomNotice::Revoke {
+            invite_id: invite.id.clone(),
+        },
+    )
+    .await;
     Ok(Json(invite))
 }
 

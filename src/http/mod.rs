@@ -9,6 +9,7 @@
 
 pub mod api;
 mod check;
+pub mod forward;
 pub mod guard;
 mod headers;
 pub mod link;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub equipment: crate::room::equipment::Equipment,
     /// This server as a node of several (`cluster.node_id`); `None` on a single server.
     pub cluster: Option<crate::cluster::Node>,
+    /// Members carried to other nodes, node connections refused (`forward`).
+    pub carried: Arc<forward::Counts>,
 }
 
 /// The whole HTTP surface, testable without a socket.
@@ -60,6 +63,8 @@ pub fn router(state: AppState) -> Router {
     let web_root = state.config.http.web_root.clone();
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
+        .route(forward::PATH, get(forward::upgrade))
+        .route(forward::NOTICE_PATH, post(forward::notice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/client-config.json", get(client_config))
@@ -156,5 +161,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         load(&g.auth_refused),
         state.guard.tracked(),
     ));
+    if state.cluster.is_some() {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!(
+            "# HELP kursrelay_cluster_forwarded_open Members this node carries to the node that owns their session
+# TYPE kursrelay_cluster_forwarded_open gauge
+kursrelay_cluster_forwarded_open {}
+\
+             # HELP kursrelay_cluster_refused_total Node-to-node connections refused for a missing or wrong cluster.secret
+# TYPE kursrelay_cluster_refused_total counter
+kursrelay_cluster_refused_total {}
+",
+            load(&state.carried.carried_open),
+            load(&state.carried.refused),
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -50,6 +50,34 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
+    upgrade_socket(ws, state, addr, permit, Door::Public)
+}
+
+/// Which door a signalling socket came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// `/ws`: a member's own connection; carried to another node if that node owns the session.
+    Public,
+    /// `/cluster/ws`: carried here by another node; always served here, never carried again.
+    Forwarded,
+}
+
+/// `/cluster/ws` after its secret was checked (`forward::upgrade`).
+pub(super) fn upgrade_forwarded(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    permit: WsPermit,
+) -> Response {
+    upgrade_socket(ws, state, None, permit, Door::Forwarded)
+}
+
+fn upgrade_socket(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    addr: Option<IpAddr>,
+    permit: WsPermit,
+    door: Door,
+) -> Response {
     ws.max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
         // tungstenite's defaults are 128 KiB each, allocated per socket: most of a member's
@@ -61,7 +89,7 @@ pub(super) async fn upgrade(
             // The connection id is random and only ties log lines together.
             let span = tracing::debug_span!("peer", conn = %uuid::Uuid::new_v4());
             async move {
-                run(socket, state, addr, permit).await;
+                run(socket, state, addr, permit, door).await;
             }
             .instrument(span)
         })
@@ -103,6 +131,15 @@ async fn guard_join(
     Some(Flow::Close)
 }
 
+/// Whether the join just tried here was refused with `internal` (what `Rooms::join` gives when
+/// another node won the session's lease first); the caller then looks at the lease again.
+fn lost_the_session(client: &Client) -> bool {
+    matches!(
+        client.outbox.last(),
+        Some(ServerMessage::Error { code: ErrorCode::Internal, request: Some(r), .. }) if r == "join"
+    )
+}
+
 /// Token bucket: `rate` messages per second sustained, `burst` at once.
 struct RateLimit {
     tokens: f64,
@@ -134,7 +171,13 @@ impl RateLimit {
     }
 }
 
-async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut permit: WsPermit) {
+async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    addr: Option<IpAddr>,
+    mut permit: WsPermit,
+    door: Door,
+) {
     let limits = &state.config.signalling;
     let mut rate = RateLimit::new(limits.messages_per_second, limits.message_burst);
     let mut client = Client::new(ClientCtx {
@@ -152,6 +195,10 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut p
     );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Several nodes: the member's accepted `hello`, replayed if the member is carried to the
+    // session's owner; and whether a join was already tried here (then it is never carried).
+    let mut hello: Option<String> = None;
+    let mut joined_here = false;
 
     loop {
         let flow = tokio::select! {
@@ -196,8 +243,68 @@ async fn run(mut socket: WebSocket, state: AppState, addr: Option<IpAddr>, mut p
                                 let token = state.tokens.genuine(&token);
                                 match guard_join(&state, addr, &token, &mut client, &mut close_code).await {
                                     Some(flow) => flow,
-                                    None => client.join(token, name.as_deref()).await,
+                                    None => {
+                                        // Another node runs the session: the member is carried
+                                        // there (a genuine token, after an accepted hello, from
+                                        // a member's own door, once).
+                                        let session = token.as_ref().ok().map(|g| g.claims().sid.clone());
+                                        if let (Door::Public, Some(hello), Some(session), false, true) =
+                                            (door, hello.as_deref(), session, joined_here, state.cluster.is_some())
+                                        {
+                                            match super::forward::carry(&mut socket, &state, &mut permit, &session, hello, text.as_str()).await {
+                                                super::forward::Carried::Done => {
+                                                    client.shutdown().await;
+                                                    return;
+                                                }
+                                                super::forward::Carried::Unreachable => {
+                                                    close_code = Some(CLOSE_NORMAL);
+                                                    joined_here = true;
+                                                    Flow::Close
+                                                }
+                                                // Refused (the store is unreachable); the
+                                                // member may try again on this socket.
+                                                super::forward::Carried::StoreAway => Flow::Continue,
+                                                super::forward::Carried::Here => {
+                                                    joined_here = true;
+                                                    let flow = client.join(token, name.as_deref()).await;
+                                                    // Another node started the session between the
+                                                    // look at its lease and this node's claim: the
+                                                    // member goes there instead of hearing `internal`.
+                                                    if lost_the_session(&client) {
+                                                        let refusal = client.outbox.pop();
+                                                        match super::forward::carry(&mut socket, &state, &mut permit, &session, hello, text.as_str()).await {
+                                                            super::forward::Carried::Done => {
+                                                                client.shutdown().await;
+                                                                return;
+                                                            }
+                                                            super::forward::Carried::Unreachable => {
+                                                                close_code = Some(CLOSE_NORMAL);
+                                                                Flow::Close
+                                                            }
+                                                            super::forward::Carried::StoreAway => Flow::Continue,
+                                                            super::forward::Carried::Here => {
+                                                                client.outbox.extend(refusal);
+                                                                flow
+                                                            }
+                                                        }
+                                                    } else {
+                                                        flow
+                                                    }
+                                                }
+                                            }
+                                        } else {
+                                            joined_here = true;
+                                            client.join(token, name.as_deref()).await
+                                        }
+                                    }
                                 }
+                            }
+                            Ok(ClientMessage::Hello { version }) => {
+                                tracing::debug!(kind = "hello", "client message");
+                                if version == crate::protocol::VERSION && hello.is_none() {
+                                    hello = Some(text.as_str().to_owned());
+                                }
+                                client.handle_message(ClientMessage::Hello { version }).await
                             }
                             Ok(msg) => {
                                 tracing::debug!(kind = msg.type_name(), "client message");

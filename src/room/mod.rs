@@ -21,6 +21,8 @@ use tracing::Instrument;
 
 use self::permissions::{allowed, receives, Action, MemberFacts, SessionFacts};
 use crate::attendance::{self, Ack, Attendance, Kind, LeftReason};
+use crate::cluster::Node;
+use crate::db::cluster::Claim;
 use crate::ids::{MemberId, SessionId, TrackId};
 use crate::protocol::{
     ByeReason, ErrorCode, FloorDecline, LobbyEntry, MemberInfo, ProtocolError, Role, RosterEntry,
@@ -215,6 +217,10 @@ enum Command {
     },
     /// Ended from outside (the admin API): everyone is told and the room closes.
     End,
+    /// Several nodes: this node lost the session's lease (another node runs it now). Everyone
+    /// is told to reconnect (`bye` `server_shutdown`), which brings them to the new owner; the
+    /// room closes without recording anything (its writes would be refused).
+    Moved,
     /// The admin API changed the session's settings.
     Settings(SessionSettings),
     /// The session's main feed for a WHEP player (`member`), attached with `attach`.
@@ -328,6 +334,14 @@ pub struct Rooms {
     attendance: Attendance,
     /// How often rooms note who is present (closes intervals after a crash).
     seen_every: Duration,
+    /// This server as one node of several: a room runs only while this node holds its
+    /// session's lease. `None` on a single server (no leases).
+    node: Option<Node>,
+    /// Held while a room of this node starts or gives its lease up, across the store's round
+    /// trips (claim, recovery, release): so a room's start never interleaves with another
+    /// start or release of the same session. An async mutex on purpose: it guards those
+    /// awaits, never room state, and only the first join of a session and a room's end take it.
+    starting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Rooms {
@@ -336,6 +350,134 @@ impl Rooms {
             map: Arc::default(),
             attendance,
             seen_every,
+            node: None,
+            starting: Arc::default(),
+        }
+    }
+
+    /// Rooms that run only under their session's lease on `node` (several nodes).
+    pub fn with_node(mut self, node: Option<Node>) -> Rooms {
+        self.node = node;
+        self
+    }
+
+    /// Several nodes: follows this node's leases until `stop`. A room whose lease was lost
+    /// sends its members on (`Command::Moved`); every lease period, sessions whose owner
+    /// stopped renewing a lease ago and that nobody took since (a dead node whose members did
+    /// not come back) are taken and given up at once, which closes their open attendance
+    /// intervals. Nothing on a single server.
+    pub fn spawn_lease_follower(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        let rooms = self.clone();
+        let mut lost = node.lost_sessions();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(node.lease_length());
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    session = lost.recv() => match session {
+                        Ok(session) => {
+                            if let Some(session) = SessionId::parse(&session) {
+                                if let Some(handle) = rooms.running(&session) {
+                                    let _ = handle.send(Command::Moved).await;
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = sweep.tick() => rooms.sweep_orphans(&node).await,
+                }
+            }
+        });
+    }
+
+    /// Takes and gives up every session whose lease expired without anyone taking it over
+    /// (`Node::take` closes the dead tenure's open intervals).
+    async fn sweep_orphans(&self, node: &Node) {
+        let orphans = match node.orphans().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for sessions a dead node left");
+                return;
+            }
+        };
+        for session in orphans {
+            let Some(session) = SessionId::parse(&session) else {
+                continue;
+            };
+            let _starting = self.starting.lock().await;
+            if self.is_live(&session) {
+                continue;
+            }
+            self.attendance.flush().await;
+            if let Ok(Claim::Owned(_)) = node.take(session.as_str()).await {
+                if let Err(e) = node.release(session.as_str()).await {
+                    tracing::warn!(session = %session, error = %e, "could not give a swept session's lease up; it expires by itself");
+                }
+            }
+        }
+    }
+
+    /// Whether a room of `session` is running here and takes commands.
+    fn is_live(&self, session: &SessionId) -> bool {
+        self.running(session).is_some_and(|h| !h.tx.is_closed())
+    }
+
+    /// Several nodes: before a room of `session` starts here, this node takes the session's
+    /// lease (and closes what a dead previous owner left open). False if another node holds
+    /// it. On a single server, always true.
+    async fn claim_for_start(
+        &self,
+        session: &SessionId,
+        settings: SessionSettings,
+    ) -> Result<bool, RoomGone> {
+        let Some(node) = &self.node else {
+            return Ok(true);
+        };
+        let _starting = self.starting.lock().await;
+        if self.is_live(session) {
+            return Ok(true);
+        }
+        // What this node's earlier room of the session queued (its `left`s) is committed
+        // first, so the recovery below sees only intervals a dead tenure left open.
+        self.attendance.flush().await;
+        match node.take(session.as_str()).await {
+            Ok(Claim::Owned(_)) => {
+                // Started under the lock, so the next start of the session finds it live.
+                self.get_or_start(session, settings);
+                Ok(true)
+            }
+            Ok(Claim::Elsewhere { node_id, .. }) => {
+                tracing::info!(session = %session, owner = %node_id, "another node started this session first");
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::error!(session = %session, error = %e, "cannot claim the session's lease");
+                Err(RoomGone)
+            }
+        }
+    }
+
+    /// Several nodes: a room of `session` ended here; unless another started meanwhile, its
+    /// `left` events are committed and the lease given up, so any node may take the session
+    /// at once (with a higher epoch).
+    async fn release_after_end(&self, session: &SessionId) {
+        let Some(node) = &self.node else {
+            return;
+        };
+        let _starting = self.starting.lock().await;
+        if self.is_live(session) {
+            return;
+        }
+        if !self.attendance.flush().await {
+            tracing::warn!(session = %session, "attendance not flushed before the lease was given up");
+        }
+        if let Err(e) = node.release(session.as_str()).await {
+            tracing::warn!(session = %session, error = %e, "could not give the session's lease up; it expires by itself");
         }
     }
 
@@ -351,6 +493,11 @@ impl Rooms {
         // A room that empties shuts down; a join can race with that and find it closed. Then a
         // fresh room is started: the second attempt cannot meet the same race with itself.
         for _ in 0..3 {
+            if !self.is_live(session) && !self.claim_for_start(session, settings).await? {
+                // Another node won the session between the door's look at the lease and this
+                // claim; the member's client reconnects and is carried there.
+                return Err(RoomGone);
+            }
             let handle = self.get_or_start(session, settings);
             let (reply, rx) = oneshot::channel();
             let sent = handle
@@ -432,9 +579,14 @@ impl Rooms {
             auto_captions: false,
         };
         let span = tracing::info_span!("session", id = %session);
+        let run = room.run(rx, self.clone(), handle.clone(), self.seen_every);
+        let (rooms, session) = (self.clone(), session.clone());
         tokio::spawn(
-            room.run(rx, self.clone(), handle.clone(), self.seen_every)
-                .instrument(span),
+            async move {
+                run.await;
+                rooms.release_after_end(&session).await;
+            }
+            .instrument(span),
         );
         handle
     }
@@ -519,7 +671,7 @@ impl Room {
                     continue;
                 }
             };
-            let end = matches!(cmd, Command::End);
+            let end = matches!(cmd, Command::End | Command::Moved);
             self.handle(cmd);
             if end || self.members.is_empty() {
                 // Leave the registry first so new joins start a fresh room, then refuse what
@@ -652,6 +804,7 @@ impl Room {
                 }
             }
             Command::End => self.end(),
+            Command::Moved => self.moved(),
             Command::Settings(settings) => {
                 if settings != self.settings {
                     tracing::info!(
@@ -988,6 +1141,17 @@ impl Room {
                 self.record(*m, Kind::Left(LeftReason::SessionEnded));
             }
             self.send_to(*m, RoomEvent::Bye(ByeReason::SessionEnded));
+        }
+        self.tracks.clear();
+        self.members.clear();
+        self.hands.clear();
+    }
+
+    fn moved(&mut self) {
+        tracing::warn!("session lease lost to another node; members are sent there");
+        let all: Vec<MemberId> = self.members.iter().map(|m| m.info.member_id).collect();
+        for m in &all {
+            self.send_to(*m, RoomEvent::Bye(ByeReason::ServerShutdown));
         }
         self.tracks.clear();
         self.members.clear();
