@@ -363,7 +363,10 @@ impl Chromium {
             if !(v.is_null() || v == false || v == 0 || v == "") {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {expr}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {expr}; last {v}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
