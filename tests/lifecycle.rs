@@ -401,6 +401,12 @@ async fn a_muted_microphone_stays_off_until_the_client_offers_again() {
             })
             .count()
     };
+    eventually(
+        "the muted microphone gone from Per's offer",
+        TIMEOUT,
+        || mics(&per) == 0,
+    )
+    .await;
     // The marker: the refusal notice is sent only after the server saw the muted microphone's
     // media arrive (about a second after the mute), offered its parked tracks to the room
     // again and was refused — the one moment it could have come back by itself (had it come
