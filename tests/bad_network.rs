@@ -551,14 +551,15 @@ impl Browsers {
 
     /// Waits until `tab` has decoded `n` frames.
     async fn decoding(&mut self, tab: &common::chromium::Page, n: u64) {
-        for _ in 0..200 {
+        let mut patience =
+            Patience::new("", Duration::from_secs(30)).at_most_every(Duration::from_millis(100));
+        loop {
             let s = self.stats(tab).await;
             if s["framesDecoded"].as_u64().unwrap_or(0) >= n {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(patience.try_pause().await, "no video decoded: {s}");
         }
-        panic!("no video decoded: {}", self.stats(tab).await);
     }
 }
 

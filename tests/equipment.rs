@@ -67,10 +67,9 @@ async fn equipment_page(b: &mut Chromium, base: &str) -> Page {
         serde_json::json!({"url": format!("{base}/healthz")}),
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut patience = Patience::new("healthz loading", Duration::from_secs(20));
     while b.try_eval(&page, "location.pathname").await != Some("/healthz".into()) {
-        assert!(std::time::Instant::now() < deadline, "healthz did not load");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        patience.pause().await;
     }
     for (js, class) in [(WHIP_JS, "WHIPClient"), (WHEP_JS, "WHEPClient")] {
         let module = js.replace(&format!("export class {class}"), &format!("class {class}"));

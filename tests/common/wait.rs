@@ -110,6 +110,63 @@ pub fn eventually_blocking<T>(
     }
 }
 
+/// `eventually` for probes that cannot be a closure because they need `&mut` (a Chromium tab
+/// is driven through `&mut Chromium`): the caller loops, and `Patience` paces the loop with the
+/// same backoff and fails it the same way.
+///
+/// ```ignore
+/// let mut patience = Patience::new("the page loaded", TIMEOUT);
+/// while !loaded(&mut browser).await {
+///     patience.pause().await;
+/// }
+/// ```
+pub struct Patience {
+    what: String,
+    started: Instant,
+    deadline: Instant,
+    pause: Duration,
+    max_pause: Duration,
+}
+
+impl Patience {
+    pub fn new(what: impl Into<String>, timeout: Duration) -> Patience {
+        let started = Instant::now();
+        Patience {
+            what: what.into(),
+            started,
+            deadline: started + timeout,
+            pause: FIRST_PAUSE,
+            max_pause: MAX_PAUSE,
+        }
+    }
+
+    /// Backs off to at most `max` between tries instead of 100 ms (for costly probes, such as
+    /// a tab's `getStats()`).
+    pub fn at_most_every(mut self, max: Duration) -> Patience {
+        self.max_pause = max;
+        self
+    }
+
+    /// Sleeps before the next try; panics with "`what`: not within …" once time is up.
+    pub async fn pause(&mut self) {
+        if !self.try_pause().await {
+            gave_up(&self.what, self.started);
+        }
+    }
+
+    /// Sleeps before the next try and returns true; false (at once) once time is up, for a
+    /// caller that fails with its own message or does not fail at all.
+    pub async fn try_pause(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause.min(self.deadline - now)).await;
+        self.pause = (self.pause * 2).min(self.max_pause);
+        true
+    }
+}
+
 fn gave_up(what: &str, started: Instant) -> ! {
     panic!(
         "{what}: not within {:.1} s",
