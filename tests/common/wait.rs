@@ -75,9 +75,8 @@ where
     let mut pause = FIRST_PAUSE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left.max(MAX_PAUSE), probe()).await {
-            Ok(Some(v)) => return v,
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(v)) = tokio::time::timeout(left.max(MAX_PAUSE), probe()).await {
+            return v;
         }
         let now = Instant::now();
         if now >= deadline {
