@@ -67,7 +67,8 @@ async fn equipment_page(b: &mut Chromium, base: &str) -> Page {
         serde_json::json!({"url": format!("{base}/healthz")}),
     )
     .await;
-    let mut patience = Patience::new("healthz loading", Duration::from_secs(20));
+    let mut patience = Patience::new("healthz loading", Duration::from_secs(20))
+        .at_most_every(common::chromium::TRY_PAUSE);
     while b.try_eval(&page, "location.pathname").await != Some("/healthz".into()) {
         patience.pause().await;
     }

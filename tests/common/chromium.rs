@@ -14,6 +14,8 @@ use super::wait::Patience;
 
 /// The longest pause between two polls of a page (an `eval` costs the tab some work).
 const EVAL_PAUSE: Duration = Duration::from_millis(200);
+/// The same while a page loads (`try_eval` of a cheap expression).
+pub const TRY_PAUSE: Duration = Duration::from_millis(100);
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -260,7 +262,8 @@ impl Chromium {
         self.eval(page, "window.__reloading = true").await;
         self.call(Some(&page.session), "Page.reload", json!({}))
             .await;
-        let mut patience = Patience::new("the page reloading", Duration::from_secs(30));
+        let mut patience =
+            Patience::new("the page reloading", Duration::from_secs(30)).at_most_every(TRY_PAUSE);
         while self.try_eval(page, "window.__reloading === true").await != Some(Value::from(false)) {
             patience.pause().await;
         }
@@ -271,7 +274,8 @@ impl Chromium {
         let mut patience = Patience::new(
             format!("{url} loading window.kursrelay"),
             Duration::from_secs(30),
-        );
+        )
+        .at_most_every(TRY_PAUSE);
         while self
             .try_eval(
                 page,

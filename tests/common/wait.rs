@@ -13,10 +13,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// First pause between polls; it doubles up to `MAX_PAUSE`, so a condition that is nearly met
-/// is seen at once and a long wait costs few polls (a Chromium `eval` is not free).
+/// First pause between polls; it doubles up to `MAX_PAUSE` (the 20 ms `wait_until` always
+/// used), so a condition that is nearly met is seen at once and no wait is slower than before.
+/// Costly probes (a Chromium `eval`) ask for longer pauses: `Patience::at_most_every`.
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
-const MAX_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 fn next_pause(pause: Duration) -> Duration {
     (pause * 2).min(MAX_PAUSE)
@@ -139,7 +140,7 @@ impl Patience {
         }
     }
 
-    /// Backs off to at most `max` between tries instead of 100 ms (for costly probes, such as
+    /// Backs off to at most `max` between tries instead of 20 ms (for costly probes, such as
     /// a tab's `getStats()`).
     pub fn at_most_every(mut self, max: Duration) -> Patience {
         self.max_pause = max;
