@@ -223,15 +223,11 @@ async fn websockets_per_address_are_capped() {
     other.recv_type("welcome").await;
     // When one closes, its slot is free again (the server notices the close first).
     open.pop().unwrap().close().await;
-    let mut reopened = None;
-    for _ in 0..100 {
-        if let Ok(ws) = WsClient::connect_with(&server, &from).await {
-            reopened = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reopened.is_some(), "the slot was never given back");
+    let (srv, from) = (&server, &from);
+    let _reopened = eventually_async("the slot given back", TIMEOUT, || async move {
+        WsClient::connect_with(srv, from).await.ok()
+    })
+    .await;
     let metrics = http_request(server.addr, "GET", "/metrics", &[], b"")
         .await
         .body;
@@ -280,15 +276,11 @@ async fn members_with_a_valid_link_do_not_count_against_the_socket_cap() {
     let open = server.token("nat", Role::Participant, None, true).await;
     let mut waiting = Vec::new();
     for _ in 0..3 {
-        let mut ws = None;
-        for _ in 0..100 {
-            if let Ok(w) = WsClient::connect_with(&server, &from).await {
-                ws = Some(w);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut ws = ws.expect("a slot was never given back");
+        let (srv, from) = (&server, &from);
+        let mut ws = eventually_async("a slot given back", TIMEOUT, || async move {
+            WsClient::connect_with(srv, from).await.ok()
+        })
+        .await;
         ws.send(json!({"type": "hello", "version": 1})).await;
         ws.recv_type("welcome").await;
         ws.send(json!({"type": "join", "token": open})).await;

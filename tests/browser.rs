@@ -4,11 +4,28 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::chromium::Chromium;
 use common::*;
 use kursrelay::protocol::Role;
+
+/// Truthy once the tab has decoded a picture for a while and heard sound.
+const DECODING: &str =
+    "kursrelay.stats().then(s => s.framesDecoded > 30 && s.audioPacketsReceived > 20 ? s : null)";
+
+/// Truthy once the tab decoded `more` frames beyond `stats` (and, with `audio`, received more
+/// sound too): media still flows.
+fn still_coming(stats: &serde_json::Value, more: u64, audio: bool) -> String {
+    let frames = stats["framesDecoded"].as_u64().expect("framesDecoded") + more;
+    let sound = if audio {
+        let heard = stats["audioPacketsReceived"]
+            .as_u64()
+            .expect("audioPacketsReceived");
+        format!(" && s.audioPacketsReceived > {heard}")
+    } else {
+        String::new()
+    };
+    format!("kursrelay.stats().then(s => s.framesDecoded > {frames}{sound} ? s : null)")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
@@ -34,32 +51,15 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     // A webrtc-rs peer in the same session receives the browser's media too.
     let rust_peer = TestPeer::join(&server, "kurs1", "Volda sjukehus").await;
 
-    let mut stats = serde_json::Value::Null;
-    let mut ok = false;
-    for _ in 0..150 {
-        stats = browser.eval(&watcher, "kursrelay.stats()").await;
-        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
-            && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ok = browser.try_wait_for(&watcher, DECODING, 30).await;
     browser.screenshot(&publisher, "foundation-publish").await;
     browser.screenshot(&watcher, "foundation-watch").await;
+    let stats = browser.eval(&watcher, "kursrelay.stats()").await;
     assert!(ok, "watcher did not decode: {stats}");
-    let first = stats["framesDecoded"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = browser.eval(&watcher, "kursrelay.stats()").await;
-    assert!(
-        later["framesDecoded"].as_u64().unwrap() > first + 10,
-        "frames stopped: {stats} then {later}"
-    );
-    assert!(
-        later["audioPacketsReceived"].as_u64().unwrap()
-            > stats["audioPacketsReceived"].as_u64().unwrap()
-    );
+    // Pictures and sound keep coming.
+    browser
+        .wait_for(&watcher, &still_coming(&stats, 10, true), 20)
+        .await;
 
     // The Rust peer got the browser's camera and microphone as RTP.
     let members = rust_peer.inbox();
@@ -176,18 +176,8 @@ async fn chromium_publishes_and_decodes_over_ice_tcp_when_no_udp_is_offered() {
     browser.eval(&publisher, "kursrelay.start({})").await;
     let watcher = browser.open(&format!("{base}/course.html#t={kari}")).await;
     browser.eval(&watcher, "kursrelay.start({})").await;
-    let mut stats = serde_json::Value::Null;
-    let mut ok = false;
-    for _ in 0..150 {
-        stats = browser.eval(&watcher, "kursrelay.stats()").await;
-        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
-            && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ok = browser.try_wait_for(&watcher, DECODING, 30).await;
+    let stats = browser.eval(&watcher, "kursrelay.stats()").await;
     assert!(ok, "watcher did not decode over ICE-TCP: {stats}");
     let port = server.state.sfu.media_addrs()[0].port();
     for tab in [&publisher, &watcher] {
@@ -199,13 +189,9 @@ async fn chromium_publishes_and_decodes_over_ice_tcp_when_no_udp_is_offered() {
             assert_eq!(t["port"].as_u64(), Some(u64::from(port)), "{s}");
         }
     }
-    let later = {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        browser.eval(&watcher, "kursrelay.stats()").await
-    };
-    assert!(
-        later["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap() + 10,
-        "frames stopped over TCP: {stats} then {later}"
-    );
+    // Frames keep coming over TCP.
+    browser
+        .wait_for(&watcher, &still_coming(&stats, 10, false), 20)
+        .await;
     server.shutdown().await;
 }

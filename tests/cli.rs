@@ -34,6 +34,7 @@ fn kursrelay() -> Command {
 mod common {
     pub mod pg;
     pub mod tools;
+    pub mod wait;
 }
 
 /// The `[db]` section: SQLite in `dir`, or with `KURSRELAY_TEST_DB=postgres` a fresh
@@ -128,14 +129,11 @@ fn serves_and_shuts_down_on_ctrl_c() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = common::wait::eventually_blocking(
+        "the server stopping after SIGINT",
+        Duration::from_secs(15),
+        || child.try_wait().unwrap(),
+    );
     assert!(code.success(), "{code:?}");
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");

@@ -423,15 +423,12 @@ async fn sigterm_closes_every_open_interval_before_the_process_exits() {
         .status()
         .unwrap()
         .success());
-    let mut status = None;
-    for _ in 0..200 {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = status.expect("the server did not stop within 10 s of SIGTERM");
+    let status = eventually_some(
+        "the server stopping after SIGTERM",
+        Duration::from_secs(10),
+        || child.0.try_wait().unwrap(),
+    )
+    .await;
     assert!(status.success(), "{status:?}");
     for p in &peers {
         p.wait_msg(|m| m["type"] == "bye" && m["reason"] == "server_shutdown")

@@ -67,10 +67,10 @@ async fn equipment_page(b: &mut Chromium, base: &str) -> Page {
         serde_json::json!({"url": format!("{base}/healthz")}),
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut patience = Patience::new("healthz loading", Duration::from_secs(20))
+        .at_most_every(common::chromium::TRY_PAUSE);
     while b.try_eval(&page, "location.pathname").await != Some("/healthz".into()) {
-        assert!(std::time::Instant::now() < deadline, "healthz did not load");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        patience.pause().await;
     }
     for (js, class) in [(WHIP_JS, "WHIPClient"), (WHEP_JS, "WHEPClient")] {
         let module = js.replace(&format!("export class {class}"), &format!("class {class}"));
@@ -122,19 +122,13 @@ async fn whip_client_from_npm_feed_is_decoded_by_a_participant_and_ends_with_del
         )
         .await;
     assert_eq!(roster["participant_count"], 1, "{roster}");
-    let stats = {
-        let mut stats = serde_json::Value::Null;
-        for _ in 0..150 {
-            stats = b.eval(&part, "kursrelay.stats()").await;
-            if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
-                && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        stats
-    };
+    b.try_wait_for(
+        &part,
+        "kursrelay.stats().then(s => s.framesDecoded > 30 && s.audioPacketsReceived > 20)",
+        30,
+    )
+    .await;
+    let stats = b.eval(&part, "kursrelay.stats()").await;
     assert!(
         stats["framesDecoded"].as_u64().unwrap_or(0) > 30
             && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20,
@@ -246,16 +240,13 @@ async fn whep_client_from_npm_plays_the_leaders_feed_in_chromium() {
     )
     .await;
     let stats_js = "(async () => { let f = 0, a = 0; (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') f = r.framesDecoded || 0; if (r.type === 'inbound-rtp' && r.kind === 'audio') a = r.packetsReceived || 0; }); return {framesDecoded: f, audioPacketsReceived: a, resource: String(whep.resourceURL)}; })()";
-    let mut stats = serde_json::Value::Null;
-    for _ in 0..150 {
-        stats = b.eval(&page, stats_js).await;
-        if stats["framesDecoded"].as_u64().unwrap_or(0) > 30
-            && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.try_wait_for(
+        &page,
+        &format!("{stats_js}.then((s) => s.framesDecoded > 30 && s.audioPacketsReceived > 20)"),
+        30,
+    )
+    .await;
+    let stats = b.eval(&page, stats_js).await;
     assert!(
         stats["framesDecoded"].as_u64().unwrap_or(0) > 30
             && stats["audioPacketsReceived"].as_u64().unwrap_or(0) > 20,

@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::chromium::Chromium;
 use common::coturn::free_port;
@@ -121,14 +121,12 @@ async fn a_course_through_nginx_with_tls() {
             .spawn()
             .expect("start nginx"),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", https_port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("nginx listening", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", https_port))
+            .await
+            .ok()
+    })
+    .await;
 
     // Pages over HTTPS with the headers from the file.
     let (status, text, _) = https_get(&ca, https_port, "/course.html?lang=nb")
@@ -238,12 +236,16 @@ async fn a_course_through_nginx_with_tls() {
             40,
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = b.eval(&watcher, "kursrelay.stats()").await;
-    assert!(
-        later["framesDecoded"].as_u64() > first["framesDecoded"].as_u64(),
-        "{first} then {later}"
-    );
+    // Frames keep coming.
+    b.wait_for(
+        &watcher,
+        &format!(
+            "kursrelay.stats().then(s => s.framesDecoded > {} ? s : null)",
+            first["framesDecoded"]
+        ),
+        20,
+    )
+    .await;
     let url = b.eval(&watcher, "kursrelay.client.url").await;
     assert_eq!(url, format!("wss://localhost:{https_port}/ws"));
     b.screenshot(&watcher, "nginx-watch").await;

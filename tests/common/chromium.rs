@@ -4,11 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+use super::wait::Patience;
+
+/// The longest pause between two polls of a page (an `eval` costs the tab some work).
+const EVAL_PAUSE: Duration = Duration::from_millis(200);
+/// The same while a page loads (`try_eval` of a cheap expression).
+pub const TRY_PAUSE: Duration = Duration::from_millis(100);
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -105,19 +112,16 @@ impl Chromium {
             .spawn()
             .expect("start chromium");
         let port_file = profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let text = loop {
-            if let Ok(t) = std::fs::read_to_string(&port_file) {
-                if t.lines().count() >= 2 {
-                    break t;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium did not open its DevTools port"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let text = super::wait::eventually_some(
+            "chromium opening its DevTools port",
+            Duration::from_secs(30),
+            || {
+                std::fs::read_to_string(&port_file)
+                    .ok()
+                    .filter(|t| t.lines().count() >= 2)
+            },
+        )
+        .await;
         let mut lines = text.lines();
         let port = lines.next().unwrap().trim();
         let path = lines.next().unwrap().trim();
@@ -258,16 +262,20 @@ impl Chromium {
         self.eval(page, "window.__reloading = true").await;
         self.call(Some(&page.session), "Page.reload", json!({}))
             .await;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut patience =
+            Patience::new("the page reloading", Duration::from_secs(30)).at_most_every(TRY_PAUSE);
         while self.try_eval(page, "window.__reloading === true").await != Some(Value::from(false)) {
-            assert!(Instant::now() < deadline, "the page did not reload");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            patience.pause().await;
         }
         self.wait_loaded(page, "the reloaded page").await;
     }
 
     async fn wait_loaded(&mut self, page: &Page, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut patience = Patience::new(
+            format!("{url} loading window.kursrelay"),
+            Duration::from_secs(30),
+        )
+        .at_most_every(TRY_PAUSE);
         while self
             .try_eval(
                 page,
@@ -276,11 +284,7 @@ impl Chromium {
             .await
             != Some(Value::from("object"))
         {
-            assert!(
-                Instant::now() < deadline,
-                "{url} did not load window.kursrelay"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            patience.pause().await;
         }
     }
 
@@ -357,29 +361,30 @@ impl Chromium {
 
     /// Polls `expr` (a JS expression) until it is truthy; panics after `secs` seconds.
     pub async fn wait_for(&mut self, page: &Page, expr: &str, secs: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut patience = Patience::new(expr, Duration::from_secs(secs)).at_most_every(EVAL_PAUSE);
         loop {
             let v = self.eval(page, expr).await;
             if !(v.is_null() || v == false || v == 0 || v == "") {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {expr}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                patience.try_pause().await,
+                "timed out after {secs} s waiting for {expr}; last {v}"
+            );
         }
     }
 
     /// Polls `expr` until it is truthy; false after `secs` seconds.
     pub async fn try_wait_for(&mut self, page: &Page, expr: &str, secs: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut patience = Patience::new(expr, Duration::from_secs(secs)).at_most_every(EVAL_PAUSE);
         loop {
             let v = self.eval(page, expr).await;
             if !(v.is_null() || v == false || v == 0 || v == "") {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if !patience.try_pause().await {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

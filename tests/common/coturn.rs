@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const SECRET: &str = "test-turn-secret-0123456789";
 
@@ -115,17 +115,16 @@ impl Coturn {
             .stderr(Stdio::null())
             .spawn()
             .expect("start turnserver");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "coturn did not start listening on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait::eventually_async(
+            &format!("coturn listening on {port}"),
+            Duration::from_secs(15),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
         Coturn {
             child,
             port,

@@ -1,5 +1,6 @@
 //! Test harness: the real server on 127.0.0.1:0, a real webrtc-rs client speaking the real
-//! signalling (`TestPeer`), synthetic but real RTP media, and `wait_until`.
+//! signalling (`TestPeer`), synthetic but real RTP media, and the waiting helpers (`wait`:
+//! `eventually`, `none_before`, `stays_false`).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chromium;
@@ -8,6 +9,9 @@ pub mod netsim;
 pub mod pg;
 pub mod pki;
 pub mod tools;
+pub mod wait;
+
+pub use wait::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,18 +62,11 @@ pub fn utc_in(secs: i64) -> String {
 pub const HOUR: i64 = 3600;
 pub const DAY: i64 = 24 * HOUR;
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes. Returns whether it held.
+/// Polls `cond` until it holds or `timeout` passes. Returns whether it held. Prefer
+/// `eventually` (its failure says what was awaited); this stays for callers that assert
+/// themselves.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_for(timeout, || cond().then_some(())).await.is_some()
 }
 
 pub fn init_tracing() {

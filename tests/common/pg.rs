@@ -125,14 +125,14 @@ impl Cluster {
         let cluster = self;
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         // Just after start the server may still say "starting up" for a moment.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut patience = super::wait::Patience::new("", Duration::from_secs(20));
         let mut admin = loop {
             match sqlx::PgConnection::connect(&cluster.url("postgres")).await {
                 Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => {
+                Err(e) if !patience.try_pause().await => {
                     panic!("connect to the test PostgreSQL: {e}")
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {}
             }
         };
         admin
