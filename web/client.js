@@ -217,7 +217,8 @@ export class KursrelayClient {
   /** Sums over the subscribe connection's inbound-rtp stats, plus the remote tracks currently
    * shown, plus where each connection's media goes (the server's address, port and protocol
    * of the selected candidate pair: the connectivity tests read it). `video` is how received
-   * video fares (loss, repair requests, freezes); `sent` the publish side's video. `inbound`
+   * video fares (loss, repair requests, freezes); `sent` the publish side's video (summed over its simulcast layers; `layers` and
+   * `framesEncodedOneLayer`, the busiest layer's frames, say what one viewer could get). `inbound`
    * has one entry per received track (by track_id): for video its frame rate, size, freezes
    * and frames decoded, for audio its concealment, plus `quality`, what the server last said
    * it forwards of that video (video_quality: full, reduced or paused). */
@@ -225,6 +226,8 @@ export class KursrelayClient {
     const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [], inbound: [] };
     const video = { packetsLost: 0, nackCount: 0, pliCount: 0, framesDropped: 0, keyFramesDecoded: 0, freezeCount: 0, totalFreezesDuration: 0, jitterBufferDelay: 0, jitterBufferEmittedCount: 0 };
     const sent = { framesEncoded: 0, packetsSent: 0, retransmittedPacketsSent: 0, nackCount: 0, pliCount: 0 };
+    sent.layers = 0;
+    sent.framesEncodedOneLayer = 0;
     out.video = video;
     out.sent = sent;
     const add = (into, s) => { for (const k of Object.keys(into)) into[k] += s[k] || 0; };
@@ -235,7 +238,13 @@ export class KursrelayClient {
     const pub = this._conn.publish.pc;
     if (pub) {
       (await pub.getStats()).forEach((s) => {
-        if (s.type === 'outbound-rtp' && (s.kind || s.mediaType) === 'video') add(sent, s);
+        if (s.type === 'outbound-rtp' && (s.kind || s.mediaType) === 'video') {
+          add(sent, s);
+          // With simulcast each layer (rid) is an entry of its own and framesEncoded sums
+          // them; the frames of the busiest layer are what one viewer can get.
+          sent.layers += 1;
+          sent.framesEncodedOneLayer = Math.max(sent.framesEncodedOneLayer, s.framesEncoded || 0);
+        }
       });
     }
     for (const { track } of this._remote.values()) {
