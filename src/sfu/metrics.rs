@@ -59,6 +59,9 @@ pub struct Metrics {
     pub gop_joins_skipped: AtomicU64,
     /// Simulcast: a viewer's video moved to another layer (at a keyframe of it).
     pub layer_switches: AtomicU64,
+    /// Simulcast: a viewer's layer was stopped at once because its line did not carry it (it
+    /// goes on at the lower layer's next keyframe; the sound does not wait behind it).
+    pub layer_cuts: AtomicU64,
     /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
     pub video_pauses: AtomicU64,
     /// Viewers with at least one video paused now.
@@ -195,6 +198,11 @@ impl Metrics {
                 "kursrelay_layer_switches_total",
                 &self.layer_switches,
                 "Simulcast layer switches of a viewer's video (each at a keyframe)",
+            ),
+            (
+                "kursrelay_layer_cuts_total",
+                &self.layer_cuts,
+                "A viewer's layer stopped at once because its line did not carry it",
             ),
             (
                 "kursrelay_video_pauses_total",

@@ -432,6 +432,13 @@ impl Core {
             let mut paused = false;
             for (d, down) in decisions.iter().zip(downs.iter()) {
                 down.set_target_layer(d.target);
+                if d.cut && down.layer() != NO_LAYER && down.layer() > d.target {
+                    // The line does not carry what it gets: stop sending it now and go on
+                    // at the lower layer's next keyframe (asked for by `admit`), a short
+                    // still picture instead of a queue that drops the sound.
+                    down.start_layer(d.target);
+                    self.metrics.layer_cuts.fetch_add(1, Ordering::Relaxed);
+                }
                 paused |= d.target == PAUSED;
                 if let Some(q) = d.tell {
                     conn.tell_quality(down.track, q);
