@@ -13,9 +13,11 @@
 //! ```sh
 //! cargo test --test weak_line -- --ignored --nocapture weak_line_table
 //! # KURSRELAY_WEAK_SECS=60 (per step, default 30), KURSRELAY_WEAK_STEPS=0,5000,1500,800,500,300
-//! # (kbit/s; 0 = unlimited), KURSRELAY_WEAK_QUEUE_MS=200,
-//! # KURSRELAY_WEAK_SIMULCAST=1 (the publisher sends three layers, q/h/f)
+//! # (kbit/s; 0 = unlimited), KURSRELAY_WEAK_QUEUE_MS=200
 //! ```
+//!
+//! The publisher is the page as users get it: web/media.js publishes three layers (q/h/f)
+//! when the server's `joined` says `simulcast`, so the runner injects nothing.
 //!
 //! The normal `cargo test` runs the shaper's own unit tests and a smoke run (one step, a small
 //! camera file, a few seconds) that only checks that something sane was measured, so the
@@ -432,19 +434,6 @@ impl Rig {
             .browser
             .open_tracked(&format!("{}/{page}.html#t={token}", self.base))
             .await;
-        if role == Role::Leader && simulcast() {
-            // web/ does not publish simulcast yet: the test page's own script adds the three
-            // layers to every video transceiver it makes (issue 20's guide values), on the
-            // next load.
-            self.browser
-                .call(
-                    Some(tab.session()),
-                    "Page.addScriptToEvaluateOnNewDocument",
-                    serde_json::json!({ "source": SIMULCAST_JS }),
-                )
-                .await;
-            self.browser.reload(&tab).await;
-        }
         let started = self.browser.eval(&tab, "kursrelay.start({})").await;
         assert!(started.get("role").is_some(), "{started}");
         tab
@@ -582,29 +571,6 @@ impl Rig {
     }
 }
 
-/// Whether the publisher sends three simulcast layers (`KURSRELAY_WEAK_SIMULCAST=1`).
-fn simulcast() -> bool {
-    std::env::var("KURSRELAY_WEAK_SIMULCAST").is_ok_and(|v| v == "1")
-}
-
-/// Injected into the publisher's page: every video transceiver is made with three simulcast
-/// layers, rids q/h/f (docs/protocol.md), 320×180 / 640×360 / 1280×720 at about 150 / 500 /
-/// 1 700 kbit/s for a 720p camera.
-const SIMULCAST_JS: &str = r#"(() => {
-  const add = RTCPeerConnection.prototype.addTransceiver;
-  RTCPeerConnection.prototype.addTransceiver = function (what, init) {
-    const kind = typeof what === 'string' ? what : what.kind;
-    if (kind === 'video') {
-      init = Object.assign({}, init || {}, { sendEncodings: [
-        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
-        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
-        { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1700000 },
-      ] });
-    }
-    return add.call(this, what, init);
-  };
-})();"#;
-
 /// Starts the publisher, lets its encoder ramp up (up to `warmup`), then runs every step.
 async fn run(setup: &Setup, warmup: Duration) -> Vec<Row> {
     let mut rig = Rig::start(&setup.camera).await;
@@ -731,7 +697,10 @@ async fn weak_line_smoke() {
     let r = &rows[0];
     eprintln!("{TABLE_HEAD}\n{}", r.markdown());
     assert!(r.fps > 0.0, "nothing decoded at 5 Mbit/s: {r:?}");
-    assert_eq!((r.width, r.height), (320, 180), "{r:?}");
+    // The page publishes simulcast (q/h/f at ¼, ½ and full size); for a camera this small
+    // Chromium sends only the lowest layer(s) (80×45 measured, 2026-12-07), so the viewer
+    // gets the best layer that arrives, not the camera's size.
+    assert!(r.width > 0 && r.width == r.pub_width, "{r:?}");
     assert!(r.pub_mbps > 0.0 && r.aimed_mbps > 0.0, "{r:?}");
     assert!(r.audio_samples > 0.0, "no sound played: {r:?}");
     assert!(r.queue_offered > 0, "the line's shaper saw nothing: {r:?}");
