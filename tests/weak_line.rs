@@ -284,6 +284,9 @@ struct Row {
     pub_fps: f64,
     pub_limit: String,
     pub_keyframes: f64,
+    /// The server's gauges at the end of the step: viewers whose estimate transport-cc
+    /// drives, receiver reports drive, a REMB caps.
+    estimated_by: (f64, f64, f64),
 }
 
 impl Row {
@@ -553,14 +556,27 @@ impl Rig {
                 .unwrap_or("?")
                 .to_owned(),
             pub_keyframes: dp("keyFramesEncoded"),
+            estimated_by: (
+                m1.get("kursrelay_viewers_estimated_by_twcc")
+                    .copied()
+                    .unwrap_or(0.0),
+                m1.get("kursrelay_viewers_estimated_by_receiver_reports")
+                    .copied()
+                    .unwrap_or(0.0),
+                m1.get("kursrelay_viewers_capped_by_remb")
+                    .copied()
+                    .unwrap_or(0.0),
+            ),
         };
         eprintln!(
-            "  {} ({:.1} s): {}; server forwarded {:.0} packets, {:.0} keyframes encoded; {}",
+            "  {} ({:.1} s): {}; server forwarded {:.0} packets, {:.0} keyframes encoded; \
+             viewers' estimate by transport-cc / receiver reports / capped by REMB: {:?}; {}",
             row.line(),
             row.secs,
             row.markdown(),
             row.forwarded,
             row.pub_keyframes,
+            row.estimated_by,
             link.summary()
         );
         // The viewer leaves; its flows go quiet.
@@ -704,4 +720,7 @@ async fn weak_line_smoke() {
     assert!(r.pub_mbps > 0.0 && r.aimed_mbps > 0.0, "{r:?}");
     assert!(r.audio_samples > 0.0, "no sound played: {r:?}");
     assert!(r.queue_offered > 0, "the line's shaper saw nothing: {r:?}");
+    // Chromium's viewer answers with transport-cc: that is what drives its estimate.
+    assert_eq!(r.estimated_by.0, 1.0, "{r:?}");
+    assert_eq!(r.estimated_by.1, 0.0, "{r:?}");
 }

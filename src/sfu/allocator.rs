@@ -149,6 +149,17 @@ impl Estimate {
             .is_some_and(|t| now_ms.saturating_sub(t) <= TWCC_STALE)
     }
 
+    /// Whether a recent REMB holds the estimate below what the rest says.
+    pub(crate) fn remb_caps(&self, now_ms: u64) -> bool {
+        let base = if self.has_twcc(now_ms) {
+            self.gcc.target_bitrate()
+        } else {
+            self.loss_bps
+        };
+        self.remb
+            .is_some_and(|(remb, at)| now_ms.saturating_sub(at) <= REMB_STALE && remb < base)
+    }
+
     /// The estimate, bits per second.
     pub(crate) fn bps(&self, now_ms: u64) -> f64 {
         let base = if self.has_twcc(now_ms) {

@@ -70,6 +70,11 @@ pub struct Metrics {
     /// estimates in bits per second (the mean is sum / count).
     pub viewers_estimated: AtomicI64,
     pub viewer_estimate_sum_bps: AtomicI64,
+    /// Of those, what drives each estimate now: transport-cc feedback (GCC), or receiver
+    /// reports' loss (no transport-cc for 2 s); and how many a REMB caps below that.
+    pub viewers_estimated_by_twcc: AtomicI64,
+    pub viewers_estimated_by_receiver_reports: AtomicI64,
+    pub viewers_capped_by_remb: AtomicI64,
 }
 
 impl Metrics {
@@ -139,6 +144,21 @@ impl Metrics {
                 "kursrelay_viewer_estimate_sum_bps",
                 &self.viewer_estimate_sum_bps,
                 "Sum of the viewers' bandwidth estimates, bits per second (mean = sum / viewers_estimated)",
+            ),
+            (
+                "kursrelay_viewers_estimated_by_twcc",
+                &self.viewers_estimated_by_twcc,
+                "Viewers whose estimate transport-cc feedback drives now",
+            ),
+            (
+                "kursrelay_viewers_estimated_by_receiver_reports",
+                &self.viewers_estimated_by_receiver_reports,
+                "Viewers whose estimate receiver reports' loss drives now (no transport-cc)",
+            ),
+            (
+                "kursrelay_viewers_capped_by_remb",
+                &self.viewers_capped_by_remb,
+                "Viewers whose estimate a REMB caps now",
             ),
         ];
         for (name, value, help) in gauges {
