@@ -59,6 +59,9 @@ pub struct Metrics {
     pub gop_joins_skipped: AtomicU64,
     /// Simulcast: a viewer's video moved to another layer (at a keyframe of it).
     pub layer_switches: AtomicU64,
+    /// Simulcast: a viewer's layer was stopped at once because its line did not carry it (it
+    /// goes on at the lower layer's next keyframe; the sound does not wait behind it).
+    pub layer_cuts: AtomicU64,
     /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
     pub video_pauses: AtomicU64,
     /// Viewers with at least one video paused now.
@@ -67,6 +70,11 @@ pub struct Metrics {
     /// estimates in bits per second (the mean is sum / count).
     pub viewers_estimated: AtomicI64,
     pub viewer_estimate_sum_bps: AtomicI64,
+    /// Of those, what drives each estimate now: transport-cc feedback (GCC), or receiver
+    /// reports' loss (no transport-cc for 2 s); and how many a REMB caps below that.
+    pub viewers_estimated_by_twcc: AtomicI64,
+    pub viewers_estimated_by_receiver_reports: AtomicI64,
+    pub viewers_capped_by_remb: AtomicI64,
 }
 
 impl Metrics {
@@ -137,6 +145,21 @@ impl Metrics {
                 &self.viewer_estimate_sum_bps,
                 "Sum of the viewers' bandwidth estimates, bits per second (mean = sum / viewers_estimated)",
             ),
+            (
+                "kursrelay_viewers_estimated_by_twcc",
+                &self.viewers_estimated_by_twcc,
+                "Viewers whose estimate transport-cc feedback drives now",
+            ),
+            (
+                "kursrelay_viewers_estimated_by_receiver_reports",
+                &self.viewers_estimated_by_receiver_reports,
+                "Viewers whose estimate receiver reports' loss drives now (no transport-cc)",
+            ),
+            (
+                "kursrelay_viewers_capped_by_remb",
+                &self.viewers_capped_by_remb,
+                "Viewers whose estimate a REMB caps now",
+            ),
         ];
         for (name, value, help) in gauges {
             let _ = writeln!(
@@ -195,6 +218,11 @@ impl Metrics {
                 "kursrelay_layer_switches_total",
                 &self.layer_switches,
                 "Simulcast layer switches of a viewer's video (each at a keyframe)",
+            ),
+            (
+                "kursrelay_layer_cuts_total",
+                &self.layer_cuts,
+                "A viewer's layer stopped at once because its line did not carry it",
             ),
             (
                 "kursrelay_video_pauses_total",

@@ -373,6 +373,7 @@ impl Core {
             decisions,
         } = &mut self.scratch;
         let (mut paused_viewers, mut estimate_sum, mut viewers) = (0i64, 0f64, 0i64);
+        let (mut by_twcc, mut by_rr, mut by_remb) = (0i64, 0i64, 0i64);
         for (i, slot) in self.conns.iter_mut().enumerate() {
             let Some(conn) = slot.conn.as_mut() else {
                 continue;
@@ -421,6 +422,12 @@ impl Core {
             viewer.sent_seen = viewer.sent;
             viewer.estimate.pass(now_ms, rate.iter().sum());
             let estimate = viewer.estimate.bps(now_ms);
+            if viewer.estimate.has_twcc(now_ms) {
+                by_twcc += 1;
+            } else {
+                by_rr += 1;
+            }
+            by_remb += i64::from(viewer.estimate.remb_caps(now_ms));
             let budget = estimate * allocator::HEADROOM
                 - rate[Sent::Audio as usize]
                 - rate[Sent::Resent as usize];
@@ -432,6 +439,13 @@ impl Core {
             let mut paused = false;
             for (d, down) in decisions.iter().zip(downs.iter()) {
                 down.set_target_layer(d.target);
+                if d.cut && down.layer() != NO_LAYER && down.layer() > d.target {
+                    // The line does not carry what it gets: stop sending it now and go on
+                    // at the lower layer's next keyframe (asked for by `admit`), a short
+                    // still picture instead of a queue that drops the sound.
+                    down.start_layer(d.target);
+                    self.metrics.layer_cuts.fetch_add(1, Ordering::Relaxed);
+                }
                 paused |= d.target == PAUSED;
                 if let Some(q) = d.tell {
                     conn.tell_quality(down.track, q);
@@ -450,6 +464,11 @@ impl Core {
         m.viewers_estimated.store(viewers, Ordering::Relaxed);
         m.viewer_estimate_sum_bps
             .store(estimate_sum as i64, Ordering::Relaxed);
+        m.viewers_estimated_by_twcc
+            .store(by_twcc, Ordering::Relaxed);
+        m.viewers_estimated_by_receiver_reports
+            .store(by_rr, Ordering::Relaxed);
+        m.viewers_capped_by_remb.store(by_remb, Ordering::Relaxed);
     }
 
     pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
