@@ -399,7 +399,8 @@ struct Rig {
 impl Rig {
     async fn start(camera: &Path) -> Rig {
         let server = TestServer::spawn_with(
-            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\n",
+            // Simulcast on (off in the default config for now): the page publishes layers.
+            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\nsimulcast = true\n",
         )
         .await;
         let media = server.state.sfu.media_addrs()[0];
