@@ -173,8 +173,16 @@ async fn joins_are_committed_before_joined_and_exports_are_for_the_leader_only()
         !csv.contains("Siri") && !csv.contains("Anonym"),
         "interpreters and open viewers are counted, not named:\n{csv}"
     );
+    // The session's date column is its start's day in the configured zone (Europe/Oslo).
+    let starts_at = server.state.db.session(&session).await.unwrap().starts_at;
+    let day = starts_at
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .in_tz("Europe/Oslo")
+        .unwrap()
+        .date();
     assert!(
-        csv.lines().any(|l| l.contains(";2026-01-01;rom;")
+        csv.lines().any(|l| l.contains(&format!(";{day};rom;"))
             && l.contains(";rom;Volda sjukehus;")
             && l.ends_with(";7;7,0")),
         "{csv}"

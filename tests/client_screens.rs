@@ -1114,7 +1114,7 @@ async fn a_long_name_and_the_empty_captions_in_the_hall() {
             &course.id,
             &kursrelay::db::NewSession {
                 title: title.into(),
-                starts_at: "2026-01-01T09:00:00Z".into(),
+                starts_at: utc_in(-HOUR),
                 ends_at: utc_in(2 * DAY),
                 host_site: "Molde".into(),
                 chat_enabled: false,

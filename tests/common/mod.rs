@@ -152,9 +152,8 @@ impl TestServer {
             .unwrap();
         let new = kursrelay::db::NewSession {
             title: format!("Dag 1 {label}"),
-            // A fixed start in the past stays in the past on any later day (the attendance
-            // export's date column is checked against it); the end is always ahead.
-            starts_at: "2026-01-01T09:00:00Z".into(),
+            // Started an hour ago and ends in two days, whatever the day: no calendar date.
+            starts_at: utc_in(-HOUR),
             ends_at: utc_in(2 * DAY),
             host_site: "Molde".into(),
             chat_enabled: label.contains("chat"),
