@@ -78,15 +78,17 @@ impl std::fmt::Debug for ClusterConfig {
             .field("internal_url", &self.internal_url)
             .field("lease_ms", &self.lease_ms)
             .field("renew_interval_ms", &self.renew_interval_ms)
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    "(none)"
-                } else {
-                    "(set)"
-                },
-            )
+            .field("secret", &secret_shown(&self.secret, "(none)"))
             .finish()
+    }
+}
+
+/// What `Debug` shows of a secret: whether it is set, never the secret itself.
+fn secret_shown(secret: &str, unset: &'static str) -> &'static str {
+    if secret.is_empty() {
+        unset
+    } else {
+        "(set)"
     }
 }
 
@@ -132,14 +134,7 @@ impl std::fmt::Debug for TurnConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnConfig")
             .field("urls", &self.urls)
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    "(none)"
-                } else {
-                    "(set)"
-                },
-            )
+            .field("secret", &secret_shown(&self.secret, "(none)"))
             .field("credential_lifetime_hours", &self.credential_lifetime_hours)
             .field("relay_only", &self.relay_only)
             .finish()
@@ -179,14 +174,7 @@ pub struct AuthConfig {
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
-            .field(
-                "admin_key",
-                &if self.admin_key.is_empty() {
-                    "(off)"
-                } else {
-                    "(set)"
-                },
-            )
+            .field("admin_key", &secret_shown(&self.admin_key, "(off)"))
             .field("link_validity_hours", &self.link_validity_hours)
             .finish()
     }

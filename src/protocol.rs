@@ -559,6 +559,10 @@ pub enum ErrorCode {
     /// A subscribe offer was not answered in time; it is sent again.
     AnswerTimeout,
     RateLimited,
+    /// Several servers: the shared store, or the server that runs the session, cannot be
+    /// reached just now; nothing was done, try again later (members already in are not
+    /// affected).
+    Unavailable,
     Internal,
 }
 

@@ -5,7 +5,7 @@
 //! admin API on any node; a node killed with SIGKILL and its session going on elsewhere with
 //! its attendance whole; three nodes and the owner killed, its old epoch refused by the store;
 //! the store stopped for 30 s under running sessions; deploy/nginx-region.conf in front of two
-//! nodes. Always on
+//! nodes; a browser and WHIP equipment given a node that does not run the session. Always on
 //! PostgreSQL (tests/common/pg.rs), whatever KURSRELAY_TEST_DB says.
 
 mod common;
@@ -1453,6 +1453,7 @@ async fn the_store_unreachable_running_sessions_go_on() {
         peer.inbox().into_iter().find(|m| {
             m["type"] == "error"
                 && m["request"] == "join"
+                && m["code"] == "unavailable"
                 && m["message"]
                     .as_str()
                     .is_some_and(|t| t.contains("cannot be reached"))
@@ -1714,4 +1715,109 @@ async fn three_nodes_the_owner_killed_both_viewers_decode_again() {
     }
     b.shutdown().await;
     c.shutdown().await;
+}
+
+/// Any node's address works for browsers and equipment too (issue 22): a Chromium participant
+/// whose page and signalling come from node B (carried to A; its media goes straight to A's
+/// media port), and a WHIP encoder (Chromium with the npm client) posting to B. B carries the
+/// POST and the DELETE to A, where the session runs, and returns A's answers unchanged; the
+/// participant decodes the encoder's feed, and the leader on A is offered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_a_whip_encoder_through_another_node_reach_the_owner() {
+    use common::chromium::{equipment_page, Chromium};
+    init_tracing();
+    let url = common::pg::fresh_database().await;
+    let a = TestServer::spawn_with(&node_overlay(&url, "molde-1", free_port())).await;
+    let b = TestServer::spawn_with(&node_overlay(&url, "volda-1", free_port())).await;
+    let session = a.session("region").await;
+    let leader_token = a
+        .token("region", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let encoder = a
+        .token("region", Role::Encoder, Some("Auditoriet, koder"), false)
+        .await;
+    let kari = a
+        .token("region", Role::Participant, Some("Kari"), false)
+        .await;
+    let leader = TestPeer::connect(&a, &leader_token, None).await;
+    leader.wait_msg(|m| m["type"] == "joined").await;
+    assert_eq!((a.state.rooms.count(), b.state.rooms.count()), (1, 0));
+
+    // A wrong token through B gets the owner's clear answer, and nothing starts anywhere.
+    let path = format!("/whip/{session}");
+    let reply = http_request(
+        b.addr,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", "Bearer not-a-token"),
+        ],
+        b"v=0\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(
+        reply.body.contains("not a valid join token"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(a.state.equipment.len() + b.state.equipment.len(), 0);
+
+    let mut browser = Chromium::launch().await;
+    let base_b = format!("http://{}", b.addr);
+    let part = browser
+        .open(&format!("{base_b}/course.html#t={kari}"))
+        .await;
+    browser
+        .eval(&part, "kursrelay.start({}).then(() => true)")
+        .await;
+    let enc = equipment_page(&mut browser, &base_b).await;
+    let whip_url = format!("{base_b}{path}");
+    browser
+        .eval(
+            &enc,
+            &format!(
+                "(async () => {{
+                   const media = await navigator.mediaDevices.getUserMedia({{audio: true, video: true}});
+                   const pc = new RTCPeerConnection({{bundlePolicy: 'max-bundle'}});
+                   for (const track of media.getTracks()) pc.addTransceiver(track, {{direction: 'sendonly'}});
+                   window.whip = new WHIPClient();
+                   await window.whip.publish(pc, {whip_url:?}, {encoder:?});
+                   return true;
+                 }})()"
+            ),
+        )
+        .await;
+    // The encoder runs where the session runs, not on the node it was given.
+    assert_eq!((a.state.equipment.len(), b.state.equipment.len()), (1, 0));
+    assert_eq!(b.state.rooms.count(), 0);
+    let decoded = browser
+        .try_wait_for(
+            &part,
+            "kursrelay.stats().then(s => s.framesDecoded > 30 && s.audioPacketsReceived > 20)",
+            30,
+        )
+        .await;
+    let stats = browser.eval(&part, "kursrelay.stats()").await;
+    assert!(decoded, "the participant through B did not decode: {stats}");
+    let roster = roster_of(&leader, 3).await;
+    let encoder_id = roster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "encoder")
+        .expect("the encoder in the owner's roster")["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cam = leader.wait_offered(&encoder_id, "camera").await;
+    assert!(wait_until(TIMEOUT, || leader.received_count(&cam) > 20).await);
+
+    // The encoder's DELETE, sent to B, ends it on A.
+    browser.eval(&enc, "whip.stop().then(() => true)").await;
+    eventually("the encoder gone from the owner", TIMEOUT, || {
+        a.state.equipment.is_empty()
+    })
+    .await;
 }

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::chromium::{Chromium, Page};
+use common::chromium::{equipment_page, Chromium};
 use common::*;
 use kursrelay::protocol::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,33 +51,6 @@ async fn http(
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-}
-
-/// The WHIP and WHEP clients of npm's `whip-whep` 1.2.0 (vendored, unchanged).
-const WHIP_JS: &str = include_str!("vendor/whip-whep/whip.js");
-const WHEP_JS: &str = include_str!("vendor/whip-whep/whep.js");
-
-/// A tab on the server's own origin (a plain page, no kursrelay client in it) with the
-/// vendored `WHIPClient` and `WHEPClient` defined, as an encoder's or player's page would.
-async fn equipment_page(b: &mut Chromium, base: &str) -> Page {
-    let page = b.open_blank().await;
-    b.call(
-        Some(page.session()),
-        "Page.navigate",
-        serde_json::json!({"url": format!("{base}/healthz")}),
-    )
-    .await;
-    let mut patience = Patience::new("healthz loading", Duration::from_secs(20))
-        .at_most_every(common::chromium::TRY_PAUSE);
-    while b.try_eval(&page, "location.pathname").await != Some("/healthz".into()) {
-        patience.pause().await;
-    }
-    for (js, class) in [(WHIP_JS, "WHIPClient"), (WHEP_JS, "WHEPClient")] {
-        let module = js.replace(&format!("export class {class}"), &format!("class {class}"));
-        b.eval(&page, &format!("{module}\n;window.{class} = {class}; true"))
-            .await;
-    }
-    page
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,37 +150,171 @@ pub async fn tell_owner(state: &AppState, session: &str, notice: RoomNotice) {
     }
 }
 
-/// One HTTP/1.1 POST to another node (plain HTTP on the internal network); its status code.
+/// One HTTP/1.1 POST of a JSON `body` to another node (plain HTTP on the internal network,
+/// `Authorization: Bearer <cluster.secret>`); its status code.
 async fn post_internal(
     internal_url: &str,
     path: &str,
     secret: &str,
     body: &str,
-) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let host = internal_host(internal_url);
+    let request = axum::http::Request::post(internal_path(internal_url, path))
+        .header(header::HOST, host)
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(
+            axum::body::Bytes::copy_from_slice(body.as_bytes()),
+        ))?;
+    Ok(send_internal(host, request).await?.status().as_u16())
+}
+
+/// Marks a WHIP/WHEP request one node carried to another (the value is `cluster.secret`): the
+/// receiving node handles it itself and never carries it again.
+pub const CARRIED_HEADER: &str = "x-kursrelay-carried";
+/// How long a carried WHIP/WHEP request may take at the owner (it waits for the answer SDP).
+const CARRY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The request headers a carried WHIP/WHEP request keeps.
+const CARRIED_REQUEST_HEADERS: [header::HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+    header::ACCEPT,
+];
+
+/// Several nodes: a WHIP or WHEP request (`method` on `path`, `/whip/{session}[/{resource}]`)
+/// for a session another node runs is carried to that node and its answer returned unchanged
+/// (status, `Location`, `ETag`, `Link`, body), so an encoder or player may use any node, like
+/// a member's join link. The SDP answer names the owner's media port, so the media goes there.
+/// `None`: handle it here (a single server, nobody else runs the session, the store cannot say,
+/// or the request was already carried here by another node).
+pub(super) async fn carry_http(
+    state: &AppState,
+    session: &str,
+    method: axum::http::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Option<Response> {
+    let node = state.cluster.as_ref()?;
+    let carried = headers
+        .get(CARRIED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| same_secret(v, node.secret()));
+    if carried {
+        return None;
+    }
+    let owner = match tokio::time::timeout(STORE_ANSWER_WITHIN, node.owner_elsewhere(session)).await
+    {
+        Ok(Ok(Some(owner))) => owner,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the session's lease; the equipment request is handled here");
+            return None;
+        }
+        Err(_) => return Some(store_away_http()),
+    };
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(internal_path(&owner.internal_url, path));
+    for name in CARRIED_REQUEST_HEADERS {
+        for value in headers.get_all(&name) {
+            request = request.header(&name, value);
+        }
+    }
+    let host = internal_host(&owner.internal_url).to_owned();
+    let request = request
+        .header(header::HOST, &host)
+        .header(CARRIED_HEADER, node.secret())
+        .body(http_body_util::Full::new(body));
+    let Ok(request) = request else {
+        return Some(StatusCode::BAD_REQUEST.into_response());
+    };
+    match tokio::time::timeout(CARRY_TIMEOUT, send_internal(&host, request)).await {
+        Ok(Ok(response)) => Some(response),
+        Ok(Err(e)) => {
+            tracing::warn!(owner = %owner.node_id, error = %e, "cannot carry an equipment request to the session's owner");
+            Some(owner_unreachable_http())
+        }
+        Err(_) => {
+            tracing::warn!(owner = %owner.node_id, "the session's owner did not answer an equipment request in time");
+            Some(owner_unreachable_http())
+        }
+    }
+}
+
+/// One HTTP/1.1 request to another node; its answer with the hop-by-hop headers left out.
+async fn send_internal(
+    host: &str,
+    request: axum::http::Request<http_body_util::Full<axum::body::Bytes>>,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(host).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let answer = sender.send_request(request).await?;
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let mut response = (parts.status, body).into_response();
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "connection" | "transfer-encoding" | "content-length" | "keep-alive"
+        ) {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    Ok(response)
+}
+
+/// `h:p` of an internal URL (`http://h:p[/prefix]`).
+fn internal_host(internal_url: &str) -> &str {
     let rest = internal_url
         .trim_end_matches('/')
         .strip_prefix("http://")
         .unwrap_or(internal_url);
-    let (host, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let request = format!(
-        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = vec![0u8; 64];
-    let n = stream.read(&mut head).await?;
-    let status = std::str::from_utf8(&head[..n])
-        .ok()
-        .and_then(|h| h.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no HTTP status in the owner's answer"))?;
-    Ok(status)
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// The path on the other node: its prefix (if its internal URL has one) and `path`.
+fn internal_path(internal_url: &str, path: &str) -> String {
+    let rest = internal_url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .unwrap_or(internal_url);
+    let prefix = rest.find('/').map_or("", |i| &rest[i..]);
+    format!("{prefix}{path}")
+}
+
+fn equipment_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut response = (
+        status,
+        axum::Json(serde_json::json!({"error": code, "message": message})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
+}
+
+fn store_away_http() -> Response {
+    equipment_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        STORE_AWAY_MESSAGE,
+    )
+}
+
+fn owner_unreachable_http() -> Response {
+    equipment_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "The server that runs this course cannot be reached just now. Try again in a few seconds.",
+    )
 }
 
 /// `POST /cluster/notice/{session}` (another node's admin API changed the store): the room
@@ -269,8 +403,7 @@ pub(super) enum Carried {
 /// join as "the store is unreachable".
 const STORE_ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
-/// The `join` refusal while the store is unreachable. `internal` until the protocol has a
-/// code of its own for it (docs/protocol.md).
+/// The `join` refusal (`unavailable`) while the store is unreachable.
 pub(super) const STORE_AWAY_MESSAGE: &str =
     "The course register cannot be reached just now, so nobody can join. \
 Those already in the course carry on. Try again in a minute.";
@@ -303,7 +436,7 @@ pub(super) async fn carry(
                 let _ = send_server(
                     socket,
                     &ServerMessage::Error {
-                        code: ErrorCode::Internal,
+                        code: ErrorCode::Unavailable,
                         message: STORE_AWAY_MESSAGE.into(),
                         request: Some("join".into()),
                     },
@@ -327,7 +460,7 @@ pub(super) async fn carry(
     let _ = send_server(
         socket,
         &ServerMessage::Error {
-            code: ErrorCode::Internal,
+            code: ErrorCode::Unavailable,
             message:
                 "The server running this session cannot be reached just now. Try again in a moment."
                     .into(),

@@ -2,11 +2,13 @@
 //! `POST /whep/{session}` with an SDP offer and `Authorization: Bearer <token>` (the token of
 //! an `encoder` or `player` invite; never in a URL), `201 Created` with our answer and a
 //! `Location`; `PATCH` trickles candidates, `DELETE` ends; `OPTIONS` answers CORS preflights.
-//! Translates HTTP to `room::equipment` and its errors to status codes; decides nothing.
+//! Translates HTTP to `room::equipment` and its errors to status codes; decides nothing. On
+//! several nodes a request for a session another node runs is carried there
+//! (`forward::carry_http`), so an encoder or player may be given any node's address.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -279,6 +281,37 @@ fn check_token(s: &AppState, kind: Kind, session: &SessionId, token: &str) -> Re
     Ok(())
 }
 
+/// `/whip` or `/whep`.
+fn base(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Whip => "whip",
+        Kind::Whep => "whep",
+    }
+}
+
+/// Several nodes: the request carried to the node that runs the session, if another does
+/// (`forward::carry_http`). Only well-formed ids are carried; anything else is answered here.
+async fn carried(
+    s: &AppState,
+    kind: Kind,
+    method: Method,
+    session: &str,
+    resource: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<Response> {
+    s.cluster.as_ref()?;
+    SessionId::parse(session)?;
+    let path = match resource {
+        None => format!("/{}/{session}", base(kind)),
+        Some(r) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            format!("/{}/{session}/{r}", base(kind))
+        }
+        Some(_) => return None,
+    };
+    super::forward::carry_http(s, session, method, &path, headers, body).await
+}
+
 async fn post_offer(
     kind: Kind,
     s: AppState,
@@ -286,6 +319,19 @@ async fn post_offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(res) = carried(
+        &s,
+        kind,
+        Method::POST,
+        &session,
+        None,
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        return res;
+    }
     match try_post(kind, &s, &session, &headers, &body).await {
         Ok(res) => res,
         Err(f) => f.into_response(),
@@ -320,11 +366,7 @@ async fn try_post(
             s.shutdown.clone(),
         )
         .await?;
-    let base = match kind {
-        Kind::Whip => "whip",
-        Kind::Whep => "whep",
-    };
-    let location = format!("/{base}/{session}/{}", started.resource);
+    let location = format!("/{}/{session}/{}", base(kind), started.resource);
     let mut res = (StatusCode::CREATED, started.answer).into_response();
     let h = res.headers_mut();
     cors(h);
@@ -365,6 +407,18 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let carry = carried(
+        &s,
+        kind,
+        Method::PATCH,
+        &session,
+        Some(&resource),
+        &headers,
+        body.clone(),
+    );
+    if let Some(res) = carry.await {
+        return res;
+    }
     let result = async {
         let session = session_id(&session)?;
         let token = bearer(&headers)?;
@@ -394,6 +448,18 @@ async fn delete(
     resource: String,
     headers: HeaderMap,
 ) -> Response {
+    let carry = carried(
+        &s,
+        kind,
+        Method::DELETE,
+        &session,
+        Some(&resource),
+        &headers,
+        Bytes::new(),
+    );
+    if let Some(res) = carry.await {
+        return res;
+    }
     let result = async {
         let session = session_id(&session)?;
         let token = bearer(&headers)?;

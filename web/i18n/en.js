@@ -193,6 +193,7 @@ export default {
   'err.NotAllowedError': 'Please allow the browser to use your camera and microphone.',
   'err.NotFoundError': 'No camera or microphone was found.',
   'err.NotReadableError': 'The camera or microphone is in use by another program.',
+  'err.unavailable': 'The course register, or the server running the course, is not answering just now. Those already in the course are not affected. Try again in a minute.',
   'err.unknown': 'Something went wrong ({code}). Please try again.',
 
   'course.doc_title': 'Online course – kursrelay',

@@ -193,6 +193,7 @@ export default {
   'err.NotAllowedError': 'Du må gi nettleseren lov til å bruke kamera og mikrofon.',
   'err.NotFoundError': 'Fant ikke noe kamera eller noen mikrofon.',
   'err.NotReadableError': 'Kameraet eller mikrofonen brukes av et annet program.',
+  'err.unavailable': 'Kursregisteret eller serveren som kjører kurset, svarer ikke akkurat nå. De som allerede er med, merker ingenting. Prøv igjen om et minutt.',
   'err.unknown': 'Noe gikk galt ({code}). Prøv igjen.',
 
   'course.doc_title': 'Kurs på nett – kursrelay',

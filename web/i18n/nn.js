@@ -193,6 +193,7 @@ export default {
   'err.NotAllowedError': 'Du må gi nettlesaren lov til å bruke kamera og mikrofon.',
   'err.NotFoundError': 'Fann ikkje noko kamera eller nokon mikrofon.',
   'err.NotReadableError': 'Kameraet eller mikrofonen blir brukt av eit anna program.',
+  'err.unavailable': 'Kursregisteret eller serveren som køyrer kurset, svarar ikkje akkurat no. Dei som alt er med, merkar ingenting. Prøv igjen om eit minutt.',
   'err.unknown': 'Noko gjekk gale ({code}). Prøv igjen.',
 
   'course.doc_title': 'Kurs på nett – kursrelay',
