@@ -208,3 +208,203 @@ async fn the_leave_button_clear_of_the_help_line() {
     drop(b);
     server.shutdown().await;
 }
+
+/// Every picture on the page: where its figure is, the size its video paints (object-fit
+/// contain), whether its label is whole, and what covers it.
+async fn pictures(b: &mut Chromium, page: &Page) -> Value {
+    b.eval(
+        page,
+        "[...document.querySelectorAll('#media figure[data-track-id]')].map((fig) => { \
+           const v = fig.querySelector('video'); const r = v.getBoundingClientRect(); \
+           const s = v.videoWidth ? Math.min(r.width / v.videoWidth, r.height / v.videoHeight) : 0; \
+           const pw = v.videoWidth * s, ph = v.videoHeight * s; \
+           const px = r.left + (r.width - pw) / 2, py = r.top + (r.height - ph) / 2; \
+           const c = fig.querySelector('figcaption'); const cr = c.getBoundingClientRect(); \
+           const cut = [...c.querySelectorAll('.w')].some((w) => w.scrollWidth > w.clientWidth + 1) \
+             || c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1 \
+             || cr.right > innerWidth + 0.5 || cr.bottom > innerHeight + 0.5 || cr.width < 1; \
+           const covered = []; \
+           for (let i = 1; i < 10; i += 2) for (let j = 1; j < 10; j += 2) { \
+             const at = document.elementFromPoint(px + pw * i / 10, py + ph * j / 10); \
+             if (!at || !fig.contains(at)) covered.push(at ? (at.closest('figure') || at).dataset.pos || at.id || at.tagName : 'nothing'); } \
+           return { pos: fig.dataset.pos, floor: Boolean(fig.dataset.floor), source: fig.dataset.source, member: fig.dataset.memberId, \
+                    label: c.textContent, labelPx: parseFloat(getComputedStyle(c).fontSize), cut, covered, \
+                    x: Math.round(px), y: Math.round(py), w: Math.round(pw), h: Math.round(ph), shown: getComputedStyle(fig).display !== 'none' }; })",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_in_the_hall() {
+    let server = TestServer::spawn().await;
+    let base = format!("http://{}", server.addr);
+    let leader_t = server
+        .token("hallfloor", Role::Leader, Some("Lise"), false)
+        .await;
+    let tolk_t = server
+        .token("hallfloor", Role::Interpreter, Some("Siri"), false)
+        .await;
+    let rep_t = server
+        .token(
+            "hallfloor",
+            Role::Representative,
+            Some("Rita Brukerrepresentant"),
+            false,
+        )
+        .await;
+    let kari_t = server
+        .token("hallfloor", Role::Participant, Some("Kari Nordmann"), false)
+        .await;
+    let site_t = server
+        .token(
+            "hallfloor",
+            Role::Site,
+            Some("Volda sjukehus, møterom 2"),
+            false,
+        )
+        .await;
+    let mut b = Chromium::launch().await;
+    let mut ids = Vec::new();
+    for t in [&leader_t, &tolk_t, &rep_t, &kari_t] {
+        let p = b.open(&format!("{base}/course.html#t={t}")).await;
+        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+        let id = b.eval(&p, "kursrelay.memberId()").await;
+        ids.push((p, id.as_str().unwrap().to_owned()));
+    }
+    let [(leader, _), _, _, (kari, kari_id)] = <[(Page, String); 4]>::try_from(ids).ok().unwrap();
+    // The slides: the leader shares a screen.
+    b.eval(&leader, "kursrelay.screenShare().then(() => true)")
+        .await;
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
+        .await;
+    state_is(&mut b, &site, "joined").await;
+    b.wait_for(
+        &site,
+        "[...document.querySelectorAll('#media figure[data-track-id] video')].filter(v => v.videoWidth > 0).length >= 4",
+        30,
+    )
+    .await;
+    settle().await;
+    let before = pictures(&mut b, &site).await;
+    eprintln!("before: {before:#}");
+    b.screenshot(&site, "fit-hall-before-floor").await;
+    b.eval(
+        &leader,
+        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(&kari, "kursrelay.messages().includes('floor')", 10)
+        .await;
+    b.eval(&kari, "kursrelay.publishFloor().then(() => true)")
+        .await;
+    b.wait_for(
+        &site,
+        &format!("(document.querySelector('#media figure[data-floor][data-member-id=\"{kari_id}\"] video') || {{}}).videoWidth > 0"),
+        20,
+    )
+    .await;
+    let stage_w = f(&rect(&mut b, &site, "#media").await, "w");
+    let pick = |all: &Value, pos: &str| -> Value {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pos"] == pos)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {pos} picture in {all:#}"))
+    };
+    let (slides_before, interp_before) = (pick(&before, "main"), pick(&before, "interp"));
+    assert_eq!(slides_before["source"], "screen", "{before:#}");
+    for (w, h) in [(1366, 768), (1920, 1080)] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        b.screenshot(&site, &format!("fit-hall-floor-{w}x{h}"))
+            .await;
+        let during = pictures(&mut b, &site).await;
+        let shown: Vec<&Value> = during
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["shown"] == true)
+            .collect();
+        // Every picture shown: whole on screen, nothing over it, its label whole; no two
+        // pictures overlap.
+        for p in &shown {
+            assert_eq!(p["covered"], json!([]), "{w}×{h}: {p} is covered");
+            assert_eq!(p["cut"], false, "{w}×{h}: {p}'s label is cut");
+            assert!(
+                f(p, "x") >= 0.0
+                    && f(p, "y") >= 0.0
+                    && f(p, "x") + f(p, "w") <= f64::from(w) + 1.0
+                    && f(p, "y") + f(p, "h") <= f64::from(h) + 1.0,
+                "{w}×{h}: {p} is off screen"
+            );
+            for q in &shown {
+                if p["pos"] == q["pos"] {
+                    continue;
+                }
+                let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
+                    || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
+                    || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
+                    || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
+                assert!(apart, "{w}×{h}: {p} and {q} overlap");
+            }
+        }
+        if w != 1920 {
+            continue;
+        }
+        let during_stage_w = f(&rect(&mut b, &site, "#media").await, "w");
+        assert!((during_stage_w - stage_w).abs() < 1.0);
+        // The person with the floor: at least a quarter of the picture area's width, labelled
+        // "Har ordet: …" in letters for the back of the hall.
+        let floor = pick(&during, "floor");
+        assert_eq!(floor["member"], kari_id.as_str(), "{during:#}");
+        assert!(
+            f(&floor, "w") >= stage_w / 4.0,
+            "the person with the floor is {floor} on a {stage_w} wide picture area"
+        );
+        assert_eq!(floor["label"], "Har ordet: Kari Nordmann");
+        assert!(f(&floor, "labelPx") >= 32.0, "{floor}");
+        // The representative: shown, a picture to recognise a face in from four metres (the
+        // issue measured 197×113), the name whole in letters of at least 24 px.
+        let rep = pick(&during, "other");
+        assert!(
+            rep["label"]
+                .as_str()
+                .unwrap()
+                .contains("Rita Brukerrepresentant"),
+            "{rep}"
+        );
+        assert!(
+            f(&rep, "w") >= stage_w / 6.0 && f(&rep, "h") >= 200.0,
+            "the representative is {rep} on a {stage_w} wide picture area"
+        );
+        assert!(f(&rep, "labelPx") >= 24.0, "{rep}");
+        // The slides and the interpreter keep their size.
+        let (slides, interp) = (pick(&during, "main"), pick(&during, "interp"));
+        assert_eq!(slides["source"], "screen", "{during:#}");
+        assert!(
+            f(&slides, "w") >= 0.97 * f(&slides_before, "w"),
+            "the slides went from {slides_before} to {slides}"
+        );
+        assert!(
+            f(&interp, "w") >= 0.97 * f(&interp_before, "w"),
+            "the interpreter went from {interp_before} to {interp}"
+        );
+    }
+    // The floor taken back: the lecturer's camera is back, the row gone.
+    b.eval(
+        &leader,
+        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(
+        &site,
+        "!document.querySelector('#media figure[data-pos=floor]') && !document.getElementById('media').classList.contains('floor-row')          && document.querySelectorAll('#media figure[data-track-id]:not([data-pos=extra])').length === 4",
+        15,
+    )
+    .await;
+    drop(b);
+    server.shutdown().await;
+}
