@@ -202,19 +202,24 @@ async fn open_in_oslo(b: &mut Chromium, url: &str) -> Page {
     p
 }
 
+/// Join tokens for a course followed at home: the leader Lise, the interpreter Siri and Kari.
+async fn at_home(server: &TestServer, label: &str) -> [String; 3] {
+    [
+        server.token(label, Role::Leader, Some("Lise"), false).await,
+        server
+            .token(label, Role::Interpreter, Some("Siri"), false)
+            .await,
+        server
+            .token(label, Role::Participant, Some("Kari"), false)
+            .await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captions_and_the_interpreter_at_home() {
     let server = TestServer::spawn().await;
     let base = format!("http://{}", server.addr);
-    let leader_t = server
-        .token("home", Role::Leader, Some("Lise"), false)
-        .await;
-    let tolk_t = server
-        .token("home", Role::Interpreter, Some("Siri"), false)
-        .await;
-    let kari_t = server
-        .token("home", Role::Participant, Some("Kari"), false)
-        .await;
+    let [leader_t, tolk_t, kari_t] = at_home(&server, "home").await;
     let mut b = Chromium::launch().await;
     let leader = b.open(&format!("{base}/course.html#t={leader_t}")).await;
     b.eval(&leader, "kursrelay.start({}).then(() => true)")
@@ -411,18 +416,12 @@ async fn captions_and_the_interpreter_at_home() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hall_screen() {
     let server = TestServer::spawn().await;
-    let base = format!("http://{}", server.addr);
     // The browser's own autoplay rule: the hall screen must ask for one press for sound.
     let mut b =
         Chromium::launch_with(&["--autoplay-policy=document-user-activation-required".to_owned()])
             .await;
-    let ([(leader, leader_id), _, _, (kari, kari_id)], site_t) =
+    let ([(leader, leader_id), _, _, (kari, kari_id)], site) =
         hall_course(&server, &mut b, "hall", "Kari").await;
-    let site = b.open_blank().await;
-    b.viewport(&site, 1920, 1080, false).await;
-    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
-        .await;
-    state_is(&mut b, &site, "joined").await;
     b.wait_for(
         &site,
         "!document.getElementById('sound-big').hidden && !document.getElementById('interp-slot').hidden \
@@ -533,21 +532,8 @@ async fn the_hall_screen() {
 
     // Kari is given the floor: on the hall screen she becomes the main picture, large, with a
     // label that reads "Har ordet: Kari" in letters for five metres; the lecture goes inset.
-    b.eval(
-        &leader,
-        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(&kari, "kursrelay.messages().includes('floor')", 10)
-        .await;
-    b.eval(&kari, "kursrelay.publishFloor().then(() => true)")
-        .await;
-    b.wait_for(
-        &site,
-        &format!("(document.querySelector('#main-slot figure[data-pos=main][data-floor][data-member-id=\"{kari_id}\"] video') || {{}}).videoWidth > 0"),
-        20,
-    )
-    .await;
+    let floor = give_the_floor(&mut b, &leader, &kari, &kari_id, &site).await;
+    assert_eq!(floor, "main", "the floor-holder is the hall's main picture");
     for (w, h, size) in [(1920, 1080, "1080p"), (1366, 768, "laptop")] {
         b.viewport(&site, w, h, false).await;
         settle().await;
@@ -600,17 +586,7 @@ async fn the_hall_screen() {
     settle().await;
     b.screenshot(&site, "screens-hall-floor-phone").await;
     b.viewport(&site, 1920, 1080, false).await;
-    b.eval(
-        &leader,
-        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(
-        &site,
-        &format!("!document.querySelector('[data-floor]') && document.querySelector('#main-slot figure[data-pos=main]').dataset.memberId === '{leader_id}'"),
-        15,
-    )
-    .await;
+    take_the_floor_back(&mut b, &leader, &kari_id, &site, &format!("!document.querySelector('[data-floor]') && document.querySelector('#main-slot figure[data-pos=main]').dataset.memberId === '{leader_id}'")).await;
     drop(b);
     server.shutdown().await;
 }
@@ -1199,14 +1175,66 @@ async fn a_long_name_and_the_empty_captions_in_the_hall() {
     server.shutdown().await;
 }
 
+/// The leader gives Kari the floor, she turns her camera on, and the hall screen shows her;
+/// returns where (`data-pos` of her picture).
+async fn give_the_floor(
+    b: &mut Chromium,
+    leader: &Page,
+    kari: &Page,
+    kari_id: &str,
+    site: &Page,
+) -> String {
+    b.eval(
+        leader,
+        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(kari, "kursrelay.messages().includes('floor')", 10)
+        .await;
+    b.eval(kari, "kursrelay.publishFloor().then(() => true)")
+        .await;
+    // This file's tests run side by side, each with its browser: on a loaded machine the
+    // floor-holder's camera may take a while to reach the hall.
+    let fig = format!(
+        "document.querySelector('#media figure[data-floor][data-member-id=\"{kari_id}\"]')"
+    );
+    b.wait_for(
+        site,
+        &format!("(() => {{ const f = {fig}; return f && f.querySelector('video').videoWidth > 0 ? f.dataset.pos : null; }})()"),
+        45,
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+/// The leader takes the floor back from Kari; waits until `settled` (a JS expression) holds
+/// on the hall screen.
+async fn take_the_floor_back(
+    b: &mut Chromium,
+    leader: &Page,
+    kari_id: &str,
+    site: &Page,
+    settled: &str,
+) {
+    b.eval(
+        leader,
+        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(site, settled, 15).await;
+}
+
 /// Everyone a hall course has: the leader, the interpreter, the user representative and Kari
-/// at home, each started in a tab of `b`, with their member ids; and the hall screen's token.
+/// at home, each started in a tab of `b`, with their member ids; and the hall screen, joined at
+/// 1920×1080.
 async fn hall_course(
     server: &TestServer,
     b: &mut Chromium,
     label: &str,
     kari: &str,
-) -> ([(Page, String); 4], String) {
+) -> ([(Page, String); 4], Page) {
     let base = format!("http://{}", server.addr);
     let mut ids = Vec::new();
     for (role, name) in [
@@ -1224,7 +1252,12 @@ async fn hall_course(
     let site_t = server
         .token(label, Role::Site, Some("Volda sjukehus, møterom 2"), false)
         .await;
-    (<[(Page, String); 4]>::try_from(ids).ok().unwrap(), site_t)
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
+        .await;
+    state_is(b, &site, "joined").await;
+    (<[(Page, String); 4]>::try_from(ids).ok().unwrap(), site)
 }
 
 /// For each selector: its element is shown, its whole box inside the viewport, it does not
@@ -1266,13 +1299,7 @@ async fn uncovered(b: &mut Chromium, page: &Page, selectors: &[&str]) -> Vec<Str
 async fn the_leave_button_clear_of_the_help_line() {
     let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
     let base = format!("http://{}", server.addr);
-    let leader_t = server.token("fit", Role::Leader, Some("Lise"), false).await;
-    let tolk_t = server
-        .token("fit", Role::Interpreter, Some("Siri"), false)
-        .await;
-    let kari_t = server
-        .token("fit", Role::Participant, Some("Kari"), false)
-        .await;
+    let [leader_t, tolk_t, kari_t] = at_home(&server, "fit").await;
     let mut b = Chromium::launch().await;
     let leader = b.open(&format!("{base}/course.html#t={leader_t}")).await;
     b.viewport(&leader, 1366, 768, false).await;
@@ -1394,18 +1421,12 @@ async fn pictures(b: &mut Chromium, page: &Page) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_in_the_hall() {
     let server = TestServer::spawn().await;
-    let base = format!("http://{}", server.addr);
     let mut b = Chromium::launch().await;
-    let ([(leader, _), _, _, (kari, kari_id)], site_t) =
+    let ([(leader, _), _, _, (kari, kari_id)], site) =
         hall_course(&server, &mut b, "hallfloor", "Kari Nordmann").await;
     // The slides: the leader shares a screen.
     b.eval(&leader, "kursrelay.screenShare().then(() => true)")
         .await;
-    let site = b.open_blank().await;
-    b.viewport(&site, 1920, 1080, false).await;
-    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
-        .await;
-    state_is(&mut b, &site, "joined").await;
     b.wait_for(
         &site,
         "[...document.querySelectorAll('#media figure[data-track-id] video')].filter(v => v.videoWidth > 0).length >= 4",
@@ -1414,25 +1435,12 @@ async fn the_floor_in_the_hall() {
     .await;
     settle().await;
     let before = pictures(&mut b, &site).await;
-    eprintln!("before: {before:#}");
     b.screenshot(&site, "fit-hall-before-floor").await;
-    b.eval(
-        &leader,
-        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(&kari, "kursrelay.messages().includes('floor')", 10)
-        .await;
-    b.eval(&kari, "kursrelay.publishFloor().then(() => true)")
-        .await;
-    b.wait_for(
-        &site,
-        &format!("(document.querySelector('#media figure[data-floor][data-member-id=\"{kari_id}\"] video') || {{}}).videoWidth > 0"),
-        // This file's tests run side by side, each with its browser: on a loaded machine the
-        // floor-holder's camera may take a while to reach the hall.
-        45,
-    )
-    .await;
+    let floor = give_the_floor(&mut b, &leader, &kari, &kari_id, &site).await;
+    assert_eq!(
+        floor, "floor",
+        "with slides, the floor-holder is in the row under them"
+    );
     let stage_w = f(&rect(&mut b, &site, "#media").await, "w");
     let pick = |all: &Value, pos: &str| -> Value {
         all.as_array()
@@ -1522,17 +1530,7 @@ async fn the_floor_in_the_hall() {
         );
     }
     // The floor taken back: the lecturer's camera is back, the row gone.
-    b.eval(
-        &leader,
-        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(
-        &site,
-        "!document.querySelector('#media figure[data-pos=floor]') && !document.getElementById('media').classList.contains('floor-row')          && document.querySelectorAll('#media figure[data-track-id]:not([data-pos=extra])').length === 4",
-        15,
-    )
-    .await;
+    take_the_floor_back(&mut b, &leader, &kari_id, &site, "!document.querySelector('#media figure[data-pos=floor]') && !document.getElementById('media').classList.contains('floor-row') && document.querySelectorAll('#media figure[data-track-id]:not([data-pos=extra])').length === 4").await;
     drop(b);
     server.shutdown().await;
 }
