@@ -19,6 +19,10 @@
 //! The publisher is the page as users get it: web/media.js publishes three layers (q/h/f)
 //! when the server's `joined` says `simulcast`, so the runner injects nothing.
 //!
+//! `slides_on_a_weak_line` (ignored, by hand) has the leader share a slide drawn on a canvas
+//! (the page's screen capture replaced in the test) and looks at it through 400 kbit/s and
+//! an open line: which of the screen's two full-size layers a viewer gets, and a screenshot.
+//!
 //! The normal `cargo test` runs the shaper's own unit tests and a smoke run (one step, a small
 //! camera file, a few seconds) that only checks that something sane was measured, so the
 //! runner does not rot while the media engine is rewritten.
