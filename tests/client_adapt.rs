@@ -3,7 +3,9 @@
 //! follows at once, said politely to screen readers); a hall screen's label with one long word
 //! wraps only between words and stays inside its tile; and the web side of per-viewer
 //! adaptation (issue 20): cameras publish three simulcast layers when `joined` says
-//! `simulcast: true` (one layer otherwise, and a screen share always), the page tells the
+//! `simulcast: true`, a screen share two at its full size (5 and 30 frames a second; one layer
+//! each when the server does not take simulcast) and a viewer gets the slides at full size;
+//! the page tells the
 //! server the height it shows video at and the viewer's "save data" choice
 //! (`video_preference`, quiet when an older server does not know it), a `video_quality`
 //! "paused" shows a calm notice over that picture that never covers the captions, and
@@ -355,23 +357,88 @@ async fn simulcast_when_the_server_takes_it() {
         encodings,
         json!([["q", 4, 150000], ["h", 2, 500000], ["f", 1, 1700000]])
     );
+    // The screen share: two layers, both at the screen's full size, the lower at 5 frames a
+    // second and 200 kbit/s (slides stay sharp on a weak line; they change a little later).
     b.eval(&rita, "kursrelay.screenShare().then(() => true)")
         .await;
     let p = published(&mut b, &rita).await;
     let sdp = p["sdp"].as_str().unwrap();
     let videos = p["video"].as_array().unwrap();
     assert_eq!(videos.len(), 2, "{p}");
-    assert_eq!(
-        videos[1]["rids"].as_array().unwrap().len(),
-        1,
-        "the screen is one layer: {p}"
-    );
-    assert_eq!(
-        sdp.matches("a=simulcast:").count(),
-        1,
+    assert_eq!(videos[1]["rids"], json!(["l", "h"]), "the screen: {p}");
+    assert!(
+        sdp.matches("a=simulcast:").count() == 2 && sdp.contains("a=simulcast:send l;h"),
         "{:?}",
         simulcast_lines(sdp)
     );
+    // What the page says it sends (kursrelay.stats().senders): the layers asked for, and
+    // once the encoder runs, each layer's size and frame rate. The browser's estimate of its
+    // line starts at 300 kbit/s, which carries only the low layer: the top one follows as the
+    // estimate grows (seconds on loopback, longer on a loaded machine).
+    let screen = b
+        .wait_for(
+            &rita,
+            "kursrelay.stats().then(s => { const v = s.senders.find(x => x.source === 'screen');                return v && v.encodings.length === 2 && v.encodings.every(e => e.frameHeight > 0 && e.framesEncoded > 20) ? v : null; })",
+            60,
+        )
+        .await;
+    let enc = screen["encodings"].as_array().unwrap();
+    let asked: Vec<Value> = enc
+        .iter()
+        .map(|e| {
+            json!([
+                e["rid"],
+                e["scaleResolutionDownBy"],
+                e["maxFramerate"],
+                e["maxBitrate"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![json!(["l", 1, 5, 200000]), json!(["h", 1, 30, 1500000])],
+        "{screen}"
+    );
+    let size = b
+        .eval(
+            &rita,
+            "(() => { const s = kursrelay.client._conn.publish.pc.getSenders().find(s => s.track && s.track.label !== '' && s.track.contentHint === 'detail');                const st = s.track.getSettings(); return [st.width, st.height]; })()",
+        )
+        .await;
+    for e in enc {
+        assert_eq!(
+            json!([e["frameWidth"], e["frameHeight"]]),
+            size,
+            "each screen layer at the screen's full size: {screen}"
+        );
+    }
+    // The low layer keeps to its few frames a second (framesPerSecond is a one-second
+    // window; Chromium may round up a frame).
+    let low_fps = b
+        .wait_for(
+            &rita,
+            "kursrelay.stats().then(s => { const e = s.senders.find(x => x.source === 'screen').encodings;                return e[0].framesPerSecond > 0 && e[1].framesPerSecond > e[0].framesPerSecond ? e[0].framesPerSecond : null; })",
+            15,
+        )
+        .await;
+    assert!(low_fps.as_f64().unwrap() <= 6.0, "{low_fps}");
+    // A viewer at home gets the slides at full size (the server forwards one of the two).
+    let kari_t = server
+        .token("sim", Role::Participant, Some("Kari"), false)
+        .await;
+    let kari = b.open(&format!("{base}/course.html#t={kari_t}")).await;
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    let got = b
+        .wait_for(
+            &kari,
+            &format!(
+                "kursrelay.stats().then(s => s.inbound.find(v => v.kind === 'video' && v.frameHeight === {h} && v.framesDecoded > 10) || null)",
+                h = size[1]
+            ),
+            30,
+        )
+        .await;
+    eprintln!("the viewer's screen: {got}");
     drop(b);
     server.shutdown().await;
 }

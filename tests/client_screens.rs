@@ -12,7 +12,12 @@
 //! interpreter on a laptop and on a phone, without the slides or the interpreter shrinking; a
 //! phone has one scroll area and every control in its side panel can be brought into view; a
 //! name of one long word stays inside the hall's header, whose labels and empty-caption hint
-//! read from the back of the room.
+//! read from the back of the room. On a phone upright and on its side, with the interpreter,
+//! a sentence of captions and the hand up, "Forlat kurset" and the hand are whole on screen
+//! and clear of the help line, and so are the leader's lock, list and end on a laptop; with
+//! slides shared, someone given the floor gets a large picture on the hall screen (at least a
+//! quarter of the picture area's width) and the representative a readable one, in a row under
+//! the slides, covering nothing, every label whole.
 //! Screenshots go to target/screenshots/ (not committed).
 
 mod common;
@@ -112,6 +117,18 @@ async fn newest_caption(b: &mut Chromium, page: &Page, what: &str) -> f64 {
     f(&shown, "capacity")
 }
 
+/// The interpreter writes the 120-character caption; Kari's page has it.
+async fn caption_seen(b: &mut Chromium, tolk: &Page, kari: &Page) {
+    let text = serde_json::to_string(LONG).unwrap();
+    b.eval(
+        tolk,
+        &format!("kursrelay.sendCaption({text}).then(() => true)"),
+    )
+    .await;
+    b.wait_for(kari, &format!("kursrelay.captions().includes({text})"), 10)
+        .await;
+}
+
 async fn enter_fullscreen(b: &mut Chromium, page: &Page) {
     b.wait_for(
         page,
@@ -185,19 +202,24 @@ async fn open_in_oslo(b: &mut Chromium, url: &str) -> Page {
     p
 }
 
+/// Join tokens for a course followed at home: the leader Lise, the interpreter Siri and Kari.
+async fn at_home(server: &TestServer, label: &str) -> [String; 3] {
+    [
+        server.token(label, Role::Leader, Some("Lise"), false).await,
+        server
+            .token(label, Role::Interpreter, Some("Siri"), false)
+            .await,
+        server
+            .token(label, Role::Participant, Some("Kari"), false)
+            .await,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captions_and_the_interpreter_at_home() {
     let server = TestServer::spawn().await;
     let base = format!("http://{}", server.addr);
-    let leader_t = server
-        .token("home", Role::Leader, Some("Lise"), false)
-        .await;
-    let tolk_t = server
-        .token("home", Role::Interpreter, Some("Siri"), false)
-        .await;
-    let kari_t = server
-        .token("home", Role::Participant, Some("Kari"), false)
-        .await;
+    let [leader_t, tolk_t, kari_t] = at_home(&server, "home").await;
     let mut b = Chromium::launch().await;
     let leader = b.open(&format!("{base}/course.html#t={leader_t}")).await;
     b.eval(&leader, "kursrelay.start({}).then(() => true)")
@@ -290,23 +312,7 @@ async fn captions_and_the_interpreter_at_home() {
 
     // A whole sentence of captions on a phone, upright and on its side, in the page and in
     // fullscreen; upright fullscreen gives the space under the picture to more lines.
-    b.eval(
-        &tolk,
-        &format!(
-            "kursrelay.sendCaption({}).then(() => true)",
-            serde_json::to_string(LONG).unwrap()
-        ),
-    )
-    .await;
-    b.wait_for(
-        &kari,
-        &format!(
-            "kursrelay.captions().includes({})",
-            serde_json::to_string(LONG).unwrap()
-        ),
-        10,
-    )
-    .await;
+    caption_seen(&mut b, &tolk, &kari).await;
     for (w, h) in [(390, 844), (844, 390)] {
         b.viewport(&kari, w, h, true).await;
         settle().await;
@@ -410,45 +416,12 @@ async fn captions_and_the_interpreter_at_home() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hall_screen() {
     let server = TestServer::spawn().await;
-    let base = format!("http://{}", server.addr);
-    let leader_t = server
-        .token("hall", Role::Leader, Some("Lise"), false)
-        .await;
-    let tolk_t = server
-        .token("hall", Role::Interpreter, Some("Siri"), false)
-        .await;
-    let rep_t = server
-        .token(
-            "hall",
-            Role::Representative,
-            Some("Rita Brukerrepresentant"),
-            false,
-        )
-        .await;
-    let kari_t = server
-        .token("hall", Role::Participant, Some("Kari"), false)
-        .await;
-    let site_t = server
-        .token("hall", Role::Site, Some("Volda sjukehus, møterom 2"), false)
-        .await;
     // The browser's own autoplay rule: the hall screen must ask for one press for sound.
     let mut b =
         Chromium::launch_with(&["--autoplay-policy=document-user-activation-required".to_owned()])
             .await;
-    let mut ids = Vec::new();
-    for t in [&leader_t, &tolk_t, &rep_t, &kari_t] {
-        let p = b.open(&format!("{base}/course.html#t={t}")).await;
-        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
-        let id = b.eval(&p, "kursrelay.memberId()").await;
-        ids.push((p, id.as_str().unwrap().to_owned()));
-    }
-    let [(leader, leader_id), _, _, (kari, kari_id)] =
-        <[(Page, String); 4]>::try_from(ids).ok().unwrap();
-    let site = b.open_blank().await;
-    b.viewport(&site, 1920, 1080, false).await;
-    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
-        .await;
-    state_is(&mut b, &site, "joined").await;
+    let ([(leader, leader_id), _, _, (kari, kari_id)], site) =
+        hall_course(&server, &mut b, "hall", "Kari").await;
     b.wait_for(
         &site,
         "!document.getElementById('sound-big').hidden && !document.getElementById('interp-slot').hidden \
@@ -559,21 +532,8 @@ async fn the_hall_screen() {
 
     // Kari is given the floor: on the hall screen she becomes the main picture, large, with a
     // label that reads "Har ordet: Kari" in letters for five metres; the lecture goes inset.
-    b.eval(
-        &leader,
-        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(&kari, "kursrelay.messages().includes('floor')", 10)
-        .await;
-    b.eval(&kari, "kursrelay.publishFloor().then(() => true)")
-        .await;
-    b.wait_for(
-        &site,
-        &format!("(document.querySelector('#main-slot figure[data-pos=main][data-floor][data-member-id=\"{kari_id}\"] video') || {{}}).videoWidth > 0"),
-        20,
-    )
-    .await;
+    let floor = give_the_floor(&mut b, &leader, &kari, &kari_id, &site).await;
+    assert_eq!(floor, "main", "the floor-holder is the hall's main picture");
     for (w, h, size) in [(1920, 1080, "1080p"), (1366, 768, "laptop")] {
         b.viewport(&site, w, h, false).await;
         settle().await;
@@ -626,17 +586,7 @@ async fn the_hall_screen() {
     settle().await;
     b.screenshot(&site, "screens-hall-floor-phone").await;
     b.viewport(&site, 1920, 1080, false).await;
-    b.eval(
-        &leader,
-        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
-    )
-    .await;
-    b.wait_for(
-        &site,
-        &format!("!document.querySelector('[data-floor]') && document.querySelector('#main-slot figure[data-pos=main]').dataset.memberId === '{leader_id}'"),
-        15,
-    )
-    .await;
+    take_the_floor_back(&mut b, &leader, &kari_id, &site, &format!("!document.querySelector('[data-floor]') && document.querySelector('#main-slot figure[data-pos=main]').dataset.memberId === '{leader_id}'")).await;
     drop(b);
     server.shutdown().await;
 }
@@ -1221,6 +1171,366 @@ async fn a_long_name_and_the_empty_captions_in_the_hall() {
             .await;
     }
     no_violations(&mut b, &site, "the hall screen with long names").await;
+    drop(b);
+    server.shutdown().await;
+}
+
+/// The leader gives Kari the floor, she turns her camera on, and the hall screen shows her;
+/// returns where (`data-pos` of her picture).
+async fn give_the_floor(
+    b: &mut Chromium,
+    leader: &Page,
+    kari: &Page,
+    kari_id: &str,
+    site: &Page,
+) -> String {
+    b.eval(
+        leader,
+        &format!("kursrelay.grantFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(kari, "kursrelay.messages().includes('floor')", 10)
+        .await;
+    b.eval(kari, "kursrelay.publishFloor().then(() => true)")
+        .await;
+    // This file's tests run side by side, each with its browser: on a loaded machine the
+    // floor-holder's camera may take a while to reach the hall.
+    let fig = format!(
+        "document.querySelector('#media figure[data-floor][data-member-id=\"{kari_id}\"]')"
+    );
+    b.wait_for(
+        site,
+        &format!("(() => {{ const f = {fig}; return f && f.querySelector('video').videoWidth > 0 ? f.dataset.pos : null; }})()"),
+        45,
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+/// The leader takes the floor back from Kari; waits until `settled` (a JS expression) holds
+/// on the hall screen.
+async fn take_the_floor_back(
+    b: &mut Chromium,
+    leader: &Page,
+    kari_id: &str,
+    site: &Page,
+    settled: &str,
+) {
+    b.eval(
+        leader,
+        &format!("kursrelay.revokeFloor('{kari_id}').then(() => true)"),
+    )
+    .await;
+    b.wait_for(site, settled, 15).await;
+}
+
+/// Everyone a hall course has: the leader, the interpreter, the user representative and Kari
+/// at home, each started in a tab of `b`, with their member ids; and the hall screen, joined at
+/// 1920×1080.
+async fn hall_course(
+    server: &TestServer,
+    b: &mut Chromium,
+    label: &str,
+    kari: &str,
+) -> ([(Page, String); 4], Page) {
+    let base = format!("http://{}", server.addr);
+    let mut ids = Vec::new();
+    for (role, name) in [
+        (Role::Leader, "Lise"),
+        (Role::Interpreter, "Siri"),
+        (Role::Representative, "Rita Brukerrepresentant"),
+        (Role::Participant, kari),
+    ] {
+        let t = server.token(label, role, Some(name), false).await;
+        let p = b.open(&format!("{base}/course.html#t={t}")).await;
+        b.eval(&p, "kursrelay.start({}).then(() => true)").await;
+        let id = b.eval(&p, "kursrelay.memberId()").await;
+        ids.push((p, id.as_str().unwrap().to_owned()));
+    }
+    let site_t = server
+        .token(label, Role::Site, Some("Volda sjukehus, møterom 2"), false)
+        .await;
+    let site = b.open_blank().await;
+    b.viewport(&site, 1920, 1080, false).await;
+    b.navigate(&site, &format!("{base}/course.html#t={site_t}"))
+        .await;
+    state_is(b, &site, "joined").await;
+    (<[(Page, String); 4]>::try_from(ids).ok().unwrap(), site)
+}
+
+/// For each selector: its element is shown, its whole box inside the viewport, it does not
+/// intersect the help line's box, and it is what the screen shows at its centre and just
+/// inside its four corners (not clipped by a scroll area, not under another element).
+/// Returns what is wrong, one line each (empty = all fine).
+async fn uncovered(b: &mut Chromium, page: &Page, selectors: &[&str]) -> Vec<String> {
+    let js = format!(
+        "(() => {{ const bad = []; \
+         const f = document.querySelector('footer.help'); \
+         const fr = f && getComputedStyle(f).display !== 'none' ? f.getBoundingClientRect() : null; \
+         const box = (r) => `${{Math.round(r.left)}},${{Math.round(r.top)}}–${{Math.round(r.right)}},${{Math.round(r.bottom)}}`; \
+         for (const sel of {sels}) {{ const e = document.querySelector(sel); \
+           if (!e || e.closest('[hidden]') || e.offsetParent === null) {{ bad.push(sel + ': not shown'); continue; }} \
+           const r = e.getBoundingClientRect(); \
+           if (r.width < 1 || r.height < 1) {{ bad.push(sel + ': empty box'); continue; }} \
+           if (r.left < -0.5 || r.top < -0.5 || r.right > innerWidth + 0.5 || r.bottom > innerHeight + 0.5) \
+             bad.push(`${{sel}}: ${{box(r)}} outside ${{innerWidth}}×${{innerHeight}}`); \
+           if (fr && !f.contains(e) && r.bottom > fr.top + 0.5 && r.top < fr.bottom - 0.5 && r.right > fr.left && r.left < fr.right) \
+             bad.push(`${{sel}}: ${{box(r)}} under the help line ${{box(fr)}}`); \
+           const pts = [[0.5, 0.5], [0.1, 0.15], [0.9, 0.15], [0.1, 0.85], [0.9, 0.85]]; \
+           for (const [px, py] of pts) {{ const x = r.left + r.width * px, y = r.top + r.height * py; \
+             const at = document.elementFromPoint(x, y); \
+             if (!at || !(at === e || e.contains(at))) {{ \
+               bad.push(`${{sel}}: at ${{Math.round(x)}},${{Math.round(y)}} the screen shows ${{at ? at.tagName + (at.id ? '#' + at.id : '') + (at.className ? '.' + at.className : '') : 'nothing'}}`); break; }} }} }} \
+         if (document.documentElement.scrollWidth > innerWidth + 1) bad.push('the page scrolls sideways'); \
+         return bad; }})()",
+        sels = serde_json::to_string(selectors).unwrap()
+    );
+    let v = b.eval(page, &js).await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leave_button_clear_of_the_help_line() {
+    let server = TestServer::spawn_with("[web]\nhelp_phone = \"71 12 00 00\"\n").await;
+    let base = format!("http://{}", server.addr);
+    let [leader_t, tolk_t, kari_t] = at_home(&server, "fit").await;
+    let mut b = Chromium::launch().await;
+    let leader = b.open(&format!("{base}/course.html#t={leader_t}")).await;
+    b.viewport(&leader, 1366, 768, false).await;
+    b.eval(&leader, "kursrelay.start({}).then(() => true)")
+        .await;
+    let tolk = b.open(&format!("{base}/course.html#t={tolk_t}")).await;
+    b.eval(&tolk, "kursrelay.start({}).then(() => true)").await;
+    let kari = b.open_blank().await;
+    b.viewport(&kari, 390, 844, true).await;
+    b.navigate(&kari, &format!("{base}/course.html#t={kari_t}"))
+        .await;
+    b.eval(&kari, "kursrelay.start({}).then(() => true)").await;
+    state_is(&mut b, &kari, "joined").await;
+    b.wait_for(
+        &kari,
+        "(document.querySelector('#main-slot figure[data-pos=main] video') || {}).videoWidth > 0 \
+         && document.querySelector('footer.help a.help-phone') !== null",
+        30,
+    )
+    .await;
+    // The busiest a participant's page gets: the interpreter on screen (as large as the
+    // slides, the default), a whole sentence of captions and the hand up with its place in
+    // the queue.
+    b.wait_for(
+        &kari,
+        "!document.getElementById('interp-slot').hidden && (document.querySelector('#interp-slot video') || {}).videoWidth > 0",
+        20,
+    )
+    .await;
+    caption_seen(&mut b, &tolk, &kari).await;
+    b.eval(&kari, "kursrelay.raiseHand().then(() => true)")
+        .await;
+    b.wait_for(&kari, "!document.getElementById('hand-place').hidden", 10)
+        .await;
+
+    // As the page comes, without scrolling: the leave button (and the hand) whole on screen
+    // and not under the help line, upright and on its side.
+    let mut wrong = Vec::new();
+    for (lang, w, h) in [
+        ("nb", 390, 844),
+        ("nb", 844, 390),
+        ("en", 390, 844),
+        ("nn", 390, 844),
+    ] {
+        set_lang(&mut b, &kari, lang).await;
+        b.viewport(&kari, w, h, true).await;
+        b.eval(
+            &kari,
+            "scrollTo(0, 0); document.getElementById('stage').scrollTop = 0; true",
+        )
+        .await;
+        settle().await;
+        b.screenshot(&kari, &format!("fit-participant-{w}x{h}-{lang}"))
+            .await;
+        for bad in uncovered(
+            &mut b,
+            &kari,
+            &["#leave", "#hand", "#captions", "footer.help a.help-phone"],
+        )
+        .await
+        {
+            wrong.push(format!("{lang} {w}×{h}: {bad}"));
+        }
+        let layout = b
+            .eval(
+                &kari,
+                "JSON.stringify(['header.top', '#status', '#view', '#bar', '#side', '#stage', 'footer.help'].map(s => { const r = document.querySelector(s).getBoundingClientRect(); return s + ' ' + Math.round(r.top) + '-' + Math.round(r.bottom); }))",
+            )
+            .await;
+        eprintln!("{lang} {w}×{h}: {layout}");
+    }
+    set_lang(&mut b, &kari, "nb").await;
+
+    // The leader's lock, attendance list and end on a laptop: on screen, clear of the help line.
+    b.eval(
+        &leader,
+        "document.getElementById('side').scrollTop = 0; true",
+    )
+    .await;
+    settle().await;
+    for bad in uncovered(&mut b, &leader, &["#lock", "#csv", "#end", "#leave"]).await {
+        wrong.push(format!("leader at 1366×768: {bad}"));
+    }
+    b.screenshot(&leader, "fit-leader-laptop").await;
+    assert!(
+        wrong.is_empty(),
+        "covered or off screen:\n{}",
+        wrong.join("\n")
+    );
+    drop(b);
+    server.shutdown().await;
+}
+
+/// Every picture on the page: where its figure is, the size its video paints (object-fit
+/// contain), whether its label is whole, and what covers it.
+async fn pictures(b: &mut Chromium, page: &Page) -> Value {
+    b.eval(
+        page,
+        "[...document.querySelectorAll('#media figure[data-track-id]')].map((fig) => { \
+           const v = fig.querySelector('video'); const r = v.getBoundingClientRect(); \
+           const s = v.videoWidth ? Math.min(r.width / v.videoWidth, r.height / v.videoHeight) : 0; \
+           const pw = v.videoWidth * s, ph = v.videoHeight * s; \
+           const px = r.left + (r.width - pw) / 2, py = r.top + (r.height - ph) / 2; \
+           const c = fig.querySelector('figcaption'); const cr = c.getBoundingClientRect(); \
+           const cut = [...c.querySelectorAll('.w')].some((w) => w.scrollWidth > w.clientWidth + 1) \
+             || c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1 \
+             || cr.right > innerWidth + 0.5 || cr.bottom > innerHeight + 0.5 || cr.width < 1; \
+           const covered = []; \
+           for (let i = 1; i < 10; i += 2) for (let j = 1; j < 10; j += 2) { \
+             const at = document.elementFromPoint(px + pw * i / 10, py + ph * j / 10); \
+             if (!at || !fig.contains(at)) covered.push(at ? (at.closest('figure') || at).dataset.pos || at.id || at.tagName : 'nothing'); } \
+           return { pos: fig.dataset.pos, floor: Boolean(fig.dataset.floor), source: fig.dataset.source, member: fig.dataset.memberId, \
+                    label: c.textContent, labelPx: parseFloat(getComputedStyle(c).fontSize), cut, covered, \
+                    x: Math.round(px), y: Math.round(py), w: Math.round(pw), h: Math.round(ph), shown: getComputedStyle(fig).display !== 'none' }; })",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_in_the_hall() {
+    let server = TestServer::spawn().await;
+    let mut b = Chromium::launch().await;
+    let ([(leader, _), _, _, (kari, kari_id)], site) =
+        hall_course(&server, &mut b, "hallfloor", "Kari Nordmann").await;
+    // The slides: the leader shares a screen.
+    b.eval(&leader, "kursrelay.screenShare().then(() => true)")
+        .await;
+    b.wait_for(
+        &site,
+        "[...document.querySelectorAll('#media figure[data-track-id] video')].filter(v => v.videoWidth > 0).length >= 4",
+        30,
+    )
+    .await;
+    settle().await;
+    let before = pictures(&mut b, &site).await;
+    b.screenshot(&site, "fit-hall-before-floor").await;
+    let floor = give_the_floor(&mut b, &leader, &kari, &kari_id, &site).await;
+    assert_eq!(
+        floor, "floor",
+        "with slides, the floor-holder is in the row under them"
+    );
+    let stage_w = f(&rect(&mut b, &site, "#media").await, "w");
+    let pick = |all: &Value, pos: &str| -> Value {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pos"] == pos)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {pos} picture in {all:#}"))
+    };
+    let (slides_before, interp_before) = (pick(&before, "main"), pick(&before, "interp"));
+    assert_eq!(slides_before["source"], "screen", "{before:#}");
+    for (w, h) in [(1366, 768), (1920, 1080)] {
+        b.viewport(&site, w, h, false).await;
+        settle().await;
+        b.screenshot(&site, &format!("fit-hall-floor-{w}x{h}"))
+            .await;
+        let during = pictures(&mut b, &site).await;
+        let shown: Vec<&Value> = during
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["shown"] == true)
+            .collect();
+        // Every picture shown: whole on screen, nothing over it, its label whole; no two
+        // pictures overlap.
+        for p in &shown {
+            assert_eq!(p["covered"], json!([]), "{w}×{h}: {p} is covered");
+            assert_eq!(p["cut"], false, "{w}×{h}: {p}'s label is cut");
+            assert!(
+                f(p, "x") >= 0.0
+                    && f(p, "y") >= 0.0
+                    && f(p, "x") + f(p, "w") <= f64::from(w) + 1.0
+                    && f(p, "y") + f(p, "h") <= f64::from(h) + 1.0,
+                "{w}×{h}: {p} is off screen"
+            );
+            for q in &shown {
+                if p["pos"] == q["pos"] {
+                    continue;
+                }
+                let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
+                    || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
+                    || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
+                    || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
+                assert!(apart, "{w}×{h}: {p} and {q} overlap");
+            }
+        }
+        if w != 1920 {
+            continue;
+        }
+        let during_stage_w = f(&rect(&mut b, &site, "#media").await, "w");
+        assert!((during_stage_w - stage_w).abs() < 1.0);
+        // The person with the floor: at least a quarter of the picture area's width, labelled
+        // "Har ordet: …" in letters for the back of the hall.
+        let floor = pick(&during, "floor");
+        assert_eq!(floor["member"], kari_id.as_str(), "{during:#}");
+        assert!(
+            f(&floor, "w") >= stage_w / 4.0,
+            "the person with the floor is {floor} on a {stage_w} wide picture area"
+        );
+        assert_eq!(floor["label"], "Har ordet: Kari Nordmann");
+        assert!(f(&floor, "labelPx") >= 32.0, "{floor}");
+        // The representative: shown, a picture to recognise a face in from four metres (the
+        // issue measured 197×113), the name whole in letters of at least 24 px.
+        let rep = pick(&during, "other");
+        assert!(
+            rep["label"]
+                .as_str()
+                .unwrap()
+                .contains("Rita Brukerrepresentant"),
+            "{rep}"
+        );
+        assert!(
+            f(&rep, "w") >= stage_w / 6.0 && f(&rep, "h") >= 200.0,
+            "the representative is {rep} on a {stage_w} wide picture area"
+        );
+        assert!(f(&rep, "labelPx") >= 24.0, "{rep}");
+        // The slides and the interpreter keep their size.
+        let (slides, interp) = (pick(&during, "main"), pick(&during, "interp"));
+        assert_eq!(slides["source"], "screen", "{during:#}");
+        assert!(
+            f(&slides, "w") >= 0.97 * f(&slides_before, "w"),
+            "the slides went from {slides_before} to {slides}"
+        );
+        assert!(
+            f(&interp, "w") >= 0.97 * f(&interp_before, "w"),
+            "the interpreter went from {interp_before} to {interp}"
+        );
+    }
+    // The floor taken back: the lecturer's camera is back, the row gone.
+    take_the_floor_back(&mut b, &leader, &kari_id, &site, "!document.querySelector('#media figure[data-pos=floor]') && !document.getElementById('media').classList.contains('floor-row') && document.querySelectorAll('#media figure[data-track-id]:not([data-pos=extra])').length === 4").await;
     drop(b);
     server.shutdown().await;
 }

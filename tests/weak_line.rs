@@ -19,6 +19,10 @@
 //! The publisher is the page as users get it: web/media.js publishes three layers (q/h/f)
 //! when the server's `joined` says `simulcast`, so the runner injects nothing.
 //!
+//! `slides_on_a_weak_line` (ignored, by hand) has the leader share a slide drawn on a canvas
+//! (the page's screen capture replaced in the test) and looks at it through 400 kbit/s and
+//! an open line: which of the screen's two full-size layers a viewer gets, and a screenshot.
+//!
 //! The normal `cargo test` runs the shaper's own unit tests and a smoke run (one step, a small
 //! camera file, a few seconds) that only checks that something sane was measured, so the
 //! runner does not rot while the media engine is rewritten.
@@ -412,6 +416,11 @@ impl Rig {
         .expect("relay on 127.0.0.2");
         let browser = Chromium::launch_with(&[
             "--autoplay-policy=no-user-gesture-required".to_owned(),
+            // The slide test's canvas is drawn on a timer in the leader's tab, which is in
+            // the background while a viewer's tab is in front: keep its timers at full rate.
+            "--disable-background-timer-throttling".to_owned(),
+            "--disable-renderer-backgrounding".to_owned(),
+            "--disable-backgrounding-occluded-windows".to_owned(),
             format!("--use-file-for-fake-video-capture={}", camera.display()),
         ])
         .await;
@@ -724,4 +733,161 @@ async fn weak_line_smoke() {
     // Chromium's viewer answers with transport-cc: that is what drives its estimate.
     assert_eq!(r.estimated_by.0, 1.0, "{r:?}");
     assert_eq!(r.estimated_by.1, 0.0, "{r:?}");
+}
+
+// ---- slides on a weak line ----
+
+/// Replaces the page's screen capture with a slide drawn on a canvas (1280×720, 30 frames a
+/// second): a title, bullets at 40 px, a footnote at 22 px (the size that tells whether text is
+/// sharp), a clock that changes every frame and an animated diagram (a colour field and a ball that move every frame), so the full layer costs what
+/// a screen with a moving picture on it costs (more than a weak line carries).
+const SLIDE_SCREEN: &str = "(() => { \
+    const c = document.createElement('canvas'); c.width = 1280; c.height = 720; \
+    const g = c.getContext('2d'); let n = 0; \
+    const draw = () => { n += 1; \
+      g.fillStyle = '#fff'; g.fillRect(0, 0, 1280, 720); \
+      g.fillStyle = '#0a3d8f'; g.fillRect(0, 0, 1280, 110); \
+      g.fillStyle = '#fff'; g.font = 'bold 60px sans-serif'; g.fillText('Stoffskifte og medisiner', 48, 78); \
+      g.fillStyle = '#111'; g.font = '40px sans-serif'; \
+      ['• Ta tabletten om morgenen', '• En halv time før frokost', '• Samme tid hver dag', '• Blodprøve etter seks uker'] \
+        .forEach((t, i) => g.fillText(t, 64, 200 + i * 70)); \
+      g.font = '22px sans-serif'; \
+      g.fillText('Kilde: Norsk legemiddelhåndbok, kapittel 3.2 (levotyroksin). Spør oss gjerne etterpå.', 64, 620); \
+      g.font = 'bold 32px monospace'; g.fillText('Lysbilde 4 · bilde ' + n, 64, 680); \
+      const a = n / 10; const grad = g.createLinearGradient(900 + 120 * Math.cos(a), 340 + 90 * Math.sin(a), 1140, 480); \
+      grad.addColorStop(0, `hsl(${(n * 7) % 360}, 80%, 50%)`); grad.addColorStop(1, `hsl(${(n * 7 + 180) % 360}, 80%, 50%)`); \
+      g.fillStyle = grad; g.fillRect(900, 300, 240, 180); \
+      g.fillStyle = '#fff'; g.beginPath(); g.arc(1020 + 90 * Math.cos(a * 2), 390 + 60 * Math.sin(a * 3), 24, 0, 7); g.fill(); }; \
+    draw(); setInterval(draw, 33); \
+    const stream = c.captureStream(30); \
+    navigator.mediaDevices.getDisplayMedia = async () => stream; return true; })()";
+
+/// What one viewer's page shows of the shared screen: its inbound stats entry (frame rate,
+/// size, freezes, the server's `video_quality`) over `secs`, frames decoded a second.
+async fn screen_seen(b: &mut Chromium, viewer: &Page, secs: u64) -> (Value, f64) {
+    let pick = "kursrelay.stats().then(s => { const el = document.querySelector('#main-slot figure[data-pos=main][data-source=screen]'); \
+        const id = el && el.dataset.trackId; return s.inbound.find(v => v.track_id === id) || null; })";
+    let a = b.wait_for(viewer, pick, 30).await;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let z = b.eval(viewer, pick).await;
+    let fps = (z["framesDecoded"].as_f64().unwrap_or(0.0)
+        - a["framesDecoded"].as_f64().unwrap_or(0.0))
+        / secs as f64;
+    (z, fps)
+}
+
+/// Slides shared by the leader, watched through a 400 kbit/s line (and, for comparison, with
+/// no limit on a laptop and on a phone): which layer the viewer gets, at what size and frame
+/// rate, and a screenshot of what it sees, to read the footnote from. A measurement, run by hand:
+///
+/// ```sh
+/// cargo test --test weak_line -- --ignored --nocapture slides_on_a_weak_line
+/// # screenshots: target/screenshots/weak-slides-*.png
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of about two minutes: run by hand"]
+async fn slides_on_a_weak_line() {
+    let mut rig = Rig::start(&camera_file(320, 180, 15, 15)).await;
+    let leader = rig.tab(Role::Leader, "Kursleiar").await;
+    rig.browser.eval(&leader, SLIDE_SCREEN).await;
+    rig.browser
+        .eval(&leader, "kursrelay.screenShare().then(() => true)")
+        .await;
+    // The publisher's estimate of its own line grows from 300 kbit/s: wait until both screen
+    // layers are sent.
+    let sent = rig
+        .browser
+        .wait_for(
+            &leader,
+            "kursrelay.stats().then(s => { const v = s.senders.find(x => x.source === 'screen'); \
+               return v && v.encodings.every(e => e.framesPerSecond > 0) ? v : null; })",
+            90,
+        )
+        .await;
+    eprintln!("the leader sends the screen as {sent}");
+    let m0 = scrape(&rig.server).await;
+    let mut camera_on = true;
+    // First as a course runs today, the leader's camera on beside the slides; then with the
+    // leader's camera turned off (its black frames cost next to nothing), which shows what the
+    // server does with the two screen layers alone.
+    for (kbps, w, h, name, camera) in [
+        (400u64, 1366u32, 768u32, "400k-laptop-camera-on", true),
+        (400, 1366, 768, "400k-laptop", false),
+        (0, 1366, 768, "unlimited-laptop", false),
+    ] {
+        if !camera && camera_on {
+            rig.browser
+                .eval(
+                    &leader,
+                    "document.getElementById('cam-toggle').click(); true",
+                )
+                .await;
+            camera_on = false;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let link = Link::new(0.0, Duration::ZERO);
+        if kbps > 0 {
+            link.set_rate(
+                Dir::ToPeer,
+                Some(Rate {
+                    queue: Queue::Millis(200),
+                    ..Rate::kbps(kbps)
+                }),
+            );
+        }
+        rig.relay.set_new_flows(link.clone());
+        let token = rig
+            .server
+            .token("weak-line", Role::Participant, Some("Heime"), false)
+            .await;
+        let viewer = rig.browser.open_blank().await;
+        rig.browser.viewport(&viewer, w, h, w < h).await;
+        rig.browser
+            .navigate(&viewer, &format!("{}/course.html#t={token}", rig.base))
+            .await;
+        rig.browser
+            .eval(&viewer, "kursrelay.start({}).then(() => true)")
+            .await;
+        // Let the allocator settle (its estimate, its hold before a step up), then measure.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let now = rig
+                .browser
+                .eval(
+                    &viewer,
+                    "kursrelay.stats().then(s => JSON.stringify(s.inbound.filter(v => v.kind === 'video')                        .map(v => [v.quality, v.frameHeight, v.framesPerSecond, v.framesDecoded])))",
+                )
+                .await;
+            eprintln!("  {name}: {now}");
+        }
+        let (seen, fps) = screen_seen(&mut rig.browser, &viewer, 15).await;
+        let path = rig
+            .browser
+            .screenshot(&viewer, &format!("weak-slides-{name}"))
+            .await;
+        let sent_now = rig
+            .browser
+            .eval(
+                &leader,
+                "kursrelay.stats().then(s => s.senders.find(x => x.source === 'screen').encodings \
+                   .map(e => [e.rid, e.frameWidth, e.frameHeight, e.framesPerSecond]))",
+            )
+            .await;
+        eprintln!(
+            "{name}: the viewer's screen {seen}, {fps:.1} frames decoded a second; \
+             the leader's screen layers (rid, w, h, fps) {sent_now}; {}; {}",
+            link.summary(),
+            path.display()
+        );
+        rig.browser.eval(&viewer, "kursrelay.leave()").await;
+        rig.browser.close_tab(&viewer).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let m1 = scrape(&rig.server).await;
+    eprintln!(
+        "layer switches {:.0}, cuts {:.0}",
+        delta(&m0, &m1, "kursrelay_layer_switches_total"),
+        delta(&m0, &m1, "kursrelay_layer_cuts_total")
+    );
+    rig.server.shutdown().await;
 }

@@ -14,6 +14,15 @@ const SIMULCAST_LAYERS = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
   { rid: 'f', maxBitrate: 1700000 },
 ];
+// A screen share's layers, when the server takes simulcast: both at the screen's FULL size,
+// the lower one at a few frames a second. A viewer whose line cannot carry the full layer gets
+// sharp slides that change a little later, never a blurred small picture (issue 20). The
+// rids name the lowest and the top layer for the server (`l` → 0, `h` → 2, see
+// src/sfu/engine/conn.rs `layer_of`).
+const SCREEN_LAYERS = [
+  { rid: 'l', scaleResolutionDownBy: 1, maxFramerate: 5, maxBitrate: 200000 },
+  { rid: 'h', scaleResolutionDownBy: 1, maxFramerate: 30, maxBitrate: 1500000 },
+];
 // Messages only newer servers know; an older one answers `unknown_type`, which is no error
 // for the person (the page simply goes on without it).
 const OPTIONAL = ['video_preference'];
@@ -221,7 +230,10 @@ export class KursrelayClient {
    * `framesEncodedOneLayer`, the busiest layer's frames, say what one viewer could get). `inbound`
    * has one entry per received track (by track_id): for video its frame rate, size, freezes
    * and frames decoded, for audio its concealment, plus `quality`, what the server last said
-   * it forwards of that video (video_quality: full, reduced or paused). */
+   * it forwards of that video (video_quality: full, reduced or paused). `senders` has one
+   * entry per video this page sends (`source`: camera or screen) with its `encodings`: each
+   * layer's rid, scaleResolutionDownBy, maxFramerate and maxBitrate as asked of the browser,
+   * and the frameWidth, frameHeight, framesPerSecond, framesEncoded and bytesSent it makes. */
   async stats() {
     const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, videoTracks: 0, audioTracks: 0, transports: [], inbound: [] };
     const video = { packetsLost: 0, nackCount: 0, pliCount: 0, framesDropped: 0, keyFramesDecoded: 0, freezeCount: 0, totalFreezesDuration: 0, jitterBufferDelay: 0, jitterBufferEmittedCount: 0 };
@@ -231,12 +243,15 @@ export class KursrelayClient {
     out.video = video;
     out.sent = sent;
     const add = (into, s) => { for (const k of Object.keys(into)) into[k] += s[k] || 0; };
+    const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
     for (const target of ['publish', 'subscribe']) {
       const conn = this._conn[target];
       if (conn && conn.pc) out.transports.push({ target, ...(await selectedRemote(conn.pc)) });
     }
+    out.senders = [];
     const pub = this._conn.publish.pc;
     if (pub) {
+      const byMid = new Map();
       (await pub.getStats()).forEach((s) => {
         if (s.type === 'outbound-rtp' && (s.kind || s.mediaType) === 'video') {
           add(sent, s);
@@ -244,8 +259,31 @@ export class KursrelayClient {
           // them; the frames of the busiest layer are what one viewer can get.
           sent.layers += 1;
           sent.framesEncodedOneLayer = Math.max(sent.framesEncodedOneLayer, s.framesEncoded || 0);
+          if (s.mid !== undefined) {
+            if (!byMid.has(s.mid)) byMid.set(s.mid, []);
+            byMid.get(s.mid).push(s);
+          }
         }
       });
+      // Each video sent, by source: the layers asked of the encoder (rid, scale, frame-rate
+      // and bit-rate caps) and what each layer sends now (size, frames a second).
+      for (const t of pub.getTransceivers()) {
+        const track = t.sender.track;
+        if (!track || track.kind !== 'video') continue;
+        const stats = byMid.get(t.mid) || [];
+        out.senders.push({
+          source: this._pubSources.get(track) || 'camera',
+          encodings: (t.sender.getParameters().encodings || []).map((e) => {
+            const s = stats.find((x) => (x.rid || null) === (e.rid || null)) || stats.length === 1 && stats[0] || {};
+            return {
+              rid: e.rid || null, scaleResolutionDownBy: e.scaleResolutionDownBy || 1,
+              maxFramerate: e.maxFramerate || null, maxBitrate: e.maxBitrate || null, active: e.active !== false,
+              frameWidth: num(s.frameWidth), frameHeight: num(s.frameHeight),
+              framesPerSecond: num(s.framesPerSecond), framesEncoded: num(s.framesEncoded), bytesSent: num(s.bytesSent),
+            };
+          }),
+        });
+      }
     }
     for (const { track } of this._remote.values()) {
       if (track.kind === 'video') out.videoTracks += 1;
@@ -255,7 +293,6 @@ export class KursrelayClient {
     if (!pc) return out;
     const report = await pc.getStats();
     const byTrack = new Map([...this._remote].map(([trackId, { track }]) => [track.id, trackId]));
-    const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
     report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       const kind = s.kind || s.mediaType;
@@ -515,12 +552,21 @@ export class KursrelayClient {
     this._pubStream.addTrack(track);
     // A transceiver whose track was taken off (floor taken back, screen share stopped) is used
     // again, so m-lines do not pile up with every turn at the floor.
-    // A camera goes out in three layers when the server takes simulcast; a screen share
-    // stays one layer (slides are read at full resolution), as does everything when it does
-    // not. The number of layers of a transceiver cannot change later, so only one with the
-    // same number is used again.
-    const layers = track.kind === 'video' && (source || 'camera') === 'camera' && this.simulcast
-      ? SIMULCAST_LAYERS : null;
+    // A camera goes out in three layers when the server takes simulcast, a screen share in
+    // two at full size (a low frame rate and a full one); everything is one layer when the
+    // server does not take simulcast. The number of layers of a transceiver cannot change
+    // later, so only one with the same number is used again.
+    const kind = source || 'camera';
+    let layers = null;
+    if (track.kind === 'video' && this.simulcast) {
+      if (kind === 'camera') layers = SIMULCAST_LAYERS;
+      else if (kind === 'screen') layers = SCREEN_LAYERS;
+    }
+    // Slides are text: the browser keeps their size and gives up frame rate when short of
+    // bits, rather than the other way round.
+    if (track.kind === 'video' && kind === 'screen' && 'contentHint' in track && !track.contentHint) {
+      track.contentHint = 'detail';
+    }
     const count = layers ? layers.length : 1;
     const free = pc.getTransceivers().find((t) => !t.stopped && !t.sender.track
       && t.receiver.track && t.receiver.track.kind === track.kind

@@ -154,8 +154,20 @@ export function layout() {
   let main = null;
   let inset = null;
   const featured = kiosk ? spotlight(cams) : null;
-  if (featured) {
-    // The hall sees the person who has the floor well; the lecture (screen or camera) inset.
+  // Slides on the hall screen stay its main picture while someone has the floor: the person
+  // with the floor and the user representative get a row of their own under the slides (the
+  // black space 16:9 slides leave in their column), large, labelled, covering nothing.
+  const floorRow = Boolean(featured && screens.length);
+  if (floorRow) {
+    main = screens[screens.length - 1];
+    // The lecturer's own camera takes the representative's place in the row when there is no
+    // representative; beside one it would halve the representative's picture, so it waits
+    // (the lecturer's voice goes on, and the slides are the lecturer's).
+    const rep = cams.some((f) => f !== featured && role(f) === 'representative');
+    inset = rep ? null : cams.find((f) => f !== featured && f.dataset.memberId === main.dataset.memberId) || null;
+  } else if (featured) {
+    // No slides: the hall sees the person who has the floor as its main picture; the
+    // lecturer's camera inset.
     main = featured;
     inset = screens[screens.length - 1] || cams.find((f) => f !== featured) || null;
   } else if (screens.length) {
@@ -179,12 +191,16 @@ export function layout() {
   }
   if (main) place(main, el.mainSlot, 'main');
   if (inset) place(inset, el.mainSlot, 'inset');
+  if (floorRow) place(featured, el.mainSlot, 'floor');
+  el.media.classList.toggle('floor-row', floorRow);
   if (interp[0]) place(interp[0], el.interpSlot, 'interp');
   // One more camera (e.g. the user representative's) inset on the left; more are not shown.
   let others = 0;
   for (const f of figs) {
-    if (f === main || f === inset || f === interp[0]) continue;
-    place(f, el.mainSlot, others === 0 ? 'other' : 'extra');
+    if (f === main || f === inset || f === featured || f === interp[0]) continue;
+    const lecturerWaits = floorRow && f.dataset.memberId === main.dataset.memberId;
+    place(f, el.mainSlot, others === 0 && !lecturerWaits ? 'other' : 'extra');
+    if (lecturerWaits) continue;
     others += 1;
   }
   el.media.classList.toggle('has-other', others > 0);
