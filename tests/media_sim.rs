@@ -930,11 +930,11 @@ impl LowestOnly {
 /// the video again. `reoffer`: whether the publisher offers again before the re-publication
 /// (the browser does; without it only the engine's part is tested).
 ///
-/// Fails with `reoffer` (2026-12-07): the new offer makes rtc's `start_rtp` rebuild the rid
-/// layers' receive codings with no SSRC, and Chromium no longer writes mid/rid on a layer
-/// whose SSRC was acknowledged, so rtc cannot bind the layer again and drops every packet
-/// before the engine sees it (0 packets, none counted as discarded, no PLI). With the mid/rid
-/// extensions kept on every packet the same run passes.
+/// Failed with `reoffer` before the rtc patch's second change (patches/rtc/KURSRELAY-PATCH.md):
+/// the new offer made rtc's `start_rtp` rebuild the rid layers' receive codings with no SSRC,
+/// and Chromium no longer writes mid/rid on a layer whose SSRC was acknowledged, so rtc could
+/// not bind the layer again and dropped every packet before the engine saw it (0 packets,
+/// none counted as discarded, no PLI). With mid/rid kept on every packet the same run passed.
 fn park_and_publish_again(reoffer: bool) {
     let mut sim = Sim::simulcast_lowest_only().expect("connected");
     let mut cam = LowestOnly::new();
