@@ -875,6 +875,15 @@ pub struct Sim {
     failed: Vec<(Target, Duration)>,
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
     last_heard: [Duration; 2],
+    /// The publish connection (`reoffer`).
+    pub_key: ConnKey,
+    /// The video's feed while parked (`park`, `republish`).
+    parked: Option<Arc<Feed>>,
+    /// Whether `send_layer` writes the mid and rid header extensions (Chromium stops once the
+    /// receiver acknowledged the SSRC; `stop_rid_extensions`).
+    rid_extensions: bool,
+    /// The simulcast layers the publisher sends while its track is announced (bit per layer).
+    setup_layers: u8,
 }
 
 /// The publisher's Opus track and the subscriber's down-track of it.
@@ -927,7 +936,13 @@ impl Sim {
     /// rid header extensions (`send_layer`). The publisher also sends Opus (`send_audio`),
     /// which the subscriber receives too (`audio_received`).
     pub fn simulcast() -> Result<Sim, String> {
-        Self::build_with(0, settings(false), true)
+        Self::build_with_layers(0, settings(false), true, 0b111)
+    }
+
+    /// As `simulcast` (three layers offered by rid), but the publisher sends only the lowest
+    /// one, 'q', as Chromium does with a small camera.
+    pub fn simulcast_lowest_only() -> Result<Sim, String> {
+        Self::build_with_layers(0, settings(false), true, 0b001)
     }
 
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
@@ -948,6 +963,15 @@ impl Sim {
     }
 
     fn build_with(first_seq: u16, settings: MediaSettings, simulcast: bool) -> Result<Sim, String> {
+        Self::build_with_layers(first_seq, settings, simulcast, 0b111)
+    }
+
+    fn build_with_layers(
+        first_seq: u16,
+        settings: MediaSettings,
+        simulcast: bool,
+        setup_layers: u8,
+    ) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
@@ -1082,6 +1106,10 @@ impl Sim {
             simulcast,
             failed: Vec::new(),
             last_heard: [Duration::ZERO; 2],
+            pub_key,
+            parked: None,
+            rid_extensions: true,
+            setup_layers,
         };
         // Connect the publisher; its track is announced once media flows, so send a
         // keyframe's first packet until the member task is told.
@@ -1103,7 +1131,9 @@ impl Sim {
         let forwarder = loop {
             if sim.simulcast.is_some() {
                 for layer in 0..SIMULCAST_LAYERS.len() as u8 {
-                    sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                    if sim.setup_layers & (1 << layer) != 0 {
+                        sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                    }
                 }
                 sim.send_audio();
             } else {
@@ -1445,8 +1475,10 @@ impl Sim {
             ssrc,
             ..Default::default()
         };
-        let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
-        let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        if self.rid_extensions {
+            let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
+            let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        }
         let packet = rtp::Packet {
             header,
             payload: bytes::Bytes::from(payload),
@@ -1455,6 +1487,70 @@ impl Sim {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
+    }
+
+    /// From now on `send_layer` leaves out the mid and rid header extensions: Chromium sends
+    /// them only until the receiver's RTCP acknowledged the layer's SSRC.
+    pub fn stop_rid_extensions(&mut self) {
+        self.rid_extensions = false;
+    }
+
+    /// The floor is taken back: the room drops the video's publication, so the feed parks
+    /// (the core keeps reading and discarding its media).
+    pub fn park(&mut self) {
+        let parked = std::mem::replace(&mut self.forwarder, Self::placeholder_forwarder(self.now));
+        self.parked = Some(parked.feed().clone());
+    }
+
+    /// The floor is given again: the parked feed is published anew (a new track id, as the
+    /// member task's `republish` does) and the subscriber gets a new down-track of it. The
+    /// down-track reuses the subscriber's sender and SSRC (the real server negotiates a new
+    /// sender; what the engine forwards does not depend on that).
+    pub fn republish(&mut self) -> Result<(), String> {
+        let feed = self.parked.take().ok_or("nothing parked")?;
+        let forwarder = feed
+            .publish(crate::protocol::Source::Camera)
+            .ok_or("the parked feed did not publish again")?;
+        let old = self.down.clone();
+        self.down = down_track(
+            old.conn,
+            old.sender,
+            old.ssrc,
+            old.payload_type,
+            old.codec,
+            forwarder.info().keyframes.clone(),
+            true,
+        );
+        self.forwarder = forwarder;
+        self.forwarder.add_subscriber(self.down.clone());
+        Ok(())
+    }
+
+    /// The publisher's client offers again on the same connection (same tracks, same
+    /// transceivers), as the page does when it is given the floor again.
+    pub fn reoffer(&mut self) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let now = self.now;
+        let offer = self.publisher.pc.create_offer(None).map_err(|x| e(&x))?;
+        self.publisher
+            .pc
+            .set_local_description(now, offer.clone())
+            .map_err(|x| e(&x))?;
+        let key = self.pub_key;
+        let answer = call(&mut self.core, now, |reply| Command::Offer {
+            conn: key,
+            sdp: offer.sdp,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        self.publisher
+            .pc
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer).map_err(|x| e(&x))?,
+            )
+            .map_err(|x| e(&x))?;
+        Ok(())
     }
 
     /// The layer the subscriber is forwarded now (None: none).
