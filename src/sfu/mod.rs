@@ -16,8 +16,11 @@
 //!   receiver-report loss; REMB caps it) and the choice of layer for each video (hysteresis,
 //!   pause when nothing fits); pure, fed by the engine core.
 //! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
-//! - `peer` and `check`: the async `webrtc` connection the connectivity check still uses, and
-//!   `media_setup` for the test client and the load generator.
+//! - `check`: the connectivity check's door into the engine (`Sfu::check_answer`): a check
+//!   connection on the real media port, UDP and/or ICE-TCP (`CheckTransport`), serving the
+//!   page's data channel (`engine::check`).
+//! - `peer`: `media_setup` (codecs and interceptors of an async `webrtc` connection) for the
+//!   test client and the load generator.
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
@@ -39,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use allocator::VideoQuality;
-pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
+pub use check::{CheckError, CheckTransport, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};
 pub use keyframe::KeyframeRequester;

@@ -223,6 +223,8 @@ pub(crate) struct Conn {
     epoch: Instant,
     /// Whether simulcast offers are accepted (`media.simulcast`).
     simulcast: bool,
+    /// A connectivity check's connection (`/check`): its data channel, served here.
+    pub(super) check: Option<Box<super::check::CheckChannel>>,
 }
 
 /// What the engine keeps per viewer (subscribe connection) for its estimate and allocation.
@@ -428,7 +430,56 @@ impl Conn {
             viewer: (target == Target::Subscribe).then(Box::default),
             epoch: now,
             simulcast: settings.simulcast,
+            check: None,
         })
+    }
+
+    /// A connectivity check's connection: no tracks, one data channel (`check.rs`), closed by
+    /// the engine at `expires`. Its candidates are the media port's, limited to UDP and/or
+    /// ICE-TCP as the page asks (`udp`, `tcp`), so each transport is tested on its own.
+    pub(crate) fn new_check(
+        now: Instant,
+        settings: &MediaSettings,
+        advertised: &[(SocketAddr, SocketAddr)],
+        udp: bool,
+        tcp: bool,
+        expires: Instant,
+    ) -> Result<Conn, SfuError> {
+        let mut only = settings.clone();
+        only.udp_candidates &= udp;
+        only.ice_tcp &= tcp;
+        // No member task listens: events go to a queue whose receiver is already gone (the
+        // engine closes the connection itself). Built as a receive-only connection without
+        // a publisher (`publish: None`), so a track sent on it would be ignored.
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let mut conn = Conn::new(
+            now,
+            &only,
+            advertised,
+            Target::Publish,
+            MemberId::new(),
+            ConnId::next(),
+            events,
+            None,
+        )?;
+        conn.check = Some(Box::new(super::check::CheckChannel::new(expires)));
+        Ok(conn)
+    }
+
+    /// A check connection whose time is up, whose page closed its channel, or that failed.
+    pub(crate) fn check_is_over(&self, now: Instant) -> bool {
+        self.check
+            .as_ref()
+            .is_some_and(|c| c.done || now >= c.expires || self.failed_reported)
+    }
+
+    /// A check connection: sends more of a running burst while SCTP has room.
+    pub(crate) fn check_pump(&mut self, now: Instant) {
+        if let Some(c) = self.check.as_mut() {
+            if c.bursting() {
+                c.pump(&mut self.pc, now);
+            }
+        }
     }
 
     /// Datagrams refused because their SSRC was neither declared nor among the few others.
@@ -652,6 +703,16 @@ impl Conn {
                 ) => {
                     self.end_feed(&track_id, metrics);
                 }
+                RTCPeerConnectionEvent::OnDataChannel(event) => {
+                    use rtc::peer_connection::event::RTCDataChannelEvent as Dc;
+                    if let Some(c) = self.check.as_mut() {
+                        match event {
+                            Dc::OnOpen(id) => c.opened(id),
+                            Dc::OnClose(id) => c.closed(id),
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -843,6 +904,11 @@ impl Conn {
                                 }
                             }
                         }
+                    }
+                }
+                RTCMessage::DataChannelMessage(id, msg) => {
+                    if let Some(c) = self.check.as_mut() {
+                        c.on_message(&mut self.pc, now, id, msg.data);
                     }
                 }
                 _ => {}
