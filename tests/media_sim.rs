@@ -982,3 +982,44 @@ fn a_parked_simulcast_feed_given_the_floor_again_reaches_the_viewer() {
 fn a_parked_simulcast_feed_given_the_floor_again_after_a_new_offer_reaches_the_viewer() {
     park_and_publish_again(true);
 }
+
+/// Issue 20 item 5: the publisher's microphone level (the RFC 6464 extension a browser puts in
+/// every Opus packet) makes the engine tell the member task "speaking" after a quarter second
+/// of voice, not during a short pause between words, and "stopped" after 0.8 s of silence.
+#[test]
+fn the_audio_level_tells_who_is_speaking_with_hysteresis() {
+    let mut sim = Sim::simulcast().expect("a publisher with a microphone connects");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 30); // 1 s of silence (level 127)
+    assert!(sim.speaking().is_empty(), "{:?}", sim.speaking());
+    sim.set_audio_level(30); // speech
+    let voice_from = sim.now_since_start();
+    pub_.run(&mut sim, 30);
+    assert_eq!(sim.speaking().len(), 1, "{:?}", sim.speaking());
+    let (at, speaking) = sim.speaking()[0];
+    assert!(speaking);
+    let after = at - voice_from;
+    assert!(
+        after >= Duration::from_millis(250) && after <= Duration::from_millis(400),
+        "speaking after {after:?}"
+    );
+    // A 0.4 s pause between words: still speaking.
+    sim.set_audio_level(127);
+    pub_.run(&mut sim, 12);
+    sim.set_audio_level(30);
+    pub_.run(&mut sim, 15);
+    assert_eq!(sim.speaking().len(), 1, "{:?}", sim.speaking());
+    // Silence: stopped, once.
+    sim.set_audio_level(127);
+    let quiet_from = sim.now_since_start();
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.speaking().len(), 2, "{:?}", sim.speaking());
+    let (at, speaking) = sim.speaking()[1];
+    assert!(!speaking);
+    let after = at - quiet_from;
+    assert!(
+        after >= Duration::from_millis(750) && after <= Duration::from_millis(1000),
+        "stopped after {after:?}"
+    );
+}

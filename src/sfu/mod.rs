@@ -15,6 +15,8 @@
 //! - `allocator`: per viewer, the bandwidth estimate (transport-cc into rtc's GCC, else
 //!   receiver-report loss; REMB caps it) and the choice of layer for each video (hysteresis,
 //!   pause when nothing fits); pure, fed by the engine core.
+//! - `speaking`: who is speaking, from the RFC 6464 audio level of published sound
+//!   (hysteresis; pure, fed by the engine core per audio packet, no allocation).
 //! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
 //! - `check`: the connectivity check's door into the engine (`Sfu::check_answer`): a check
 //!   connection on the real media port, UDP and/or ICE-TCP (`CheckTransport`), serving the
@@ -35,6 +37,7 @@ pub mod keyframe;
 pub mod metrics;
 mod peer;
 mod publisher;
+pub mod speaking;
 mod subscriber;
 
 use std::net::{IpAddr, SocketAddr};
@@ -168,6 +171,9 @@ pub enum PeerEvent {
     /// Subscribe connection: what the viewer gets of a video changed (its line, its own
     /// preference): tell it (`video_quality`).
     VideoQuality(ConnId, TrackId, VideoQuality),
+    /// Publish connection: its sender started (true) or stopped (false) speaking, from the
+    /// audio level of its forwarded sound (`speaking`).
+    Speaking(ConnId, bool),
 }
 
 pub(crate) struct SfuInner {

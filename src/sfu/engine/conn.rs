@@ -225,6 +225,10 @@ pub(crate) struct Conn {
     simulcast: bool,
     /// A connectivity check's connection (`/check`): its data channel, served here.
     pub(super) check: Option<Box<super::check::CheckChannel>>,
+    /// Publish side: the audio-level extension's id, once negotiated, and whether the
+    /// publisher is speaking (`speaking.rs`).
+    audio_level: Option<u8>,
+    speech: crate::sfu::speaking::Speech,
 }
 
 /// What the engine keeps per viewer (subscribe connection) for its estimate and allocation.
@@ -256,9 +260,14 @@ pub(crate) enum Sent {
 
 /// The transport-wide-cc header extension's id in a description, if it has one.
 fn twcc_extension_id(sdp: &str) -> Option<u8> {
+    extension_id(sdp, rtc::sdp::extmap::TRANSPORT_CC_URI)
+}
+
+/// The id of the header extension `uri` in a description (one-byte ids only), if it has one.
+fn extension_id(sdp: &str, wanted: &str) -> Option<u8> {
     sdp.lines().find_map(|l| {
         let (id, uri) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
-        (uri.split_whitespace().next()? == rtc::sdp::extmap::TRANSPORT_CC_URI)
+        (uri.split_whitespace().next()? == wanted)
             .then(|| id.split('/').next()?.parse::<u8>().ok())?
             .filter(|id| (1..=14).contains(id))
     })
@@ -305,8 +314,20 @@ impl Conn {
             .map_err(SfuError::webrtc)?;
         let registry = match target {
             // Receiving: NACK generation, transport-cc feedback, reports (rtc's default set).
-            Target::Publish => register_default_interceptors(Registry::new(), &mut media_engine)
-                .map_err(SfuError::webrtc)?,
+            Target::Publish => {
+                // The audio level each browser packet carries (RFC 6464): who is speaking.
+                media_engine
+                    .register_header_extension(
+                        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                        },
+                        RtpCodecKind::Audio,
+                        None,
+                    )
+                    .map_err(SfuError::webrtc)?;
+                register_default_interceptors(Registry::new(), &mut media_engine)
+                    .map_err(SfuError::webrtc)?
+            }
             // Sending forwarded media: the engine answers NACKs from the track cache and
             // writes the sender reports itself, so no per-subscriber retransmission buffer
             // (≈ 128 KB each); receiver reports and the feedback types stay negotiated.
@@ -431,6 +452,8 @@ impl Conn {
             epoch: now,
             simulcast: settings.simulcast,
             check: None,
+            audio_level: None,
+            speech: Default::default(),
         })
     }
 
@@ -842,6 +865,7 @@ impl Conn {
     ) {
         use rtc::rtcp::sender_report::SenderReport;
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let now_ms = self.ms(now);
         while let Some(msg) = self.pc.poll_read() {
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
@@ -860,6 +884,22 @@ impl Conn {
                     };
                     match inc.feed.arrived(now) {
                         super::super::forwarder::Arrival::Forward => {
+                            // Who speaks: only forwarded sound counts (not a muted microphone).
+                            if let Some(id) = self.audio_level {
+                                let level = packet
+                                    .header
+                                    .extensions
+                                    .iter()
+                                    .find(|e| e.id == id)
+                                    .and_then(|e| e.payload.first());
+                                if let Some(b) = level {
+                                    let level = crate::sfu::speaking::Speech::level_of(*b);
+                                    if let Some(v) = self.speech.observe(now_ms, level) {
+                                        let _ =
+                                            self.events.try_send(PeerEvent::Speaking(self.id, v));
+                                    }
+                                }
+                            }
                             forwards.push((inc.feed.clone(), layer, packet));
                         }
                         super::super::forwarder::Arrival::Discard { report } => {
@@ -995,6 +1035,15 @@ impl Conn {
         }
     }
 
+    /// Publish side: ends "speaking" after a silence in which the browser sent nothing (DTX).
+    pub(crate) fn speech_tick(&mut self, now: Instant) {
+        if self.speech.is_speaking() {
+            if let Some(v) = self.speech.tick(self.ms(now)) {
+                let _ = self.events.try_send(PeerEvent::Speaking(self.id, v));
+            }
+        }
+    }
+
     /// Sends a PLI for each layer of each video feed that someone asked a keyframe of, at
     /// most once per `interval` per layer. Returns how many went out.
     pub(crate) fn send_keyframe_requests(&mut self, now: Instant, interval: Duration) -> u64 {
@@ -1087,6 +1136,9 @@ impl Conn {
             ));
         }
         self.ssrcs.declare_from_sdp(&sdp);
+        if self.target == Target::Publish {
+            self.audio_level = extension_id(&sdp, rtc::sdp::extmap::AUDIO_LEVEL_URI);
+        }
         let sdp = without_simulcast_rtx(sdp);
         self.negotiate_twcc(now, &sdp);
         let offer =

@@ -1059,6 +1059,7 @@ impl Core {
                 self.publishers.swap_remove(i);
                 continue;
             };
+            conn.speech_tick(now);
             let sent = conn.send_keyframe_requests(now, interval);
             if sent > 0 {
                 self.metrics

@@ -754,6 +754,15 @@ impl Peer {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let mut me = MediaEngine::default();
         me.register_default_codecs().map_err(|x| e(&x))?;
+        // A browser's microphone sends its level in every packet (RFC 6464).
+        me.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(|x| e(&x))?;
         // The engine's own last interceptor: it hands PLIs, NACKs and sender reports to the
         // application, so a test can see what the server sent.
         let registry = register_default_interceptors(Registry::new(), &mut me)
@@ -884,6 +893,11 @@ pub struct Sim {
     rid_extensions: bool,
     /// The simulcast layers the publisher sends while its track is announced (bit per layer).
     setup_layers: u8,
+    /// The audio-level extension's id in the publisher's offer, and the level `send_audio`
+    /// puts in each packet (`set_audio_level`; 127 = silence).
+    audio_level: Option<(u8, u8)>,
+    /// `speaking` changes the publisher's member task was told: (time since start, speaking).
+    speaking: Vec<(Duration, bool)>,
 }
 
 /// The publisher's Opus track and the subscriber's down-track of it.
@@ -1030,6 +1044,11 @@ impl Sim {
             .pc
             .set_local_description(now, offer.clone())
             .map_err(|x| e(&x))?;
+        let audio_level = offer.sdp.lines().find_map(|l| {
+            let (id, u) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+            (u.trim() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                .then(|| id.split('/').next()?.parse::<u8>().ok())?
+        });
         let simulcast = if simulcast {
             let ext = |uri: &str| {
                 offer.sdp.lines().find_map(|l| {
@@ -1110,6 +1129,8 @@ impl Sim {
             parked: None,
             rid_extensions: true,
             setup_layers,
+            audio_level: audio_level.map(|id| (id, 127)),
+            speaking: Vec::new(),
         };
         // Connect the publisher; its track is announced once media flows, so send a
         // keyframe's first packet until the member task is told.
@@ -1319,6 +1340,12 @@ impl Sim {
             },
             payload: bytes::Bytes::from(vec![0xfcu8; 80]),
         };
+        let mut packet = packet;
+        if let Some((id, level)) = self.audio_level {
+            let _ = packet
+                .header
+                .set_extension(id, bytes::Bytes::copy_from_slice(&[level]));
+        }
         a.seq = a.seq.wrapping_add(1);
         a.timestamp = a.timestamp.wrapping_add(960);
         let sender = a.sender;
@@ -1326,6 +1353,24 @@ impl Sim {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
+    }
+
+    /// The level (RFC 6464, -dBov: 0 loudest, 127 silence) in the publisher's next audio
+    /// packets.
+    pub fn set_audio_level(&mut self, level: u8) {
+        if let Some((_, l)) = self.audio_level.as_mut() {
+            *l = level;
+        }
+    }
+
+    /// Simulated time since the start.
+    pub fn now_since_start(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// `speaking` changes the publisher's member task was told: (time since start, speaking).
+    pub fn speaking(&self) -> &[(Duration, bool)] {
+        &self.speaking
     }
 
     /// When the subscriber's client read an audio packet, since the start.
@@ -1772,6 +1817,7 @@ impl Sim {
                 match ev {
                     PeerEvent::Failed(..) => self.failed.push((target, since)),
                     PeerEvent::VideoQuality(_, track, q) => self.qualities.push((since, track, q)),
+                    PeerEvent::Speaking(_, v) => self.speaking.push((since, v)),
                     _ => {}
                 }
             }
