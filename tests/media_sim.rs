@@ -1023,3 +1023,39 @@ fn the_audio_level_tells_who_is_speaking_with_hysteresis() {
         "stopped after {after:?}"
     );
 }
+
+/// Issue 21 item 6: the connectivity check is a connection of the engine itself, on the
+/// media port: a data-channel client connects through the core, gets its `p` pings echoed
+/// unchanged and a `d` burst of 1100-byte messages; the answer names only the transports
+/// asked for; the engine closes the check after its lifetime.
+#[test]
+fn a_check_connection_on_the_media_port_echoes_and_bursts() {
+    use kursrelay::sfu::testing::CheckSim;
+    // The answer's candidates: all on the media port, all of the transport asked for.
+    let only = |sim: &CheckSim, proto: &str| {
+        let cands: Vec<&str> = sim
+            .answer()
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        let fits = |c: &&str| c.contains(&format!(" {proto} ")) && c.contains(" 50000 ");
+        assert!(!cands.is_empty() && cands.iter().all(fits), "{cands:?}");
+    };
+    only(
+        &CheckSim::new(false, true).expect("a TCP-only check answers"),
+        "tcp",
+    );
+    let mut sim = CheckSim::new(true, false).expect("a UDP check answers");
+    only(&sim, "udp");
+    let took = sim
+        .open()
+        .expect("the check's channel opens through the core");
+    eprintln!("check channel open after {took:?} (simulated)");
+    let ping = b"p\x00\x00\x00\x07hello";
+    assert_eq!(sim.echo(ping).expect("echo"), ping.to_vec());
+    let (got, size) = sim.burst(200).expect("burst");
+    assert_eq!((got, size), (200, kursrelay::sfu::BURST_MESSAGE_BYTES));
+    assert_eq!(sim.connections(), 1);
+    sim.advance(kursrelay::sfu::CHECK_LIFETIME);
+    assert_eq!(sim.connections(), 0, "closed after its lifetime");
+}

@@ -2016,3 +2016,178 @@ fn rtp_seq(d: &[u8]) -> Option<u16> {
     }
     Some(u16::from_be_bytes([d[2], d[3]]))
 }
+
+// ---------------------------------------------------------------------------------------------
+// A connectivity check through the core.
+
+/// A connectivity check (`/check`) through the core in simulated time: an `rtc` client with
+/// a data channel offers, the core answers with a check connection (`Command::Check`) on the
+/// media port, and the two connect (ICE, DTLS, SCTP) with the test as the network. `echo`
+/// and `burst` speak the page's protocol.
+#[doc(hidden)]
+pub struct CheckSim {
+    core: Core,
+    now: Instant,
+    client: Peer,
+    answer: String,
+    channel: Option<rtc::data_channel::RTCDataChannelId>,
+    received: Vec<BytesMut>,
+}
+
+impl CheckSim {
+    /// `udp` / `tcp`: which of the media port's candidates the answer names.
+    pub fn new(udp: bool, tcp: bool) -> Result<CheckSim, String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let now = Instant::now();
+        let core = Core::new(
+            settings(true),
+            Arc::new(Metrics::default()),
+            vec![(LOCAL, LOCAL)],
+            now,
+        );
+        let mut client = Peer::new(now, SocketAddr::from(([127, 0, 0, 9], 42000)))?;
+        client
+            .pc
+            .create_data_channel("check", None)
+            .map_err(|x| e(&x))?;
+        let offer = client.pc.create_offer(None).map_err(|x| e(&x))?;
+        client
+            .pc
+            .set_local_description(now, offer.clone())
+            .map_err(|x| e(&x))?;
+        let mut sim = CheckSim {
+            core,
+            now,
+            client,
+            answer: String::new(),
+            channel: None,
+            received: Vec::new(),
+        };
+        sim.answer = call(&mut sim.core, now, |reply| Command::Check {
+            sdp: offer.sdp,
+            udp,
+            tcp,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        let answer = RTCSessionDescription::answer(sim.answer.clone()).map_err(|x| e(&x))?;
+        sim.client
+            .pc
+            .set_remote_description(now, answer)
+            .map_err(|x| e(&x))?;
+        Ok(sim)
+    }
+
+    /// The core's answer.
+    pub fn answer(&self) -> &str {
+        &self.answer
+    }
+
+    /// Runs until the page's data channel is open (at most 10 simulated seconds); how long
+    /// it took.
+    pub fn open(&mut self) -> Result<Duration, String> {
+        let start = self.now;
+        while self.channel.is_none() {
+            if self.now - start > Duration::from_secs(10) {
+                return Err("the check's data channel did not open".into());
+            }
+            self.advance(Duration::from_millis(1));
+        }
+        Ok(self.now - start)
+    }
+
+    /// Sends `msg` on the channel and waits (at most 2 simulated seconds) for a message back
+    /// that starts with the same byte.
+    pub fn echo(&mut self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        let id = self.channel.ok_or("no channel")?;
+        self.received.clear();
+        if let Some(mut dc) = self.client.pc.data_channel(id) {
+            dc.send(self.now, BytesMut::from(msg))
+                .map_err(|x| x.to_string())?;
+        }
+        let until = self.now + Duration::from_secs(2);
+        while self.now < until {
+            self.advance(Duration::from_millis(1));
+            if let Some(m) = self.received.iter().find(|m| m.first() == msg.first()) {
+                return Ok(m.to_vec());
+            }
+        }
+        Err("no echo".into())
+    }
+
+    /// Asks for a burst of `n` messages; returns how many arrived within 5 simulated seconds
+    /// and the size of the first.
+    pub fn burst(&mut self, n: u32) -> Result<(usize, usize), String> {
+        let id = self.channel.ok_or("no channel")?;
+        self.received.clear();
+        let mut ask = BytesMut::from(&b"d"[..]);
+        ask.extend_from_slice(&n.to_be_bytes());
+        if let Some(mut dc) = self.client.pc.data_channel(id) {
+            dc.send(self.now, ask).map_err(|x| x.to_string())?;
+        }
+        self.advance(Duration::from_secs(5));
+        let got: Vec<&BytesMut> = self
+            .received
+            .iter()
+            .filter(|m| m.first() == Some(&b'D'))
+            .collect();
+        Ok((got.len(), got.first().map_or(0, |m| m.len())))
+    }
+
+    /// Check connections open in the core.
+    pub fn connections(&self) -> usize {
+        self.core.conns.iter().filter(|s| s.conn.is_some()).count()
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        use rtc::peer_connection::event::RTCDataChannelEvent;
+        use rtc::peer_connection::message::RTCMessage;
+        let until = self.now + d;
+        while self.now < until {
+            self.now = (self.now + Duration::from_millis(1)).min(until);
+            if self.client.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                let _ = self.client.pc.handle_timeout(self.now);
+            }
+            let mut out = Vec::new();
+            while let Some(d) = self.client.pc.poll_write() {
+                if d.transport.peer_addr == LOCAL {
+                    out.push(d.message);
+                }
+            }
+            for data in out {
+                let d = Datagram {
+                    local: LOCAL,
+                    from: self.client.addr,
+                    proto: TransportProtocol::UDP,
+                    data: &data,
+                };
+                self.core.handle_input(self.now, Input::Datagram(d));
+            }
+            if self.core.poll_timeout() <= self.now {
+                self.core.handle_input(self.now, Input::Timeout);
+            }
+            while let Some(t) = self.core.poll_transmit() {
+                if t.peer == self.client.addr {
+                    let _ = self.client.pc.handle_read(tagged(
+                        self.now,
+                        self.client.addr,
+                        LOCAL,
+                        &t.data,
+                    ));
+                }
+                self.core.recycle(t.data);
+            }
+            while self.core.poll_event().is_some() {}
+            while let Some(ev) = self.client.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) = ev {
+                    self.channel = Some(id);
+                }
+            }
+            while let Some(m) = self.client.pc.poll_read() {
+                if let RTCMessage::DataChannelMessage(_, msg) = m.message {
+                    self.received.push(msg.data);
+                }
+            }
+        }
+    }
+}
