@@ -526,7 +526,14 @@ fn allowed_layers(layers: &[LayerInfo; 3], pref: Preference) -> Vec<u8> {
             .iter()
             .position(|l| u32::from(layers[usize::from(*l)].height) >= max);
         if let Some(i) = enough {
-            present.truncate(i + 1);
+            // Layers of the same height as the first that is high enough stay allowed: a
+            // shared screen sends its layers at full resolution and differs in frame rate.
+            let height = layers[usize::from(present[i])].height;
+            let keep = present[i..]
+                .iter()
+                .take_while(|l| layers[usize::from(**l)].height == height)
+                .count();
+            present.truncate(i + keep);
         }
     }
     present
@@ -617,7 +624,10 @@ mod tests {
         // A line that never grows is announced once the lower layer has lasted.
         let t2 = TrackId::new();
         let mut b = Allocator::default();
-        assert_eq!(run(&mut b, 0, 1_020_000.0, t2).tell, Some(VideoQuality::Full));
+        assert_eq!(
+            run(&mut b, 0, 1_020_000.0, t2).tell,
+            Some(VideoQuality::Full)
+        );
         assert_eq!(run(&mut b, 29_500, 1_020_000.0, t2).tell, None);
         assert_eq!(
             run(&mut b, 30_000, 1_020_000.0, t2).tell,
@@ -660,6 +670,33 @@ mod tests {
         });
         let d = run(&mut a, 500, 5_000_000.0, t);
         assert_eq!((d.target, d.tell), (0, None), "still the best it asked for");
+    }
+
+    #[test]
+    fn a_height_cap_keeps_a_screens_full_resolution_layers() {
+        // A shared screen: two layers at the full height, differing in frame rate.
+        let screen = [
+            LayerInfo {
+                bps: 150_000,
+                height: 1080,
+            },
+            LayerInfo {
+                bps: 900_000,
+                height: 1080,
+            },
+            LayerInfo { bps: 0, height: 0 },
+        ];
+        let pref = Preference {
+            max_height: Some(720),
+            save_data: false,
+        };
+        assert_eq!(allowed_layers(&screen, pref), vec![0, 1]);
+        assert_eq!(allowed_layers(&layers(), pref), vec![0, 1, 2]);
+        let small = Preference {
+            max_height: Some(300),
+            save_data: false,
+        };
+        assert_eq!(allowed_layers(&layers(), small), vec![0, 1]);
     }
 
     #[test]

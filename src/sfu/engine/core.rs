@@ -392,9 +392,14 @@ impl Core {
             downs.clear();
             feeds.clear();
             feeds.extend(conn.sent_feeds());
-            // Oldest publication first: its place in the budget does not depend on a map's
-            // order.
-            feeds.sort_unstable();
+            // A shared screen first (slides are what a course is read from), then the
+            // oldest publication first: a feed's place in the budget does not depend on a
+            // map's order.
+            let caches = &self.caches;
+            feeds.sort_unstable_by_key(|id| {
+                let screen = caches.get(id).is_some_and(|(f, _)| f.is_screen());
+                (!screen, *id)
+            });
             for &feed in feeds.iter() {
                 let Some((f, _)) = self.caches.get(&feed) else {
                     continue;
