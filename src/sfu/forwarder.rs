@@ -519,6 +519,9 @@ pub(crate) struct Feed {
     parked_report_ms: AtomicU64,
     /// Set once the track ended or its connection closed.
     ended: AtomicBool,
+    /// The current (or last) publication shows a shared screen: the allocator gives it the
+    /// budget before the cameras, so slides stay readable on a weak line.
+    screen: AtomicBool,
     /// When (ms since `epoch`, ≥ 1) the last packet arrived; 0 = none yet.
     last_packet_ms: AtomicU64,
     epoch: Instant,
@@ -557,6 +560,7 @@ impl Feed {
             publication: AtomicU64::new(0),
             parked_report_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            screen: AtomicBool::new(false),
             last_packet_ms: AtomicU64::new(0),
             epoch: now,
         })
@@ -568,6 +572,11 @@ impl Feed {
 
     pub(crate) fn kind(&self) -> MediaKind {
         self.kind
+    }
+
+    /// Published as a shared screen.
+    pub(crate) fn is_screen(&self) -> bool {
+        self.screen.load(Ordering::Relaxed)
     }
 
     /// A simulcast layer (or the one layer, 0) of this track is arriving.
@@ -675,6 +684,8 @@ impl Feed {
             .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
         self.parked_report_ms.store(0, Ordering::Relaxed);
+        self.screen
+            .store(source == Source::Screen, Ordering::Relaxed);
         Some(Forwarder {
             info: TrackInfo {
                 id: TrackId::new(),
@@ -717,6 +728,11 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn info(&self) -> &TrackInfo {
         &self.info
+    }
+
+    /// The feed this publishes (`testing::Sim` parks and re-publishes it).
+    pub(crate) fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     fn current(&self) -> bool {
