@@ -16,7 +16,7 @@ use crate::config::{Config, DbLocation};
 use crate::db::Db;
 use crate::http::{router, AppState};
 use crate::room::Rooms;
-use crate::sfu::{CheckLimiter, MediaSettings, Sfu};
+use crate::sfu::{MediaSettings, Sfu};
 use crate::tls::Tls;
 
 /// How long shutdown waits for clients to close their connections.
@@ -118,7 +118,6 @@ impl Server {
             sfu,
             db,
             tokens,
-            checks: CheckLimiter::default(),
             guard,
             shutdown: CancellationToken::new(),
             equipment: Default::default(),

@@ -358,12 +358,14 @@ pub struct MediaConfig {
     pub ice_disconnected_timeout_ms: u64,
     pub ice_failed_timeout_ms: u64,
     pub keyframe_request_interval_ms: u64,
-    /// Accept simulcast publishing (`joined.simulcast` tells clients). Off by default until
-    /// a floor given again to a browser on the same publish connection is forwarded with
-    /// simulcast (tests/floor_browser.rs fails with it on); per-viewer estimates and the
-    /// allocator run either way, layers only with it.
-    #[serde(default)]
+    /// Accept simulcast publishing (`joined.simulcast` tells clients). Defaults to on for
+    /// configuration files written before the key existed.
+    #[serde(default = "default_simulcast")]
     pub simulcast: bool,
+}
+
+fn default_simulcast() -> bool {
+    true
 }
 
 impl MediaConfig {

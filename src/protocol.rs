@@ -485,6 +485,12 @@ pub enum ServerMessage {
     PublishAnswer {
         sdp: String,
     },
+    /// A member whose sound is forwarded started or stopped speaking (from the audio level
+    /// its browser sends; a few hundred ms of hysteresis). Sent on a change only.
+    Speaking {
+        member_id: MemberId,
+        speaking: bool,
+    },
     /// What this viewer gets of a video changed (its line, or its own `video_preference`):
     /// sent on a change only, not per packet.
     VideoQuality {

@@ -69,20 +69,7 @@ fn speech_wav(dir: &std::path::Path) -> std::path::PathBuf {
     let mut pcm = silence(0.5);
     pcm.extend_from_slice(data);
     pcm.extend(silence(2.5));
-    let mut out = Vec::with_capacity(44 + pcm.len());
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + pcm.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(pcm.len() as u32).to_le_bytes());
-    out.extend_from_slice(&pcm);
+    let out = wav_mono16(rate, &pcm);
     let path = dir.join("speech.wav");
     std::fs::write(&path, out).unwrap();
     path
@@ -131,11 +118,7 @@ async fn spoken_words_reach_a_participant_as_automatic_captions() {
     let captioner = server
         .token("asr", Role::Captioner, Some("Talegjenkjenning"), false)
         .await;
-    let mut b = Chromium::launch_with(&[
-        "--autoplay-policy=no-user-gesture-required".to_owned(),
-        format!("--use-file-for-fake-audio-capture={}", wav.display()),
-    ])
-    .await;
+    let mut b = Chromium::launch_with_microphone(&wav).await;
     let base = format!("http://{}", server.addr);
     let lead = b.open(&format!("{base}/course.html#t={leader}")).await;
     b.eval(&lead, "kursrelay.start({}).then(() => true)").await;

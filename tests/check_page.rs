@@ -1,10 +1,12 @@
 //! The connectivity check page (/check) in headless Chromium against the real server and a
-//! real coturn: once on an open network (every line green), once with Chromium set to send no
+//! real coturn: once on an open network (every line green, the direct lines reaching the
+//! configured `media.udp_port` over UDP and over ICE-TCP), once with Chromium set to send no
 //! UDP except through a proxy (the `webrtc.ip_handling_policy` preference
-//! `disable_non_proxied_udp`, what a locked-down hospital network amounts to), where only the TURN-over-TCP fallback
-//! works; once against a server without TURN. Also: every language has the same texts, axe
-//! finds no WCAG 2.1 A/AA violation, error screens link to the page, and screenshots at three
-//! screen sizes land in target/screenshots/.
+//! `disable_non_proxied_udp`, what a locked-down hospital network amounts to), where only TCP
+//! works; once against a server whose media port is reachable over TCP only (a "firewall" in
+//! front of it that passes TCP and drops UDP); once against a server without TURN. Also:
+//! every language has the same texts, axe finds no WCAG 2.1 A/AA violation, error screens link
+//! to the page, and screenshots at three screen sizes land in target/screenshots/.
 
 mod common;
 
@@ -25,6 +27,45 @@ fn state(results: &Value, line: &str) -> String {
     results[line]["state"].as_str().unwrap_or("?").to_owned()
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1 now, to configure as `media.udp_port`.
+fn free_media_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The direct line `line` reached the server's media port over `protocol`.
+fn assert_reached_media_port(r: &Value, line: &str, protocol: &str, port: u16) {
+    assert_eq!(state(r, line), "ok", "{line}: {r}");
+    let path = &r[line]["path"];
+    // Straight to the server: no relay (Chromium's TCP side shows as host or prflx).
+    assert!(
+        path["type"] == "host" || path["type"] == "prflx",
+        "{line}: {r}"
+    );
+    assert_eq!(path["remoteProtocol"], protocol, "{line}: {r}");
+    assert_eq!(path["remotePort"], port, "{line}: {r}");
+}
+
+/// A firewall in front of the media port, on another loopback address: it passes TCP to the
+/// port (a plain byte relay) and has nothing on UDP, so UDP sent there is lost.
+async fn tcp_only_firewall(listen: std::net::SocketAddr, server: std::net::SocketAddr) {
+    let l = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_page_on_an_open_network_and_through_turn() {
     let turn = Coturn::start(None).await;
@@ -32,16 +73,42 @@ async fn check_page_on_an_open_network_and_through_turn() {
         format!("turn:127.0.0.1:{}?transport=udp", turn.port),
         format!("turn:127.0.0.1:{}?transport=tcp", turn.port),
     ];
-    let server = TestServer::spawn_with(&turn.turn_config(&urls, false)).await;
+    let port = free_media_port();
+    let server = TestServer::spawn_with(&format!(
+        "{}\n[media]\nudp_port = {port}\n",
+        turn.turn_config(&urls, false)
+    ))
+    .await;
+    assert_eq!(server.state.sfu.media_addrs()[0].port(), port);
     let base = format!("http://{}", server.addr);
     let mut b = Chromium::launch().await;
 
     let (page, r) = run_check(&mut b, &base).await;
-    for line in ["ws", "udp", "turn_udp", "turn_tcp", "devices", "bandwidth"] {
+    for line in [
+        "ws",
+        "udp",
+        "tcp",
+        "turn_udp",
+        "turn_tcp",
+        "devices",
+        "bandwidth",
+    ] {
         assert_eq!(state(&r, line), "ok", "{line}: {r}");
     }
-    // Each path went the way its line says.
-    assert_eq!(r["udp"]["path"]["type"], "host", "{r}");
+    // Each path went the way its line says; the direct ones to the configured media port.
+    assert_reached_media_port(&r, "udp", "udp", port);
+    assert_reached_media_port(&r, "tcp", "tcp", port);
+    assert!(
+        r["udp"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&port.to_string()),
+        "{r}"
+    );
+    eprintln!(
+        "check: UDP line green after {} ms, ICE-TCP line after {} ms",
+        r["udp"]["ms"], r["tcp"]["ms"]
+    );
     assert_eq!(r["turn_udp"]["path"]["type"], "relay", "{r}");
     assert_eq!(r["turn_udp"]["path"]["protocol"], "udp", "{r}");
     assert_eq!(r["turn_tcp"]["path"]["type"], "relay", "{r}");
@@ -50,7 +117,7 @@ async fn check_page_on_an_open_network_and_through_turn() {
     assert_eq!(r["bandwidth"]["loss"], 0, "{r}");
     assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
     let code = r["code"].as_str().unwrap();
-    assert!(code.starts_with("W1-U1-R1-T1-K1-B"), "{code}");
+    assert!(code.starts_with("W1-U1-I1-R1-T1-K1-B"), "{code}");
     assert!(code.ends_with("-L0"), "{code}");
     // Read aloud to IT support: no decimal point in the code, nor in the Norwegian text.
     assert!(!code.contains('.') && !code.contains(','), "{code}");
@@ -73,7 +140,7 @@ async fn check_page_on_an_open_network_and_through_turn() {
             "[...document.querySelectorAll('#checks li')].map(li => li.dataset.state + ' ' + li.textContent)",
         )
         .await;
-    assert_eq!(lines.as_array().unwrap().len(), 6, "{lines}");
+    assert_eq!(lines.as_array().unwrap().len(), 7, "{lines}");
     assert!(lines[0].as_str().unwrap().contains("Virker"), "{lines}");
     // coturn really relayed: allocations were made with the server's credentials.
     let log = turn.log_text();
@@ -162,7 +229,9 @@ async fn check_page_when_udp_is_blocked_finds_the_tcp_fallback() {
     assert!(r["bandwidth"]["mbps"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert_eq!(r["verdict"], "check.verdict_partly", "{r}");
     let code = r["code"].as_str().unwrap();
-    assert!(code.starts_with("W1-U0-R0-T1-K1-B"), "{code}");
+    // Chromium still makes TCP connections: ICE-TCP on the media port works, and says so.
+    assert_reached_media_port(&r, "tcp", "tcp", server.state.sfu.media_addrs()[0].port());
+    assert!(code.starts_with("W1-U0-I1-R0-T1-K1-B"), "{code}");
     // The red lines say what to do, with the TURN server's real port.
     assert!(r["udp"]["text"].as_str().unwrap().contains("UDP"), "{r}");
     let port = format!("UDP {}", turn.port);
@@ -184,13 +253,19 @@ async fn check_page_without_turn_says_so() {
     assert_eq!(state(&r, "turn_udp"), "off", "{r}");
     assert_eq!(state(&r, "turn_tcp"), "off", "{r}");
     assert!(
-        r["code"].as_str().unwrap().starts_with("W1-U1-RN-TN-K1-B"),
+        r["code"]
+            .as_str()
+            .unwrap()
+            .starts_with("W1-U1-I1-RN-TN-K1-B"),
         "{r}"
     );
     assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
     drop(b);
+    server.shutdown().await;
 
-    // No TURN and no UDP: nothing carries media; the page says so and what to ask for.
+    // No TURN, no UDP, and a server that offers no ICE-TCP: nothing carries media; the page
+    // says so and what to ask for.
+    let server = TestServer::spawn_with("[media]\ntransports = [\"udp\"]\n").await;
     let mut b = Chromium::launch_with_prefs(
         &[],
         Some(serde_json::json!({"webrtc": {"ip_handling_policy": "disable_non_proxied_udp"}})),
@@ -198,6 +273,7 @@ async fn check_page_without_turn_says_so() {
     .await;
     let (page, r) = run_check(&mut b, &format!("http://{}", server.addr)).await;
     assert_eq!(state(&r, "udp"), "fail", "{r}");
+    assert_eq!(state(&r, "tcp"), "off", "{r}");
     assert_eq!(state(&r, "turn_tcp"), "fail", "{r}");
     assert!(
         r["turn_tcp"]["text"].as_str().unwrap().contains("443"),
@@ -205,8 +281,37 @@ async fn check_page_without_turn_says_so() {
     );
     assert_eq!(state(&r, "bandwidth"), "fail", "{r}");
     assert_eq!(r["verdict"], "check.verdict_fail", "{r}");
-    assert_eq!(r["code"], "W1-U0-RN-T0-K1-BN");
+    assert_eq!(r["code"], "W1-U0-IN-RN-T0-K1-BN");
     b.screenshot(&page, "check-nothing-works").await;
+    drop(b);
+    server.shutdown().await;
+}
+
+/// Issue 21 item 6: IT opened the media port for TCP but not for UDP. The server advertises
+/// its media port at 127.0.0.3 (`media.public_ips`), where a firewall passes TCP to the real
+/// port and drops UDP: the UDP line is red and names the port and address to open, the
+/// ICE-TCP line is green on the media port, and the course would work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_page_when_the_media_port_is_open_for_tcp_only() {
+    let server = TestServer::spawn_with("[media]\npublic_ips = [\"127.0.0.3\"]\n").await;
+    let media = server.state.sfu.media_addrs()[0];
+    let public = std::net::SocketAddr::new([127, 0, 0, 3].into(), media.port());
+    tcp_only_firewall(public, media).await;
+    let mut b = Chromium::launch().await;
+    let (page, r) = run_check(&mut b, &format!("http://{}", server.addr)).await;
+    assert_eq!(state(&r, "udp"), "fail", "{r}");
+    assert_reached_media_port(&r, "tcp", "tcp", media.port());
+    let udp = r["udp"]["text"].as_str().unwrap();
+    assert!(
+        udp.contains(&format!("UDP {}", media.port())) && udp.contains("127.0.0.3"),
+        "{r}"
+    );
+    assert!(udp.contains("be IT åpne"), "{r}");
+    assert_ne!(state(&r, "bandwidth"), "fail", "{r}");
+    assert_eq!(r["verdict"], "check.verdict_partly", "{r}");
+    let code = r["code"].as_str().unwrap();
+    assert!(code.starts_with("W1-U0-I1-RN-TN-K1-B"), "{code}");
+    b.screenshot(&page, "check-tcp-only").await;
     drop(b);
     server.shutdown().await;
 }
@@ -230,6 +335,13 @@ async fn check_offer_rejects_bad_input() {
             assert!(text.contains(error), "{body}: {text}");
         }
     }
+    let (got, text) = post_json(
+        &format!("{url}?transport=sctp"),
+        r#"{"type":"offer","sdp":"v=0"}"#,
+    )
+    .await;
+    assert_eq!(got, 422, "{text}");
+    assert!(text.contains("transport=udp"), "{text}");
     let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(20_000));
     let (got, text) = post_json(&url, &big).await;
     assert_eq!(got, 413, "{text}");

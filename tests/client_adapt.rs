@@ -289,8 +289,7 @@ fn simulcast_lines(sdp: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_when_the_server_takes_it() {
-    // Simulcast publishing is off in the default config for now; this server takes it.
-    let server = TestServer::spawn_with("[media]\nsimulcast = true\n").await;
+    let server = TestServer::spawn().await;
     let base = format!("http://{}", server.addr);
     let lise_t = server
         .token("plain", Role::Leader, Some("Lise"), false)

@@ -875,3 +875,151 @@ fn on_a_line_just_above_the_middle_layer_the_sound_arrives_whole() {
         layers[3]
     );
 }
+
+/// A publisher sending only the lowest simulcast layer 'q' (`Sim::simulcast_lowest_only`:
+/// Chromium with a small camera) and a microphone; a keyframe first and then only when a PLI
+/// of that layer asks for one (Chromium's own keyframes are many seconds apart).
+struct LowestOnly {
+    seq: u16,
+    ts: u32,
+    pid: u16,
+    key_next: bool,
+    plis_seen: usize,
+}
+
+impl LowestOnly {
+    fn new() -> LowestOnly {
+        LowestOnly {
+            seq: 100,
+            ts: 10_000,
+            pid: 100,
+            key_next: true,
+            plis_seen: 0,
+        }
+    }
+
+    fn frame(&mut self, sim: &mut Sim) {
+        let plis = sim.plis_for_layer(0).len();
+        if plis > self.plis_seen {
+            self.plis_seen = plis;
+            self.key_next = true;
+        }
+        let key = std::mem::take(&mut self.key_next);
+        let n = if key { 5 } else { 3 };
+        for k in 0..n {
+            sim.send_layer(0, self.seq, self.ts, self.pid, k == 0, key);
+            self.seq = self.seq.wrapping_add(1);
+        }
+        self.ts = self.ts.wrapping_add(TICKS_PER_FRAME);
+        self.pid = (self.pid + 1) & 0x7fff;
+        sim.send_audio();
+        sim.advance(FRAME);
+    }
+
+    fn run(&mut self, sim: &mut Sim, frames: usize) {
+        for _ in 0..frames {
+            self.frame(sim);
+        }
+    }
+}
+
+/// tests/floor_browser.rs `hand_grant_revoke_grant_twice_in_the_browser` with simulcast on:
+/// the floor given (the page publishes with rids q/h/f, only 'q' arrives), taken back (the
+/// feed parks: read and thrown away), given again: the page offers again on the same publish
+/// connection and the parked feed is published under a new track id. The viewer must get
+/// the video again. `reoffer`: whether the publisher offers again before the re-publication
+/// (the browser does; without it only the engine's part is tested).
+///
+/// Failed with `reoffer` before the rtc patch's second change (patches/rtc/KURSRELAY-PATCH.md):
+/// the new offer made rtc's `start_rtp` rebuild the rid layers' receive codings with no SSRC,
+/// and Chromium no longer writes mid/rid on a layer whose SSRC was acknowledged, so rtc could
+/// not bind the layer again and dropped every packet before the engine saw it (0 packets,
+/// none counted as discarded, no PLI). With mid/rid kept on every packet the same run passed.
+fn park_and_publish_again(reoffer: bool) {
+    let mut sim = Sim::simulcast_lowest_only().expect("connected");
+    let mut cam = LowestOnly::new();
+    sim.attach();
+    cam.run(&mut sim, 60);
+    let round0 = sim.received().len();
+    assert!(round0 >= 20, "round 0: only {round0} video packets");
+    // Chromium writes mid/rid only until its SSRC is acknowledged by the receiver's RTCP.
+    sim.stop_rid_extensions();
+    cam.run(&mut sim, 30);
+    let before_park = sim.received().len();
+    assert!(
+        before_park >= round0 + 20,
+        "packets without mid/rid are not forwarded: {} after {round0}",
+        before_park
+    );
+    sim.park();
+    cam.run(&mut sim, 90);
+    let parked = sim.received().len();
+    assert!(parked <= before_park + 5, "a parked feed was forwarded");
+    if reoffer {
+        sim.reoffer()
+            .expect("the publisher's new offer is answered");
+    }
+    sim.republish().expect("the parked feed is published again");
+    cam.run(&mut sim, 150);
+    let round1 = sim.received().len() - parked;
+    let m = sim.metrics();
+    assert!(
+        round1 >= 20,
+        "round 1: {round1} video packets in 5 s (PLIs for q: {}, discarded {}, down layer {:?})",
+        sim.plis_for_layer(0).len(),
+        m.packets_discarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        sim.down_layer()
+    );
+}
+
+#[test]
+fn a_parked_simulcast_feed_given_the_floor_again_reaches_the_viewer() {
+    park_and_publish_again(false);
+}
+
+#[test]
+fn a_parked_simulcast_feed_given_the_floor_again_after_a_new_offer_reaches_the_viewer() {
+    park_and_publish_again(true);
+}
+
+/// Issue 20 item 5: the publisher's microphone level (the RFC 6464 extension a browser puts in
+/// every Opus packet) makes the engine tell the member task "speaking" after a quarter second
+/// of voice, not during a short pause between words, and "stopped" after 0.8 s of silence.
+#[test]
+fn the_audio_level_tells_who_is_speaking_with_hysteresis() {
+    let mut sim = Sim::simulcast().expect("a publisher with a microphone connects");
+    let mut pub_ = Simulcast::new();
+    sim.attach();
+    pub_.run(&mut sim, 30); // 1 s of silence (level 127)
+    assert!(sim.speaking().is_empty(), "{:?}", sim.speaking());
+    sim.set_audio_level(30); // speech
+    let voice_from = sim.now_since_start();
+    pub_.run(&mut sim, 30);
+    assert_eq!(sim.speaking().len(), 1, "{:?}", sim.speaking());
+    let (at, speaking) = sim.speaking()[0];
+    assert!(speaking);
+    let after = at - voice_from;
+    assert!(
+        after >= Duration::from_millis(250) && after <= Duration::from_millis(400),
+        "speaking after {after:?}"
+    );
+    // A 0.4 s pause between words: still speaking.
+    sim.set_audio_level(127);
+    pub_.run(&mut sim, 12);
+    sim.set_audio_level(30);
+    pub_.run(&mut sim, 15);
+    assert_eq!(sim.speaking().len(), 1, "{:?}", sim.speaking());
+    // Silence: stopped, once.
+    sim.set_audio_level(127);
+    let quiet_from = sim.now_since_start();
+    pub_.run(&mut sim, 60);
+    assert_eq!(sim.speaking().len(), 2, "{:?}", sim.speaking());
+    let (at, speaking) = sim.speaking()[1];
+    assert!(!speaking);
+    let after = at - quiet_from;
+    assert!(
+        after >= Duration::from_millis(750) && after <= Duration::from_millis(1000),
+        "stopped after {after:?}"
+    );
+}

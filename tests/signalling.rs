@@ -77,8 +77,7 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
     expect_error(&mut ws, "bad_request").await;
     ws.send(json!({"type": "join", "token": token})).await;
     let joined = ws.recv_type("joined").await;
-    // Simulcast publishing is off in the default config for now (config/default.toml).
-    assert_eq!(joined["simulcast"], false, "{joined}");
+    assert_eq!(joined["simulcast"], true, "{joined}");
     ws.send(json!({"type": "join", "token": token})).await;
     expect_error(&mut ws, "already_joined").await;
 

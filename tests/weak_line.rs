@@ -403,8 +403,7 @@ struct Rig {
 impl Rig {
     async fn start(camera: &Path) -> Rig {
         let server = TestServer::spawn_with(
-            // Simulcast on (off in the default config for now): the page publishes layers.
-            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\nsimulcast = true\n",
+            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\n",
         )
         .await;
         let media = server.state.sfu.media_addrs()[0];

@@ -1,16 +1,19 @@
 // The connectivity check (/check): tests, one line each, what a course needs from this
 // computer and network, and sums it up in a short code for IT support. No join link needed.
 //
-// Lines: the WebSocket to the server; a real WebRTC connection straight to the media server
-// over UDP; the same through each kind of TURN relay the server hands out (UDP, and TLS/TCP as
-// the fallback when UDP is blocked); camera and microphone; rough download speed and loss over
-// the best connection that worked. The server end of each test connection is a short-lived
-// peer (POST /check/offer) that echoes pings and sends a burst on request; nothing is stored.
+// Lines: the WebSocket to the server; a real WebRTC connection straight to the media server's
+// port over UDP, and (separately) over ICE-TCP on the same port number; the same through each
+// kind of TURN relay the server hands out (UDP, and TLS/TCP as the fallback when UDP is
+// blocked); camera and microphone; rough download speed and loss over the best connection
+// that worked. The server end of each test connection is a check connection inside the media
+// engine, on the media port a course uses (POST /check/offer?transport=udp|tcp: the server's
+// answer names only that transport's candidates), that echoes pings and sends a burst on
+// request; nothing is stored.
 import './check-i18n.js';
 import { t, initPicker, onLangChange, getLang } from './i18n.js';
 
-const LINES = ['ws', 'udp', 'turn_udp', 'turn_tcp', 'devices', 'bandwidth'];
-const LETTER = { ws: 'W', udp: 'U', turn_udp: 'R', turn_tcp: 'T', devices: 'K', bandwidth: 'B' };
+const LINES = ['ws', 'udp', 'tcp', 'turn_udp', 'turn_tcp', 'devices', 'bandwidth'];
+const LETTER = { ws: 'W', udp: 'U', tcp: 'I', turn_udp: 'R', turn_tcp: 'T', devices: 'K', bandwidth: 'B' };
 const SYMBOL = { ok: '✓', warn: '!', fail: '✗', off: '–', running: '…', waiting: '…' };
 const CONNECT_MS = 10000;
 const GATHER_MS = 5000;
@@ -52,9 +55,10 @@ function set(id, state, key, vars, extra = {}) {
 }
 
 /**
- * W1-U1-R1-T1-K1-B12-L0: W WebSocket, U UDP to the server, R TURN over UDP, T TURN over
- * TLS/TCP, K camera and microphone: 1 works, 0 does not, ! weak, N not set up on the server;
- * B download Mbit/s and L loss % (BN: nothing to measure over).
+ * W1-U1-I1-R1-T1-K1-B12-L0: W WebSocket, U UDP to the media port, I ICE-TCP to the media port,
+ * R TURN over UDP, T TURN over TLS/TCP, K camera and microphone: 1 works, 0 does not, ! weak,
+ * N not set up on the server; B download Mbit/s (whole numbers) and L loss % (BN: nothing to
+ * measure over).
  */
 export function code() {
   const mark = { ok: '1', fail: '0', warn: '!', off: 'N' };
@@ -130,7 +134,10 @@ function turnServers(config, keep) {
     .filter((s) => s.urls.length);
 }
 
-/** The selected candidate pair's local side: {type: host|srflx|prflx|relay, protocol}. */
+/**
+ * The selected candidate pair: its local side {type: host|srflx|prflx|relay, protocol} and
+ * the server's side it reached {remotePort, remoteProtocol} (the media port, for direct paths).
+ */
 async function selectedPath(pc) {
   const stats = await pc.getStats();
   let pairId = null;
@@ -139,11 +146,32 @@ async function selectedPath(pc) {
   if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) pair = s; });
   const local = pair && stats.get(pair.localCandidateId);
   if (!local) return null;
-  return { type: local.candidateType, protocol: local.relayProtocol || local.protocol };
+  const remote = stats.get(pair.remoteCandidateId);
+  return {
+    type: local.candidateType,
+    protocol: local.relayProtocol || local.protocol,
+    remotePort: remote ? remote.port : null,
+    remoteProtocol: remote ? remote.protocol : null,
+  };
 }
 
-/** One test connection to the server's check peer; resolves once its data channel is open. */
-async function connect(rtcConfig) {
+/** The server's candidates in an answer: [{protocol: 'udp'|'tcp', ip, port}]. */
+function serverCandidates(sdp) {
+  const out = [];
+  for (const line of sdp.split(/\r?\n/)) {
+    // a=candidate:<foundation> <component> <protocol> <priority> <ip> <port> typ <type> …
+    const f = line.startsWith('a=candidate:') ? line.split(' ') : null;
+    if (f && f.length >= 8) out.push({ protocol: f[2].toLowerCase(), ip: f[4], port: Number(f[5]) });
+  }
+  return out;
+}
+
+/**
+ * One test connection to a check connection on the media server; resolves once its data
+ * channel is open. `transport` ('udp' or 'tcp') asks the server for only that transport's
+ * candidates; `onAnswer` sees the server's candidates before the connection is tried.
+ */
+async function connect(rtcConfig, transport = null, onAnswer = () => {}) {
   const pc = new RTCPeerConnection(rtcConfig);
   try {
     const dc = pc.createDataChannel('check', { ordered: false, maxRetransmits: 0 });
@@ -158,13 +186,15 @@ async function connect(rtcConfig) {
       if (pc.iceGatheringState === 'complete') resolve();
       pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') resolve(); };
     }), GATHER_MS, 'gathering').catch(() => {});
-    const res = await fetch('/check/offer', {
+    const res = await fetch(transport ? `/check/offer?transport=${transport}` : '/check/offer', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ type: 'offer', sdp: pc.localDescription.sdp }),
     });
     if (!res.ok) throw new Error(`check/offer: HTTP ${res.status}`);
-    await pc.setRemoteDescription(await res.json());
+    const answer = await res.json();
+    onAnswer(serverCandidates(answer.sdp));
+    await pc.setRemoteDescription(answer);
     await withTimeout(open, CONNECT_MS, 'connection');
     return { pc, dc, path: await selectedPath(pc) };
   } catch (err) {
@@ -240,10 +270,43 @@ async function testPath(id, rtcConfig, failVars) {
   try {
     const conn = await connect(rtcConfig);
     const { rtt } = await ping(conn, 5);
-    set(id, 'ok', id === 'udp' ? 'udp.ok' : 'turn.ok', { rtt: rtt ?? '?' }, { path: conn.path });
+    set(id, 'ok', 'turn.ok', { rtt: rtt ?? '?' }, { path: conn.path });
     return conn;
   } catch {
-    set(id, 'fail', id === 'udp' ? 'udp.fail' : 'turn.fail', failVars);
+    set(id, 'fail', 'turn.fail', failVars);
+    return null;
+  }
+}
+
+/**
+ * Straight to the media server's port over one transport ('udp' or 'tcp'): the line says
+ * which port was reached, or which port IT must open, to which address.
+ */
+async function testDirect(id, transport) {
+  set(id, 'running');
+  const started = performance.now();
+  let offered = [];
+  let answered = false;
+  try {
+    const conn = await connect({ iceServers: [], iceTransportPolicy: 'all' }, transport, (cands) => {
+      answered = true;
+      offered = cands.filter((c) => c.protocol === transport);
+      // The server does not offer this transport (media.transports): nothing to test.
+      if (!offered.length) throw new Error('not offered');
+    });
+    const { rtt } = await ping(conn, 5);
+    const port = conn.path?.remotePort ?? offered[0].port;
+    set(id, 'ok', `${id}.ok`, { rtt: rtt ?? '?', port }, { path: conn.path, ms: Math.round(performance.now() - started) });
+    return conn;
+  } catch {
+    if (answered && !offered.length) {
+      set(id, 'off', `${id}.off`);
+      return null;
+    }
+    const ports = [...new Set(offered.map((c) => c.port))].join(', ');
+    const what = `${transport.toUpperCase()} ${ports}`.trim();
+    const ip = [...new Set(offered.map((c) => c.ip))].join(', ') || location.hostname;
+    set(id, 'fail', `${id}.fail`, { what, ip }, { ms: Math.round(performance.now() - started) });
     return null;
   }
 }
@@ -305,12 +368,12 @@ async function runAll() {
     await testWebSocket();
     const udpTurn = turnServers(config, (u) => !isTcpTurn(u));
     const tcpTurn = turnServers(config, isTcpTurn);
-    // The three paths at once: each waits for its own timeouts.
-    const [udp, relayUdp, relayTcp] = await Promise.all([
-      // A server that sends all media through TURN (turn.relay_only) never uses direct UDP.
-      config.iceTransportPolicy === 'relay'
-        ? (set('udp', 'off', 'udp.relay_only'), null)
-        : testPath('udp', { iceServers: [], iceTransportPolicy: 'all' }),
+    // A server that sends all media through TURN (turn.relay_only) never uses direct paths.
+    const relayOnly = config.iceTransportPolicy === 'relay';
+    // The four paths at once: each waits for its own timeouts.
+    const [udp, tcp, relayUdp, relayTcp] = await Promise.all([
+      relayOnly ? (set('udp', 'off', 'udp.relay_only'), null) : testDirect('udp', 'udp'),
+      relayOnly ? (set('tcp', 'off', 'udp.relay_only'), null) : testDirect('tcp', 'tcp'),
       udpTurn.length
         ? testPath('turn_udp', { iceServers: udpTurn, iceTransportPolicy: 'relay' }, { what: portsText(udpTurn, 'UDP') })
         : (set('turn_udp', 'off', 'turn.off'), null),
@@ -319,12 +382,12 @@ async function runAll() {
         : null,
     ]);
     if (!tcpTurn.length) {
-      if (udp || relayUdp) set('turn_tcp', 'off', 'turn.off');
+      if (udp || tcp || relayUdp) set('turn_tcp', 'off', 'turn.off');
       else set('turn_tcp', 'fail', 'turn.off_needed');
     }
-    conns.push(udp, relayUdp, relayTcp);
+    conns.push(udp, tcp, relayUdp, relayTcp);
     await testDevices();
-    await testBandwidth(udp || relayUdp || relayTcp);
+    await testBandwidth(udp || tcp || relayUdp || relayTcp);
   } finally {
     for (const c of conns) if (c) c.pc.close();
     running = null;
@@ -338,7 +401,7 @@ async function runAll() {
 /** The sum of it: can a course work from here, and is anything to fix? */
 function verdict() {
   const ok = (id) => results[id]?.state === 'ok';
-  const media = ok('udp') || ok('turn_udp') || ok('turn_tcp');
+  const media = ok('udp') || ok('tcp') || ok('turn_udp') || ok('turn_tcp');
   if (!ok('ws') || !media) return 'check.verdict_fail';
   const problems = LINES.some((id) => ['fail', 'warn'].includes(results[id]?.state));
   return problems ? 'check.verdict_partly' : 'check.verdict_ok';
@@ -348,7 +411,7 @@ function snapshot() {
   const out = { code: code(), verdict: running ? null : verdict() };
   for (const id of LINES) {
     const r = results[id] || {};
-    out[id] = { state: r.state, text: r.key ? t(r.key, r.vars) : '', path: r.path || null, mbps: r.mbps, loss: r.loss };
+    out[id] = { state: r.state, text: r.key ? t(r.key, r.vars) : '', path: r.path || null, mbps: r.mbps, loss: r.loss, ms: r.ms };
   }
   return out;
 }

@@ -1,16 +1,18 @@
-//! `POST /check/offer`: the connectivity check page sends an SDP offer (its candidates
-//! included) and gets the answer of a short-lived test connection (`sfu::check`). Public like
-//! the page; bounded by `sfu::MAX_CHECKS`.
+//! `POST /check/offer[?transport=udp|tcp]`: the connectivity check page sends an SDP offer
+//! (its candidates included) and gets the answer of a short-lived check connection on the
+//! media port (`sfu::check`), with the port's UDP candidates only (`udp`), its ICE-TCP
+//! candidate only (`tcp`), or both (no parameter). Public like the page; bounded by
+//! `sfu::MAX_CHECKS`.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::sfu::CheckError;
+use crate::sfu::{CheckError, CheckTransport};
 
 /// Largest offer accepted (a browser's offer with a data channel and candidates is ~2 KB).
 const MAX_OFFER_BYTES: usize = 16 * 1024;
@@ -47,7 +49,35 @@ fn problem(status: StatusCode, error: &'static str, message: impl Into<String>) 
         .into_response()
 }
 
-pub async fn offer(State(state): State<AppState>, body: Bytes) -> Response {
+/// The transports the page asks to test: `transport=udp` or `transport=tcp`, else both.
+fn transport(query: Option<&str>) -> Option<CheckTransport> {
+    let mut chosen = CheckTransport::Both;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        chosen = match pair {
+            "transport=udp" => CheckTransport::Udp,
+            "transport=tcp" => CheckTransport::Tcp,
+            _ => return None,
+        };
+    }
+    Some(chosen)
+}
+
+pub async fn offer(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let Some(transport) = transport(query.as_deref()) else {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the only parameter is transport=udp or transport=tcp",
+        );
+    };
     // Parsed here rather than by axum's `Json`, so every answer is in the one JSON shape.
     if body.len() > MAX_OFFER_BYTES + 1024 {
         return problem(
@@ -87,11 +117,7 @@ pub async fn offer(State(state): State<AppState>, body: Bytes) -> Response {
             format!("an offer is at most {MAX_OFFER_BYTES} bytes"),
         );
     }
-    match state
-        .sfu
-        .check_answer(&state.checks, offer.sdp, state.shutdown.clone())
-        .await
-    {
+    match state.sfu.check_answer(offer.sdp, transport).await {
         Ok(sdp) => Json(Answer {
             kind: "answer",
             sdp,

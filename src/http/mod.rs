@@ -44,8 +44,6 @@ pub struct AppState {
     pub sfu: Sfu,
     pub db: Db,
     pub tokens: TokenKey,
-    /// Limits the connectivity check's test connections.
-    pub checks: crate::sfu::CheckLimiter,
     /// Abuse limits per client address (`guard`).
     pub guard: guard::Guard,
     /// Cancelled on shutdown: every WebSocket task says goodbye and ends.

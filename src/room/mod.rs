@@ -70,6 +70,11 @@ pub enum RoomEvent {
         automatic: bool,
         partial: bool,
     },
+    /// A member started or stopped speaking.
+    Speaking {
+        member_id: MemberId,
+        speaking: bool,
+    },
     /// The member must go.
     Bye(ByeReason),
 }
@@ -206,6 +211,11 @@ enum Command {
     DropTracks {
         member: MemberId,
     },
+    /// The member started or stopped speaking (its publish connection's audio level).
+    Speaking {
+        member: MemberId,
+        speaking: bool,
+    },
     Control {
         member: MemberId,
         control: Control,
@@ -267,6 +277,11 @@ impl RoomHandle {
         .await
         .ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// `member` started or stopped speaking: everyone admitted is told.
+    pub async fn speaking(&self, member: MemberId, speaking: bool) -> Result<(), RoomGone> {
+        self.send(Command::Speaking { member, speaking }).await
     }
 
     pub async fn publish(&self, forwarder: Forwarder) -> Result<(), RoomGone> {
@@ -781,6 +796,14 @@ impl Room {
                 let _ = reply.send(self.main_feed(member));
             }
             Command::DropTracks { member } => self.remove_tracks_of(member, |_| true),
+            Command::Speaking { member, speaking } => {
+                if self.member(member).is_some_and(|m| m.admitted) {
+                    self.send_to_admitted(None, || RoomEvent::Speaking {
+                        member_id: member,
+                        speaking,
+                    });
+                }
+            }
             Command::Control {
                 member,
                 control,

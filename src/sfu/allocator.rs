@@ -50,6 +50,11 @@ const PAUSE_AFTER: u64 = 2_000;
 const UP_HOLD: u64 = 4_000;
 const UP_HOLD_MAX: u64 = 32_000;
 const FAILED_TRY: u64 = 8_000;
+/// A lower layer is announced as `reduced` ("your line is weak") only when the line has shown
+/// it: a layer it got did not fit (a step down, a failed try, a pause), or the video has stayed
+/// below its best this long. A newcomer's estimate starts below a camera's top layer and grows
+/// (≈ 15 s to the top on a good line): that start is not the line's fault and is not announced.
+const REDUCED_AFTER: u64 = 30_000;
 
 /// Share of the estimate the allocator hands out (queues, RTCP, headers, and room for the
 /// sound and re-sends when the estimate runs ahead of the line: rtc's GCC keeps growing while
@@ -310,6 +315,10 @@ struct Choice {
     jump: bool,
     /// The target before the last change (where a failed try goes back to).
     from: Target,
+    /// The line did not carry a layer this video got, since it was last at its best.
+    short_shown: bool,
+    /// Since when the video has been below its best.
+    below_since: Option<u64>,
 }
 
 /// One viewer's layer choices.
@@ -372,6 +381,8 @@ impl Allocator {
                         short_since: None,
                         jump: false,
                         from: u8::MAX,
+                        short_shown: false,
+                        below_since: None,
                     });
                     self.choices.len() - 1
                 }
@@ -470,12 +481,23 @@ impl Allocator {
             if c.target != paused {
                 left -= rate(c.target);
             }
+            if over || c.target == paused {
+                c.short_shown = true;
+            }
             let quality = if c.target == paused {
                 VideoQuality::Paused
             } else if c.target >= best {
+                c.short_shown = false;
+                c.below_since = None;
                 VideoQuality::Full
             } else {
-                VideoQuality::Reduced
+                let since = *c.below_since.get_or_insert(now_ms);
+                if c.short_shown || now_ms.saturating_sub(since) >= REDUCED_AFTER {
+                    VideoQuality::Reduced
+                } else {
+                    // Still growing into its best (a newcomer's start): nothing to tell.
+                    VideoQuality::Full
+                }
             };
             c.jump = false;
             let tell = (c.quality != Some(quality)).then_some(quality);
@@ -581,6 +603,33 @@ mod tests {
         assert_eq!(run(&mut a, 32_500, 200_000.0, t).target, 0);
         a.set_preference(Preference::default());
         assert_eq!(run(&mut a, 33_000, 5_000_000.0, t).target, 2);
+    }
+
+    #[test]
+    fn a_newcomer_growing_into_its_best_is_not_told_reduced() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        // The start estimate carries the middle layer only: not the line's fault.
+        let d = run(&mut a, 0, 1_020_000.0, t);
+        assert_eq!((d.target, d.tell), (1, Some(VideoQuality::Full)));
+        let d = run(&mut a, 4000, 3_000_000.0, t);
+        assert_eq!((d.target, d.tell), (2, None));
+        // A line that never grows is announced once the lower layer has lasted.
+        let t2 = TrackId::new();
+        let mut b = Allocator::default();
+        assert_eq!(run(&mut b, 0, 1_020_000.0, t2).tell, Some(VideoQuality::Full));
+        assert_eq!(run(&mut b, 29_500, 1_020_000.0, t2).tell, None);
+        assert_eq!(
+            run(&mut b, 30_000, 1_020_000.0, t2).tell,
+            Some(VideoQuality::Reduced)
+        );
+        // A try up the line does not carry is shown at once, and so is what follows it.
+        let t3 = TrackId::new();
+        let mut c = Allocator::default();
+        run(&mut c, 0, 1_020_000.0, t3);
+        assert_eq!(run(&mut c, 4000, 3_000_000.0, t3).target, 2);
+        let d = run(&mut c, 4500, 1_000_000.0, t3);
+        assert_eq!((d.target, d.tell), (1, Some(VideoQuality::Reduced)));
     }
 
     #[test]

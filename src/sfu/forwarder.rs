@@ -719,6 +719,11 @@ impl Forwarder {
         &self.info
     }
 
+    /// The feed this publishes (`testing::Sim` parks and re-publishes it).
+    pub(crate) fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
     fn current(&self) -> bool {
         self.feed.publication.load(Ordering::Acquire) == self.publication
     }

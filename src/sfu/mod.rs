@@ -15,9 +15,14 @@
 //! - `allocator`: per viewer, the bandwidth estimate (transport-cc into rtc's GCC, else
 //!   receiver-report loss; REMB caps it) and the choice of layer for each video (hysteresis,
 //!   pause when nothing fits); pure, fed by the engine core.
+//! - `speaking`: who is speaking, from the RFC 6464 audio level of published sound
+//!   (hysteresis; pure, fed by the engine core per audio packet, no allocation).
 //! - `metrics`: counters and gauges (connections, feeds, datagrams dropped and why).
-//! - `peer` and `check`: the async `webrtc` connection the connectivity check still uses, and
-//!   `media_setup` for the test client and the load generator.
+//! - `check`: the connectivity check's door into the engine (`Sfu::check_answer`): a check
+//!   connection on the real media port, UDP and/or ICE-TCP (`CheckTransport`), serving the
+//!   page's data channel (`engine::check`).
+//! - `peer`: `media_setup` (codecs and interceptors of an async `webrtc` connection) for the
+//!   test client and the load generator.
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
 //! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
@@ -32,6 +37,7 @@ pub mod keyframe;
 pub mod metrics;
 mod peer;
 mod publisher;
+pub mod speaking;
 mod subscriber;
 
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use allocator::VideoQuality;
-pub use check::{CheckError, CheckLimiter, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
+pub use check::{CheckError, CheckTransport, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};
 pub use keyframe::KeyframeRequester;
@@ -165,6 +171,9 @@ pub enum PeerEvent {
     /// Subscribe connection: what the viewer gets of a video changed (its line, its own
     /// preference): tell it (`video_quality`).
     VideoQuality(ConnId, TrackId, VideoQuality),
+    /// Publish connection: its sender started (true) or stopped (false) speaking, from the
+    /// audio level of its forwarded sound (`speaking`).
+    Speaking(ConnId, bool),
 }
 
 pub(crate) struct SfuInner {

@@ -65,6 +65,15 @@ impl Chromium {
         Self::launch_with(&["--autoplay-policy=no-user-gesture-required".to_owned()]).await
     }
 
+    /// With `wav` as the fake microphone (Chromium loops it) and the default autoplay rule.
+    pub async fn launch_with_microphone(wav: &std::path::Path) -> Chromium {
+        Self::launch_with(&[
+            "--autoplay-policy=no-user-gesture-required".to_owned(),
+            format!("--use-file-for-fake-audio-capture={}", wav.display()),
+        ])
+        .await
+    }
+
     /// With other command-line switches instead of the default autoplay rule: e.g. the
     /// browser's own autoplay rule (`--autoplay-policy=document-user-activation-required`), a
     /// host name mapped to loopback (`--host-resolver-rules=MAP kurs.test 127.0.0.1`, which

@@ -44,6 +44,15 @@ impl Client {
                 self.joined()?.mic_muted = true;
                 self.outbox.push(ServerMessage::Muted);
             }
+            ClientEvent::Room(RoomEvent::Speaking {
+                member_id,
+                speaking,
+            }) => {
+                self.outbox.push(ServerMessage::Speaking {
+                    member_id,
+                    speaking,
+                });
+            }
             ClientEvent::Room(RoomEvent::HandLowered) => {
                 self.outbox.push(ServerMessage::Hand { raised: false })
             }
@@ -157,6 +166,14 @@ impl Client {
                     return Ok(Flow::Continue);
                 }
                 joined.room.publish(forwarder).await.map_err(internal)?;
+            }
+            PeerEvent::Speaking(conn, speaking) if publish_id == Some(conn) => {
+                let member = joined.member;
+                joined
+                    .room
+                    .speaking(member, speaking)
+                    .await
+                    .map_err(internal)?;
             }
             PeerEvent::ParkedMedia(conn) if publish_id == Some(conn) => {
                 let still_refused = self.republish().await?;

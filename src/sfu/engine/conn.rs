@@ -223,6 +223,12 @@ pub(crate) struct Conn {
     epoch: Instant,
     /// Whether simulcast offers are accepted (`media.simulcast`).
     simulcast: bool,
+    /// A connectivity check's connection (`/check`): its data channel, served here.
+    pub(super) check: Option<Box<super::check::CheckChannel>>,
+    /// Publish side: the audio-level extension's id, once negotiated, and whether the
+    /// publisher is speaking (`speaking.rs`).
+    audio_level: Option<u8>,
+    speech: crate::sfu::speaking::Speech,
 }
 
 /// What the engine keeps per viewer (subscribe connection) for its estimate and allocation.
@@ -254,9 +260,14 @@ pub(crate) enum Sent {
 
 /// The transport-wide-cc header extension's id in a description, if it has one.
 fn twcc_extension_id(sdp: &str) -> Option<u8> {
+    extension_id(sdp, rtc::sdp::extmap::TRANSPORT_CC_URI)
+}
+
+/// The id of the header extension `uri` in a description (one-byte ids only), if it has one.
+fn extension_id(sdp: &str, wanted: &str) -> Option<u8> {
     sdp.lines().find_map(|l| {
         let (id, uri) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
-        (uri.split_whitespace().next()? == rtc::sdp::extmap::TRANSPORT_CC_URI)
+        (uri.split_whitespace().next()? == wanted)
             .then(|| id.split('/').next()?.parse::<u8>().ok())?
             .filter(|id| (1..=14).contains(id))
     })
@@ -303,8 +314,20 @@ impl Conn {
             .map_err(SfuError::webrtc)?;
         let registry = match target {
             // Receiving: NACK generation, transport-cc feedback, reports (rtc's default set).
-            Target::Publish => register_default_interceptors(Registry::new(), &mut media_engine)
-                .map_err(SfuError::webrtc)?,
+            Target::Publish => {
+                // The audio level each browser packet carries (RFC 6464): who is speaking.
+                media_engine
+                    .register_header_extension(
+                        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                        },
+                        RtpCodecKind::Audio,
+                        None,
+                    )
+                    .map_err(SfuError::webrtc)?;
+                register_default_interceptors(Registry::new(), &mut media_engine)
+                    .map_err(SfuError::webrtc)?
+            }
             // Sending forwarded media: the engine answers NACKs from the track cache and
             // writes the sender reports itself, so no per-subscriber retransmission buffer
             // (≈ 128 KB each); receiver reports and the feedback types stay negotiated.
@@ -428,7 +451,58 @@ impl Conn {
             viewer: (target == Target::Subscribe).then(Box::default),
             epoch: now,
             simulcast: settings.simulcast,
+            check: None,
+            audio_level: None,
+            speech: Default::default(),
         })
+    }
+
+    /// A connectivity check's connection: no tracks, one data channel (`check.rs`), closed by
+    /// the engine at `expires`. Its candidates are the media port's, limited to UDP and/or
+    /// ICE-TCP as the page asks (`udp`, `tcp`), so each transport is tested on its own.
+    pub(crate) fn new_check(
+        now: Instant,
+        settings: &MediaSettings,
+        advertised: &[(SocketAddr, SocketAddr)],
+        udp: bool,
+        tcp: bool,
+        expires: Instant,
+    ) -> Result<Conn, SfuError> {
+        let mut only = settings.clone();
+        only.udp_candidates &= udp;
+        only.ice_tcp &= tcp;
+        // No member task listens: events go to a queue whose receiver is already gone (the
+        // engine closes the connection itself). Built as a receive-only connection without
+        // a publisher (`publish: None`), so a track sent on it would be ignored.
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let mut conn = Conn::new(
+            now,
+            &only,
+            advertised,
+            Target::Publish,
+            MemberId::new(),
+            ConnId::next(),
+            events,
+            None,
+        )?;
+        conn.check = Some(Box::new(super::check::CheckChannel::new(expires)));
+        Ok(conn)
+    }
+
+    /// A check connection whose time is up, whose page closed its channel, or that failed.
+    pub(crate) fn check_is_over(&self, now: Instant) -> bool {
+        self.check
+            .as_ref()
+            .is_some_and(|c| c.done || now >= c.expires || self.failed_reported)
+    }
+
+    /// A check connection: sends more of a running burst while SCTP has room.
+    pub(crate) fn check_pump(&mut self, now: Instant) {
+        if let Some(c) = self.check.as_mut() {
+            if c.bursting() {
+                c.pump(&mut self.pc, now);
+            }
+        }
     }
 
     /// Datagrams refused because their SSRC was neither declared nor among the few others.
@@ -652,6 +726,16 @@ impl Conn {
                 ) => {
                     self.end_feed(&track_id, metrics);
                 }
+                RTCPeerConnectionEvent::OnDataChannel(event) => {
+                    use rtc::peer_connection::event::RTCDataChannelEvent as Dc;
+                    if let Some(c) = self.check.as_mut() {
+                        match event {
+                            Dc::OnOpen(id) => c.opened(id),
+                            Dc::OnClose(id) => c.closed(id),
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -781,6 +865,7 @@ impl Conn {
     ) {
         use rtc::rtcp::sender_report::SenderReport;
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let now_ms = self.ms(now);
         while let Some(msg) = self.pc.poll_read() {
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
@@ -799,6 +884,22 @@ impl Conn {
                     };
                     match inc.feed.arrived(now) {
                         super::super::forwarder::Arrival::Forward => {
+                            // Who speaks: only forwarded sound counts (not a muted microphone).
+                            if let Some(id) = self.audio_level {
+                                let level = packet
+                                    .header
+                                    .extensions
+                                    .iter()
+                                    .find(|e| e.id == id)
+                                    .and_then(|e| e.payload.first());
+                                if let Some(b) = level {
+                                    let level = crate::sfu::speaking::Speech::level_of(*b);
+                                    if let Some(v) = self.speech.observe(now_ms, level) {
+                                        let _ =
+                                            self.events.try_send(PeerEvent::Speaking(self.id, v));
+                                    }
+                                }
+                            }
                             forwards.push((inc.feed.clone(), layer, packet));
                         }
                         super::super::forwarder::Arrival::Discard { report } => {
@@ -843,6 +944,11 @@ impl Conn {
                                 }
                             }
                         }
+                    }
+                }
+                RTCMessage::DataChannelMessage(id, msg) => {
+                    if let Some(c) = self.check.as_mut() {
+                        c.on_message(&mut self.pc, now, id, msg.data);
                     }
                 }
                 _ => {}
@@ -926,6 +1032,15 @@ impl Conn {
         match self.pc.rtp_sender(sender) {
             Some(mut s) => s.write_rtp(now, p).is_ok(),
             None => false,
+        }
+    }
+
+    /// Publish side: ends "speaking" after a silence in which the browser sent nothing (DTX).
+    pub(crate) fn speech_tick(&mut self, now: Instant) {
+        if self.speech.is_speaking() {
+            if let Some(v) = self.speech.tick(self.ms(now)) {
+                let _ = self.events.try_send(PeerEvent::Speaking(self.id, v));
+            }
         }
     }
 
@@ -1021,6 +1136,9 @@ impl Conn {
             ));
         }
         self.ssrcs.declare_from_sdp(&sdp);
+        if self.target == Target::Publish {
+            self.audio_level = extension_id(&sdp, rtc::sdp::extmap::AUDIO_LEVEL_URI);
+        }
         let sdp = without_simulcast_rtx(sdp);
         self.negotiate_twcc(now, &sdp);
         let offer =

@@ -243,6 +243,8 @@ pub(crate) struct Core {
     last_turn: Instant,
     /// The shell's last socket read stopped at its budget with datagrams left.
     reads_pending: bool,
+    /// Connectivity-check connections open now (at most `MAX_CHECKS`).
+    checks: usize,
     epoch: Instant,
 }
 
@@ -277,6 +279,7 @@ impl Core {
             scratch: Scratch::default(),
             last_turn: now,
             reads_pending: false,
+            checks: 0,
             epoch: now,
         }
     }
@@ -551,6 +554,13 @@ impl Core {
         let became_publisher = conn.poll_events(now, &self.metrics);
         conn.refresh_keys();
         conn.poll_reads(now, &self.metrics, &mut forwards, &mut feedback);
+        if conn.check.is_some() {
+            // A check's echo and burst: what its data channel produced goes out now.
+            conn.check_pump(now);
+            while let Some(out) = conn.poll_write() {
+                self.out.push(out);
+            }
+        }
         let deadline = conn.next_deadline();
         if became_publisher && !self.publishers.contains(&key) {
             self.publishers.push(key);
@@ -1000,6 +1010,7 @@ impl Core {
             .store(self.caches.len() as i64, Ordering::Relaxed);
         let judged = !(self.reads_pending || stalled);
         self.events.push_back(Event::Liveness { judged });
+        self.expire_checks(now);
         if !judged {
             return;
         }
@@ -1048,6 +1059,7 @@ impl Core {
                 self.publishers.swap_remove(i);
                 continue;
             };
+            conn.speech_tick(now);
             let sent = conn.send_keyframe_requests(now, interval);
             if sent > 0 {
                 self.metrics
@@ -1079,26 +1091,21 @@ impl Core {
                     events,
                     publish,
                 )
-                .map(|conn| {
-                    let slot = match self.free.pop() {
-                        Some(s) => s,
-                        None => {
-                            self.conns.push(Slot { gen: 0, conn: None });
-                            (self.conns.len() - 1) as u32
-                        }
-                    };
-                    let entry = &mut self.conns[slot as usize];
-                    entry.gen = entry.gen.wrapping_add(1);
-                    let key = ConnKey {
-                        slot,
-                        gen: entry.gen,
-                    };
-                    self.demux.add_ufrag(conn.ufrag().to_owned(), key);
-                    entry.conn = Some(conn);
-                    self.metrics.peer_connections.fetch_add(1, Ordering::SeqCst);
-                    key
-                });
+                .map(|conn| self.insert(conn));
                 let _ = reply.send(result);
+            }
+            Command::Check {
+                sdp,
+                udp,
+                tcp,
+                reply,
+            } => {
+                let r = self.open_check(now, sdp, udp, tcp);
+                let key = r.as_ref().ok().map(|(k, _)| *k);
+                let _ = reply.send(r.map(|(_, answer)| answer));
+                if let Some(key) = key {
+                    self.service(key, now);
+                }
             }
             Command::Offer { conn, sdp, reply } => {
                 let r = match self.conn_mut(conn) {
@@ -1184,6 +1191,80 @@ impl Core {
         }
     }
 
+    /// Puts a new connection in a free slot and makes its ufrag known to the demultiplexer.
+    fn insert(&mut self, conn: Conn) -> ConnKey {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(Slot { gen: 0, conn: None });
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let entry = &mut self.conns[slot as usize];
+        entry.gen = entry.gen.wrapping_add(1);
+        let key = ConnKey {
+            slot,
+            gen: entry.gen,
+        };
+        self.demux.add_ufrag(conn.ufrag().to_owned(), key);
+        if conn.check.is_some() {
+            self.checks += 1;
+        }
+        entry.conn = Some(conn);
+        self.metrics.peer_connections.fetch_add(1, Ordering::SeqCst);
+        key
+    }
+
+    /// A connectivity check (`/check`): a connection on the media port that answers the
+    /// page's offer (candidates in the answer, no trickle) and serves its data channel
+    /// (`check.rs`). At most `MAX_CHECKS` at once; each closed after `CHECK_LIFETIME`.
+    fn open_check(
+        &mut self,
+        now: Instant,
+        sdp: String,
+        udp: bool,
+        tcp: bool,
+    ) -> Result<(ConnKey, String), SfuError> {
+        if self.checks >= crate::sfu::MAX_CHECKS {
+            return Err(SfuError::Busy);
+        }
+        let expires = now + crate::sfu::CHECK_LIFETIME;
+        let conn = Conn::new_check(now, &self.settings, &self.advertised, udp, tcp, expires)?;
+        let key = self.insert(conn);
+        let answer = match self.conn_mut(key) {
+            Some(c) => c.apply_offer(now, sdp),
+            None => Err(SfuError::Closed),
+        };
+        match answer {
+            Ok(answer) => Ok((key, answer)),
+            Err(e) => {
+                self.close(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes check connections that are over (time up, channel closed, failed). Runs with
+    /// every liveness pass, whether or not silence is judged: the lifetime is a hard limit.
+    fn expire_checks(&mut self, now: Instant) {
+        if self.checks == 0 {
+            return;
+        }
+        let over: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.as_ref().is_some_and(|c| c.check_is_over(now)))
+            .map(|(i, s)| ConnKey {
+                slot: i as u32,
+                gen: s.gen,
+            })
+            .collect();
+        for key in over {
+            self.close(key);
+        }
+    }
+
     fn close(&mut self, key: ConnKey) {
         let Some(slot) = self.conns.get_mut(key.slot as usize) else {
             return;
@@ -1194,6 +1275,9 @@ impl Core {
         let Some(mut conn) = slot.conn.take() else {
             return;
         };
+        if conn.check.is_some() {
+            self.checks -= 1;
+        }
         conn.close(&self.metrics);
         // Whatever closing produced (DTLS close_notify) still goes out.
         while let Some(out) = conn.poll_write() {

@@ -23,6 +23,7 @@
 //! connections on one engine, so forwarding never crosses threads (docs/ARCHITECTURE.md).
 
 mod cache;
+pub(crate) mod check;
 mod conn;
 mod core;
 pub(crate) mod mux;
@@ -113,6 +114,14 @@ pub(crate) enum Command {
     VideoPreference {
         conn: ConnKey,
         preference: crate::sfu::allocator::Preference,
+    },
+    /// A connectivity check (`/check`): the page's offer (a data channel), answered by a new
+    /// check connection with the media port's UDP and/or ICE-TCP candidates.
+    Check {
+        sdp: String,
+        udp: bool,
+        tcp: bool,
+        reply: oneshot::Sender<Result<String, SfuError>>,
     },
     Close {
         conn: ConnKey,

@@ -754,6 +754,15 @@ impl Peer {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let mut me = MediaEngine::default();
         me.register_default_codecs().map_err(|x| e(&x))?;
+        // A browser's microphone sends its level in every packet (RFC 6464).
+        me.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(|x| e(&x))?;
         // The engine's own last interceptor: it hands PLIs, NACKs and sender reports to the
         // application, so a test can see what the server sent.
         let registry = register_default_interceptors(Registry::new(), &mut me)
@@ -875,6 +884,20 @@ pub struct Sim {
     failed: Vec<(Target, Duration)>,
     /// When a datagram from the publisher's and the subscriber's client last reached the core.
     last_heard: [Duration; 2],
+    /// The publish connection (`reoffer`).
+    pub_key: ConnKey,
+    /// The video's feed while parked (`park`, `republish`).
+    parked: Option<Arc<Feed>>,
+    /// Whether `send_layer` writes the mid and rid header extensions (Chromium stops once the
+    /// receiver acknowledged the SSRC; `stop_rid_extensions`).
+    rid_extensions: bool,
+    /// The simulcast layers the publisher sends while its track is announced (bit per layer).
+    setup_layers: u8,
+    /// The audio-level extension's id in the publisher's offer, and the level `send_audio`
+    /// puts in each packet (`set_audio_level`; 127 = silence).
+    audio_level: Option<(u8, u8)>,
+    /// `speaking` changes the publisher's member task was told: (time since start, speaking).
+    speaking: Vec<(Duration, bool)>,
 }
 
 /// The publisher's Opus track and the subscriber's down-track of it.
@@ -927,7 +950,13 @@ impl Sim {
     /// rid header extensions (`send_layer`). The publisher also sends Opus (`send_audio`),
     /// which the subscriber receives too (`audio_received`).
     pub fn simulcast() -> Result<Sim, String> {
-        Self::build_with(0, settings(false), true)
+        Self::build_with_layers(0, settings(false), true, 0b111)
+    }
+
+    /// As `simulcast` (three layers offered by rid), but the publisher sends only the lowest
+    /// one, 'q', as Chromium does with a small camera.
+    pub fn simulcast_lowest_only() -> Result<Sim, String> {
+        Self::build_with_layers(0, settings(false), true, 0b001)
     }
 
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
@@ -948,6 +977,15 @@ impl Sim {
     }
 
     fn build_with(first_seq: u16, settings: MediaSettings, simulcast: bool) -> Result<Sim, String> {
+        Self::build_with_layers(first_seq, settings, simulcast, 0b111)
+    }
+
+    fn build_with_layers(
+        first_seq: u16,
+        settings: MediaSettings,
+        simulcast: bool,
+        setup_layers: u8,
+    ) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
@@ -1006,6 +1044,11 @@ impl Sim {
             .pc
             .set_local_description(now, offer.clone())
             .map_err(|x| e(&x))?;
+        let audio_level = offer.sdp.lines().find_map(|l| {
+            let (id, u) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+            (u.trim() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                .then(|| id.split('/').next()?.parse::<u8>().ok())?
+        });
         let simulcast = if simulcast {
             let ext = |uri: &str| {
                 offer.sdp.lines().find_map(|l| {
@@ -1082,6 +1125,12 @@ impl Sim {
             simulcast,
             failed: Vec::new(),
             last_heard: [Duration::ZERO; 2],
+            pub_key,
+            parked: None,
+            rid_extensions: true,
+            setup_layers,
+            audio_level: audio_level.map(|id| (id, 127)),
+            speaking: Vec::new(),
         };
         // Connect the publisher; its track is announced once media flows, so send a
         // keyframe's first packet until the member task is told.
@@ -1103,7 +1152,9 @@ impl Sim {
         let forwarder = loop {
             if sim.simulcast.is_some() {
                 for layer in 0..SIMULCAST_LAYERS.len() as u8 {
-                    sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                    if sim.setup_layers & (1 << layer) != 0 {
+                        sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                    }
                 }
                 sim.send_audio();
             } else {
@@ -1289,6 +1340,12 @@ impl Sim {
             },
             payload: bytes::Bytes::from(vec![0xfcu8; 80]),
         };
+        let mut packet = packet;
+        if let Some((id, level)) = self.audio_level {
+            let _ = packet
+                .header
+                .set_extension(id, bytes::Bytes::copy_from_slice(&[level]));
+        }
         a.seq = a.seq.wrapping_add(1);
         a.timestamp = a.timestamp.wrapping_add(960);
         let sender = a.sender;
@@ -1296,6 +1353,24 @@ impl Sim {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
+    }
+
+    /// The level (RFC 6464, -dBov: 0 loudest, 127 silence) in the publisher's next audio
+    /// packets.
+    pub fn set_audio_level(&mut self, level: u8) {
+        if let Some((_, l)) = self.audio_level.as_mut() {
+            *l = level;
+        }
+    }
+
+    /// Simulated time since the start.
+    pub fn now_since_start(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// `speaking` changes the publisher's member task was told: (time since start, speaking).
+    pub fn speaking(&self) -> &[(Duration, bool)] {
+        &self.speaking
     }
 
     /// When the subscriber's client read an audio packet, since the start.
@@ -1445,8 +1520,10 @@ impl Sim {
             ssrc,
             ..Default::default()
         };
-        let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
-        let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        if self.rid_extensions {
+            let _ = header.set_extension(mid_id, bytes::Bytes::from(mid.into_bytes()));
+            let _ = header.set_extension(rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+        }
         let packet = rtp::Packet {
             header,
             payload: bytes::Bytes::from(payload),
@@ -1455,6 +1532,70 @@ impl Sim {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
+    }
+
+    /// From now on `send_layer` leaves out the mid and rid header extensions: Chromium sends
+    /// them only until the receiver's RTCP acknowledged the layer's SSRC.
+    pub fn stop_rid_extensions(&mut self) {
+        self.rid_extensions = false;
+    }
+
+    /// The floor is taken back: the room drops the video's publication, so the feed parks
+    /// (the core keeps reading and discarding its media).
+    pub fn park(&mut self) {
+        let parked = std::mem::replace(&mut self.forwarder, Self::placeholder_forwarder(self.now));
+        self.parked = Some(parked.feed().clone());
+    }
+
+    /// The floor is given again: the parked feed is published anew (a new track id, as the
+    /// member task's `republish` does) and the subscriber gets a new down-track of it. The
+    /// down-track reuses the subscriber's sender and SSRC (the real server negotiates a new
+    /// sender; what the engine forwards does not depend on that).
+    pub fn republish(&mut self) -> Result<(), String> {
+        let feed = self.parked.take().ok_or("nothing parked")?;
+        let forwarder = feed
+            .publish(crate::protocol::Source::Camera)
+            .ok_or("the parked feed did not publish again")?;
+        let old = self.down.clone();
+        self.down = down_track(
+            old.conn,
+            old.sender,
+            old.ssrc,
+            old.payload_type,
+            old.codec,
+            forwarder.info().keyframes.clone(),
+            true,
+        );
+        self.forwarder = forwarder;
+        self.forwarder.add_subscriber(self.down.clone());
+        Ok(())
+    }
+
+    /// The publisher's client offers again on the same connection (same tracks, same
+    /// transceivers), as the page does when it is given the floor again.
+    pub fn reoffer(&mut self) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let now = self.now;
+        let offer = self.publisher.pc.create_offer(None).map_err(|x| e(&x))?;
+        self.publisher
+            .pc
+            .set_local_description(now, offer.clone())
+            .map_err(|x| e(&x))?;
+        let key = self.pub_key;
+        let answer = call(&mut self.core, now, |reply| Command::Offer {
+            conn: key,
+            sdp: offer.sdp,
+            reply,
+        })
+        .map_err(|x| e(&x))?;
+        self.publisher
+            .pc
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer).map_err(|x| e(&x))?,
+            )
+            .map_err(|x| e(&x))?;
+        Ok(())
     }
 
     /// The layer the subscriber is forwarded now (None: none).
@@ -1676,6 +1817,7 @@ impl Sim {
                 match ev {
                     PeerEvent::Failed(..) => self.failed.push((target, since)),
                     PeerEvent::VideoQuality(_, track, q) => self.qualities.push((since, track, q)),
+                    PeerEvent::Speaking(_, v) => self.speaking.push((since, v)),
                     _ => {}
                 }
             }

@@ -862,10 +862,27 @@ impl RTCPeerConnection {
                     // The reason is to provide stream_id and track_id information for later usage
                     // when received the first RTP packet. So, it is placeholder here.
                     let mut codings = vec![];
+                    // kursrelay: a renegotiation of the same track keeps the SSRC each of its rids
+                    // was already bound to. A sender writes mid/rid only until the receiver
+                    // acknowledged the SSRC (libwebrtc), so a layer left unbound here could never
+                    // be bound again and all its packets would be dropped. The stream is bound
+                    // again at its next packet through the declared-SSRC path, as a track with
+                    // SSRCs in the SDP is.
+                    let bound: Vec<(String, u32)> =
+                        if receiver.track().track_id() == &incoming_track.track_id {
+                            receiver
+                                .get_coding_parameters()
+                                .iter()
+                                .filter_map(|c| Some((c.rid.clone(), c.ssrc?)))
+                                .collect()
+                        } else {
+                            vec![]
+                        };
                     for rid in incoming_track.rids {
+                        let ssrc = bound.iter().find(|(r, _)| *r == rid).map(|(_, s)| *s);
                         let rtp_coding_parameters = RTCRtpCodingParameters {
                             rid,
-                            ssrc: None, // Defer receiver's track's ssrc until received the first RTP packet with mid/rid header extension in endpoint handler
+                            ssrc, // Otherwise deferred until the first RTP packet with mid/rid header extension in endpoint handler
                             rtx: None,
                             fec: None,
                         };
