@@ -617,7 +617,10 @@ mod tests {
         // A line that never grows is announced once the lower layer has lasted.
         let t2 = TrackId::new();
         let mut b = Allocator::default();
-        assert_eq!(run(&mut b, 0, 1_020_000.0, t2).tell, Some(VideoQuality::Full));
+        assert_eq!(
+            run(&mut b, 0, 1_020_000.0, t2).tell,
+            Some(VideoQuality::Full)
+        );
         assert_eq!(run(&mut b, 29_500, 1_020_000.0, t2).tell, None);
         assert_eq!(
             run(&mut b, 30_000, 1_020_000.0, t2).tell,
