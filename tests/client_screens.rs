@@ -21,6 +21,8 @@
 //! Screenshots go to target/screenshots/ (not committed).
 
 mod common;
+#[path = "common/voice.rs"]
+mod voice;
 
 use std::time::Duration;
 
@@ -1531,6 +1533,251 @@ async fn the_floor_in_the_hall() {
     }
     // The floor taken back: the lecturer's camera is back, the row gone.
     take_the_floor_back(&mut b, &leader, &kari_id, &site, "!document.querySelector('#media figure[data-pos=floor]') && !document.getElementById('media').classList.contains('floor-row') && document.querySelectorAll('#media figure[data-track-id]:not([data-pos=extra])').length === 4").await;
+    drop(b);
+    server.shutdown().await;
+}
+
+/// The floor-holder's picture in the row under the slides, as `pictures` gives it.
+fn pick_pos(all: &Value, pos: &str) -> Value {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pos"] == pos)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {pos} picture in {all:#}"))
+}
+
+/// A row of a list (`#present`: the leader's; `#members`: everyone's "who is here") for
+/// `member`: whether its speaking mark shows, its word, and the row's height.
+async fn speaking_row(b: &mut Chromium, page: &Page, list: &str, member: &str) -> Value {
+    b.eval(
+        page,
+        &format!(
+            "(() => {{ const li = document.querySelector('#{list} li[data-member-id=\"{member}\"]'); if (!li) return null; \
+             const m = li.querySelector('.row-speaking'); \
+             return {{ speaking: li.dataset.speaking === 'true', shown: Boolean(m) && getComputedStyle(m).visibility === 'visible', \
+                       word: m ? m.textContent : '', h: li.getBoundingClientRect().height }}; }})()"
+        ),
+    )
+    .await
+}
+
+/// Issue 20 item 5, issue 21 item 4: people at home and in the hall speak into a microphone
+/// (a fake one: 2 s of voice, 8 s of quiet, looped). The hall screen outlines the speaking
+/// floor-holder's picture, marks it "snakker" and makes it larger, covering neither the slides
+/// nor the interpreter, and makes it small again a little after the voice stops; the leader's
+/// list and a participant's "who is here" mark the row without moving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_speaks_in_the_hall_and_in_the_lists() {
+    let server = TestServer::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = voice::voice_then_silence_wav(dir.path(), 2.0, 8.0);
+    let mut b = Chromium::launch_with_microphone(&wav).await;
+    let ([(leader, _), (tolk, _), _, (kari, kari_id)], site) =
+        hall_course(&server, &mut b, "hallspeak", "Kari Nordmann").await;
+    b.viewport(&leader, 1366, 768, false).await;
+    b.eval(&leader, "kursrelay.screenShare().then(() => true)")
+        .await;
+    b.wait_for(
+        &site,
+        "[...document.querySelectorAll('#media figure[data-track-id] video')].filter(v => v.videoWidth > 0).length >= 4",
+        30,
+    )
+    .await;
+    let floor = give_the_floor(&mut b, &leader, &kari, &kari_id, &site).await;
+    assert_eq!(floor, "floor");
+    let fig = format!(
+        "document.querySelector('#media figure[data-pos=floor][data-member-id=\"{kari_id}\"]')"
+    );
+    let quiet = format!("(() => {{ const f = {fig}; return f && !f.dataset.speaking && !document.getElementById('media').classList.contains('floor-speaking'); }})()");
+    let speaking = format!("(() => {{ const f = {fig}; return f && f.dataset.speaking === 'true' && kursrelay.speaking().includes('{kari_id}'); }})()");
+    // The hall's tab in front, so it paints (and its transitions run) as a screen would.
+    b.call(Some(site.session()), "Page.bringToFront", json!({}))
+        .await;
+    b.wait_for(&site, &quiet, 20).await;
+    settle().await;
+    let before = pictures(&mut b, &site).await;
+    let row_before = speaking_row(&mut b, &leader, "present", &kari_id).await;
+    assert_eq!(row_before["shown"], false, "{row_before}");
+    let (floor0, slides0, interp0) = (
+        pick_pos(&before, "floor"),
+        pick_pos(&before, "main"),
+        pick_pos(&before, "interp"),
+    );
+
+    // Kari speaks: outlined, marked, larger.
+    b.wait_for(&site, &speaking, 20).await;
+    let grown = format!(
+        "(() => {{ const v = {fig}.querySelector('video'); const r = v.getBoundingClientRect(); \
+         const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight); return v.videoWidth * s > {} ; }})()",
+        f(&floor0, "w") * 1.1
+    );
+    assert!(
+        b.try_wait_for(&site, &grown, 3).await,
+        "the speaking floor-holder did not grow from {floor0}"
+    );
+    // The growth has finished (0.6 s), then the hall as it is while Kari speaks.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = pictures(&mut b, &site).await;
+    let mark = b
+        .eval(
+            &site,
+            &format!("(() => {{ const f = {fig}; const m = f.querySelector('.tile-speaking'); const r = m.getBoundingClientRect(); \
+              return {{ hidden: m.hidden, text: m.textContent, px: parseFloat(getComputedStyle(m).fontSize), outline: parseFloat(getComputedStyle(f).outlineWidth), \
+                        inside: r.width > 0 && r.top >= 0 && r.right <= innerWidth }}; }})()"),
+        )
+        .await;
+    b.screenshot(&site, "speaking-hall-1920x1080").await;
+    // The leader speaks too (every page has the same microphone), but the slides are not
+    // marked: only a person's camera is.
+    let screen_marked = b
+        .eval(
+            &site,
+            "[...document.querySelectorAll('#media figure[data-source=screen]')].some(f => f.dataset.speaking || !f.querySelector('.tile-speaking').hidden)",
+        )
+        .await;
+    assert_eq!(
+        screen_marked, false,
+        "a shared screen is marked as speaking"
+    );
+    assert_eq!(mark["hidden"], false, "{mark}");
+    assert_eq!(mark["text"], "snakker", "{mark}");
+    assert_eq!(mark["inside"], true, "{mark}");
+    assert!(
+        f(&mark, "px") >= 28.0 && f(&mark, "outline") >= 8.0,
+        "{mark}"
+    );
+    let (floor1, slides1, interp1) = (
+        pick_pos(&during, "floor"),
+        pick_pos(&during, "main"),
+        pick_pos(&during, "interp"),
+    );
+    eprintln!("floor-holder {floor0} → {floor1}; slides {slides0} → {slides1}; interpreter {interp0} → {interp1}");
+    assert!(
+        f(&floor1, "w") >= 1.15 * f(&floor0, "w") && f(&floor1, "h") >= 1.15 * f(&floor0, "h"),
+        "the speaking floor-holder went from {floor0} to {floor1}"
+    );
+    // Every picture whole on screen, uncovered, none over another; the interpreter as before,
+    // the slides a little smaller (never below 3/4 of their width).
+    let shown: Vec<&Value> = during
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["shown"] == true)
+        .collect();
+    for p in &shown {
+        assert_eq!(p["covered"], json!([]), "{p} is covered");
+        assert!(
+            f(p, "x") >= 0.0
+                && f(p, "y") >= 0.0
+                && f(p, "x") + f(p, "w") <= 1921.0
+                && f(p, "y") + f(p, "h") <= 1081.0,
+            "{p} is off screen"
+        );
+        for q in &shown {
+            if p["pos"] == q["pos"] {
+                continue;
+            }
+            let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
+                || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
+                || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
+                || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
+            assert!(apart, "{p} and {q} overlap");
+        }
+    }
+    assert_eq!(floor1["cut"], false, "{floor1}");
+    assert!(
+        (f(&interp1, "w") - f(&interp0, "w")).abs() <= 2.0,
+        "the interpreter went from {interp0} to {interp1}"
+    );
+    assert!(
+        f(&slides1, "w") >= 0.75 * f(&slides0, "w"),
+        "the slides went from {slides0} to {slides1}"
+    );
+    no_violations(
+        &mut b,
+        &site,
+        "the hall screen while the floor-holder speaks",
+    )
+    .await;
+
+    // The leader's list and a participant's "who is here" (the interpreter's page): the row
+    // is marked, in words, and keeps its height.
+    b.wait_for(
+        &leader,
+        &format!(
+            "document.querySelector('#present li[data-member-id=\"{kari_id}\"][data-speaking]')"
+        ),
+        10,
+    )
+    .await;
+    let row = speaking_row(&mut b, &leader, "present", &kari_id).await;
+    assert_eq!(row["shown"], true, "{row}");
+    assert_eq!(row["word"], "snakker", "{row}");
+    assert_eq!(
+        row["h"], row_before["h"],
+        "the row moved: {row_before} → {row}"
+    );
+    b.eval(
+        &leader,
+        &format!("document.querySelector('#present li[data-member-id=\"{kari_id}\"]').scrollIntoView({{block: 'center'}}); true"),
+    )
+    .await;
+    b.screenshot(&leader, "speaking-leader-1366x768").await;
+    no_violations(&mut b, &leader, "the leader's console while Kari speaks").await;
+    b.wait_for(
+        &tolk,
+        &format!(
+            "document.querySelector('#members li[data-member-id=\"{kari_id}\"][data-speaking]')"
+        ),
+        10,
+    )
+    .await;
+    let row = speaking_row(&mut b, &tolk, "members", &kari_id).await;
+    assert_eq!(row["shown"], true, "{row}");
+    b.call(Some(site.session()), "Page.bringToFront", json!({}))
+        .await;
+
+    // Kari stops: the mark goes (the server's 800 ms), the picture stays large a little
+    // longer (2 s), then is as before.
+    b.wait_for(
+        &site,
+        &format!("(() => {{ const f = {fig}; return f && !f.dataset.speaking; }})()"),
+        10,
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            &site,
+            "document.getElementById('media').classList.contains('floor-speaking')"
+        )
+        .await,
+        true,
+        "the picture shrank at once, without the hold"
+    );
+    b.wait_for(&site, &quiet, 6).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = pictures(&mut b, &site).await;
+    let floor2 = pick_pos(&after, "floor");
+    assert!(
+        (f(&floor2, "w") - f(&floor0, "w")).abs() <= 2.0,
+        "the floor-holder went from {floor0} to {floor2}, not back"
+    );
+    assert!((f(&pick_pos(&after, "main"), "w") - f(&slides0, "w")).abs() <= 2.0);
+    b.wait_for(
+        &leader,
+        &format!(
+            "!document.querySelector('#present li[data-member-id=\"{kari_id}\"][data-speaking]')"
+        ),
+        5,
+    )
+    .await;
+    let row = speaking_row(&mut b, &leader, "present", &kari_id).await;
+    assert_eq!(row["shown"], false, "{row}");
+    assert_eq!(
+        row["h"], row_before["h"],
+        "the row moved: {row_before} → {row}"
+    );
     drop(b);
     server.shutdown().await;
 }

@@ -84,6 +84,7 @@ export class KursrelayClient {
     this.onClose = () => {};
     this.onPublishClosed = () => {}; // (reason) the server ended the publish connection
     this.onVideoQuality = () => {}; // (track_id, state) what the server forwards of a video now
+    this.onSpeaking = () => {}; // (member_id, speaking) someone whose sound is forwarded started/stopped
     this.onSent = () => {}; // every message sent, after it went out (for the automated tests)
 
     // From `joined`: publish cameras in three simulcast layers (the server picks one per viewer).
@@ -92,6 +93,10 @@ export class KursrelayClient {
     this.unsupported = new Set();
     // track_id -> 'full' | 'reduced' | 'paused', as the server last said (video_quality).
     this.quality = new Map();
+    // member_ids speaking now, as the server last said (`speaking`). Someone whose sound is no
+    // longer sent to us (left, muted, floor taken back) is taken out here, as the server may
+    // not say `false` then.
+    this.speaking = new Set();
 
     this._ws = null;
     this._welcomed = false;
@@ -445,6 +450,10 @@ export class KursrelayClient {
         else this.quality.set(msg.track_id, msg.state);
         this.onVideoQuality(msg.track_id, msg.state);
         break;
+      case 'speaking':
+        if (typeof msg.member_id !== 'string' || !msg.member_id || typeof msg.speaking !== 'boolean') break;
+        this._setSpeaking(msg.member_id, msg.speaking);
+        break;
       case 'bye':
         this._byeReason = msg.reason || 'left';
         break;
@@ -489,6 +498,19 @@ export class KursrelayClient {
     }
     this._remote.clear();
     this.quality.clear();
+    for (const id of [...this.speaking]) this._setSpeaking(id, false);
+  }
+
+  /** Keeps `speaking` and tells onSpeaking of a change (only of a change). */
+  _setSpeaking(memberId, on) {
+    if (this.speaking.has(memberId) === on) return;
+    if (on) this.speaking.add(memberId);
+    else this.speaking.delete(memberId);
+    try {
+      this.onSpeaking(memberId, on);
+    } catch (err) {
+      console.error(err);
+    }
   }
 
   // ---- peer connections and ICE ----
@@ -626,11 +648,14 @@ export class KursrelayClient {
   /** Report tracks missing from the offer as gone, and new ones via onTrack (each track_id once). */
   _syncRemoteTracks(pc, sdp, tracks) {
     const listed = new Map(tracks.map((t) => [t.track_id, t]));
-    for (const trackId of [...this._remote.keys()]) {
+    for (const [trackId, { info }] of [...this._remote]) {
       if (!listed.has(trackId)) {
         this._remote.delete(trackId);
         this.quality.delete(trackId);
         this.onTrackGone(trackId);
+        // Their sound is no longer sent to us: they are not heard speaking here any more.
+        const sound = [...this._remote.values()].some((r) => r.info.kind === 'audio' && r.info.member_id === info.member_id);
+        if (info.kind === 'audio' && !sound) this._setSpeaking(info.member_id, false);
       }
     }
     const msids = msidByMid(sdp);

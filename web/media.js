@@ -79,7 +79,7 @@ function addTile(track, info, local) {
   const note = document.createElement('p');
   note.className = 'quality-note';
   note.hidden = true;
-  fig.append(video, document.createElement('figcaption'), note);
+  fig.append(video, document.createElement('figcaption'), note, speakingMark('tile-speaking'));
   if (sizes) sizes.observe(video);
   const quality = !local && state.client && state.client.quality.get(info.track_id);
   if (quality) fig.dataset.quality = quality;
@@ -188,11 +188,13 @@ export function layout() {
   for (const f of figs) {
     if (f === featured) f.dataset.floor = 'true';
     else delete f.dataset.floor;
+    markSpeaking(f);
   }
   if (main) place(main, el.mainSlot, 'main');
   if (inset) place(inset, el.mainSlot, 'inset');
   if (floorRow) place(featured, el.mainSlot, 'floor');
   el.media.classList.toggle('floor-row', floorRow);
+  growFloor(floorRow ? featured.dataset.memberId : null);
   if (interp[0]) place(interp[0], el.interpSlot, 'interp');
   // One more camera (e.g. the user representative's) inset on the left; more are not shown.
   let others = 0;
@@ -260,6 +262,109 @@ export function setQuality(trackId, quality) {
     if (quality === 'paused' || quality === 'reduced') fig.dataset.quality = quality;
     else delete fig.dataset.quality;
   }
+  layout();
+}
+
+// ---- who is speaking (the server's `speaking`) ----
+
+// After the server's "stopped" (itself 800 ms after the last word), a speaking floor-holder's
+// picture stays large this much longer, so a pause for breath does not make the hall screen
+// pump.
+const FLOOR_HOLD_MS = 2000;
+let floorGrown = null; // the member whose floor picture is large now
+let floorShrink = null; // the timer that makes it small again
+
+/**
+ * A speaker mark: a loudspeaker drawn in SVG (no emoji font needed) and the word, for tiles
+ * (`tile-speaking`) and lists (`row-speaking`). The word is the text; the drawing is hidden from
+ * screen readers.
+ */
+export function speakingMark(cls) {
+  const mark = document.createElement('span');
+  mark.className = `speaking-mark ${cls}`;
+  mark.hidden = cls === 'tile-speaking';
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  const body = document.createElementNS(ns, 'path');
+  body.setAttribute('d', 'M3 9h4l5-4v14l-5-4H3z');
+  body.setAttribute('fill', 'currentColor');
+  const waves = document.createElementNS(ns, 'path');
+  waves.setAttribute('d', 'M15.5 8.5a5 5 0 0 1 0 7M18.5 5.5a9 9 0 0 1 0 13');
+  waves.setAttribute('fill', 'none');
+  waves.setAttribute('stroke', 'currentColor');
+  waves.setAttribute('stroke-width', '2.2');
+  waves.setAttribute('stroke-linecap', 'round');
+  svg.append(body, waves);
+  const word = document.createElement('span');
+  word.className = 'speaking-word';
+  word.textContent = t('speaking.mark');
+  mark.append(svg, word);
+  return mark;
+}
+
+/**
+ * Roles whose sound is sent without being given the floor; everyone else speaks only with it.
+ * Their rows in lists keep room for the speaking mark, so it comes and goes without moving
+ * the list (it changes only with the floor, which changes the row anyway).
+ */
+const SPEAKS = new Set(['leader', 'representative', 'encoder']);
+
+export function maySpeak(m) {
+  return Boolean(m && (m.floor || SPEAKS.has(m.role) || isSpeaking(m.member_id)));
+}
+
+/** Whether the server says this member is speaking now (as far as this page hears them). */
+export function isSpeaking(memberId) {
+  return Boolean(memberId && state.client && state.client.speaking.has(memberId));
+}
+
+/**
+ * A tile's outline and mark follow its member's speaking (the page's own camera too). A shared
+ * screen is never marked: the slides do not speak, the person's camera does.
+ */
+function markSpeaking(fig) {
+  const on = fig.dataset.source !== 'screen' && isSpeaking(fig.dataset.memberId);
+  if (on) fig.dataset.speaking = 'true';
+  else delete fig.dataset.speaking;
+  const mark = fig.querySelector('.tile-speaking');
+  if (mark) {
+    mark.hidden = !on;
+    const word = mark.querySelector('.speaking-word');
+    if (word.textContent !== t('speaking.mark')) word.textContent = t('speaking.mark');
+  }
+}
+
+/**
+ * On the hall screen, the picture of someone with the floor (in the row under the slides)
+ * grows while they speak and goes back FLOOR_HOLD_MS after they stop; the slides give up a
+ * little height for it, the interpreter nothing. `memberId`: the floor-holder in the row now.
+ */
+function growFloor(memberId) {
+  const speaking = Boolean(memberId) && isSpeaking(memberId);
+  if (speaking) {
+    clearTimeout(floorShrink);
+    floorShrink = null;
+    floorGrown = memberId;
+  } else if (floorGrown && (floorGrown !== memberId || !memberId)) {
+    // Someone else has the floor now, or nobody: no hold.
+    clearTimeout(floorShrink);
+    floorShrink = null;
+    floorGrown = null;
+  } else if (floorGrown && !floorShrink) {
+    floorShrink = setTimeout(() => {
+      floorShrink = null;
+      floorGrown = null;
+      el.media.classList.remove('floor-speaking');
+    }, FLOOR_HOLD_MS);
+  }
+  el.media.classList.toggle('floor-speaking', Boolean(floorGrown));
+}
+
+/** The server says `memberId` started or stopped speaking: outlines, marks and the floor row. */
+export function setSpeaking() {
   layout();
 }
 

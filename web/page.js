@@ -16,6 +16,7 @@ import {
 import {
   addRemoteTrack, removeTrack, clearMedia, layout, addLocalTrack, removeLocalTrack,
   toggleFullscreen, onSoundBlocked, unblockSound, isSoundBlocked, wireInterpSettings, setQuality,
+  setSpeaking, speakingMark, isSpeaking, maySpeak,
 } from './media.js';
 import * as adapt from './adapt.js';
 import { schedule } from './when.js';
@@ -286,6 +287,7 @@ async function doStart({ name } = {}) {
   c.onMessage = (msg) => { state.received.push(msg.type); };
   c.onSent = (msg) => { state.sent.push(sentCopy(msg)); };
   c.onVideoQuality = mine(onVideoQuality);
+  c.onSpeaking = mine(onSpeaking);
   c.onRoster = mine(onRoster);
   c.onAdmitted = mine((msg) => {
     announce('lobby.admitted');
@@ -562,6 +564,26 @@ function onVideoQuality(trackId, quality) {
 }
 
 /**
+ * Someone started or stopped speaking: their pictures and their rows in the lists show it.
+ * Nothing is said to screen readers: in a lively course this changes every few seconds, and a
+ * live region that spoke each change would drown the captions, the chat and the leader's
+ * alerts (the hand queue, the lobby) that a blind leader relies on. A screen-reader user
+ * hears who speaks; the rows carry the word for whoever reads the list.
+ */
+function onSpeaking() {
+  setSpeaking();
+  markRows();
+}
+
+/** Each person's row (the leader's list, everyone's "who is here") follows their speaking. */
+function markRows() {
+  for (const li of document.querySelectorAll('#members li[data-member-id], #present li[data-member-id]')) {
+    if (isSpeaking(li.dataset.memberId)) li.dataset.speaking = 'true';
+    else delete li.dataset.speaking;
+  }
+}
+
+/**
  * What the automated tests may read of a sent message: its type and settings, never a token,
  * an SDP, a candidate, a name or what someone wrote (chat, captions).
  */
@@ -590,12 +612,23 @@ function renderMembers() {
     if (!li) {
       li = document.createElement('li');
       li.dataset.memberId = m.member_id;
+      const span = document.createElement('span');
+      span.className = 'member-text';
+      li.append(span);
     }
     const text = memberText(m);
-    if (li.textContent !== text) li.textContent = text;
+    const span = li.querySelector('.member-text');
+    if (span.textContent !== text) span.textContent = text;
+    // Room for the speaking mark only for those who may be heard (maySpeak).
+    const mayspeak = maySpeak(m);
+    const mark = li.querySelector('.row-speaking');
+    if (mayspeak && !mark) li.append(' ', speakingMark('row-speaking'));
+    else if (!mayspeak && mark) { mark.previousSibling.remove(); mark.remove(); }
+    else if (mark) mark.querySelector('.speaking-word').textContent = t('speaking.mark');
     if (el.members.children[i] !== li) el.members.insertBefore(li, el.members.children[i] || null);
   });
   for (const li of old.values()) li.remove();
+  markRows();
 }
 
 function memberText(m) {
@@ -836,6 +869,8 @@ window.kursrelay = {
   revokeFloor: (memberId) => request('revoke_floor', { member_id: memberId }),
   publishFloor: () => (state.view && state.view.publishFloor ? state.view.publishFloor(api) : Promise.reject(new Error('no floor here'))),
   roster: () => state.roster,
+  // member_ids the server says are speaking now (`speaking`).
+  speaking: () => (state.client ? [...state.client.speaking] : []),
   messages: () => state.received.slice(),
   // Messages this page sent (tokens, SDP and candidates left out), oldest first.
   sent: () => state.sent.slice(),

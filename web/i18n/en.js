@@ -106,6 +106,7 @@ export default {
   'roster.people': 'people in the room: {n}',
   'roster.has_floor': 'has the floor',
   'roster.you': '(you)',
+  'speaking.mark': 'speaking',
 
   'captions.heading': 'Captions',
   'captions.size': 'Text size:',

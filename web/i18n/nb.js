@@ -106,6 +106,7 @@ export default {
   'roster.people': 'personer i rommet: {n}',
   'roster.has_floor': 'har ordet',
   'roster.you': '(deg)',
+  'speaking.mark': 'snakker',
 
   'captions.heading': 'Teksting',
   'captions.size': 'Tekststørrelse:',

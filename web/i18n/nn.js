@@ -106,6 +106,7 @@ export default {
   'roster.people': 'personar i rommet: {n}',
   'roster.has_floor': 'har ordet',
   'roster.you': '(deg)',
+  'speaking.mark': 'snakkar',
 
   'captions.heading': 'Teksting',
   'captions.size': 'Tekststorleik:',

@@ -8,6 +8,7 @@ import { KursrelayError } from '../client.js';
 import {
   el, state, stored, store, request, busy, ask, announce, displayName, roleText,
 } from '../core.js';
+import { speakingMark, isSpeaking, maySpeak } from '../media.js';
 
 const SOUND_KEY = 'kursrelay.alert_sound';
 let seenLobby = new Set();
@@ -81,7 +82,12 @@ function render(api, roster) {
       if (['representative', 'participant', 'site', 'encoder'].includes(m.role)) actions.push(['console.mute', 'mute', '']);
       if (m.role !== 'leader') actions.push(['console.remove', 'remove', 'danger']);
     }
-    return personRow('present', m.member_id, displayName(m), details, actions);
+    const li = personRow('present', m.member_id, displayName(m), details, actions);
+    // Who is speaking: an outline and "snakker" in the row (page.js follows changes).
+    li.dataset.memberId = m.member_id;
+    if (isSpeaking(m.member_id)) li.dataset.speaking = 'true';
+    if (maySpeak(m)) li.querySelector('.who').append(' ', speakingMark('row-speaking'));
+    return li;
   });
   alerts(api, lobby, hands, members.filter((m) => m.floor_declined));
 }
