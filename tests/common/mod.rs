@@ -59,6 +59,15 @@ pub fn utc_in(secs: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// The repository's top (where Cargo.lock is), also when a client crate's test includes this
+/// harness by path (its `CARGO_MANIFEST_DIR` is its own directory).
+pub fn repo_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("the workspace's Cargo.lock above CARGO_MANIFEST_DIR")
+}
+
 pub const HOUR: i64 = 3600;
 pub const DAY: i64 = 24 * HOUR;
 
