@@ -1,5 +1,6 @@
 //! `kursrelay-captioner`: the reference captioner (README, "Automatic captions"). It joins a
-//! session with a `captioner` invite's token over the normal protocol (WebSocket + WebRTC),
+//! session with a `captioner` invite's token over the normal protocol (WebSocket + WebRTC,
+//! through `kursrelay-client`),
 //! receives the speech the room sends it (the teachers' and the floor-holder's microphones,
 //! only while the course leader has automatic captions on), decodes each Opus track to
 //! 16 kHz mono, mixes them, and pipes the PCM (signed 16-bit little-endian) into any

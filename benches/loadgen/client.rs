@@ -1,6 +1,7 @@
 //! The generator's peers: a synthetic 720p publisher and subscribers that join through the real
-//! signalling and ICE/DTLS. Counting subscribers read only RTP headers (see `net`); sample
-//! subscribers decrypt everything and read the send time from each payload.
+//! signalling and ICE/DTLS, on `kursrelay-client` (typed messages, `Peer`). Counting
+//! subscribers read only RTP headers (see `net`); sample subscribers decrypt everything and
+//! read the send time from each payload.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
