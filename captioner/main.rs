@@ -1,5 +1,6 @@
 //! `kursrelay-captioner`: the reference captioner (README, "Automatic captions"). It joins a
-//! session with a `captioner` invite's token over the normal protocol (WebSocket + WebRTC),
+//! session with a `captioner` invite's token over the normal protocol (WebSocket + WebRTC,
+//! through `kursrelay-client`),
 //! receives the speech the room sends it (the teachers' and the floor-holder's microphones,
 //! only while the course leader has automatic captions on), decodes each Opus track to
 //! 16 kHz mono, mixes them, and pipes the PCM (signed 16-bit little-endian) into any
@@ -23,15 +24,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use kursrelay_client::protocol::{ClientMessage, Role, ServerMessage, Target};
+use kursrelay_client::{candidate_message, Peer, PeerOptions, Signalling};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
 };
 
 /// The recogniser's input rate and frame: 16 kHz mono, 20 ms.
@@ -157,20 +156,6 @@ async fn mix_into(mut stdin: tokio::process::ChildStdin, buffers: Buffers) -> an
     }
 }
 
-fn candidate_json(init: &RTCIceCandidateInit) -> Value {
-    json!({"candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index})
-}
-
-fn candidate_init(v: &Value) -> RTCIceCandidateInit {
-    RTCIceCandidateInit {
-        candidate: v["candidate"].as_str().unwrap_or_default().to_owned(),
-        sdp_mid: v["sdpMid"].as_str().map(str::to_owned),
-        sdp_mline_index: v["sdpMLineIndex"].as_u64().map(|i| i as u16),
-        username_fragment: None,
-        url: None,
-    }
-}
-
 fn token(args: &Args) -> anyhow::Result<String> {
     if let Some(t) = &args.token {
         return Ok(t.trim().to_owned());
@@ -187,16 +172,10 @@ fn token(args: &Args) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let token = token(&args)?;
-    let (mut ws, _) = tokio_tungstenite::connect_async(args.server.as_str())
+    let mut ws = Signalling::connect(&args.server)
         .await
         .with_context(|| format!("connecting to {}", args.server))?;
-    let send = |v: Value| Message::Text(v.to_string().into());
-    ws.send(send(
-        json!({"type": "hello", "version": kursrelay::protocol::VERSION}),
-    ))
-    .await?;
-    ws.send(send(json!({"type": "join", "token": token})))
-        .await?;
+    ws.hello_join(&token, None).await?;
 
     let mut child = tokio::process::Command::new(&args.recogniser[0])
         .args(&args.recogniser[1..])
@@ -217,73 +196,51 @@ async fn main() -> anyhow::Result<()> {
     let mut lines = BufReader::new(stdout).lines();
 
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-    let (media_engine, registry) = kursrelay::sfu::media_setup()?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(
-        PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media_engine)
-            .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler {
-                candidates: cand_tx,
-                buffers: buffers.clone(),
-            }))
-            .with_udp_addrs(vec![args.media_addr.clone()])
-            .build()
-            .await?,
-    );
-    let mut early: Vec<RTCIceCandidateInit> = Vec::new();
+    let handler = Arc::new(Handler {
+        candidates: cand_tx,
+        buffers: buffers.clone(),
+    });
+    let mut pc = Peer::new(handler, PeerOptions::bind(args.media_addr.clone())).await?;
+    let (mut tx, mut rx) = ws.split();
     let mut last_partial = tokio::time::Instant::now() - PARTIAL_EVERY;
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
-            frame = ws.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => break Ok(()),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => break Err(e.into()),
+            msg = rx.recv() => {
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
                 };
-                let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
-                match msg["type"].as_str().unwrap_or_default() {
-                    "joined" => {
-                        if msg["role"] != "captioner" {
+                match msg {
+                    ServerMessage::Joined { role, .. } => {
+                        if role != Role::Captioner {
                             break Err(anyhow::anyhow!("this token is not a captioner invite's"));
                         }
                         eprintln!("kursrelay-captioner: joined; captions follow when the course leader turns them on");
                     }
-                    "subscribe_offer" => {
-                        let sdp = msg["sdp"].as_str().unwrap_or_default().to_owned();
-                        let offer = RTCSessionDescription::offer(sdp)?;
-                        pc.set_remote_description(offer).await?;
-                        for c in early.drain(..) {
-                            let _ = pc.add_ice_candidate(c).await;
-                        }
-                        let answer = pc.create_answer(None).await?;
-                        pc.set_local_description(answer).await?;
-                        let sdp = pc.local_description().await.context("no answer")?.sdp;
-                        ws.send(send(json!({"type": "subscribe_answer", "sdp": sdp}))).await?;
+                    ServerMessage::SubscribeOffer { sdp, .. } => {
+                        let sdp = pc.answer(&sdp).await?;
+                        tx.send(&ClientMessage::SubscribeAnswer { sdp }).await?;
                     }
-                    "ice_candidate" => {
-                        let c = candidate_init(&msg["candidate"]);
-                        if pc.remote_description().await.is_some() {
-                            let _ = pc.add_ice_candidate(c).await;
-                        } else {
-                            early.push(c);
-                        }
+                    ServerMessage::IceCandidate { candidate, .. } => {
+                        let _ = pc.add_candidate(&candidate).await;
                     }
-                    "bye" => {
-                        eprintln!("kursrelay-captioner: the server ended the membership ({})", msg["reason"]);
+                    ServerMessage::Bye { reason } => {
+                        eprintln!("kursrelay-captioner: the server ended the membership ({reason:?})");
                         break Ok(());
                     }
                     // A refused join ends the captioner; other errors (captions while they
                     // are off, a rate limit) only lose a line.
-                    "error" if msg["request"] == "join" || msg["request"] == "hello" => {
-                        break Err(anyhow::anyhow!("the server refused: {}", msg["message"]));
+                    ServerMessage::Error { request: Some(request), message, .. }
+                        if request == "join" || request == "hello" =>
+                    {
+                        break Err(anyhow::anyhow!("the server refused: {message}"));
                     }
                     _ => {}
                 }
             }
             Some(init) = cand_rx.recv() => {
-                ws.send(send(json!({"type": "ice_candidate", "target": "subscribe", "candidate": candidate_json(&init)}))).await?;
+                tx.send(&candidate_message(Target::Subscribe, &init)).await?;
             }
             line = lines.next_line() => {
                 let Some(line) = line? else {
@@ -304,12 +261,12 @@ async fn main() -> anyhow::Result<()> {
                     last_partial = now;
                 }
                 let text: String = text.chars().take(1000).collect();
-                ws.send(send(json!({"type": "caption", "text": text, "partial": partial}))).await?;
+                tx.send(&ClientMessage::Caption { text, partial }).await?;
             }
         }
     };
     mixer.abort();
-    let _ = pc.close().await;
-    let _ = ws.close(None).await;
+    pc.close().await;
+    tx.close().await;
     outcome
 }

@@ -17,9 +17,9 @@
 //! | module | owns | must not |
 //! |---|---|---|
 //! | [`clock`] | the wall clock | import anything of the crate |
-//! | [`ids`] | `SessionId`, `MemberId`, `TrackId` | carry names |
+//! | [`ids`] | `SessionId`, `MemberId`, `TrackId` (from `kursrelay-protocol`) | carry names |
 //! | [`config`] | TOML schema, default, overlay, validation; env vars | know rooms or media |
-//! | [`protocol`] | signalling messages (docs/protocol.md) | do I/O |
+//! | [`protocol`] | signalling messages (docs/protocol.md): the `kursrelay-protocol` crate, re-exported | do I/O |
 //! | [`tls`] | native HTTPS, certificate reload | know what is served |
 //! | [`auth`] | join tokens (HS256 JWT, never a name), join links | touch the database |
 //! | [`db`] | the store: SQLite (default) or PostgreSQL (`db.url`) through sqlx `Any`; migrations (`db::dialect`), secrets, courses, sessions, invites, leases (`db::cluster`), SQLite backup (the only `unsafe`) | serve the media path |
@@ -37,9 +37,12 @@
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
 //! → `attendance`, `sfu` → `cluster` → `room` → `cli`, `http` → `app`.
 //!
-//! Besides the server binary: `kursrelay-captioner` (captioner/main.rs), the reference
-//! automatic captioner — a client that joins with a `captioner` token, decodes Opus with
-//! libopus and pipes 16 kHz PCM into a local recogniser command — and `kursrelay-loadgen`.
+//! The workspace around this crate: `protocol/` (`kursrelay-protocol`, the message types;
+//! `protocol` and `ids` above re-export it), `client/` (`kursrelay-client`, the one typed
+//! client: signalling and webrtc-rs peers, used by tests/common and the two client binaries),
+//! `captioner/` (`kursrelay-captioner`, the reference automatic captioner: joins with a
+//! `captioner` token, decodes Opus with libopus, pipes 16 kHz PCM into a local recogniser) and
+//! `benches/loadgen/` (`kursrelay-loadgen`). The server links none of the clients.
 
 pub mod app;
 pub mod attendance;

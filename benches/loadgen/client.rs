@@ -1,36 +1,37 @@
 //! The generator's peers: a synthetic 720p publisher and subscribers that join through the real
-//! signalling and ICE/DTLS. Counting subscribers read only RTP headers (see `net`); sample
-//! subscribers decrypt everything and read the send time from each payload.
+//! signalling and ICE/DTLS, on `kursrelay-client` (typed messages, `Peer`). Counting
+//! subscribers read only RTP headers (see `net`); sample subscribers decrypt everything and
+//! read the send time from each payload.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use kursrelay_client::protocol::{
+    ClientMessage, PublishedTrackDesc, ServerMessage, Source, Target,
+};
+use kursrelay_client::{
+    candidate_message, is_keyframe_request, ClientError, Peer, PeerOptions, Signalling,
+    SignallingRx, SignallingTx,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
 };
 use webrtc::runtime::Runtime;
 
 use crate::net::{CountingRuntime, SharedCounters};
 use crate::shaper::Rate;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Microseconds since the generator started; publisher and samples share it.
 pub fn now_us(epoch: Instant) -> u64 {
@@ -38,8 +39,8 @@ pub fn now_us(epoch: Instant) -> u64 {
 }
 
 struct Handler {
-    target: &'static str,
-    candidates: mpsc::UnboundedSender<(&'static str, RTCIceCandidateInit)>,
+    target: Target,
+    candidates: mpsc::UnboundedSender<(Target, RTCIceCandidateInit)>,
     /// Sample subscribers record transit times here; counting ones only drain.
     transit: Option<Arc<Mutex<Vec<u32>>>>,
     epoch: Instant,
@@ -80,47 +81,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-async fn build_pc(
-    runtime: Arc<dyn Runtime>,
-    handler: Handler,
-) -> anyhow::Result<Arc<dyn PeerConnection>> {
-    let (media_engine, registry) = kursrelay::sfu::media_setup()?;
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media_engine)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(handler))
-        .with_runtime(runtime)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-        .build()
-        .await?;
-    Ok(Arc::new(pc))
-}
-
-fn candidate_json(init: &RTCIceCandidateInit) -> Value {
-    json!({"candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index})
-}
-
-fn candidate_init(v: &Value) -> RTCIceCandidateInit {
-    RTCIceCandidateInit {
-        candidate: v["candidate"].as_str().unwrap_or_default().to_owned(),
-        sdp_mid: v["sdpMid"].as_str().map(str::to_owned),
-        sdp_mline_index: v["sdpMLineIndex"].as_u64().map(|i| i as u16),
-        username_fragment: None,
-        url: None,
-    }
-}
-
-async fn hello_join(ws: &mut Ws, token: &str) -> anyhow::Result<()> {
-    ws.send(Message::text(
-        json!({"type": "hello", "version": 1}).to_string(),
-    ))
-    .await?;
-    ws.send(Message::text(
-        json!({"type": "join", "token": token}).to_string(),
-    ))
-    .await?;
-    Ok(())
+/// A connection like the server's, on loopback, through `runtime` (counting, maybe capped).
+async fn build_pc(runtime: Arc<dyn Runtime>, handler: Handler) -> anyhow::Result<Peer> {
+    let options = PeerOptions::bind("127.0.0.1:0").with_runtime(runtime);
+    Ok(Peer::new(Arc::new(handler), options).await?)
 }
 
 /// One joined subscriber; dropping `stop` (or cancelling it) leaves.
@@ -157,7 +121,7 @@ pub async fn subscribe(
     cap: Option<Rate>,
     epoch: Instant,
 ) -> anyhow::Result<Subscriber> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut ws = Signalling::connect(url).await?;
     let counters: SharedCounters = Arc::default();
     let transit = sample.then(|| Arc::new(Mutex::new(Vec::new())));
     let cap = cap.filter(|_| !sample);
@@ -165,7 +129,7 @@ pub async fn subscribe(
     let stop = CancellationToken::new();
     let audio_pt = Arc::new(AtomicU64::new(111));
     let join_sent = Instant::now();
-    hello_join(&mut ws, token).await?;
+    ws.hello_join(token, None).await?;
     tokio::spawn(subscriber_task(
         ws,
         runtime,
@@ -185,71 +149,65 @@ pub async fn subscribe(
 }
 
 async fn subscriber_task(
-    ws: Ws,
+    ws: Signalling,
     runtime: Arc<dyn Runtime>,
     transit: Option<Arc<Mutex<Vec<u32>>>>,
     epoch: Instant,
     stop: CancellationToken,
     audio_pt: Arc<AtomicU64>,
 ) {
-    let (mut sink, mut stream) = ws.split();
+    let (mut tx, mut rx) = ws.split();
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-    let mut pc: Option<Arc<dyn PeerConnection>> = None;
+    let mut pc: Option<Peer> = None;
+    // Candidates that come before the first offer (and so before the connection).
     let mut early = Vec::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            frame = stream.next() => {
-                let Some(Ok(Message::Text(text))) = frame else {
-                    if matches!(frame, Some(Ok(_))) { continue } else { break }
+            msg = rx.recv() => {
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    // A message this client does not know (a newer server): not for it.
+                    Err(ClientError::BadMessage(_)) => continue,
+                    Err(e) => { eprintln!("signalling: {e}"); break; }
                 };
-                let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
-                match msg["type"].as_str().unwrap_or_default() {
-                    "subscribe_offer" => {
-                        let sdp = msg["sdp"].as_str().unwrap_or_default().to_owned();
+                match msg {
+                    ServerMessage::SubscribeOffer { sdp, .. } => {
                         if let Some(pt) = audio_payload_type(&sdp) {
                             audio_pt.store(pt as u64, Ordering::Relaxed);
                         }
                         if pc.is_none() {
-                            let handler = Handler { target: "subscribe", candidates: cand_tx.clone(), transit: transit.clone(), epoch };
+                            let handler = Handler { target: Target::Subscribe, candidates: cand_tx.clone(), transit: transit.clone(), epoch };
                             match build_pc(runtime.clone(), handler).await {
                                 Ok(p) => pc = Some(p),
                                 Err(e) => { eprintln!("subscriber connection: {e}"); break; }
                             }
                         }
-                        let p = pc.as_ref().expect("built above");
-                        let Ok(offer) = RTCSessionDescription::offer(sdp) else { break };
-                        if p.set_remote_description(offer).await.is_err() { break; }
-                        for c in early.drain(..) { let _ = p.add_ice_candidate(c).await; }
-                        let Ok(answer) = p.create_answer(None).await else { break };
-                        if p.set_local_description(answer).await.is_err() { break; }
-                        let Some(local) = p.local_description().await else { break };
-                        let reply = json!({"type": "subscribe_answer", "sdp": local.sdp});
-                        if sink.send(Message::text(reply.to_string())).await.is_err() { break; }
+                        let p = pc.as_mut().expect("built above");
+                        for c in early.drain(..) { let _ = p.add_candidate(&c).await; }
+                        let Ok(answer) = p.answer(&sdp).await else { break };
+                        if tx.send(&ClientMessage::SubscribeAnswer { sdp: answer }).await.is_err() { break; }
                     }
-                    "ice_candidate" => {
-                        let init = candidate_init(&msg["candidate"]);
-                        match &pc {
-                            Some(p) if p.remote_description().await.is_some() => { let _ = p.add_ice_candidate(init).await; }
-                            _ => early.push(init),
-                        }
+                    ServerMessage::IceCandidate { candidate, .. } => match pc.as_mut() {
+                        Some(p) => { let _ = p.add_candidate(&candidate).await; }
+                        None => early.push(candidate),
+                    },
+                    ServerMessage::Error { code, message, request } => {
+                        eprintln!("server error: {code:?} {message} ({request:?})");
                     }
-                    "error" => eprintln!("server error: {}", msg),
-                    "bye" => break,
+                    ServerMessage::Bye { .. } => break,
                     _ => {}
                 }
             }
             Some((target, init)) = cand_rx.recv() => {
-                let msg = json!({"type": "ice_candidate", "target": target, "candidate": candidate_json(&init)});
-                if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                if tx.send(&candidate_message(target, &init)).await.is_err() { break; }
             }
         }
     }
-    let _ = sink
-        .send(Message::text(json!({"type": "leave"}).to_string()))
-        .await;
+    let _ = tx.send(&ClientMessage::Leave).await;
     if let Some(p) = pc {
-        let _ = p.close().await;
+        p.close().await;
     }
 }
 
@@ -297,16 +255,16 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(2500);
 
 /// Joins with a course leader's token and starts sending VP8 video + Opus audio.
 pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<Publisher> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    hello_join(&mut ws, token).await?;
+    let mut ws = Signalling::connect(url).await?;
+    ws.hello_join(token, None).await?;
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
     let handler = Handler {
-        target: "publish",
+        target: Target::Publish,
         candidates: cand_tx,
         transit: None,
         epoch,
     };
-    let pc = build_pc(CountingRuntime::shared(None), handler).await?;
+    let mut pc = build_pc(CountingRuntime::shared(None), handler).await?;
     let make = |kind, mime: &str, clock, channels, fmtp: &str, ssrc: u32| {
         Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
             format!("loadgen-{ssrc}"),
@@ -339,50 +297,42 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
         "minptime=10;useinbandfec=1",
         assrc,
     );
-    let vsender = pc.add_track(video.clone() as Arc<dyn TrackLocal>).await?;
-    let asender = pc.add_track(audio.clone() as Arc<dyn TrackLocal>).await?;
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer).await?;
-    let sdp = pc
-        .local_description()
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no offer"))?
-        .sdp;
-    let tracks = json!([{"track_id": format!("loadgen-track-{vssrc}"), "source": "camera"},
-                        {"track_id": format!("loadgen-track-{assrc}"), "source": "microphone"}]);
-    ws.send(Message::text(
-        json!({"type": "publish_offer", "sdp": sdp, "tracks": tracks}).to_string(),
-    ))
-    .await?;
+    let conn = pc.connection().clone();
+    let vsender = conn.add_track(video.clone() as Arc<dyn TrackLocal>).await?;
+    let asender = conn.add_track(audio.clone() as Arc<dyn TrackLocal>).await?;
+    let sdp = pc.offer().await?;
+    let tracks = vec![
+        PublishedTrackDesc {
+            track_id: format!("loadgen-track-{vssrc}"),
+            source: Source::Camera,
+        },
+        PublishedTrackDesc {
+            track_id: format!("loadgen-track-{assrc}"),
+            source: Source::Microphone,
+        },
+    ];
+    ws.send(&ClientMessage::PublishOffer { sdp, tracks })
+        .await?;
 
     // Signalling until the answer is applied; candidates keep flowing afterwards.
-    let (mut sink, mut stream) = ws.split();
-    let mut early = Vec::new();
+    let (mut tx, mut rx) = ws.split();
     loop {
         tokio::select! {
-            frame = stream.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    // Pings (answered by the WebSocket layer) and other control frames.
-                    Some(Ok(_)) => continue,
-                    _ => anyhow::bail!("socket closed before publish_answer"),
-                };
-                let msg: Value = serde_json::from_str(&text)?;
-                match msg["type"].as_str().unwrap_or_default() {
-                    "publish_answer" => {
-                        let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap_or_default().to_owned())?;
-                        pc.set_remote_description(answer).await?;
-                        for c in early.drain(..) { pc.add_ice_candidate(c).await?; }
+            msg = rx.recv() => {
+                match msg?.ok_or_else(|| anyhow::anyhow!("socket closed before publish_answer"))? {
+                    ServerMessage::PublishAnswer { sdp } => {
+                        pc.apply_answer(&sdp).await?;
                         break;
                     }
-                    "ice_candidate" => early.push(candidate_init(&msg["candidate"])),
-                    "error" => anyhow::bail!("server refused to publish: {msg}"),
+                    ServerMessage::IceCandidate { candidate, .. } => pc.add_candidate(&candidate).await?,
+                    ServerMessage::Error { code, message, .. } => {
+                        anyhow::bail!("server refused to publish: {code:?}: {message}")
+                    }
                     _ => {}
                 }
             }
             Some((target, init)) = cand_rx.recv() => {
-                let msg = json!({"type": "ice_candidate", "target": target, "candidate": candidate_json(&init)});
-                sink.send(Message::text(msg.to_string())).await?;
+                tx.send(&candidate_message(target, &init)).await?;
             }
         }
     }
@@ -408,37 +358,9 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
     let stats = Arc::new(PublisherStats::default());
     let stop = CancellationToken::new();
     let want_keyframe = Arc::new(AtomicBool::new(true));
-    // Signalling after the answer: forward candidates, keep the socket (and so the member) alive.
-    {
-        let stop = stop.clone();
-        let pc = pc.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    frame = stream.next() => {
-                        // The server's keepalive pings arrive here too: only a closed or
-                        // failed socket ends the member.
-                        let text = match frame {
-                            Some(Ok(Message::Text(text))) => text,
-                            Some(Ok(_)) => continue,
-                            _ => break,
-                        };
-                        let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
-                        if msg["type"] == "ice_candidate" { let _ = pc.add_ice_candidate(candidate_init(&msg["candidate"])).await; }
-                    }
-                    Some((target, init)) = cand_rx.recv() => {
-                        let msg = json!({"type": "ice_candidate", "target": target, "candidate": candidate_json(&init)});
-                        if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
-                    }
-                }
-            }
-            let _ = sink
-                .send(Message::text(json!({"type": "leave"}).to_string()))
-                .await;
-            let _ = pc.close().await;
-        });
-    }
+    // Signalling after the answer: forward candidates, keep the socket (and so the member)
+    // alive by reading it (the server's keepalive pings are answered while it is read).
+    tokio::spawn(publisher_signalling(pc, tx, rx, cand_rx, stop.clone()));
     // Keyframe requests from the SFU.
     {
         let (video, stats, want, stop) = (
@@ -452,7 +374,7 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     ev = video.poll() => match ev {
-                        Some(TrackLocalEvent::OnRtcpPacket(p)) if kursrelay::sfu::keyframe::is_keyframe_request(&p) => {
+                        Some(TrackLocalEvent::OnRtcpPacket(p)) if is_keyframe_request(&p) => {
                             stats.plis.fetch_add(1, Ordering::Relaxed);
                             want.store(true, Ordering::Relaxed);
                         }
@@ -481,6 +403,34 @@ pub async fn publish(url: &str, token: &str, epoch: Instant) -> anyhow::Result<P
         epoch,
     ));
     Ok(Publisher { stats, stop })
+}
+
+/// The publisher's socket once it sends: candidates both ways until `stop`, then `leave`.
+async fn publisher_signalling(
+    mut pc: Peer,
+    mut tx: SignallingTx,
+    mut rx: SignallingRx,
+    mut candidates: mpsc::UnboundedReceiver<(Target, RTCIceCandidateInit)>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = rx.recv() => match msg {
+                Ok(Some(ServerMessage::IceCandidate { candidate, .. })) => {
+                    let _ = pc.add_candidate(&candidate).await;
+                }
+                Ok(Some(_)) | Err(ClientError::BadMessage(_)) => {}
+                // Only a closed or failed socket ends the member.
+                Ok(None) | Err(_) => break,
+            },
+            Some((target, init)) = candidates.recv() => {
+                if tx.send(&candidate_message(target, &init)).await.is_err() { break; }
+            }
+        }
+    }
+    let _ = tx.send(&ClientMessage::Leave).await;
+    pc.close().await;
 }
 
 fn payload(codec_header: &[u8], seq: u32, sent_us: u64, len: usize) -> Bytes {

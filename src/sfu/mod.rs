@@ -21,12 +21,11 @@
 //! - `check`: the connectivity check's door into the engine (`Sfu::check_answer`): a check
 //!   connection on the real media port, UDP and/or ICE-TCP (`CheckTransport`), serving the
 //!   page's data channel (`engine::check`).
-//! - `peer`: `media_setup` (codecs and interceptors of an async `webrtc` connection) for the
-//!   test client and the load generator.
 //!
 //! Everything here is driven by the member task (negotiation) and the room actor (who receives
-//! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type
-//! except `peer::media_setup`, which the test client shares.
+//! what: `Forwarder::add_subscriber`/`remove_subscriber`). The public types carry no webrtc type.
+//! The server links only the sans-IO `rtc`; the async `webrtc` stack is the clients'
+//! (`kursrelay-client`).
 
 pub(crate) mod allocator;
 mod check;
@@ -35,7 +34,6 @@ mod engine;
 mod forwarder;
 pub mod keyframe;
 pub mod metrics;
-mod peer;
 mod publisher;
 pub mod speaking;
 mod subscriber;
@@ -50,7 +48,6 @@ pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use metrics::{LiveCounts, Metrics};
-pub use peer::media_setup;
 pub use publisher::Publisher;
 pub use subscriber::Subscriber;
 

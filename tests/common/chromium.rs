@@ -2,7 +2,7 @@
 //! client the tests already use (no Node, no extra browser download). Chromium gets a fake
 //! camera and microphone and is allowed to use loopback for WebRTC.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -465,7 +465,7 @@ impl Chromium {
     /// Runs axe-core's WCAG 2.1 A/AA rules on the page; returns the violations (empty = pass).
     pub async fn axe(&mut self, page: &Page) -> Vec<Value> {
         // Vendored with its licence (tests/vendor/axe-core/README.md): no npm needed.
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/axe-core/axe.min.js");
+        let path = super::repo_root().join("tests/vendor/axe-core/axe.min.js");
         let source = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read axe-core at {}: {e}", path.display()));
         self.call(
@@ -500,7 +500,7 @@ impl Chromium {
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().expect("screenshot data"))
             .expect("base64");
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        let dir = super::repo_root().join("target/screenshots");
         std::fs::create_dir_all(&dir).expect("screenshot dir");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");

@@ -92,11 +92,8 @@ impl Coturn {
             ]),
             _ => replacements.push(("tls-listening-port=443".to_owned(), "no-tls".to_owned())),
         }
-        let mut conf = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/turnserver.conf"
-        ))
-        .expect("deploy/turnserver.conf");
+        let mut conf = std::fs::read_to_string(super::repo_root().join("deploy/turnserver.conf"))
+            .expect("deploy/turnserver.conf");
         for (from, to) in &replacements {
             assert!(
                 conf.contains(from.as_str()),

@@ -1,6 +1,8 @@
 //! Test harness: the real server on 127.0.0.1:0, a real webrtc-rs client speaking the real
-//! signalling (`TestPeer`), synthetic but real RTP media, and the waiting helpers (`wait`:
-//! `eventually`, `none_before`, `stays_false`).
+//! signalling (`TestPeer`, `WsClient`: both on the `kursrelay-client` crate, the same typed
+//! client the load generator and the captioner use), synthetic but real RTP media, and the
+//! waiting helpers (`wait`: `eventually`, `none_before`, `stays_false`). The captioner's and
+//! the load generator's tests include it by path.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chromium;
@@ -20,27 +22,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use kursrelay::app::Server;
 use kursrelay::config::Config;
 use kursrelay::http::AppState;
-use kursrelay::protocol::{Role, SubscribedTrackDesc};
+use kursrelay::protocol::{
+    ClientMessage, IceCandidate, PublishedTrackDesc, Role, ServerMessage, Source,
+    SubscribedTrackDesc, Target, VERSION,
+};
 use kursrelay::sfu::LiveCounts;
+use kursrelay_client::{
+    candidate_message, is_keyframe_request, ClientError, Peer, PeerOptions, Signalling,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use serde_json::json;
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -57,6 +61,15 @@ pub fn utc_in(secs: i64) -> String {
         now - Duration::from_secs(secs.unsigned_abs())
     };
     humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The repository's top (where Cargo.lock is), also when a client crate's test includes this
+/// harness by path (its `CARGO_MANIFEST_DIR` is its own directory).
+pub fn repo_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("the workspace's Cargo.lock above CARGO_MANIFEST_DIR")
 }
 
 pub const HOUR: i64 = 3600;
@@ -276,11 +289,10 @@ impl Drop for TestServer {
     }
 }
 
-/// A raw signalling client: frames in, frames out, nothing automatic.
+/// A signalling client with nothing automatic: typed messages or raw frames out, the
+/// server's messages in as JSON (each checked to be a `ServerMessage`).
 pub struct WsClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: Signalling,
 }
 
 /// A plain HTTP/1.1 reply: status, the header block (lower-cased), the body.
@@ -333,65 +345,49 @@ impl WsClient {
         server: &TestServer,
         headers: &[(&str, &str)],
     ) -> Result<WsClient, u16> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = server.ws_url().into_client_request().expect("ws request");
-        for (k, v) in headers {
-            req.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                    .expect("header name"),
-                v.parse().expect("header value"),
-            );
-        }
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => Ok(WsClient { ws }),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        match Signalling::connect_with(&server.ws_url(), headers).await {
+            Ok(ws) => Ok(WsClient { ws }),
+            Err(ClientError::Refused(status)) => Err(status),
             Err(e) => panic!("ws connect: {e}"),
         }
     }
 
     pub async fn connect(server: &TestServer) -> WsClient {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        let ws = Signalling::connect(&server.ws_url())
             .await
             .expect("ws connect");
         WsClient { ws }
     }
 
+    /// A text frame as it is (malformed input, or a message the protocol types cannot say).
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("ws send");
+        self.ws.send_text(text).await.expect("ws send");
     }
 
+    /// A message written as JSON by the test, sent as it is.
     pub async fn send(&mut self, value: serde_json::Value) {
         self.send_text(value.to_string()).await;
     }
 
-    pub async fn try_send_text(
-        &mut self,
-        text: String,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        self.ws.send(Message::text(text)).await
+    pub async fn send_msg(&mut self, msg: &ClientMessage) {
+        self.ws.send(msg).await.expect("ws send");
+    }
+
+    pub async fn try_send_text(&mut self, text: String) -> Result<(), ClientError> {
+        self.ws.send_text(text).await
     }
 
     pub async fn ws_send_binary(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::binary(bytes)).await.expect("ws send");
+        self.ws.send_binary(bytes).await.expect("ws send");
     }
 
-    /// The next text frame as JSON; None if the socket closed.
+    /// The next message as JSON; None if the socket closed.
     pub async fn recv(&mut self) -> Option<serde_json::Value> {
-        loop {
-            let frame = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("ws recv timed out");
-            match frame {
-                Some(Ok(Message::Text(t))) => {
-                    return Some(serde_json::from_str(&t).expect("server sent JSON"))
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
+        let text = tokio::time::timeout(TIMEOUT, self.ws.recv_text())
+            .await
+            .expect("ws recv timed out")
+            .ok()??;
+        Some(server_json(&text))
     }
 
     /// Receives until a message of `kind` arrives (skipping others such as candidates).
@@ -409,29 +405,36 @@ impl WsClient {
 
     /// hello + join with `token`; returns the `joined` message.
     pub async fn hello_join(&mut self, token: &str) -> serde_json::Value {
-        self.send(json!({"type": "hello", "version": 1})).await;
-        assert_eq!(self.recv_type("welcome").await["version"], 1);
-        self.send(json!({"type": "join", "token": token})).await;
+        self.send_msg(&ClientMessage::Hello { version: VERSION })
+            .await;
+        assert_eq!(self.recv_type("welcome").await["version"], VERSION);
+        self.send_msg(&ClientMessage::Join {
+            token: token.to_owned(),
+            name: None,
+        })
+        .await;
         self.recv_type("joined").await
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.ws.close().await;
     }
 
     /// Reads until the server closes the socket; the close code, if its close frame had one.
     pub async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            let frame = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("ws recv timed out");
-            match frame {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
-                Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return None,
-            }
-        }
+        tokio::time::timeout(TIMEOUT, self.ws.close_code())
+            .await
+            .expect("ws recv timed out")
     }
+}
+
+/// A frame from the server as JSON for the test to look into, after checking that it is one of
+/// the protocol's `ServerMessage`s (so the server never sends what the types cannot say).
+fn server_json(text: &str) -> serde_json::Value {
+    if let Err(e) = serde_json::from_str::<ServerMessage>(text) {
+        panic!("the server sent something that is not a ServerMessage ({e}): {text}");
+    }
+    serde_json::from_str(text).expect("server sent JSON")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,6 +564,7 @@ struct Shared {
 
 enum Cmd {
     Raw(String),
+    Send(ClientMessage),
     Publish(
         PublishSpec,
         tokio::sync::oneshot::Sender<Vec<Arc<SentTrack>>>,
@@ -635,9 +639,7 @@ impl TestPeer {
         name: Option<&str>,
         link: Option<Arc<netsim::Link>>,
     ) -> TestPeer {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url)
-            .await
-            .expect("ws connect");
+        let ws = Signalling::connect(ws_url).await.expect("ws connect");
         let shared = Arc::new(Shared {
             link,
             ..Shared::default()
@@ -652,12 +654,13 @@ impl TestPeer {
             task,
             stop_media,
         };
-        peer.send(json!({"type": "hello", "version": 1})).await;
-        let mut join = json!({"type": "join", "token": token});
-        if let Some(n) = name {
-            join["name"] = json!(n);
-        }
-        peer.send(join).await;
+        peer.send_msg(ClientMessage::Hello { version: VERSION })
+            .await;
+        peer.send_msg(ClientMessage::Join {
+            token: token.to_owned(),
+            name: name.map(str::to_owned),
+        })
+        .await;
         let first = peer
             .wait_msg(|m| matches!(m["type"].as_str(), Some("joined" | "lobby" | "error")))
             .await;
@@ -697,8 +700,16 @@ impl TestPeer {
         self.shared.inbox.lock().unwrap().len()
     }
 
+    /// A message written as JSON by the test, sent as it is.
     pub async fn send(&self, value: serde_json::Value) {
         self.send_raw(value.to_string()).await;
+    }
+
+    pub async fn send_msg(&self, msg: ClientMessage) {
+        self.cmds
+            .send(Cmd::Send(msg))
+            .await
+            .expect("peer task alive");
     }
 
     pub async fn send_raw(&self, text: String) {
@@ -729,7 +740,7 @@ impl TestPeer {
     }
 
     pub async fn leave(&self) {
-        self.send(json!({"type": "leave"})).await;
+        self.send_msg(ClientMessage::Leave).await;
     }
 
     pub async fn kill_media(&self) {
@@ -858,8 +869,8 @@ impl TestPeer {
 
 #[derive(Clone)]
 struct PeerHandler {
-    target: &'static str,
-    candidates: mpsc::UnboundedSender<(&'static str, RTCIceCandidateInit)>,
+    target: Target,
+    candidates: mpsc::UnboundedSender<(Target, RTCIceCandidateInit)>,
     shared: Arc<Shared>,
 }
 
@@ -897,34 +908,17 @@ impl PeerConnectionEventHandler for PeerHandler {
     }
 }
 
-async fn new_pc(handler: PeerHandler) -> Arc<dyn PeerConnection> {
-    let (media_engine, registry) = kursrelay::sfu::media_setup().expect("media setup");
-    let link = handler.shared.link.clone();
-    let builder = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media_engine)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(handler))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()]);
-    let builder = match link {
-        Some(link) => builder.with_runtime(Arc::new(netsim::ImpairedRuntime { link })),
-        None => builder,
+/// A connection like the server's (the client crate's `media_setup`), on loopback, through the
+/// peer's impaired link if it has one.
+async fn new_pc(handler: PeerHandler) -> Peer {
+    let options = PeerOptions::bind("127.0.0.1:0");
+    let options = match handler.shared.link.clone() {
+        Some(link) => options.with_runtime(Arc::new(netsim::ImpairedRuntime { link })),
+        None => options,
     };
-    Arc::new(builder.build().await.expect("build test peer connection"))
-}
-
-fn candidate_json(init: &RTCIceCandidateInit) -> serde_json::Value {
-    json!({"candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index})
-}
-
-fn candidate_init(v: &serde_json::Value) -> RTCIceCandidateInit {
-    RTCIceCandidateInit {
-        candidate: v["candidate"].as_str().unwrap_or_default().to_owned(),
-        sdp_mid: v["sdpMid"].as_str().map(str::to_owned),
-        sdp_mline_index: v["sdpMLineIndex"].as_u64().map(|i| i as u16),
-        username_fragment: None,
-        url: None,
-    }
+    Peer::new(Arc::new(handler), options)
+        .await
+        .expect("build test peer connection")
 }
 
 /// A track being published: its record, the local track written to, and its sender.
@@ -937,22 +931,21 @@ struct PendingPublish {
 }
 
 async fn peer_task(
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: Signalling,
     mut cmds: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
     stop_media: CancellationToken,
 ) {
     let (mut sink, mut stream) = ws.split();
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-    let mut pub_pc: Option<Arc<dyn PeerConnection>> = None;
-    let mut sub_pc: Option<Arc<dyn PeerConnection>> = None;
+    let mut pub_pc: Option<Peer> = None;
+    let mut sub_pc: Option<Peer> = None;
     let mut pending: Option<PendingPublish> = None;
-    let mut pub_descs: Vec<serde_json::Value> = Vec::new();
+    let mut pub_descs: Vec<PublishedTrackDesc> = Vec::new();
     let mut reoffer_reply: Option<tokio::sync::oneshot::Sender<()>> = None;
     let mut ignore_offers = false;
-    let mut early: HashMap<&'static str, Vec<RTCIceCandidateInit>> = HashMap::new();
+    // Candidates for a connection not built yet (a `Peer` holds the rest itself).
+    let mut early: HashMap<Target, Vec<IceCandidate>> = HashMap::new();
     let handler = |target| PeerHandler {
         target,
         candidates: cand_tx.clone(),
@@ -961,125 +954,109 @@ async fn peer_task(
 
     loop {
         tokio::select! {
-            frame = stream.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
-                    _ => break,
-                };
-                let msg: serde_json::Value = serde_json::from_str(&text).expect("server JSON");
-                match msg["type"].as_str().unwrap_or_default() {
-                    "subscribe_offer" if ignore_offers => {}
-                    "subscribe_offer" => {
+            text = stream.recv_text() => {
+                let Ok(Some(text)) = text else { break };
+                let json = server_json(&text);
+                let msg: ServerMessage = serde_json::from_str(&text).expect("checked by server_json");
+                match msg {
+                    ServerMessage::SubscribeOffer { .. } if ignore_offers => {}
+                    ServerMessage::SubscribeOffer { sdp, tracks } => {
                         if sub_pc.is_none() {
-                            sub_pc = Some(new_pc(handler("subscribe")).await);
+                            sub_pc = Some(new_pc(handler(Target::Subscribe)).await);
                         }
-                        let pc = sub_pc.as_ref().unwrap();
-                        let offer = RTCSessionDescription::offer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
-                        pc.set_remote_description(offer).await.expect("apply subscribe offer");
-                        for c in early.remove("subscribe").unwrap_or_default() {
-                            let _ = pc.add_ice_candidate(c).await;
+                        let pc = sub_pc.as_mut().expect("built above");
+                        for c in early.remove(&Target::Subscribe).unwrap_or_default() {
+                            let _ = pc.add_candidate(&c).await;
                         }
-                        let answer = pc.create_answer(None).await.expect("answer");
-                        pc.set_local_description(answer).await.expect("set answer");
-                        let sdp = pc.local_description().await.unwrap().sdp;
-                        *shared.offered.lock().unwrap() = serde_json::from_value(msg["tracks"].clone()).expect("tracks");
-                        let reply = json!({"type": "subscribe_answer", "sdp": sdp});
-                        if sink.send(Message::text(reply.to_string())).await.is_err() { break; }
+                        let sdp = pc.answer(&sdp).await.expect("answer the subscribe offer");
+                        *shared.offered.lock().unwrap() = tracks;
+                        if sink.send(&ClientMessage::SubscribeAnswer { sdp }).await.is_err() { break; }
                     }
-                    "publish_answer" => {
-                        if std::env::var("DUMP_SDP").is_ok() { eprintln!("ANSWER {}", msg["sdp"].as_str().unwrap()); }
-                        if let (Some(pc), Some(p)) = (pub_pc.as_ref(), pending.take()) {
-                            let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
-                            pc.set_remote_description(answer).await.expect("apply publish answer");
-                            for c in early.remove("publish").unwrap_or_default() {
-                                let _ = pc.add_ice_candidate(c).await;
-                            }
+                    ServerMessage::PublishAnswer { sdp } => {
+                        if std::env::var("DUMP_SDP").is_ok() { eprintln!("ANSWER {sdp}"); }
+                        if let (Some(pc), Some(p)) = (pub_pc.as_mut(), pending.take()) {
+                            pc.apply_answer(&sdp).await.expect("apply publish answer");
                             start_sending(p, stop_media.clone(), shared.clone()).await;
-                        } else if let (Some(pc), Some(reply)) = (pub_pc.as_ref(), reoffer_reply.take()) {
-                            let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_owned()).unwrap();
-                            pc.set_remote_description(answer).await.expect("apply publish answer");
+                        } else if let (Some(pc), Some(reply)) = (pub_pc.as_mut(), reoffer_reply.take()) {
+                            pc.apply_answer(&sdp).await.expect("apply publish answer");
                             let _ = reply.send(());
                         }
                     }
-                    "error" if msg["request"] == "publish_offer" => {
+                    ServerMessage::Error { request: Some(request), .. } if request == "publish_offer" => {
                         pending = None; // refused: the publish() caller gets None
                         reoffer_reply = None;
                     }
-                    "ice_candidate" => {
-                        let target = if msg["target"] == "publish" { "publish" } else { "subscribe" };
-                        let init = candidate_init(&msg["candidate"]);
-                        let pc = if target == "publish" { pub_pc.as_ref() } else { sub_pc.as_ref() };
+                    ServerMessage::IceCandidate { target, candidate } => {
+                        let pc = match target {
+                            Target::Publish => pub_pc.as_mut(),
+                            Target::Subscribe => sub_pc.as_mut(),
+                        };
                         match pc {
-                            Some(pc) if pc.remote_description().await.is_some() => { let _ = pc.add_ice_candidate(init).await; }
-                            _ => early.entry(target).or_default().push(init),
+                            Some(pc) => { let _ = pc.add_candidate(&candidate).await; }
+                            None => early.entry(target).or_default().push(candidate),
                         }
                     }
                     _ => {}
                 }
-                shared.inbox.lock().unwrap().push(msg);
+                shared.inbox.lock().unwrap().push(json);
                 shared.inbox_changed.notify_waiters();
             }
             Some((target, init)) = cand_rx.recv() => {
-                let msg = json!({"type": "ice_candidate", "target": target, "candidate": candidate_json(&init)});
-                if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                if sink.send(&candidate_message(target, &init)).await.is_err() { break; }
             }
             cmd = cmds.recv() => match cmd {
-                Some(Cmd::Raw(text)) => { if sink.send(Message::text(text)).await.is_err() { break; } }
+                Some(Cmd::Raw(text)) => { if sink.send_text(text).await.is_err() { break; } }
+                Some(Cmd::Send(msg)) => { if sink.send(&msg).await.is_err() { break; } }
                 Some(Cmd::Publish(spec, reply)) => {
-                    let pc = new_pc(handler("publish")).await;
+                    let pc = new_pc(handler(Target::Publish)).await;
                     let mut tracks = Vec::new();
                     let mut descs = Vec::new();
                     let plan = [
-                        (spec.camera, "camera", true),
-                        (None, "microphone", spec.microphone),
-                        (spec.screen, "screen", spec.screen.is_some()),
+                        (spec.camera, Source::Camera, true),
+                        (None, Source::Microphone, spec.microphone),
+                        (spec.screen, Source::Screen, spec.screen.is_some()),
                     ];
                     for (codec, source, wanted) in plan {
                         if !wanted { continue; }
+                        if source == Source::Camera && codec.is_none() { continue; }
+                        let name = source_name(source);
                         let ssrc = rand::random::<u32>();
-                        let id = format!("test-{source}-{ssrc}");
+                        let id = format!("test-{name}-{ssrc}");
                         let (kind, rtp_codec) = match codec {
                             Some(c) => (RtpCodecKind::Video, RTCRtpCodec { mime_type: c.mime().into(), clock_rate: 90000, channels: 0, sdp_fmtp_line: c.fmtp().into(), rtcp_feedback: vec![] }),
                             None => (RtpCodecKind::Audio, RTCRtpCodec { mime_type: "audio/opus".into(), clock_rate: 48000, channels: 2, sdp_fmtp_line: "minptime=10;useinbandfec=1".into(), rtcp_feedback: vec![] }),
                         };
-                        if source == "camera" && codec.is_none() { continue; }
                         let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                             format!("stream-{ssrc}"), id.clone(), id.clone(), kind,
                             vec![RTCRtpEncodingParameters { rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() }, codec: rtp_codec, ..Default::default() }],
                         )));
-                        let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await.expect("add_track");
-                        let sent = Arc::new(SentTrack { client_track_id: id.clone(), source, codec, ssrc, sent: Mutex::new(HashMap::new()), plis: AtomicU64::new(0) });
-                        descs.push(json!({"track_id": id, "source": source}));
+                        let sender = pc.connection().add_track(local.clone() as Arc<dyn TrackLocal>).await.expect("add_track");
+                        let sent = Arc::new(SentTrack { client_track_id: id.clone(), source: name, codec, ssrc, sent: Mutex::new(HashMap::new()), plis: AtomicU64::new(0) });
+                        descs.push(PublishedTrackDesc { track_id: id, source });
                         tracks.push((sent, local, sender));
                     }
-                    let offer = pc.create_offer(None).await.expect("offer");
-                    pc.set_local_description(offer).await.expect("set offer");
-                    let sdp = pc.local_description().await.unwrap().sdp;
+                    let sdp = pc.offer().await.expect("publish offer");
                     pub_pc = Some(pc);
                     pub_descs = descs.clone();
                     pending = Some(PendingPublish { spec, tracks, reply });
                     if std::env::var("DUMP_SDP").is_ok() { eprintln!("OFFER {sdp}"); }
-                    let msg = json!({"type": "publish_offer", "sdp": sdp, "tracks": descs});
-                    if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                    if sink.send(&ClientMessage::PublishOffer { sdp, tracks: descs }).await.is_err() { break; }
                 }
                 Some(Cmd::Reoffer(reply)) => {
                     let Some(pc) = pub_pc.as_ref() else { continue };
-                    let offer = pc.create_offer(None).await.expect("offer");
-                    pc.set_local_description(offer).await.expect("set offer");
-                    let sdp = pc.local_description().await.unwrap().sdp;
+                    let sdp = pc.offer().await.expect("publish offer");
                     reoffer_reply = Some(reply);
-                    let msg = json!({"type": "publish_offer", "sdp": sdp, "tracks": pub_descs});
-                    if sink.send(Message::text(msg.to_string())).await.is_err() { break; }
+                    let msg = ClientMessage::PublishOffer { sdp, tracks: pub_descs.clone() };
+                    if sink.send(&msg).await.is_err() { break; }
                 }
                 Some(Cmd::ClosePublishPc) => {
-                    if let Some(pc) = pub_pc.take() { let _ = pc.close().await; }
+                    if let Some(pc) = pub_pc.take() { pc.close().await; }
                 }
                 Some(Cmd::IgnoreOffers) => ignore_offers = true,
                 Some(Cmd::KillMedia) => {
                     stop_media.cancel();
-                    if let Some(pc) = pub_pc.take() { let _ = pc.close().await; }
-                    if let Some(pc) = sub_pc.take() { let _ = pc.close().await; }
+                    if let Some(pc) = pub_pc.take() { pc.close().await; }
+                    if let Some(pc) = sub_pc.take() { pc.close().await; }
                 }
                 Some(Cmd::DropSocket) | None => break,
             }
@@ -1089,10 +1066,19 @@ async fn peer_task(
     shared.inbox_changed.notify_waiters();
     stop_media.cancel();
     if let Some(pc) = pub_pc.take() {
-        let _ = pc.close().await;
+        pc.close().await;
     }
     if let Some(pc) = sub_pc.take() {
-        let _ = pc.close().await;
+        pc.close().await;
+    }
+}
+
+/// The protocol's name for a source (`camera`, …), as `SentTrack::source` keeps it.
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Camera => "camera",
+        Source::Microphone => "microphone",
+        Source::Screen => "screen",
     }
 }
 
@@ -1137,7 +1123,7 @@ async fn start_sending(p: PendingPublish, stop: CancellationToken, shared: Arc<S
                     _ = stop_rtcp.cancelled() => return,
                     ev = pli_local.poll() => match ev {
                         Some(TrackLocalEvent::OnRtcpPacket(pkts)) => {
-                            if kursrelay::sfu::keyframe::is_keyframe_request(&pkts) {
+                            if is_keyframe_request(&pkts) {
                                 pli_sent.plis.fetch_add(1, Ordering::SeqCst);
                                 kf_flag.store(true, Ordering::SeqCst);
                             }

@@ -6,6 +6,9 @@
 //! `pocketsphinx` (en-us model), and a participant's page shows caption text with words of the
 //! sentence, marked as automatic. Turned off, the captioner's audio stops at once.
 
+// The server's test harness, shared by path: this test lives here, beside the binary it runs,
+// because cargo builds a package's binaries for its own tests only (`CARGO_BIN_EXE_…`).
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Child, Command, Stdio};

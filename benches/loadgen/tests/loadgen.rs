@@ -1,6 +1,9 @@
 //! Smoke test of the fan-out load generator so it cannot rot: a few subscribers for a few
 //! seconds against the real server. It checks delivery, never speed.
 
+// The server's test harness, shared by path: this test lives here, beside the binary it runs,
+// because cargo builds a package's binaries for its own tests only (`CARGO_BIN_EXE_…`).
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
