@@ -108,11 +108,12 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
         .wait_for(&check, "kursrelay.check.done().then(r => r)", 60)
         .await;
     assert_eq!(r["udp"]["state"], "off", "{r}");
+    assert_eq!(r["tcp"]["state"], "off", "{r}");
     assert_eq!(r["turn_tcp"]["state"], "ok", "{r}");
     assert_eq!(r["turn_tcp"]["path"]["protocol"], "tls", "{r}");
     assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
     assert!(
-        r["code"].as_str().unwrap().starts_with("W1-UN-RN-T1-K1-B"),
+        r["code"].as_str().unwrap().starts_with("W1-UN-IN-RN-T1-K1-B"),
         "{r}"
     );
     drop(b);
