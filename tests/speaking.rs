@@ -56,3 +56,37 @@ async fn a_speaking_leader_is_announced_to_the_room_and_so_is_the_silence() {
     drop(b);
     server.shutdown().await;
 }
+
+/// A speaking member who goes (closes the page while talking) is followed by "stopped" for
+/// everyone: no one is left marked as speaking by someone who is no longer there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaker_who_leaves_mid_sentence_is_announced_silent() {
+    let server = TestServer::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Voice for far longer than the test: only the leaving can end it.
+    let wav = voice_then_silence_wav(dir.path(), 60.0, 1.0);
+    let leader = server
+        .token("speakleave", Role::Leader, Some("Kursleiar"), false)
+        .await;
+    let kari = TestPeer::join(&server, "speakleave", "Kari").await;
+    let mut b = Chromium::launch_with_microphone(&wav).await;
+    let base = format!("http://{}", server.addr);
+    let lead = b.open(&format!("{base}/course.html#t={leader}")).await;
+    b.eval(&lead, "kursrelay.start({}).then(() => true)").await;
+    let on = kari
+        .wait_msg(|m| m["type"] == "speaking" && m["speaking"] == true)
+        .await;
+    let speaker = on["member_id"].as_str().unwrap().to_owned();
+    b.close_tab(&lead).await;
+    let left = Instant::now();
+    kari.wait_msg(|m| {
+        m["type"] == "speaking" && m["speaking"] == false && m["member_id"] == speaker.as_str()
+    })
+    .await;
+    eprintln!(
+        "'stopped' {:?} after the speaker's tab closed",
+        left.elapsed()
+    );
+    drop(b);
+    server.shutdown().await;
+}

@@ -113,7 +113,10 @@ async fn chromium_sends_and_receives_media_only_through_coturn() {
     assert_eq!(r["turn_tcp"]["path"]["protocol"], "tls", "{r}");
     assert_eq!(r["verdict"], "check.verdict_ok", "{r}");
     assert!(
-        r["code"].as_str().unwrap().starts_with("W1-UN-IN-RN-T1-K1-B"),
+        r["code"]
+            .as_str()
+            .unwrap()
+            .starts_with("W1-UN-IN-RN-T1-K1-B"),
         "{r}"
     );
     drop(b);

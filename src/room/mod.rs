@@ -592,6 +592,7 @@ impl Rooms {
             attendance: self.attendance.clone(),
             roster_dirty: false,
             auto_captions: false,
+            speaking: HashSet::new(),
         };
         let span = tracing::info_span!("session", id = %session);
         let run = room.run(rx, self.clone(), handle.clone(), self.seen_every);
@@ -654,6 +655,9 @@ struct Room {
     roster_dirty: bool,
     /// The leader turned automatic captions on: captioners receive speech and may caption.
     auto_captions: bool,
+    /// Members announced as speaking: a microphone taken away while its member speaks (they
+    /// leave, lose the floor) is followed by "stopped" for everyone.
+    speaking: HashSet<MemberId>,
 }
 
 impl Room {
@@ -796,14 +800,7 @@ impl Room {
                 let _ = reply.send(self.main_feed(member));
             }
             Command::DropTracks { member } => self.remove_tracks_of(member, |_| true),
-            Command::Speaking { member, speaking } => {
-                if self.member(member).is_some_and(|m| m.admitted) {
-                    self.send_to_admitted(None, || RoomEvent::Speaking {
-                        member_id: member,
-                        speaking,
-                    });
-                }
-            }
+            Command::Speaking { member, speaking } => self.set_speaking(member, speaking),
             Command::Control {
                 member,
                 control,
@@ -1236,8 +1233,35 @@ impl Room {
     fn remove_track(&mut self, id: TrackId) {
         if let Some(forwarder) = self.tracks.remove(&id) {
             let publisher = forwarder.info().member;
+            let microphone = forwarder.info().source == Source::Microphone;
             drop(forwarder); // stops its forwarding task at once
             self.send_to_admitted(Some(publisher), || RoomEvent::TrackRemoved(id));
+            if microphone {
+                self.set_speaking(publisher, false);
+            }
+        }
+    }
+
+    /// The engine says `member` started or stopped speaking (or its microphone went): told to
+    /// everyone admitted on a change only. Starting counts only while the member is admitted
+    /// and its microphone is forwarded (a late event after the track went is dropped).
+    fn set_speaking(&mut self, member: MemberId, speaking: bool) {
+        let changed = if speaking {
+            let forwarded = self
+                .tracks
+                .values()
+                .any(|f| f.info().member == member && f.info().source == Source::Microphone);
+            forwarded
+                && self.member(member).is_some_and(|m| m.admitted)
+                && self.speaking.insert(member)
+        } else {
+            self.speaking.remove(&member)
+        };
+        if changed {
+            self.send_to_admitted(None, || RoomEvent::Speaking {
+                member_id: member,
+                speaking,
+            });
         }
     }
 
