@@ -57,8 +57,9 @@ async fn a_speaking_leader_is_announced_to_the_room_and_so_is_the_silence() {
     server.shutdown().await;
 }
 
-/// A speaking member who goes (closes the page while talking) is followed by "stopped" for
-/// everyone: no one is left marked as speaking by someone who is no longer there.
+/// Someone who joins while a member speaks is told at once (right after `joined`); a speaking
+/// member who goes (closes the page while talking) is followed by "stopped" for everyone: no
+/// one is left marked as speaking by someone who is no longer there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speaker_who_leaves_mid_sentence_is_announced_silent() {
     let server = TestServer::spawn().await;
@@ -77,12 +78,32 @@ async fn a_speaker_who_leaves_mid_sentence_is_announced_silent() {
         .wait_msg(|m| m["type"] == "speaking" && m["speaking"] == true)
         .await;
     let speaker = on["member_id"].as_str().unwrap().to_owned();
+    // Someone who joins mid-sentence is told right after `joined`, not at the next change.
+    let ola = TestPeer::join(&server, "speakleave", "Ola").await;
+    let told = ola
+        .wait_msg(|m| {
+            m["type"] == "speaking" && m["speaking"] == true && m["member_id"] == speaker.as_str()
+        })
+        .await;
+    let order: Vec<String> = ola
+        .inbox()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let joined_at = order.iter().position(|t| t == "joined").expect("joined");
+    let told_at = order
+        .iter()
+        .position(|t| t == "speaking")
+        .expect("speaking");
+    assert!(joined_at < told_at, "{order:?} {told}");
     b.close_tab(&lead).await;
     let left = Instant::now();
-    kari.wait_msg(|m| {
-        m["type"] == "speaking" && m["speaking"] == false && m["member_id"] == speaker.as_str()
-    })
-    .await;
+    for peer in [&kari, &ola] {
+        peer.wait_msg(|m| {
+            m["type"] == "speaking" && m["speaking"] == false && m["member_id"] == speaker.as_str()
+        })
+        .await;
+    }
     eprintln!(
         "'stopped' {:?} after the speaker's tab closed",
         left.elapsed()

@@ -54,6 +54,8 @@ pub enum RoomEvent {
         tracks: Vec<TrackInfo>,
         recorded: Option<Ack>,
         chat_enabled: bool,
+        /// Who is speaking at this moment (told right after `joined`).
+        speaking: Vec<MemberId>,
     },
     Floor(bool),
     /// Someone (the leader) lowered this member's hand.
@@ -130,6 +132,8 @@ pub enum JoinOutcome {
         tracks: Vec<TrackInfo>,
         recorded: Option<Ack>,
         chat_enabled: bool,
+        /// Who is speaking at this moment (told right after `joined`).
+        speaking: Vec<MemberId>,
     },
     /// Waiting for the leader.
     Lobby,
@@ -900,6 +904,7 @@ impl Room {
                 tracks: self.tracks_for(req.role),
                 recorded,
                 chat_enabled: self.settings.chat_enabled,
+                speaking: self.speaking.iter().copied().collect(),
             }
         } else {
             JoinOutcome::Lobby
@@ -975,12 +980,14 @@ impl Room {
                     .map_or(Role::Participant, |m| m.info.role);
                 let tracks = self.tracks_for(role);
                 let chat_enabled = self.settings.chat_enabled;
+                let speaking = self.speaking.iter().copied().collect();
                 self.send_to(
                     target,
                     RoomEvent::Admitted {
                         tracks,
                         recorded,
                         chat_enabled,
+                        speaking,
                     },
                 );
             }

@@ -216,7 +216,11 @@ impl Client {
                 tracks,
                 recorded,
                 chat_enabled,
-            } => self.admitted(tracks, recorded, chat_enabled).await?,
+                speaking,
+            } => {
+                self.admitted(tracks, recorded, chat_enabled, speaking)
+                    .await?
+            }
             JoinOutcome::Lobby => self.outbox.push(ServerMessage::Lobby {
                 member_id: member,
                 session: session_id.to_string(),
@@ -231,6 +235,7 @@ impl Client {
         tracks: Vec<crate::sfu::TrackInfo>,
         recorded: Option<crate::attendance::Ack>,
         chat_enabled: bool,
+        speaking: Vec<crate::ids::MemberId>,
     ) -> Result<(), ProtocolError> {
         // `joined` means "you are registered as present": only once the record is committed.
         if let Some(ack) = recorded {
@@ -253,6 +258,13 @@ impl Client {
             simulcast: self.ctx.sfu.simulcast(),
         };
         self.outbox.push(msg);
+        // Who speaks now, so a page that joins (or rejoins) mid-sentence marks them at once.
+        for member_id in speaking {
+            self.outbox.push(ServerMessage::Speaking {
+                member_id,
+                speaking: true,
+            });
+        }
         for track in &tracks {
             self.subscribe_to(track).await?;
         }

@@ -27,7 +27,11 @@ impl Client {
                 tracks,
                 recorded,
                 chat_enabled,
-            }) => self.admitted(tracks, recorded, chat_enabled).await?,
+                speaking,
+            }) => {
+                self.admitted(tracks, recorded, chat_enabled, speaking)
+                    .await?
+            }
             ClientEvent::Room(RoomEvent::Floor(granted)) => {
                 let joined = self.joined()?;
                 joined.has_floor = granted;
