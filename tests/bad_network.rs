@@ -712,7 +712,7 @@ async fn chromium_publisher_on_a_lossy_late_link_still_reaches_watchers() {
     // A simulcast publisher encodes each frame once per layer; a watcher gets one layer.
     // Upstream loss that the publisher's re-sends do not repair costs the watcher frames until
     // the next keyframe, and how many depends on the publisher's rate: 65 % decoded on a quiet
-    // machine, 44 % in a loaded CI run (2026-12-07, the publisher at 3× the packet rate). A
+    // machine, 44 % in a loaded CI run (issue 20's session, the publisher at 3× the packet rate). A
     // third is the floor: a watcher that gets nothing, or only keyframes, stays far below it.
     let one_layer = sent("framesEncodedOneLayer");
     assert!(

@@ -1469,26 +1469,9 @@ async fn the_floor_in_the_hall() {
         // Every picture shown: whole on screen, nothing over it, its label whole; no two
         // pictures overlap.
         for p in &shown {
-            assert_eq!(p["covered"], json!([]), "{w}×{h}: {p} is covered");
             assert_eq!(p["cut"], false, "{w}×{h}: {p}'s label is cut");
-            assert!(
-                f(p, "x") >= 0.0
-                    && f(p, "y") >= 0.0
-                    && f(p, "x") + f(p, "w") <= f64::from(w) + 1.0
-                    && f(p, "y") + f(p, "h") <= f64::from(h) + 1.0,
-                "{w}×{h}: {p} is off screen"
-            );
-            for q in &shown {
-                if p["pos"] == q["pos"] {
-                    continue;
-                }
-                let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
-                    || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
-                    || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
-                    || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
-                assert!(apart, "{w}×{h}: {p} and {q} overlap");
-            }
         }
+        whole_and_apart(&shown, w, h);
         if w != 1920 {
             continue;
         }
@@ -1545,6 +1528,31 @@ fn pick_pos(all: &Value, pos: &str) -> Value {
         .find(|p| p["pos"] == pos)
         .cloned()
         .unwrap_or_else(|| panic!("no {pos} picture in {all:#}"))
+}
+
+/// Every picture in `shown` (from `pictures`) is uncovered, whole inside a `w`×`h` screen,
+/// and none lies over another.
+fn whole_and_apart(shown: &[&Value], w: u32, h: u32) {
+    for p in shown {
+        assert_eq!(p["covered"], json!([]), "{w}×{h}: {p} is covered");
+        assert!(
+            f(p, "x") >= 0.0
+                && f(p, "y") >= 0.0
+                && f(p, "x") + f(p, "w") <= f64::from(w) + 1.0
+                && f(p, "y") + f(p, "h") <= f64::from(h) + 1.0,
+            "{w}×{h}: {p} is off screen"
+        );
+        for q in shown {
+            if p["pos"] == q["pos"] {
+                continue;
+            }
+            let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
+                || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
+                || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
+                || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
+            assert!(apart, "{w}×{h}: {p} and {q} overlap");
+        }
+    }
 }
 
 /// A row of a list (`#present`: the leader's; `#members`: everyone's "who is here") for
@@ -1669,26 +1677,7 @@ async fn who_speaks_in_the_hall_and_in_the_lists() {
         .iter()
         .filter(|p| p["shown"] == true)
         .collect();
-    for p in &shown {
-        assert_eq!(p["covered"], json!([]), "{p} is covered");
-        assert!(
-            f(p, "x") >= 0.0
-                && f(p, "y") >= 0.0
-                && f(p, "x") + f(p, "w") <= 1921.0
-                && f(p, "y") + f(p, "h") <= 1081.0,
-            "{p} is off screen"
-        );
-        for q in &shown {
-            if p["pos"] == q["pos"] {
-                continue;
-            }
-            let apart = f(p, "x") + f(p, "w") <= f(q, "x") + 1.0
-                || f(q, "x") + f(q, "w") <= f(p, "x") + 1.0
-                || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
-                || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
-            assert!(apart, "{p} and {q} overlap");
-        }
-    }
+    whole_and_apart(&shown, 1920, 1080);
     assert_eq!(floor1["cut"], false, "{floor1}");
     assert!(
         (f(&interp1, "w") - f(&interp0, "w")).abs() <= 2.0,

@@ -11,24 +11,51 @@ mod voice;
 
 use std::time::Instant;
 
-use common::chromium::Chromium;
+use common::chromium::{Chromium, Page};
 use common::*;
 use kursrelay::protocol::Role;
 use voice::voice_then_silence_wav;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_speaking_leader_is_announced_to_the_room_and_so_is_the_silence() {
+/// A session `session` with Kari (a webrtc-rs participant) in it, and its leader in Chromium,
+/// joined, speaking into a microphone of `voice_s` of voice and `quiet_s` of quiet, looped.
+struct Course {
+    server: TestServer,
+    _wav_dir: tempfile::TempDir,
+    kari: TestPeer,
+    b: Chromium,
+    lead: Page,
+}
+
+async fn leader_speaks(session: &str, voice_s: f64, quiet_s: f64) -> Course {
     let server = TestServer::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let wav = voice_then_silence_wav(dir.path(), 1.5, 2.5);
+    let wav = voice_then_silence_wav(dir.path(), voice_s, quiet_s);
     let leader = server
-        .token("speak", Role::Leader, Some("Kursleiar"), false)
+        .token(session, Role::Leader, Some("Kursleiar"), false)
         .await;
-    let kari = TestPeer::join(&server, "speak", "Kari").await;
+    let kari = TestPeer::join(&server, session, "Kari").await;
     let mut b = Chromium::launch_with_microphone(&wav).await;
     let base = format!("http://{}", server.addr);
     let lead = b.open(&format!("{base}/course.html#t={leader}")).await;
     b.eval(&lead, "kursrelay.start({}).then(() => true)").await;
+    Course {
+        server,
+        _wav_dir: dir,
+        kari,
+        b,
+        lead,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaking_leader_is_announced_to_the_room_and_so_is_the_silence() {
+    let Course {
+        server,
+        _wav_dir,
+        kari,
+        b,
+        lead: _,
+    } = leader_speaks("speak", 1.5, 2.5).await;
     let started = Instant::now();
 
     let on = kari
@@ -62,18 +89,14 @@ async fn a_speaking_leader_is_announced_to_the_room_and_so_is_the_silence() {
 /// one is left marked as speaking by someone who is no longer there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speaker_who_leaves_mid_sentence_is_announced_silent() {
-    let server = TestServer::spawn().await;
-    let dir = tempfile::tempdir().unwrap();
     // Voice for far longer than the test: only the leaving can end it.
-    let wav = voice_then_silence_wav(dir.path(), 60.0, 1.0);
-    let leader = server
-        .token("speakleave", Role::Leader, Some("Kursleiar"), false)
-        .await;
-    let kari = TestPeer::join(&server, "speakleave", "Kari").await;
-    let mut b = Chromium::launch_with_microphone(&wav).await;
-    let base = format!("http://{}", server.addr);
-    let lead = b.open(&format!("{base}/course.html#t={leader}")).await;
-    b.eval(&lead, "kursrelay.start({}).then(() => true)").await;
+    let Course {
+        server,
+        _wav_dir,
+        kari,
+        mut b,
+        lead,
+    } = leader_speaks("speakleave", 60.0, 1.0).await;
     let on = kari
         .wait_msg(|m| m["type"] == "speaking" && m["speaking"] == true)
         .await;

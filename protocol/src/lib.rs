@@ -52,19 +52,20 @@ impl Role {
         matches!(self, Role::Encoder | Role::Player | Role::Captioner)
     }
 
+    /// Every role, in the protocol's order.
+    pub const ALL: [Role; 8] = [
+        Role::Leader,
+        Role::Representative,
+        Role::Participant,
+        Role::Site,
+        Role::Interpreter,
+        Role::Encoder,
+        Role::Player,
+        Role::Captioner,
+    ];
+
     pub fn parse(s: &str) -> Option<Role> {
-        [
-            Role::Leader,
-            Role::Representative,
-            Role::Participant,
-            Role::Site,
-            Role::Interpreter,
-            Role::Encoder,
-            Role::Player,
-            Role::Captioner,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

@@ -150,16 +150,7 @@ mod tests {
         }
     }
 
-    const ROLES: [Role; 8] = [
-        Role::Leader,
-        Role::Representative,
-        Role::Participant,
-        Role::Site,
-        Role::Interpreter,
-        Role::Encoder,
-        Role::Player,
-        Role::Captioner,
-    ];
+    const ROLES: [Role; 8] = Role::ALL;
 
     #[test]
     fn every_role_times_every_action() {
