@@ -1423,7 +1423,12 @@ async fn pictures(b: &mut Chromium, page: &Page) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_in_the_hall() {
     let server = TestServer::spawn().await;
-    let mut b = Chromium::launch().await;
+    // A silent microphone: Chromium's own fake one beeps, and a beep long enough to count as
+    // speech grows the floor-holder's picture (who_speaks_in_the_hall_and_in_the_lists
+    // measures that layout); this test measures the hall while nobody speaks.
+    let dir = tempfile::tempdir().unwrap();
+    let silence = voice::voice_then_silence_wav(dir.path(), 0.0, 2.0);
+    let mut b = Chromium::launch_with_microphone(&silence).await;
     let ([(leader, _), _, _, (kari, kari_id)], site) =
         hall_course(&server, &mut b, "hallfloor", "Kari Nordmann").await;
     // The slides: the leader shares a screen.
