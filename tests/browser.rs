@@ -88,11 +88,17 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     assert_eq!(media.len(), 1, "{media:?}");
     let port = media[0].port();
     let mut seen = Vec::new();
+    let mut over_udp = 0;
     for tab in [&publisher, &watcher] {
         let s = browser.eval(tab, "kursrelay.stats()").await;
         for t in s["transports"].as_array().unwrap() {
             assert_eq!(t["port"].as_u64(), Some(u64::from(port)), "{s}");
-            assert_eq!(t["protocol"], "udp", "{s}");
+            // ICE-TCP on the same port is a legitimate pick: under load a connection's first
+            // UDP checks can reach the server before Chromium's answer does (rtc drops them
+            // unanswered) and Chromium settles on the TCP pair that answered first (CI, once
+            // in about ten runs). At least one of the two connections is UDP, below.
+            assert!(matches!(t["protocol"].as_str(), Some("udp" | "tcp")), "{s}");
+            over_udp += usize::from(t["protocol"] == "udp");
             if t["target"] == "subscribe" {
                 // The server's profile order decides (patches/rtc-dtls): GCM, the cheap seal,
                 // although Chromium lists AES-CM first.
@@ -103,6 +109,7 @@ async fn chromium_publishes_and_another_tab_decodes_video_and_audio() {
     }
     seen.sort();
     assert_eq!(seen, ["publish", "subscribe"], "connections seen: {seen:?}");
+    assert!(over_udp >= 1, "no connection over UDP: {seen:?}");
     // What reached the watcher was sealed by the engine itself, not by rtc's sender.
     assert!(server.metric(|m| &m.packets_sealed) > 0);
     let mut candidates = 0;

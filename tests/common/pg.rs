@@ -88,26 +88,29 @@ impl Cluster {
         }
     }
 
-    /// Stops this cluster's server (fast shutdown), for a cluster of a test's own.
+    /// Stops this cluster's server (fast shutdown), for a cluster of a test's own, and returns
+    /// once it is gone: a signal alone leaves the server answering for a moment (a write made
+    /// right after it was once committed, CI).
     pub fn stop(&self) {
         self.freeze(false);
         // SAFETY: kill(2) on the postmaster's pid; no memory is touched.
         unsafe {
             libc::kill(self.pid as i32, libc::SIGINT);
         }
-    }
-
-    /// Starts this cluster's server again after `stop`, on the same port and data.
-    pub fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        // The old server must be gone before a new one takes the data folder.
         while alive(self.pid) {
             assert!(
                 Instant::now() < deadline,
                 "the test PostgreSQL did not stop"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts this cluster's server again after `stop`, on the same port and data.
+    pub fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // `stop` waited until the old server was gone, so the data folder is free.
         let (uid, gid) = uid_gid("postgres");
         let data = self.dir.join("data");
         self.pid = spawn_server(&self.bin, &data, &self.dir, self.port, uid, gid);
