@@ -1059,3 +1059,84 @@ fn a_check_connection_on_the_media_port_echoes_and_bursts() {
     sim.advance(kursrelay::sfu::CHECK_LIFETIME);
     assert_eq!(sim.connections(), 0, "closed after its lifetime");
 }
+
+/// Issue 20, the pacer: a shared screen on a weak home line. Slides change rarely, but each
+/// change is a keyframe of tens of KB; sent as fast as it arrives, it overflowed the queue in
+/// front of a 400 kbit/s line (200 ms, 10 KB), the loss lowered the estimate and the viewer
+/// lost the slides (BENCHMARKS.md, 2026-12-06). Here a single-layer screen share (5 fps, a
+/// 24 KB keyframe every 3 s and whenever a PLI asks, two packets otherwise) and the sound,
+/// behind that line: once the estimate has learnt the line (the first 10 s), the viewer's
+/// pacer lets every keyframe through whole — the line drops nothing — and the sound arrives
+/// whole and on time.
+#[test]
+fn a_slide_keyframe_passes_a_weak_line_paced() {
+    let mut sim = Sim::simulcast_lowest_only().expect("connected");
+    sim.set_subscriber_line(Some((400_000, Duration::from_millis(200))));
+    sim.attach();
+    let (mut seq, mut ts, mut pid) = (100u16, 10_000u32, 100u16);
+    let mut plis_seen = 0;
+    let mut key_next = true;
+    let start = sim.elapsed();
+    let settled = start + Duration::from_secs(10);
+    let mut drops_at_settled = None;
+    let mut keyframes_sent = 0u32;
+    // 40 s in 20 ms steps: sound every step, a slide frame every 10th.
+    for step in 0..2000u32 {
+        if step % 10 == 0 {
+            let plis = sim.plis_for_layer(0).len();
+            if plis > plis_seen {
+                plis_seen = plis;
+                key_next = true;
+            }
+            let key = std::mem::take(&mut key_next) || step % 150 == 0;
+            let n = if key { 80 } else { 2 };
+            if key && sim.elapsed() >= settled {
+                keyframes_sent += 1;
+            }
+            for k in 0..n {
+                sim.send_layer(0, seq, ts, pid, k == 0, key);
+                seq = seq.wrapping_add(1);
+            }
+            ts = ts.wrapping_add(18_000);
+            pid = (pid + 1) & 0x7fff;
+        }
+        sim.send_audio();
+        sim.advance(Duration::from_millis(20));
+        if drops_at_settled.is_none() && sim.elapsed() >= settled {
+            drops_at_settled = Some(sim.line_drops());
+        }
+    }
+    let drops = sim.line_drops() - drops_at_settled.unwrap();
+    let keyframes_received = sim.received().iter().filter(|r| r.keyframe).count();
+    let sound: Vec<Duration> = sim
+        .audio_received()
+        .iter()
+        .copied()
+        .filter(|t| *t >= settled)
+        .collect();
+    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let (estimate, twcc) = sim.estimate().unwrap();
+    let m = sim.metrics();
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "after the first 10 s: {drops} datagrams dropped by the line ({} before), \
+         {keyframes_sent} keyframes sent (the PLIs asked for {plis_seen} in all), \
+         {keyframes_received} keyframe starts received in all; {} of 1500 audio packets, \
+         longest gap {gap:?}; estimate {estimate:.0} bit/s (transport-cc {twcc}); \
+         {} packets paced, {} pacer overflows",
+        drops_at_settled.unwrap(),
+        sound.len(),
+        m.packets_paced.load(Relaxed),
+        m.pacer_overflows.load(Relaxed),
+    );
+    assert!(twcc, "transport-cc drives the estimate");
+    assert_eq!(
+        drops, 0,
+        "the line dropped {drops} datagrams after the first 10 s"
+    );
+    assert!(sound.len() >= 1490, "{} of 1500 audio packets", sound.len());
+    assert!(
+        gap <= Duration::from_millis(100),
+        "a {gap:?} gap in the sound"
+    );
+}

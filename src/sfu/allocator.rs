@@ -72,7 +72,20 @@ pub(crate) struct Estimate {
     pending_loss: Option<u8>,
     last_loss: f64,
     remb: Option<(f64, u64)>,
+    /// The fastest the line was seen to deliver (bit/s), and when: the rate packets arrived
+    /// at within one transport-cc feedback, decaying (half in `LINK_HALF_LIFE`) unless seen
+    /// again. rtc's GCC keeps growing while a viewer is sent less than it (no
+    /// application-limited detection), so on its own it says little about a quiet viewer's
+    /// line; a burst that arrives (a keyframe, paced) says what the line carries.
+    link: Option<(f64, u64)>,
 }
+
+/// How fast a delivery-rate measurement fades when not seen again.
+const LINK_HALF_LIFE: f64 = 10_000.0;
+/// A feedback measures the delivery rate only if it acknowledges this many packets that
+/// arrived over at least this long (a few back-to-back packets say little).
+const LINK_MIN_PACKETS: usize = 5;
+const LINK_MIN_SPAN: Duration = Duration::from_millis(5);
 
 impl Default for Estimate {
     fn default() -> Self {
@@ -83,6 +96,7 @@ impl Default for Estimate {
             pending_loss: None,
             last_loss: 0.0,
             remb: None,
+            link: None,
         }
     }
 }
@@ -99,6 +113,53 @@ impl Estimate {
         }
         self.gcc.on_reports(now, reports);
         self.twcc_at = Some(now_ms);
+        self.measure_delivery(now_ms, reports);
+    }
+
+    /// The rate the acknowledged packets of one feedback arrived at (the first one's size
+    /// not counted: it marks the start), kept when it is the fastest seen lately.
+    fn measure_delivery(&mut self, now_ms: u64, reports: &[PacketReport]) {
+        let (mut first, mut last, mut bytes, mut n) = (None, None, 0usize, 0usize);
+        for r in reports.iter().filter(|r| r.arrived) {
+            let Some(at) = r.arrival else {
+                continue;
+            };
+            if first.is_none_or(|f| at < f) {
+                first = Some(at);
+            } else {
+                bytes += r.size;
+            }
+            last = Some(last.map_or(at, |l: Duration| l.max(at)));
+            n += 1;
+        }
+        let (Some(first), Some(last)) = (first, last) else {
+            return;
+        };
+        let span = last.saturating_sub(first);
+        if n < LINK_MIN_PACKETS || span < LINK_MIN_SPAN {
+            return;
+        }
+        let sample = bytes as f64 * 8.0 / span.as_secs_f64();
+        let kept = self.link_bps(now_ms).unwrap_or(0.0);
+        if sample >= kept {
+            self.link = Some((sample, now_ms));
+        }
+    }
+
+    /// The fastest delivery seen lately, faded since.
+    fn link_bps(&self, now_ms: u64) -> Option<f64> {
+        self.link.map(|(bps, at)| {
+            let age = now_ms.saturating_sub(at) as f64;
+            bps * 0.5f64.powf(age / LINK_HALF_LIFE)
+        })
+    }
+
+    /// What the viewer's pacer paces at (before its factor): the estimate, but no more than
+    /// the line was seen to deliver lately once it has been.
+    pub(crate) fn pace_bps(&self, now_ms: u64) -> f64 {
+        let estimate = self.bps(now_ms);
+        self.link_bps(now_ms)
+            .map_or(estimate, |link| estimate.min(link.max(MIN_BPS)))
     }
 
     /// A receiver report block: fraction lost, of 256.

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Simulcast: a viewer's layer was stopped at once because its line did not carry it (it
     /// goes on at the lower layer's next keyframe; the sound does not wait behind it).
     pub layer_cuts: AtomicU64,
+    /// Video packets (and re-sends) a viewer's pacer held for later instead of sending at
+    /// once, and held packets sent early because the pacer was full (`engine/pacer.rs`).
+    pub packets_paced: AtomicU64,
+    pub pacer_overflows: AtomicU64,
     /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
     pub video_pauses: AtomicU64,
     /// Viewers with at least one video paused now.
@@ -223,6 +227,16 @@ impl Metrics {
                 "kursrelay_layer_cuts_total",
                 &self.layer_cuts,
                 "A viewer's layer stopped at once because its line did not carry it",
+            ),
+            (
+                "kursrelay_packets_paced_total",
+                &self.packets_paced,
+                "Video packets a viewer's pacer held so a burst leaves no faster than the line carries",
+            ),
+            (
+                "kursrelay_pacer_overflows_total",
+                &self.pacer_overflows,
+                "Held packets sent early because a viewer's pacer was full",
             ),
             (
                 "kursrelay_video_pauses_total",

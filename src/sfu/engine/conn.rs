@@ -242,6 +242,8 @@ pub(crate) struct Viewer {
     pub(crate) sent_seen: [u64; 3],
     /// Whether any of its videos is paused now (for the gauge).
     pub(crate) paused: bool,
+    /// Its video leaves no faster than its line carries (`pacer.rs`).
+    pub(crate) pacer: super::pacer::Pacer<super::pacer::Held>,
     /// Reused by `poll_reads` for transport-cc reports.
     reports: Vec<PacketReport>,
 }
@@ -636,6 +638,11 @@ impl Conn {
             v.sent[what as usize] += size as u64;
         }
         Some((sealer, dest, twcc))
+    }
+
+    /// Subscribe side: the viewer's pacer.
+    pub(crate) fn pacer(&mut self) -> Option<&mut super::pacer::Pacer<super::pacer::Held>> {
+        self.viewer.as_mut().map(|v| &mut v.pacer)
     }
 
     /// Tells the member task what the viewer now gets of a video.

@@ -31,7 +31,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::conn::{Conn, Feedback, Sent};
 use super::resend::{Refusal, ResendGuard};
-use super::{cache, mux, srtp, Command};
+use super::{cache, mux, pacer, srtp, Command};
 use crate::sfu::allocator;
 use crate::sfu::conn_key::ConnKey;
 use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER, PAUSED};
@@ -134,6 +134,23 @@ pub(super) struct Slot {
 pub(crate) struct Outbox {
     queue: VecDeque<Transmit>,
     pub(crate) pool: Vec<BytesMut>,
+    /// Viewers whose pacer holds packets (`release_paced` looks at them every `PACE_TICK`).
+    paced: Vec<ConnKey>,
+    /// Packets held by a pacer, and held packets sent early because a pacer was full, since
+    /// the metrics last took them.
+    held: u64,
+    forced: u64,
+}
+
+/// One forwarded packet for one viewer, as `Outbox::deliver` takes it.
+struct Forward<'a> {
+    down: &'a Arc<DownTrack>,
+    out: Outgoing,
+    marker: bool,
+    payload: &'a [u8],
+    what: Sent,
+    /// A re-send's transport-wide number (extension id, number): the original's.
+    twcc: Option<(u8, u16)>,
 }
 
 impl Outbox {
@@ -141,6 +158,9 @@ impl Outbox {
         Outbox {
             queue: VecDeque::with_capacity(POOL),
             pool: Vec::with_capacity(POOL),
+            paced: Vec::new(),
+            held: 0,
+            forced: 0,
         }
     }
 
@@ -196,6 +216,79 @@ impl Outbox {
             data: buf,
         });
         true
+    }
+
+    /// Puts one forwarded packet for viewer `key` on its way: sealed and queued now, or held
+    /// by the viewer's pacer (a copy of the payload in a pooled buffer, sealed when it
+    /// leaves). Sound is never held. False if it could not be sealed.
+    fn deliver(&mut self, key: ConnKey, conn: &mut Conn, now: Instant, f: Forward<'_>) -> bool {
+        let size = f.payload.len() + WIRE_OVERHEAD;
+        if let Some(p) = conn.pacer() {
+            if f.what == Sent::Audio {
+                p.charge(now, size);
+            } else if !p.may_send(now, size) {
+                if !p.listed {
+                    p.listed = true;
+                    self.paced.push(key);
+                }
+                let mut payload = self.pool.pop().unwrap_or_default();
+                payload.extend_from_slice(f.payload);
+                let held = pacer::Held {
+                    down: f.down.clone(),
+                    out: f.out,
+                    marker: f.marker,
+                    payload,
+                    what: f.what,
+                    twcc: f.twcc,
+                };
+                self.held += 1;
+                if let Some(h) = p.hold(held, size, f.what == Sent::Resent) {
+                    self.forced += 1;
+                    self.seal_held(conn, now, h);
+                }
+                return true;
+            }
+        }
+        self.seal_now(conn, now, &f)
+    }
+
+    /// Seals `f` with the connection's keys (a new packet gets its transport-wide number
+    /// now, when it leaves) and queues it.
+    fn seal_now(&mut self, conn: &mut Conn, now: Instant, f: &Forward<'_>) -> bool {
+        let size = f.payload.len() + WIRE_OVERHEAD;
+        let stamped = if f.what == Sent::Resent {
+            conn.lean().map(|(sealer, dest)| (sealer, dest, f.twcc))
+        } else {
+            conn.lean_stamped(now, size, f.what)
+        };
+        let Some((sealer, dest, twcc)) = stamped else {
+            return false;
+        };
+        if !self.seal_and_queue(sealer, dest, f.down, &f.out, f.marker, f.payload, twcc) {
+            return false;
+        }
+        if f.what == Sent::Resent {
+            conn.count_resent(size);
+        }
+        true
+    }
+
+    /// A held packet leaves: sealed and queued, its buffer back in the pool.
+    fn seal_held(&mut self, conn: &mut Conn, now: Instant, h: pacer::Held) -> bool {
+        let ok = self.seal_now(
+            conn,
+            now,
+            &Forward {
+                down: &h.down,
+                out: h.out,
+                marker: h.marker,
+                payload: &h.payload,
+                what: h.what,
+                twcc: h.twcc,
+            },
+        );
+        self.recycle(h.payload);
+        ok
     }
 
     fn recycle(&mut self, mut buf: BytesMut) {
@@ -315,6 +408,9 @@ impl Core {
     /// and at least every `TURN` (GOP pacing, keyframe requests asked for from other threads).
     pub(crate) fn poll_timeout(&self) -> Instant {
         let mut t = (self.last_turn + TURN).min(self.next_liveness);
+        if !self.out.paced.is_empty() {
+            t = t.min(self.last_turn + pacer::PACE_TICK);
+        }
         if let Some(Reverse((deadline, _))) = self.timers.peek() {
             t = t.min(*deadline);
         }
@@ -343,6 +439,7 @@ impl Core {
     fn turn(&mut self, now: Instant) {
         self.last_turn = now;
         self.timers_due(now);
+        self.release_paced(now);
         self.pace_catchups(now);
         self.keyframe_requests(now);
         self.allocate(now);
@@ -430,7 +527,10 @@ impl Core {
             viewer.sent_seen = viewer.sent;
             viewer.estimate.pass(now_ms, rate.iter().sum());
             let estimate = viewer.estimate.bps(now_ms);
-            if viewer.estimate.has_twcc(now_ms) {
+            let twcc = viewer.estimate.has_twcc(now_ms);
+            let pace = viewer.estimate.pace_bps(now_ms);
+            viewer.pacer.update(twcc.then_some(pace), secs);
+            if twcc {
                 by_twcc += 1;
             } else {
                 by_rr += 1;
@@ -453,6 +553,17 @@ impl Core {
                     // still picture instead of a queue that drops the sound.
                     down.start_layer(d.target);
                     self.metrics.layer_cuts.fetch_add(1, Ordering::Relaxed);
+                }
+                if (d.cut && down.layer() != NO_LAYER) || d.target == PAUSED {
+                    // What the pacer still holds of a layer cut (or a video paused) goes too:
+                    // sent afterwards, it would go on flooding the line the cut relieves.
+                    if let Some(p) = conn.pacer() {
+                        let out = &mut self.out;
+                        p.remove_where(
+                            |h| Arc::ptr_eq(&h.down, down) && h.what == Sent::Video,
+                            |h| out.recycle(h.payload),
+                        );
+                    }
                 }
                 paused |= d.target == PAUSED;
                 if let Some(q) = d.tell {
@@ -620,6 +731,12 @@ impl Core {
         else {
             return;
         };
+        // Still held by the viewer's pacer: not sent yet, so not lost; it goes when due.
+        if conn.pacer().is_some_and(|p| {
+            p.holds(|h| Arc::ptr_eq(&h.down, down) && h.what != Sent::Resent && h.out.seq == seq)
+        }) {
+            return;
+        }
         // With transport-cc the re-send carries the number the original did (the same bytes
         // under the same SRTP nonce); one no longer remembered is not re-sent.
         let twcc = match conn.twcc_ext() {
@@ -632,9 +749,9 @@ impl Core {
             },
             None => None,
         };
-        let Some((sealer, dest)) = conn.lean() else {
+        if conn.lean().is_none() {
             return;
-        };
+        }
         let octets = down.octets_sent.load(Ordering::Relaxed);
         let guard = self
             .resends
@@ -659,11 +776,15 @@ impl Core {
             timestamp,
             rewrite,
         };
-        if self
-            .out
-            .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
-        {
-            conn.count_resent(c.payload.len() + WIRE_OVERHEAD);
+        let f = Forward {
+            down,
+            out,
+            marker: c.marker,
+            payload: &c.payload,
+            what: Sent::Resent,
+            twcc,
+        };
+        if self.out.deliver(key, conn, now, f) {
             self.metrics.nacks_answered.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -841,19 +962,18 @@ impl Core {
             };
             down.count(packet.payload.len());
             let what = if video { Sent::Video } else { Sent::Audio };
-            if let Some((sealer, dest, twcc)) =
-                conn.lean_stamped(now, packet.payload.len() + WIRE_OVERHEAD, what)
-            {
-                // Our own seal with the connection's keys: no rtc round, no allocation.
-                if !self.out.seal_and_queue(
-                    sealer,
-                    dest,
+            if conn.lean().is_some() {
+                // Our own seal with the connection's keys (now, or when the viewer's pacer
+                // lets it go): no rtc round, no allocation.
+                let f = Forward {
                     down,
-                    &out,
-                    packet.header.marker,
-                    &packet.payload,
-                    twcc,
-                ) {
+                    out,
+                    marker: packet.header.marker,
+                    payload: &packet.payload,
+                    what,
+                    twcc: None,
+                };
+                if !self.out.deliver(down.conn, conn, now, f) {
                     self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -879,6 +999,41 @@ impl Core {
         self.metrics
             .packets_sealed
             .fetch_add(sealed, Ordering::Relaxed);
+    }
+
+    /// Viewers whose pacer holds packets: what is due leaves (sealed now, so its
+    /// transport-wide number says when it really left).
+    fn release_paced(&mut self, now: Instant) {
+        let m = &self.metrics;
+        m.packets_paced
+            .fetch_add(std::mem::take(&mut self.out.held), Ordering::Relaxed);
+        m.pacer_overflows
+            .fetch_add(std::mem::take(&mut self.out.forced), Ordering::Relaxed);
+        if self.out.paced.is_empty() {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.out.paced);
+        list.retain(|key| {
+            let Some(conn) = self
+                .conns
+                .get_mut(key.slot as usize)
+                .filter(|s| s.gen == key.gen)
+                .and_then(|s| s.conn.as_mut())
+            else {
+                return false;
+            };
+            while let Some(h) = conn.pacer().and_then(|p| p.pop_due(now)) {
+                self.out.seal_held(conn, now, h);
+            }
+            let Some(p) = conn.pacer() else {
+                return false;
+            };
+            p.listed = p.is_holding();
+            p.listed
+        });
+        // Viewers that held their first packet while this ran (none: nothing is forwarded here).
+        list.append(&mut self.out.paced);
+        self.out.paced = list;
     }
 
     /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn
@@ -911,6 +1066,11 @@ impl Core {
                 down.end_catchup();
                 return false;
             }
+            // A pacer still holding this viewer's packets: the GOP waits (it would only be
+            // held behind them).
+            if conn.pacer().is_some_and(|p| p.is_holding()) {
+                return true;
+            }
             for _ in 0..GOP_PACKETS_PER_TURN {
                 let Some(next) = down.catchup_next() else {
                     return false;
@@ -941,15 +1101,15 @@ impl Core {
                     continue;
                 };
                 down.count(c.payload.len());
-                let Some((sealer, dest, twcc)) =
-                    conn.lean_stamped(now, c.payload.len() + WIRE_OVERHEAD, Sent::Video)
-                else {
-                    continue;
+                let f = Forward {
+                    down,
+                    out,
+                    marker: c.marker,
+                    payload: &c.payload,
+                    what: Sent::Video,
+                    twcc: None,
                 };
-                if self
-                    .out
-                    .seal_and_queue(sealer, dest, down, &out, c.marker, &c.payload, twcc)
-                {
+                if self.out.deliver(down.conn, conn, now, f) {
                     sent += 1;
                 }
             }

@@ -28,6 +28,7 @@ mod conn;
 mod core;
 pub(crate) mod mux;
 mod net;
+mod pacer;
 mod resend;
 mod shell;
 pub(crate) mod srtp;
