@@ -360,11 +360,16 @@ pub struct MediaConfig {
     pub keyframe_request_interval_ms: u64,
     /// Accept simulcast publishing (`joined.simulcast` tells clients). Defaults to on for
     /// configuration files written before the key existed.
-    #[serde(default = "default_simulcast")]
+    #[serde(default = "default_on")]
     pub simulcast: bool,
+    /// Pace each viewer's video to what its line carries (`sfu::engine::pacer`). On by
+    /// default, also for configuration files written before the key existed; off sends every
+    /// packet as it arrives (as before the pacer: for a comparison, or a network of only LANs).
+    #[serde(default = "default_on")]
+    pub pacer: bool,
 }
 
-fn default_simulcast() -> bool {
+fn default_on() -> bool {
     true
 }
 

@@ -100,6 +100,8 @@ pub struct MediaSettings {
     /// Accept simulcast publishing (`media.simulcast`); when off, an offer with simulcast is
     /// refused with a clear error.
     pub simulcast: bool,
+    /// Pace each viewer's video to its line (`media.pacer`).
+    pub pacer: bool,
 }
 
 impl From<&MediaConfig> for MediaSettings {
@@ -114,6 +116,7 @@ impl From<&MediaConfig> for MediaSettings {
             ice_failed_timeout: c.ice_failed_timeout(),
             keyframe_request_interval: c.keyframe_request_interval(),
             simulcast: c.simulcast,
+            pacer: c.pacer,
         }
     }
 }

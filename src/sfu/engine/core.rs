@@ -1,7 +1,7 @@
 //! The engine's core, without I/O (str0m's `Rtc` is the model): every connection, the
 //! demultiplexer, the deadline heap, the track caches, fan-out, GOP catch-up, NACK re-sends,
-//! sender-report translation, keyframe requests upstream and liveness. It opens no socket,
-//! reads no clock and spawns nothing:
+//! the viewers' pacers, sender-report translation, keyframe requests upstream and liveness.
+//! It opens no socket, reads no clock and spawns nothing:
 //!
 //! - `handle_input(now, Input)`: a datagram (or ICE-TCP frame) that arrived, a command from a
 //!   member task, or `Timeout` (the periodic work, due at `poll_timeout()`);
@@ -529,7 +529,8 @@ impl Core {
             let estimate = viewer.estimate.bps(now_ms);
             let twcc = viewer.estimate.has_twcc(now_ms);
             let pace = viewer.estimate.pace_bps(now_ms);
-            viewer.pacer.update(twcc.then_some(pace), secs);
+            let pacing = twcc && self.settings.pacer;
+            viewer.pacer.update(pacing.then_some(pace), secs);
             if twcc {
                 by_twcc += 1;
             } else {

@@ -7,12 +7,13 @@
 //! core.rs      flood budget, demux (mux.rs: RFC 7983, ufrag / bound address) → the connection
 //! conn.rs      rtc: ICE-lite, DTLS, SRTP in; RTP of a published track → its Feed (forwarder.rs)
 //! core.rs      fan_out: track cache (cache.rs) → per DownTrack: admit (seq, ROC, keyframe gate)
-//!              → seal_and_queue (srtp.rs: our own seal, pooled buffer) → poll_transmit
+//!              → deliver: now, or held by the viewer's pacer (pacer.rs) until its line has
+//!              room → seal_and_queue (srtp.rs: our own seal, pooled buffer) → poll_transmit
 //! shell.rs   poll_transmit → sendmmsg batches (net.rs) or ICE-TCP frames (tcp.rs)
 //! ```
 //!
 //! GOP catch-up for newcomers and NACK re-sends from the cache go through the same
-//! `seal_and_queue`. The core (`core.rs`) has no I/O and reads no clock: time comes in with
+//! `deliver` and `seal_and_queue`. The core (`core.rs`) has no I/O and reads no clock: time comes in with
 //! every input, so tests drive it in simulated time (tests/media_sim.rs, `testing`). The shell
 //! (`shell.rs`) owns the sockets, epoll, the command queue and the clock.
 //!

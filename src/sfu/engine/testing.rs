@@ -68,6 +68,7 @@ fn settings(ice_tcp: bool) -> MediaSettings {
         ice_failed_timeout: Duration::from_secs(25),
         keyframe_request_interval: Duration::from_secs(1),
         simulcast: true,
+        pacer: true,
     }
 }
 
