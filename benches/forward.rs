@@ -2,7 +2,8 @@
 //! (`sfu::testing::Fanout`): track cache, keyframe check, admit, header write + SRTP seal in
 //! place into a pooled buffer, the transmit queue, the buffer given back — AES-128-GCM (what
 //! the server prefers and browsers get) and AES-128-CM + HMAC-SHA1-80 (a client without GCM)
-//! — for 1 and 100 subscribers, without a network. The send (`sendmmsg`) is not in here: the
+//! — for 1 and 100 subscribers, without a network; `forward_paced` is GCM with every viewer's
+//! pacer on (with room: its budget kept per packet, nothing held). The send (`sendmmsg`) is not in here: the
 //! fan-out load generator measures the whole path.
 //!
 //! `cargo bench --bench forward`
@@ -33,6 +34,7 @@ fn forward(c: &mut Criterion) {
     for (name, make) in [
         ("forward", Fanout::new as fn(usize) -> Fanout),
         ("forward_aes_cm", Fanout::new_aes_cm),
+        ("forward_paced", Fanout::paced),
     ] {
         let mut group = c.benchmark_group(name);
         for subscribers in [1usize, 100] {

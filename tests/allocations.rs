@@ -37,6 +37,8 @@ fn forwarding_allocates_nothing_per_packet() {
     // allocates on another thread and would be counted.)
     allocates_nothing(Fanout::new(100), 160);
     allocates_nothing(Fanout::new_aes_cm(100), 2);
+    // Every viewer's pacer on (transport-cc), with room: its budget is kept, nothing held.
+    allocates_nothing(Fanout::paced(100), 40);
     simulcast_allocates_nothing(Fanout::simulcast(99), 40);
 }
 
