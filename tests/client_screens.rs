@@ -1396,8 +1396,11 @@ async fn the_leave_button_clear_of_the_help_line() {
 }
 
 /// Every picture on the page: where its figure is, the size its video paints (object-fit
-/// contain), whether its label is whole (no word ended in "…", nothing scrolled away, inside
-/// its picture's box and the screen) and the label's box, and what covers the picture.
+/// contain), why its label is not whole (`cut`, empty when it is: a word's text wider than its
+/// box, so shown ending in "…"; a line of text outside the caption's box, the picture's box or
+/// the screen; the caption scrolled), the label's box, what covers the picture, and its
+/// speaking mark's box when shown (`mark`, `markInside`: within its picture's box). The text
+/// is measured as laid out (Range client rects), not by the boxes' scroll sizes alone.
 async fn pictures(b: &mut Chromium, page: &Page) -> Value {
     b.eval(
         page,
@@ -1408,20 +1411,71 @@ async fn pictures(b: &mut Chromium, page: &Page) -> Value {
            const px = r.left + (r.width - pw) / 2, py = r.top + (r.height - ph) / 2; \
            const c = fig.querySelector('figcaption'); const cr = c.getBoundingClientRect(); \
            const fr = fig.getBoundingClientRect(); \
-           const cut = [...c.querySelectorAll('.w')].some((w) => w.scrollWidth > w.clientWidth + 1) \
-             || c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1 \
-             || cr.left < fr.left - 0.5 || cr.top < fr.top - 0.5 || cr.right > fr.right + 0.5 || cr.bottom > fr.bottom + 0.5 \
-             || cr.left < -0.5 || cr.top < -0.5 || cr.right > innerWidth + 0.5 || cr.bottom > innerHeight + 0.5 || cr.width < 1; \
+           const screen = { left: 0, top: 0, right: innerWidth, bottom: innerHeight }; \
+           const inside = (a, o) => a.left >= o.left - 0.5 && a.top >= o.top - 0.5 && a.right <= o.right + 0.5 && a.bottom <= o.bottom + 0.5; \
+           const px0 = (a) => `${Math.round(a.left)},${Math.round(a.top)}–${Math.round(a.right)},${Math.round(a.bottom)}`; \
+           const cut = []; \
+           if (cr.width < 1) cut.push('no caption box'); \
+           if (c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1) cut.push('the caption scrolls'); \
+           if (!inside(cr, fr)) cut.push(`caption ${px0(cr)} outside its picture ${px0(fr)}`); \
+           if (!inside(cr, screen)) cut.push(`caption ${px0(cr)} off screen`); \
+           const texts = document.createTreeWalker(c, NodeFilter.SHOW_TEXT); const range = document.createRange(); \
+           for (let t = texts.nextNode(); t; t = texts.nextNode()) { \
+             if (!t.data.trim()) continue; range.selectNodeContents(t); \
+             const box = t.parentElement.getBoundingClientRect(); \
+             for (const line of range.getClientRects()) { \
+               if (!inside(line, box)) cut.push(`'${t.data}' ${px0(line)} in a box ${px0(box)} (ends in …)`); \
+               else if (!inside(line, cr) || !inside(line, fr)) cut.push(`'${t.data}' ${px0(line)} outside the caption ${px0(cr)} or picture ${px0(fr)}`); } } \
            const covered = []; \
            for (let i = 1; i < 10; i += 2) for (let j = 1; j < 10; j += 2) { \
              const at = document.elementFromPoint(px + pw * i / 10, py + ph * j / 10); \
              if (!at || !fig.contains(at)) covered.push(at ? (at.closest('figure') || at).dataset.pos || at.id || at.tagName : 'nothing'); } \
+           const m = fig.querySelector('.tile-speaking'); \
+           const mr = m && !m.hidden && fr.width > 0 && getComputedStyle(m).display !== 'none' ? m.getBoundingClientRect() : null; \
            return { pos: fig.dataset.pos, floor: Boolean(fig.dataset.floor), source: fig.dataset.source, member: fig.dataset.memberId, \
                     label: c.textContent, labelPx: parseFloat(getComputedStyle(c).fontSize), cut, covered, \
                     labelBox: `${Math.round(cr.width)}×${Math.round(cr.height)}`, \
+                    mark: mr && { x: Math.round(mr.left), y: Math.round(mr.top), w: Math.round(mr.width), h: Math.round(mr.height) }, \
+                    markInside: !mr || inside(mr, fr), \
                     x: Math.round(px), y: Math.round(py), w: Math.round(pw), h: Math.round(ph), shown: getComputedStyle(fig).display !== 'none' }; })",
     )
     .await
+}
+
+/// The hall's pictures (`pictures`) once its layout has settled after a change of screen size
+/// or of who speaks (no transition running), with a screenshot (`{name}.png`) of that same
+/// layout: measured again after the screenshot, it must not have moved.
+async fn settled_pictures(b: &mut Chromium, page: &Page, name: &str) -> Value {
+    let still = "new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => \
+                 done(document.getAnimations().every((a) => a.playState !== 'running')))))";
+    b.wait_for(page, still, 10).await;
+    let measured = pictures(b, page).await;
+    b.screenshot(page, name).await;
+    let again = pictures(b, page).await;
+    let layout = |all: &Value| -> Vec<Value> {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["shown"] == true)
+            .map(|p| {
+                json!([
+                    p["pos"],
+                    p["x"],
+                    p["y"],
+                    p["w"],
+                    p["h"],
+                    p["labelBox"],
+                    p["mark"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(
+        layout(&measured),
+        layout(&again),
+        "{name}: the hall moved while it was photographed"
+    );
+    measured
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1465,10 +1519,7 @@ async fn the_floor_in_the_hall() {
     assert_eq!(slides_before["source"], "screen", "{before:#}");
     for (w, h) in [(1366, 768), (1920, 1080)] {
         b.viewport(&site, w, h, false).await;
-        settle().await;
-        b.screenshot(&site, &format!("fit-hall-floor-{w}x{h}"))
-            .await;
-        let during = pictures(&mut b, &site).await;
+        let during = settled_pictures(&mut b, &site, &format!("fit-hall-floor-{w}x{h}")).await;
         // Every picture shown: whole on screen, nothing over it, its label whole; no two
         // pictures overlap.
         whole_and_apart(&during, w, h);
@@ -1531,7 +1582,8 @@ fn pick_pos(all: &Value, pos: &str) -> Value {
 }
 
 /// Every picture shown in `all` (from `pictures`) is uncovered, whole inside a `w`×`h`
-/// screen, its label whole, and none lies over another.
+/// screen, its label whole, its speaking mark inside it, and none lies over another (nor its
+/// mark over another's).
 fn whole_and_apart(all: &Value, w: u32, h: u32) {
     let shown: Vec<&Value> = all
         .as_array()
@@ -1541,7 +1593,11 @@ fn whole_and_apart(all: &Value, w: u32, h: u32) {
         .collect();
     for p in &shown {
         assert_eq!(p["covered"], json!([]), "{w}×{h}: {p} is covered");
-        assert_eq!(p["cut"], false, "{w}×{h}: {p}'s label is cut");
+        assert_eq!(p["cut"], json!([]), "{w}×{h}: {p}'s label is cut");
+        assert_eq!(
+            p["markInside"], true,
+            "{w}×{h}: {p}'s speaking mark is outside its picture"
+        );
         assert!(
             f(p, "x") >= 0.0
                 && f(p, "y") >= 0.0
@@ -1558,6 +1614,16 @@ fn whole_and_apart(all: &Value, w: u32, h: u32) {
                 || f(p, "y") + f(p, "h") <= f(q, "y") + 1.0
                 || f(q, "y") + f(q, "h") <= f(p, "y") + 1.0;
             assert!(apart, "{w}×{h}: {p} and {q} overlap");
+            // Two "snakker" marks read as two: a clear gap between them.
+            if let (Some(a), Some(b)) = (p["mark"].as_object(), q["mark"].as_object()) {
+                let (a, b) = (Value::from(a.clone()), Value::from(b.clone()));
+                let gap = 4.0;
+                let apart = f(&a, "x") + f(&a, "w") + gap <= f(&b, "x")
+                    || f(&b, "x") + f(&b, "w") + gap <= f(&a, "x")
+                    || f(&a, "y") + f(&a, "h") + gap <= f(&b, "y")
+                    || f(&b, "y") + f(&b, "h") + gap <= f(&a, "y");
+                assert!(apart, "{w}×{h}: the speaking marks of {p} and {q} touch");
+            }
         }
     }
 }
@@ -1583,9 +1649,7 @@ async fn at_both_sizes(b: &mut Chromium, site: &Page, name: &str) -> Vec<Value> 
     let mut all = Vec::new();
     for (w, h) in HALL_SIZES {
         b.viewport(site, w, h, false).await;
-        settle().await;
-        all.push(pictures(b, site).await);
-        b.screenshot(site, &format!("{name}-{w}x{h}")).await;
+        all.push(settled_pictures(b, site, &format!("{name}-{w}x{h}")).await);
     }
     b.viewport(site, 1920, 1080, false).await;
     all
