@@ -266,6 +266,22 @@ fn sequence_numbers_and_the_rollover_counter_wrap() {
     assert_eq!(seq, 65_500u16.wrapping_add(83));
 }
 
+/// The sound packets the subscriber received since `t`, and the longest gap between two.
+fn sound_since(sim: &Sim, t: Duration) -> (Vec<Duration>, Duration) {
+    let sound: Vec<Duration> = sim
+        .audio_received()
+        .iter()
+        .copied()
+        .filter(|at| *at >= t)
+        .collect();
+    let gap = sound
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    (sound, gap)
+}
+
 fn count(sim: &Sim, f: impl Fn(&kursrelay::sfu::Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
     f(sim.metrics()).load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -715,13 +731,7 @@ fn below_the_lowest_layer_video_pauses_and_the_sound_goes_on() {
     }
     let paused_at = paused_at.expect("video was never paused");
     // Since the pause: the sound (one packet a frame) arrives, with at most a short gap.
-    let sound: Vec<Duration> = sim
-        .audio_received()
-        .iter()
-        .copied()
-        .filter(|t| *t >= paused_at)
-        .collect();
-    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let (sound, gap) = sound_since(&sim, paused_at);
     eprintln!(
         "paused {:?} after the line dropped; since then {} of {frames_after} frames paused, \
          {} of {frames_after} audio packets arrived, longest gap {gap:?}",
@@ -843,13 +853,7 @@ fn on_a_line_just_above_the_middle_layer_the_sound_arrives_whole() {
             layers[usize::from(sim.down_layer().unwrap_or(3))] += 1;
         }
     }
-    let sound: Vec<Duration> = sim
-        .audio_received()
-        .iter()
-        .copied()
-        .filter(|t| *t >= settled)
-        .collect();
-    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let (sound, gap) = sound_since(&sim, settled);
     let (estimate, twcc) = sim.estimate().unwrap();
     eprintln!(
         "after the first 6 s: {} audio packets for {frames_settled} frames, longest gap \
@@ -1108,13 +1112,7 @@ fn a_slide_keyframe_passes_a_weak_line_paced() {
     }
     let drops = sim.line_drops() - drops_at_settled.unwrap();
     let keyframes_received = sim.received().iter().filter(|r| r.keyframe).count();
-    let sound: Vec<Duration> = sim
-        .audio_received()
-        .iter()
-        .copied()
-        .filter(|t| *t >= settled)
-        .collect();
-    let gap = sound.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let (sound, gap) = sound_since(&sim, settled);
     let (estimate, twcc) = sim.estimate().unwrap();
     let m = sim.metrics();
     use std::sync::atomic::Ordering::Relaxed;
