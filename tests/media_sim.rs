@@ -669,7 +669,7 @@ fn a_viewer_on_a_weak_line_moves_down_and_back_up_without_thrash() {
     );
     let down_after = down_after.expect("never moved to the lowest layer");
     assert!(down_after <= Duration::from_secs(5), "{down_after:?}");
-    // Measured 408 of 545 (2026-12-07): the rest are the two tries of the middle layer, each
+    // Measured 408 of 545: the rest are the two tries of the middle layer, each
     // taken back when the line lost packets (the estimate alone grows while the line is not
     // used, docs/ARCHITECTURE.md "Known limits").
     assert!(
@@ -696,7 +696,7 @@ fn a_viewer_on_a_weak_line_moves_down_and_back_up_without_thrash() {
     let told: Vec<_> = qualities.iter().map(|(_, q)| *q).collect();
     // Told on changes only: full, reduced, and full again at the end. In between, while the
     // estimate settles below the line, a short pause may be told once (measured: one, 4 s,
-    // 2026-12-07, with the 1.2 Mbit/s initial estimate).
+    // with the 1.2 Mbit/s initial estimate).
     assert_eq!(told[..2], [Full, Reduced], "{qualities:?}");
     assert_eq!(told.last(), Some(&Full), "{qualities:?}");
     assert!(told.len() <= 5, "{qualities:?}");
@@ -742,7 +742,7 @@ fn below_the_lowest_layer_video_pauses_and_the_sound_goes_on() {
     assert!(paused_at - weak <= Duration::from_secs(8), "{paused_at:?}");
     assert!(sim.qualities().iter().any(|(_, q)| *q == Paused));
     assert!(frames_paused * 10 >= frames_after * 8, "video kept trying");
-    // Measured 97 % and a 0.4 s gap (2026-12-07): each resume try floods this line for a
+    // Measured 97 % and a 0.4 s gap (98 % and 0.39 s with the pacer): each resume try floods this line for a
     // moment before it is taken back. Padding probes instead of trying the layer itself would
     // spare the sound (docs/ARCHITECTURE.md, "Known limits").
     assert!(
@@ -831,7 +831,7 @@ fn one_congested_viewer_changes_nothing_for_another() {
 /// 500 kbit/s concealed 12 % of its sound, BENCHMARKS.md): a viewer that joins on that line
 /// gets its sound once the start has settled (≥ 99 % of packets, no gap over 400 ms), while
 /// its video settles on a layer that fits and keeps room for the sound and re-sends.
-/// Before the fix (2026-12-07): 96.1 % and an 872 ms gap — rtc's GCC grows without bound
+/// Before the fix: 96.1 % and an 872 ms gap — rtc's GCC grows without bound
 /// while the line carries the middle layer (25 Mbit/s after 40 s on this 0.56 Mbit/s line),
 /// so the top layer was tried every hold, and each try kept flooding the line until the
 /// middle layer's next keyframe. After: 99.2 %, a 360 ms gap (the one try left in the
@@ -1067,11 +1067,11 @@ fn a_check_connection_on_the_media_port_echoes_and_bursts() {
 /// Issue 20, the pacer: a shared screen on a weak home line. Slides change rarely, but each
 /// change is a keyframe of tens of KB; sent as fast as it arrives, it overflowed the queue in
 /// front of a 400 kbit/s line (200 ms, 10 KB), the loss lowered the estimate and the viewer
-/// lost the slides (BENCHMARKS.md, 2026-12-06). Here a single-layer screen share (5 fps, a
-/// 24 KB keyframe every 3 s and whenever a PLI asks, two packets otherwise) and the sound,
-/// behind that line: once the estimate has learnt the line (the first 10 s), the viewer's
-/// pacer lets every keyframe through whole — the line drops nothing — and the sound arrives
-/// whole and on time.
+/// lost the slides (BENCHMARKS.md, "Slides on a 400 kbit/s line"). Here a single-layer
+/// screen share (5 fps, a 24 KB keyframe — 29 KB on the wire — every 3 s and whenever a PLI
+/// asks, two packets otherwise) and the sound, behind that line: once the estimate has learnt
+/// the line (the first 10 s), the viewer's pacer lets every keyframe through whole — the line
+/// drops nothing — and the sound arrives whole and on time.
 #[test]
 fn a_slide_keyframe_passes_a_weak_line_paced() {
     let mut sim = Sim::simulcast_lowest_only().expect("connected");

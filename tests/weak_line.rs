@@ -725,7 +725,7 @@ async fn weak_line_smoke() {
     eprintln!("{TABLE_HEAD}\n{}", r.markdown());
     assert!(r.fps > 0.0, "nothing decoded at 5 Mbit/s: {r:?}");
     // The page publishes simulcast (q/h/f at ¼, ½ and full size); for a camera this small
-    // Chromium sends only the lowest layer(s) (80×45 measured, 2026-12-07), so the viewer
+    // Chromium sends only the lowest layer(s) (80×45 measured), so the viewer
     // gets the best layer that arrives, not the camera's size.
     assert!(r.width > 0 && r.width == r.pub_width, "{r:?}");
     assert!(r.pub_mbps > 0.0 && r.aimed_mbps > 0.0, "{r:?}");
