@@ -224,10 +224,13 @@ impl Sfu {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("bench.toml");
         let admin_key = format!("loadgen-{}", uuid::Uuid::new_v4().simple());
+        // KURSRELAY_LOADGEN_PACER=false: the server's viewer pacers off (`media.pacer`), for an
+        // A/B in one build.
+        let pacer = std::env::var("KURSRELAY_LOADGEN_PACER").map_or(true, |v| v != "false");
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\n[log]\nfilter = \"warn\"\n\
+                "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 0\npacer = {pacer}\n[log]\nfilter = \"warn\"\n\
                  [abuse]\nwebsockets_per_address = 100000\n\
                  [auth]\nadmin_key = \"{admin_key}\"\n[db]\npath = \"{}\"\n",
                 dir.path().join("bench.db").display()
