@@ -976,7 +976,7 @@ impl Conn {
             let any = p.as_any();
             if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
                 if let Some(twcc) = &self.twcc {
-                    let acks = rtc::interceptor::convert_twcc(cc);
+                    let acks = super::super::allocator::twcc_acks(cc);
                     let mut reports = std::mem::take(&mut viewer.reports);
                     reports.clear();
                     twcc.reports(now, &acks, &mut reports);

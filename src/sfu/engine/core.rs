@@ -541,10 +541,10 @@ impl Core {
                 - rate[Sent::Audio as usize]
                 - rate[Sent::Resent as usize];
             decisions.clear();
-            let lossy = viewer.estimate.lossy(now_ms);
+            let loss = viewer.estimate.loss(now_ms);
             viewer
                 .allocator
-                .allocate(now_ms, budget, videos, PAUSED, lossy, decisions);
+                .allocate(now_ms, budget, videos, PAUSED, loss, decisions);
             let mut paused = false;
             for (d, down) in decisions.iter().zip(downs.iter()) {
                 down.set_target_layer(d.target);
