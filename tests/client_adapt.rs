@@ -438,6 +438,22 @@ async fn simulcast_when_the_server_takes_it() {
         )
         .await;
     eprintln!("the viewer's screen: {got}");
+    // On a laptop the slides' label is a bar above the picture, not over the slide's title.
+    b.viewport(&kari, 1366, 768, false).await;
+    let boxes = b
+        .wait_for(
+            &kari,
+            "(() => { const f = document.querySelector('#main-slot figure[data-pos=main][data-source=screen]');              if (!f) return null; const c = f.querySelector('figcaption').getBoundingClientRect();              const v = f.querySelector('video').getBoundingClientRect();              return c.height > 0 && v.height > 200 ? [c.top, c.bottom, v.top, v.bottom, c.left, v.left] : null; })()",
+            10,
+        )
+        .await;
+    let n = |i: usize| boxes[i].as_f64().unwrap();
+    assert!(n(1) <= n(2) + 0.5, "label {boxes} over the slides");
+    assert!(n(4) >= n(5), "label left of the picture: {boxes}");
+    b.screenshot(&kari, "adapt-slides-label-laptop").await;
+    b.viewport(&kari, 390, 844, true).await;
+    settle().await;
+    b.screenshot(&kari, "adapt-slides-label-phone").await;
     drop(b);
     server.shutdown().await;
 }
