@@ -586,12 +586,6 @@ impl Allocator {
             }
             if c.target != paused {
                 left -= rate(c.target);
-            } else {
-                // A video paused for want of room pauses the ones after it too: they come
-                // later in the viewer's order (the slides before the cameras), and what they
-                // would take is what the paused one needs to come back. At 400 kbit/s the
-                // slides were paused while the lecturer's small picture went on.
-                left = 0.0;
             }
             if over || c.target == paused {
                 c.short_shown = true;
@@ -885,47 +879,6 @@ mod tests {
         );
         assert_eq!(out[0].target, 2);
         assert_eq!(out[1].target, 0, "what the first left");
-    }
-
-    #[test]
-    fn a_paused_video_pauses_the_ones_after_it() {
-        // The slides (first) need 300 kbit/s at their lowest (5 fps), 900 at 30 fps; a
-        // camera 150 at its lowest.
-        let (slides, cam) = (TrackId::new(), TrackId::new());
-        let screen = [
-            LayerInfo {
-                bps: 300_000,
-                height: 720,
-            },
-            LayerInfo {
-                bps: 900_000,
-                height: 720,
-            },
-            LayerInfo { bps: 0, height: 0 },
-        ];
-        let mut a = Allocator::default();
-        let mut out = Vec::new();
-        let mut pass = |now: u64, budget: f64| {
-            out.clear();
-            a.allocate(
-                now,
-                budget,
-                &[(slides, screen), (cam, layers())],
-                PAUSED,
-                0.0,
-                &mut out,
-            );
-            (out[0].target, out[1].target)
-        };
-        assert_eq!(pass(0, 500_000.0), (0, 0));
-        // 250 kbit/s: the slides do not fit (a start that does not fit is given up at once),
-        // the camera would; both are paused.
-        assert_eq!(pass(500, 250_000.0), (PAUSED, PAUSED));
-        assert_eq!(pass(3_000, 250_000.0), (PAUSED, PAUSED));
-        // Room again (after the longer hold of a start that did not last): the slides come
-        // back first, the camera only when there is room for it too.
-        assert_eq!(pass(17_000, 450_000.0), (0, PAUSED));
-        assert_eq!(pass(40_000, 800_000.0), (0, 0));
     }
 
     #[test]
