@@ -76,8 +76,7 @@ fn main() {
                     input.extend_from_slice(&seeds[rng.below(seeds.len())]);
                     let other = &seeds[rng.below(seeds.len())];
                     fuzz_targets::mutate(&mut rng, &mut input, other);
-                    let text =
-                        String::from_utf8_lossy(&input).replace("ADMIN_KEY", common::ADMIN_KEY);
+                    let text = common::rest_seed(&input);
                     fuzz_targets::rest(router.clone(), text.as_bytes(), common::ADMIN_KEY).await;
                     if i == n / 2 {
                         rss_mid = rss_kb();

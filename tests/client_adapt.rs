@@ -451,6 +451,10 @@ async fn simulcast_when_the_server_takes_it() {
     assert!(n(1) <= n(2) + 0.5, "label {boxes} over the slides");
     assert!(n(4) >= n(5), "label left of the picture: {boxes}");
     b.screenshot(&kari, "adapt-slides-label-laptop").await;
+    no_violations(&mut b, &kari, "the slides with their label above them").await;
+    b.viewport(&kari, 1920, 1080, false).await;
+    settle().await;
+    b.screenshot(&kari, "adapt-slides-label-1080p").await;
     b.viewport(&kari, 390, 844, true).await;
     settle().await;
     b.screenshot(&kari, "adapt-slides-label-phone").await;

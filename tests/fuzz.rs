@@ -37,7 +37,7 @@ async fn admin_rest_bodies_and_queries() {
             let other = &seeds[rng.below(seeds.len())];
             fuzz_targets::mutate(&mut rng, &mut input, other);
         }
-        let text = String::from_utf8_lossy(&input).replace("ADMIN_KEY", ADMIN_KEY);
+        let text = rest_seed(&input);
         fuzz_targets::rest(router.clone(), text.as_bytes(), ADMIN_KEY).await;
         runs += 1;
     }

@@ -53,6 +53,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// An RFC 3339 UTC time `secs` from now (negative: in the past), for session times: a test
 /// never names a calendar day that must still lie ahead, so it passes on any date (.ci/test
 /// also runs the date-dependent tests with the clock a year ahead).
+/// A REST fuzz seed (tests/fuzz_corpus/rest) as text, its placeholders filled: the admin
+/// key, and a session tomorrow (`STARTS_AT`, `ENDS_AT`: a fixed date would go stale).
+pub fn rest_seed(input: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(input).replace("ADMIN_KEY", ADMIN_KEY);
+    if text.contains("STARTS_AT") || text.contains("ENDS_AT") {
+        text = text
+            .replace("STARTS_AT", &utc_in(DAY))
+            .replace("ENDS_AT", &utc_in(DAY + 3 * HOUR));
+    }
+    text
+}
+
 pub fn utc_in(secs: i64) -> String {
     let now = std::time::SystemTime::now();
     let at = if secs >= 0 {
