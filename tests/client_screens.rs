@@ -277,7 +277,21 @@ async fn captions_and_the_interpreter_at_home() {
         equal_w >= stage_w / 3.0,
         "asked to be as large as the slides, the interpreter is {equal_w} of {stage_w}"
     );
+    // The page tells the server which pictures it needs first (`video_preference.order`):
+    // the slides, then the interpreter; shown large, the interpreter first (a weak line then
+    // keeps the sign language).
+    let order_is = |first: &'static str, second: &'static str| {
+        format!(
+            "(() => {{ const p = kursrelay.sent().filter(m => m.type === 'video_preference').pop(); \
+               const id = (s) => (document.querySelector(s) || {{dataset: {{}}}}).dataset.trackId; \
+               return Boolean(p && p.order && p.order[0] === id('{first}') && p.order[1] === id('{second}') && id('{first}')); }})()"
+        )
+    };
+    let main_fig = "#main-slot figure[data-pos=main]";
+    let interp_fig = "#interp-slot figure";
+    b.wait_for(&kari, &order_is(main_fig, interp_fig), 10).await;
     b.click(&kari, ".interp-size[data-interp=large]").await;
+    b.wait_for(&kari, &order_is(interp_fig, main_fig), 10).await;
     settle().await;
     let (large_w, large_h) = painted(&mut b, &kari, "#interp-slot video").await;
     let (main_w, main_h) = painted(&mut b, &kari, "#main-slot figure[data-pos=main] video").await;

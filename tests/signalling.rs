@@ -88,6 +88,13 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
         json!({"type": "video_preference", "max_height": -5}),
         json!({"type": "video_preference", "max_height": "720p"}),
         json!({"type": "video_preference", "save_data": "yes"}),
+        // Its own order of the videos: track ids, each once, at most 16.
+        json!({"type": "video_preference", "order": ["the interpreter"]}),
+        json!({"type": "video_preference", "order": "9a1e5c2e-aa00-4b5e-9f00-1234567890ab"}),
+        json!({"type": "video_preference", "order": [
+            "9a1e5c2e-aa00-4b5e-9f00-1234567890ab", "9a1e5c2e-aa00-4b5e-9f00-1234567890ab"]}),
+        json!({"type": "video_preference", "order":
+            (0..17).map(|_| uuid::Uuid::new_v4().to_string()).collect::<Vec<_>>()}),
     ] {
         ws.send(bad.clone()).await;
         let e = expect_error(&mut ws, "bad_message").await;
@@ -97,6 +104,11 @@ async fn bad_input_gets_documented_errors_and_others_keep_receiving() {
         .await;
     assert_eq!(ws.recv_type("ok").await["request"], "video_preference");
     ws.send(json!({"type": "video_preference", "max_height": null, "save_data": true}))
+        .await;
+    assert_eq!(ws.recv_type("ok").await["request"], "video_preference");
+    // A track it does not receive (yet, or any more) in its order is no mistake.
+    let order: Vec<String> = (0..16).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    ws.send(json!({"type": "video_preference", "order": order}))
         .await;
     assert_eq!(ws.recv_type("ok").await["request"], "video_preference");
 

@@ -1,8 +1,9 @@
-// What this page asks of the server's per-viewer adaptation (`video_preference`, issue 20;
-// the server's half and its entry in docs/protocol.md come on their own branch): how tall, in
-// device pixels, it shows its largest video, and whether the viewer chose "save data". Sent
+// What this page asks of the server's per-viewer adaptation (`video_preference`,
+// docs/protocol.md): how tall, in device pixels, it shows its largest video, whether the viewer
+// chose "save data", and which videos it needs most (media.js's order). Sent
 // after joining and again only when that height moves to another step (a phone turned, a
-// window made larger), a second after it settles, never on every resize event. The hall
+// window made larger) or the order changes, a second after it settles, never on every resize
+// event. The hall
 // screen always asks for the best (null). The "save data" choice is kept for the tab
 // (sessionStorage), like the other viewing choices. Nothing here touches media; the server
 // decides which layer each viewer gets.
@@ -47,10 +48,18 @@ function largestVideo() {
   return tallest * dpr;
 }
 
-/** What to ask for now: { max_height, save_data }. */
+/**
+ * What to ask for now: { max_height, save_data, order }. `order`: the track ids of the videos
+ * this page shows, most needed first (media.js decides it from the layout): on a line too weak
+ * for all of them the server keeps these first.
+ */
 export function preference() {
   const kiosk = Boolean(state.view && state.view.kiosk);
-  return { max_height: kiosk ? null : step(largestVideo()), save_data: !kiosk && saveData() };
+  return {
+    max_height: kiosk ? null : step(largestVideo()),
+    save_data: !kiosk && saveData(),
+    order: state.videoOrder || [],
+  };
 }
 
 function send() {
@@ -58,9 +67,9 @@ function send() {
   const c = state.client;
   if (!c || state.page !== 'joined') return;
   const p = preference();
-  const key = `${p.max_height}|${p.save_data}`;
+  const key = `${p.max_height}|${p.save_data}|${p.order.join(',')}`;
   if (sentFor === c && sent === key) return;
-  if (c.videoPreference(p.max_height, p.save_data)) {
+  if (c.videoPreference(p.max_height, p.save_data, p.order)) {
     sent = key;
     sentFor = c;
   }

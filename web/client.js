@@ -169,9 +169,11 @@ export class KursrelayClient {
    * and whether the viewer asked to save data. No reply is awaited. A server that does not
    * know the message answers `unknown_type` once; it is then not sent again (false).
    */
-  videoPreference(maxHeight, saveData) {
+  videoPreference(maxHeight, saveData, order = []) {
     if (this.unsupported.has('video_preference')) return false;
-    return this._send({ type: 'video_preference', max_height: maxHeight, save_data: Boolean(saveData) });
+    const msg = { type: 'video_preference', max_height: maxHeight, save_data: Boolean(saveData) };
+    if (order.length) msg.order = order.slice(0, 16);
+    return this._send(msg);
   }
 
   /** Publish tracks ([{track, source}]) on the publish connection; resolves once the answer is applied. */

@@ -60,6 +60,7 @@ export const state = {
   received: [], // every server message type, in order (for the automated tests)
   sent: [], // every message sent, tokens and SDP left out (for the automated tests)
   captionTexts: [],
+  videoOrder: [], // the track ids of the videos shown, most needed first (media.js, for adapt.js)
 };
 
 // ---- the link ----

@@ -215,6 +215,7 @@ export function layout() {
   el.interpSettings.hidden = !interp[0] || kiosk;
   for (const b of document.querySelectorAll('.interp-size')) b.setAttribute('aria-pressed', String(b.dataset.interp === size));
   el.media.classList.toggle('has-main', Boolean(main));
+  state.videoOrder = videoOrder({ main, featured, inset, interp: interp[0], size, kiosk });
   el.noMedia.hidden = Boolean(main || interp[0]);
   // Fullscreen is offered only with a picture to show (it is not a kiosk control).
   if (!document.fullscreenElement) el.fullscreen.hidden = !(main || interp[0]);
@@ -222,6 +223,26 @@ export function layout() {
   otherRow();
   for (const f of figs) setFigCaption(f, role(f));
   adaptUpdate();
+}
+
+/**
+ * The videos this page shows, most needed first, as track ids (sent to the server in
+ * `video_preference.order`; on a line too weak for all of them it keeps the first). The main
+ * picture (the slides, or the lecturer), then whoever has the floor, then the interpreter, then
+ * the small pictures. A viewer who shows the interpreter large relies on sign language: the
+ * interpreter comes first. The viewer's own pictures and the hidden ones are not listed.
+ */
+function videoOrder({ main, featured, inset, interp, size, kiosk }) {
+  const other = el.mainSlot.querySelector('figure[data-pos="other"]');
+  const signFirst = interp && !kiosk && size === 'large';
+  const figs = signFirst ? [interp, main, featured, inset, other] : [main, featured, interp, inset, other];
+  const ids = [];
+  for (const f of figs) {
+    if (!f || f.dataset.local) continue;
+    const id = f.dataset.trackId;
+    if (id && !ids.includes(id)) ids.push(id);
+  }
+  return ids;
 }
 
 // The co-teacher's picture (the user representative's, `other`) is a small inset over the

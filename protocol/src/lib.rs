@@ -206,13 +206,17 @@ pub enum ClientMessage {
         on: bool,
     },
     /// The viewer's own wishes for the video it receives: the largest height it renders any
-    /// video at, in device pixels (caps the simulcast layer; null: no cap), and "save data"
-    /// (the lowest layer only). Applies to every video it receives, now and later.
+    /// video at, in device pixels (caps the simulcast layer; null: no cap), "save data"
+    /// (the lowest layer only), and the order in which it needs the videos it shows (most
+    /// needed first; a weak line keeps those first). Applies to every video it receives, now
+    /// and later.
     VideoPreference {
         #[serde(default)]
         max_height: Option<u32>,
         #[serde(default)]
         save_data: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        order: Vec<TrackId>,
     },
     Leave,
 }
@@ -817,8 +821,18 @@ mod tests {
                 ClientMessage::VideoPreference {
                     max_height: Some(360),
                     save_data: false,
+                    order: Vec::new(),
                 },
                 json!({"type": "video_preference", "max_height": 360, "save_data": false}),
+            ),
+            (
+                ClientMessage::VideoPreference {
+                    max_height: None,
+                    save_data: false,
+                    order: vec![track],
+                },
+                json!({"type": "video_preference", "max_height": null, "save_data": false,
+                       "order": [track.to_string()]}),
             ),
             (ClientMessage::Leave, json!({"type": "leave"})),
         ];

@@ -57,6 +57,8 @@ const PAUSE_AFTER: u64 = 2_000;
 const UP_HOLD: u64 = 4_000;
 const UP_HOLD_MAX: u64 = 32_000;
 const FAILED_TRY: u64 = 8_000;
+/// Between two steps up of one viewer's videos (each its own try of the line).
+const TRY_APART: u64 = 2_000;
 /// A lower layer is announced as `reduced` ("your line is weak") only when the line has shown
 /// it: a layer it got did not fit (a step down, a failed try, a pause), or the video has stayed
 /// below its best this long. A newcomer's estimate starts below a camera's top layer and grows
@@ -388,12 +390,27 @@ pub(crate) struct LayerInfo {
 }
 
 /// The viewer's own wishes (`video_preference`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Preference {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preference {
     /// The largest height it renders video at, in device pixels.
-    pub(crate) max_height: Option<u32>,
+    pub max_height: Option<u32>,
     /// The lowest layer only.
-    pub(crate) save_data: bool,
+    pub save_data: bool,
+    /// The videos it shows, most needed first (its page knows which picture is the
+    /// interpreter's and how large it shows each). These get the budget first, in this
+    /// order; videos not listed follow in the server's own order. Empty: the server's order.
+    pub order: Vec<TrackId>,
+}
+
+impl Preference {
+    /// Where a video comes in the viewer's own order: its place in `order`, or after all of
+    /// them.
+    pub(crate) fn rank(&self, track: TrackId) -> usize {
+        self.order
+            .iter()
+            .position(|t| *t == track)
+            .unwrap_or(self.order.len())
+    }
 }
 
 /// A target for one video: a layer index or `PAUSED` (`forwarder::PAUSED`).
@@ -426,6 +443,8 @@ struct Choice {
 pub(crate) struct Allocator {
     choices: Vec<Choice>,
     preference: Preference,
+    /// When a step up was last sent back for the loss it caused.
+    blamed_at: Option<u64>,
 }
 
 /// What a pass decided for one video.
@@ -441,13 +460,26 @@ pub(crate) struct Decision {
 }
 
 impl Allocator {
-    /// The viewer's own wishes; they apply at the next pass, without waiting out a hold.
+    pub(crate) fn preference(&self) -> &Preference {
+        &self.preference
+    }
+
+    /// The viewer's own wishes; a new size cap or "save data" applies at the next pass,
+    /// without waiting out a hold. A new order changes who gets the budget first: a video it
+    /// puts first comes up as the estimate allows, one step at a time as always, after the
+    /// shortest hold.
     pub(crate) fn set_preference(&mut self, preference: Preference) {
-        if preference != self.preference {
-            self.preference = preference;
-            for c in &mut self.choices {
+        let layers_changed = preference.max_height != self.preference.max_height
+            || preference.save_data != self.preference.save_data;
+        let order_changed = preference.order != self.preference.order;
+        self.preference = preference;
+        for c in &mut self.choices {
+            if layers_changed {
                 c.hold = UP_HOLD;
                 c.jump = true;
+            } else if order_changed {
+                // Tries that failed under another order say little about this one.
+                c.hold = c.hold.min(UP_HOLD);
             }
         }
     }
@@ -468,6 +500,34 @@ impl Allocator {
         self.choices
             .retain(|c| videos.iter().any(|(t, _)| *t == c.track));
         let mut left = budget.max(0.0);
+        // Steps up (and resumes) are tried one at a time across the viewer's videos, at least
+        // TRY_APART from one another, so a loss that follows is blamed on the one that caused
+        // it: the latest step up still on trial goes back, the others stay.
+        let tried = |c: &Choice| c.went_up && c.from != u8::MAX;
+        let on_trial = self
+            .choices
+            .iter()
+            .filter(|c| tried(c) && now_ms.saturating_sub(c.changed_at) < FAILED_TRY)
+            .map(|c| c.changed_at)
+            .max();
+        let mut last_try = self
+            .choices
+            .iter()
+            .filter(|c| tried(c))
+            .map(|c| c.changed_at)
+            .max();
+        // The loss a step up was sent back for is not blamed again on an earlier one: for
+        // TRY_APART after it (what the failed try put on the line is still being lost), the
+        // loss seen is the others' new baseline.
+        let mut blamed = None;
+        let quiet = self
+            .blamed_at
+            .is_some_and(|t| now_ms.saturating_sub(t) < TRY_APART);
+        if quiet {
+            for c in self.choices.iter_mut().filter(|c| tried(c)) {
+                c.loss_before = c.loss_before.max(loss);
+            }
+        }
         for (track, layers) in videos {
             let i = match self.choices.iter().position(|c| c.track == *track) {
                 Some(i) => i,
@@ -489,7 +549,8 @@ impl Allocator {
                     self.choices.len() - 1
                 }
             };
-            let allowed = allowed_layers(layers, self.preference);
+            let allowed = allowed_layers(layers, &self.preference);
+            let listed = self.preference.rank(*track) < self.preference.order.len();
             let c = &mut self.choices[i];
             let Some(&best) = allowed.last() else {
                 // Nothing arrives yet: leave the track as it is.
@@ -523,11 +584,16 @@ impl Allocator {
             let new = if c.target == u8::MAX {
                 // A new video: the best that fits now (the lowest while it is unclear).
                 fitting.unwrap_or(lowest)
-            } else if failed_try && loss > LOSSY.max(c.loss_before + LOSS_RISE) && c.from != u8::MAX
+            } else if failed_try
+                && loss > LOSSY.max(c.loss_before + LOSS_RISE)
+                && c.from != u8::MAX
+                && on_trial == Some(c.changed_at)
+                && !quiet
             {
                 // The line loses packets since the last step up: back to where it came from
                 // (a pause, if it was a resume), before the estimate has caught up.
                 over = true;
+                blamed = Some(loss);
                 c.from
             } else {
                 let current = (c.target != paused).then_some(c.target);
@@ -545,7 +611,8 @@ impl Allocator {
                     // Up after the hold, one layer at a time (the estimate may have grown only
                     // because the line was not used: each step up tests it), if it fits with
                     // a margin. Right after a preference change: straight to the best fit.
-                    let held = c.jump || now_ms.saturating_sub(c.changed_at) >= c.hold;
+                    let apart = last_try.is_none_or(|t| now_ms.saturating_sub(t) >= TRY_APART);
+                    let held = c.jump || (now_ms.saturating_sub(c.changed_at) >= c.hold && apart);
                     let mut ups = allowed
                         .iter()
                         .copied()
@@ -578,6 +645,9 @@ impl Allocator {
                 }
                 if up {
                     c.loss_before = loss;
+                    if c.target != u8::MAX {
+                        last_try = Some(now_ms);
+                    }
                 }
                 c.from = c.target;
                 c.target = new;
@@ -586,6 +656,13 @@ impl Allocator {
             }
             if c.target != paused {
                 left -= rate(c.target);
+            } else if listed {
+                // A video the viewer's own order puts here, paused for want of room, pauses
+                // the ones after it: they come later in what this viewer needs, and what they
+                // would take is what the paused one needs to come back (its try back costs
+                // them nothing). Only in the viewer's own order: the server's cannot know
+                // which camera is the interpreter a deaf viewer follows.
+                left = 0.0;
             }
             if over || c.target == paused {
                 c.short_shown = true;
@@ -614,13 +691,42 @@ impl Allocator {
                 cut,
             });
         }
+        if let Some(loss) = blamed {
+            self.blamed_at = Some(now_ms);
+            for c in self.choices.iter_mut().filter(|c| tried(c)) {
+                c.loss_before = c.loss_before.max(loss);
+            }
+        }
+    }
+}
+
+/// Puts a viewer's videos (`videos`, and `with` beside them, one entry per video) in its own
+/// order (`Preference::order`): the listed ones first, as listed, the others after them in the
+/// order they came (the server's). A stable insertion sort: a handful of videos, no
+/// allocation.
+pub(crate) fn in_viewer_order<V, W>(
+    pref: &Preference,
+    videos: &mut [(TrackId, V)],
+    with: &mut [W],
+) {
+    debug_assert_eq!(videos.len(), with.len());
+    if pref.order.is_empty() {
+        return;
+    }
+    for i in 1..videos.len().min(with.len()) {
+        let mut j = i;
+        while j > 0 && pref.rank(videos[j - 1].0) > pref.rank(videos[j].0) {
+            videos.swap(j - 1, j);
+            with.swap(j - 1, j);
+            j -= 1;
+        }
     }
 }
 
 /// The layers a viewer may get, lowest first: those arriving, at most its size cap (the
 /// smallest layer at or above the height it renders, so the picture is never upscaled), only
 /// the lowest with "save data".
-fn allowed_layers(layers: &[LayerInfo; 3], pref: Preference) -> Vec<u8> {
+fn allowed_layers(layers: &[LayerInfo; 3], pref: &Preference) -> Vec<u8> {
     let mut present: Vec<u8> = (0..3u8)
         .filter(|l| layers[usize::from(*l)].bps > 0)
         .collect();
@@ -712,6 +818,7 @@ mod tests {
         a.set_preference(Preference {
             max_height: Some(720),
             save_data: false,
+            ..Preference::default()
         });
         assert_eq!(run(&mut a, 32_500, 200_000.0, t).target, 0);
         a.set_preference(Preference::default());
@@ -767,12 +874,14 @@ mod tests {
         a.set_preference(Preference {
             max_height: Some(300),
             save_data: false,
+            ..Preference::default()
         });
         let d = run(&mut a, 0, 5_000_000.0, t);
         assert_eq!((d.target, d.tell), (1, Some(VideoQuality::Full)));
         a.set_preference(Preference {
             max_height: None,
             save_data: true,
+            ..Preference::default()
         });
         let d = run(&mut a, 500, 5_000_000.0, t);
         assert_eq!((d.target, d.tell), (0, None), "still the best it asked for");
@@ -794,15 +903,130 @@ mod tests {
         ];
         let pref = Preference {
             max_height: Some(720),
-            save_data: false,
+            ..Preference::default()
         };
-        assert_eq!(allowed_layers(&screen, pref), vec![0, 1]);
-        assert_eq!(allowed_layers(&layers(), pref), vec![0, 1, 2]);
+        assert_eq!(allowed_layers(&screen, &pref), vec![0, 1]);
+        assert_eq!(allowed_layers(&layers(), &pref), vec![0, 1, 2]);
         let small = Preference {
             max_height: Some(300),
-            save_data: false,
+            ..Preference::default()
         };
-        assert_eq!(allowed_layers(&layers(), small), vec![0, 1]);
+        assert_eq!(allowed_layers(&layers(), &small), vec![0, 1]);
+    }
+
+    #[test]
+    fn the_viewers_own_order_comes_first_and_the_rest_keep_theirs() {
+        let [slides, lecturer, interpreter, other] = [(); 4].map(|_| TrackId::new());
+        let mut videos = vec![
+            (slides, 'S'),
+            (lecturer, 'L'),
+            (interpreter, 'I'),
+            (other, 'O'),
+        ];
+        let mut with = vec![0, 1, 2, 3];
+        in_viewer_order(&Preference::default(), &mut videos, &mut with);
+        assert_eq!(with, vec![0, 1, 2, 3], "no order of its own: the server's");
+        let pref = Preference {
+            // A track it shows that this viewer is not sent (yet) is passed over.
+            order: vec![interpreter, TrackId::new(), slides],
+            ..Preference::default()
+        };
+        in_viewer_order(&pref, &mut videos, &mut with);
+        let got: String = videos.iter().map(|(_, c)| *c).collect();
+        assert_eq!(got, "ISLO");
+        assert_eq!(with, vec![2, 0, 1, 3], "the other list moved with it");
+    }
+
+    #[test]
+    fn the_video_first_in_the_viewers_order_keeps_its_picture_on_a_weak_line() {
+        // Two cameras; the line carries one lowest layer (150 kbit/s) and no more. In the
+        // server's order the first keeps its picture and the second pauses; in the viewer's
+        // order (the interpreter first) the other way round.
+        let (lecturer, interpreter) = (TrackId::new(), TrackId::new());
+        let pass = |a: &mut Allocator, now: u64, pref: &Preference| {
+            let mut videos = vec![(lecturer, layers()), (interpreter, layers())];
+            let mut idx = vec![0usize, 1];
+            in_viewer_order(pref, &mut videos, &mut idx);
+            let mut out = Vec::new();
+            a.allocate(now, 200_000.0, &videos, PAUSED, 0.0, &mut out);
+            let mut by_track = [0u8; 2];
+            for (d, i) in out.iter().zip(&idx) {
+                by_track[*i] = d.target;
+            }
+            by_track
+        };
+        let servers = Preference::default();
+        let mut a = Allocator::default();
+        let mut last = [0; 2];
+        for now in (0..6_000).step_by(500) {
+            last = pass(&mut a, now, &servers);
+        }
+        assert_eq!(
+            last,
+            [0, PAUSED],
+            "the server's order: the older camera first"
+        );
+        let viewers = Preference {
+            order: vec![interpreter],
+            ..Preference::default()
+        };
+        let mut b = Allocator::default();
+        b.set_preference(viewers.clone());
+        for now in (0..6_000).step_by(500) {
+            last = pass(&mut b, now, &viewers);
+        }
+        assert_eq!(
+            last,
+            [PAUSED, 0],
+            "the viewer's order: the interpreter first"
+        );
+    }
+
+    #[test]
+    fn a_video_paused_in_the_viewers_order_pauses_the_ones_after_it() {
+        // The interpreter first in the viewer's order (300 kbit/s at its lowest: a busy
+        // picture), the lecturer's camera after it (150 kbit/s at its lowest).
+        let (interpreter, lecturer) = (TrackId::new(), TrackId::new());
+        let big = layers().map(|l| LayerInfo {
+            bps: l.bps * 2,
+            ..l
+        });
+        let videos = [(interpreter, big), (lecturer, layers())];
+        let passes = |a: &mut Allocator, steps: &[(u64, f64)]| {
+            let mut out = Vec::new();
+            steps
+                .iter()
+                .map(|&(now, budget)| {
+                    out.clear();
+                    a.allocate(now, budget, &videos, PAUSED, 0.0, &mut out);
+                    (out[0].target, out[1].target)
+                })
+                .collect::<Vec<_>>()
+        };
+        // Room for both; then 250 kbit/s for a long while: room for the lecturer only.
+        let steps = [
+            (0, 800_000.0),
+            (500, 250_000.0),
+            (20_000, 250_000.0),
+            (60_000, 250_000.0),
+        ];
+        let mut mine = Allocator::default();
+        mine.set_preference(Preference {
+            order: vec![interpreter],
+            ..Preference::default()
+        });
+        let got = passes(&mut mine, &steps);
+        assert_eq!(got[0], (0, 1), "300 kbit/s for the one, 500 for the other");
+        // The interpreter paused pauses what comes after it: the line stays free for the
+        // interpreter's way back, whatever the lecturer's camera would fit.
+        assert_eq!(got[1..], [(PAUSED, PAUSED); 3], "{got:?}");
+        let back = passes(&mut mine, &[(61_000, 400_000.0), (100_000, 800_000.0)]);
+        assert_eq!(back[0], (0, PAUSED), "the interpreter back first");
+        assert!(back[1].1 != PAUSED, "then the camera: {back:?}");
+        // In the server's own order a paused video leaves the room to the next.
+        let mut servers = Allocator::default();
+        let got = passes(&mut servers, &steps);
+        assert_eq!(got[3], (PAUSED, 0), "{got:?}");
     }
 
     #[test]
@@ -813,6 +1037,7 @@ mod tests {
         a.set_preference(Preference {
             max_height: None,
             save_data: true,
+            ..Preference::default()
         });
         assert_eq!(run(&mut a, 500, 3_000_000.0, t).target, 0);
         a.set_preference(Preference::default());

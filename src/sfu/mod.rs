@@ -42,7 +42,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use allocator::VideoQuality;
+pub use allocator::{Preference, VideoQuality};
 pub use check::{CheckError, CheckTransport, BURST_MESSAGE_BYTES, CHECK_LIFETIME, MAX_CHECKS};
 pub use engine::testing;
 pub use forwarder::{DownTrack, Forwarder};

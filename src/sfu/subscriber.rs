@@ -11,7 +11,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use super::engine::{Command, ConnKey, EngineHandle, TrackSpec};
 use super::forwarder::DownTrack;
 use super::keyframe::CodecFamily;
-use super::{ConnId, SfuError, TrackInfo};
+use super::{ConnId, Preference, SfuError, TrackInfo};
 use crate::ids::{MemberId, TrackId};
 use crate::protocol::{IceCandidate, SubscribedTrackDesc};
 
@@ -256,18 +256,12 @@ impl Subscriber {
     }
 
     /// The viewer's own wishes for its video (`video_preference`): the largest height it
-    /// renders at (device pixels) caps the layer; `save_data` asks for the lowest only.
-    pub fn set_video_preference(
-        &self,
-        max_height: Option<u32>,
-        save_data: bool,
-    ) -> Result<(), SfuError> {
+    /// renders at (device pixels) caps the layer; `save_data` asks for the lowest only; its
+    /// order says which videos get the budget first.
+    pub fn set_video_preference(&self, preference: Preference) -> Result<(), SfuError> {
         self.engine.send(Command::VideoPreference {
             conn: self.key,
-            preference: super::allocator::Preference {
-                max_height,
-                save_data,
-            },
+            preference,
         })
     }
 

@@ -16,6 +16,8 @@ use crate::room::{Control, Done};
 
 /// The largest `max_height` a `video_preference` may give (a 16K screen).
 const MAX_VIDEO_HEIGHT: u32 = 8640;
+/// The most track ids a `video_preference`'s `order` may list (a page shows a handful).
+const MAX_VIDEO_ORDER: usize = 16;
 
 impl Client {
     /// Handles one parsed client message; an error is answered to the client (and ends the
@@ -147,6 +149,7 @@ impl Client {
             ClientMessage::VideoPreference {
                 max_height,
                 save_data,
+                order,
             } => {
                 if max_height.is_some_and(|h| h == 0 || h > MAX_VIDEO_HEIGHT) {
                     return Err(ProtocolError::new(
@@ -158,11 +161,35 @@ impl Client {
                         ),
                     ));
                 }
+                if order.len() > MAX_VIDEO_ORDER {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadMessage,
+                        format!(
+                            "Bad \"video_preference\" message: order lists at most \
+                             {MAX_VIDEO_ORDER} track ids (the videos you show, most needed \
+                             first)."
+                        ),
+                    ));
+                }
+                if order
+                    .iter()
+                    .enumerate()
+                    .any(|(i, t)| order[..i].contains(t))
+                {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadMessage,
+                        "Bad \"video_preference\" message: order names a track twice.",
+                    ));
+                }
+                let preference = crate::sfu::Preference {
+                    max_height,
+                    save_data,
+                    order,
+                };
                 let joined = self.joined()?;
-                joined.video_preference = Some((max_height, save_data));
+                joined.video_preference = Some(preference.clone());
                 if let Some(s) = joined.subscriber.as_ref() {
-                    s.set_video_preference(max_height, save_data)
-                        .map_err(internal)?;
+                    s.set_video_preference(preference).map_err(internal)?;
                 }
                 self.outbox.push(ServerMessage::Ok {
                     request: "video_preference".to_owned(),

@@ -93,9 +93,9 @@ struct Joined {
     unpublished: HashSet<String>,
     /// A WHEP player's tracks (the main feed when it started); empty for everyone else.
     playing: Vec<TrackId>,
-    /// The viewer's last `video_preference` (max height, save data), applied to its
-    /// subscribe connection now and whenever one is made.
-    video_preference: Option<(Option<u32>, bool)>,
+    /// The viewer's last `video_preference`, applied to its subscribe connection now and
+    /// whenever one is made.
+    video_preference: Option<crate::sfu::Preference>,
 }
 
 impl Joined {

@@ -251,9 +251,9 @@ impl Client {
                 .subscriber(joined.member, joined.peer_events_tx.clone())
                 .await
                 .map_err(internal)?;
-            if let Some((max_height, save_data)) = joined.video_preference {
+            if let Some(preference) = joined.video_preference.clone() {
                 subscriber
-                    .set_video_preference(max_height, save_data)
+                    .set_video_preference(preference)
                     .map_err(internal)?;
             }
             joined.subscriber = Some(subscriber);

@@ -489,9 +489,10 @@ impl Core {
             downs.clear();
             feeds.clear();
             feeds.extend(conn.sent_feeds());
-            // A shared screen first (slides are what a course is read from), then the
-            // oldest publication first: a feed's place in the budget does not depend on a
-            // map's order.
+            // The server's order: a shared screen first (slides are what a course is read
+            // from), then the oldest publication first, so a feed's place in the budget does
+            // not depend on a map's order. The viewer's own order, if it sent one, comes
+            // before this (below).
             let caches = &self.caches;
             feeds.sort_unstable_by_key(|id| {
                 let screen = caches.get(id).is_some_and(|(f, _)| f.is_screen());
@@ -540,6 +541,9 @@ impl Core {
             let budget = estimate * allocator::HEADROOM
                 - rate[Sent::Audio as usize]
                 - rate[Sent::Resent as usize];
+            // The viewer's own order (its page knows which picture is the interpreter's)
+            // goes before the server's.
+            allocator::in_viewer_order(viewer.allocator.preference(), videos, downs);
             decisions.clear();
             let loss = viewer.estimate.loss(now_ms);
             viewer

@@ -848,6 +848,9 @@ impl Received {
 /// The simulcast layers `Sim::simulcast` publishes: rid and SSRC, lowest first.
 pub const SIMULCAST_LAYERS: [(&str, u32); 3] =
     [("q", 0x2222_0001), ("h", 0x2222_0002), ("f", 0x2222_0003)];
+/// The layers of `Sim::two_cameras`' second camera (same rids, their own SSRCs).
+pub const SECOND_CAMERA_LAYERS: [(&str, u32); 3] =
+    [("q", 0x3333_0001), ("h", 0x3333_0002), ("f", 0x3333_0003)];
 /// Where `send_layer` writes the layer into its VP8 payload: after the 5-byte payload
 /// descriptor (15-bit picture id, TL0PICIDX) and the frame header's first bytes.
 const LAYER_TAG_AT: usize = 7;
@@ -918,6 +921,18 @@ pub struct Sim {
     audio_level: Option<(u8, u8)>,
     /// `speaking` changes the publisher's member task was told: (time since start, speaking).
     speaking: Vec<(Duration, bool)>,
+    /// `Sim::two_cameras`: the publisher's second simulcast camera.
+    second: Option<Second>,
+}
+
+/// The publisher's second simulcast camera (`Sim::two_cameras`) and the subscriber's
+/// down-track of it.
+struct Second {
+    sender: RTCRtpSenderId,
+    mid: String,
+    forwarder: Option<crate::sfu::Forwarder>,
+    down: Option<Arc<DownTrack>>,
+    received: Vec<Received>,
 }
 
 /// The publisher's Opus track and the subscriber's down-track of it.
@@ -938,6 +953,9 @@ struct Other {
     _events: tokio::sync::mpsc::Receiver<PeerEvent>,
     received: Vec<Received>,
 }
+
+/// The SSRC the subscriber gets the second camera on (`Sim::two_cameras`).
+const SECOND_DOWN_SSRC: u32 = 0x5555_0003;
 
 /// Opus payload type (webrtc-rs's default codec table).
 const OPUS_PT: u8 = 111;
@@ -970,13 +988,21 @@ impl Sim {
     /// rid header extensions (`send_layer`). The publisher also sends Opus (`send_audio`),
     /// which the subscriber receives too (`audio_received`).
     pub fn simulcast() -> Result<Sim, String> {
-        Self::build_with_layers(0, settings(false), true, 0b111)
+        Self::build_with_layers(0, settings(false), true, 0b111, false)
+    }
+
+    /// As `simulcast`, with a second simulcast camera on the same publish connection (its
+    /// layers `SECOND_CAMERA_LAYERS`, sent with `send_second_layer`), which the subscriber
+    /// receives too (`second_received`). Both are cameras: the server's own order puts the
+    /// first one first.
+    pub fn two_cameras() -> Result<Sim, String> {
+        Self::build_with_layers(0, settings(false), true, 0b111, true)
     }
 
     /// As `simulcast` (three layers offered by rid), but the publisher sends only the lowest
     /// one, 'q', as Chromium does with a small camera.
     pub fn simulcast_lowest_only() -> Result<Sim, String> {
-        Self::build_with_layers(0, settings(false), true, 0b001)
+        Self::build_with_layers(0, settings(false), true, 0b001, false)
     }
 
     /// As `new`, the publisher's first packets starting at `first_seq` (a test of the wrap
@@ -997,7 +1023,7 @@ impl Sim {
     }
 
     fn build_with(first_seq: u16, settings: MediaSettings, simulcast: bool) -> Result<Sim, String> {
-        Self::build_with_layers(first_seq, settings, simulcast, 0b111)
+        Self::build_with_layers(first_seq, settings, simulcast, 0b111, false)
     }
 
     fn build_with_layers(
@@ -1005,6 +1031,7 @@ impl Sim {
         settings: MediaSettings,
         simulcast: bool,
         setup_layers: u8,
+        second_camera: bool,
     ) -> Result<Sim, String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let now = Instant::now();
@@ -1043,6 +1070,34 @@ impl Sim {
             client_track(RtpCodecKind::Video, VIDEO_SSRC, "video/VP8", 90_000, 0)
         };
         let video_sender = publisher.pc.add_track(track).map_err(|x| e(&x))?;
+        let second_sender = if second_camera {
+            let codings = SECOND_CAMERA_LAYERS
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).into(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    codec: RTCRtpCodec {
+                        mime_type: "video/VP8".into(),
+                        clock_rate: 90_000,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            let track = MediaStreamTrack::new(
+                "client2".into(),
+                "second".into(),
+                "second".into(),
+                RtpCodecKind::Video,
+                codings,
+            );
+            Some(publisher.pc.add_track(track).map_err(|x| e(&x))?)
+        } else {
+            None
+        };
         let audio_sender = if simulcast {
             Some(
                 publisher
@@ -1069,6 +1124,23 @@ impl Sim {
             (u.trim() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
                 .then(|| id.split('/').next()?.parse::<u8>().ok())?
         });
+        let second = match second_sender {
+            Some(sender) => Some(Second {
+                sender,
+                // The second m-line (the second camera, added before the microphone).
+                mid: offer
+                    .sdp
+                    .lines()
+                    .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+                    .nth(1)
+                    .ok_or("no second mid in the offer")?
+                    .to_owned(),
+                forwarder: None,
+                down: None,
+                received: Vec::new(),
+            }),
+            None => None,
+        };
         let simulcast = if simulcast {
             let ext = |uri: &str| {
                 offer.sdp.lines().find_map(|l| {
@@ -1151,6 +1223,7 @@ impl Sim {
             setup_layers,
             audio_level: audio_level.map(|id| (id, 127)),
             speaking: Vec::new(),
+            second,
         };
         // Connect the publisher; its track is announced once media flows, so send a
         // keyframe's first packet until the member task is told.
@@ -1174,6 +1247,9 @@ impl Sim {
                 for layer in 0..SIMULCAST_LAYERS.len() as u8 {
                     if sim.setup_layers & (1 << layer) != 0 {
                         sim.send_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                        if sim.second.is_some() {
+                            sim.send_second_layer(layer, seq, 0, seq & 0x7fff, true, true);
+                        }
                     }
                 }
                 sim.send_audio();
@@ -1184,14 +1260,18 @@ impl Sim {
             sim.advance(Duration::from_millis(5));
             while let Ok(ev) = pub_events.try_recv() {
                 if let PeerEvent::Published(_, f) = ev {
-                    match (f.info().kind, sim.audio.as_mut()) {
-                        (MediaKind::Audio, Some(a)) => a.forwarder = Some(f),
+                    match (f.info().kind, sim.audio.as_mut(), sim.second.as_mut()) {
+                        (MediaKind::Audio, Some(a), _) => a.forwarder = Some(f),
+                        (_, _, Some(s)) if f.info().client_track_id == "second" => {
+                            s.forwarder = Some(f)
+                        }
                         _ => video_forwarder = Some(f),
                     }
                 }
             }
             let audio_ready = sim.audio.as_ref().is_none_or(|a| a.forwarder.is_some());
-            if audio_ready && video_forwarder.is_some() {
+            let second_ready = sim.second.as_ref().is_none_or(|s| s.forwarder.is_some());
+            if audio_ready && second_ready && video_forwarder.is_some() {
                 break video_forwarder.take().expect("just checked");
             }
             if sim.now - sim.start > Duration::from_secs(10) {
@@ -1243,6 +1323,29 @@ impl Sim {
             .map_err(|x| e(&x))?;
             senders.push((sender, ai.codec.clone()));
         }
+        let second_info = sim
+            .second
+            .as_ref()
+            .and_then(|s| s.forwarder.as_ref())
+            .map(|f| f.info().clone());
+        if let Some(si) = &second_info {
+            let spec = super::TrackSpec {
+                id: si.id,
+                member: si.member,
+                kind: si.kind,
+                codec: si.codec.clone(),
+                ssrc: SECOND_DOWN_SSRC,
+                keyframes: si.keyframes.clone(),
+                feed: si.feed,
+            };
+            let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
+                conn: sub_key,
+                track: spec,
+                reply,
+            })
+            .map_err(|x| e(&x))?;
+            senders.push((sender, si.codec.clone()));
+        }
         let offer = call(&mut sim.core, now, |reply| Command::CreateOffer {
             conn: sub_key,
             reply,
@@ -1276,6 +1379,25 @@ impl Sim {
                 CodecFamily::Audio,
                 ai.keyframes.clone(),
                 false,
+            ));
+        }
+        if let (Some(si), Some(s)) = (&second_info, sim.second.as_mut()) {
+            let (sender, _) = senders
+                .last()
+                .expect("the second camera's sender was added");
+            let pt = chosen
+                .last()
+                .copied()
+                .flatten()
+                .ok_or("the subscriber refused the second camera")?;
+            s.down = Some(down_track(
+                sub_key,
+                *sender,
+                SECOND_DOWN_SSRC,
+                pt,
+                CodecFamily::Vp8,
+                si.keyframes.clone(),
+                true,
             ));
         }
         let payload_type = chosen
@@ -1337,6 +1459,11 @@ impl Sim {
     /// The subscriber's down-track joins the publication (the room's `add_subscriber`).
     pub fn attach(&mut self) {
         self.forwarder.add_subscriber(self.down.clone());
+        if let Some(s) = &self.second {
+            if let (Some(f), Some(d)) = (&s.forwarder, &s.down) {
+                f.add_subscriber(d.clone());
+            }
+        }
         if let Some(a) = &self.audio {
             if let (Some(f), Some(d)) = (&a.forwarder, &a.down) {
                 f.add_subscriber(d.clone());
@@ -1518,10 +1645,49 @@ impl Sim {
         start: bool,
         keyframe: bool,
     ) {
-        let Some((mid_id, rid_id, mid)) = self.simulcast.clone() else {
+        self.send_camera_layer(false, layer, seq, timestamp, picture_id, start, keyframe);
+    }
+
+    /// As `send_layer`, on the second camera (`Sim::two_cameras`).
+    pub fn send_second_layer(
+        &mut self,
+        layer: u8,
+        seq: u16,
+        timestamp: u32,
+        picture_id: u16,
+        start: bool,
+        keyframe: bool,
+    ) {
+        self.send_camera_layer(true, layer, seq, timestamp, picture_id, start, keyframe);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_camera_layer(
+        &mut self,
+        second: bool,
+        layer: u8,
+        seq: u16,
+        timestamp: u32,
+        picture_id: u16,
+        start: bool,
+        keyframe: bool,
+    ) {
+        let Some((mid_id, rid_id, first_mid)) = self.simulcast.clone() else {
             return;
         };
-        let (rid, ssrc) = SIMULCAST_LAYERS[usize::from(layer)];
+        let (mid, (rid, ssrc), sender) = match (second, self.second.as_ref()) {
+            (false, _) => (
+                first_mid,
+                SIMULCAST_LAYERS[usize::from(layer)],
+                self.video_sender,
+            ),
+            (true, Some(s)) => (
+                s.mid.clone(),
+                SECOND_CAMERA_LAYERS[usize::from(layer)],
+                s.sender,
+            ),
+            (true, None) => return,
+        };
         let mut payload = vec![0x5au8; 300 * (usize::from(layer) + 1)];
         // X, S (frame start), partition 0; I and L; 15-bit picture id; TL0PICIDX.
         payload[0] = 0x80 | if start { 0x10 } else { 0x00 };
@@ -1548,7 +1714,7 @@ impl Sim {
             header,
             payload: bytes::Bytes::from(payload),
         };
-        if let Some(mut s) = self.publisher.pc.rtp_sender(self.video_sender) {
+        if let Some(mut s) = self.publisher.pc.rtp_sender(sender) {
             let _ = s.write_rtp(self.now, packet);
         }
         self.pump_clients();
@@ -1623,6 +1789,41 @@ impl Sim {
         Some(self.down.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
     }
 
+    /// What the subscriber read of the second camera (`Sim::two_cameras`).
+    pub fn second_received(&self) -> &[Received] {
+        self.second.as_ref().map_or(&[], |s| &s.received)
+    }
+
+    /// The layer the subscriber is forwarded of the second camera now.
+    pub fn second_layer(&self) -> Option<u8> {
+        let d = self.second.as_ref()?.down.as_ref()?;
+        Some(d.layer()).filter(|l| *l != crate::sfu::forwarder::NO_LAYER)
+    }
+
+    /// The two cameras' track ids as the subscriber knows them (its down-tracks', what
+    /// `video_preference.order` names; `Sim::two_cameras`): the first camera's, then the
+    /// second's.
+    pub fn camera_tracks(&self) -> Vec<TrackId> {
+        let mut ids = vec![self.down.track];
+        ids.extend(
+            self.second
+                .as_ref()
+                .and_then(|s| s.down.as_ref())
+                .map(|d| d.track),
+        );
+        ids
+    }
+
+    /// PLIs the publisher's client read for the second camera's `layer`.
+    pub fn second_plis_for_layer(&self, layer: u8) -> Vec<Duration> {
+        let ssrc = SECOND_CAMERA_LAYERS[usize::from(layer)].1;
+        self.plis
+            .iter()
+            .filter(|(_, s)| *s == ssrc)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
     /// PLIs the publisher's client read for simulcast `layer`, with their time since start.
     pub fn plis_for_layer(&self, layer: u8) -> Vec<Duration> {
         let ssrc = SIMULCAST_LAYERS[usize::from(layer)].1;
@@ -1685,15 +1886,21 @@ impl Sim {
 
     /// The viewer's own preference (`video_preference`), as its member task passes it on.
     pub fn set_video_preference(&mut self, max_height: Option<u32>, save_data: bool) {
+        self.set_preference(crate::sfu::Preference {
+            max_height,
+            save_data,
+            order: Vec::new(),
+        });
+    }
+
+    /// The viewer's whole preference, its own order of the videos included.
+    pub fn set_preference(&mut self, preference: crate::sfu::Preference) {
         let now = self.now;
         self.core.handle_input(
             now,
             Input::Command(Command::VideoPreference {
                 conn: self.down.conn,
-                preference: crate::sfu::allocator::Preference {
-                    max_height,
-                    save_data,
-                },
+                preference,
             }),
         );
     }
@@ -1877,7 +2084,11 @@ impl Sim {
             while let Some(msg) = peer.pc.poll_read() {
                 match msg.message {
                     RTCMessage::RtpPacket(_, p) if i == 1 => {
-                        if Some(p.header.ssrc) == audio_ssrc {
+                        if p.header.ssrc == SECOND_DOWN_SSRC {
+                            if let Some(s) = self.second.as_mut() {
+                                s.received.push(Received::of(&p));
+                            }
+                        } else if Some(p.header.ssrc) == audio_ssrc {
                             if let Some(a) = self.audio.as_mut() {
                                 a.received.push(since);
                             }
