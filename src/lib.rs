@@ -37,8 +37,9 @@
 //! checks it): `clock`, `ids` → `config`, `protocol`, `tls` → `auth`, `db`, `logging`, `turn`
 //! → `attendance`, `sfu` → `cluster` → `room` → `cli`, `http` → `app`.
 //!
-//! The workspace around this crate: `protocol/` (`kursrelay-protocol`, the message types;
-//! `protocol` and `ids` above re-export it), `client/` (`kursrelay-client`, the one typed
+//! The workspace around this crate: `interceptor/` (`kursrelay-interceptor`, the last link of
+//! a peer connection's interceptor chain, used by `sfu` and the client), `protocol/`
+//! (`kursrelay-protocol`, the message types; `protocol` and `ids` above re-export it), `client/` (`kursrelay-client`, the one typed
 //! client: signalling and webrtc-rs peers, used by tests/common and the two client binaries),
 //! `captioner/` (`kursrelay-captioner`, the reference automatic captioner: joins with a
 //! `captioner` token, decodes Opus with libopus, pipes 16 kHz PCM into a local recogniser) and

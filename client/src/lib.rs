@@ -15,10 +15,9 @@
 pub mod peer;
 pub mod signalling;
 
+pub use kursrelay_interceptor::is_keyframe_request;
 pub use kursrelay_protocol as protocol;
-pub use peer::{
-    candidate_init, candidate_message, is_keyframe_request, media_setup, Peer, PeerOptions,
-};
+pub use peer::{candidate_init, candidate_message, media_setup, Peer, PeerOptions};
 pub use signalling::{Signalling, SignallingRx, SignallingTx};
 
 /// What can go wrong on the client's side.

@@ -4,14 +4,10 @@
 //! keyframe requests reaching the sender. Does not touch the socket: the caller sends what
 //! these return.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::sansio::Protocol;
+use kursrelay_interceptor::DeliverRtcp;
+use rtc::interceptor::Slot;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
@@ -22,79 +18,21 @@ use webrtc::runtime::Runtime;
 use crate::protocol::{ClientMessage, IceCandidate, Target};
 use crate::ClientError;
 
-/// Position of `KeyframeRequests`: after every built-in interceptor (they use lower slots),
-/// as on the server, so it sees inbound RTCP last.
+/// Position of the keyframe-request link (`kursrelay_interceptor::DeliverRtcp`, the server's
+/// too): after every built-in interceptor (they use lower slots), as on the server, so it sees
+/// inbound RTCP last.
 const KEYFRAME_REQUESTS_SLOT: usize = 14_000;
 
 /// The codec set and interceptor chain of kursrelay's connections: webrtc-rs's default codecs
-/// and interceptors, plus `KeyframeRequests`. The server builds its connections the same way
+/// and interceptors, plus a last link that lets keyframe requests through to the publishing
+/// track (`DeliverRtcp::default()`). The server builds its connections the same way
 /// (src/sfu), so a client negotiates what a server connection offers.
 pub fn media_setup() -> Result<(MediaEngine, Registry), ClientError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
-    let registry = registry.with(
-        Slot::from(KEYFRAME_REQUESTS_SLOT),
-        KeyframeRequests::default(),
-    );
+    let registry = registry.with(Slot::from(KEYFRAME_REQUESTS_SLOT), DeliverRtcp::default());
     Ok((media_engine, registry))
-}
-
-/// True if any packet in the batch asks for a keyframe (PLI or FIR).
-pub fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
-    packets.iter().any(|p| {
-        let any = p.as_any();
-        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-    })
-}
-
-/// Inbound RTCP normally stops inside the interceptor chain. This last link lets keyframe
-/// requests through to the application (a publishing client's local track sees them as
-/// `TrackLocalEvent::OnRtcpPacket` and sends a keyframe) and drops the rest, which the other
-/// interceptors have already acted on.
-#[derive(Default)]
-pub struct KeyframeRequests {
-    read_queue: VecDeque<TaggedPacket>,
-    write_queue: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            if !is_keyframe_request(packets) {
-                return Ok(());
-            }
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write_queue.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequests {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// Where a peer connection's media goes.

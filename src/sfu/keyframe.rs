@@ -2,16 +2,13 @@
 //! coalescing those requests to about one per second per published track.
 //! Pure functions and small types; the engine (`engine/`) paces and sends the requests.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+pub use kursrelay_interceptor::is_keyframe_request;
+use kursrelay_interceptor::DeliverRtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::sansio::Protocol;
-use rtc::shared::error::Error;
 
 /// Which codec a track carries, as far as keyframe detection cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,15 +225,13 @@ pub(crate) fn vp8_ids(p: &[u8]) -> Option<Vp8Ids> {
     (picture_id.is_some() || tl0.is_some()).then_some(Vp8Ids { picture_id, tl0 })
 }
 
-/// Inbound RTCP normally stops inside the interceptor chain. This last link marks PLI, FIR,
-/// NACK, sender reports and congestion feedback for delivery to the application (the engine
-/// turns them into keyframe requests, re-sends from the track cache, translated sender
-/// reports, a viewer's estimate) and drops the rest, which the other interceptors have
-/// already acted on.
-#[derive(Default)]
-pub struct KeyframeRequestInterceptor {
-    read_queue: VecDeque<TaggedPacket>,
-    write_queue: VecDeque<TaggedPacket>,
+/// The last link of a connection's interceptor chain: PLI, FIR, NACK, sender reports and
+/// congestion feedback are delivered to the application (the engine turns them into keyframe
+/// requests, re-sends from the track cache, translated sender reports, a viewer's estimate);
+/// the rest is dropped, the other interceptors have already acted on it. The link itself is
+/// `kursrelay_interceptor::DeliverRtcp`, which the client crate uses too.
+pub fn rtcp_link() -> DeliverRtcp {
+    DeliverRtcp::new(is_for_application)
 }
 
 /// True if the batch holds something the engine acts on: a keyframe request, a NACK (answered
@@ -258,53 +253,6 @@ fn is_congestion_feedback(any: &dyn std::any::Any) -> bool {
     any.is::<rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc>()
         || any.is::<rtc::rtcp::receiver_report::ReceiverReport>()
         || any.is::<ReceiverEstimatedMaximumBitrate>()
-}
-
-/// True if any packet in the batch asks for a keyframe.
-pub fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
-    packets.iter().any(|p| {
-        let any = p.as_any();
-        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-    })
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            if !is_for_application(packets) {
-                return Ok(());
-            }
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write_queue.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestInterceptor {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 #[cfg(test)]

@@ -39,9 +39,7 @@ use crate::ids::{MemberId, TrackId};
 use crate::protocol::{IceCandidate, MediaKind, Source, Target};
 use crate::sfu::allocator::{Allocator, Estimate, TwccSend};
 use crate::sfu::forwarder::Feed;
-use crate::sfu::keyframe::{
-    is_keyframe_request, KeyframeRequestInterceptor, KeyframeRequester, MAX_LAYERS,
-};
+use crate::sfu::keyframe::{is_keyframe_request, rtcp_link, KeyframeRequester, MAX_LAYERS};
 use crate::sfu::metrics::Metrics;
 use crate::sfu::{Codec, ConnId, MediaSettings, PeerEvent, SfuError};
 
@@ -367,10 +365,7 @@ impl Conn {
                 configure_rtcp_reports(Registry::new())
             }
         }
-        .with(
-            Slot::from(KEYFRAME_INTERCEPTOR_SLOT),
-            KeyframeRequestInterceptor::default(),
-        );
+        .with(Slot::from(KEYFRAME_INTERCEPTOR_SLOT), rtcp_link());
         let mut rng = rand::rng();
         // RFC 8445: ufrag ≥ 4 and password ≥ 22 characters from the ice-char set.
         let ufrag = Alphanumeric.sample_string(&mut rng, 16);

@@ -789,7 +789,7 @@ impl Peer {
             .map_err(|x| e(&x))?
             .with(
                 rtc::interceptor::Slot::from(14_000),
-                crate::sfu::keyframe::KeyframeRequestInterceptor::default(),
+                crate::sfu::keyframe::rtcp_link(),
             );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(me)
