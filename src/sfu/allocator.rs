@@ -656,12 +656,15 @@ impl Allocator {
             }
             if c.target != paused {
                 left -= rate(c.target);
-            } else if listed {
-                // A video the viewer's own order puts here, paused for want of room, pauses
-                // the ones after it: they come later in what this viewer needs, and what they
-                // would take is what the paused one needs to come back (its try back costs
-                // them nothing). Only in the viewer's own order: the server's cannot know
-                // which camera is the interpreter a deaf viewer follows.
+            } else if listed && rate(lowest) <= left * UP_MARGIN {
+                // A video the viewer's own order puts here, paused for want of room but one
+                // the estimate says could come back, pauses the ones after it: they come later
+                // in what this viewer needs, and what they would take is what the paused one
+                // needs for its way back (its try costs them nothing). When even its lowest
+                // layer is beyond the estimate, the others take what there is: a small
+                // picture of the lecturer rather than none. Only in the viewer's own order:
+                // the server's cannot know which camera is the interpreter a deaf viewer
+                // follows.
                 left = 0.0;
             }
             if over || c.target == paused {
@@ -992,23 +995,31 @@ mod tests {
             ..l
         });
         let videos = [(interpreter, big), (lecturer, layers())];
-        let passes = |a: &mut Allocator, steps: &[(u64, f64)]| {
+        let passes = |a: &mut Allocator, steps: &[(u64, f64, f64)]| {
             let mut out = Vec::new();
             steps
                 .iter()
-                .map(|&(now, budget)| {
+                .map(|&(now, budget, loss)| {
                     out.clear();
-                    a.allocate(now, budget, &videos, PAUSED, 0.0, &mut out);
+                    a.allocate(now, budget, &videos, PAUSED, loss, &mut out);
                     (out[0].target, out[1].target)
                 })
                 .collect::<Vec<_>>()
         };
-        // Room for both; then 250 kbit/s for a long while: room for the lecturer only.
         let steps = [
-            (0, 800_000.0),
-            (500, 250_000.0),
-            (20_000, 250_000.0),
-            (60_000, 250_000.0),
+            (0, 800_000.0, 0.0),
+            // Nothing fits: both pause.
+            (500, 100_000.0, 0.0),
+            // After the hold, 420 kbit/s: room for one. The interpreter comes back first (the
+            // lecturer's try waits 2 s behind it), and its try makes the line lose packets.
+            (17_000, 420_000.0, 0.0),
+            (18_000, 420_000.0, 0.2),
+            // The interpreter waits out a longer hold; the line has room again.
+            (20_500, 420_000.0, 0.0),
+            (25_000, 420_000.0, 0.0),
+            // Even the interpreter's lowest layer is beyond the estimate now.
+            (26_000, 250_000.0, 0.0),
+            (30_000, 250_000.0, 0.0),
         ];
         let mut mine = Allocator::default();
         mine.set_preference(Preference {
@@ -1017,16 +1028,17 @@ mod tests {
         });
         let got = passes(&mut mine, &steps);
         assert_eq!(got[0], (0, 1), "300 kbit/s for the one, 500 for the other");
-        // The interpreter paused pauses what comes after it: the line stays free for the
-        // interpreter's way back, whatever the lecturer's camera would fit.
-        assert_eq!(got[1..], [(PAUSED, PAUSED); 3], "{got:?}");
-        let back = passes(&mut mine, &[(61_000, 400_000.0), (100_000, 800_000.0)]);
-        assert_eq!(back[0], (0, PAUSED), "the interpreter back first");
-        assert!(back[1].1 != PAUSED, "then the camera: {back:?}");
-        // In the server's own order a paused video leaves the room to the next.
+        assert_eq!(got[1], (PAUSED, PAUSED));
+        assert_eq!(got[2], (0, PAUSED), "the interpreter tries first");
+        assert_eq!(got[3], (PAUSED, PAUSED), "its try taken back");
+        // While the interpreter waits to try again, the lecturer does not take its room.
+        assert_eq!(got[4..6], [(PAUSED, PAUSED); 2], "{got:?}");
+        // A line too weak for the interpreter's picture gives the lecturer's.
+        assert_eq!(got[7], (PAUSED, 0), "{got:?}");
+        // In the server's own order a paused video leaves the room to the next at once.
         let mut servers = Allocator::default();
         let got = passes(&mut servers, &steps);
-        assert_eq!(got[3], (PAUSED, 0), "{got:?}");
+        assert_eq!(got[5], (PAUSED, 0), "{got:?}");
     }
 
     #[test]
