@@ -453,6 +453,32 @@ impl Rig {
         tab
     }
 
+    /// A participant's page at home (`w`×`h`, a phone when upright) behind a line of `kbps`
+    /// (0: no limit) with a 200 ms queue, server → viewer; opened, not started.
+    async fn viewer_at_home(&mut self, kbps: u64, w: u32, h: u32) -> (std::sync::Arc<Link>, Page) {
+        let link = Link::new(0.0, Duration::ZERO);
+        if kbps > 0 {
+            link.set_rate(
+                Dir::ToPeer,
+                Some(Rate {
+                    queue: Queue::Millis(200),
+                    ..Rate::kbps(kbps)
+                }),
+            );
+        }
+        self.relay.set_new_flows(link.clone());
+        let token = self
+            .server
+            .token("weak-line", Role::Participant, Some("Heime"), false)
+            .await;
+        let viewer = self.browser.open_blank().await;
+        self.browser.viewport(&viewer, w, h, w < h).await;
+        self.browser
+            .navigate(&viewer, &format!("{}/course.html#t={token}", self.base))
+            .await;
+        (link, viewer)
+    }
+
     /// The publisher's video over `secs`: Mbit/s sent, width, frames per second, and a note
     /// (its estimate of the line, mean QP, why it limits itself).
     async fn publisher_rate(&mut self, publisher: &Page, secs: f64) -> (f64, u64, f64, Note) {
@@ -830,26 +856,7 @@ async fn slides_on_a_weak_line() {
             camera_on = false;
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        let link = Link::new(0.0, Duration::ZERO);
-        if kbps > 0 {
-            link.set_rate(
-                Dir::ToPeer,
-                Some(Rate {
-                    queue: Queue::Millis(200),
-                    ..Rate::kbps(kbps)
-                }),
-            );
-        }
-        rig.relay.set_new_flows(link.clone());
-        let token = rig
-            .server
-            .token("weak-line", Role::Participant, Some("Heime"), false)
-            .await;
-        let viewer = rig.browser.open_blank().await;
-        rig.browser.viewport(&viewer, w, h, w < h).await;
-        rig.browser
-            .navigate(&viewer, &format!("{}/course.html#t={token}", rig.base))
-            .await;
+        let (link, viewer) = rig.viewer_at_home(kbps, w, h).await;
         rig.browser
             .eval(&viewer, "kursrelay.start({}).then(() => true)")
             .await;
@@ -917,7 +924,7 @@ async fn the_interpreter_first_on_a_weak_line() {
     // 960×540 at 15 fps: three layers in Chromium (240×135, 480×270, 960×540), two encoders on
     // two cores.
     let mut rig = Rig::start(&camera_file(960, 540, 15, 30)).await;
-    let leader = rig.tab(Role::Leader, "Kursleiar").await;
+    let _leader = rig.tab(Role::Leader, "Kursleiar").await;
     let token = rig
         .server
         .token("weak-line", Role::Interpreter, Some("Tolk"), false)
@@ -930,26 +937,8 @@ async fn the_interpreter_first_on_a_weak_line() {
         .eval(&tolk, "kursrelay.start({}).then(() => true)")
         .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let _ = &leader;
     for size in ["equal", "large"] {
-        let link = Link::new(0.0, Duration::ZERO);
-        link.set_rate(
-            Dir::ToPeer,
-            Some(Rate {
-                queue: Queue::Millis(200),
-                ..Rate::kbps(kbps)
-            }),
-        );
-        rig.relay.set_new_flows(link.clone());
-        let token = rig
-            .server
-            .token("weak-line", Role::Participant, Some("Heime"), false)
-            .await;
-        let viewer = rig.browser.open_blank().await;
-        rig.browser.viewport(&viewer, 1366, 768, false).await;
-        rig.browser
-            .navigate(&viewer, &format!("{}/course.html#t={token}", rig.base))
-            .await;
+        let (link, viewer) = rig.viewer_at_home(kbps, 1366, 768).await;
         rig.browser
             .eval(
                 &viewer,

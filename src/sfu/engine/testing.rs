@@ -935,6 +935,47 @@ struct Second {
     received: Vec<Received>,
 }
 
+/// A client's VP8 camera track offered as three simulcast layers by rid (`layers`: rid and
+/// SSRC, lowest first), as Chromium's `sendEncodings` does.
+fn simulcast_track(stream: &str, id: &str, layers: &[(&str, u32); 3]) -> MediaStreamTrack {
+    let codings = layers
+        .iter()
+        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: (*rid).into(),
+                ssrc: Some(*ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect();
+    MediaStreamTrack::new(
+        stream.into(),
+        id.into(),
+        id.into(),
+        RtpCodecKind::Video,
+        codings,
+    )
+}
+
+/// What `Subscriber` asks the engine for one track of `info`, sent on `ssrc`.
+fn track_spec(info: &crate::sfu::TrackInfo, ssrc: u32) -> super::TrackSpec {
+    super::TrackSpec {
+        id: info.id,
+        member: info.member,
+        kind: info.kind,
+        codec: info.codec.clone(),
+        ssrc,
+        keyframes: info.keyframes.clone(),
+        feed: info.feed,
+    }
+}
+
 /// The publisher's Opus track and the subscriber's down-track of it.
 struct Audio {
     sender: RTCRtpSenderId,
@@ -1043,57 +1084,13 @@ impl Sim {
         let pub_key = open(&mut core, now, Target::Publish, tx).map_err(|x| e(&x))?;
         let mut publisher = Peer::new(now, SocketAddr::from(([127, 0, 0, 7], 41000)))?;
         let track = if simulcast {
-            let codings = SIMULCAST_LAYERS
-                .iter()
-                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        rid: (*rid).into(),
-                        ssrc: Some(*ssrc),
-                        ..Default::default()
-                    },
-                    codec: RTCRtpCodec {
-                        mime_type: "video/VP8".into(),
-                        clock_rate: 90_000,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                })
-                .collect();
-            MediaStreamTrack::new(
-                "client".into(),
-                "simulcast".into(),
-                "simulcast".into(),
-                RtpCodecKind::Video,
-                codings,
-            )
+            simulcast_track("client", "simulcast", &SIMULCAST_LAYERS)
         } else {
             client_track(RtpCodecKind::Video, VIDEO_SSRC, "video/VP8", 90_000, 0)
         };
         let video_sender = publisher.pc.add_track(track).map_err(|x| e(&x))?;
         let second_sender = if second_camera {
-            let codings = SECOND_CAMERA_LAYERS
-                .iter()
-                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        rid: (*rid).into(),
-                        ssrc: Some(*ssrc),
-                        ..Default::default()
-                    },
-                    codec: RTCRtpCodec {
-                        mime_type: "video/VP8".into(),
-                        clock_rate: 90_000,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                })
-                .collect();
-            let track = MediaStreamTrack::new(
-                "client2".into(),
-                "second".into(),
-                "second".into(),
-                RtpCodecKind::Video,
-                codings,
-            );
+            let track = simulcast_track("client2", "second", &SECOND_CAMERA_LAYERS);
             Some(publisher.pc.add_track(track).map_err(|x| e(&x))?)
         } else {
             None
@@ -1283,15 +1280,7 @@ impl Sim {
         // Subscribe: the engine's commands, as `Subscriber` sends them.
         let info = forwarder.info().clone();
         let ssrc = 0x5555_0001;
-        let spec = super::TrackSpec {
-            id: info.id,
-            member: info.member,
-            kind: info.kind,
-            codec: info.codec.clone(),
-            ssrc,
-            keyframes: info.keyframes.clone(),
-            feed: info.feed,
-        };
+        let spec = track_spec(&info, ssrc);
         let now = sim.now;
         let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
             conn: sub_key,
@@ -1306,15 +1295,7 @@ impl Sim {
             .and_then(|a| a.forwarder.as_ref())
             .map(|f| f.info().clone());
         if let Some(ai) = &audio_info {
-            let spec = super::TrackSpec {
-                id: ai.id,
-                member: ai.member,
-                kind: ai.kind,
-                codec: ai.codec.clone(),
-                ssrc: 0x5555_0002,
-                keyframes: ai.keyframes.clone(),
-                feed: ai.feed,
-            };
+            let spec = track_spec(ai, 0x5555_0002);
             let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
                 conn: sub_key,
                 track: spec,
@@ -1329,15 +1310,7 @@ impl Sim {
             .and_then(|s| s.forwarder.as_ref())
             .map(|f| f.info().clone());
         if let Some(si) = &second_info {
-            let spec = super::TrackSpec {
-                id: si.id,
-                member: si.member,
-                kind: si.kind,
-                codec: si.codec.clone(),
-                ssrc: SECOND_DOWN_SSRC,
-                keyframes: si.keyframes.clone(),
-                feed: si.feed,
-            };
+            let spec = track_spec(si, SECOND_DOWN_SSRC);
             let sender = call(&mut sim.core, now, |reply| Command::AddTrack {
                 conn: sub_key,
                 track: spec,
@@ -1536,15 +1509,7 @@ impl Sim {
         let mut peer = Peer::new(now, SocketAddr::from(([127, 0, 0, 20 + n as u8], 43000)))?;
         let info = self.forwarder.info().clone();
         let ssrc = 0x6666_0001 + n as u32;
-        let spec = super::TrackSpec {
-            id: info.id,
-            member: info.member,
-            kind: info.kind,
-            codec: info.codec.clone(),
-            ssrc,
-            keyframes: info.keyframes.clone(),
-            feed: info.feed,
-        };
+        let spec = track_spec(&info, ssrc);
         let sender = call(&mut self.core, now, |reply| Command::AddTrack {
             conn: key,
             track: spec,
@@ -1816,17 +1781,15 @@ impl Sim {
 
     /// PLIs the publisher's client read for the second camera's `layer`.
     pub fn second_plis_for_layer(&self, layer: u8) -> Vec<Duration> {
-        let ssrc = SECOND_CAMERA_LAYERS[usize::from(layer)].1;
-        self.plis
-            .iter()
-            .filter(|(_, s)| *s == ssrc)
-            .map(|(t, _)| *t)
-            .collect()
+        self.plis_for_ssrc(SECOND_CAMERA_LAYERS[usize::from(layer)].1)
     }
 
     /// PLIs the publisher's client read for simulcast `layer`, with their time since start.
     pub fn plis_for_layer(&self, layer: u8) -> Vec<Duration> {
-        let ssrc = SIMULCAST_LAYERS[usize::from(layer)].1;
+        self.plis_for_ssrc(SIMULCAST_LAYERS[usize::from(layer)].1)
+    }
+
+    fn plis_for_ssrc(&self, ssrc: u32) -> Vec<Duration> {
         self.plis
             .iter()
             .filter(|(_, s)| *s == ssrc)
