@@ -367,6 +367,11 @@ pub struct MediaConfig {
     /// packet as it arrives (as before the pacer: for a comparison, or a network of only LANs).
     #[serde(default = "default_on")]
     pub pacer: bool,
+    /// Probe a viewer's line with padding before a step up to a higher layer (`sfu::probe`).
+    /// On by default, also for configuration files written before the key existed; off tries
+    /// each step up with the layer itself (for a comparison).
+    #[serde(default = "default_on")]
+    pub probes: bool,
 }
 
 fn default_on() -> bool {

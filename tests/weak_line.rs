@@ -404,8 +404,10 @@ impl Rig {
     async fn start(camera: &Path) -> Rig {
         // KURSRELAY_WEAK_PACER=false: the same run without the pacer (an A/B in one build).
         let pacer: bool = env_or("KURSRELAY_WEAK_PACER", true);
+        // KURSRELAY_WEAK_PROBES=false: steps up tried without a probe first.
+        let probes: bool = env_or("KURSRELAY_WEAK_PROBES", true);
         let server = TestServer::spawn_with(&format!(
-            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\npacer = {pacer}\n",
+            "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\npacer = {pacer}\nprobes = {probes}\n",
         ))
         .await;
         let media = server.state.sfu.media_addrs()[0];
@@ -607,13 +609,18 @@ impl Rig {
         };
         eprintln!(
             "  {} ({:.1} s): {}; server forwarded {:.0} packets, {:.0} keyframes encoded; \
-             viewers' estimate by transport-cc / receiver reports / capped by REMB: {:?}; {}",
+             viewers' estimate by transport-cc / receiver reports / capped by REMB: {:?}; \
+             {:.0} probes ({:.0} found the line full, {:.0} KB of padding), {:.0} layer cuts; {}",
             row.line(),
             row.secs,
             row.markdown(),
             row.forwarded,
             row.pub_keyframes,
             row.estimated_by,
+            delta(&m0, &m1, "kursrelay_probes_total"),
+            delta(&m0, &m1, "kursrelay_probes_failed_total"),
+            delta(&m0, &m1, "kursrelay_padding_bytes_total") / 1000.0,
+            delta(&m0, &m1, "kursrelay_layer_cuts_total"),
             link.summary()
         );
         // The viewer leaves; its flows go quiet.
@@ -897,11 +904,14 @@ async fn slides_on_a_weak_line() {
     }
     let m1 = scrape(&rig.server).await;
     eprintln!(
-        "layer switches {:.0}, cuts {:.0}; packets paced {:.0}, pacer overflows {:.0}",
+        "layer switches {:.0}, cuts {:.0}; packets paced {:.0}, pacer overflows {:.0}; \
+         probes {:.0} ({:.0} found the line full)",
         delta(&m0, &m1, "kursrelay_layer_switches_total"),
         delta(&m0, &m1, "kursrelay_layer_cuts_total"),
         delta(&m0, &m1, "kursrelay_packets_paced_total"),
-        delta(&m0, &m1, "kursrelay_pacer_overflows_total")
+        delta(&m0, &m1, "kursrelay_pacer_overflows_total"),
+        delta(&m0, &m1, "kursrelay_probes_total"),
+        delta(&m0, &m1, "kursrelay_probes_failed_total")
     );
     rig.server.shutdown().await;
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rtc::interceptor::{Acknowledgement, BandwidthEstimator, Gcc, PacketReport};
 
 use crate::ids::TrackId;
+use crate::sfu::probe::{Proof, PROBE_OVER};
 
 /// Where a viewer's estimate starts: enough for a camera's middle layer (≈ 500 kbit/s), not
 /// its top one (≈ 1.7 Mbit/s), so a newcomer on a weak home line does not begin by flooding it
@@ -89,7 +90,14 @@ pub(crate) struct Estimate {
     link: Option<(f64, u64)>,
     /// Feedback gathered until it covers `GCC_BATCH` packets, then handed to GCC at once.
     batch: Vec<PacketReport>,
+    /// What the line carried when a probe found it full (bit/s), and when (ms): the estimate
+    /// holds to it for `CAP_FOR` (GCC's own grows while the viewer is sent less than it).
+    cap: Option<(f64, u64)>,
 }
+
+/// How long a probe that found the line full holds the estimate to what it carried (after
+/// that the line is probed again before a step up; it may have got better).
+const CAP_FOR: u64 = 20_000;
 
 /// GCC is handed feedback covering at least this many packets at a time (libwebrtc's loss
 /// estimate waits for 20 too). rtc's GCC takes the loss of each hand-over as one sample; one
@@ -119,6 +127,7 @@ impl Default for Estimate {
             remb: None,
             link: None,
             batch: Vec::with_capacity(4 * GCC_BATCH),
+            cap: None,
         }
     }
 }
@@ -187,6 +196,24 @@ impl Estimate {
         let estimate = self.bps(now_ms);
         self.link_bps(now_ms)
             .map_or(estimate, |link| estimate.min(link.max(MIN_BPS)))
+    }
+
+    /// A probe's result: a line found full holds the estimate to what it carried; one that
+    /// kept up with more lifts that.
+    pub(crate) fn on_proof(&mut self, proof: &Proof) {
+        if !proof.kept_up && proof.carried_bps > 0.0 {
+            // What the line carries is handed out whole (the headroom is for an estimate's
+            // errors; this one was measured).
+            self.cap = Some(((proof.carried_bps / HEADROOM).max(MIN_BPS), proof.at_ms));
+        } else if proof.kept_up && self.cap.is_some_and(|(c, _)| proof.carried_bps >= c) {
+            self.cap = None;
+        }
+    }
+
+    fn cap_bps(&self, now_ms: u64) -> Option<f64> {
+        self.cap
+            .filter(|(_, at)| now_ms.saturating_sub(*at) <= CAP_FOR)
+            .map(|(c, _)| c)
     }
 
     /// A receiver report block: fraction lost, of 256.
@@ -259,9 +286,10 @@ impl Estimate {
         } else {
             self.loss_bps
         };
+        let capped = self.cap_bps(now_ms).map_or(base, |c| base.min(c));
         match self.remb {
-            Some((remb, at)) if now_ms.saturating_sub(at) <= REMB_STALE => base.min(remb),
-            _ => base,
+            Some((remb, at)) if now_ms.saturating_sub(at) <= REMB_STALE => capped.min(remb),
+            _ => capped,
         }
     }
 }
@@ -296,6 +324,11 @@ impl TwccSend {
 
     fn micros(&self, now: Instant) -> u32 {
         now.saturating_duration_since(self.epoch).as_micros() as u32
+    }
+
+    /// The id (`PacketReport::id`) the next packet stamped will have.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.stamped
     }
 
     /// The next sequence number, for a packet of `size` bytes leaving at `now`.
@@ -436,7 +469,26 @@ struct Choice {
     short_shown: bool,
     /// Since when the video has been below its best.
     below_since: Option<u64>,
+    /// No step up before this (ms): a probe found the line could not carry the last one.
+    try_after: u64,
 }
+
+/// What a pass knows of probing the viewer's line (`probe.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probing {
+    /// The last probe's result.
+    pub(crate) proof: Option<Proof>,
+    /// What the viewer was sent lately, everything together (bit/s).
+    pub(crate) sent_bps: f64,
+}
+
+/// After a probe the line did not carry, the next one waits this long (ms).
+const PROBE_AGAIN: u64 = 8_000;
+/// A proof older than this (ms) no longer decides a step up.
+const PROOF_FOR: u64 = 1_500;
+/// A step up is taken when the probe showed the line carries this much more than all the
+/// viewer would then be sent (a probe that the line kept up with shows `PROBE_OVER` times).
+const STEP_MARGIN: f64 = 1.1;
 
 /// One viewer's layer choices.
 #[derive(Default)]
@@ -445,6 +497,14 @@ pub(crate) struct Allocator {
     preference: Preference,
     /// When a step up was last sent back for the loss it caused.
     blamed_at: Option<u64>,
+    /// Set by the engine before a pass when the viewer's line can be probed: a step up then
+    /// waits for a probe that shows the line carries it. None: a step up is tried with the
+    /// layer itself (a client without transport-cc or a repair stream, or probes off).
+    pub(crate) probing: Option<Probing>,
+    /// When the last proof used was known (each decides one step up).
+    proof_used_at: Option<u64>,
+    /// The rate a pass wants the line probed at (bit/s), for the engine to take.
+    want_probe: Option<f64>,
 }
 
 /// What a pass decided for one video.
@@ -462,6 +522,12 @@ pub(crate) struct Decision {
 impl Allocator {
     pub(crate) fn preference(&self) -> &Preference {
         &self.preference
+    }
+
+    /// The probe the last pass asked for: the rate everything sent to the viewer together
+    /// should reach (bit/s).
+    pub(crate) fn take_probe(&mut self) -> Option<f64> {
+        self.want_probe.take()
     }
 
     /// The viewer's own wishes; a new size cap or "save data" applies at the next pass,
@@ -545,6 +611,7 @@ impl Allocator {
                         loss_before: 0.0,
                         short_shown: false,
                         below_since: None,
+                        try_after: 0,
                     });
                     self.choices.len() - 1
                 }
@@ -612,7 +679,10 @@ impl Allocator {
                     // because the line was not used: each step up tests it), if it fits with
                     // a margin. Right after a preference change: straight to the best fit.
                     let apart = last_try.is_none_or(|t| now_ms.saturating_sub(t) >= TRY_APART);
-                    let held = c.jump || (now_ms.saturating_sub(c.changed_at) >= c.hold && apart);
+                    let held = c.jump
+                        || (now_ms.saturating_sub(c.changed_at) >= c.hold
+                            && now_ms >= c.try_after
+                            && apart);
                     let mut ups = allowed
                         .iter()
                         .copied()
@@ -622,9 +692,39 @@ impl Allocator {
                     } else {
                         ups.next().filter(|n| rate(*n) <= left * UP_MARGIN)
                     };
-                    match up {
-                        Some(n) if held && loss <= TOO_LOSSY_TO_TRY => n,
-                        _ => current.unwrap_or(paused),
+                    let stay = current.unwrap_or(paused);
+                    match (up, self.probing) {
+                        (Some(n), _) if c.jump && loss <= TOO_LOSSY_TO_TRY => n,
+                        (Some(n), None) if held && loss <= TOO_LOSSY_TO_TRY => n,
+                        (Some(n), Some(p)) if held && loss <= TOO_LOSSY_TO_TRY => {
+                            // A probe first: everything the viewer is sent, with this step.
+                            let need = p.sent_bps + rate(n) - current.map_or(0.0, rate);
+                            let proof = p.proof.filter(|pr| {
+                                now_ms.saturating_sub(pr.at_ms) <= PROOF_FOR
+                                    && self.proof_used_at.is_none_or(|u| pr.at_ms > u)
+                            });
+                            match proof {
+                                Some(pr) if pr.carried_bps >= need * STEP_MARGIN => {
+                                    self.proof_used_at = Some(pr.at_ms);
+                                    n
+                                }
+                                Some(pr) => {
+                                    // The line does not carry it: probed again after
+                                    // PROBE_AGAIN (a probe costs the line ≈ 0.1 s of queue,
+                                    // not the loss of a try, so it need not back off further).
+                                    self.proof_used_at = Some(pr.at_ms);
+                                    c.try_after = now_ms + PROBE_AGAIN;
+                                    stay
+                                }
+                                None => {
+                                    if self.want_probe.is_none() {
+                                        self.want_probe = Some(need * PROBE_OVER);
+                                    }
+                                    stay
+                                }
+                            }
+                        }
+                        _ => stay,
                     }
                 }
             };
@@ -826,6 +926,64 @@ mod tests {
         assert_eq!(run(&mut a, 32_500, 200_000.0, t).target, 0);
         a.set_preference(Preference::default());
         assert_eq!(run(&mut a, 33_000, 5_000_000.0, t).target, 2);
+    }
+
+    /// With probing (`probe.rs`), a step up the estimate allows waits for a probe of the line
+    /// at the rate it needs: taken when the line kept up, not when it did not (and the next
+    /// probe waits twice as long).
+    #[test]
+    fn a_step_up_waits_for_a_probe_that_shows_the_line_carries_it() {
+        let t = TrackId::new();
+        let mut a = Allocator::default();
+        let probing = |proof: Option<Proof>| {
+            Some(Probing {
+                proof,
+                sent_bps: 200_000.0,
+            })
+        };
+        a.probing = probing(None);
+        assert_eq!(
+            run(&mut a, 0, 300_000.0, t).target,
+            0,
+            "a newcomer: what fits"
+        );
+        assert_eq!(a.take_probe(), None);
+        // After the hold the estimate (runaway, as GCC's is) says the middle layer fits: a
+        // probe first, for what the viewer gets now plus the step (150 → 500 kbit/s).
+        assert_eq!(run(&mut a, 4_000, 5_000_000.0, t).target, 0);
+        let want = a.take_probe().expect("a probe asked for");
+        assert!((want - 550_000.0 * PROBE_OVER).abs() < 1.0, "{want}");
+        assert_eq!(run(&mut a, 4_500, 5_000_000.0, t).target, 0, "waits for it");
+        // (Asked again while no result came: the engine's probe is busy and ignores it.)
+        assert!(a.take_probe().is_some());
+        // The line did not keep up (it carried 300 kbit/s): no step, and 8 s before the next.
+        let failed = Proof {
+            target_bps: want,
+            carried_bps: 300_000.0,
+            kept_up: false,
+            at_ms: 4_700,
+        };
+        a.probing = probing(Some(failed));
+        assert_eq!(run(&mut a, 5_000, 5_000_000.0, t).target, 0);
+        assert_eq!(a.take_probe(), None);
+        assert_eq!(run(&mut a, 12_000, 5_000_000.0, t).target, 0, "held");
+        assert_eq!(a.take_probe(), None, "the old result decides nothing again");
+        a.probing = probing(None);
+        assert_eq!(run(&mut a, 13_000, 5_000_000.0, t).target, 0);
+        assert!(a.take_probe().is_some(), "probed again after 8 s");
+        // The line kept up: the step is taken.
+        a.probing = probing(Some(Proof {
+            target_bps: want,
+            carried_bps: want,
+            kept_up: true,
+            at_ms: 13_200,
+        }));
+        assert_eq!(run(&mut a, 13_500, 5_000_000.0, t).target, 1);
+        // Without probing (a client without a repair stream) the step is tried at once.
+        let mut b = Allocator::default();
+        assert_eq!(run(&mut b, 0, 300_000.0, t).target, 0);
+        assert_eq!(run(&mut b, 4_000, 5_000_000.0, t).target, 1);
+        assert_eq!(b.take_probe(), None);
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct Metrics {
     /// once, and held packets sent early because the pacer was full (`engine/pacer.rs`).
     pub packets_paced: AtomicU64,
     pub pacer_overflows: AtomicU64,
+    /// Probes of a viewer's line before a step up (`sfu::probe`), those that found the line
+    /// full (the step up not taken), and the padding they sent (bytes on the wire).
+    pub probes: AtomicU64,
+    pub probes_failed: AtomicU64,
+    pub padding_bytes: AtomicU64,
     /// A viewer's video was paused (even the lowest layer did not fit, or it asked for none).
     pub video_pauses: AtomicU64,
     /// Viewers with at least one video paused now.
@@ -237,6 +242,21 @@ impl Metrics {
                 "kursrelay_pacer_overflows_total",
                 &self.pacer_overflows,
                 "Held packets sent early because a viewer's pacer was full",
+            ),
+            (
+                "kursrelay_probes_total",
+                &self.probes,
+                "Probes of a viewer's line with padding before a step up",
+            ),
+            (
+                "kursrelay_probes_failed_total",
+                &self.probes_failed,
+                "Probes that found a viewer's line could not carry the step up",
+            ),
+            (
+                "kursrelay_padding_bytes_total",
+                &self.padding_bytes,
+                "Bytes of probe padding sent to viewers (on the wire)",
             ),
             (
                 "kursrelay_video_pauses_total",

@@ -34,6 +34,7 @@ mod engine;
 mod forwarder;
 pub mod keyframe;
 pub mod metrics;
+pub(crate) mod probe;
 mod publisher;
 pub mod speaking;
 mod subscriber;
@@ -102,6 +103,8 @@ pub struct MediaSettings {
     pub simulcast: bool,
     /// Pace each viewer's video to its line (`media.pacer`).
     pub pacer: bool,
+    /// Probe a viewer's line before a step up (`media.probes`).
+    pub probes: bool,
 }
 
 impl From<&MediaConfig> for MediaSettings {
@@ -117,6 +120,7 @@ impl From<&MediaConfig> for MediaSettings {
             keyframe_request_interval: c.keyframe_request_interval(),
             simulcast: c.simulcast,
             pacer: c.pacer,
+            probes: c.probes,
         }
     }
 }

@@ -244,6 +244,33 @@ pub(crate) struct Viewer {
     pub(crate) pacer: super::pacer::Pacer<super::pacer::Held>,
     /// Reused by `poll_reads` for transport-cc reports.
     reports: Vec<PacketReport>,
+    /// Probing its line before a step up (`sfu::probe`), and the repair stream the padding
+    /// goes on (none: the client did not take RTX for any video).
+    pub(crate) probe: crate::sfu::probe::Probe,
+    pub(crate) pad: Option<PadStream>,
+}
+
+/// The repair (RTX) stream of one of a viewer's videos, as the offer named it and the answer
+/// took it: where a probe's padding-only packets go. Its own sequence numbers and rollover
+/// counter (nothing else is ever sent on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PadStream {
+    pub(crate) ssrc: u32,
+    pub(crate) payload_type: u8,
+    pub(crate) seq: u16,
+    pub(crate) roc: u32,
+}
+
+impl PadStream {
+    /// The next sequence number and its rollover counter.
+    pub(crate) fn next(&mut self) -> (u16, u32) {
+        let (seq, roc) = (self.seq, self.roc);
+        self.seq = seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.roc = self.roc.wrapping_add(1);
+        }
+        (seq, roc)
+    }
 }
 
 /// What `lean_stamped` gives: the seal, where to send, the transport-wide sequence number
@@ -256,6 +283,13 @@ pub(crate) enum Sent {
     Audio = 0,
     Video = 1,
     Resent = 2,
+}
+
+/// The payload type an RTX format repairs (`apt=` in its fmtp line, RFC 4588 §8.1).
+fn rtx_apt(fmtp: &str) -> Option<u8> {
+    fmtp.split(';')
+        .find_map(|p| p.trim().strip_prefix("apt="))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The transport-wide-cc header extension's id in a description, if it has one.
@@ -635,6 +669,33 @@ impl Conn {
         Some((sealer, dest, twcc))
     }
 
+    /// A probe's padding packet of `size` bytes leaving at `now`: the seal, where to send,
+    /// the transport-wide number, the repair stream's header fields (ssrc, payload type,
+    /// sequence number, rollover counter), and the id it gets in transport-cc reports.
+    pub(crate) fn lean_padding(
+        &mut self,
+        now: Instant,
+        size: usize,
+    ) -> Option<(Stamped<'_>, (u32, u8, u16, u32), u64)> {
+        let dest = self.media_dest?;
+        let sealer = self.sealer.as_ref()?;
+        let pad = self.viewer.as_mut()?.pad.as_mut()?;
+        let twcc = self.twcc.as_mut()?;
+        let id = twcc.next_id();
+        let n = twcc.stamp(now, size);
+        let (seq, roc) = pad.next();
+        Some((
+            (sealer, dest, Some((twcc.ext_id, n))),
+            (pad.ssrc, pad.payload_type, seq, roc),
+            id,
+        ))
+    }
+
+    /// The id the next packet stamped for transport-cc will have (None without it).
+    pub(crate) fn next_twcc_id(&self) -> Option<u64> {
+        self.twcc.as_ref().map(|t| t.next_id())
+    }
+
     /// Subscribe side: the viewer's pacer.
     pub(crate) fn pacer(&mut self) -> Option<&mut super::pacer::Pacer<super::pacer::Held>> {
         self.viewer.as_mut().map(|v| &mut v.pacer)
@@ -976,6 +1037,7 @@ impl Conn {
                     reports.clear();
                     twcc.reports(now, &acks, &mut reports);
                     viewer.estimate.on_twcc(now, now_ms, &reports);
+                    viewer.probe.on_reports(now_ms, &reports);
                     viewer.reports = reports;
                 }
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
@@ -1250,12 +1312,14 @@ impl Conn {
     /// and fmtp first, else same mime); None where the client refused the codec.
     pub(crate) fn payload_types(&mut self, senders: &[(RTCRtpSenderId, Codec)]) -> Vec<Option<u8>> {
         let mut chosen = Vec::with_capacity(senders.len());
+        let mut pad = None;
         for (sender, wanted) in senders {
             let Some(mut s) = self.pc.rtp_sender(*sender) else {
                 chosen.push(None);
                 continue;
             };
-            let codecs = &s.get_parameters().rtp_parameters.codecs;
+            let params = s.get_parameters();
+            let codecs = &params.rtp_parameters.codecs;
             let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
                 c.rtp_codec
                     .mime_type
@@ -1267,7 +1331,34 @@ impl Conn {
                 .find(|c| c.rtp_codec.sdp_fmtp_line == wanted.fmtp)
                 .or_else(|| codecs.iter().find(same_mime))
                 .map(|c| c.payload_type);
+            if let (None, Some(pt)) = (pad, pt) {
+                // The first video's repair stream, if the answer took RTX for its codec.
+                let rtx_ssrc = params
+                    .encodings
+                    .first()
+                    .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
+                    .map(|r| r.ssrc);
+                let rtx_pt = codecs.iter().find_map(|c| {
+                    let rtx = c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx");
+                    (rtx && rtx_apt(&c.rtp_codec.sdp_fmtp_line) == Some(pt))
+                        .then_some(c.payload_type)
+                });
+                if let (Some(ssrc), Some(payload_type)) = (rtx_ssrc, rtx_pt) {
+                    pad = Some((ssrc, payload_type));
+                }
+            }
             chosen.push(pt);
+        }
+        if let Some(v) = self.viewer.as_mut() {
+            let same = v.pad.is_some_and(|p| pad == Some((p.ssrc, p.payload_type)));
+            if !same {
+                v.pad = pad.map(|(ssrc, payload_type)| PadStream {
+                    ssrc,
+                    payload_type,
+                    seq: rand::random(),
+                    roc: 0,
+                });
+            }
         }
         chosen
     }

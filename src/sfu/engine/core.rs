@@ -37,6 +37,7 @@ use crate::sfu::conn_key::ConnKey;
 use crate::sfu::forwarder::{DownTrack, Feed, Incoming, Outgoing, NO_LAYER, PAUSED};
 use crate::sfu::keyframe::{CodecFamily, MAX_LAYERS};
 use crate::sfu::metrics::Metrics;
+use crate::sfu::probe;
 use crate::sfu::{MediaSettings, SfuError};
 
 /// Datagrams per second one remote address may send before the rest is dropped.
@@ -136,6 +137,8 @@ pub(crate) struct Outbox {
     pub(crate) pool: Vec<BytesMut>,
     /// Viewers whose pacer holds packets (`release_paced` looks at them every `PACE_TICK`).
     paced: Vec<ConnKey>,
+    /// Viewers whose line is being probed (`send_probes` looks at them every `PACE_TICK`).
+    probing: Vec<ConnKey>,
     /// Packets held by a pacer, and held packets sent early because a pacer was full, since
     /// the metrics last took them.
     held: u64,
@@ -159,6 +162,7 @@ impl Outbox {
             queue: VecDeque::with_capacity(POOL),
             pool: Vec::with_capacity(POOL),
             paced: Vec::new(),
+            probing: Vec::new(),
             held: 0,
             forced: 0,
         }
@@ -201,6 +205,7 @@ impl Outbox {
             ssrc: down.ssrc,
             roc: out.roc,
             twcc,
+            padding: 0,
         };
         if !sealer.seal(&mut buf, &header, payload, |p| rewrite.apply(p)) {
             self.recycle(buf);
@@ -289,6 +294,35 @@ impl Outbox {
         );
         self.recycle(h.payload);
         ok
+    }
+
+    /// One padding-only packet of a probe on the viewer's repair stream (`sfu::probe`):
+    /// sealed and queued. The transport-cc id it got, if it could be sent.
+    fn seal_padding(&mut self, conn: &mut Conn, now: Instant, timestamp: u32) -> Option<u64> {
+        let ((sealer, dest, twcc), (ssrc, payload_type, seq, roc), id) =
+            conn.lean_padding(now, probe::PAD_WIRE)?;
+        let mut buf = self.pool.pop().unwrap_or_default();
+        let header = srtp::Header {
+            marker: false,
+            payload_type,
+            seq,
+            timestamp,
+            ssrc,
+            roc,
+            twcc,
+            padding: probe::PAD,
+        };
+        if !sealer.seal(&mut buf, &header, &[], |_| {}) {
+            self.recycle(buf);
+            return None;
+        }
+        self.queue.push_back(Transmit {
+            proto: dest.transport_protocol,
+            local: dest.local_addr,
+            peer: dest.peer_addr,
+            data: buf,
+        });
+        Some(id)
     }
 
     fn recycle(&mut self, mut buf: BytesMut) {
@@ -408,7 +442,7 @@ impl Core {
     /// and at least every `TURN` (GOP pacing, keyframe requests asked for from other threads).
     pub(crate) fn poll_timeout(&self) -> Instant {
         let mut t = (self.last_turn + TURN).min(self.next_liveness);
-        if !self.out.paced.is_empty() {
+        if !self.out.paced.is_empty() || !self.out.probing.is_empty() {
             t = t.min(self.last_turn + pacer::PACE_TICK);
         }
         if let Some(Reverse((deadline, _))) = self.timers.peek() {
@@ -440,6 +474,7 @@ impl Core {
         self.last_turn = now;
         self.timers_due(now);
         self.release_paced(now);
+        self.send_probes(now);
         self.pace_catchups(now);
         self.keyframe_requests(now);
         self.allocate(now);
@@ -518,6 +553,7 @@ impl Core {
                 }
             }
             let now_ms = conn.ms(now);
+            let next_twcc_id = conn.next_twcc_id();
             let Some(viewer) = conn.viewer.as_mut() else {
                 continue;
             };
@@ -527,6 +563,13 @@ impl Core {
             }
             viewer.sent_seen = viewer.sent;
             viewer.estimate.pass(now_ms, rate.iter().sum());
+            viewer.probe.settle(now_ms);
+            if let Some(proof) = viewer.probe.take_fresh() {
+                viewer.estimate.on_proof(&proof);
+                if !proof.kept_up {
+                    self.metrics.probes_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let estimate = viewer.estimate.bps(now_ms);
             let twcc = viewer.estimate.has_twcc(now_ms);
             let pace = viewer.estimate.pace_bps(now_ms);
@@ -546,9 +589,35 @@ impl Core {
             allocator::in_viewer_order(viewer.allocator.preference(), videos, downs);
             decisions.clear();
             let loss = viewer.estimate.loss(now_ms);
+            // Steps up wait for a probe where the line can be probed: transport-cc says when
+            // the padding arrived, the client took a repair stream to carry it, and it has not
+            // shown that it leaves padding out of its feedback.
+            let probing =
+                self.settings.probes && twcc && viewer.pad.is_some() && viewer.probe.usable;
+            viewer.allocator.probing = probing.then_some(allocator::Probing {
+                proof: viewer.probe.proof,
+                sent_bps: rate.iter().sum(),
+            });
             viewer
                 .allocator
                 .allocate(now_ms, budget, videos, PAUSED, loss, decisions);
+            if let Some(target) = viewer.allocator.take_probe() {
+                // Not while the pacer holds packets: the line is busy with a burst already.
+                if let (false, false, Some(next_id)) = (
+                    viewer.probe.is_busy(),
+                    viewer.pacer.is_holding(),
+                    next_twcc_id,
+                ) {
+                    let sent = viewer.sent.iter().sum();
+                    viewer
+                        .probe
+                        .start(now, target, rate.iter().sum(), next_id, sent);
+                    if viewer.probe.is_sending() {
+                        self.metrics.probes.fetch_add(1, Ordering::Relaxed);
+                        self.out.probing.push(key);
+                    }
+                }
+            }
             let mut paused = false;
             for (d, down) in decisions.iter().zip(downs.iter()) {
                 down.set_target_layer(d.target);
@@ -1039,6 +1108,51 @@ impl Core {
         // Viewers that held their first packet while this ran (none: nothing is forwarded here).
         list.append(&mut self.out.paced);
         self.out.paced = list;
+    }
+
+    /// Viewers whose line is being probed: the padding due now (media sent meanwhile counts
+    /// towards the probe's rate, so padding only fills up to it).
+    fn send_probes(&mut self, now: Instant) {
+        if self.out.probing.is_empty() {
+            return;
+        }
+        let timestamp = (now.saturating_duration_since(self.epoch).as_micros() * 9 / 100) as u32;
+        let mut list = std::mem::take(&mut self.out.probing);
+        let mut padding = 0u64;
+        list.retain(|key| {
+            let Some(conn) = self
+                .conns
+                .get_mut(key.slot as usize)
+                .filter(|s| s.gen == key.gen)
+                .and_then(|s| s.conn.as_mut())
+            else {
+                return false;
+            };
+            let now_ms = conn.ms(now);
+            let Some(next_id) = conn.next_twcc_id() else {
+                return false;
+            };
+            let Some(v) = conn.viewer.as_mut() else {
+                return false;
+            };
+            let sent = v.sent.iter().sum();
+            let n = v.probe.due(now, next_id, sent, now_ms);
+            for _ in 0..n {
+                let Some(id) = self.out.seal_padding(conn, now, timestamp) else {
+                    break;
+                };
+                padding += probe::PAD_WIRE as u64;
+                if let Some(v) = conn.viewer.as_mut() {
+                    v.probe.padded(id);
+                }
+            }
+            conn.viewer.as_ref().is_some_and(|v| v.probe.is_sending())
+        });
+        list.append(&mut self.out.probing);
+        self.out.probing = list;
+        self.metrics
+            .padding_bytes
+            .fetch_add(padding, Ordering::Relaxed);
     }
 
     /// Newcomers starting from a cached GOP get at most GOP_PACKETS_PER_TURN of it per turn

@@ -43,6 +43,9 @@ pub(crate) struct Header {
     pub(crate) roc: u32,
     /// Transport-cc: the negotiated extension id and this packet's transport-wide number.
     pub(crate) twcc: Option<(u8, u16)>,
+    /// RTP padding after the payload (RFC 3550 §5.1: the P bit, zeros, the count in the last
+    /// byte); 0: none. A probe's padding-only packets (`engine::probe`) carry 255.
+    pub(crate) padding: u8,
 }
 
 /// Which SRTP profile a connection negotiated, as far as the engine seals it itself.
@@ -135,6 +138,7 @@ impl Sealer {
             ssrc,
             roc,
             twcc,
+            padding,
         } = *h;
         let header_len = HEADER_LEN
             + if twcc.is_some() {
@@ -143,9 +147,13 @@ impl Sealer {
                 0
             };
         out.clear();
-        out.reserve(header_len + payload.len() + TAG_LEN);
+        out.reserve(header_len + payload.len() + usize::from(padding) + TAG_LEN);
         let x = if twcc.is_some() { 0x10 } else { 0 };
-        out.extend_from_slice(&[0x80 | x, (u8::from(marker) << 7) | (payload_type & 0x7f)]);
+        let p = if padding > 0 { 0x20 } else { 0 };
+        out.extend_from_slice(&[
+            0x80 | p | x,
+            (u8::from(marker) << 7) | (payload_type & 0x7f),
+        ]);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&timestamp.to_be_bytes());
         out.extend_from_slice(&ssrc.to_be_bytes());
@@ -158,6 +166,10 @@ impl Sealer {
         out.extend_from_slice(payload);
         // The payload copy may be rewritten before sealing (VP8 ids after a layer switch).
         patch(&mut out[header_len..]);
+        if padding > 0 {
+            out.resize(out.len() + usize::from(padding) - 1, 0);
+            out.extend_from_slice(&[padding]);
+        }
         match self {
             Sealer::Gcm { key, salt } => {
                 let mut iv = [0u8; 12];
@@ -307,6 +319,7 @@ mod tests {
                     ssrc: 0x1234_5678,
                     roc: u32::from(i >= 3),
                     twcc,
+                    padding: 0,
                 };
                 assert!(ours.seal(&mut out, &h, &payload, |_| {}));
                 let plain = rx
@@ -324,10 +337,35 @@ mod tests {
                 );
                 assert_eq!(&plain[..4], &out[..4]);
             }
+            // A probe's padding-only packet: opened, the P bit set, no payload, 255 bytes of
+            // padding.
+            let h = Header {
+                payload_type: 97,
+                seq: 2,
+                timestamp: 9005,
+                ssrc: 0x1234_5678,
+                roc: 1,
+                twcc: Some((5, 400)),
+                padding: 255,
+                ..Default::default()
+            };
+            assert!(ours.seal(&mut out, &h, &[], |_| {}));
+            let plain = rx.decrypt_rtp(&out).expect("padding opened");
+            let parsed = {
+                use rtc::shared::marshal::Unmarshal;
+                rtc::rtp::Packet::unmarshal(&mut &plain[..]).expect("an RTP packet")
+            };
+            assert!(parsed.header.padding, "{profile:?}");
+            assert!(parsed.payload.is_empty(), "{profile:?}");
+            assert_eq!(plain.len(), HEADER_LEN + TWCC_EXTENSION_LEN + 255);
+            assert_eq!(
+                parsed.header.get_extension(5).map(|b| b.to_vec()),
+                Some(400u16.to_be_bytes().to_vec())
+            );
             // A tampered packet is refused (the tag covers header and payload).
             let h = Header {
                 payload_type: 96,
-                seq: 2,
+                seq: 3,
                 timestamp: 9005,
                 ssrc: 0x1234_5678,
                 roc: 1,

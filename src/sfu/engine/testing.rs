@@ -69,6 +69,8 @@ fn settings(ice_tcp: bool) -> MediaSettings {
         keyframe_request_interval: Duration::from_secs(1),
         simulcast: true,
         pacer: true,
+        // Off only to compare (`KURSRELAY_SIM_PROBES=false`, BENCHMARKS.md).
+        probes: std::env::var("KURSRELAY_SIM_PROBES").map_or(true, |v| v != "false"),
     }
 }
 

@@ -344,9 +344,11 @@ impl<'a> EndpointHandler<'a> {
             && let Some(track_id) = self.rtp_transceivers.iter().find_map(|transceiver| {
                 transceiver.sender().as_ref().and_then(|sender| {
                     let track = sender.track();
-                    track
-                        .ssrcs()
-                        .any(|track_ssrc| track_ssrc == ssrc)
+                    // Also the sender's repair (RTX) SSRC: a receiver's transport-wide
+                    // feedback names the SSRC of the last packet it got, which is a repair
+                    // stream's when the sender probes the path with RTX padding.
+                    (track.ssrcs().any(|track_ssrc| track_ssrc == ssrc)
+                        || sender.repair_ssrcs().any(|rtx_ssrc| rtx_ssrc == ssrc))
                         .then(|| track.track_id().clone())
                 })
             })

@@ -340,6 +340,13 @@ impl RTCRtpSenderInternal {
         self.last_returned_parameters = None;
     }
 
+    /// The SSRCs of this sender's repair (RTX) streams, one per encoding that has one.
+    pub(crate) fn repair_ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.send_encodings
+            .iter()
+            .filter_map(|e| e.rtp_coding_parameters.rtx.as_ref().map(|rtx| rtx.ssrc))
+    }
+
     /// Configures RTX (retransmission) and FEC (forward error correction) for all encodings.
     ///
     /// # Parameters
