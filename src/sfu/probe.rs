@@ -42,8 +42,9 @@ pub(crate) const PAD: u8 = 255;
 pub(crate) const PAD_WIRE: usize = PAD as usize + 12 + 8 + 16 + 28;
 /// At most this many padding packets per probe (≈ 5 Mbit/s of padding over `PROBE_FOR`).
 pub(crate) const PAD_MAX: usize = 256;
-/// At most this many packets' delays are looked at per probe.
-const DELAYS_MAX: usize = 1024;
+/// At most this many packets' arrivals are looked at per probe (7.5 KB, allocated at a
+/// viewer's first probe; a probe sends at most `PAD_MAX` padding packets and its media).
+const DELAYS_MAX: usize = 320;
 /// A probe is sent at this much more than the step up needs: on a line that carries the step
 /// but not the probe, a queue builds at once and the rate the line drains it at is what it
 /// carries (a probe at just the rate needed would build a queue too slowly to be seen behind
