@@ -592,13 +592,15 @@ fn window(a: &serde_json::Value, b: &serde_json::Value, secs: f64) -> String {
 
 fn engine_figures(server: &TestServer) -> String {
     format!(
-        "forwarded {} (sealed by the engine {}); NACKed packets re-sent from the cache {}, not in it {}; keyframe requests received {}, sent to the publisher {}",
+        "forwarded {} (sealed by the engine {}); NACKed packets re-sent from the cache {}, not in it {}; keyframe requests received {}, sent to the publisher {}; probes {} ({} found the line full)",
         server.metric(|m| &m.packets_forwarded),
         server.metric(|m| &m.packets_sealed),
         server.metric(|m| &m.nacks_answered),
         server.metric(|m| &m.nacks_missed),
         server.metric(|m| &m.keyframe_requests_received),
         server.metric(|m| &m.keyframe_requests_sent),
+        server.metric(|m| &m.probes),
+        server.metric(|m| &m.probes_failed),
     )
 }
 

@@ -90,13 +90,16 @@ pub(crate) struct Estimate {
     link: Option<(f64, u64)>,
     /// Feedback gathered until it covers `GCC_BATCH` packets, then handed to GCC at once.
     batch: Vec<PacketReport>,
-    /// What the line carried when a probe found it full (bit/s), and when (ms): the estimate
-    /// holds to it for `CAP_FOR` (GCC's own grows while the viewer is sent less than it).
+    /// What the line carried when a probe found it full (bit/s), and when (ms): for
+    /// `CAP_FOR`, no step up (and no new video's first layer) asks for more than that (GCC's
+    /// own estimate grows while the viewer is sent less than it). Not applied to what the
+    /// viewer already gets: a probe's reading is short, and GCC's delay and loss signals
+    /// decide a step down as before.
     cap: Option<(f64, u64)>,
 }
 
-/// How long a probe that found the line full holds the estimate to what it carried (after
-/// that the line is probed again before a step up; it may have got better).
+/// How long a probe that found the line full holds steps up to what it carried (after that
+/// the line is probed again before a step up; it may have got better).
 const CAP_FOR: u64 = 20_000;
 
 /// GCC is handed feedback covering at least this many packets at a time (libwebrtc's loss
@@ -202,15 +205,14 @@ impl Estimate {
     /// kept up with more lifts that.
     pub(crate) fn on_proof(&mut self, proof: &Proof) {
         if !proof.kept_up && proof.carried_bps > 0.0 {
-            // What the line carries is handed out whole (the headroom is for an estimate's
-            // errors; this one was measured).
-            self.cap = Some(((proof.carried_bps / HEADROOM).max(MIN_BPS), proof.at_ms));
+            self.cap = Some((proof.carried_bps.max(MIN_BPS), proof.at_ms));
         } else if proof.kept_up && self.cap.is_some_and(|(c, _)| proof.carried_bps >= c) {
             self.cap = None;
         }
     }
 
-    fn cap_bps(&self, now_ms: u64) -> Option<f64> {
+    /// What a probe lately found the line to carry, if it found it full.
+    pub(crate) fn cap_bps(&self, now_ms: u64) -> Option<f64> {
         self.cap
             .filter(|(_, at)| now_ms.saturating_sub(*at) <= CAP_FOR)
             .map(|(c, _)| c)
@@ -286,10 +288,9 @@ impl Estimate {
         } else {
             self.loss_bps
         };
-        let capped = self.cap_bps(now_ms).map_or(base, |c| base.min(c));
         match self.remb {
-            Some((remb, at)) if now_ms.saturating_sub(at) <= REMB_STALE => capped.min(remb),
-            _ => capped,
+            Some((remb, at)) if now_ms.saturating_sub(at) <= REMB_STALE => base.min(remb),
+            _ => base,
         }
     }
 }
@@ -480,6 +481,10 @@ pub(crate) struct Probing {
     pub(crate) proof: Option<Proof>,
     /// What the viewer was sent lately, everything together (bit/s).
     pub(crate) sent_bps: f64,
+    /// What a probe lately found the line to carry for video (its rate less what audio and
+    /// re-sends take), when it found the line full: steps up and a new video's first layer
+    /// stay within it.
+    pub(crate) room_bps: Option<f64>,
 }
 
 /// After a probe the line did not carry, the next one waits this long (ms).
@@ -566,6 +571,9 @@ impl Allocator {
         self.choices
             .retain(|c| videos.iter().any(|(t, _)| *t == c.track));
         let mut left = budget.max(0.0);
+        // What a probe found the line to carry, when it found it full: the ceiling for steps
+        // up and new videos (not for what the viewer already gets).
+        let mut room = self.probing.and_then(|p| p.room_bps).map(|r| r.max(0.0));
         // Steps up (and resumes) are tried one at a time across the viewer's videos, at least
         // TRY_APART from one another, so a loss that follows is blamed on the one that caused
         // it: the latest step up still on trial goes back, the others stay.
@@ -650,7 +658,11 @@ impl Allocator {
             let mut over = false;
             let new = if c.target == u8::MAX {
                 // A new video: the best that fits now (the lowest while it is unclear).
-                fitting.unwrap_or(lowest)
+                let ceiling = room.map_or(left, |r| r.min(left));
+                fits.iter()
+                    .copied()
+                    .rfind(|l| rate(*l) <= ceiling)
+                    .unwrap_or(lowest)
             } else if failed_try
                 && loss > LOSSY.max(c.loss_before + LOSS_RISE)
                 && c.from != u8::MAX
@@ -686,7 +698,8 @@ impl Allocator {
                     let mut ups = allowed
                         .iter()
                         .copied()
-                        .filter(|n| current.is_none_or(|l| *n > l));
+                        .filter(|n| current.is_none_or(|l| *n > l))
+                        .filter(|n| room.is_none_or(|r| rate(*n) <= r));
                     let up = if c.jump {
                         ups.rfind(|n| rate(*n) <= left * UP_MARGIN)
                     } else {
@@ -756,6 +769,7 @@ impl Allocator {
             }
             if c.target != paused {
                 left -= rate(c.target);
+                room = room.map(|r| r - rate(c.target));
             } else if listed && rate(lowest) <= left * UP_MARGIN {
                 // A video the viewer's own order puts here, paused for want of room but one
                 // the estimate says could come back, pauses the ones after it: they come later
@@ -939,6 +953,7 @@ mod tests {
             Some(Probing {
                 proof,
                 sent_bps: 200_000.0,
+                room_bps: None,
             })
         };
         a.probing = probing(None);
@@ -984,6 +999,55 @@ mod tests {
         assert_eq!(run(&mut b, 0, 300_000.0, t).target, 0);
         assert_eq!(run(&mut b, 4_000, 5_000_000.0, t).target, 1);
         assert_eq!(b.take_probe(), None);
+    }
+
+    /// After a probe found the line full at 400 kbit/s (for video), a new video starts at
+    /// the layer within that, not at the one GCC's runaway estimate allows, and no step up
+    /// goes beyond it; what a video already gets is kept (GCC's delay and loss decide a step
+    /// down).
+    #[test]
+    fn what_a_probe_found_the_line_carries_holds_steps_up_and_new_videos_not_the_rest() {
+        let (t, u) = (TrackId::new(), TrackId::new());
+        let mut a = Allocator::default();
+        a.probing = Some(Probing {
+            proof: None,
+            sent_bps: 700_000.0,
+            room_bps: Some(400_000.0),
+        });
+        let mut out = Vec::new();
+        let mut pass = |a: &mut Allocator, now: u64, videos: &[(TrackId, [LayerInfo; 3])]| {
+            out.clear();
+            a.allocate(now, 5_000_000.0, videos, PAUSED, 0.0, &mut out);
+            out.iter().map(|d| d.target).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pass(&mut a, 0, &[(t, layers())]),
+            vec![0],
+            "within the room"
+        );
+        assert_eq!(
+            pass(&mut a, 10_000, &[(t, layers())]),
+            vec![0],
+            "no step beyond it"
+        );
+        assert_eq!(a.take_probe(), None, "not even probed");
+        // A video already on its middle layer (500 kbit/s) keeps it; the next one gets what
+        // is left of the room: nothing, so its lowest.
+        let mut b = Allocator::default();
+        assert_eq!(
+            pass(
+                &mut b,
+                0,
+                &[(t, [layers()[0], layers()[1], LayerInfo::default()])]
+            ),
+            vec![1]
+        );
+        b.probing = a.probing;
+        let both = [(t, layers()), (u, layers())];
+        assert_eq!(pass(&mut b, 500, &both), vec![1, 0]);
+        // Without a room the estimate decides, as before.
+        let mut c = Allocator::default();
+        assert_eq!(pass(&mut c, 0, &[(t, layers())]), vec![2]);
     }
 
     #[test]

@@ -594,9 +594,14 @@ impl Core {
             // shown that it leaves padding out of its feedback.
             let probing =
                 self.settings.probes && twcc && viewer.pad.is_some() && viewer.probe.usable;
+            let room_bps = viewer
+                .estimate
+                .cap_bps(now_ms)
+                .map(|cap| cap - rate[Sent::Audio as usize] - rate[Sent::Resent as usize]);
             viewer.allocator.probing = probing.then_some(allocator::Probing {
                 proof: viewer.probe.proof,
                 sent_bps: rate.iter().sum(),
+                room_bps,
             });
             viewer
                 .allocator
