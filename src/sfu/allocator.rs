@@ -1008,12 +1008,14 @@ mod tests {
     #[test]
     fn what_a_probe_found_the_line_carries_holds_steps_up_and_new_videos_not_the_rest() {
         let (t, u) = (TrackId::new(), TrackId::new());
-        let mut a = Allocator::default();
-        a.probing = Some(Probing {
-            proof: None,
-            sent_bps: 700_000.0,
-            room_bps: Some(400_000.0),
-        });
+        let mut a = Allocator {
+            probing: Some(Probing {
+                proof: None,
+                sent_bps: 700_000.0,
+                room_bps: Some(400_000.0),
+            }),
+            ..Allocator::default()
+        };
         let mut out = Vec::new();
         let mut pass = |a: &mut Allocator, now: u64, videos: &[(TrackId, [LayerInfo; 3])]| {
             out.clear();

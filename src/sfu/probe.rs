@@ -443,7 +443,7 @@ mod tests {
                 id += 1;
             }
             // A media packet every 10 ms (1 000 bytes: 800 kbit/s) counts towards the rate.
-            if now.duration_since(t0).as_millis() % 10 == 0 {
+            if now.duration_since(t0).as_millis().is_multiple_of(10) {
                 sent += 1000;
                 let dep = now.duration_since(t0);
                 let start = line_free.max(dep);
@@ -512,7 +512,7 @@ mod tests {
         };
         while p.is_sending() {
             let dep = now.duration_since(t0);
-            if dep.as_millis() % 40 == 0 {
+            if dep.as_millis().is_multiple_of(40) {
                 // The media: a 1 100-byte packet every 40 ms (220 kbit/s).
                 sent += 1100;
                 offer(1100, dep, &mut reports, id);

@@ -277,6 +277,20 @@ impl PadStream {
 /// (extension id, number) when transport-cc is on.
 pub(crate) type Stamped<'a> = (&'a super::srtp::Sealer, TransportContext, Option<(u8, u16)>);
 
+/// What `lean_padding` gives for one padding packet: the seal, where to send, its
+/// transport-wide number (extension id, number), the repair stream's header fields, and the
+/// id it gets in transport-cc reports.
+pub(crate) struct PadSeal<'a> {
+    pub(crate) sealer: &'a super::srtp::Sealer,
+    pub(crate) dest: TransportContext,
+    pub(crate) twcc: (u8, u16),
+    pub(crate) ssrc: u32,
+    pub(crate) payload_type: u8,
+    pub(crate) seq: u16,
+    pub(crate) roc: u32,
+    pub(crate) id: u64,
+}
+
 /// Which of `Viewer::sent` a packet counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sent {
@@ -669,14 +683,8 @@ impl Conn {
         Some((sealer, dest, twcc))
     }
 
-    /// A probe's padding packet of `size` bytes leaving at `now`: the seal, where to send,
-    /// the transport-wide number, the repair stream's header fields (ssrc, payload type,
-    /// sequence number, rollover counter), and the id it gets in transport-cc reports.
-    pub(crate) fn lean_padding(
-        &mut self,
-        now: Instant,
-        size: usize,
-    ) -> Option<(Stamped<'_>, (u32, u8, u16, u32), u64)> {
+    /// A probe's padding packet of `size` bytes leaving at `now` (see `PadSeal`).
+    pub(crate) fn lean_padding(&mut self, now: Instant, size: usize) -> Option<PadSeal<'_>> {
         let dest = self.media_dest?;
         let sealer = self.sealer.as_ref()?;
         let pad = self.viewer.as_mut()?.pad.as_mut()?;
@@ -684,11 +692,16 @@ impl Conn {
         let id = twcc.next_id();
         let n = twcc.stamp(now, size);
         let (seq, roc) = pad.next();
-        Some((
-            (sealer, dest, Some((twcc.ext_id, n))),
-            (pad.ssrc, pad.payload_type, seq, roc),
+        Some(PadSeal {
+            sealer,
+            dest,
+            twcc: (twcc.ext_id, n),
+            ssrc: pad.ssrc,
+            payload_type: pad.payload_type,
+            seq,
+            roc,
             id,
-        ))
+        })
     }
 
     /// The id the next packet stamped for transport-cc will have (None without it).

@@ -299,30 +299,29 @@ impl Outbox {
     /// One padding-only packet of a probe on the viewer's repair stream (`sfu::probe`):
     /// sealed and queued. The transport-cc id it got, if it could be sent.
     fn seal_padding(&mut self, conn: &mut Conn, now: Instant, timestamp: u32) -> Option<u64> {
-        let ((sealer, dest, twcc), (ssrc, payload_type, seq, roc), id) =
-            conn.lean_padding(now, probe::PAD_WIRE)?;
+        let p = conn.lean_padding(now, probe::PAD_WIRE)?;
         let mut buf = self.pool.pop().unwrap_or_default();
         let header = srtp::Header {
             marker: false,
-            payload_type,
-            seq,
+            payload_type: p.payload_type,
+            seq: p.seq,
             timestamp,
-            ssrc,
-            roc,
-            twcc,
+            ssrc: p.ssrc,
+            roc: p.roc,
+            twcc: Some(p.twcc),
             padding: probe::PAD,
         };
-        if !sealer.seal(&mut buf, &header, &[], |_| {}) {
+        if !p.sealer.seal(&mut buf, &header, &[], |_| {}) {
             self.recycle(buf);
             return None;
         }
         self.queue.push_back(Transmit {
-            proto: dest.transport_protocol,
-            local: dest.local_addr,
-            peer: dest.peer_addr,
+            proto: p.dest.transport_protocol,
+            local: p.dest.local_addr,
+            peer: p.dest.peer_addr,
             data: buf,
         });
-        Some(id)
+        Some(p.id)
     }
 
     fn recycle(&mut self, mut buf: BytesMut) {
