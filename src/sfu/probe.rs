@@ -238,6 +238,11 @@ impl Probe {
         n
     }
 
+    /// Ends a probe without a result (nothing can measure it any more).
+    pub(crate) fn abandon(&mut self) {
+        self.state = State::Idle;
+    }
+
     /// Whether padding is being sent now.
     pub(crate) fn is_sending(&self) -> bool {
         matches!(self.state, State::Sending { .. })

@@ -1133,10 +1133,13 @@ impl Core {
                 return false;
             };
             let now_ms = conn.ms(now);
-            let Some(next_id) = conn.next_twcc_id() else {
+            let next_id = conn.next_twcc_id();
+            let Some(v) = conn.viewer.as_mut() else {
                 return false;
             };
-            let Some(v) = conn.viewer.as_mut() else {
+            let Some(next_id) = next_id else {
+                // Transport-cc was renegotiated away: nothing could measure the probe.
+                v.probe.abandon();
                 return false;
             };
             let sent = v.sent.iter().sum();
