@@ -501,9 +501,18 @@ struct Browsers {
     relay: netsim::UdpRelay,
     browser: common::chromium::Chromium,
     base: String,
+    /// Held while the test runs (dropped last): see `CHROMIUM_ONE_AT_A_TIME`.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// This file's Chromium tests run one at a time: each starts a browser with a publisher and
+/// two watchers behind a lossy link, and two of them beside the file's other peers on two
+/// cores once starved a publisher's first video past its wait (a fresh-clone CI run,
+/// 2026-12-07).
+static CHROMIUM_ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn browsers_behind_relay() -> Browsers {
+    let one_at_a_time = CHROMIUM_ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn_with(
         "[media]\nbind_ips = [\"127.0.0.1\"]\npublic_ips = [\"127.0.0.2\"]\ntransports = [\"udp\"]\n",
     )
@@ -522,6 +531,7 @@ async fn browsers_behind_relay() -> Browsers {
         relay,
         browser,
         base,
+        _one_at_a_time: one_at_a_time,
     }
 }
 
