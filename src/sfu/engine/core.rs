@@ -130,6 +130,15 @@ pub(super) struct Slot {
     pub(super) conn: Option<Conn>,
 }
 
+/// The connection `key` names, if its slot still holds it (not a later one in the same slot).
+/// A free function so a caller can hold it beside `Core::out`.
+fn live_conn(conns: &mut [Slot], key: ConnKey) -> Option<&mut Conn> {
+    conns
+        .get_mut(key.slot as usize)
+        .filter(|s| s.gen == key.gen)
+        .and_then(|s| s.conn.as_mut())
+}
+
 /// Datagrams waiting for the shell, and the buffers it gave back. Kept apart from the
 /// connections so a connection can be serviced while output is queued.
 pub(crate) struct Outbox {
@@ -669,11 +678,7 @@ impl Core {
     }
 
     pub(super) fn conn_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
-        let slot = self.conns.get_mut(key.slot as usize)?;
-        if slot.gen != key.gen {
-            return None;
-        }
-        slot.conn.as_mut()
+        live_conn(&mut self.conns, key)
     }
 
     fn live_keys(&self) -> Vec<ConnKey> {
@@ -801,12 +806,7 @@ impl Core {
             self.metrics.nacks_missed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(Some(conn)) = self
-            .conns
-            .get_mut(key.slot as usize)
-            .filter(|s| s.gen == key.gen)
-            .map(|s| s.conn.as_mut())
-        else {
+        let Some(conn) = live_conn(&mut self.conns, key) else {
             return;
         };
         // Still held by the viewer's pacer: not sent yet, so not lost; it goes when due.
@@ -1092,12 +1092,7 @@ impl Core {
         }
         let mut list = std::mem::take(&mut self.out.paced);
         list.retain(|key| {
-            let Some(conn) = self
-                .conns
-                .get_mut(key.slot as usize)
-                .filter(|s| s.gen == key.gen)
-                .and_then(|s| s.conn.as_mut())
-            else {
+            let Some(conn) = live_conn(&mut self.conns, *key) else {
                 return false;
             };
             while let Some(h) = conn.pacer().and_then(|p| p.pop_due(now)) {
@@ -1124,12 +1119,7 @@ impl Core {
         let mut list = std::mem::take(&mut self.out.probing);
         let mut padding = 0u64;
         list.retain(|key| {
-            let Some(conn) = self
-                .conns
-                .get_mut(key.slot as usize)
-                .filter(|s| s.gen == key.gen)
-                .and_then(|s| s.conn.as_mut())
-            else {
+            let Some(conn) = live_conn(&mut self.conns, *key) else {
                 return false;
             };
             let now_ms = conn.ms(now);
